@@ -1,0 +1,44 @@
+# One-command set-up: `make repro` runs the pipeline, `make test` runs the test suite.
+# Both create .venv and install pip + apt dependencies on a fresh machine first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := ffmpeg espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup apt-deps repro test test-fast lint bench clean-outputs help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup: apt-deps $(STAMP)  ## create .venv and install everything
+
+apt-deps:  ## install Debian packages (ffmpeg, espeak-ng) when missing
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU build; resolving it through another package could pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+repro: setup  ## run the whole DVC pipeline on the embedded defaults
+	$(BIN)/dvc repro
+
+test: setup  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## unit tests only (skip integration tests)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: setup  ## ruff
+	$(BIN)/ruff check src stages tests benchmarks
+	$(BIN)/ruff format --check src stages tests benchmarks

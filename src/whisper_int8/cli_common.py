@@ -1,0 +1,37 @@
+"""Shared command-line plumbing for the stage scripts: --help, logging, clean error exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from .ct2 import CT2FormatError
+from .model_sources import ModelSourceError
+from .params import ParamError
+
+# Errors whose message already says what went wrong and what to do: print it, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ParamError, ModelSourceError, CT2FormatError, FileNotFoundError)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
+    """Parse arguments, set up logging, run ``main``; user errors exit 2 with one clear line."""
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        sys.exit(main(args) or 0)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

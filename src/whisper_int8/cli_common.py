@@ -12,7 +12,12 @@ from .model_sources import ModelSourceError
 from .params import ParamError
 
 # Errors whose message already says what went wrong and what to do: print it, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ParamError, ModelSourceError, CT2FormatError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ParamError,
+    ModelSourceError,
+    CT2FormatError,
+    FileNotFoundError,
+)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

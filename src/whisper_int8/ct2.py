@@ -118,10 +118,14 @@ def write_ct2(model: CT2Model) -> bytes:
         raw = text.encode("utf-8")
         return struct.pack("<H", len(raw) + 1) + raw + b"\0"
 
-    out = [struct.pack("<I", model.version), s(model.spec), struct.pack("<II", model.revision, len(model.variables))]
+    out = [
+        struct.pack("<I", model.version),
+        s(model.spec),
+        struct.pack("<II", model.revision, len(model.variables)),
+    ]
     for name, t in model.variables.items():
         t = t.contiguous()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         out += [s(name), struct.pack("<B", t.dim()), struct.pack(f"<{t.dim()}I", *t.shape)]
         out += [struct.pack("<BI", DTYPE_IDS[t.dtype], len(raw)), raw]
     out.append(struct.pack("<I", len(model.aliases)))
@@ -214,7 +218,9 @@ def dims_of(ct2: CT2Model, origin: str = "model.bin") -> ModelDimensions:
             n_text_layer=_count_layers(names, "decoder"),
         )
     except KeyError as e:
-        raise CT2FormatError(f"{origin}: missing variable {e}; is this a CTranslate2 Whisper model?") from None
+        raise CT2FormatError(
+            f"{origin}: missing variable {e}; is this a CTranslate2 Whisper model?"
+        ) from None
 
 
 def to_openai_state_dict(ct2: CT2Model, dims: ModelDimensions, origin: str = "model.bin") -> dict:
@@ -241,7 +247,9 @@ def to_openai_state_dict(ct2: CT2Model, dims: ModelDimensions, origin: str = "mo
     return state
 
 
-def from_openai_state_dict(state: dict, dims: ModelDimensions, dtype: torch.dtype = torch.float16) -> CT2Model:
+def from_openai_state_dict(
+    state: dict, dims: ModelDimensions, dtype: torch.dtype = torch.float16
+) -> CT2Model:
     """Build a CT2 Whisper spec from an openai-whisper state dict (used to test the loader)."""
     variables: dict[str, torch.Tensor] = {
         "encoder/num_heads": torch.tensor(dims.n_audio_head, dtype=torch.int16),
@@ -251,7 +259,9 @@ def from_openai_state_dict(state: dict, dims: ModelDimensions, dtype: torch.dtyp
         like = next(state[n] for n in parts if n is not None)
         tensors = [torch.zeros_like(like) if n is None else state[n] for n in parts]
         variables[ct2_name] = torch.cat(tensors, dim=0).to(dtype)
-    return CT2Model(6, "WhisperSpec", 3, variables, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    return CT2Model(
+        6, "WhisperSpec", 3, variables, {"decoder/projection/weight": "decoder/embeddings/weight"}
+    )
 
 
 def read_ct2_files(paths: list[Path]) -> CT2Model:

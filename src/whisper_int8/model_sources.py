@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import socket
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -130,7 +131,9 @@ def _load_ct2(bins: list[Path], config: Path | None, provenance: dict) -> Loaded
 def _load_package(name: str) -> LoadedModel:
     spec = PACKAGES.get(name)
     if spec is None:
-        raise ModelSourceError(f"model.source=package:{name}: unknown package model; known: {', '.join(PACKAGES)}")
+        raise ModelSourceError(
+            f"model.source=package:{name}: unknown package model; known: {', '.join(PACKAGES)}"
+        )
     versions = {}
     for dist in spec.dists:
         try:
@@ -144,7 +147,9 @@ def _load_package(name: str) -> LoadedModel:
     def locate(module: str, rel: str) -> Path:
         found = importlib.util.find_spec(module)
         if found is None or not found.submodule_search_locations:
-            raise ModelSourceError(f"model.source=package:{name}: module {module!r} not importable; reinstall it")
+            raise ModelSourceError(
+                f"model.source=package:{name}: module {module!r} not importable; reinstall it"
+            )
         return Path(next(iter(found.submodule_search_locations))) / rel
 
     bins = [locate(m, rel) for m, rel in spec.parts]
@@ -152,7 +157,9 @@ def _load_package(name: str) -> LoadedModel:
     try:
         return _load_ct2(bins, locate(*spec.config), {"source": f"package:{name}", "packages": versions})
     except FileNotFoundError as e:
-        raise ModelSourceError(f"model.source=package:{name}: {e}; reinstall {' '.join(spec.dists)}") from None
+        raise ModelSourceError(
+            f"model.source=package:{name}: {e}; reinstall {' '.join(spec.dists)}"
+        ) from None
 
 
 def _load_ct2_dir(arg: str) -> LoadedModel:
@@ -199,6 +206,10 @@ def load_checkpoint(path: Path) -> LoadedModel:
     """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling)."""
     if not path.is_file():
         raise ModelSourceError(f"{path}: checkpoint file not found")
+    if not zipfile.is_zipfile(path):
+        raise ModelSourceError(
+            f"{path}: not a readable PyTorch checkpoint (expected torch.save's zip format)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -210,7 +221,9 @@ def load_checkpoint(path: Path) -> LoadedModel:
     except (RuntimeError, EOFError, OSError) as e:
         raise ModelSourceError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-        raise ModelSourceError(f"{path}: expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'")
+        raise ModelSourceError(
+            f"{path}: expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'"
+        )
     try:
         dims = ModelDimensions(**ckpt["dims"])
         model = build_model(dims, ckpt["model_state_dict"], ckpt.get("alignment_heads"))
@@ -235,7 +248,9 @@ def save_checkpoint(path: Path, loaded: LoadedModel) -> None:
 
     ckpt = {
         "dims": asdict(loaded.dims),
-        "model_state_dict": {k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()},
+        "model_state_dict": {
+            k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()
+        },
         "alignment_heads": loaded.alignment_heads,
     }
     torch.save(ckpt, path)

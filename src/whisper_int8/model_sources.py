@@ -178,10 +178,9 @@ def _whisper_cache() -> Path:
 
 
 def _load_openai(name: str) -> LoadedModel:
-    if name not in whisper.available_models():
-        raise ModelSourceError(
-            f"model.source=openai:{name}: unknown model; choose one of {', '.join(whisper.available_models())}"
-        )
+    names = whisper.available_models()
+    if name not in names:
+        raise ModelSourceError(f"model.source=openai:{name}: unknown model; choose one of {', '.join(names)}")
     url = whisper._MODELS[name]
     root = _whisper_cache()
     cached = root / os.path.basename(url)

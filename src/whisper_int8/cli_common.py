@@ -10,6 +10,7 @@ from collections.abc import Callable
 from .ct2 import CT2FormatError
 from .model_sources import ModelSourceError
 from .params import ParamError
+from .tracking_uri import RegistryError, TrackingError
 
 # Errors whose message already says what went wrong and what to do: print it, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -17,6 +18,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ModelSourceError,
     CT2FormatError,
     FileNotFoundError,
+    TrackingError,
+    RegistryError,
 )
 
 

@@ -1,0 +1,140 @@
+"""Turn the FP32 and INT8 evaluations into the comparison, the metric files and the charts.
+
+``metrics/eval.json``        ``{"fp32": {...}, "int8": {...}, "comparison": {...}, "config": {...}}``
+``metrics/per_language.csv`` one row per language: metric, clips, FP32 and INT8 error rate, delta, LID
+``metrics/latency.csv``      one row per clip: FP32 and INT8 latency (DVC plot)
+``metrics/*.png``            the same two charts rendered with matplotlib
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+
+BASELINE, CANDIDATE = "fp32", "int8"
+
+
+def languages(metrics: dict[str, float]) -> list[str]:
+    return sorted(k.split("/", 1)[1] for k in metrics if k.startswith("clips/"))
+
+
+def error_key(metrics: dict[str, float], lang: str) -> str:
+    return next(k for k in (f"wer/{lang}", f"cer/{lang}") if k in metrics)
+
+
+def compare(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
+    """Deltas in percentage points per language and overall, speedup and size ratio of the candidate."""
+    out: dict[str, float] = {}
+    for lang in sorted(set(languages(base)) & set(languages(cand))):
+        key = error_key(cand, lang)
+        out[key.replace("/", "_delta/", 1)] = cand[key] - base[key]
+    out["error_rate_delta/overall"] = cand["error_rate/overall"] - base["error_rate/overall"]
+    out["speedup"] = base["latency_p50_s"] / cand["latency_p50_s"]
+    out["size_ratio"] = cand["model_size_mb"] / base["model_size_mb"]
+    return out
+
+
+def deltas_for(variant: str, comparison: dict[str, float]) -> dict[str, float]:
+    """The delta keys for a child run: the candidate's own, zeros for the baseline (same keys in both)."""
+    keys = {k: v for k, v in comparison.items() if "_delta/" in k}
+    return keys if variant == CANDIDATE else dict.fromkeys(keys, 0.0)
+
+
+def per_language_rows(base: dict[str, float], cand: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for lang in languages(base):
+        key = error_key(base, lang)
+        rows.append(
+            {
+                "language": lang,
+                "metric": key.split("/")[0],
+                "clips": int(base[f"clips/{lang}"]),
+                BASELINE: round(base[key], 4),
+                CANDIDATE: round(cand.get(key, math.nan), 4),
+                "delta_pp": round(cand.get(key, math.nan) - base[key], 4),
+                f"lid_{BASELINE}": round(base[f"lid_accuracy/{lang}"], 2),
+                f"lid_{CANDIDATE}": round(cand.get(f"lid_accuracy/{lang}", math.nan), 2),
+            }
+        )
+    return rows
+
+
+def latency_rows(base_clips: list[dict], cand_clips: list[dict]) -> list[dict[str, Any]]:
+    cand_by_id = {c["id"]: c for c in cand_clips}
+    return [
+        {
+            "clip": i,
+            "id": c["id"],
+            "language": c["language"],
+            BASELINE: round(c["latency_s"], 5),
+            CANDIDATE: round(cand_by_id[c["id"]]["latency_s"], 5) if c["id"] in cand_by_id else "",
+        }
+        for i, c in enumerate(base_clips)
+    ]
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def error_rate_chart(rows: list[dict[str, Any]]) -> bytes:
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.5))
+    xs = range(len(rows))
+    for offset, variant in ((-0.2, BASELINE), (0.2, CANDIDATE)):
+        ax.bar([x + offset for x in xs], [r[variant] for r in rows], width=0.4, label=variant.upper())
+    ax.set_xticks(list(xs), [f"{r['language']} ({r['metric'].upper()})" for r in rows])
+    ax.set_ylabel("error rate (%)")
+    ax.set_title("Per-language error rate, FP32 vs INT8")
+    ax.legend()
+    return _png(fig)
+
+
+def latency_chart(rows: list[dict[str, Any]]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for variant in (BASELINE, CANDIDATE):
+        values = [r[variant] for r in rows if r[variant] != ""]
+        ax.plot(range(len(values)), values, marker="o", label=variant.upper())
+    ax.set_xlabel("clip")
+    ax.set_ylabel("latency (s)")
+    ax.set_title("Latency per clip (after warm-up)")
+    ax.legend()
+    return _png(fig)
+
+
+def write_report(
+    out_dir: Path | str, base: dict[str, Any], cand: dict[str, Any], config: dict[str, Any]
+) -> dict:
+    """Write every evaluation output under ``out_dir`` atomically; returns the eval.json content."""
+    out_dir = Path(out_dir)
+    bm, cm = base["metrics"], cand["metrics"]
+    report = {BASELINE: bm, CANDIDATE: cm, "comparison": compare(bm, cm), "config": config}
+    lang_rows = per_language_rows(bm, cm)
+    lat_rows = latency_rows(base["clips"], cand["clips"])
+    atomic_write_text(out_dir / "per_language.csv", _csv(lang_rows))
+    atomic_write_text(out_dir / "latency.csv", _csv(lat_rows))
+    atomic_write_bytes(out_dir / "per_language.png", error_rate_chart(lang_rows))
+    atomic_write_bytes(out_dir / "latency.png", latency_chart(lat_rows))
+    atomic_write_json(out_dir / "transcripts.json", {BASELINE: base["clips"], CANDIDATE: cand["clips"]})
+    atomic_write_json(out_dir / "eval.json", report)
+    return report

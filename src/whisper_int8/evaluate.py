@@ -1,0 +1,161 @@
+"""Evaluate one model directory on the evaluation split: accuracy per language, latency, memory, size.
+
+Each variant is measured in a fresh spawned process (:func:`evaluate_in_subprocess`) so peak RSS, load
+time and the first (cold) call belong to that variant alone and not to whatever ran before it.
+
+Error rates are in percent; a language written without spaces gets CER (``cer/<lang>``), any other WER
+(``wer/<lang>``), both after Whisper's normalizers (``whisper_int8.scoring``). Latency is the wall time of
+``transcribe_clip`` on audio already decoded to 16 kHz; ``warmup`` untimed calls come first, and the
+first of them is reported on its own as ``first_call_s``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from tqdm import tqdm
+
+from .audio import read_manifest
+from .fsutil import dir_bytes
+from .model_dir import load_model_dir
+from .scoring import score, uses_cer
+from .transcribe import transcribe_clip
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+
+
+@dataclass
+class ClipResult:
+    id: str
+    language: str
+    reference: str
+    hypothesis: str
+    detected_language: str
+    latency_s: float
+    duration_s: float
+
+
+def error_metric(language: str) -> str:
+    """``cer`` for languages written without spaces, else ``wer`` (the prefix of the metric key)."""
+    return "cer" if uses_cer(language) else "wer"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+
+
+def detect_language(model: torch.nn.Module, audio: np.ndarray) -> str:
+    """Whisper's own language identification on the first 30 s (one encoder pass, one decoder step)."""
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), model.dims.n_mels)
+    _, probs = model.detect_language(mel.to(next(model.parameters()).device))
+    return max(probs, key=probs.get)
+
+
+def transcribe_split(
+    model: torch.nn.Module, split_dir: Path, beam_size: int | None, warmup: int = 1, desc: str = "eval"
+) -> tuple[list[ClipResult], float | None]:
+    """Transcribe every clip with its reference language; returns results and the first (cold) call."""
+    clips = read_manifest(split_dir)
+    if not clips:
+        raise ValueError(f"{split_dir}: the evaluation manifest lists no clips")
+    audios = [whisper.load_audio(c.audio) for c in clips]
+    first_call = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        transcribe_clip(model, audios[0], clips[0].language, beam_size)
+        if i == 0:
+            first_call = time.perf_counter() - start
+    results = []
+    for clip, audio in zip(tqdm(clips, desc=desc, unit="clip"), audios, strict=True):
+        start = time.perf_counter()
+        text = transcribe_clip(model, audio, clip.language, beam_size)
+        latency = time.perf_counter() - start
+        results.append(
+            ClipResult(
+                id=clip.id,
+                language=clip.language,
+                reference=clip.text,
+                hypothesis=text,
+                detected_language=detect_language(model, audio),
+                latency_s=latency,
+                duration_s=len(audio) / whisper.audio.SAMPLE_RATE,
+            )
+        )
+    return results, first_call
+
+
+def accuracy_metrics(results: list[ClipResult]) -> dict[str, float]:
+    """Per-language ``wer/<l>`` or ``cer/<l>``, ``lid_accuracy/<l>``, ``clips/<l>``, and the macro mean."""
+    metrics: dict[str, float] = {}
+    rates = []
+    for lang in sorted({r.language for r in results}):
+        rows = [r for r in results if r.language == lang]
+        rate = 100.0 * score([r.reference for r in rows], [r.hypothesis for r in rows], lang)
+        rates.append(rate)
+        metrics[f"{error_metric(lang)}/{lang}"] = rate
+        metrics[f"lid_accuracy/{lang}"] = 100.0 * sum(r.detected_language == lang for r in rows) / len(rows)
+        metrics[f"clips/{lang}"] = len(rows)
+    metrics["error_rate/overall"] = statistics.fmean(rates)
+    metrics["lid_accuracy/overall"] = (
+        100.0 * sum(r.detected_language == r.language for r in results) / len(results)
+    )
+    metrics["clips"] = len(results)
+    return metrics
+
+
+def speed_metrics(results: list[ClipResult], first_call: float | None) -> dict[str, float]:
+    latencies = [r.latency_s for r in results]
+    out = {
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p90_s": percentile(latencies, 90),
+        "rtf": sum(latencies) / sum(r.duration_s for r in results),
+        "audio_s": sum(r.duration_s for r in results),
+    }
+    if first_call is not None:
+        out["first_call_s"] = first_call
+    return out
+
+
+def evaluate_model_dir(
+    model_dir: Path | str, split_dir: Path | str, beam_size: int | None, device: str = "cpu", warmup: int = 1
+) -> dict[str, Any]:
+    """Load ``model_dir``, transcribe the split, and return ``{"metrics": {...}, "clips": [...]}``."""
+    model_dir, split_dir = Path(model_dir), Path(split_dir)
+    torch.manual_seed(0)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    model = load_model_dir(model_dir, device=device)
+    load_time = time.perf_counter() - start
+    results, first_call = transcribe_split(model, split_dir, beam_size, warmup, desc=model_dir.name)
+    metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
+    metrics["load_time_s"] = load_time
+    metrics["model_size_mb"] = dir_bytes(model_dir) / MB
+    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if device.startswith("cuda"):
+        metrics["vram_peak_mb"] = torch.cuda.max_memory_allocated() / MB
+        metrics["vram_reserved_mb"] = torch.cuda.max_memory_reserved() / MB
+    return {"metrics": metrics, "clips": [asdict(r) for r in results]}
+
+
+def evaluate_in_subprocess(
+    model_dir: Path | str, split_dir: Path | str, beam_size: int | None, device: str = "cpu", warmup: int = 1
+) -> dict[str, Any]:
+    """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(
+            evaluate_model_dir, str(model_dir), str(split_dir), beam_size, device, warmup
+        ).result()

@@ -1,0 +1,148 @@
+"""The accuracy gate: does the INT8 candidate pass the thresholds in params ``gate``, and beat the champion?
+
+Pure functions over ``metrics/eval.json`` (see :mod:`whisper_int8.eval_report`); the registry side
+(tags, alias) lives in :mod:`whisper_int8.registry`. Error rates are percent, deltas percentage points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .eval_report import BASELINE, CANDIDATE, error_key, languages
+from .params import ParamError
+
+ACCURACY_PREFIXES = ("wer/", "cer/", "error_rate/")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    max_wer_delta_pp: float = 0.5
+    max_wer_delta_pp_by_language: dict[str, float] = field(default_factory=dict)
+    max_overall_wer_delta_pp: float = 0.5
+    min_speedup: float = 1.0
+    max_size_ratio: float = 0.6
+    require_languages: bool | list[str] = True
+    fail_on_reject: bool = False
+    champion_tolerance_pp: float = 0.0
+
+
+def _number(section: dict, key: str, default: float, where: str) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ParamError(f"{where}: gate.{key}={value!r} must be a number")
+    return float(value)
+
+
+def gate_config(section: dict[str, Any], where: str = "params.yaml") -> GateConfig:
+    """Validate params ``gate``; every problem names the key."""
+    unknown = set(section) - set(GateConfig.__dataclass_fields__)
+    if unknown:
+        raise ParamError(
+            f"{where}: unknown gate keys {sorted(unknown)}; known: {list(GateConfig.__dataclass_fields__)}"
+        )
+    d = GateConfig()
+    by_lang = section.get("max_wer_delta_pp_by_language") or {}
+    if not isinstance(by_lang, dict):
+        raise ParamError(f"{where}: gate.max_wer_delta_pp_by_language must map language codes to numbers")
+    by_lang = {str(k): _number(by_lang, k, 0.0, where) for k in by_lang}
+    req = section.get("require_languages", d.require_languages)
+    if not isinstance(req, bool) and not (isinstance(req, list) and all(isinstance(x, str) for x in req)):
+        raise ParamError(f"{where}: gate.require_languages must be true/false or a list of language codes")
+    fail = section.get("fail_on_reject", d.fail_on_reject)
+    if not isinstance(fail, bool):
+        raise ParamError(f"{where}: gate.fail_on_reject must be true or false")
+    return GateConfig(
+        max_wer_delta_pp=_number(section, "max_wer_delta_pp", d.max_wer_delta_pp, where),
+        max_wer_delta_pp_by_language=by_lang,
+        max_overall_wer_delta_pp=_number(
+            section, "max_overall_wer_delta_pp", d.max_overall_wer_delta_pp, where
+        ),
+        min_speedup=_number(section, "min_speedup", d.min_speedup, where),
+        max_size_ratio=_number(section, "max_size_ratio", d.max_size_ratio, where),
+        require_languages=req,
+        fail_on_reject=fail,
+        champion_tolerance_pp=_number(section, "champion_tolerance_pp", d.champion_tolerance_pp, where),
+    )
+
+
+@dataclass
+class Decision:
+    passed: bool
+    reasons: list[str]
+    metrics: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "status": self.status,
+            "reasons": self.reasons,
+            "metrics": self.metrics,
+        }
+
+    @property
+    def status(self) -> str:
+        return "passed" if self.passed else "failed"
+
+
+def gate_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The candidate figures the gate judges, also stored on the registered version for later comparisons."""
+    cand, comp = report[CANDIDATE], report["comparison"]
+    out = {k: v for k, v in cand.items() if k.startswith(ACCURACY_PREFIXES)}
+    out.update({k: v for k, v in comp.items() if "_delta/" in k})
+    out["speedup"] = comp["speedup"]
+    out["size_ratio"] = comp["size_ratio"]
+    out["model_size_mb"] = cand["model_size_mb"]
+    return out
+
+
+def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
+    """Apply the thresholds of ``cfg`` to an eval.json report."""
+    reasons: list[str] = []
+    base, cand, comp = report[BASELINE], report[CANDIDATE], report["comparison"]
+    evaluated = set(languages(base)) & set(languages(cand))
+    if cfg.require_languages:
+        expected = (
+            cfg.require_languages
+            if isinstance(cfg.require_languages, list)
+            else report.get("config", {}).get("languages", sorted(evaluated))
+        )
+        missing = sorted(set(expected) - evaluated)
+        if missing:
+            reasons.append(f"languages without results for both variants: {', '.join(missing)}")
+    for lang in sorted(evaluated):
+        key = error_key(cand, lang)
+        delta = comp[key.replace("/", "_delta/", 1)]
+        limit = cfg.max_wer_delta_pp_by_language.get(lang, cfg.max_wer_delta_pp)
+        if delta > limit:
+            reasons.append(
+                f"{key} +{delta:.2f} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}), limit {limit} pp"
+            )
+    overall = comp["error_rate_delta/overall"]
+    if overall > cfg.max_overall_wer_delta_pp:
+        reasons.append(
+            f"overall error rate +{overall:.2f} pp over FP32, limit {cfg.max_overall_wer_delta_pp} pp"
+        )
+    if comp["speedup"] < cfg.min_speedup:
+        reasons.append(f"speedup {comp['speedup']:.2f}x below min_speedup {cfg.min_speedup}x")
+    if comp["size_ratio"] > cfg.max_size_ratio:
+        reasons.append(f"size ratio {comp['size_ratio']:.3f} above max_size_ratio {cfg.max_size_ratio}")
+    return Decision(not reasons, reasons, gate_metrics(report))
+
+
+def check_against_champion(
+    candidate: dict[str, float], champion: dict[str, float], tolerance_pp: float, champion_label: str
+) -> list[str]:
+    """Reasons the candidate is worse than the champion on the accuracy gate metrics both recorded.
+
+    Latency is not compared across runs: it was measured at another time, perhaps on another machine.
+    """
+    reasons = []
+    for key in sorted(set(candidate) & set(champion)):
+        if key.startswith(ACCURACY_PREFIXES) and candidate[key] > champion[key] + tolerance_pp:
+            reasons.append(
+                f"{key} {candidate[key]:.2f} worse than champion {champion_label} ({champion[key]:.2f}), "
+                f"tolerance {tolerance_pp} pp"
+            )
+    return reasons

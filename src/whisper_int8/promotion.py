@@ -1,0 +1,159 @@
+"""The promote stage's work: log the pipeline to MLflow, register the INT8 model, apply the gate.
+
+Order matters for re-runs and crashes: runs are found-or-created by pipeline key (see
+:mod:`whisper_int8.tracking`), the registered version is found-or-created by the same key, and the
+alias moves last, only after the version is fully tagged. A crash before that leaves the alias alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry, tracking
+from .eval_report import BASELINE, CANDIDATE, deltas_for
+from .fsutil import atomic_write_json, sha256_file
+from .gate import Decision, GateConfig, check_against_champion, check_thresholds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromoteInputs:
+    eval_json: Path
+    model_dirs: dict[str, Path]  # variant -> model directory
+    artifacts: list[Path]  # upstream files/folders for the parent run (model cards, summaries, calibration)
+    eval_files: list[Path]  # per-language CSV, charts
+    gate_json: Path
+    params: dict[str, Any]
+    dvc_lock: Path = Path("dvc.lock")
+    extra_params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str
+    experiment: str
+    registered_model: str
+    alias: str
+    artifact_location: str | None = None
+
+
+def dvc_lock_digest(path: Path) -> str:
+    """sha256 of ``dvc.lock`` without the promote entry (which changes on every promote run)."""
+    if not path.is_file():
+        return "no-dvc-lock"
+    lock = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    lock.get("stages", {}).pop("promote", None)
+    return hashlib.sha256(json.dumps(lock, sort_keys=True).encode()).hexdigest()
+
+
+def pipeline_key(lock_digest: str, eval_json: Path) -> str:
+    return hashlib.sha256(f"{lock_digest}:{sha256_file(eval_json)}".encode()).hexdigest()[:32]
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _existing(paths: list[Path]) -> list[Path]:
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        log.warning("not logged (missing): %s", ", ".join(map(str, missing)))
+    return [p for p in paths if p.exists()]
+
+
+def variant_metrics(report: dict[str, Any], variant: str) -> dict[str, float]:
+    """A child run's metrics: its own figures, deltas, speedup and size ratio (1.0 for the baseline)."""
+    comp = report["comparison"]
+    own = report[variant]
+    ratios = (
+        {"speedup": comp["speedup"], "size_ratio": comp["size_ratio"]}
+        if variant == CANDIDATE
+        else {"speedup": 1.0, "size_ratio": 1.0}
+    )
+    return {**own, **deltas_for(variant, comp), **ratios}
+
+
+def promote(inputs: PromoteInputs, cfg: MlflowConfig, gate: GateConfig, beam_size: int | None) -> Decision:
+    """Log runs, register the candidate, judge it, tag it, move the alias if it passed; write gate.json."""
+    report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
+    lock_digest = dvc_lock_digest(inputs.dvc_lock)
+    key = pipeline_key(lock_digest, inputs.eval_json)
+    client, exp_id = tracking.open_experiment(cfg.tracking_uri, cfg.experiment, cfg.artifact_location)
+    runs = tracking.start_pipeline_runs(client, exp_id, key, [BASELINE, CANDIDATE], f"pipeline-{key[:8]}")
+    log.info("MLflow %s: experiment %s, parent run %s", cfg.tracking_uri, cfg.experiment, runs.parent_id)
+    ok = False
+    try:
+        params = {
+            **tracking.flatten(inputs.params),
+            "git_commit": git_commit(),
+            "dvc_lock_sha256": lock_digest,
+            **inputs.extra_params,
+        }
+        tracking.log_values(client, runs.parent_id, params=params, metrics=report["comparison"])
+        tracking.log_files(client, runs.parent_id, [(p, "upstream") for p in _existing(inputs.artifacts)])
+        tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
+        for variant, run_id in runs.children.items():
+            model_dir = inputs.model_dirs[variant]
+            tracking.log_values(
+                client,
+                run_id,
+                params={"variant": variant, "model_dir": str(model_dir), **report.get("config", {})},
+                metrics=variant_metrics(report, variant),
+            )
+            cards = [
+                p for p in (model_dir / "model_card.json", model_dir / "quant_config.json") if p.is_file()
+            ]
+            tracking.log_files(client, run_id, [(p, "model") for p in cards])
+
+        version = registry.version_for_key(client, cfg.registered_model, key)
+        if version is None:
+            uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], beam_size)
+            version = registry.register(client, cfg.registered_model, uri, key)
+        decision = check_thresholds(report, gate)
+        current = registry.champion(client, cfg.registered_model, cfg.alias)
+        if decision.passed and current is not None and current.version != version.version:
+            decision.reasons += check_against_champion(
+                decision.metrics, current.metrics, gate.champion_tolerance_pp, f"v{current.version}"
+            )
+            decision.passed = not decision.reasons
+        registry.apply_decision(client, cfg.registered_model, cfg.alias, version.version, decision)
+
+        result = {
+            **decision.as_dict(),
+            "registered_model": cfg.registered_model,
+            "version": int(version.version),
+            "alias": cfg.alias,
+            "champion_version": int(version.version)
+            if decision.passed
+            else (current and int(current.version)),
+            "promoted": decision.passed,
+            "pipeline_key": key,
+            "parent_run_id": runs.parent_id,
+            "tracking_uri": cfg.tracking_uri,
+        }
+        atomic_write_json(inputs.gate_json, result)
+        gate_tags = {"validation_status": decision.status, "model_version": version.version}
+        for run_id in (runs.parent_id, runs.children[CANDIDATE]):
+            tracking.log_values(
+                client, run_id, metrics={"gate_passed": float(decision.passed)}, tags=gate_tags
+            )
+            tracking.log_files(client, run_id, [(inputs.gate_json, "gate")])
+        ok = True
+        return decision
+    finally:
+        tracking.finish(client, runs, ok)

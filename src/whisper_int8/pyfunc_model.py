@@ -1,0 +1,83 @@
+"""MLflow pyfunc wrapper: audio in, transcript out, weights loaded from the logged model directory.
+
+The pickled instance holds only options (beam size); the weights are an MLflow artifact (the INT8 state
+dict and its JSON configs) that :func:`whisper_int8.model_dir.load_model_dir` reads in ``load_context``,
+so nothing but plain tensors is ever unpickled.
+
+``predict`` accepts, for one clip or many:
+- a path to an audio file (anything ffmpeg decodes), or a 16 kHz mono float array / list of floats;
+- a dict ``{"audio": ..., "language": "en"}`` or a list of them;
+- a pandas DataFrame with an ``audio`` column and an optional ``language`` column (what
+  ``mlflow models serve`` hands over for ``{"dataframe_records": [...]}``).
+It returns one transcript string per clip. A missing or empty language means auto-detect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+MODEL_DIR_ARTIFACT = "model_dir"
+
+
+def load_audio(audio: Any) -> np.ndarray:
+    """A path is decoded by ffmpeg at 16 kHz; an array (or list) is taken as 16 kHz mono samples."""
+    import whisper
+
+    if isinstance(audio, str | Path):
+        if not Path(audio).is_file():
+            raise FileNotFoundError(f"audio file not found: {audio}")
+        return whisper.load_audio(str(audio))
+    array = np.asarray(audio, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"audio array must be 1-D 16 kHz mono samples, got shape {array.shape}")
+    return array
+
+
+def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
+    """Normalize every accepted input form to ``[(audio, language or None), ...]``."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        if "audio" not in model_input.columns:
+            raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
+        model_input = model_input.to_dict(orient="records")
+    single_array = isinstance(model_input, list) and model_input and isinstance(model_input[0], int | float)
+    if isinstance(model_input, dict | str | Path | np.ndarray) or single_array:
+        model_input = [model_input]
+    requests = []
+    for item in model_input:
+        if isinstance(item, dict):
+            if "audio" not in item:
+                raise ValueError(f"each input record needs an 'audio' field, got {sorted(item)}")
+            lang = item.get("language")
+            requests.append((item["audio"], lang if isinstance(lang, str) and lang else None))
+        else:
+            requests.append((item, None))
+    return requests
+
+
+class WhisperPyfunc(mlflow.pyfunc.PythonModel):
+    """Transcribe with the Whisper model stored in the ``model_dir`` artifact."""
+
+    def __init__(self, beam_size: int | None = None) -> None:
+        self.beam_size = beam_size
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.load(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
+
+    def load(self, model_dir: Path) -> None:
+        from whisper_int8.model_dir import load_model_dir
+
+        self.model = load_model_dir(model_dir, device="cpu")
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+        from whisper_int8.transcribe import transcribe_clip
+
+        return [
+            transcribe_clip(self.model, load_audio(audio), language, self.beam_size).strip()
+            for audio, language in as_requests(model_input)
+        ]

@@ -1,0 +1,113 @@
+"""MLflow model registry: log the INT8 model as a pyfunc, register a version, tag it, move the alias; pull.
+
+A version carries the tags ``validation_status`` (passed|failed), ``validation_reasons``, ``gate_metrics``
+(JSON, read back when a later candidate is compared with the champion) and ``pipeline_key`` (a re-run of
+the same pipeline state reuses its version instead of registering a duplicate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+import whisper_int8
+
+from .gate import Decision
+from .pyfunc_model import MODEL_DIR_ARTIFACT, WhisperPyfunc
+from .tracking import KEY_TAG
+from .tracking_uri import RegistryError, TrackingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Champion:
+    version: str
+    metrics: dict[str, float]
+
+
+def _requirements() -> list[str]:
+    """Pinned from what is installed, so MLflow need not load the model to infer them."""
+    from importlib.metadata import version
+
+    return [f"{d}=={version(d)}" for d in ("torch", "openai-whisper", "mlflow", "numpy", "pandas")]
+
+
+def log_pyfunc(run_id: str, model_dir: Path, beam_size: int | None) -> str:
+    """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI."""
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=WhisperPyfunc(beam_size),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            code_paths=[str(Path(whisper_int8.__file__).parent)],
+            pip_requirements=_requirements(),
+        )
+    return info.model_uri
+
+
+def version_for_key(client: MlflowClient, name: str, key: str) -> ModelVersion | None:
+    """The version registered earlier for the same pipeline state, if any."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    matches = [v for v in versions if v.tags.get(KEY_TAG) == key]
+    return max(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def register(client: MlflowClient, name: str, model_uri: str, key: str) -> ModelVersion:
+    mv = mlflow.register_model(model_uri, name, tags={KEY_TAG: key})
+    log.info("registered %s version %s", name, mv.version)
+    return client.get_model_version(name, mv.version)
+
+
+def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return Champion(mv.version, json.loads(mv.tags.get("gate_metrics", "{}")))
+
+
+def apply_decision(client: MlflowClient, name: str, alias: str, version: str, decision: Decision) -> None:
+    """Tag the version with the gate result; move ``alias`` to it only when it passed."""
+    tags = {
+        "validation_status": decision.status,
+        "validation_reasons": "; ".join(decision.reasons) or "all gate thresholds met",
+        "gate_metrics": json.dumps(decision.metrics, sort_keys=True),
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v[:5000])
+    if decision.passed:
+        client.set_registered_model_alias(name, alias, version)
+
+
+def model_uri(spec: str, alias: str | None = None) -> str:
+    """``whisper-int8`` + alias -> ``models:/whisper-int8@champion``; a full ``models:/`` URI is kept."""
+    if spec.startswith(("models:/", "runs:/")):
+        return spec
+    return f"models:/{spec}@{alias}" if alias else f"models:/{spec}"
+
+
+def pull(uri: str, dest: Path) -> Path:
+    """Download the pyfunc model at ``uri`` into ``dest`` (MLmodel, weights, code); returns ``dest``."""
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
+    except MlflowException as e:
+        raise RegistryError(
+            f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); check the model name "
+            "and alias (`mlflow ui` lists them) or run `make repro` to register one"
+        ) from None
+    except OSError as e:
+        raise TrackingError(f"{uri}: download from {mlflow.get_tracking_uri()} failed: {e}") from None
+    if not (dest / "MLmodel").is_file():
+        raise RegistryError(f"{uri}: downloaded into {dest} but no MLmodel file is there; not a pyfunc model")
+    return dest

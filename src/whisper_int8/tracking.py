@@ -1,0 +1,145 @@
+"""MLflow tracking: one experiment, one parent run per pipeline state, one child run per variant.
+
+Why the promote stage (not evaluate) logs everything: DVC restores a stage from its run cache without
+executing it, so anything a cached stage would log to MLflow would silently be missing. The promote
+stage is ``always_changed`` and reads the files every earlier stage wrote, so each ``dvc repro`` logs.
+
+Why runs are looked up by key: the parent run is tagged ``pipeline_key`` (a digest of ``dvc.lock``
+without the promote entry, plus the evaluation report) and each child ``variant``. A re-run of the same
+pipeline state finds and updates those runs instead of creating duplicates; a crash leaves the run
+marked FAILED and the next attempt reuses it. Any extra runs carrying the same key are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+
+from .tracking_uri import TrackingError, check_reachable
+
+log = logging.getLogger(__name__)
+
+KEY_TAG = "pipeline_key"
+ROLE_TAG = "role"
+VARIANT_TAG = "variant"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_CHARS = 6000
+
+
+@dataclass
+class PipelineRuns:
+    experiment_id: str
+    parent_id: str
+    children: dict[str, str]  # variant -> run id
+
+
+def open_experiment(uri: str, name: str, artifact_location: str | None = None) -> tuple[MlflowClient, str]:
+    """Point MLflow at ``uri`` (after a fast reachability check) and return the experiment, created if new."""
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            return client, client.create_experiment(name, artifact_location=artifact_location)
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return client, exp.experiment_id
+    except MlflowException as e:
+        raise TrackingError(f"MLflow tracking URI {uri}: {e.message}") from None
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists become their string form."""
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): str(obj)[:MAX_PARAM_CHARS]}
+
+
+def upsert_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: dict[str, str],
+    parent_id: str | None = None,
+) -> str:
+    """The one active run with all ``tags`` (and ``parent_id``), created if missing; extras are deleted."""
+    match = dict(tags)
+    if parent_id:
+        match[PARENT_TAG] = parent_id
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in match.items())
+    runs = client.search_runs(
+        [experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY, order_by=["start_time ASC"]
+    )
+    for extra in runs[1:]:
+        log.warning("deleting duplicate run %s (%s)", extra.info.run_id, query)
+        client.delete_run(extra.info.run_id)
+    if runs:
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    return client.create_run(experiment_id, run_name=run_name, tags=match).info.run_id
+
+
+def log_values(
+    client: MlflowClient,
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> None:
+    """Log in one batch. Params MLflow already holds are skipped (they are immutable), so a re-run is safe."""
+    existing = client.get_run(run_id).data.params
+    new_params = [Param(k, str(v)) for k, v in (params or {}).items() if k not in existing]
+    changed = {k: v for k, v in (params or {}).items() if k in existing and existing[k] != str(v)}
+    if changed:
+        log.warning("run %s keeps its first values for changed params %s", run_id, sorted(changed))
+    now = int(time.time() * 1000)
+    batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    batch_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(new_params), len(batch_metrics), len(batch_tags)), 100):
+        client.log_batch(
+            run_id,
+            metrics=batch_metrics[i : i + 100],
+            params=new_params[i : i + 100],
+            tags=batch_tags[i : i + 100],
+        )
+
+
+def log_files(client: MlflowClient, run_id: str, files: Iterable[tuple[Path, str]]) -> None:
+    """Log ``(local path, artifact folder)`` pairs; a folder is logged whole. Same path again overwrites."""
+    for path, folder in files:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), f"{folder}/{path.name}")
+        else:
+            client.log_artifact(run_id, str(path), folder)
+
+
+def start_pipeline_runs(
+    client: MlflowClient, experiment_id: str, key: str, variants: Iterable[str], run_name: str
+) -> PipelineRuns:
+    parent = upsert_run(client, experiment_id, run_name, {KEY_TAG: key, ROLE_TAG: "pipeline"})
+    children = {
+        v: upsert_run(client, experiment_id, v, {KEY_TAG: key, ROLE_TAG: "variant", VARIANT_TAG: v}, parent)
+        for v in variants
+    }
+    return PipelineRuns(experiment_id, parent, children)
+
+
+def finish(client: MlflowClient, runs: PipelineRuns, ok: bool) -> None:
+    status = "FINISHED" if ok else "FAILED"
+    for run_id in [*runs.children.values(), runs.parent_id]:
+        client.set_terminated(run_id, status=status)

@@ -1,0 +1,71 @@
+"""Where MLflow keeps runs and models, a fast reachability check, and the MLflow-side user errors.
+
+Kept free of ``import mlflow`` so the stage CLIs can list :class:`TrackingError` among their user errors
+without paying for the MLflow import.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_ROOT = "mlruns"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking server or store cannot be used; the message names the URI and what to do."""
+
+
+class RegistryError(RuntimeError):
+    """A registered model, alias or version cannot be found; the message says which and what to do."""
+
+
+def resolve_tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` wins, then params ``mlflow.tracking_uri``, then ``sqlite:///mlflow.db``.
+
+    A relative sqlite path is made absolute against ``root`` (the repository root, default the current
+    directory) so every stage and the CLI agree on one database file wherever they are started from.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(((root or Path.cwd()) / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def artifact_location(artifact_root: str | None, root: Path | None = None) -> str:
+    """Artifact location URI for a new experiment (a local folder, default ``mlruns/`` at the root)."""
+    value = artifact_root or DEFAULT_ARTIFACT_ROOT
+    if "://" in value:
+        return value
+    return ((root or Path.cwd()) / value).resolve().as_uri()
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one clear line instead of MLflow's minutes of HTTP retries."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise TrackingError(
+                        f"MLflow tracking server {uri} answered HTTP {resp.status} on /health"
+                    )
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(
+                f"MLflow tracking server {uri} cannot be reached ({reason}); start it, fix "
+                f"MLFLOW_TRACKING_URI, or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow tracking URI {uri}: folder {db.parent} does not exist; create it")
+    elif uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(
+            f"MLflow tracking URI {uri}: a bare file store is refused by MLflow >= 3.13; "
+            f"use {DEFAULT_URI} or an http(s):// server"
+        )

@@ -1,0 +1,69 @@
+"""Stage promote: log the pipeline to MLflow, register the INT8 model, move the alias if the gate passes.
+
+Always runs (``always_changed`` in dvc.yaml): DVC's run cache must never skip the logging or the gate.
+A refusal exits 0 and prints ``not promoted: <reasons>`` unless ``gate.fail_on_reject`` is true.
+"""
+
+from pathlib import Path
+
+from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.gate import gate_config
+from whisper_int8.params import ParamError, load_params, section
+from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
+from whisper_int8.tracking_uri import artifact_location, resolve_tracking_uri
+
+
+def _paths(ml: dict, key: str, where: str) -> list[Path]:
+    value = ml.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ParamError(f"{where}: mlflow.{key} must be a list of paths")
+    return [Path(v) for v in value]
+
+
+def main(args) -> int:
+    params = load_params(args.params)
+    ml = section(params, "mlflow", args.params)
+    ev = section(params, "evaluate", args.params)
+    gate = gate_config(section(params, "gate", args.params), args.params)
+    cfg = MlflowConfig(
+        tracking_uri=resolve_tracking_uri(ml.get("tracking_uri")),
+        experiment=str(ml.get("experiment", "whisper-int8")),
+        registered_model=str(ml.get("registered_model", "whisper-int8")),
+        alias=str(ml.get("alias", "champion")),
+        artifact_location=artifact_location(ml.get("artifact_root")),
+    )
+    eval_json = Path(args.metrics) / "eval.json"
+    if not eval_json.is_file():
+        raise FileNotFoundError(f"{eval_json}: not found; run the evaluate stage first (dvc repro evaluate)")
+    inputs = PromoteInputs(
+        eval_json=eval_json,
+        model_dirs={k: Path(v) for k, v in ev.get("models", {}).items()},
+        artifacts=_paths(ml, "upstream_artifacts", args.params),
+        eval_files=[
+            Path(args.metrics) / n
+            for n in (
+                "per_language.csv",
+                "latency.csv",
+                "per_language.png",
+                "latency.png",
+                "eval.json",
+                "transcripts.json",
+            )
+        ],
+        gate_json=Path(args.metrics) / "gate.json",
+        params=params,
+    )
+    decision = promote(inputs, cfg, gate, ev.get("beam_size"))
+    if decision.passed:
+        print(f"promoted: {cfg.registered_model}@{cfg.alias} -> {inputs.gate_json}")
+        return 0
+    print(f"not promoted: {'; '.join(decision.reasons)}")
+    return 1 if gate.fail_on_reject else 0
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument(
+        "--metrics", default="metrics", help="folder with eval.json; gate.json goes there too"
+    )
+    run(main, parser)

@@ -1,0 +1,81 @@
+"""Helpers for the evaluate / tracking / gate / registry / serve tests: speech clips, model dirs, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from whisper_int8.eval_report import compare
+from whisper_int8.model_sources import LoadedModel, save_checkpoint
+
+from .conftest import make_tiny_whisper
+
+ESPEAK_VOICES = {"en": "en-us", "de": "de", "es": "es", "fr": "fr", "zh": "cmn"}
+
+
+def speak(text: str, language: str, dest: Path) -> float:
+    """Synthesize ``text`` with espeak-ng, resampled to 16 kHz mono WAV; returns the duration in seconds."""
+    raw = dest.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", ESPEAK_VOICES[language], "-w", str(raw), text], check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", str(dest)], check=True
+    )
+    raw.unlink()
+    return (dest.stat().st_size - 44) / 2 / 16000
+
+
+def speech_split(split_dir: Path, clips: list[tuple[str, str]]) -> Path:
+    """A split directory in the fetch_audio format: ``manifest.jsonl`` + ``audio/<id>.wav``."""
+    (split_dir / "audio").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (language, text) in enumerate(clips):
+        clip_id = f"{language}-{i:03d}"
+        wav = split_dir / "audio" / f"{clip_id}.wav"
+        duration = speak(text, language, wav)
+        rows.append(
+            {
+                "id": clip_id,
+                "language": language,
+                "audio": f"audio/{clip_id}.wav",
+                "text": text,
+                "duration": duration,
+                "sha256": hashlib.sha256(wav.read_bytes()).hexdigest(),
+                "source": "espeak-ng",
+                "license": "GPL-3.0 (synthesized)",
+            }
+        )
+    (split_dir / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return split_dir
+
+
+def tiny_model_dir(dest: Path, seed: int = 0) -> Path:
+    """An FP32 model directory (``model.pt`` + ``model_card.json``) holding the tiny random Whisper."""
+    model = make_tiny_whisper(seed)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dest / "model.pt", LoadedModel(model, model.dims, None, {}))
+    (dest / "model_card.json").write_text(json.dumps({"source": f"tiny-random-seed-{seed}"}), encoding="utf-8")
+    return dest
+
+
+def variant_metrics(rates: dict[str, float], latency_p50_s: float, size_mb: float) -> dict[str, float]:
+    """Metrics of one variant as :func:`whisper_int8.evaluate.evaluate_model_dir` reports them."""
+    out: dict[str, float] = {}
+    for lang, rate in rates.items():
+        out[f"{'cer' if lang in ('zh', 'ja', 'th') else 'wer'}/{lang}"] = rate
+        out[f"lid_accuracy/{lang}"] = 100.0
+        out[f"clips/{lang}"] = 3
+    out["error_rate/overall"] = sum(rates.values()) / len(rates)
+    out.update(latency_p50_s=latency_p50_s, latency_p90_s=latency_p50_s * 1.2, rtf=0.1, model_size_mb=size_mb)
+    out.update(peak_rss_mb=500.0, load_time_s=0.5, first_call_s=latency_p50_s * 3, clips=3 * len(rates))
+    return out
+
+
+def report(
+    fp32: dict[str, float], int8: dict[str, float], speedup: float = 2.0, size_ratio: float = 0.3
+) -> dict:
+    """An eval.json-shaped report for two variants with the given per-language error rates (percent)."""
+    base = variant_metrics(fp32, 1.0, 100.0)
+    cand = variant_metrics(int8, 1.0 / speedup, 100.0 * size_ratio)
+    return {"fp32": base, "int8": cand, "comparison": compare(base, cand), "config": {"languages": sorted(fp32)}}

@@ -1,0 +1,71 @@
+"""The gate's thresholds, its champion comparison, and params validation (pure logic, no MLflow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_int8.gate import check_against_champion, check_thresholds, gate_config
+from whisper_int8.params import ParamError
+
+from .eval_fixtures import report
+
+
+def test_within_every_threshold_passes():
+    d = check_thresholds(report({"en": 10.0, "zh": 20.0}, {"en": 10.3, "zh": 20.4}), gate_config({}))
+    assert d.passed and d.status == "passed" and d.reasons == []
+    assert d.metrics["wer/en"] == pytest.approx(10.3)
+    assert d.metrics["cer_delta/zh"] == pytest.approx(0.4)
+    assert d.metrics["speedup"] == pytest.approx(2.0)
+
+
+def test_each_threshold_names_its_reason():
+    rep = report({"en": 10.0, "zh": 20.0}, {"en": 11.0, "zh": 20.0}, speedup=0.8, size_ratio=0.9)
+    d = check_thresholds(rep, gate_config({}))
+    assert not d.passed and d.status == "failed"
+    text = " | ".join(d.reasons)
+    assert "wer/en +1.00 pp" in text
+    assert "overall error rate +0.50 pp" not in text  # 0.5 is within the 0.5 limit
+    assert "speedup 0.80x below" in text
+    assert "size ratio 0.900 above" in text
+    assert "cer/zh" not in text
+
+
+def test_per_language_override_and_overall_limit():
+    rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 21.0})
+    assert not check_thresholds(rep, gate_config({})).passed
+    relaxed = gate_config({"max_wer_delta_pp_by_language": {"zh": 1.5}, "max_overall_wer_delta_pp": 0.6})
+    assert check_thresholds(rep, relaxed).passed
+
+
+def test_missing_language_fails_when_required():
+    rep = report({"en": 10.0}, {"en": 10.0})
+    rep["config"]["languages"] = ["en", "de"]
+    d = check_thresholds(rep, gate_config({}))
+    assert not d.passed and "de" in d.reasons[0]
+    assert check_thresholds(rep, gate_config({"require_languages": False})).passed
+    assert not check_thresholds(rep, gate_config({"require_languages": ["en", "fr"]})).passed
+
+
+def test_champion_comparison_on_accuracy_only():
+    champ = {"wer/en": 10.0, "error_rate/overall": 10.0, "speedup": 3.0}
+    better = {"wer/en": 9.0, "error_rate/overall": 9.0, "speedup": 1.1}
+    worse = {"wer/en": 10.5, "error_rate/overall": 10.5, "speedup": 5.0}
+    assert check_against_champion(better, champ, 0.0, "v1") == []
+    reasons = check_against_champion(worse, champ, 0.0, "v1")
+    assert len(reasons) == 2 and "champion v1" in reasons[0]
+    assert check_against_champion(worse, champ, 1.0, "v1") == []
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ({"max_wer_delta_pp": "half"}, "gate.max_wer_delta_pp"),
+        ({"fail_on_reject": "yes"}, "gate.fail_on_reject"),
+        ({"require_languages": "en"}, "gate.require_languages"),
+        ({"max_wer_delta_pp_by_language": [1]}, "gate.max_wer_delta_pp_by_language"),
+        ({"min_sped_up": 1}, "unknown gate keys"),
+    ],
+)
+def test_bad_params_name_the_key(section, key):
+    with pytest.raises(ParamError, match=key.replace(".", r"\.")):
+        gate_config(section)

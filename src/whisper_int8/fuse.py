@@ -1,0 +1,185 @@
+"""Fuse Whisper's attention projections so each attention does fewer, larger GEMMs.
+
+Self-attention Q/K/V become one ``qkv`` Linear (one GEMM instead of three); cross-attention K/V
+become one ``kv`` Linear. ``key``/``value`` stay as pass-through :class:`CacheSlot` modules because
+openai-whisper's decoding installs its kv-cache forward hooks on exactly those attributes, so
+``whisper.transcribe`` keeps working on the fused model. The output projection reads the token
+embedding through :class:`TiedEmbedding.project`, the seam where quantization swaps in INT8 logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from whisper.model import AudioEncoder, ModelDimensions, MultiHeadAttention, TextDecoder, Whisper
+
+log = logging.getLogger(__name__)
+
+
+class CacheSlot(nn.Module):
+    """Identity standing where openai-whisper's key/value Linear was; decoding hooks its output."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class FusedAttention(MultiHeadAttention):
+    """Multi-head attention with fused projections; same call signature and outputs as the original."""
+
+    def __init__(self, n_state: int, n_head: int, cross: bool) -> None:
+        nn.Module.__init__(self)
+        self.n_head = n_head
+        self.n_state = n_state
+        self.cross = cross
+        if cross:
+            self.query = nn.Linear(n_state, n_state)
+            self.kv = nn.Linear(n_state, 2 * n_state)
+        else:
+            self.qkv = nn.Linear(n_state, 3 * n_state)
+        self.key = CacheSlot()
+        self.value = CacheSlot()
+        self.out = nn.Linear(n_state, n_state)
+
+    def forward(
+        self, x: Tensor, xa: Tensor | None = None, mask: Tensor | None = None, kv_cache: dict | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        if not self.cross:
+            q, k, v = self.qkv(x).split(self.n_state, dim=-1)
+            k, v = self.key(k), self.value(v)
+        else:
+            q = self.query(x)
+            if kv_cache is not None and self.key in kv_cache:
+                k, v = kv_cache[self.key], kv_cache[self.value]
+            else:
+                k, v = self.kv(xa).split(self.n_state, dim=-1)
+                k, v = self.key(k), self.value(v)
+        wv, qk = self.qkv_attention(q, k, v, mask)
+        return self.out(wv), qk
+
+
+class TiedEmbedding(nn.Embedding):
+    """Token embedding that is also the output projection (logits = x · Eᵀ), as in Whisper."""
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
+class FusedTextDecoder(TextDecoder):
+    """openai-whisper's decoder with the logits computed by ``token_embedding.project``."""
+
+    def forward(self, x: Tensor, xa: Tensor, kv_cache: dict | None = None) -> Tensor:
+        offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
+        x = self.token_embedding(x) + self.positional_embedding[offset : offset + x.shape[-1]]
+        x = x.to(xa.dtype)
+        for block in self.blocks:
+            x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
+        return self.token_embedding.project(self.ln(x)).float()
+
+
+def _plain_linear(src: nn.Linear) -> nn.Linear:
+    """A plain ``nn.Linear`` copy (whisper.model.Linear is a subclass that exact-type quantizers skip)."""
+    dst = nn.Linear(src.in_features, src.out_features, bias=src.bias is not None, device=src.weight.device)
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
+    return dst
+
+
+def _fuse_attention(attn: MultiHeadAttention, cross: bool) -> FusedAttention:
+    n_state = attn.query.in_features
+    fused = FusedAttention(n_state, attn.n_head, cross).to(attn.query.weight.device)
+    zeros = torch.zeros(n_state, device=attn.query.weight.device)  # Whisper's key has no bias
+    with torch.no_grad():
+        if cross:
+            fused.query.load_state_dict(attn.query.state_dict())
+            fused.kv.weight.copy_(torch.cat([attn.key.weight, attn.value.weight]))
+            fused.kv.bias.copy_(torch.cat([zeros, attn.value.bias]))
+        else:
+            fused.qkv.weight.copy_(torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]))
+            fused.qkv.bias.copy_(torch.cat([attn.query.bias, zeros, attn.value.bias]))
+        fused.out.load_state_dict(attn.out.state_dict())
+    return fused
+
+
+def fuse_model(model: Whisper) -> dict[str, int]:
+    """Fuse ``model`` in place; return how many of each fusion were made (checked by the caller/tests)."""
+    counts = {"self_attention_qkv": 0, "cross_attention_kv": 0}
+    for block in [*model.encoder.blocks, *model.decoder.blocks]:
+        if isinstance(block.attn, FusedAttention):
+            raise ValueError("model is already fused")
+        block.attn = _fuse_attention(block.attn, cross=False)
+        counts["self_attention_qkv"] += 1
+        if block.cross_attn is not None:
+            block.cross_attn = _fuse_attention(block.cross_attn, cross=True)
+            counts["cross_attention_kv"] += 1
+        block.mlp[0] = _plain_linear(block.mlp[0])
+        block.mlp[2] = _plain_linear(block.mlp[2])
+    model.decoder.__class__ = FusedTextDecoder
+    model.decoder.token_embedding.__class__ = TiedEmbedding
+    expected = len(model.encoder.blocks) + len(model.decoder.blocks)
+    if counts["self_attention_qkv"] != expected or counts["cross_attention_kv"] != len(model.decoder.blocks):
+        raise RuntimeError(f"fusion count mismatch: {counts}")
+    log.info("fused %s", counts)
+    return counts
+
+
+FUSED_WEIGHTS = "fused.pt"
+
+
+def fused_skeleton(dims: ModelDimensions) -> Whisper:
+    """An empty fused model on the meta device (no FP32 allocation), for ``load_state_dict(assign=True)``."""
+    model = Whisper.__new__(Whisper)  # Whisper.__init__ builds a sparse buffer, which meta cannot
+    nn.Module.__init__(model)
+    model.dims = dims
+    with torch.device("meta"):
+        model.encoder = AudioEncoder(
+            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
+        )
+        model.decoder = TextDecoder(
+            dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer
+        )
+        fuse_model(model)
+    return model
+
+
+def materialize(model: Whisper, state: dict[str, Tensor], alignment_heads: list[list[int]] | None) -> Whisper:
+    """Load ``state`` into a meta skeleton and rebuild the non-persistent buffers on CPU."""
+    from .model_sources import set_alignment_heads
+
+    model.load_state_dict(state, strict=True, assign=True)
+    n_ctx = model.dims.n_text_ctx
+    model.decoder.register_buffer(
+        "mask", torch.empty(n_ctx, n_ctx).fill_(-float("inf")).triu_(1), persistent=False
+    )
+    if alignment_heads:
+        set_alignment_heads(model, alignment_heads)
+    else:
+        heads = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+        heads[model.dims.n_text_layer // 2 :] = True
+        model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+    return model.eval()
+
+
+def save_fused_dir(out: Path, model: Whisper, alignment_heads, counts: dict[str, int], extra: dict) -> None:
+    """Write ``fused.pt`` (plain tensors) and ``model_card.json`` into ``out`` (an atomic temp dir)."""
+    from dataclasses import asdict
+
+    from .fsutil import atomic_write_json
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, out / FUSED_WEIGHTS)
+    card = {
+        "format": "whisper-int8/fused",
+        "weights": FUSED_WEIGHTS,
+        "dims": asdict(model.dims),
+        "alignment_heads": alignment_heads,
+        "fusions": counts,
+        "bytes": (out / FUSED_WEIGHTS).stat().st_size,
+        **extra,
+    }
+    atomic_write_json(out / "model_card.json", card)

@@ -1,0 +1,58 @@
+"""Load any model directory of this pipeline (fp32, fused or int8) into a transcribe-ready Whisper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from whisper.model import ModelDimensions, Whisper
+
+from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
+from .model_sources import ModelSourceError, load_checkpoint
+from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelSourceError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelSourceError(f"{path}: weights file missing; rerun the stage that writes it")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+
+
+def load_model_dir(path: Path | str, device: str = "cpu") -> Whisper:
+    """Load ``models/fp32`` (model.pt), ``models/fused`` (fused.pt) or ``models/int8`` (int8.pt + config).
+
+    The result supports ``whisper.transcribe(model, audio)`` / ``model.transcribe``. INT8 on CUDA goes
+    through the torchao backend (eager fbgemm kernels are CPU-only).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelSourceError(f"{root}: model directory not found")
+    if (root / QUANT_CONFIG).is_file():
+        qcfg = _read_json(root / QUANT_CONFIG)
+        if qcfg.get("format") != FORMAT:
+            raise ModelSourceError(f"{root / QUANT_CONFIG}: format {qcfg.get('format')!r} is not {FORMAT!r}")
+        model = build_int8(qcfg, _load_state(root / qcfg.get("weights", "int8.pt")))
+        if str(device).startswith("cuda"):
+            from .quant.cuda import to_torchao
+
+            return to_torchao(model, qcfg["config"]["scheme"], device)
+        return model
+    if (root / FUSED_WEIGHTS).is_file():
+        card = _read_json(root / "model_card.json")
+        model = materialize(
+            fused_skeleton(ModelDimensions(**card["dims"])),
+            _load_state(root / FUSED_WEIGHTS),
+            card["alignment_heads"],
+        )
+        return model.to(device)
+    if (root / "model.pt").is_file():
+        return load_checkpoint(root / "model.pt").model.to(device)
+    raise ModelSourceError(f"{root}: no model.pt, {FUSED_WEIGHTS} or {QUANT_CONFIG}; not a model directory")

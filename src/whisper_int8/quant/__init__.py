@@ -1,0 +1,1 @@
+"""INT8 quantization of a fused Whisper: config validation, CPU/CUDA backends, save and load."""

@@ -1,0 +1,94 @@
+"""``params.yaml`` ``quant:`` section: every key validated, with an error naming the key and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..params import ParamError
+
+SCHEMES = ("dynamic", "static", "weight_only")
+BACKENDS = ("auto", "x86", "fbgemm", "torchao")
+DEFAULTS: dict[str, Any] = {
+    "scheme": "dynamic",
+    "per_channel": True,
+    "smoothquant_alpha": None,
+    "keep_float": [],
+    "auto_keep_float_k": 0,
+    "quantize_embedding": True,
+    "backend": "auto",
+}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    scheme: str = "dynamic"
+    per_channel: bool = True
+    smoothquant_alpha: float | None = None
+    keep_float: list[str] = field(default_factory=list)
+    auto_keep_float_k: int = 0
+    quantize_embedding: bool = True
+    backend: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ParamError(f"quant.{key}={value!r}: expected true or false")
+    return value
+
+
+def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -> QuantConfig:
+    """Validate the ``quant`` mapping (missing keys take :data:`DEFAULTS`) and return a config."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ParamError(f"{where}: unknown quant key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    v = {**DEFAULTS, **raw}
+    if v["scheme"] not in SCHEMES:
+        raise ParamError(f"{where}: quant.scheme={v['scheme']!r}: choose one of {', '.join(SCHEMES)}")
+    if v["backend"] not in BACKENDS:
+        raise ParamError(f"{where}: quant.backend={v['backend']!r}: choose one of {', '.join(BACKENDS)}")
+    alpha = v["smoothquant_alpha"]
+    if alpha is not None and (
+        isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0
+    ):
+        raise ParamError(f"{where}: quant.smoothquant_alpha={alpha!r}: expected null or a number in [0, 1]")
+    keep = v["keep_float"]
+    if keep is None:
+        keep = []
+    if not isinstance(keep, list) or not all(isinstance(p, str) and p for p in keep):
+        raise ParamError(
+            f"{where}: quant.keep_float={keep!r}: expected a list of module names or glob patterns "
+            "(e.g. ['decoder.blocks.0.*'])"
+        )
+    k = v["auto_keep_float_k"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ParamError(f"{where}: quant.auto_keep_float_k={k!r}: expected an integer >= 0")
+    return QuantConfig(
+        scheme=v["scheme"],
+        per_channel=_bool("per_channel", v["per_channel"]),
+        smoothquant_alpha=None if alpha is None else float(alpha),
+        keep_float=list(keep),
+        auto_keep_float_k=k,
+        quantize_embedding=_bool("quantize_embedding", v["quantize_embedding"]),
+        backend=v["backend"],
+    )
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``auto`` -> ``x86`` on CPU, ``torchao`` on CUDA; reject a backend that cannot run on ``device``."""
+    cuda = str(device).startswith("cuda")
+    if backend == "auto":
+        return "torchao" if cuda else "x86"
+    if cuda and backend != "torchao":
+        raise ParamError(
+            f"quant.backend={backend!r} runs on CPU only; use auto or torchao for device {device!r}"
+        )
+    if not cuda and backend == "torchao":
+        raise ParamError(
+            f"quant.backend=torchao needs a CUDA device (got {device!r}); use auto, x86 or fbgemm"
+        )
+    return backend

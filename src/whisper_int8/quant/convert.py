@@ -1,0 +1,212 @@
+"""Turn a fused FP32 Whisper into INT8 per ``QuantConfig``; save and rebuild it from a directory alone."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from whisper.model import Whisper
+
+from ..fsutil import atomic_write_json
+from ..fuse import TiedEmbedding, fused_skeleton, materialize
+from ..params import ParamError
+from .config import QuantConfig
+from .cpu import LINEAR_CLASSES, DynamicInt8Linear, Int8TiedEmbedding, StaticInt8Linear, set_engine
+
+log = logging.getLogger(__name__)
+
+INT8_WEIGHTS = "int8.pt"
+QUANT_CONFIG = "quant_config.json"
+EMBEDDING = "decoder.token_embedding"
+FORMAT = "whisper-int8/int8"
+
+
+class QuantError(RuntimeError):
+    """Quantization did not do what the config asked (e.g. wrong number of converted layers)."""
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of the float Linear layers, the candidates for INT8 (exact type: whisper's subclass is gone)."""
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear]
+
+
+def _get(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, float] | None) -> list[str]:
+    """Layers kept in float: those matching ``keep_float`` plus the ``auto_keep_float_k`` most sensitive."""
+    candidates = [*names, EMBEDDING]
+    keep: list[str] = []
+    for pattern in cfg.keep_float:
+        hits = fnmatch.filter(candidates, pattern)
+        if not hits:
+            raise ParamError(
+                f"quant.keep_float: pattern {pattern!r} matches no layer; names look like "
+                f"{names[0]!r}, {names[-1]!r} or {EMBEDDING!r}"
+            )
+        keep += [h for h in hits if h not in keep]
+    if cfg.auto_keep_float_k:
+        if not sensitivity:
+            raise ParamError(
+                "quant.auto_keep_float_k > 0 needs the calibration sensitivity.json; run calibrate"
+            )
+        ranked = sorted((n for n in sensitivity if n in candidates), key=lambda n: -sensitivity[n])
+        if cfg.auto_keep_float_k > len(ranked):
+            raise ParamError(
+                f"quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {len(ranked)} layers exist"
+            )
+        keep += [n for n in ranked[: cfg.auto_keep_float_k] if n not in keep]
+    return keep
+
+
+def smooth(model: Whisper, in_absmax: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """SmoothQuant: move activation outliers into the weights, folding 1/s into the preceding LayerNorm.
+
+    Applies where one LayerNorm feeds one Linear (fused QKV, cross-attention query, MLP fc1), so the
+    model stays mathematically equal in float. Returns the per-channel factors applied, by layer.
+    """
+    applied = {}
+    for prefix, block in [(f"encoder.blocks.{i}", b) for i, b in enumerate(model.encoder.blocks)] + [
+        (f"decoder.blocks.{i}", b) for i, b in enumerate(model.decoder.blocks)
+    ]:
+        pairs = [("attn_ln", "attn.qkv"), ("mlp_ln", "mlp.0")]
+        if block.cross_attn is not None:
+            pairs.append(("cross_attn_ln", "cross_attn.query"))
+        for ln_name, lin_name in pairs:
+            name = f"{prefix}.{lin_name}"
+            ln, lin = getattr(block, ln_name), block.get_submodule(lin_name)
+            if name not in in_absmax or type(lin) is not nn.Linear:
+                continue
+            x_max = in_absmax[name].float().clamp_min(1e-5)
+            w_max = lin.weight.detach().abs().amax(dim=0).clamp_min(1e-5)
+            s = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp_min(1e-5)
+            with torch.no_grad():
+                ln.weight.div_(s)
+                ln.bias.div_(s)
+                lin.weight.mul_(s)
+            applied[name] = s
+    return applied
+
+
+def quantize_model(
+    model: Whisper, cfg: QuantConfig, stats: dict[str, Tensor] | None = None, sensitivity: dict | None = None
+) -> dict:
+    """Quantize a fused ``model`` in place; return the layer map and counts (checked, fails loudly)."""
+    set_engine("x86" if cfg.backend == "auto" else cfg.backend if cfg.backend != "torchao" else "x86")
+    names = linear_names(model)
+    if not names:
+        raise QuantError("no nn.Linear layers found: is this a fused model (fuse_model) ?")
+    keep = float_layers(names, cfg, sensitivity)
+    if (cfg.scheme == "static" or cfg.smoothquant_alpha is not None) and not stats:
+        raise ParamError(
+            f"quant.scheme={cfg.scheme} / smoothquant_alpha need models/calibration; run calibrate"
+        )
+    in_absmax = {n: stats[f"{n}/in_absmax"] for n in names if stats and f"{n}/in_absmax" in stats}
+    if cfg.smoothquant_alpha is not None:
+        factors = smooth(model, in_absmax, cfg.smoothquant_alpha)
+        in_absmax.update({n: in_absmax[n] / s for n, s in factors.items()})
+        log.info("SmoothQuant alpha=%s applied to %d layers", cfg.smoothquant_alpha, len(factors))
+    layers: dict[str, str] = {}
+    for name in names:
+        if name in keep:
+            layers[name] = "float"
+            continue
+        lin = _get(model, name)
+        scheme = cfg.scheme
+        if scheme == "static" and not name.startswith("encoder."):
+            scheme = "dynamic"  # decoder inputs change shape every step: dynamic ranges there
+        if scheme == "static":
+            if f"{name}/out_absmax" not in stats:
+                raise QuantError(f"calibration statistics lack {name}; rerun calibrate on this fused model")
+            extra = {
+                "input_scale": (in_absmax[name].max() / 63.5).clamp_min(1e-8).reshape(()),
+                "output_scale": (stats[f"{name}/out_absmax"].max() / 127.5).clamp_min(1e-8).reshape(()),
+            }
+            qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
+        else:
+            qmod = LINEAR_CLASSES[scheme].from_float(lin, cfg.per_channel)
+        _set(model, name, qmod)
+        layers[name] = scheme
+    emb = model.decoder.token_embedding
+    if cfg.quantize_embedding and EMBEDDING not in keep:
+        model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb)
+        layers[EMBEDDING] = "int8_tied"
+    else:
+        layers[EMBEDDING] = "float"
+    report = count_layers(model)
+    expected_int8 = sum(v != "float" for k, v in layers.items() if k != EMBEDDING)
+    if report["int8_linear"] != expected_int8 or report["float_linear"] != len(names) - expected_int8:
+        raise QuantError(f"converted {report} but the layer map expects {expected_int8} int8 Linear layers")
+    log.info("quantized: %s", report)
+    return {"layers": layers, **report}
+
+
+def count_layers(model: nn.Module) -> dict[str, int]:
+    """Count what is really in the model: int8 Linear modules, float Linear, int8 embeddings."""
+    mods = list(model.modules())
+    return {
+        "int8_linear": sum(
+            getattr(m, "kind", None) == "int8" and not isinstance(m, Int8TiedEmbedding) for m in mods
+        ),
+        "float_linear": sum(type(m) is nn.Linear for m in mods),
+        "int8_embedding": sum(isinstance(m, Int8TiedEmbedding) for m in mods),
+        "float_embedding": sum(isinstance(m, TiedEmbedding) for m in mods),
+    }
+
+
+def save_int8_dir(
+    out: Path, model: Whisper, cfg: QuantConfig, report: dict, alignment_heads, card: dict
+) -> None:
+    """Write ``int8.pt`` (plain tensors), ``quant_config.json`` and ``model_card.json`` into ``out``."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, out / INT8_WEIGHTS)
+    atomic_write_json(
+        out / QUANT_CONFIG,
+        {
+            "format": FORMAT,
+            "weights": INT8_WEIGHTS,
+            "config": cfg.to_dict(),
+            "dims": asdict(model.dims),
+            "alignment_heads": alignment_heads,
+            "layers": report["layers"],
+        },
+    )
+    atomic_write_json(out / "model_card.json", {**card, **{k: v for k, v in report.items() if k != "layers"}})
+
+
+def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:
+    """Rebuild the quantized structure described by ``quant_config.json`` and load ``state`` into it."""
+    from whisper.model import ModelDimensions
+
+    cfg = qcfg["config"]
+    model = fused_skeleton(ModelDimensions(**qcfg["dims"]))
+    for name, kind in qcfg["layers"].items():
+        if kind == "float":
+            continue
+        if name == EMBEDDING:
+            emb = _get(model, name)
+            _set(model, name, Int8TiedEmbedding(emb.num_embeddings, emb.embedding_dim))
+            continue
+        if kind not in LINEAR_CLASSES:
+            raise QuantError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
+        lin = _get(model, name)
+        _set(
+            model,
+            name,
+            LINEAR_CLASSES[kind](lin.in_features, lin.out_features, lin.bias is not None, cfg["per_channel"]),
+        )
+    set_engine("x86")
+    return materialize(model, state, qcfg.get("alignment_heads"))
+
+
+__all__ = ["DynamicInt8Linear", "QuantError", "build_int8", "count_layers", "quantize_model", "save_int8_dir"]

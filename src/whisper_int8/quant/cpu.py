@@ -1,0 +1,218 @@
+"""CPU INT8 modules on PyTorch's x86/fbgemm quantized kernels (eager mode, no torch.compile).
+
+Each module keeps only what the kernel needs at run time (fbgemm's packed weights) and exposes the
+backend-neutral tensors through its state dict: ``weight_int8`` (int8, symmetric), ``weight_scale``
+(float32, one per output channel or one in all) and ``bias``. Loading a state dict re-packs them, so
+a save/load round trip gives bit-identical outputs and ``torch.load(weights_only=True)`` suffices.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Quantized-tensor constructors warn that they are deprecated (torch 2.13); the eager kernels still
+# work, and the backend sits behind quant.backend so it can move to torchao wholesale.
+warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
+
+REDUCE_RANGE = True  # 7-bit activations: no VNNI on the target CPUs, vpmaddubsw would saturate
+
+
+def set_engine(name: str) -> None:
+    """Select the quantized engine (``x86`` picks fbgemm/oneDNN per op; ``fbgemm`` forces fbgemm)."""
+    if name not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(
+            f"quantized engine {name!r} not available; have {torch.backends.quantized.supported_engines}"
+        )
+    torch.backends.quantized.engine = name
+
+
+def quantize_weight(weight: Tensor, per_channel: bool) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 (-127..127) with one scale per output row, or one for the whole matrix."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    scale = (amax / 127.0).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_weight(q: Tensor, scale: Tensor) -> Tensor:
+    return q.float() * scale[:, None]
+
+
+def _pack(q: Tensor, scale: Tensor, bias: Tensor | None):
+    if scale.numel() == 1:
+        qw = torch._make_per_tensor_quantized_tensor(q, float(scale), 0)
+    else:
+        zeros = torch.zeros(scale.numel(), dtype=torch.long)
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
+    return torch.ops.quantized.linear_prepack(qw, bias)
+
+
+def _unpack(packed) -> tuple[Tensor, Tensor, Tensor | None]:
+    qw, bias = torch.ops.quantized.linear_unpack(packed)
+    if qw.qscheme() == torch.per_tensor_affine:
+        scale = torch.tensor([qw.q_scale()], dtype=torch.float32)
+    else:
+        scale = qw.q_per_channel_scales().float()
+    return qw.int_repr(), scale, bias
+
+
+class PackedInt8Linear(nn.Module):
+    """Base: an int8 Linear held as fbgemm packed weights, (de)serialised as plain tensors."""
+
+    kind = "int8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.has_bias, self.per_channel = bias, per_channel
+        self._packed = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, per_channel: bool, **extra: Tensor) -> PackedInt8Linear:
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel)
+        q, scale = quantize_weight(linear.weight, per_channel)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        mod.set_weight(q, scale, bias)
+        for name, value in extra.items():
+            setattr(mod, name, value)
+        return mod
+
+    def set_weight(self, q: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+        self._packed = _pack(q, scale, bias)
+
+    def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return _unpack(self._packed)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        q, scale, bias = self.int8_weight()
+        destination[prefix + "weight_int8"] = q
+        destination[prefix + "weight_scale"] = scale
+        if bias is not None:
+            destination[prefix + "bias"] = bias
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        names = ["weight_int8", "weight_scale"] + (["bias"] if self.has_bias else [])
+        found = [prefix + n in state_dict for n in names]
+        if all(found):
+            q, scale = state_dict[prefix + "weight_int8"], state_dict[prefix + "weight_scale"]
+            bias = state_dict[prefix + "bias"].float() if self.has_bias else None
+            expect = self.out_features if self.per_channel else 1
+            if (
+                q.shape != (self.out_features, self.in_features)
+                or q.dtype != torch.int8
+                or scale.numel() != expect
+            ):
+                errors.append(
+                    f"{prefix}: int8 weight {tuple(q.shape)}/{q.dtype}, {scale.numel()} scales do not fit"
+                )
+            else:
+                self.set_weight(q, scale.float(), bias)
+        else:
+            missing.extend(prefix + n for n, ok in zip(names, found, strict=True) if not ok)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        for n in names:  # consumed above; keep the base class from calling them unexpected
+            if prefix + n in unexpected:
+                unexpected.remove(prefix + n)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, per_channel={self.per_channel}"
+
+
+class DynamicInt8Linear(PackedInt8Linear):
+    """INT8 weights, activations quantized per call from their observed range (no calibration)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
+
+
+class StaticInt8Linear(PackedInt8Linear):
+    """INT8 weights and activations with scales fixed by calibration (input and output absmax)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool) -> None:
+        super().__init__(in_features, out_features, bias, per_channel)
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("output_scale", torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # quint8 zero points: input 64 (7-bit range, see REDUCE_RANGE), output 128 (full range)
+        xq = torch.quantize_per_tensor(x.contiguous(), float(self.input_scale), 64, torch.quint8)
+        return torch.ops.quantized.linear(xq, self._packed, float(self.output_scale), 128).dequantize()
+
+
+class WeightOnlyInt8Linear(nn.Module):
+    """INT8 storage, float compute: the weight is dequantized per call (smaller file and RSS, FP32 speed)."""
+
+    kind = "int8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.per_channel = in_features, out_features, per_channel
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, per_channel: bool) -> WeightOnlyInt8Linear:
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel)
+        mod.weight_int8, mod.weight_scale = quantize_weight(linear.weight, per_channel)
+        if linear.bias is not None:
+            mod.bias = linear.bias.detach().float().clone()
+        return mod
+
+    def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.weight_int8, self.weight_scale, self.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, dequantize_weight(self.weight_int8, self.weight_scale), self.bias)
+
+
+class Int8TiedEmbedding(nn.Module):
+    """One int8 copy of the token embedding serving both the lookup and the logits GEMM.
+
+    The lookup dequantizes the selected rows; the projection (x · Eᵀ, most of a decoding step's
+    multiply-adds) runs fbgemm's dynamic int8 GEMM on weights packed from the same int8 matrix.
+    Per-row scales are per output channel of the projection.
+    """
+
+    kind = "int8"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings))
+        self._packed = None
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding) -> Int8TiedEmbedding:
+        mod = cls(emb.num_embeddings, emb.embedding_dim)
+        mod.weight_int8, mod.weight_scale = quantize_weight(emb.weight, per_channel=True)
+        mod._packed = _pack(mod.weight_int8, mod.weight_scale, None)
+        return mod
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._packed = _pack(self.weight_int8, self.weight_scale, None)
+
+    def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.weight_int8, self.weight_scale, None
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.embedding(tokens, self.weight_int8).float() * self.weight_scale[tokens].unsqueeze(-1)
+
+    def project(self, x: Tensor) -> Tensor:
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, REDUCE_RANGE)
+
+
+LINEAR_CLASSES: dict[str, type[nn.Module]] = {
+    "dynamic": DynamicInt8Linear,
+    "static": StaticInt8Linear,
+    "weight_only": WeightOnlyInt8Linear,
+}

@@ -1,0 +1,10 @@
+"""Build the multilingual calibration and evaluation corpus (the fetch_audio stage).
+
+One module per source kind (``asterisk``, ``kokoro``, ``local``, ``hf``), plus ``wavio`` (decode,
+convert and check audio), ``manifest`` (the on-disk format) and ``build`` (selection and splitting).
+"""
+
+from .errors import AudioInputError, ErrorPolicy
+from .manifest import MANIFEST, Clip, read_manifest
+
+__all__ = ["MANIFEST", "AudioInputError", "Clip", "ErrorPolicy", "read_manifest"]

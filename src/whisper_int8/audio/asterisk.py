@@ -1,0 +1,122 @@
+"""Real recorded speech: the Asterisk core sound prompts from Debian (professional speakers).
+
+``asterisk-core-sounds-LANG-{g722,wav}`` hold the audio (``g722``: 16 kHz wideband, ``wav``: 8 kHz),
+the parent package ``asterisk-core-sounds-LANG`` the transcripts (``name: text`` lines). Packages are
+fetched without root (``apt-get download`` + ``dpkg-deb -x``) into the cache, or read from ``/`` when
+installed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import AudioInputError
+from .manifest import Item
+from .wavio import decode_file
+
+log = logging.getLogger(__name__)
+
+LICENSES = {
+    "en": "CC-BY-SA-3.0",
+    "es": "CC-BY-SA-3.0",
+    "fr": "CC-BY-SA-3.0",
+    "it": "CC-BY-3.0",
+    "ru": "CC-BY-3.0",
+}
+CODECS = ("g722", "wav")
+SOUNDS = Path("usr/share/asterisk/sounds")
+
+
+def _installed(package: str) -> bool:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip().endswith("installed")
+
+
+def ensure_package(package: str, cache: Path) -> Path:
+    """Return a root directory under which ``package``'s files lie; download and unpack it once."""
+    if shutil.which("dpkg-query") and _installed(package):
+        return Path("/")
+    root = cache / "debian" / package
+    if (root / ".complete").is_file():
+        return root
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise AudioInputError(
+                f"{package}: cannot fetch the Debian package: {tool} not found (needs a Debian system)"
+            )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{package}.") as tmp:
+        log.info("downloading Debian package %s", package)
+        proc = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, capture_output=True, text=True)
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or not debs:
+            cause = (proc.stderr.strip().splitlines() or ["no .deb downloaded"])[-1]
+            raise AudioInputError(
+                f"{package}: cannot fetch the Debian package ({cause}); run `apt-get update`, "
+                f"check the apt sources, or install it with `apt-get install {package}`"
+            )
+        unpacked = Path(tmp) / "root"
+        proc = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AudioInputError(f"{debs[0].name}: cannot unpack ({proc.stderr.strip()})")
+        (unpacked / ".complete").write_text(debs[0].name + "\n")
+        shutil.rmtree(root, ignore_errors=True)
+        unpacked.rename(root)
+    return root
+
+
+def parse_transcripts(path: Path) -> dict[str, str]:
+    """``name: text`` lines (``;`` comments) -> {name: text}; bracketed notes like ``[beep]`` removed."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: dict[str, str] = {}
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith(";") or ":" not in line:
+                continue
+            name, text = line.split(":", 1)
+            text = re.sub(r"\[[^\]]*\]", " ", text)
+            out[name.strip()] = " ".join(text.split())
+    return out
+
+
+def items(language: str, cache: Path, codec: str = "g722", min_words: int = 5) -> list[Item]:
+    """Candidate prompts in ``language`` with at least ``min_words`` words, sorted by id."""
+    if language not in LICENSES:
+        raise AudioInputError(
+            f"asterisk: no Asterisk prompts for language {language!r} (have {', '.join(LICENSES)})"
+        )
+    if codec not in CODECS:
+        raise AudioInputError(f"asterisk: codec must be one of {CODECS}, got {codec!r}")
+    text_pkg = f"asterisk-core-sounds-{language}"
+    doc = ensure_package(text_pkg, cache) / "usr/share/doc" / text_pkg / f"core-sounds-{language}.txt.gz"
+    if not doc.is_file():
+        raise AudioInputError(f"{doc}: transcript file missing from package {text_pkg}")
+    transcripts = parse_transcripts(doc)
+    sounds = ensure_package(f"{text_pkg}-{codec}", cache) / SOUNDS
+    voices = sorted(p for p in sounds.glob(f"{language}_*") if p.is_dir())
+    if not voices:
+        raise AudioInputError(f"{sounds}: no {language}_* voice directory in package {text_pkg}-{codec}")
+    out = []
+    for name, text in sorted(transcripts.items()):
+        audio = voices[0] / f"{name}.{codec}"
+        if len(text.split()) < min_words or not audio.is_file():
+            continue
+        out.append(
+            Item(
+                id=f"{language}-asterisk-{name.replace('/', '-')}",
+                language=language,
+                text=text,
+                source=f"asterisk:{text_pkg}-{codec}",
+                license=LICENSES[language],
+                load=lambda a=audio: decode_file(a, fmt="g722" if codec == "g722" else None),
+            )
+        )
+    log.info("asterisk %s: %d prompts with >= %d words (%s)", language, len(out), min_words, codec)
+    return out

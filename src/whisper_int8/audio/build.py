@@ -1,0 +1,284 @@
+"""Select, split and write the corpus: ``calibration/`` and ``eval/`` with disjoint texts, plus a summary.
+
+Per language the candidate items of every configured source are pooled, sorted by id, de-duplicated by
+text, shuffled with ``seed``, and taken in that order: the evaluation clips first (so changing the
+calibration count never changes the evaluation set), then the calibration clips. An item that fails
+(bad audio, empty transcript...) is skipped or stops the build according to ``on_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from whisper.tokenizer import LANGUAGES
+
+from ..fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
+from ..params import ParamError
+from . import asterisk, hf, kokoro, local
+from .errors import AudioInputError, ErrorPolicy
+from .manifest import MANIFEST, Clip, Item
+from .wavio import MAX_SECONDS, SAMPLE_RATE, wav_bytes
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("calibration", "eval")
+KNOWN_LANGUAGES = set(LANGUAGES)
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    languages: list[str]
+    sources: dict[str, Any]  # source spec -> [languages] (or {language: dataset config} for hf:)
+    calib_per_lang: int
+    eval_per_lang: int
+    seed: int
+    on_error: str
+    cache_dir: Path
+    asterisk_codec: str = "g722"
+    min_words: int = 5
+    tts_threads: int = 2
+
+
+def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
+    """Validate the ``audio`` section; every error names the key and what to do."""
+
+    def need(key: str) -> Any:
+        if key not in p:
+            raise ParamError(f"{path}: audio.{key} is missing")
+        return p[key]
+
+    languages = need("languages")
+    if not isinstance(languages, list) or not languages:
+        raise ParamError(f"{path}: audio.languages must be a non-empty list of language codes")
+    unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
+    if unknown:
+        raise ParamError(
+            f"{path}: audio.languages: {', '.join(map(str, unknown))} not a language Whisper knows"
+        )
+    sources = need("sources")
+    if not isinstance(sources, dict) or not sources:
+        raise ParamError(
+            f"{path}: audio.sources must map each source (asterisk, kokoro, local:<path>, hf:<name>) "
+            "to its languages"
+        )
+    for spec, langs in sources.items():
+        kind = str(spec).split(":", 1)[0]
+        if kind not in ("asterisk", "kokoro", "local", "hf"):
+            raise ParamError(
+                f"{path}: audio.sources: unknown source {spec!r} (asterisk, kokoro, local:<path>, hf:<name>)"
+            )
+        if not isinstance(langs, list | dict) or not langs:
+            raise ParamError(f"{path}: audio.sources.{spec} must list the languages to take from it")
+        bad = [lang for lang in langs if lang not in KNOWN_LANGUAGES]
+        if bad:
+            raise ParamError(
+                f"{path}: audio.sources.{spec}: {', '.join(map(str, bad))} not a language Whisper knows"
+            )
+    uncovered = [lang for lang in languages if not any(lang in langs for langs in sources.values())]
+    if uncovered:
+        raise ParamError(f"{path}: audio.languages {', '.join(uncovered)} have no source in audio.sources")
+    counts = {}
+    for key in ("calib_per_lang", "eval_per_lang", "seed", "min_words", "tts_threads"):
+        value = (
+            p.get(key, AudioParams.__dataclass_fields__[key].default)
+            if key in ("min_words", "tts_threads")
+            else need(key)
+        )
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ParamError(f"{path}: audio.{key} must be a non-negative integer, got {value!r}")
+        counts[key] = value
+    on_error = need("on_error")
+    if on_error not in ("skip", "fail"):
+        raise ParamError(f"{path}: audio.on_error must be 'skip' or 'fail', got {on_error!r}")
+    codec = p.get("asterisk_codec", "g722")
+    if codec not in asterisk.CODECS:
+        raise ParamError(f"{path}: audio.asterisk_codec must be one of {asterisk.CODECS}, got {codec!r}")
+    cache = Path(os.environ.get("WHISPER_INT8_CACHE") or p.get("cache_dir") or "cache")
+    return AudioParams(
+        languages=list(languages),
+        sources=dict(sources),
+        on_error=on_error,
+        cache_dir=cache.resolve(),
+        asterisk_codec=codec,
+        **counts,
+    )
+
+
+def _source_items(spec: str, language: str, params: AudioParams, policy: ErrorPolicy) -> list[Item]:
+    kind, _, arg = spec.partition(":")
+    if kind == "asterisk":
+        return asterisk.items(language, params.cache_dir, params.asterisk_codec, params.min_words)
+    if kind == "kokoro":
+        return kokoro.items(language, params.cache_dir, params.seed, params.tts_threads)
+    if kind == "hf":  # local: is read once per spec in collect()
+        configs = params.sources[spec]
+        config = configs.get(language) if isinstance(configs, dict) else None
+        return hf.items(arg, language, config, params.cache_dir)
+
+
+def collect(params: AudioParams, policy: ErrorPolicy) -> dict[str, list[Item]]:
+    """Candidate items per language from every configured source; unusable sources go through ``policy``."""
+    pooled: dict[str, list[Item]] = {lang: [] for lang in params.languages}
+    local_cache: dict[str, list[Item]] = {}
+    for spec, langs in params.sources.items():
+        for language in [lang for lang in langs if lang in pooled]:
+            try:
+                if spec.startswith("local:"):  # one read of the manifest serves all its languages
+                    if spec not in local_cache:
+                        local_cache[spec] = local.items(spec[6:], list(langs), KNOWN_LANGUAGES, policy)
+                    found = [it for it in local_cache[spec] if it.language == language]
+                else:
+                    found = _source_items(spec, language, params, policy)
+            except AudioInputError as e:
+                policy.handle(e, language)
+                continue
+            pooled[language].extend(found)
+        if spec.startswith("local:") and spec in local_cache:
+            for it in local_cache[spec]:
+                if it.language not in KNOWN_LANGUAGES:
+                    policy.handle(
+                        AudioInputError(f"{it.source}: language {it.language!r} is not one Whisper knows"),
+                        it.language,
+                    )
+    return pooled
+
+
+def _text_key(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def _unique(items: list[Item], policy: ErrorPolicy) -> list[Item]:
+    """Sorted by id; duplicate ids go through ``policy``; repeated texts keep their first item only."""
+    by_id: dict[str, Item] = {}
+    texts: set[str] = set()
+    out = []
+    for it in sorted(items, key=lambda i: (i.id, i.source)):
+        if it.id in by_id:
+            policy.handle(
+                AudioInputError(f"{it.source}: duplicate id {it.id!r} (also {by_id[it.id].source})"),
+                it.language,
+            )
+            continue
+        by_id[it.id] = it
+        key = _text_key(it.text)
+        if key in texts:
+            log.debug("%s: same text as an earlier item, not used (a text goes in one split only)", it.id)
+            continue
+        texts.add(key)
+        out.append(it)
+    return out
+
+
+def select(language: str, items: list[Item], params: AudioParams, policy: ErrorPolicy, bar: tqdm) -> dict:
+    """Decode items in seeded order until both splits of ``language`` are full: {split: [(item, pcm)]}."""
+    order = _unique(items, policy)
+    random.Random(f"{params.seed}:{language}").shuffle(order)
+    wanted = {"eval": params.eval_per_lang, "calibration": params.calib_per_lang}
+    chosen: dict[str, list] = {"eval": [], "calibration": []}
+    for it in order:
+        split = next((s for s in ("eval", "calibration") if len(chosen[s]) < wanted[s]), None)
+        if split is None:
+            break
+        try:
+            if not it.text.strip():
+                raise AudioInputError(f"{it.source}: empty transcript")
+            pcm = it.load()
+        except AudioInputError as e:
+            policy.handle(e, language)
+            continue
+        if len(pcm) > MAX_SECONDS * SAMPLE_RATE:
+            log.info(
+                "%s: %.1f s, longer than %d s; kept (evaluation handles long audio)",
+                it.id,
+                len(pcm) / SAMPLE_RATE,
+                MAX_SECONDS,
+            )
+        chosen[split].append((it, pcm))
+        bar.update(1)
+    for split, n in wanted.items():
+        if len(chosen[split]) < n:
+            log.warning(
+                "%s: only %d of %d %s clips (sources ran out)", language, len(chosen[split]), n, split
+            )
+    return chosen
+
+
+def _write_split(dest: Path, chosen: list[tuple[Item, Any]]) -> list[Clip]:
+    clips = []
+    for it, pcm in sorted(chosen, key=lambda c: c[0].id):
+        rel = f"audio/{it.id}.wav"
+        atomic_write_bytes(dest / rel, wav_bytes(pcm))
+        clips.append(
+            Clip(
+                id=it.id,
+                language=it.language,
+                audio=rel,
+                text=it.text.strip(),
+                duration=round(len(pcm) / SAMPLE_RATE, 4),
+                sha256=sha256_file(dest / rel),
+                source=it.source,
+                license=it.license,
+            )
+        )
+    (dest / MANIFEST).write_text("".join(c.to_json() + "\n" for c in clips), encoding="utf-8")
+    return clips
+
+
+def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path) -> dict:
+    """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
+    policy = ErrorPolicy(params.on_error)
+    pooled = collect(params, policy)
+    chosen: dict[str, list] = {s: [] for s in SPLITS}
+    total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)
+    with tqdm(total=total, desc="fetch_audio", unit="clip") as bar:
+        for language in params.languages:
+            for split, picked in select(language, pooled[language], params, policy, bar).items():
+                chosen[split].extend(picked)
+    texts = [{_text_key(it.text) for it, _ in chosen[s]} for s in SPLITS]
+    assert not texts[0] & texts[1], "a text landed in both splits"
+    written: dict[str, list[Clip]] = {}
+    with atomic_dir(calib_dir) as ctmp, atomic_dir(eval_dir) as etmp:
+        written["calibration"] = _write_split(ctmp, chosen["calibration"])
+        written["eval"] = _write_split(etmp, chosen["eval"])
+    summary = _summary(params, written, policy)
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+def _summary(params: AudioParams, written: dict[str, list[Clip]], policy: ErrorPolicy) -> dict:
+    splits: dict[str, dict] = {}
+    for split, clips in written.items():
+        per = {lang: {"clips": 0, "minutes": 0.0} for lang in params.languages}
+        for c in clips:
+            per[c.language]["clips"] += 1
+            per[c.language]["minutes"] += c.duration / 60
+        for v in per.values():
+            v["minutes"] = round(v["minutes"], 3)
+        splits[split] = {
+            "languages": per,
+            "clips": len(clips),
+            "minutes": round(sum(c.duration for c in clips) / 60, 3),
+        }
+    sources = {
+        lang: sorted({c.source.split(":")[0] for s in written.values() for c in s if c.language == lang})
+        for lang in params.languages
+    }
+    return {
+        "splits": splits,
+        "sources": sources,
+        "skipped": {"count": len(policy.skipped), "by_language": policy.counts(), "items": policy.skipped},
+        "params": {
+            "calib_per_lang": params.calib_per_lang,
+            "eval_per_lang": params.eval_per_lang,
+            "seed": params.seed,
+            "asterisk_codec": params.asterisk_codec,
+            "on_error": params.on_error,
+        },
+    }

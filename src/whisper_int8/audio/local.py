@@ -1,0 +1,105 @@
+"""A user's own recordings: a CSV/JSONL manifest, or a folder of audio files with same-named ``.txt`` files.
+
+Manifest columns: ``audio`` (path, relative to the manifest), ``text``, ``language``; optional ``id``
+and ``license``. In a folder, a file's language is its parent folder's name when that is a language
+code (``recordings/de/x.wav``), otherwise the one language the source is configured with.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .errors import AudioInputError, ErrorPolicy
+from .manifest import Item
+from .wavio import decode_file
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac"}
+LICENSE = "user-provided"
+
+
+def _rows(path: Path) -> list[dict]:
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise AudioInputError(f"{path}:{n}: not valid JSON ({e})") from None
+        return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise AudioInputError(f"{path}: cannot read the manifest ({e})") from None
+
+
+def _item(item_id: str, language: str, text: str, audio: Path, license: str) -> Item:
+    return Item(
+        id=item_id,
+        language=language,
+        text=text.strip(),
+        source=f"local:{audio}",
+        license=license,
+        load=lambda: decode_file(audio),
+    )
+
+
+def from_manifest(path: Path, policy: ErrorPolicy) -> list[Item]:
+    out = []
+    for n, row in enumerate(_rows(path), 1):
+        try:
+            if not isinstance(row, dict) or not row.get("audio"):
+                raise AudioInputError(f"{path}:{n}: row has no 'audio' path")
+            if not row.get("language"):
+                raise AudioInputError(f"{path}:{n}: row has no 'language' code")
+            audio = (path.parent / str(row["audio"])).resolve()
+            text = row.get("text")
+            if text is None or not str(text).strip():
+                raise AudioInputError(f"{path}:{n}: empty or missing transcript for {audio}")
+        except AudioInputError as e:
+            policy.handle(e, row.get("language") if isinstance(row, dict) else None)
+            continue
+        item_id = str(row.get("id") or f"{row['language']}-local-{audio.stem}")
+        out.append(_item(item_id, str(row["language"]), str(text), audio, str(row.get("license") or LICENSE)))
+    return out
+
+
+def from_folder(folder: Path, languages: list[str], known: set[str], policy: ErrorPolicy) -> list[Item]:
+    out = []
+    for audio in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+        language = (
+            audio.parent.name
+            if audio.parent.name in known
+            else (languages[0] if len(languages) == 1 else None)
+        )
+        try:
+            if language is None:
+                raise AudioInputError(
+                    f"{audio}: cannot tell the language; put it in a folder named by its code "
+                    "or configure one language for this source"
+                )
+            transcript = audio.with_suffix(".txt")
+            if not transcript.is_file():
+                raise AudioInputError(f"{audio}: transcript {transcript.name} is missing")
+            text = transcript.read_text(encoding="utf-8", errors="replace").strip()
+            if not text:
+                raise AudioInputError(f"{transcript}: empty transcript")
+        except AudioInputError as e:
+            policy.handle(e, language)
+            continue
+        rel = audio.relative_to(folder).with_suffix("")
+        out.append(_item(f"{language}-local-{'-'.join(rel.parts)}", language, text, audio, LICENSE))
+    return out
+
+
+def items(spec_path: str, languages: list[str], known: set[str], policy: ErrorPolicy) -> list[Item]:
+    """Items from ``local:<spec_path>`` (manifest file or folder)."""
+    path = Path(spec_path).expanduser()
+    if path.is_dir():
+        return from_folder(path, languages, known, policy)
+    if path.is_file() and path.suffix.lower() in (".csv", ".jsonl", ".json"):
+        return from_manifest(path, policy)
+    raise AudioInputError(f"local:{spec_path}: not a folder or a .csv/.jsonl manifest")

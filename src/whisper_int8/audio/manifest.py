@@ -1,0 +1,68 @@
+"""The corpus format: ``<split>/manifest.jsonl`` (one clip per line) next to ``<split>/audio/<id>.wav``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudioInputError
+
+MANIFEST = "manifest.jsonl"
+FIELDS = ("id", "language", "audio", "text", "duration", "sha256", "source", "license")
+
+
+@dataclass(frozen=True)
+class Item:
+    """A candidate clip from a source: its audio is decoded only if the item is selected."""
+
+    id: str
+    language: str
+    text: str
+    source: str
+    license: str
+    load: Callable[[], np.ndarray]  # -> 16 kHz mono int16; raises AudioInputError
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One manifest row. ``audio`` is relative to the split directory in the file, absolute once read."""
+
+    id: str
+    language: str
+    audio: str
+    text: str
+    duration: float
+    sha256: str
+    source: str
+    license: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+
+def read_manifest(split_dir: Path | str) -> list[Clip]:
+    """Read ``split_dir/manifest.jsonl``; audio paths come back absolute. Raises naming the bad line."""
+    path = Path(split_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: manifest not found; run the fetch_audio stage (dvc repro fetch_audio)"
+        )
+    clips = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AudioInputError(f"{path}:{n}: not valid JSON ({e})") from None
+        missing = [f for f in FIELDS if f not in row]
+        if missing:
+            raise AudioInputError(f"{path}:{n}: missing field(s) {', '.join(missing)}")
+        row = {f: row[f] for f in FIELDS}
+        row["audio"] = str((Path(split_dir) / row["audio"]).resolve())
+        clips.append(Clip(**row))
+    return clips

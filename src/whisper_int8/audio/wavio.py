@@ -1,0 +1,113 @@
+"""Decode any audio with ffmpeg into 16 kHz mono 16-bit PCM, check it, and write canonical WAV bytes.
+
+Everything goes through one ffmpeg command line so that stereo, other sample rates and codecs
+(including the raw G.722 of the Asterisk ``-g722`` packages) are converted the same way, and the
+result is byte-identical from run to run.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudioInputError
+
+SAMPLE_RATE = 16000
+# A clip whose loudest sample is below -50 dBFS carries no speech.
+SILENCE_PEAK = 0.003
+MAX_SECONDS = 30.0  # Whisper's window; longer clips are kept (evaluation handles long audio) but logged
+
+
+def _ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise AudioInputError(
+            "ffmpeg not found on PATH; install it (Debian: apt-get install ffmpeg, or `make setup`)"
+        )
+    return exe
+
+
+def _run_ffmpeg(input_args: list[str], name: str, stdin: bytes | None = None) -> np.ndarray:
+    cmd = [
+        _ffmpeg(),
+        *([] if stdin is not None else ["-nostdin"]),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        *input_args,
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "-",
+    ]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        cause = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise AudioInputError(
+            f"{name}: unreadable or corrupt audio ({cause[-1] if cause else 'ffmpeg failed'})"
+        )
+    return np.frombuffer(proc.stdout, dtype="<i2").copy()
+
+
+def decode_file(path: Path | str, fmt: str | None = None) -> np.ndarray:
+    """Decode ``path`` (any format ffmpeg reads; ``fmt`` forces a demuxer: ``g722``) to 16 kHz mono int16."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioInputError(f"{path}: audio file not found")
+    if path.stat().st_size == 0:
+        raise AudioInputError(f"{path}: zero-length audio (empty file)")
+    args = (["-f", fmt] if fmt else []) + ["-i", str(path)]
+    return check_pcm(_run_ffmpeg(args, str(path)), str(path))
+
+
+def convert_array(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
+    """Resample a float waveform in [-1, 1] (mono, or shape (n, channels)) to 16 kHz mono int16."""
+    samples = np.asarray(samples, dtype="<f4")
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    args = ["-f", "f32le", "-ar", str(int(sample_rate)), "-ac", str(channels), "-i", "pipe:0"]
+    return check_pcm(_run_ffmpeg(args, name, stdin=samples.tobytes()), name)
+
+
+def check_pcm(pcm: np.ndarray, name: str) -> np.ndarray:
+    """Reject empty and silent clips with a message naming ``name``."""
+    if pcm.size == 0:
+        raise AudioInputError(f"{name}: zero-length audio (no samples after decoding)")
+    peak = float(np.abs(pcm.astype(np.int32)).max()) / 32768.0
+    if peak < SILENCE_PEAK:
+        raise AudioInputError(f"{name}: silent clip (peak {20 * np.log10(max(peak, 1e-9)):.0f} dBFS)")
+    return pcm
+
+
+def wav_bytes(pcm: np.ndarray) -> bytes:
+    """Canonical 16 kHz mono 16-bit WAV bytes (no metadata, so identical input gives identical bytes)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+    return buf.getvalue()
+
+
+def read_wav(path: Path | str) -> np.ndarray:
+    """Read a 16 kHz mono 16-bit WAV written by :func:`wav_bytes` as float32 in [-1, 1]."""
+    with wave.open(str(path), "rb") as w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE):
+            raise AudioInputError(
+                f"{path}: expected 16 kHz mono 16-bit WAV, got {w.getframerate()} Hz, "
+                f"{w.getnchannels()} channel(s), {8 * w.getsampwidth()}-bit"
+            )
+        data = w.readframes(w.getnframes())
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0

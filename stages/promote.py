@@ -53,11 +53,11 @@ def main(args) -> int:
         gate_json=Path(args.metrics) / "gate.json",
         params=params,
     )
-    decision = promote(inputs, cfg, gate, ev.get("beam_size"))
-    if decision.passed:
-        print(f"promoted: {cfg.registered_model}@{cfg.alias} -> {inputs.gate_json}")
+    result = promote(inputs, cfg, gate, ev.get("beam_size"))
+    if result["passed"]:
+        print(f"promoted: {cfg.registered_model}@{cfg.alias} -> version {result['version']}")
         return 0
-    print(f"not promoted: {'; '.join(decision.reasons)}")
+    print(f"not promoted: {'; '.join(result['reasons'])}")
     return 1 if gate.fail_on_reject else 0
 
 

@@ -20,7 +20,8 @@ def speak(text: str, language: str, dest: Path) -> float:
     raw = dest.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", ESPEAK_VOICES[language], "-w", str(raw), text], check=True)
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", str(dest)], check=True
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(raw), "-ac", "1", "-ar", "16000", str(dest)],
+        check=True,
     )
     raw.unlink()
     return (dest.stat().st_size - 44) / 2 / 16000
@@ -55,7 +56,9 @@ def tiny_model_dir(dest: Path, seed: int = 0) -> Path:
     model = make_tiny_whisper(seed)
     dest.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dest / "model.pt", LoadedModel(model, model.dims, None, {}))
-    (dest / "model_card.json").write_text(json.dumps({"source": f"tiny-random-seed-{seed}"}), encoding="utf-8")
+    (dest / "model_card.json").write_text(
+        json.dumps({"source": f"tiny-random-seed-{seed}"}), encoding="utf-8"
+    )
     return dest
 
 
@@ -78,4 +81,24 @@ def report(
     """An eval.json-shaped report for two variants with the given per-language error rates (percent)."""
     base = variant_metrics(fp32, 1.0, 100.0)
     cand = variant_metrics(int8, 1.0 / speedup, 100.0 * size_ratio)
-    return {"fp32": base, "int8": cand, "comparison": compare(base, cand), "config": {"languages": sorted(fp32)}}
+    return {
+        "fp32": base,
+        "int8": cand,
+        "comparison": compare(base, cand),
+        "config": {"languages": sorted(fp32)},
+    }
+
+
+def tiny_int8_dir(dest: Path, seed: int = 0) -> Path:
+    """An INT8 model directory (``int8.pt`` + ``quant_config.json``) from the tiny random Whisper."""
+    from whisper_int8.fuse import fuse_model
+    from whisper_int8.quant.config import QuantConfig
+    from whisper_int8.quant.convert import quantize_model, save_int8_dir
+
+    model = make_tiny_whisper(seed)
+    fuse_model(model)
+    cfg = QuantConfig()
+    layer_report = quantize_model(model, cfg)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_int8_dir(dest, model, cfg, layer_report, None, {"source": f"tiny-random-seed-{seed}"})
+    return dest

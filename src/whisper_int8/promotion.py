@@ -20,7 +20,7 @@ import yaml
 from . import registry, tracking
 from .eval_report import BASELINE, CANDIDATE, deltas_for
 from .fsutil import atomic_write_json, sha256_file
-from .gate import Decision, GateConfig, check_against_champion, check_thresholds
+from .gate import GateConfig, check_against_champion, check_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,13 @@ def variant_metrics(report: dict[str, Any], variant: str) -> dict[str, float]:
     return {**own, **deltas_for(variant, comp), **ratios}
 
 
-def promote(inputs: PromoteInputs, cfg: MlflowConfig, gate: GateConfig, beam_size: int | None) -> Decision:
-    """Log runs, register the candidate, judge it, tag it, move the alias if it passed; write gate.json."""
+def promote(
+    inputs: PromoteInputs, cfg: MlflowConfig, gate: GateConfig, beam_size: int | None
+) -> dict[str, Any]:
+    """Log runs, register the candidate, judge it, tag it, move the alias if it passed.
+
+    Returns what it writes to gate.json: the decision, its reasons and metrics, the version, the champion.
+    """
     report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
     lock_digest = dvc_lock_digest(inputs.dvc_lock)
     key = pipeline_key(lock_digest, inputs.eval_json)
@@ -154,6 +159,6 @@ def promote(inputs: PromoteInputs, cfg: MlflowConfig, gate: GateConfig, beam_siz
             )
             tracking.log_files(client, run_id, [(inputs.gate_json, "gate")])
         ok = True
-        return decision
+        return result
     finally:
         tracking.finish(client, runs, ok)

@@ -19,6 +19,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 MODEL_DIR_ARTIFACT = "model_dir"
 
@@ -39,8 +40,6 @@ def load_audio(audio: Any) -> np.ndarray:
 
 def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
     """Normalize every accepted input form to ``[(audio, language or None), ...]``."""
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         if "audio" not in model_input.columns:
             raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
@@ -74,7 +73,11 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = load_model_dir(model_dir, device="cpu")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # Annotated as DataFrame (what serving passes) because MLflow derives no input schema from that hint;
+    # in-process callers may pass any form listed in the module docstring.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> list[str]:
         from whisper_int8.transcribe import transcribe_clip
 
         return [

@@ -1,0 +1,128 @@
+"""The promote stage on a real temporary MLflow registry: the alias moves on a pass, stays on a refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from whisper_int8.gate import gate_config
+from whisper_int8.promotion import promote
+
+from .conftest import REPO, venv_env
+from .eval_fixtures import report, tiny_model_dir
+from .test_tracking import free_port, mlflow_cfg, setup_pipeline
+
+MODEL = "whisper-int8-test"
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"fp32": tiny_model_dir(root / "fp32", seed=0), "int8": tiny_model_dir(root / "int8", seed=1)}
+
+
+def run_promote(
+    work: Path, rep: dict, model_dirs: dict[str, Path], uri: str, **gate
+) -> subprocess.CompletedProcess:
+    """Run stages/promote.py as DVC would, in ``work`` with its own params.yaml and metrics/."""
+    (work / "metrics").mkdir(parents=True, exist_ok=True)
+    (work / "metrics" / "eval.json").write_text(json.dumps(rep), encoding="utf-8")
+    params = {
+        "model": {"source": "package:tiny"},
+        "evaluate": {"beam_size": None, "models": {k: str(v) for k, v in model_dirs.items()}},
+        "gate": gate,
+        "mlflow": {
+            "experiment": "exp",
+            "registered_model": MODEL,
+            "alias": "champion",
+            "artifact_root": "mlruns",
+            "upstream_artifacts": [str(model_dirs["fp32"] / "model_card.json")],
+        },
+    }
+    (work / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    env = {**venv_env(), "MLFLOW_TRACKING_URI": uri}
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "promote.py")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ok = run_promote(tmp_path, report({"en": 10.0, "zh": 20.0}, {"en": 10.2, "zh": 20.3}), model_dirs, uri)
+    assert ok.returncode == 0, ok.stderr
+    assert "promoted: whisper-int8-test@champion -> version 1" in ok.stdout
+
+    # Forced failure: INT8 is 2 pp worse on English, beyond the 0.5 pp limit.
+    rep_bad = report({"en": 10.0, "zh": 20.0}, {"en": 12.0, "zh": 20.0})
+    bad = run_promote(tmp_path, rep_bad, model_dirs, uri)
+    assert bad.returncode == 0, bad.stderr  # a refusal is a result, not a crash
+    assert "not promoted: wer/en +2.00 pp over FP32 (10.00 -> 12.00), limit 0.5 pp" in bad.stdout
+
+    client = MlflowClient(uri)
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+    v2 = client.get_model_version(MODEL, "2")
+    assert v2.tags["validation_status"] == "failed" and "wer/en +2.00 pp" in v2.tags["validation_reasons"]
+    assert json.loads(v2.tags["gate_metrics"])["wer_delta/en"] == pytest.approx(2.0)
+    assert client.get_model_version(MODEL, "1").tags["validation_status"] == "passed"
+    gate = json.loads((tmp_path / "metrics" / "gate.json").read_text())
+    assert gate["promoted"] is False and gate["version"] == 2 and gate["champion_version"] == 1
+    # The stage's default artifact root is mlruns/ beside params.yaml, not MLflow's own default.
+    assert (tmp_path / "mlruns").is_dir()
+
+    # CI mode: the same refusal exits 1; the re-run reuses version 2 instead of registering a third.
+    ci = run_promote(tmp_path, rep_bad, model_dirs, uri, fail_on_reject=True)
+    assert ci.returncode == 1 and "not promoted: wer/en +2.00 pp" in ci.stdout
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+
+
+def test_unreachable_server_exits_2_with_one_line(tmp_path, model_dirs):
+    uri = f"http://127.0.0.1:{free_port()}"
+    proc = run_promote(tmp_path, report({"en": 10.0}, {"en": 10.0}), model_dirs, uri)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: MLflow tracking server {uri} cannot be reached")
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):
+    cfg = mlflow_cfg(tmp_path)
+    first = promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "a"),
+        cfg,
+        gate_config({}),
+        None,
+    )
+    assert first["passed"]
+    # Within the FP32 thresholds, but worse than the champion's 10.1 % WER.
+    second = promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.4}), "b"),
+        cfg,
+        gate_config({}),
+        None,
+    )
+    assert not second["passed"] and any("worse than champion v1" in r for r in second["reasons"])
+    client = MlflowClient(cfg.tracking_uri)
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+    # A better candidate replaces the champion.
+    third = promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0}), "c"),
+        cfg,
+        gate_config({}),
+        None,
+    )
+    assert third["passed"]
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 3

@@ -1,0 +1,156 @@
+"""MLflow tracking on a real temporary sqlite store: parent + child runs, metric keys, idempotent re-runs."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from whisper_int8.gate import gate_config
+from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
+from whisper_int8.tracking import open_experiment
+from whisper_int8.tracking_uri import TrackingError, resolve_tracking_uri
+
+from .eval_fixtures import report, tiny_model_dir
+
+SHARED_KEYS = {
+    "wer/en", "cer/zh", "wer_delta/en", "cer_delta/zh", "error_rate/overall", "lid_accuracy/en",
+    "latency_p50_s", "latency_p90_s", "rtf", "peak_rss_mb", "model_size_mb", "load_time_s", "speedup",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"fp32": tiny_model_dir(root / "fp32", seed=0), "int8": tiny_model_dir(root / "int8", seed=1)}
+
+
+def setup_pipeline(tmp: Path, model_dirs: dict[str, Path], rep: dict, tag: str = "a") -> PromoteInputs:
+    """An eval.json + upstream files as the earlier stages would leave them."""
+    metrics = tmp / f"metrics-{tag}"
+    metrics.mkdir()
+    (metrics / "eval.json").write_text(json.dumps(rep), encoding="utf-8")
+    (metrics / "per_language.csv").write_text("language,fp32,int8\nen,1,1\n", encoding="utf-8")
+    upstream = tmp / "upstream"
+    (upstream / "calibration").mkdir(parents=True, exist_ok=True)
+    (upstream / "audio_summary.json").write_text('{"clips": 6}', encoding="utf-8")
+    (upstream / "calibration" / "sensitivity.json").write_text('{"layers": []}', encoding="utf-8")
+    return PromoteInputs(
+        eval_json=metrics / "eval.json",
+        model_dirs=model_dirs,
+        artifacts=[
+            upstream / "audio_summary.json",
+            upstream / "calibration",
+            model_dirs["fp32"] / "model_card.json",
+        ],
+        eval_files=[metrics / "per_language.csv"],
+        gate_json=metrics / "gate.json",
+        params={"model": {"source": "package:tiny"}, "quant": {"scheme": "w8a8", "calibration_clips": 16}},
+        dvc_lock=tmp / "dvc.lock",
+    )
+
+
+def mlflow_cfg(tmp: Path) -> MlflowConfig:
+    return MlflowConfig(
+        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        experiment="whisper-int8-test",
+        registered_model="whisper-int8-test",
+        alias="champion",
+        artifact_location=(tmp / "mlruns").as_uri(),
+    )
+
+
+def runs_of(cfg: MlflowConfig):
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0, "zh": 20.0}, {"en": 10.2, "zh": 20.1}))
+    assert promote(inputs, cfg, gate_config({}), beam_size=None)["passed"]
+
+    client, runs = runs_of(cfg)
+    parents = [r for r in runs if r.data.tags.get("role") == "pipeline"]
+    children = {r.data.tags["variant"]: r for r in runs if r.data.tags.get("role") == "variant"}
+    assert len(parents) == 1 and set(children) == {"fp32", "int8"} and len(runs) == 3
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
+    assert all(r.info.status == "FINISHED" for r in runs)
+    fp32_keys, int8_keys = set(children["fp32"].data.metrics), set(children["int8"].data.metrics)
+    assert fp32_keys >= SHARED_KEYS and int8_keys >= SHARED_KEYS
+    assert fp32_keys - {"gate_passed"} == int8_keys - {"gate_passed"}
+    assert children["fp32"].data.metrics["wer_delta/en"] == 0.0
+    assert children["int8"].data.metrics["wer_delta/en"] == pytest.approx(0.2)
+    assert children["int8"].data.metrics["speedup"] == pytest.approx(2.0)
+
+    params = parent.data.params
+    assert params["model.source"] == "package:tiny" and params["quant.scheme"] == "w8a8"
+    assert params["quant.calibration_clips"] == "16"
+    assert len(params["git_commit"]) == 40 and params["dvc_lock_sha256"] == "no-dvc-lock"
+    parent_files = {f.path for f in client.list_artifacts(parent.info.run_id, "upstream")}
+    assert {"upstream/audio_summary.json", "upstream/calibration", "upstream/model_card.json"} <= parent_files
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "gate")] == ["gate/gate.json"]
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "evaluation")] == [
+        "evaluation/per_language.csv"
+    ]
+    gate = json.loads(inputs.gate_json.read_text())
+    assert gate["promoted"] and gate["version"] == 1 and gate["parent_run_id"] == parent.info.run_id
+
+
+def test_rerun_updates_the_same_runs_and_version(tmp_path, model_dirs):
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
+    promote(inputs, cfg, gate_config({}), beam_size=None)
+    first = json.loads(inputs.gate_json.read_text())
+    promote(inputs, cfg, gate_config({}), beam_size=None)
+    second = json.loads(inputs.gate_json.read_text())
+
+    client, runs = runs_of(cfg)
+    assert len(runs) == 3
+    assert second["parent_run_id"] == first["parent_run_id"] and second["version"] == first["version"] == 1
+    assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+
+
+def test_changed_pipeline_gets_a_new_parent_run(tmp_path, model_dirs):
+    cfg = mlflow_cfg(tmp_path)
+    promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "a"),
+        cfg,
+        gate_config({}),
+        None,
+    )
+    promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0}), "b"),
+        cfg,
+        gate_config({}),
+        None,
+    )
+    _, runs = runs_of(cfg)
+    assert len([r for r in runs if r.data.tags.get("role") == "pipeline"]) == 2 and len(runs) == 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_a_clear_error(monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert resolve_tracking_uri("sqlite:///mlflow.db") == uri
+    with pytest.raises(TrackingError, match=rf"{uri} cannot be reached .*unset MLFLOW_TRACKING_URI"):
+        open_experiment(resolve_tracking_uri(None), "x")
+
+
+def test_default_uri_is_sqlite_at_the_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, root=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(TrackingError, match="bare file store"):
+        open_experiment(f"file://{tmp_path}/mlruns", "x")

@@ -20,5 +20,5 @@ if __name__ == "__main__":
     parser = stage_parser(__doc__)
     parser.add_argument("--calibration", default="data/calibration", help="calibration split directory")
     parser.add_argument("--eval", default="data/eval", help="evaluation split directory")
-    parser.add_argument("--summary", default="data/audio_summary.json", help="counts and minutes per language")
+    parser.add_argument("--summary", default="data/audio_summary.json", help="per-language counts, minutes")
     run(main, parser)

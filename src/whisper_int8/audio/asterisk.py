@@ -86,8 +86,13 @@ def parse_transcripts(path: Path) -> dict[str, str]:
     return out
 
 
-def items(language: str, cache: Path, codec: str = "g722", min_words: int = 5) -> list[Item]:
-    """Candidate prompts in ``language`` with at least ``min_words`` words, sorted by id."""
+def items(
+    language: str, cache: Path, codec: str = "g722", min_words: int = 5, max_words: int = 25
+) -> list[Item]:
+    """Candidate prompts in ``language`` with ``min_words`` to ``max_words`` words, sorted by id.
+
+    The upper bound keeps out the minute-long menu descriptions, which would dominate evaluation time.
+    """
     if language not in LICENSES:
         raise AudioInputError(
             f"asterisk: no Asterisk prompts for language {language!r} (have {', '.join(LICENSES)})"
@@ -106,7 +111,7 @@ def items(language: str, cache: Path, codec: str = "g722", min_words: int = 5) -
     out = []
     for name, text in sorted(transcripts.items()):
         audio = voices[0] / f"{name}.{codec}"
-        if len(text.split()) < min_words or not audio.is_file():
+        if not min_words <= len(text.split()) <= max_words or not audio.is_file():
             continue
         out.append(
             Item(
@@ -118,5 +123,5 @@ def items(language: str, cache: Path, codec: str = "g722", min_words: int = 5) -
                 load=lambda a=audio: decode_file(a, fmt="g722" if codec == "g722" else None),
             )
         )
-    log.info("asterisk %s: %d prompts with >= %d words (%s)", language, len(out), min_words, codec)
+    log.info("asterisk %s: %d prompts of %d-%d words (%s)", language, len(out), min_words, max_words, codec)
     return out

@@ -43,6 +43,7 @@ class AudioParams:
     cache_dir: Path
     asterisk_codec: str = "g722"
     min_words: int = 5
+    max_words: int = 25
     tts_threads: int = 2
 
 
@@ -85,10 +86,10 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     if uncovered:
         raise ParamError(f"{path}: audio.languages {', '.join(uncovered)} have no source in audio.sources")
     counts = {}
-    for key in ("calib_per_lang", "eval_per_lang", "seed", "min_words", "tts_threads"):
+    for key in ("calib_per_lang", "eval_per_lang", "seed", "min_words", "max_words", "tts_threads"):
         value = (
             p.get(key, AudioParams.__dataclass_fields__[key].default)
-            if key in ("min_words", "tts_threads")
+            if key in ("min_words", "max_words", "tts_threads")
             else need(key)
         )
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -114,7 +115,9 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
 def _source_items(spec: str, language: str, params: AudioParams, policy: ErrorPolicy) -> list[Item]:
     kind, _, arg = spec.partition(":")
     if kind == "asterisk":
-        return asterisk.items(language, params.cache_dir, params.asterisk_codec, params.min_words)
+        return asterisk.items(
+            language, params.cache_dir, params.asterisk_codec, params.min_words, params.max_words
+        )
     if kind == "kokoro":
         return kokoro.items(language, params.cache_dir, params.seed, params.tts_threads)
     if kind == "hf":  # local: is read once per spec in collect()

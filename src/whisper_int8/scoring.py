@@ -1,0 +1,103 @@
+"""Text normalization and WER/CER scoring, identical for FP32 and INT8 transcripts.
+
+Whisper writes digits ("7", "9點") and Traditional Chinese where the references spell numbers out and
+use Simplified characters; Spanish references carry no accents. :func:`normalize` removes those
+differences by applying one function to both sides: digits become words (``num2words``, ``cn2an`` for
+Chinese), Traditional folds to Simplified (``zhconv``), diacritics on Latin, Greek and Cyrillic letters
+are dropped, then Whisper's own normalizer runs (English or basic). :func:`score` adds up the error
+counts over all clips so a language's rate weighs every word equally, not every clip.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+import jiwer
+from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+# Written without spaces between words: scored by character error rate.
+CER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "km", "bo", "yue"})
+_DIGITS = re.compile(r"\d+(?:[.,]\d{3})*(?:st|nd|rd|th)?")
+
+
+def uses_cer(lang: str) -> bool:
+    """True for languages scored by CER (written without spaces between words)."""
+    return lang in CER_LANGUAGES
+
+
+@functools.cache
+def _normalizer(lang: str):
+    return EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
+
+
+def _number_words(match: re.Match, lang: str) -> str:
+    token = match.group(0)
+    ordinal = lang == "en" and token[-2:] in ("st", "nd", "rd", "th")
+    digits = re.sub(r"[.,]", "", token[:-2] if ordinal else token)
+    if lang in ("zh", "yue"):
+        import cn2an
+
+        return cn2an.an2cn(digits)
+    from num2words import num2words
+
+    try:
+        return f" {num2words(int(digits), lang=lang, to='ordinal' if ordinal else 'cardinal')} "
+    except NotImplementedError:  # num2words has no such language: keep the digits on both sides
+        return f" {token} "
+
+
+def _strip_diacritics(text: str) -> str:
+    """Drop combining marks after Latin, Greek or Cyrillic letters (keeps Devanagari vowel signs, kana)."""
+    out = []
+    for ch in unicodedata.normalize("NFD", text):
+        if unicodedata.category(ch) == "Mn" and out and ord(out[-1]) < 0x0530:
+            continue
+        out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
+def normalize(text: str, lang: str) -> str:
+    """Canonical form of ``text`` in ``lang`` for scoring (apply it to references and hypotheses alike)."""
+    if lang in ("zh", "yue"):
+        import zhconv
+
+        text = zhconv.convert(text, "zh-cn")
+    text = _DIGITS.sub(lambda m: _number_words(m, lang), text)
+    text = _strip_diacritics(text)
+    text = _normalizer(lang)(text)
+    if uses_cer(lang):
+        return "".join(text.split())
+    return " ".join(text.split())
+
+
+def score(refs: list[str], hyps: list[str], lang: str) -> dict:
+    """Error counts summed over all pairs and the rate (WER, or CER for :func:`uses_cer` languages).
+
+    Returns ``{"metric", "error_rate", "substitutions", "deletions", "insertions", "hits",
+    "reference_length", "clips"}``; ``error_rate`` is a fraction, (S + D + I) / reference length.
+    """
+    if len(refs) != len(hyps):
+        raise ValueError(f"score: {len(refs)} references but {len(hyps)} hypotheses")
+    if not refs:
+        raise ValueError("score: no references to score")
+    metric = "cer" if uses_cer(lang) else "wer"
+    r = [normalize(x, lang) for x in refs]
+    h = [normalize(x, lang) for x in hyps]
+    empty = [i for i, x in enumerate(r) if not x]
+    if empty:
+        raise ValueError(f"score: reference {empty[0]} ({refs[empty[0]]!r}) is empty after normalization")
+    out = (jiwer.process_characters if metric == "cer" else jiwer.process_words)(r, h)
+    length = out.substitutions + out.deletions + out.hits
+    errors = out.substitutions + out.deletions + out.insertions
+    return {
+        "metric": metric,
+        "error_rate": errors / length,
+        "substitutions": out.substitutions,
+        "deletions": out.deletions,
+        "insertions": out.insertions,
+        "hits": out.hits,
+        "reference_length": length,
+        "clips": len(refs),
+    }

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from .audio.errors import AudioInputError
 from .ct2 import CT2FormatError
 from .model_sources import ModelSourceError
 from .params import ParamError
@@ -20,6 +21,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     TrackingError,
     RegistryError,
+    AudioInputError,
 )
 
 

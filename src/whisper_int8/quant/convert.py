@@ -165,9 +165,12 @@ def count_layers(model: nn.Module) -> dict[str, int]:
 
 
 def save_int8_dir(
-    out: Path, model: Whisper, cfg: QuantConfig, report: dict, alignment_heads, card: dict
-) -> None:
-    """Write ``int8.pt`` (plain tensors), ``quant_config.json`` and ``model_card.json`` into ``out``."""
+    out: Path, model: Whisper, cfg: QuantConfig, report: dict, alignment_heads, fp32_bytes: int
+) -> dict:
+    """Write ``int8.pt`` (plain tensors), ``quant_config.json`` and ``model_card.json``; return the card.
+
+    ``bytes`` counts the weights and the config, the two files the loader needs.
+    """
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     torch.save(state, out / INT8_WEIGHTS)
     atomic_write_json(
@@ -181,7 +184,17 @@ def save_int8_dir(
             "layers": report["layers"],
         },
     )
-    atomic_write_json(out / "model_card.json", {**card, **{k: v for k, v in report.items() if k != "layers"}})
+    size = (out / INT8_WEIGHTS).stat().st_size + (out / QUANT_CONFIG).stat().st_size
+    card = {
+        "format": FORMAT,
+        "scheme": cfg.scheme,
+        "bytes": size,
+        "fp32_bytes": fp32_bytes,
+        "ratio_to_fp32": round(size / fp32_bytes, 4),
+        **{k: v for k, v in report.items() if k != "layers"},
+    }
+    atomic_write_json(out / "model_card.json", card)
+    return card
 
 
 def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:

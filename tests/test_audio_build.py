@@ -1,0 +1,200 @@
+"""The corpus build on local fixtures: schema, split disjointness, determinism, every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import pytest
+
+from tests.test_audio_wavio import write_tone
+from whisper_int8.audio import AudioInputError, read_manifest
+from whisper_int8.audio.asterisk import ensure_package
+from whisper_int8.audio.build import build, parse_params
+from whisper_int8.fsutil import sha256_file
+from whisper_int8.params import ParamError
+
+
+def make_corpus(root: Path, langs=("en", "de"), n: int = 6) -> Path:
+    """``root/<lang>/clipNN.wav`` tones with ``.txt`` transcripts, distinct per clip."""
+    for lang in langs:
+        for i in range(n):
+            write_tone(root / lang / f"clip{i:02d}.wav", 200 + 40 * i, 0.5 + 0.1 * i)
+            (root / lang / f"clip{i:02d}.txt").write_text(f"{lang} sentence number {i} for the test\n")
+    return root
+
+
+def params(source: str, langs=("en", "de"), calib: int = 2, evals: int = 3, **extra) -> dict:
+    return {"languages": list(langs), "sources": {source: list(langs)}, "calib_per_lang": calib,
+            "eval_per_lang": evals, "seed": 0, "on_error": "skip", **extra}  # fmt: skip
+
+
+def run_build(tmp: Path, p: dict, out: str = "out") -> dict:
+    o = tmp / out
+    return build(parse_params(p), o / "calibration", o / "eval", o / "summary.json")
+
+
+def test_schema_disjoint_splits_and_summary(tmp_path):
+    make_corpus(tmp_path / "rec")
+    summary = run_build(tmp_path, params(f"local:{tmp_path / 'rec'}"))
+    splits = {s: read_manifest(tmp_path / "out" / s) for s in ("calibration", "eval")}
+    for split, clips in splits.items():
+        assert len(clips) == {"calibration": 4, "eval": 6}[split]
+        for c in clips:
+            rel = json.loads(next(line for line in (tmp_path / "out" / split / "manifest.jsonl").open()
+                                  if c.id in line))["audio"]  # fmt: skip
+            assert rel == f"audio/{c.id}.wav"
+            assert sha256_file(c.audio) == c.sha256 and c.source.startswith("local:") and c.license
+            with wave.open(c.audio) as w:
+                assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+                assert c.duration == pytest.approx(w.getnframes() / 16000, abs=1e-3)
+    texts = [{c.text for c in clips} for clips in splits.values()]
+    assert not texts[0] & texts[1]
+    ids = [c.id for clips in splits.values() for c in clips]
+    assert len(ids) == len(set(ids))
+    assert summary["splits"]["eval"]["languages"]["de"]["clips"] == 3
+    assert summary["splits"]["calibration"]["languages"]["en"]["clips"] == 2
+    minutes = sum(c.duration for c in splits["eval"]) / 60
+    assert summary["splits"]["eval"]["minutes"] == pytest.approx(minutes, abs=1e-3)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+
+
+def test_same_seed_same_bytes_and_eval_independent_of_calibration_count(tmp_path):
+    make_corpus(tmp_path / "rec")
+    p = params(f"local:{tmp_path / 'rec'}")
+    run_build(tmp_path, p, "a")
+    run_build(tmp_path, p, "b")
+    files = sorted(f.relative_to(tmp_path / "a") for f in (tmp_path / "a").rglob("*") if f.is_file())
+    assert len(files) == 2 + 10 + 1
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+    def eval_manifest(out: str) -> bytes:
+        return (tmp_path / out / "eval" / "manifest.jsonl").read_bytes()
+
+    run_build(tmp_path, {**p, "calib_per_lang": 1}, "c")
+    assert eval_manifest("c") == eval_manifest("a")
+    run_build(tmp_path, {**p, "seed": 1}, "d")
+    assert eval_manifest("d") != eval_manifest("a")
+
+
+def bad_corpus(root: Path) -> dict[str, str]:
+    """One good clip plus every bad case; returns {file name: expected cause}."""
+    make_corpus(root, ("en",), 1)
+    en = root / "en"
+    (en / "corrupt.wav").write_bytes(b"RIFF0000WAVEfmt this is no audio at all" * 4)
+    (en / "empty.wav").write_bytes(b"")
+    write_tone(en / "silent.wav", amplitude=0.0005)
+    write_tone(en / "stereo.wav", 330, 1.0, 44100, 2)  # converted and kept
+    write_tone(en / "long.wav", 250, 31.0, 8000)  # longer than 30 s: kept
+    write_tone(en / "notext.wav")
+    write_tone(en / "emptytext.wav", 500)
+    for name, text in [("corrupt", "a"), ("empty", "b"), ("silent", "c"), ("stereo", "stereo clip"),
+                       ("long", "long clip"), ("emptytext", "  \n")]:  # fmt: skip
+        (en / f"{name}.txt").write_text(text)
+    return {"corrupt.wav": "unreadable or corrupt audio", "empty.wav": "zero-length audio",
+            "silent.wav": "silent clip", "notext.wav": "transcript notext.txt is missing",
+            "emptytext.txt": "empty transcript"}  # fmt: skip
+
+
+def bad_manifest(root: Path) -> Path:
+    """A JSONL manifest with an unknown language code, a duplicate id and an empty transcript."""
+    write_tone(root / "m" / "x.wav", 300)
+    write_tone(root / "m" / "y.wav", 350)
+    rows = [{"audio": "x.wav", "text": "first manifest clip", "language": "en", "id": "dup"},
+            {"audio": "y.wav", "text": "second manifest clip", "language": "en", "id": "dup"},
+            {"audio": "x.wav", "text": "klingon clip", "language": "xx"},
+            {"audio": "y.wav", "text": "", "language": "en"}]  # fmt: skip
+    path = root / "m" / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_skip_logs_and_counts_every_bad_input(tmp_path):
+    causes = bad_corpus(tmp_path / "rec")
+    manifest = bad_manifest(tmp_path)
+    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=0, evals=20)
+    p["sources"][f"local:{manifest}"] = ["en"]
+    p["sources"]["local:/no/such/recordings"] = ["en"]
+    summary = run_build(tmp_path, p)
+    skipped = [s["cause"] for s in summary["skipped"]["items"]]
+    for name, cause in causes.items():
+        assert any(name in s and cause in s for s in skipped), (name, skipped)
+    assert any("duplicate id 'dup'" in s for s in skipped)
+    assert any("language 'xx' is not one Whisper knows" in s for s in skipped)
+    assert any(f"{manifest}:4: empty or missing transcript" in s for s in skipped)
+    assert any("local:/no/such/recordings: not a folder" in s for s in skipped)
+    assert summary["skipped"]["count"] == len(skipped) == len(causes) + 4
+    kept = {Path(c.source).name: c for c in read_manifest(tmp_path / "out" / "eval")}
+    assert set(kept) == {"clip00.wav", "stereo.wav", "long.wav", "x.wav"}
+    assert kept["long.wav"].duration == pytest.approx(31.0, abs=0.01)
+    assert kept["stereo.wav"].duration == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("case", ["corrupt.wav", "empty.wav", "silent.wav", "notext.wav", "emptytext.txt"])
+def test_fail_stops_with_the_message_and_keeps_earlier_outputs(tmp_path, case):
+    good = tmp_path / "good"
+    make_corpus(good, ("en",), 3)
+    p = params(f"local:{good}", ("en",), calib=1, evals=2)
+    run_build(tmp_path, p)
+    before = {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()}
+    causes = bad_corpus(tmp_path / "rec")
+    only = tmp_path / "only" / "en"
+    only.mkdir(parents=True)
+    stem = Path(case).stem
+    for f in (tmp_path / "rec" / "en").glob(f"{stem}.*"):
+        (only / f.name).write_bytes(f.read_bytes())
+    p = params(f"local:{only.parent}", ("en",), calib=1, evals=2, on_error="fail")
+    with pytest.raises(AudioInputError, match=causes[case]) as err:
+        run_build(tmp_path, p)
+    assert case in str(err.value)
+    assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([{"audio": "x.wav", "text": "one", "language": "en", "id": "dup"},
+       {"audio": "y.wav", "text": "two", "language": "en", "id": "dup"}], "duplicate id 'dup'"),
+     ([{"audio": "x.wav", "text": "klingon clip", "language": "xx"}], "'xx' is not one Whisper"),
+     ([{"audio": "x.wav", "language": "en"}], r"manifest.jsonl:1: empty or missing transcript")],
+)  # fmt: skip
+def test_manifest_problems_fail_with_the_cause(tmp_path, rows, message):
+    write_tone(tmp_path / "x.wav", 300)
+    write_tone(tmp_path / "y.wav", 350)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    p = params(f"local:{manifest}", ("en",), calib=0, evals=5, on_error="fail")
+    with pytest.raises(AudioInputError, match=message):
+        run_build(tmp_path, p)
+
+
+def test_unfetchable_debian_package(tmp_path):
+    with pytest.raises(AudioInputError, match="asterisk-core-sounds-zz: cannot fetch the Debian package"):
+        ensure_package("asterisk-core-sounds-zz", tmp_path)
+    assert not any((tmp_path / "debian").glob("asterisk-core-sounds-zz*"))
+
+
+def test_hf_source_fails_fast_and_clearly(tmp_path):
+    make_corpus(tmp_path / "rec", ("en",), 2)
+    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=1)
+    p["sources"]["hf:google/fleurs"] = {"en": "en_us"}
+    summary = run_build(tmp_path, p)
+    (cause,) = [s["cause"] for s in summary["skipped"]["items"]]
+    assert cause.startswith("hf:google/fleurs:") and ("datasets" in cause or "huggingface.co" in cause)
+    with pytest.raises(AudioInputError, match="hf:google/fleurs"):
+        run_build(tmp_path, {**p, "on_error": "fail"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"languages": ["en", "xx"]}, "xx not a language Whisper knows"),
+     ({"languages": ["en", "fr"]}, "audio.languages fr have no source"),
+     ({"on_error": "ignore"}, "audio.on_error must be 'skip' or 'fail'"),
+     ({"eval_per_lang": -1}, "audio.eval_per_lang must be a non-negative integer"),
+     ({"sources": {"ftp:x": ["en"]}}, "unknown source 'ftp:x'"),
+     ({"asterisk_codec": "mp3"}, "audio.asterisk_codec must be one of")],
+)  # fmt: skip
+def test_bad_params_name_the_key(change, message):
+    with pytest.raises(ParamError, match=message):
+        parse_params({**params("local:x", ("en",)), **change})

@@ -1,0 +1,88 @@
+"""Decoding, conversion and checks of single clips (ffmpeg; numpy tones as fixtures)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisper_int8.audio import AudioInputError
+from whisper_int8.audio.wavio import SAMPLE_RATE, convert_array, decode_file, read_wav, wav_bytes
+
+
+def write_tone(
+    path: Path,
+    freq: float = 440.0,
+    seconds: float = 1.0,
+    rate: int = 16000,
+    channels: int = 1,
+    amplitude: float = 0.3,
+) -> Path:
+    """A sine as 16-bit PCM WAV at any rate and channel count (the test fixture for 'speech')."""
+    t = np.arange(int(seconds * rate)) / rate
+    mono = (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.repeat(mono[:, None], channels, axis=1).tobytes())
+    return path  # fmt: skip
+
+
+def dominant_hz(pcm: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(len(pcm))))
+    return float(np.fft.rfftfreq(len(pcm), 1 / SAMPLE_RATE)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (8000, 1), (48000, 1), (16000, 2)])
+def test_resampling_keeps_the_pitch(tmp_path, rate, channels):
+    pcm = decode_file(write_tone(tmp_path / "a.wav", 440.0, 2.0, rate, channels))
+    assert len(pcm) == pytest.approx(2 * SAMPLE_RATE, abs=2)
+    assert dominant_hz(pcm) == pytest.approx(440.0, abs=1.0)
+    assert np.abs(pcm).max() == pytest.approx(0.3 * 32767, rel=0.05)  # stereo downmix keeps the level
+
+
+def test_convert_array_resamples_float_input():
+    t = np.arange(24000) / 24000
+    pcm = convert_array(0.5 * np.sin(2 * np.pi * 1000 * t), 24000, "tone")
+    assert len(pcm) == SAMPLE_RATE
+    assert dominant_hz(pcm) == pytest.approx(1000.0, abs=1.0)
+
+
+def test_wav_bytes_are_canonical_and_round_trip(tmp_path):
+    pcm = decode_file(write_tone(tmp_path / "a.wav", rate=22050))
+    assert wav_bytes(pcm) == wav_bytes(decode_file(tmp_path / "a.wav"))
+    (tmp_path / "b.wav").write_bytes(wav_bytes(pcm))
+    np.testing.assert_array_equal((read_wav(tmp_path / "b.wav") * 32768).astype(np.int16), pcm)
+
+
+def test_read_wav_rejects_other_formats(tmp_path):
+    with pytest.raises(AudioInputError, match=r"a\.wav: expected 16 kHz mono"):
+        read_wav(write_tone(tmp_path / "a.wav", rate=8000))
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [(b"", "zero-length audio"), (b"RIFF\x00\x00not audio" * 10, "unreadable or corrupt audio")],
+)
+def test_bad_files_name_the_file_and_the_cause(tmp_path, content, cause):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(content)
+    with pytest.raises(AudioInputError, match=cause) as err:
+        decode_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_zero_samples_and_silence_are_rejected(tmp_path):
+    with pytest.raises(AudioInputError, match=r"empty\.wav: zero-length audio"):
+        decode_file(write_tone(tmp_path / "empty.wav", seconds=0))
+    with pytest.raises(AudioInputError, match=r"quiet\.wav: silent clip"):
+        decode_file(write_tone(tmp_path / "quiet.wav", amplitude=0.0005))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioInputError, match=r"nope\.wav: audio file not found"):
+        decode_file(tmp_path / "nope.wav")

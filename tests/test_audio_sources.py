@@ -1,0 +1,72 @@
+"""Source modules: Asterisk transcripts, the project's sentences, Kokoro phonemes and synthesis."""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from whisper_int8.audio import asterisk, kokoro
+from whisper_int8.audio.sentences import SENTENCES
+from whisper_int8.audio.wavio import SAMPLE_RATE
+
+
+def test_parse_transcripts_drops_comments_and_bracketed_notes(tmp_path):
+    path = tmp_path / "core-sounds-xx.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("; Core Asterisk Sounds\n\nbeep: [tono simple]\nagent-pass: Por favor ingrese su contrasena\n"
+                "dictate/pause: pause: now\nno colon here\n")  # fmt: skip
+    assert asterisk.parse_transcripts(path) == {
+        "beep": "",
+        "agent-pass": "Por favor ingrese su contrasena",
+        "dictate/pause": "pause: now",
+    }
+
+
+def test_sentences_follow_the_rules():
+    assert set(SENTENCES) >= {"de", "pt", "zh", "ja"}
+    for lang, sentences in SENTENCES.items():
+        assert len(sentences) >= 50, lang
+        assert len(set(sentences)) == len(sentences), lang
+        for s in sentences:
+            assert not re.search(r"\d", s), s  # numbers spelled out
+            if lang not in ("zh", "ja"):
+                assert 8 <= len(s.split()) <= 20, s
+            else:
+                assert 10 <= len(s) <= 40, s
+
+
+@pytest.mark.parametrize(
+    ("lang", "text", "expected"),
+    [("de", "Zwei Zeitungen, bitte.", "ʦvˈI ʦˈItˌʊŋən, bˈɪtə."),
+     ("zh", "我们走吧。", "wo↓mən ʦou↓ pa."),
+     ("ja", "こんにちは。", "koɲɲiʨiβa.")],
+)  # fmt: skip
+def test_phonemes_use_kokoro_symbols(lang, text, expected):
+    assert kokoro.phonemize(text, lang) == expected
+
+
+def test_espeak_unknown_sound_marks_are_not_question_marks():
+    assert "?" not in kokoro.phonemize("Der nächste Zug nach Hamburg fährt ab", "de")
+
+
+@pytest.mark.integration
+def test_synthesis_is_deterministic_and_thread_independent():
+    cache = REPO / "cache"
+    phonemes = kokoro.phonemize("Guten Morgen, wie geht es dir heute?", "de")
+    one = kokoro.Synthesizer(cache, threads=1)(phonemes, 1.0, "test")
+    two = kokoro.Synthesizer(cache, threads=2)(phonemes, 1.0, "test")
+    np.testing.assert_array_equal(one, two)
+    assert 1.0 < len(one) / SAMPLE_RATE < 5.0
+
+
+@pytest.mark.integration
+def test_asterisk_items_from_the_debian_packages():
+    items = asterisk.items("it", REPO / "cache", "g722", min_words=5, max_words=25)
+    assert len(items) >= 100
+    assert all(5 <= len(i.text.split()) <= 25 and i.license == "CC-BY-3.0" for i in items)
+    pcm = items[0].load()
+    assert pcm.dtype == np.int16 and len(pcm) > SAMPLE_RATE

@@ -1,0 +1,61 @@
+"""Normalization and scoring: the same function on both sides removes format-only differences."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_int8.scoring import normalize, score, uses_cer
+
+
+def test_uses_cer():
+    assert all(uses_cer(lang) for lang in ("zh", "ja", "th", "lo", "my", "km"))
+    assert not any(uses_cer(lang) for lang in ("en", "es", "fr", "ru", "de", "pt", "it"))
+
+
+@pytest.mark.parametrize(
+    ("lang", "reference", "hypothesis"),
+    [("es", "Presione uno para continuar o el numero veintiuno", "Presione 1 para continuar, ó el número 21"),
+     ("fr", "pour l'aide, appuyez sur zéro", "Pour l'aide, appuyez sur 0."),
+     ("de", "Wir treffen uns um drei Uhr", "Wir treffen uns um 3 Uhr."),
+     ("it", "chiama l'interno ottomilacinquecento", "Chiama l'interno 8500."),
+     ("ru", "Введите пять номеров", "введите 5 номеров"),
+     ("en", "Press one, then the third option", "press 1 then the 3rd option"),
+     ("zh", "明天九点到，我们走吧。", "明天9點到,我們走吧"),
+     ("ja", "夜八時に始まる", "夜8時に始まる。")],
+)  # fmt: skip
+def test_format_differences_score_zero(lang, reference, hypothesis):
+    assert normalize(reference, lang) == normalize(hypothesis, lang)
+    assert score([reference], [hypothesis], lang)["error_rate"] == 0.0
+
+
+def test_real_differences_still_count():
+    assert score(["el numero veintiuno"], ["el numero 22"], "es")["substitutions"] >= 1
+    assert score(["我们的邻居"], ["我們的林居"], "zh") == {
+        "metric": "cer", "error_rate": 0.2, "substitutions": 1, "deletions": 0, "insertions": 0, "hits": 4,
+        "reference_length": 5, "clips": 1,
+    }  # fmt: skip
+
+
+def test_cer_languages_ignore_spaces():
+    assert normalize("今天 天气 很好", "zh") == normalize("今天天气很好", "zh") == "今天天气很好"
+
+
+def test_rates_are_pooled_over_words_not_averaged_over_clips():
+    refs = ["one short clip", "a much longer reference sentence with many more words in it"]
+    hyps = ["one short clap", "a much longer reference sentence with many more words in it"]
+    out = score(refs, hyps, "en")
+    assert out["reference_length"] == 14 and out["substitutions"] == 1 and out["clips"] == 2
+    assert out["error_rate"] == pytest.approx(1 / 14)  # a per-clip mean would give (1/3 + 0) / 2
+
+
+def test_insertions_and_deletions():
+    out = score(["hello world"], ["hello big world out there"], "en")
+    assert (out["insertions"], out["deletions"], out["error_rate"]) == (3, 0, 1.5)
+    assert score(["hello world"], [""], "en")["deletions"] == 2
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        score(["a", "b"], ["a"], "en")
+    with pytest.raises(ValueError, match="empty after normalization"):
+        score(["¡!?"], ["a"], "es")

@@ -1,0 +1,36 @@
+"""transcribe_clip on the tiny random Whisper (mechanics) and read_manifest errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_audio_wavio import write_tone
+from whisper_int8.audio import AudioInputError
+from whisper_int8.transcribe import MIN_TOKENS, TOKENS_PER_SECOND, read_manifest, transcribe_clip
+
+
+def test_result_shape_determinism_and_token_cap(tiny_model, tmp_path):
+    path = write_tone(tmp_path / "a.wav", 440, 1.0, 8000)  # any format: converted on load
+    first = transcribe_clip(tiny_model, path, "en")
+    assert set(first) == {"text", "language", "tokens", "temperature", "segments"}
+    assert first["language"] == "en" and isinstance(first["text"], str)
+    # A random model babbles until the cap: every window stays within its token budget.
+    assert first["tokens"] <= first["segments"] * (MIN_TOKENS + TOKENS_PER_SECOND * 1)
+    again = [transcribe_clip(tiny_model, path, "en", max_tokens=6) for _ in range(2)]
+    assert again[0] == again[1]  # temperature fallback samples, seeded
+
+
+def test_array_input_beam_search_explicit_cap_and_language_detection(tiny_model):
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    out = transcribe_clip(tiny_model, audio, None, beam_size=2, max_tokens=3)
+    assert out["tokens"] <= 3 * out["segments"]
+    assert out["language"]  # detected, since none was given
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the fetch_audio stage"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.jsonl").write_text('{"id": "a", "language": "en"}\n')
+    with pytest.raises(AudioInputError, match=r"manifest.jsonl:1: missing field\(s\) audio, text"):
+        read_manifest(tmp_path)

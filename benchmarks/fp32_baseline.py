@@ -47,9 +47,8 @@ def main() -> None:
     print(f"{'lang':5} {'metric':6} {'rate %':>7} {'errors':>7} {'ref len':>8} {'clips':>6}")
     for lang, r in rates.items():
         errors = r["substitutions"] + r["deletions"] + r["insertions"]
-        print(
-            f"{lang:5} {r['metric']:6} {100 * r['error_rate']:7.1f} {errors:7d} {r['reference_length']:8d} {r['clips']:6d}"
-        )
+        rate = 100 * r["error_rate"]
+        print(f"{lang:5} {r['metric']:6} {rate:7.1f} {errors:7d} {r['reference_length']:8d} {r['clips']:6d}")
     print(f"{len(rows)} clips in {time.perf_counter() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"rates": rates, "clips": rows}, ensure_ascii=False, indent=1))

@@ -38,9 +38,13 @@ def _installed(package: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip().endswith("installed")
 
 
-def ensure_package(package: str, cache: Path) -> Path:
-    """Return a root directory under which ``package``'s files lie; download and unpack it once."""
-    if shutil.which("dpkg-query") and _installed(package):
+def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
+    """Return a root directory under which ``package``'s files lie; download and unpack it once.
+
+    An installed package is used in place when ``probe`` exists under ``/`` (slim images often drop
+    ``/usr/share/doc`` at install time; then the package is unpacked into the cache instead).
+    """
+    if shutil.which("dpkg-query") and _installed(package) and (Path("/") / probe).exists():
         return Path("/")
     root = cache / "debian" / package
     if (root / ".complete").is_file():
@@ -100,11 +104,12 @@ def items(
     if codec not in CODECS:
         raise AudioInputError(f"asterisk: codec must be one of {CODECS}, got {codec!r}")
     text_pkg = f"asterisk-core-sounds-{language}"
-    doc = ensure_package(text_pkg, cache) / "usr/share/doc" / text_pkg / f"core-sounds-{language}.txt.gz"
+    doc_rel = f"usr/share/doc/{text_pkg}/core-sounds-{language}.txt.gz"
+    doc = ensure_package(text_pkg, cache, doc_rel) / doc_rel
     if not doc.is_file():
         raise AudioInputError(f"{doc}: transcript file missing from package {text_pkg}")
     transcripts = parse_transcripts(doc)
-    sounds = ensure_package(f"{text_pkg}-{codec}", cache) / SOUNDS
+    sounds = ensure_package(f"{text_pkg}-{codec}", cache, str(SOUNDS)) / SOUNDS
     voices = sorted(p for p in sounds.glob(f"{language}_*") if p.is_dir())
     if not voices:
         raise AudioInputError(f"{sounds}: no {language}_* voice directory in package {text_pkg}-{codec}")

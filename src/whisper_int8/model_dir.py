@@ -10,7 +10,9 @@ from whisper.model import ModelDimensions, Whisper
 
 from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .model_sources import ModelSourceError, load_checkpoint
+from .quant.config import resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
+from .quant.cpu import set_engine
 
 
 def _read_json(path: Path) -> dict:
@@ -39,11 +41,13 @@ def load_model_dir(path: Path | str, device: str = "cpu") -> Whisper:
         qcfg = _read_json(root / QUANT_CONFIG)
         if qcfg.get("format") != FORMAT:
             raise ModelSourceError(f"{root / QUANT_CONFIG}: format {qcfg.get('format')!r} is not {FORMAT!r}")
+        backend = resolve_backend(qcfg["config"]["backend"], device)
         model = build_int8(qcfg, _load_state(root / qcfg.get("weights", "int8.pt")))
-        if str(device).startswith("cuda"):
+        if backend == "torchao":
             from .quant.cuda import to_torchao
 
             return to_torchao(model, qcfg["config"]["scheme"], device)
+        set_engine(backend)
         return model
     if (root / FUSED_WEIGHTS).is_file():
         card = _read_json(root / "model_card.json")

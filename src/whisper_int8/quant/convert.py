@@ -102,7 +102,7 @@ def quantize_model(
     model: Whisper, cfg: QuantConfig, stats: dict[str, Tensor] | None = None, sensitivity: dict | None = None
 ) -> dict:
     """Quantize a fused ``model`` in place; return the layer map and counts (checked, fails loudly)."""
-    set_engine("x86" if cfg.backend == "auto" else cfg.backend if cfg.backend != "torchao" else "x86")
+    set_engine("x86" if cfg.backend in ("auto", "torchao") else cfg.backend)  # convert runs on CPU
     names = linear_names(model)
     if not names:
         raise QuantError("no nn.Linear layers found: is this a fused model (fuse_model) ?")

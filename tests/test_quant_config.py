@@ -1,0 +1,62 @@
+"""Every quant param is validated with an error that names the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_int8.params import ParamError
+from whisper_int8.quant.config import DEFAULTS, parse_quant_config, resolve_backend
+
+
+def test_defaults():
+    cfg = parse_quant_config({})
+    assert cfg.to_dict() == DEFAULTS
+    assert parse_quant_config(None) == cfg
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("scheme", "int4"),
+        ("scheme", None),
+        ("per_channel", "yes"),
+        ("per_channel", 1),
+        ("smoothquant_alpha", 1.5),
+        ("smoothquant_alpha", -0.1),
+        ("smoothquant_alpha", "0.5"),
+        ("smoothquant_alpha", True),
+        ("keep_float", "decoder.*"),
+        ("keep_float", [""]),
+        ("keep_float", [3]),
+        ("auto_keep_float_k", -1),
+        ("auto_keep_float_k", 1.5),
+        ("auto_keep_float_k", True),
+        ("quantize_embedding", "true"),
+        ("backend", "tensorrt"),
+    ],
+)
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ParamError, match=rf"quant\.{key}"):
+        parse_quant_config({key: value})
+
+
+def test_unknown_key():
+    with pytest.raises(ParamError, match="unknown quant key.*'sheme'"):
+        parse_quant_config({"sheme": "dynamic"})
+
+
+def test_good_values():
+    cfg = parse_quant_config(
+        {"scheme": "static", "per_channel": False, "smoothquant_alpha": 0, "keep_float": ["encoder.*"],
+         "auto_keep_float_k": 2, "quantize_embedding": False, "backend": "fbgemm"}
+    )  # fmt: skip
+    assert cfg.smoothquant_alpha == 0.0 and cfg.keep_float == ["encoder.*"] and cfg.auto_keep_float_k == 2
+
+
+def test_backend_resolution():
+    assert resolve_backend("auto", "cpu") == "x86"
+    assert resolve_backend("auto", "cuda:0") == "torchao"
+    with pytest.raises(ParamError, match="CPU only"):
+        resolve_backend("fbgemm", "cuda")
+    with pytest.raises(ParamError, match="needs a CUDA device"):
+        resolve_backend("torchao", "cpu")

@@ -112,7 +112,8 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     )
 
 
-def _source_items(spec: str, language: str, params: AudioParams, policy: ErrorPolicy) -> list[Item]:
+def _source_items(spec: str, language: str, params: AudioParams) -> list[Item]:
+    """Items of an asterisk, kokoro or hf source (local sources are read once per spec in collect())."""
     kind, _, arg = spec.partition(":")
     if kind == "asterisk":
         return asterisk.items(
@@ -120,10 +121,9 @@ def _source_items(spec: str, language: str, params: AudioParams, policy: ErrorPo
         )
     if kind == "kokoro":
         return kokoro.items(language, params.cache_dir, params.seed, params.tts_threads)
-    if kind == "hf":  # local: is read once per spec in collect()
-        configs = params.sources[spec]
-        config = configs.get(language) if isinstance(configs, dict) else None
-        return hf.items(arg, language, config, params.cache_dir)
+    configs = params.sources[spec]
+    config = configs.get(language) if isinstance(configs, dict) else None
+    return hf.items(arg, language, config, params.cache_dir)
 
 
 def collect(params: AudioParams, policy: ErrorPolicy) -> dict[str, list[Item]]:
@@ -138,7 +138,7 @@ def collect(params: AudioParams, policy: ErrorPolicy) -> dict[str, list[Item]]:
                         local_cache[spec] = local.items(spec[6:], list(langs), KNOWN_LANGUAGES, policy)
                     found = [it for it in local_cache[spec] if it.language == language]
                 else:
-                    found = _source_items(spec, language, params, policy)
+                    found = _source_items(spec, language, params)
             except AudioInputError as e:
                 policy.handle(e, language)
                 continue

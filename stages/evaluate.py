@@ -7,7 +7,7 @@ import torch
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
-from whisper_int8.evaluate import evaluate_in_subprocess
+from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
 from whisper_int8.params import ParamError, load_params, section
 
 log = logging.getLogger("evaluate")
@@ -16,9 +16,6 @@ log = logging.getLogger("evaluate")
 def options(params: dict, where: str) -> dict:
     """Validate params ``evaluate``; every problem names the key."""
     ev = section(params, "evaluate", where)
-    beam = ev.get("beam_size")
-    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
-        raise ParamError(f"{where}: evaluate.beam_size={beam!r} must be null (greedy) or an integer >= 1")
     warmup = ev.get("warmup", 1)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ParamError(f"{where}: evaluate.warmup={warmup!r} must be an integer >= 0")
@@ -32,7 +29,7 @@ def options(params: dict, where: str) -> dict:
         raise ParamError(f"{where}: evaluate.models must map {BASELINE} and {CANDIDATE} to model directories")
     return {
         "split": Path(ev.get("split", "data/eval")),
-        "beam_size": beam,
+        "decode": decode_options(ev, where),
         "warmup": warmup,
         "device": device,
         "models": {k: Path(v) for k, v in variants.items()},
@@ -49,12 +46,12 @@ def main(args) -> None:
             )
         log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
         results[variant] = evaluate_in_subprocess(
-            model_dir, opt["split"], opt["beam_size"], opt["device"], opt["warmup"]
+            model_dir, opt["split"], opt["decode"], opt["device"], opt["warmup"]
         )
     languages = sorted({c["language"] for c in results[BASELINE]["clips"]})
     config = {
         "split": str(opt["split"]),
-        "beam_size": opt["beam_size"],
+        **opt["decode"],
         "device": opt["device"],
         "warmup": opt["warmup"],
         "languages": languages,

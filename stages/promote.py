@@ -7,6 +7,7 @@ A refusal exits 0 and prints ``not promoted: <reasons>`` unless ``gate.fail_on_r
 from pathlib import Path
 
 from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.evaluate import decode_options
 from whisper_int8.gate import gate_config
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
@@ -53,7 +54,7 @@ def main(args) -> int:
         gate_json=Path(args.metrics) / "gate.json",
         params=params,
     )
-    result = promote(inputs, cfg, gate, ev.get("beam_size"))
+    result = promote(inputs, cfg, gate, decode_options(ev, args.params))
     if result["passed"]:
         print(f"promoted: {cfg.registered_model}@{cfg.alias} -> version {result['version']}")
         return 0

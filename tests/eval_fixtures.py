@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
+
+from mlflow import MlflowClient
 
 from whisper_int8.eval_report import compare
 from whisper_int8.model_sources import LoadedModel, save_checkpoint
 
 from .conftest import make_tiny_whisper
 
+# Decoding options for tiny random models: their garbage output triggers every temperature fallback, so
+# a small token cap keeps each clip at a second or two.
+FAST = {"beam_size": None, "max_tokens": 4}
 ESPEAK_VOICES = {"en": "en-us", "de": "de", "es": "es", "fr": "fr", "zh": "cmn"}
 
 
@@ -96,9 +105,25 @@ def tiny_int8_dir(dest: Path, seed: int = 0) -> Path:
     from whisper_int8.quant.convert import quantize_model, save_int8_dir
 
     model = make_tiny_whisper(seed)
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     fuse_model(model)
     cfg = QuantConfig()
     layer_report = quantize_model(model, cfg)
     dest.mkdir(parents=True, exist_ok=True)
-    save_int8_dir(dest, model, cfg, layer_report, None, {"source": f"tiny-random-seed-{seed}"})
+    save_int8_dir(dest, model, cfg, layer_report, None, fp32_bytes)
     return dest
+
+
+@functools.cache
+def _migrated_db() -> Path:
+    """An empty MLflow sqlite store, created once per session (MLflow's schema migrations take seconds)."""
+    root = Path(tempfile.mkdtemp(prefix="mlflow-template-"))
+    atexit.register(shutil.rmtree, root, True)
+    MlflowClient(f"sqlite:///{root}/mlflow.db").search_experiments()
+    return root / "mlflow.db"
+
+
+def fresh_tracking_uri(directory: Path) -> str:
+    """A new, empty sqlite tracking store in ``directory`` (a copy of the migrated template)."""
+    shutil.copy(_migrated_db(), directory / "mlflow.db")
+    return f"sqlite:///{directory}/mlflow.db"

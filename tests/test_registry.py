@@ -15,7 +15,7 @@ from whisper_int8.gate import gate_config
 from whisper_int8.promotion import promote
 
 from .conftest import REPO, venv_env
-from .eval_fixtures import report, tiny_model_dir
+from .eval_fixtures import fresh_tracking_uri, report, tiny_model_dir
 from .test_tracking import free_port, mlflow_cfg, setup_pipeline
 
 MODEL = "whisper-int8-test"
@@ -35,7 +35,11 @@ def run_promote(
     (work / "metrics" / "eval.json").write_text(json.dumps(rep), encoding="utf-8")
     params = {
         "model": {"source": "package:tiny"},
-        "evaluate": {"beam_size": None, "models": {k: str(v) for k, v in model_dirs.items()}},
+        "evaluate": {
+            "beam_size": None,
+            "max_tokens": 4,
+            "models": {k: str(v) for k, v in model_dirs.items()},
+        },
         "gate": gate,
         "mlflow": {
             "experiment": "exp",
@@ -57,7 +61,7 @@ def run_promote(
 
 
 def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = fresh_tracking_uri(tmp_path)
     ok = run_promote(tmp_path, report({"en": 10.0, "zh": 20.0}, {"en": 10.2, "zh": 20.3}), model_dirs, uri)
     assert ok.returncode == 0, ok.stderr
     assert "promoted: whisper-int8-test@champion -> version 1" in ok.stdout

@@ -14,7 +14,7 @@ from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
 from whisper_int8.tracking import open_experiment
 from whisper_int8.tracking_uri import TrackingError, resolve_tracking_uri
 
-from .eval_fixtures import report, tiny_model_dir
+from .eval_fixtures import fresh_tracking_uri, report, tiny_model_dir
 
 SHARED_KEYS = {
     "wer/en", "cer/zh", "wer_delta/en", "cer_delta/zh", "error_rate/overall", "lid_accuracy/en",
@@ -55,7 +55,7 @@ def setup_pipeline(tmp: Path, model_dirs: dict[str, Path], rep: dict, tag: str =
 
 def mlflow_cfg(tmp: Path) -> MlflowConfig:
     return MlflowConfig(
-        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+        tracking_uri=fresh_tracking_uri(tmp),
         experiment="whisper-int8-test",
         registered_model="whisper-int8-test",
         alias="champion",
@@ -72,7 +72,7 @@ def runs_of(cfg: MlflowConfig):
 def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
     cfg = mlflow_cfg(tmp_path)
     inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0, "zh": 20.0}, {"en": 10.2, "zh": 20.1}))
-    assert promote(inputs, cfg, gate_config({}), beam_size=None)["passed"]
+    assert promote(inputs, cfg, gate_config({}), decode={})["passed"]
 
     client, runs = runs_of(cfg)
     parents = [r for r in runs if r.data.tags.get("role") == "pipeline"]
@@ -105,9 +105,9 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
 def test_rerun_updates_the_same_runs_and_version(tmp_path, model_dirs):
     cfg = mlflow_cfg(tmp_path)
     inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
-    promote(inputs, cfg, gate_config({}), beam_size=None)
+    promote(inputs, cfg, gate_config({}), decode={})
     first = json.loads(inputs.gate_json.read_text())
-    promote(inputs, cfg, gate_config({}), beam_size=None)
+    promote(inputs, cfg, gate_config({}), decode={})
     second = json.loads(inputs.gate_json.read_text())
 
     client, runs = runs_of(cfg)

@@ -41,7 +41,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_transcriber(spec: str, beam_size: int | None):
+def load_transcriber(spec: str, decode: dict):
     """A ``models:/`` or ``runs:/`` URI, a pulled pyfunc directory (has MLmodel), or a raw model directory."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -50,7 +50,7 @@ def load_transcriber(spec: str, beam_size: int | None):
 
     path = Path(spec)
     if path.is_dir() and not (path / "MLmodel").is_file():
-        model = WhisperPyfunc(beam_size)
+        model = WhisperPyfunc(**decode)
         model.load(path)
         return lambda inputs: model.predict(None, inputs)
     if "://" not in spec and ":/" not in spec and not path.exists():
@@ -65,7 +65,7 @@ def load_transcriber(spec: str, beam_size: int | None):
 def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.model.startswith(("models:/", "runs:/")):
         _connect(args)
-    predict = load_transcriber(args.model, args.beam_size)
+    predict = load_transcriber(args.model, {"beam_size": args.beam_size, "max_tokens": args.max_tokens})
     for audio in args.audio:
         if not Path(audio).is_file():
             raise FileNotFoundError(f"{audio}: audio file not found")
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--language", help="language code (default: auto-detect)")
     t.add_argument("--beam-size", type=int, help="beam size for a local model directory (default: greedy)")
+    t.add_argument("--max-tokens", type=int, help="token cap per 30 s window for a local model directory")
     t.add_argument("--json", action="store_true", help="print one JSON object per file")
     t.add_argument("audio", nargs="+", help="audio files (anything ffmpeg decodes)")
     t.set_defaults(func=cmd_transcribe)

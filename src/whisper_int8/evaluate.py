@@ -26,11 +26,11 @@ import torch
 import whisper
 from tqdm import tqdm
 
-from .audio import read_manifest
 from .fsutil import dir_bytes
 from .model_dir import load_model_dir
+from .params import ParamError
 from .scoring import score, uses_cer
-from .transcribe import transcribe_clip
+from .transcribe import load_audio, read_manifest, transcribe_clip
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -45,6 +45,18 @@ class ClipResult:
     detected_language: str
     latency_s: float
     duration_s: float
+    fallback_temperature: float  # 0.0 unless a window needed transcribe_clip's temperature fallback
+
+
+def decode_options(section: dict[str, Any], where: str = "params.yaml") -> dict[str, Any]:
+    """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with)."""
+    out = {}
+    for key, meaning in (("beam_size", "null (greedy)"), ("max_tokens", "null (default cap per window)")):
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ParamError(f"{where}: evaluate.{key}={value!r} must be {meaning} or an integer >= 1")
+        out[key] = value
+    return out
 
 
 def error_metric(language: str) -> str:
@@ -64,33 +76,34 @@ def detect_language(model: torch.nn.Module, audio: np.ndarray) -> str:
 
 
 def transcribe_split(
-    model: torch.nn.Module, split_dir: Path, beam_size: int | None, warmup: int = 1, desc: str = "eval"
+    model: torch.nn.Module, split_dir: Path, decode: dict[str, Any], warmup: int = 1, desc: str = "eval"
 ) -> tuple[list[ClipResult], float | None]:
     """Transcribe every clip with its reference language; returns results and the first (cold) call."""
     clips = read_manifest(split_dir)
     if not clips:
         raise ValueError(f"{split_dir}: the evaluation manifest lists no clips")
-    audios = [whisper.load_audio(c.audio) for c in clips]
+    audios = [load_audio(c.audio) for c in clips]
     first_call = None
     for i in range(warmup):
         start = time.perf_counter()
-        transcribe_clip(model, audios[0], clips[0].language, beam_size)
+        transcribe_clip(model, audios[0], clips[0].language, **decode)
         if i == 0:
             first_call = time.perf_counter() - start
     results = []
     for clip, audio in zip(tqdm(clips, desc=desc, unit="clip"), audios, strict=True):
         start = time.perf_counter()
-        text = transcribe_clip(model, audio, clip.language, beam_size)
+        out = transcribe_clip(model, audio, clip.language, **decode)
         latency = time.perf_counter() - start
         results.append(
             ClipResult(
                 id=clip.id,
                 language=clip.language,
                 reference=clip.text,
-                hypothesis=text,
+                hypothesis=out["text"],
                 detected_language=detect_language(model, audio),
                 latency_s=latency,
                 duration_s=len(audio) / whisper.audio.SAMPLE_RATE,
+                fallback_temperature=out["temperature"],
             )
         )
     return results, first_call
@@ -102,7 +115,7 @@ def accuracy_metrics(results: list[ClipResult]) -> dict[str, float]:
     rates = []
     for lang in sorted({r.language for r in results}):
         rows = [r for r in results if r.language == lang]
-        rate = 100.0 * score([r.reference for r in rows], [r.hypothesis for r in rows], lang)
+        rate = 100.0 * score([r.reference for r in rows], [r.hypothesis for r in rows], lang)["error_rate"]
         rates.append(rate)
         metrics[f"{error_metric(lang)}/{lang}"] = rate
         metrics[f"lid_accuracy/{lang}"] = 100.0 * sum(r.detected_language == lang for r in rows) / len(rows)
@@ -129,9 +142,12 @@ def speed_metrics(results: list[ClipResult], first_call: float | None) -> dict[s
 
 
 def evaluate_model_dir(
-    model_dir: Path | str, split_dir: Path | str, beam_size: int | None, device: str = "cpu", warmup: int = 1
+    model_dir: Path | str, split_dir: Path | str, decode: dict[str, Any], device: str = "cpu", warmup: int = 1
 ) -> dict[str, Any]:
-    """Load ``model_dir``, transcribe the split, and return ``{"metrics": {...}, "clips": [...]}``."""
+    """Load ``model_dir``, transcribe the split, and return ``{"metrics": {...}, "clips": [...]}``.
+
+    ``decode``: ``transcribe_clip`` options, ``beam_size`` (None: greedy) and ``max_tokens`` (None: default).
+    """
     model_dir, split_dir = Path(model_dir), Path(split_dir)
     torch.manual_seed(0)
     if device.startswith("cuda"):
@@ -139,7 +155,7 @@ def evaluate_model_dir(
     start = time.perf_counter()
     model = load_model_dir(model_dir, device=device)
     load_time = time.perf_counter() - start
-    results, first_call = transcribe_split(model, split_dir, beam_size, warmup, desc=model_dir.name)
+    results, first_call = transcribe_split(model, split_dir, decode, warmup, desc=model_dir.name)
     metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
     metrics["load_time_s"] = load_time
     metrics["model_size_mb"] = dir_bytes(model_dir) / MB
@@ -151,11 +167,11 @@ def evaluate_model_dir(
 
 
 def evaluate_in_subprocess(
-    model_dir: Path | str, split_dir: Path | str, beam_size: int | None, device: str = "cpu", warmup: int = 1
+    model_dir: Path | str, split_dir: Path | str, decode: dict[str, Any], device: str = "cpu", warmup: int = 1
 ) -> dict[str, Any]:
     """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own."""
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         return pool.submit(
-            evaluate_model_dir, str(model_dir), str(split_dir), beam_size, device, warmup
+            evaluate_model_dir, str(model_dir), str(split_dir), decode, device, warmup
         ).result()

@@ -89,7 +89,7 @@ def variant_metrics(report: dict[str, Any], variant: str) -> dict[str, float]:
 
 
 def promote(
-    inputs: PromoteInputs, cfg: MlflowConfig, gate: GateConfig, beam_size: int | None
+    inputs: PromoteInputs, cfg: MlflowConfig, gate: GateConfig, decode: dict[str, Any]
 ) -> dict[str, Any]:
     """Log runs, register the candidate, judge it, tag it, move the alias if it passed.
 
@@ -127,7 +127,7 @@ def promote(
 
         version = registry.version_for_key(client, cfg.registered_model, key)
         if version is None:
-            uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], beam_size)
+            uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], decode)
             version = registry.register(client, cfg.registered_model, uri, key)
         decision = check_thresholds(report, gate)
         current = registry.champion(client, cfg.registered_model, cfg.alias)

@@ -1,8 +1,8 @@
 """MLflow pyfunc wrapper: audio in, transcript out, weights loaded from the logged model directory.
 
-The pickled instance holds only options (beam size); the weights are an MLflow artifact (the INT8 state
-dict and its JSON configs) that :func:`whisper_int8.model_dir.load_model_dir` reads in ``load_context``,
-so nothing but plain tensors is ever unpickled.
+The pickled instance holds only decoding options (beam size, token cap); the weights are an MLflow
+artifact (the INT8 state dict and its JSON configs) that :func:`whisper_int8.model_dir.load_model_dir`
+reads in ``load_context``, so nothing but plain tensors is ever unpickled.
 
 ``predict`` accepts, for one clip or many:
 - a path to an audio file (anything ffmpeg decodes), or a 16 kHz mono float array / list of floats;
@@ -24,14 +24,12 @@ import pandas as pd
 MODEL_DIR_ARTIFACT = "model_dir"
 
 
-def load_audio(audio: Any) -> np.ndarray:
-    """A path is decoded by ffmpeg at 16 kHz; an array (or list) is taken as 16 kHz mono samples."""
-    import whisper
-
+def check_audio(audio: Any) -> str | np.ndarray:
+    """A path (decoded later by ffmpeg at 16 kHz) or an array / list taken as 16 kHz mono samples."""
     if isinstance(audio, str | Path):
         if not Path(audio).is_file():
             raise FileNotFoundError(f"audio file not found: {audio}")
-        return whisper.load_audio(str(audio))
+        return str(audio)
     array = np.asarray(audio, dtype=np.float32)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"audio array must be 1-D 16 kHz mono samples, got shape {array.shape}")
@@ -62,8 +60,8 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
 class WhisperPyfunc(mlflow.pyfunc.PythonModel):
     """Transcribe with the Whisper model stored in the ``model_dir`` artifact."""
 
-    def __init__(self, beam_size: int | None = None) -> None:
-        self.beam_size = beam_size
+    def __init__(self, beam_size: int | None = None, max_tokens: int | None = None) -> None:
+        self.decode = {"beam_size": beam_size, "max_tokens": max_tokens}
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.load(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
@@ -81,6 +79,6 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         from whisper_int8.transcribe import transcribe_clip
 
         return [
-            transcribe_clip(self.model, load_audio(audio), language, self.beam_size).strip()
+            transcribe_clip(self.model, check_audio(audio), language, **self.decode)["text"]
             for audio, language in as_requests(model_input)
         ]

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -40,12 +41,12 @@ def _requirements() -> list[str]:
     return [f"{d}=={version(d)}" for d in ("torch", "openai-whisper", "mlflow", "numpy", "pandas")]
 
 
-def log_pyfunc(run_id: str, model_dir: Path, beam_size: int | None) -> str:
+def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=WhisperPyfunc(beam_size),
+            python_model=WhisperPyfunc(**decode),
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             code_paths=[str(Path(whisper_int8.__file__).parent)],
             pip_requirements=_requirements(),

@@ -1,0 +1,94 @@
+"""Evaluation on a small espeak-ng split with tiny models: metrics, CSVs, charts, subprocess isolation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from whisper_int8.eval_report import write_report
+from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir
+from whisper_int8.scoring import score
+
+from .eval_fixtures import FAST, speech_split, tiny_int8_dir, tiny_model_dir
+
+CLIPS = [
+    ("en", "the quick brown fox jumps over the lazy dog"),
+    ("en", "please call me back tomorrow morning"),
+    ("de", "guten morgen und willkommen"),
+    ("zh", "今天天气很好"),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    return {
+        "split": speech_split(root / "eval", CLIPS),
+        "fp32": tiny_model_dir(root / "fp32"),
+        "int8": tiny_int8_dir(root / "int8"),
+    }
+
+
+@pytest.fixture(scope="module")
+def results(setup) -> dict[str, dict]:
+    return {v: evaluate_model_dir(setup[v], setup["split"], decode=FAST) for v in ("fp32", "int8")}
+
+
+def test_per_language_metrics_follow_the_clips(results):
+    m = results["int8"]["metrics"]
+    assert {k for k in m if k.startswith(("wer/", "cer/"))} == {"wer/en", "wer/de", "cer/zh"}
+    assert m["clips/en"] == 2 and m["clips/de"] == 1 and m["clips/zh"] == 1 and m["clips"] == 4
+    clips = results["int8"]["clips"]
+    en = [c for c in clips if c["language"] == "en"]
+    expected = 100 * score([c["reference"] for c in en], [c["hypothesis"] for c in en], "en")["error_rate"]
+    assert m["wer/en"] == pytest.approx(expected)
+    lid = 100 * sum(c["detected_language"] == "en" for c in en) / 2
+    assert m["lid_accuracy/en"] == pytest.approx(lid)
+    assert m["error_rate/overall"] == pytest.approx((m["wer/en"] + m["wer/de"] + m["cer/zh"]) / 3)
+
+
+def test_speed_memory_and_size_figures(results, setup):
+    m = results["fp32"]["metrics"]
+    lat = sorted(c["latency_s"] for c in results["fp32"]["clips"])
+    assert lat[0] <= m["latency_p50_s"] <= m["latency_p90_s"] <= lat[-1]
+    audio = sum(c["duration_s"] for c in results["fp32"]["clips"])
+    assert m["rtf"] == pytest.approx(sum(lat) / audio) and m["audio_s"] == pytest.approx(audio)
+    assert m["first_call_s"] > 0 and m["load_time_s"] > 0 and m["peak_rss_mb"] > 50
+    assert m["model_size_mb"] == pytest.approx((setup["fp32"] / "model.pt").stat().st_size / 2**20, rel=0.01)
+    assert results["int8"]["metrics"]["model_size_mb"] < m["model_size_mb"]
+    assert "vram_peak_mb" not in m  # CPU run
+
+
+def test_report_files(results, tmp_path):
+    config = {"languages": ["de", "en", "zh"], "beam_size": None}
+    rep = write_report(tmp_path, results["fp32"], results["int8"], config)
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk == json.loads(json.dumps(rep))
+    comp = on_disk["comparison"]
+    assert comp["wer_delta/en"] == pytest.approx(on_disk["int8"]["wer/en"] - on_disk["fp32"]["wer/en"])
+    assert comp["speedup"] == pytest.approx(
+        on_disk["fp32"]["latency_p50_s"] / on_disk["int8"]["latency_p50_s"]
+    )
+    rows = list(csv.DictReader((tmp_path / "per_language.csv").open()))
+    assert [(r["language"], r["metric"]) for r in rows] == [("de", "wer"), ("en", "wer"), ("zh", "cer")]
+    assert float(rows[1]["int8"]) == pytest.approx(on_disk["int8"]["wer/en"], abs=1e-3)
+    assert len(list(csv.DictReader((tmp_path / "latency.csv").open()))) == 4
+    for png in ("per_language.png", "latency.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_subprocess_evaluation_matches_in_process(setup, tmp_path):
+    split = speech_split(tmp_path / "one", CLIPS[:1])
+    sub = evaluate_in_subprocess(setup["int8"], split, decode=FAST)
+    here = evaluate_model_dir(setup["int8"], split, decode=FAST)
+    assert [c["hypothesis"] for c in sub["clips"]] == [c["hypothesis"] for c in here["clips"]]
+    assert sub["metrics"]["wer/en"] == here["metrics"]["wer/en"]
+
+
+def test_empty_manifest_is_a_clear_error(tmp_path, setup):
+    (tmp_path / "manifest.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match="lists no clips"):
+        evaluate_model_dir(setup["fp32"], tmp_path, decode=FAST)

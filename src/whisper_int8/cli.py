@@ -24,7 +24,7 @@ USER_ERRORS = (TrackingError, RegistryError, FileNotFoundError, ValueError)
 def _connect(args: argparse.Namespace) -> str:
     import mlflow
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(explicit=args.tracking_uri)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

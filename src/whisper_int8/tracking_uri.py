@@ -23,13 +23,16 @@ class RegistryError(RuntimeError):
     """A registered model, alias or version cannot be found; the message says which and what to do."""
 
 
-def resolve_tracking_uri(configured: str | None = None, root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` wins, then params ``mlflow.tracking_uri``, then ``sqlite:///mlflow.db``.
+def resolve_tracking_uri(
+    configured: str | None = None, root: Path | None = None, explicit: str | None = None
+) -> str:
+    """``explicit`` (a command-line flag) wins, then ``MLFLOW_TRACKING_URI``, then params
+    ``mlflow.tracking_uri``, then ``sqlite:///mlflow.db``.
 
     A relative sqlite path is made absolute against ``root`` (the repository root, default the current
     directory) so every stage and the CLI agree on one database file wherever they are started from.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(((root or Path.cwd()) / uri[len(prefix) :]).resolve())

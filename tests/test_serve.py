@@ -1,0 +1,185 @@
+"""The registered pyfunc: load + predict, the CLI pull/transcribe, and `mlflow models serve` over REST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from whisper_int8 import cli, registry
+from whisper_int8.model_dir import load_model_dir
+from whisper_int8.tracking import open_experiment
+from whisper_int8.transcribe import load_audio, transcribe_clip
+
+from .conftest import REPO, venv_env
+from .eval_fixtures import FAST, fresh_tracking_uri, speak, tiny_int8_dir
+from .test_tracking import free_port
+
+NAME = "whisper-int8-serve"
+URI = f"models:/{NAME}@champion"
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory) -> dict:
+    """A tiny INT8 model registered as version 1 with the champion alias, and an English clip."""
+    root = tmp_path_factory.mktemp("serve")
+    int8 = tiny_int8_dir(root / "int8")
+    uri = fresh_tracking_uri(root)
+    client, exp = open_experiment(uri, "serve", (root / "mlruns").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    version = registry.register(client, NAME, registry.log_pyfunc(run_id, int8, FAST), key="k")
+    client.set_registered_model_alias(NAME, "champion", version.version)
+    wav = root / "fox.wav"
+    speak("the quick brown fox jumps over the lazy dog", "en", wav)
+    expected = transcribe_clip(load_model_dir(int8), wav, "en", **FAST)["text"]
+    return {"uri": uri, "int8": int8, "wav": wav, "expected": expected, "root": root}
+
+
+@pytest.fixture
+def tracking(registered, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered["uri"])
+    mlflow.set_tracking_uri(registered["uri"])
+    mlflow.set_registry_uri(registered["uri"])
+    return registered
+
+
+def test_pyfunc_predict_every_input_form(tracking):
+    model = mlflow.pyfunc.load_model(URI)
+    wav, expected = str(tracking["wav"]), tracking["expected"]
+    samples = load_audio(wav)
+    assert model.predict({"audio": wav, "language": "en"}) == [expected]
+    frame = pd.DataFrame({"audio": [samples.tolist(), wav], "language": ["en", "en"]})
+    assert model.predict(frame) == [expected, expected]
+    with pytest.raises(FileNotFoundError, match="audio file not found"):
+        model.predict("/nonexistent.wav")
+
+
+def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
+    client = MlflowClient(tracking["uri"])
+    mv = client.get_model_version_by_alias(NAME, "champion")
+    assert mv.tags["pipeline_key"] == "k"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=URI, dst_path=str(tracking["root"] / "dl")))
+    weights = local / "artifacts" / "int8"
+    assert (weights / "int8.pt").is_file() and (weights / "quant_config.json").is_file()
+    assert (local / "python_model.pkl").stat().st_size < 10_000  # options only; weights are artifacts
+
+
+def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
+    dest = tmp_path / "deploy"
+    assert cli.main(["pull", "--model", NAME, "--alias", "champion", "--dest", str(dest)]) == 0
+    assert (dest / "MLmodel").is_file()
+    capsys.readouterr()
+    for model in (str(dest), URI, str(tracking["int8"])):
+        args = ["transcribe", "--model", model, "--language", "en", "--max-tokens", "4", "--json"]
+        assert cli.main([*args, str(tracking["wav"])]) == 0
+        line = json.loads(capsys.readouterr().out.strip())
+        assert line == {"audio": str(tracking["wav"]), "text": tracking["expected"]}
+
+
+def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
+    assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(tmp_path / "x")]) == 2
+    assert "models:/whisper-int8-serve@nope: cannot be pulled" in capsys.readouterr().err
+    assert cli.main(["transcribe", "--model", str(tracking["int8"]), str(tmp_path / "missing.wav")]) == 2
+    assert "missing.wav: audio file not found" in capsys.readouterr().err
+    port = free_port()
+    assert (
+        cli.main(["--tracking-uri", f"http://127.0.0.1:{port}", "pull", "--dest", str(tmp_path / "y")]) == 2
+    )
+    assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_cli_help():
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "whisper-int8"), "transcribe", "--help"],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+    )
+    assert out.returncode == 0 and "models:/NAME@ALIAS" in out.stdout
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def test_mlflow_models_serve_round_trip(tracking, tmp_path):
+    port = free_port()
+    env = {**venv_env(), "MLFLOW_TRACKING_URI": tracking["uri"]}
+    mlflow_exe = str(Path(sys.executable).parent / "mlflow")
+    cmd = [
+        mlflow_exe,
+        "models",
+        "serve",
+        "-m",
+        URI,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, (
+                "server did not answer /ping in 120 s:\n" + (tmp_path / "serve.log").read_text()
+            )
+            time.sleep(1)
+        samples = np.round(load_audio(tracking["wav"]), 5).tolist()
+        url = f"http://127.0.0.1:{port}/invocations"
+        by_array = _post(url, {"dataframe_records": [{"audio": samples, "language": "en"}]})
+        by_path = _post(url, {"dataframe_records": [{"audio": str(tracking["wav"])}]})
+        assert by_array == {"predictions": [tracking["expected"]]}
+        assert by_path == {"predictions": [tracking["expected"]]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.mark.integration
+def test_real_base_model_transcribes_english(tmp_path):
+    """The default model through the pyfunc: an espeak-ng English clip comes back with its words."""
+    fp32 = REPO / "models" / "fp32"
+    if not (fp32 / "model.pt").is_file():
+        pytest.skip("models/fp32 not built; run `dvc repro fetch_model`")
+    from whisper_int8.pyfunc_model import WhisperPyfunc
+
+    wav = tmp_path / "fox.wav"
+    speak("the quick brown fox jumps over the lazy dog", "en", wav)
+    model = WhisperPyfunc()
+    model.load(fp32)
+    text = model.predict(None, [{"audio": str(wav), "language": "en"}])[0].lower()
+    assert {"quick", "brown", "fox", "lazy", "dog"} <= set(text.replace(".", "").replace(",", "").split())

@@ -1,0 +1,116 @@
+"""Calibration: statistics for every Linear input, per-layer sensitivity, coverage per language, params."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+import torch
+
+from whisper_int8.audio import read_manifest
+from whisper_int8.calibrate import HIST_BINS, calibrate, load_calibration
+from whisper_int8.fuse import fuse_model
+from whisper_int8.quant.convert import EMBEDDING, linear_names
+
+from .conftest import REPO, make_tiny_whisper, venv_env
+from .test_fuse import _speechlike
+
+CLIPS = [
+    ("en-0", "en", "the cat sat on the mat"),
+    ("de-0", "de", "guten morgen"),
+    ("en-1", "en", "hello there"),
+]
+
+
+def write_split(root: Path) -> Path:
+    """A calibration split in the fetch_audio format (16 kHz mono WAV + manifest.jsonl)."""
+    (root / "audio").mkdir(parents=True)
+    with open(root / "manifest.jsonl", "w", encoding="utf-8") as m:
+        for i, (cid, lang, text) in enumerate(CLIPS):
+            pcm = (_speechlike(2.0 + i, seed=i) * 32767).astype("<i2")
+            with wave.open(str(root / "audio" / f"{cid}.wav"), "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+                w.writeframes(pcm.tobytes())
+            row = {"id": cid, "language": lang, "audio": f"audio/{cid}.wav", "text": text,
+                   "duration": len(pcm) / 16000, "sha256": "", "source": "t", "license": "-"}  # fmt: skip
+            m.write(json.dumps(row) + "\n")
+    return root
+
+
+def test_calibrate_writes_stats_sensitivity_coverage(tmp_path):
+    model = make_tiny_whisper()
+    fuse_model(model)
+    out = tmp_path / "calibration"
+    out.mkdir()
+    calibrate(
+        model, read_manifest(write_split(tmp_path / "split")), out, sensitivity_clips=2, percentile=99.9
+    )
+    stats, sens = load_calibration(out)
+    names = linear_names(model)
+    for n in names:
+        amax = stats[f"{n}/in_absmax"]
+        assert amax.shape == (model.get_submodule(n).in_features,) and bool((amax > 0).all())
+        assert 0 < float(stats[f"{n}/in_percentile"]) <= float(amax.max()) * 1.03
+        assert stats[f"{n}/in_hist"].shape == (HIST_BINS,) and float(stats[f"{n}/in_hist"].sum()) > 0
+        assert float(stats[f"{n}/out_absmax"]) > 0
+    assert set(sens) == {*names, EMBEDDING} and all(v > 0 for v in sens.values())
+    cov = json.loads((out / "coverage.json").read_text())
+    assert set(cov) == {"en", "de"} and cov["en"]["clips"] == 2 and cov["de"]["clips"] == 1
+    assert cov["en"]["seconds"] == pytest.approx(2.0 + 4.0) and cov["de"]["tokens"] > 4
+    chosen = json.loads((out / "sensitivity.json").read_text())["clips"]
+    assert chosen == ["en-0", "de-0"]  # round-robin: every language weighs in
+
+
+def test_calibration_absmax_matches_a_direct_measurement(tmp_path):
+    model = make_tiny_whisper()
+    fuse_model(model)
+    out = tmp_path / "cal"
+    out.mkdir()
+    clips = read_manifest(write_split(tmp_path / "split"))[:1]
+    calibrate(model, clips, out, sensitivity_clips=1, percentile=99.0, progress=False)
+    stats, _ = load_calibration(out)
+    seen = {}
+    h = model.encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    from whisper_int8.calibrate import prepare
+
+    s = next(prepare(clips, model.dims.n_text_ctx))
+    with torch.no_grad():
+        model.embed_audio(s.mel)
+    h.remove()
+    want = seen["x"].abs().reshape(-1, seen["x"].shape[-1]).amax(0)
+    assert torch.allclose(stats["encoder.blocks.0.attn.qkv/in_absmax"], want)
+
+
+def test_missing_calibration_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the calibrate stage"):
+        load_calibration(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ("calibrate: {sensitivity_clips: 0}", "calibrate.sensitivity_clips"),
+        ("calibrate: {percentile: 120}", "calibrate.percentile"),
+        ("calibrate: {max_clips: -2}", "calibrate.max_clips"),
+        ("calibrate: {clips: 3}", "unknown calibrate key"),
+        ("quant: {scheme: int4}\ncalibrate: {}", "quant.scheme"),
+    ],
+)
+def test_stage_params_validated(tmp_path, section, match):
+    params = tmp_path / "params.yaml"
+    params.write_text(section + "\n")
+    stage = "convert" if "quant" in section else "calibrate"
+    cmd = [
+        sys.executable,
+        str(REPO / "stages" / f"{stage}.py"),
+        "--params",
+        str(params),
+        "--model",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
+    assert proc.returncode == 2 and match in proc.stderr, proc.stderr

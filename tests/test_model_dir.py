@@ -1,0 +1,89 @@
+"""load_model_dir: fp32, fused and int8 directories load alone and transcribe; bad ones fail clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import whisper
+
+from whisper_int8.fsutil import atomic_dir
+from whisper_int8.fuse import FusedWhisper, fuse_model, save_fused_dir
+from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_sources import LoadedModel, ModelSourceError, save_checkpoint
+from whisper_int8.quant.config import parse_quant_config
+from whisper_int8.quant.convert import quantize_model, save_int8_dir
+
+from .conftest import make_tiny_whisper
+
+TOKENS = torch.tensor([[50258, 50259, 50359, 50363, 440]])
+
+
+def build_dirs(root: Path) -> dict[str, Path]:
+    """models/fp32, models/fused and models/int8 of the tiny model, written as the stages write them."""
+    model = make_tiny_whisper()
+    dirs = {k: root / k for k in ("fp32", "fused", "int8")}
+    dirs["fp32"].mkdir(parents=True)
+    save_checkpoint(dirs["fp32"] / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
+    counts = fuse_model(model)
+    with atomic_dir(dirs["fused"]) as tmp:
+        save_fused_dir(tmp, model, [[1, 1]], counts, {})
+    cfg = parse_quant_config({})
+    report = quantize_model(model, cfg)
+    with atomic_dir(dirs["int8"]) as tmp:
+        save_int8_dir(
+            tmp, model, cfg, report, [[1, 1]], fp32_bytes=(dirs["fp32"] / "model.pt").stat().st_size
+        )
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> dict[str, Path]:
+    return build_dirs(tmp_path_factory.mktemp("models"))
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fused", "int8"])
+def test_each_kind_loads_and_transcribes(dirs, kind):
+    model = load_model_dir(dirs[kind])
+    assert isinstance(model, whisper.model.Whisper)
+    assert (kind != "fp32") == isinstance(model, FusedWhisper)
+    assert model.alignment_heads.to_dense().nonzero().tolist() == [[1, 1]]
+    threads = torch.get_num_threads()
+    audio = (torch.randn(16000 * 2, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()
+    result = model.transcribe(audio, language="en", temperature=0.0, fp16=False, sample_len=12)
+    assert isinstance(result["text"], str)
+    assert torch.get_num_threads() == threads  # the one-thread decode loop restores the setting
+
+
+def test_kinds_agree(dirs):
+    mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        fp32, fused, int8 = (load_model_dir(dirs[k])(mel, TOKENS) for k in ("fp32", "fused", "int8"))
+    assert (fp32 - fused).abs().max() <= 1e-4
+    assert (int8 - fp32).norm() / fp32.norm() < 0.1
+    card = json.loads((dirs["int8"] / "model_card.json").read_text())
+    assert card["int8_linear"] == 22 and card["float_linear"] == 0 and card["int8_embedding"] == 1
+    assert card["bytes"] < card["fp32_bytes"] * 0.35 and card["ratio_to_fp32"] == round(
+        card["bytes"] / card["fp32_bytes"], 4
+    )
+
+
+def test_bad_directories(tmp_path, dirs):
+    with pytest.raises(ModelSourceError, match="model directory not found"):
+        load_model_dir(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSourceError, match="not a model directory"):
+        load_model_dir(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "quant_config.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ModelSourceError, match="format"):
+        load_model_dir(bad)
+    (bad / "quant_config.json").write_text((dirs["int8"] / "quant_config.json").read_text())
+    with pytest.raises(ModelSourceError, match="weights file missing"):
+        load_model_dir(bad)
+    (bad / "quant_config.json").write_text("{not json")
+    with pytest.raises(ModelSourceError, match="unreadable"):
+        load_model_dir(bad)

@@ -1,0 +1,60 @@
+"""evaluate + promote under DVC: promote always runs, and a run-cache restore updates the matching run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from .conftest import run_dvc
+from .eval_fixtures import fresh_tracking_uri, speech_split, tiny_int8_dir, tiny_model_dir
+
+
+def set_warmup(repo: Path, warmup: int) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"].update(warmup=warmup, max_tokens=4, device="cpu")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def parents(repo: Path) -> list:
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("whisper-int8")
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "pipeline"]
+
+
+@pytest.mark.integration
+def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo):
+    # Upstream outputs as the earlier stages would leave them (tiny models, a one-clip split).
+    speech_split(dvc_repo / "data" / "eval", [("en", "good morning everybody")])
+    (dvc_repo / "data" / "audio_summary.json").write_text('{"clips": {"en": 1}}')
+    tiny_model_dir(dvc_repo / "models" / "fp32")
+    tiny_int8_dir(dvc_repo / "models" / "int8")
+    (dvc_repo / "models" / "calibration").mkdir(parents=True)
+    (dvc_repo / "models" / "calibration" / "sensitivity.json").write_text("{}")
+    fresh_tracking_uri(dvc_repo)  # the default sqlite:///mlflow.db at the repo root, already migrated
+    set_warmup(dvc_repo, 1)
+
+    first = run_dvc(dvc_repo, "repro", "--single-item", "evaluate", "promote")
+    assert "promoted" in first.stdout  # "promoted: ..." or "not promoted: ..."
+    gate1 = json.loads((dvc_repo / "metrics" / "gate.json").read_text())
+    assert (dvc_repo / "mlruns").is_dir() and len(parents(dvc_repo)) == 1
+
+    # A param change re-evaluates: a second parent run.
+    set_warmup(dvc_repo, 2)
+    run_dvc(dvc_repo, "repro", "--single-item", "evaluate", "promote")
+    assert len(parents(dvc_repo)) == 2
+
+    # Back to the first params: evaluate comes from the run cache without executing; promote still
+    # runs and finds the first parent run instead of creating a third.
+    set_warmup(dvc_repo, 1)
+    restored = run_dvc(dvc_repo, "repro", "--single-item", "evaluate", "promote")
+    assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in restored.stdout
+    assert "Running stage 'promote'" in restored.stdout
+    assert len(parents(dvc_repo)) == 2
+    gate3 = json.loads((dvc_repo / "metrics" / "gate.json").read_text())
+    assert gate3["parent_run_id"] == gate1["parent_run_id"] and gate3["version"] == gate1["version"]
+    metrics = run_dvc(dvc_repo, "metrics", "show", "--json").stdout
+    assert "wer/en" in metrics and "passed" in metrics

@@ -12,6 +12,7 @@ first of them is reported on its own as ``first_call_s``.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import multiprocessing
 import resource
@@ -69,9 +70,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def detect_language(model: torch.nn.Module, audio: np.ndarray) -> str:
-    """Whisper's own language identification on the first 30 s (one encoder pass, one decoder step)."""
+    """Whisper's own language identification on the first 30 s (one encoder pass, one decoder step),
+    as ``whisper.transcribe`` does for ``language=None``; English-only models always answer ``en``."""
+    if not model.is_multilingual:
+        return "en"
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), model.dims.n_mels)
-    _, probs = model.detect_language(mel.to(next(model.parameters()).device))
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
+    _, probs = model.detect_language(mel.to(device))
     return max(probs, key=probs.get)
 
 

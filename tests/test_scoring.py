@@ -20,6 +20,7 @@ def test_uses_cer():
      ("it", "chiama l'interno ottomilacinquecento", "Chiama l'interno 8500."),
      ("ru", "Введите пять номеров", "введите 5 номеров"),
      ("en", "Press one, then the third option", "press 1 then the 3rd option"),
+     ("en", "The number I have is", "The number I have is..."),
      ("zh", "明天九点到，我们走吧。", "明天9點到,我們走吧"),
      ("ja", "夜八時に始まる", "夜8時に始まる。")],
 )  # fmt: skip

@@ -66,10 +66,9 @@ def normalize(text: str, lang: str) -> str:
         text = zhconv.convert(text, "zh-cn")
     text = _DIGITS.sub(lambda m: _number_words(m, lang), text)
     text = _strip_diacritics(text)
-    text = _normalizer(lang)(text)
-    if uses_cer(lang):
-        return "".join(text.split())
-    return " ".join(text.split())
+    # Whisper's English normalizer keeps "." for decimals, so a trailing "..." would survive as a word.
+    words = [w for w in _normalizer(lang)(text).split() if re.search(r"\w", w)]
+    return ("" if uses_cer(lang) else " ").join(words)
 
 
 def score(refs: list[str], hyps: list[str], lang: str) -> dict:

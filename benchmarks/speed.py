@@ -132,18 +132,20 @@ def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
     from whisper_int8.calibrate import load_calibration
     from whisper_int8.fsutil import dir_bytes
     from whisper_int8.model_dir import load_model_dir
+    from whisper_int8.params import load_params
     from whisper_int8.quant.config import parse_quant_config
     from whisper_int8.quant.convert import quantize_model, save_int8_dir
 
     fp32_bytes = dir_bytes(args.fp32)
     variants = [("fp32", "whisper", args.fp32, fp32_bytes)]
     stats, sens = load_calibration(Path(args.calibration))
+    base = load_params(args.params).get("quant") or {}
     for scheme in args.schemes:
         out = tmp / f"int8-{scheme}"
         out.mkdir()
         model = load_model_dir(args.fused)
         heads = model.alignment_heads.to_dense().nonzero().tolist()
-        cfg = parse_quant_config({"scheme": scheme})
+        cfg = parse_quant_config({**base, "scheme": scheme})  # params.yaml quant, scheme varied
         with torch.no_grad():
             report = quantize_model(model, cfg, stats, sens)
         card = save_int8_dir(out, model, cfg, report, heads, fp32_bytes)
@@ -169,6 +171,7 @@ def main() -> None:
     p.add_argument("--fp32", default="models/fp32")
     p.add_argument("--fused", default="models/fused")
     p.add_argument("--calibration", default="models/calibration")
+    p.add_argument("--params", default="params.yaml", help="quant settings for every INT8 variant")
     p.add_argument("--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)

@@ -23,6 +23,10 @@ INT8_WEIGHTS = "int8.pt"
 QUANT_CONFIG = "quant_config.json"
 EMBEDDING = "decoder.token_embedding"
 FORMAT = "whisper-int8/int8"
+# Static scheme: the MLP output projection's input (after GELU) has outliers that one calibrated
+# per-tensor scale cannot cover (measured: relative logit error 0.90 and 52 % top-1 agreement with
+# it static, 0.27 and 100 % with it dynamic), so those layers keep per-call (dynamic) ranges.
+STATIC_DYNAMIC_SUFFIX = ".mlp.2"
 
 
 class QuantError(RuntimeError):
@@ -123,8 +127,8 @@ def quantize_model(
             continue
         lin = _get(model, name)
         scheme = cfg.scheme
-        if scheme == "static" and not name.startswith("encoder."):
-            scheme = "dynamic"  # decoder inputs change shape every step: dynamic ranges there
+        if scheme == "static" and (not name.startswith("encoder.") or name.endswith(STATIC_DYNAMIC_SUFFIX)):
+            scheme = "dynamic"  # see STATIC_DYNAMIC_SUFFIX; the decoder's inputs change every step
         if scheme == "static":
             if f"{name}/out_absmax" not in stats:
                 raise QuantError(f"calibration statistics lack {name}; rerun calibrate on this fused model")

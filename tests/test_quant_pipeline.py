@@ -1,0 +1,44 @@
+"""`dvc repro` runs fuse -> calibrate -> convert on a throw-away repository (tiny model, tiny split)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_sources import LoadedModel, save_checkpoint
+
+from .conftest import make_tiny_whisper, run_dvc, venv_env
+from .test_calibrate import write_split
+
+
+@pytest.mark.integration
+def test_dvc_repro_fuse_calibrate_convert(dvc_repo):
+    model = make_tiny_whisper()
+    (dvc_repo / "models" / "fp32").mkdir(parents=True)
+    save_checkpoint(dvc_repo / "models" / "fp32" / "model.pt", LoadedModel(model, model.dims, None))
+    write_split(dvc_repo / "data" / "calibration")
+    run_dvc(dvc_repo, "repro", "--single-item", "fuse", "calibrate", "convert")
+    outs = ["models/fused/fused.pt", "models/int8/int8.pt", "models/int8/quant_config.json"]
+    outs += [f"models/calibration/{f}" for f in ("sensitivity.json", "coverage.json", "stats.pt")]
+    for out in outs:
+        assert (dvc_repo / out).is_file(), out
+    card = json.loads((dvc_repo / "models/int8/model_card.json").read_text())
+    assert card["int8_linear"] == 22 and card["scheme"] == "dynamic"
+    assert load_model_dir(dvc_repo / "models" / "int8").dims == model.dims
+    status = run_dvc(dvc_repo, "status", "fuse", "calibrate", "convert").stdout
+    assert "changed" not in status, status
+    # a bad quant param: the stage script exits 2 with one clear line and leaves models/int8 intact
+    params = (dvc_repo / "params.yaml").read_text().replace("scheme: dynamic", "scheme: int4")
+    (dvc_repo / "params.yaml").write_text(params)
+    before = (dvc_repo / "models/int8/int8.pt").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "stages/convert.py"], cwd=dvc_repo, env=venv_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "quant.scheme='int4'" in proc.stderr, proc.stderr
+    assert (dvc_repo / "models/int8/int8.pt").read_bytes() == before
+    proc = run_dvc(dvc_repo, "repro", "--single-item", "convert", check=False)
+    assert proc.returncode != 0 and "quant.scheme='int4'" in proc.stdout + proc.stderr

@@ -40,18 +40,19 @@ def main() -> None:
             by_lang[c.language].append(c)
     rows, rates = [], {}
     start = time.perf_counter()
-    for lang, group in by_lang.items():
+    header = f"{'lang':5} {'metric':6} {'rate %':>7} {'errors':>7} {'ref len':>8} {'clips':>6}"
+    for lang, group in by_lang.items():  # one line per language as soon as it is done
         hyps = [transcribe_clip(model, c.audio, lang)["text"] for c in tqdm(group, desc=lang, unit="clip")]
-        rates[lang] = score([c.text for c in group], hyps, lang)
+        r = rates[lang] = score([c.text for c in group], hyps, lang)
         rows += [{"id": c.id, "ref": c.text, "hyp": h} for c, h in zip(group, hyps, strict=True)]
-    print(f"{'lang':5} {'metric':6} {'rate %':>7} {'errors':>7} {'ref len':>8} {'clips':>6}")
-    for lang, r in rates.items():
         errors = r["substitutions"] + r["deletions"] + r["insertions"]
-        rate = 100 * r["error_rate"]
-        print(f"{lang:5} {r['metric']:6} {rate:7.1f} {errors:7d} {r['reference_length']:8d} {r['clips']:6d}")
+        n_ref, rate = r["reference_length"], 100 * r["error_rate"]
+        tqdm.write(f"{header}\n{lang:5} {r['metric']:6} {rate:7.1f} {errors:7d} {n_ref:8d} {len(group):6d}")
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"rates": rates, "clips": rows}, ensure_ascii=False, indent=1)
+            )
     print(f"{len(rows)} clips in {time.perf_counter() - start:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rates": rates, "clips": rows}, ensure_ascii=False, indent=1))
 
 
 if __name__ == "__main__":

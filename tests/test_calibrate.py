@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from whisper_int8.audio import read_manifest
-from whisper_int8.calibrate import HIST_BINS, calibrate, load_calibration
+from whisper_int8.calibrate import HIST_BINS, calibrate, calibrate_settings, load_calibration
 from whisper_int8.fuse import fuse_model
+from whisper_int8.params import ParamError
 from whisper_int8.quant.convert import EMBEDDING, linear_names
 
 from .conftest import REPO, make_tiny_whisper, venv_env
@@ -91,26 +92,32 @@ def test_missing_calibration_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("section", "match"),
+    ("cfg", "match"),
     [
-        ("calibrate: {sensitivity_clips: 0}", "calibrate.sensitivity_clips"),
-        ("calibrate: {percentile: 120}", "calibrate.percentile"),
-        ("calibrate: {max_clips: -2}", "calibrate.max_clips"),
-        ("calibrate: {clips: 3}", "unknown calibrate key"),
-        ("quant: {scheme: int4}\ncalibrate: {}", "quant.scheme"),
+        ({"sensitivity_clips": 0}, "calibrate.sensitivity_clips"),
+        ({"sensitivity_clips": True}, "calibrate.sensitivity_clips"),
+        ({"percentile": 120}, "calibrate.percentile"),
+        ({"percentile": "high"}, "calibrate.percentile"),
+        ({"max_clips": -2}, "calibrate.max_clips"),
+        ({"clips": 3}, "unknown calibrate key"),
     ],
 )
-def test_stage_params_validated(tmp_path, section, match):
+def test_calibrate_params_validated(cfg, match):
+    with pytest.raises(ParamError, match=match):
+        calibrate_settings({"calibrate": cfg})
+    assert calibrate_settings({"calibrate": {}}) == (3, 99.99, None)
+
+
+def test_stage_exits_2_with_one_line(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(section + "\n")
-    stage = "convert" if "quant" in section else "calibrate"
+    params.write_text("quant: {scheme: int4}\n")
     cmd = [
         sys.executable,
-        str(REPO / "stages" / f"{stage}.py"),
+        str(REPO / "stages" / "convert.py"),
         "--params",
         str(params),
         "--model",
         str(tmp_path),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
-    assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "quant.scheme" in proc.stderr

@@ -26,6 +26,7 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 
 from .audio import Clip
 from .fsutil import atomic_write_json
+from .params import ParamError, section
 from .quant.convert import EMBEDDING, linear_names
 from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, set_engine
 
@@ -215,6 +216,26 @@ def calibrate(
         max(sens, key=sens.get),
     )
     return {"coverage": cov, "sensitivity": sens}
+
+
+def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, float, int | None]:
+    """Validate ``params.yaml`` ``calibrate:``; return (sensitivity_clips, percentile, max_clips)."""
+    cfg = section(params, "calibrate", where)
+    unknown = sorted(set(cfg) - {"sensitivity_clips", "percentile", "max_clips"})
+    if unknown:
+        raise ParamError(
+            f"{where}: unknown calibrate key(s) {unknown}; allowed: max_clips, percentile, sensitivity_clips"
+        )
+    n = cfg.get("sensitivity_clips", 3)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ParamError(f"{where}: calibrate.sensitivity_clips={n!r}: expected an integer >= 1")
+    p = cfg.get("percentile", 99.99)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 50 <= p <= 100:
+        raise ParamError(f"{where}: calibrate.percentile={p!r}: expected a number in [50, 100]")
+    m = cfg.get("max_clips")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+        raise ParamError(f"{where}: calibrate.max_clips={m!r}: expected null (all clips) or an integer >= 1")
+    return n, float(p), m
 
 
 def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:

@@ -127,3 +127,8 @@ def fresh_tracking_uri(directory: Path) -> str:
     """A new, empty sqlite tracking store in ``directory`` (a copy of the migrated template)."""
     shutil.copy(_migrated_db(), directory / "mlflow.db")
     return f"sqlite:///{directory}/mlflow.db"
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client bound to ``uri`` for both runs and registry (MLflow's registry URI is process-global)."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

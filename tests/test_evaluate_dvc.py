@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from .conftest import run_dvc
-from .eval_fixtures import fresh_tracking_uri, speech_split, tiny_int8_dir, tiny_model_dir
+from .eval_fixtures import client_for, fresh_tracking_uri, speech_split, tiny_int8_dir, tiny_model_dir
 
 
 def set_warmup(repo: Path, warmup: int) -> None:
@@ -20,13 +19,15 @@ def set_warmup(repo: Path, warmup: int) -> None:
 
 
 def parents(repo: Path) -> list:
-    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    client = client_for(f"sqlite:///{repo}/mlflow.db")
     exp = client.get_experiment_by_name("whisper-int8")
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "pipeline"]
 
 
 @pytest.mark.integration
-def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo):
+def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo, monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the default URI is under test here
+        monkeypatch.delenv(var, raising=False)
     # Upstream outputs as the earlier stages would leave them (tiny models, a one-clip split).
     speech_split(dvc_repo / "data" / "eval", [("en", "good morning everybody")])
     (dvc_repo / "data" / "audio_summary.json").write_text('{"clips": {"en": 1}}')

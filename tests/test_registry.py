@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from whisper_int8.gate import gate_config
 from whisper_int8.promotion import promote
 
 from .conftest import REPO, venv_env
-from .eval_fixtures import fresh_tracking_uri, report, tiny_model_dir
+from .eval_fixtures import client_for, fresh_tracking_uri, report, tiny_model_dir
 from .test_tracking import free_port, mlflow_cfg, setup_pipeline
 
 MODEL = "whisper-int8-test"
@@ -72,7 +71,7 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     assert bad.returncode == 0, bad.stderr  # a refusal is a result, not a crash
     assert "not promoted: wer/en +2.00 pp over FP32 (10.00 -> 12.00), limit 0.5 pp" in bad.stdout
 
-    client = MlflowClient(uri)
+    client = client_for(uri)
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
     v2 = client.get_model_version(MODEL, "2")
     assert v2.tags["validation_status"] == "failed" and "wer/en +2.00 pp" in v2.tags["validation_reasons"]
@@ -108,7 +107,7 @@ def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):
         setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "a"),
         cfg,
         gate_config({}),
-        None,
+        {},
     )
     assert first["passed"]
     # Within the FP32 thresholds, but worse than the champion's 10.1 % WER.
@@ -116,17 +115,17 @@ def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):
         setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.4}), "b"),
         cfg,
         gate_config({}),
-        None,
+        {},
     )
     assert not second["passed"] and any("worse than champion v1" in r for r in second["reasons"])
-    client = MlflowClient(cfg.tracking_uri)
+    client = client_for(cfg.tracking_uri)
     assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
     # A better candidate replaces the champion.
     third = promote(
         setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0}), "c"),
         cfg,
         gate_config({}),
-        None,
+        {},
     )
     assert third["passed"]
     assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 3

@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from whisper_int8 import cli, registry
 from whisper_int8.model_dir import load_model_dir
@@ -24,7 +23,7 @@ from whisper_int8.tracking import open_experiment
 from whisper_int8.transcribe import load_audio, transcribe_clip
 
 from .conftest import REPO, venv_env
-from .eval_fixtures import FAST, fresh_tracking_uri, speak, tiny_int8_dir
+from .eval_fixtures import FAST, client_for, fresh_tracking_uri, speak, tiny_int8_dir
 from .test_tracking import free_port
 
 NAME = "whisper-int8-serve"
@@ -67,7 +66,7 @@ def test_pyfunc_predict_every_input_form(tracking):
 
 
 def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
-    client = MlflowClient(tracking["uri"])
+    client = client_for(tracking["uri"])
     mv = client.get_model_version_by_alias(NAME, "champion")
     assert mv.tags["pipeline_key"] == "k"
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=URI, dst_path=str(tracking["root"] / "dl")))

@@ -7,14 +7,13 @@ import socket
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from whisper_int8.gate import gate_config
 from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
 from whisper_int8.tracking import open_experiment
 from whisper_int8.tracking_uri import TrackingError, resolve_tracking_uri
 
-from .eval_fixtures import fresh_tracking_uri, report, tiny_model_dir
+from .eval_fixtures import client_for, fresh_tracking_uri, report, tiny_model_dir
 
 SHARED_KEYS = {
     "wer/en", "cer/zh", "wer_delta/en", "cer_delta/zh", "error_rate/overall", "lid_accuracy/en",
@@ -64,7 +63,7 @@ def mlflow_cfg(tmp: Path) -> MlflowConfig:
 
 
 def runs_of(cfg: MlflowConfig):
-    client = MlflowClient(cfg.tracking_uri)
+    client = client_for(cfg.tracking_uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     return client, client.search_runs([exp.experiment_id])
 
@@ -123,13 +122,13 @@ def test_changed_pipeline_gets_a_new_parent_run(tmp_path, model_dirs):
         setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "a"),
         cfg,
         gate_config({}),
-        None,
+        {},
     )
     promote(
         setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0}), "b"),
         cfg,
         gate_config({}),
-        None,
+        {},
     )
     _, runs = runs_of(cfg)
     assert len([r for r in runs if r.data.tags.get("role") == "pipeline"]) == 2 and len(runs) == 6

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ class PromoteInputs:
     gate_json: Path
     params: dict[str, Any]
     dvc_lock: Path = Path("dvc.lock")
-    extra_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,7 +106,6 @@ def promote(
             **tracking.flatten(inputs.params),
             "git_commit": git_commit(),
             "dvc_lock_sha256": lock_digest,
-            **inputs.extra_params,
         }
         tracking.log_values(client, runs.parent_id, params=params, metrics=report["comparison"])
         tracking.log_files(client, runs.parent_id, [(p, "upstream") for p in _existing(inputs.artifacts)])

@@ -19,6 +19,13 @@ def options(params: dict, where: str) -> dict:
     warmup = ev.get("warmup", 1)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ParamError(f"{where}: evaluate.warmup={warmup!r} must be an integer >= 0")
+    per_language = ev.get("max_clips_per_language")
+    if per_language is not None and (
+        isinstance(per_language, bool) or not isinstance(per_language, int) or per_language < 1
+    ):
+        raise ParamError(
+            f"{where}: evaluate.max_clips_per_language={per_language!r} must be null (all) or >= 1"
+        )
     device = ev.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,6 +38,7 @@ def options(params: dict, where: str) -> dict:
         "split": Path(ev.get("split", "data/eval")),
         "decode": decode_options(ev, where),
         "warmup": warmup,
+        "max_clips_per_language": per_language,
         "device": device,
         "models": {k: Path(v) for k, v in variants.items()},
     }
@@ -46,7 +54,12 @@ def main(args) -> None:
             )
         log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
         results[variant] = evaluate_in_subprocess(
-            model_dir, opt["split"], opt["decode"], opt["device"], opt["warmup"]
+            model_dir,
+            opt["split"],
+            opt["decode"],
+            opt["device"],
+            opt["warmup"],
+            opt["max_clips_per_language"],
         )
     languages = sorted({c["language"] for c in results[BASELINE]["clips"]})
     config = {
@@ -54,6 +67,7 @@ def main(args) -> None:
         **opt["decode"],
         "device": opt["device"],
         "warmup": opt["warmup"],
+        "max_clips_per_language": opt["max_clips_per_language"],
         "languages": languages,
     }
     report = write_report(args.out, results[BASELINE], results[CANDIDATE], config)

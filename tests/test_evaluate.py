@@ -80,12 +80,12 @@ def test_report_files(results, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_subprocess_evaluation_matches_in_process(setup, tmp_path):
-    split = speech_split(tmp_path / "one", CLIPS[:1])
-    sub = evaluate_in_subprocess(setup["int8"], split, decode=FAST)
-    here = evaluate_model_dir(setup["int8"], split, decode=FAST)
-    assert [c["hypothesis"] for c in sub["clips"]] == [c["hypothesis"] for c in here["clips"]]
-    assert sub["metrics"]["wer/en"] == here["metrics"]["wer/en"]
+def test_subprocess_evaluation_matches_in_process(results, setup):
+    sub = evaluate_in_subprocess(setup["int8"], setup["split"], decode=FAST, per_language=1)
+    assert [c["id"] for c in sub["clips"]] == ["en-000", "de-002", "zh-003"]  # first clip of each language
+    here = {c["id"]: c["hypothesis"] for c in results["int8"]["clips"]}
+    assert [c["hypothesis"] for c in sub["clips"]] == [here[c["id"]] for c in sub["clips"]]
+    assert sub["metrics"]["clips/en"] == 1 and sub["metrics"]["peak_rss_mb"] > 50
 
 
 def test_empty_manifest_is_a_clear_error(tmp_path, setup):

@@ -31,7 +31,7 @@ from .fsutil import dir_bytes
 from .model_dir import load_model_dir
 from .params import ParamError
 from .scoring import score, uses_cer
-from .transcribe import load_audio, read_manifest, transcribe_clip
+from .transcribe import Clip, load_audio, read_manifest, transcribe_clip
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -80,11 +80,29 @@ def detect_language(model: torch.nn.Module, audio: np.ndarray) -> str:
     return max(probs, key=probs.get)
 
 
+def select_clips(clips: list[Clip], per_language: int | None) -> list[Clip]:
+    """The first ``per_language`` clips of each language in manifest order (all when None)."""
+    if per_language is None:
+        return clips
+    counts: dict[str, int] = {}
+    kept = []
+    for clip in clips:
+        counts[clip.language] = counts.get(clip.language, 0) + 1
+        if counts[clip.language] <= per_language:
+            kept.append(clip)
+    return kept
+
+
 def transcribe_split(
-    model: torch.nn.Module, split_dir: Path, decode: dict[str, Any], warmup: int = 1, desc: str = "eval"
+    model: torch.nn.Module,
+    split_dir: Path,
+    decode: dict[str, Any],
+    warmup: int = 1,
+    per_language: int | None = None,
+    desc: str = "eval",
 ) -> tuple[list[ClipResult], float | None]:
-    """Transcribe every clip with its reference language; returns results and the first (cold) call."""
-    clips = read_manifest(split_dir)
+    """Transcribe the clips with their reference language; returns results and the first (cold) call."""
+    clips = select_clips(read_manifest(split_dir), per_language)
     if not clips:
         raise ValueError(f"{split_dir}: the evaluation manifest lists no clips")
     audios = [load_audio(c.audio) for c in clips]
@@ -147,7 +165,12 @@ def speed_metrics(results: list[ClipResult], first_call: float | None) -> dict[s
 
 
 def evaluate_model_dir(
-    model_dir: Path | str, split_dir: Path | str, decode: dict[str, Any], device: str = "cpu", warmup: int = 1
+    model_dir: Path | str,
+    split_dir: Path | str,
+    decode: dict[str, Any],
+    device: str = "cpu",
+    warmup: int = 1,
+    per_language: int | None = None,
 ) -> dict[str, Any]:
     """Load ``model_dir``, transcribe the split, and return ``{"metrics": {...}, "clips": [...]}``.
 
@@ -160,7 +183,7 @@ def evaluate_model_dir(
     start = time.perf_counter()
     model = load_model_dir(model_dir, device=device)
     load_time = time.perf_counter() - start
-    results, first_call = transcribe_split(model, split_dir, decode, warmup, desc=model_dir.name)
+    results, first_call = transcribe_split(model, split_dir, decode, warmup, per_language, model_dir.name)
     metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
     metrics["load_time_s"] = load_time
     metrics["model_size_mb"] = dir_bytes(model_dir) / MB
@@ -172,11 +195,16 @@ def evaluate_model_dir(
 
 
 def evaluate_in_subprocess(
-    model_dir: Path | str, split_dir: Path | str, decode: dict[str, Any], device: str = "cpu", warmup: int = 1
+    model_dir: Path | str,
+    split_dir: Path | str,
+    decode: dict[str, Any],
+    device: str = "cpu",
+    warmup: int = 1,
+    per_language: int | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own."""
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         return pool.submit(
-            evaluate_model_dir, str(model_dir), str(split_dir), decode, device, warmup
+            evaluate_model_dir, str(model_dir), str(split_dir), decode, device, warmup, per_language
         ).result()

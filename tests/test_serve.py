@@ -169,11 +169,9 @@ def test_mlflow_models_serve_round_trip(tracking, tmp_path):
 
 
 @pytest.mark.integration
-def test_real_base_model_transcribes_english(tmp_path):
+def test_real_base_model_transcribes_english(tmp_path, base_fp32):
     """The default model through the pyfunc: an espeak-ng English clip comes back with its words."""
-    fp32 = REPO / "models" / "fp32"
-    if not (fp32 / "model.pt").is_file():
-        pytest.skip("models/fp32 not built; run `dvc repro fetch_model`")
+    fp32 = base_fp32
     from whisper_int8.pyfunc_model import WhisperPyfunc
 
     wav = tmp_path / "fox.wav"

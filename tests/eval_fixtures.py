@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
 import json
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from whisper_int8.eval_report import compare
+from whisper_int8.fsutil import sha256_file
 from whisper_int8.model_sources import LoadedModel, save_checkpoint
 
 from .conftest import make_tiny_whisper
@@ -51,7 +51,7 @@ def speech_split(split_dir: Path, clips: list[tuple[str, str]]) -> Path:
                 "audio": f"audio/{clip_id}.wav",
                 "text": text,
                 "duration": duration,
-                "sha256": hashlib.sha256(wav.read_bytes()).hexdigest(),
+                "sha256": sha256_file(wav),
                 "source": "espeak-ng",
                 "license": "GPL-3.0 (synthesized)",
             }

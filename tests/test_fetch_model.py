@@ -13,6 +13,7 @@ import whisper
 from whisper.normalizers import EnglishTextNormalizer
 
 from .conftest import REPO, run_dvc, venv_env
+from .eval_fixtures import speak
 
 SENTENCE = "Please call Stella and ask her to bring these things with her from the store."
 
@@ -41,7 +42,7 @@ def test_default_model_card(base_fp32):
 @pytest.mark.integration
 def test_default_model_transcribes_english(base_fp32, tmp_path):
     wav = tmp_path / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), SENTENCE], check=True)
+    speak(SENTENCE, "en", wav)
     model = whisper.load_model(str(base_fp32 / "model.pt"))  # openai-whisper reads our checkpoint as is
     text = model.transcribe(str(wav), language="en", temperature=0.0, fp16=False)["text"]
     norm = EnglishTextNormalizer()

@@ -6,7 +6,7 @@ all variants alike. Reported per variant: median wall time per clip (summed over
 FP32, peak RSS while transcribing (VmHWM reset after load and warm-up), model file size, and WER
 (CER for zh/ja) per language. Greedy decoding via ``whisper_int8.transcribe.transcribe_clip``.
 
-    python benchmarks/speed.py --split data/eval --repeats 5 --threads 2 --out metrics/speed.json
+    python benchmarks/speed.py --split data/eval --per-language 5 --repeats 3 --out metrics/speed.json
 """
 
 from __future__ import annotations
@@ -65,13 +65,17 @@ def worker(kind: str, path: str, threads: int) -> None:
     if kind == "faster-whisper":
         from faster_whisper import WhisperModel
 
+        from whisper.audio import N_SAMPLES
+
         from whisper_int8.transcribe import TEMPERATURES, load_audio
 
         fw = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
 
         def run(audio, language):
+            # Timestamps off for one-window clips, like transcribe_clip's direct path: the same output.
             segs, _ = fw.transcribe(audio, language=language, beam_size=1, temperature=list(TEMPERATURES),
-                                    condition_on_previous_text=False, vad_filter=False)  # fmt: skip
+                                    condition_on_previous_text=False, vad_filter=False,
+                                    without_timestamps=len(audio) <= N_SAMPLES)  # fmt: skip
             return " ".join(s.text.strip() for s in segs).strip()
     else:
         from whisper_int8.model_dir import load_model_dir
@@ -175,17 +179,18 @@ def main() -> None:
     p.add_argument("--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-clips", type=int, default=None, help="first N clips only")
+    p.add_argument("--per-language", type=int, default=None, help="first N clips of each language only")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(*args.worker, args.threads)
         return
+    from whisper_int8.evaluate import select_clips
     from whisper_int8.scoring import score
     from whisper_int8.transcribe import read_manifest
 
-    clips = read_manifest(args.split)[: args.max_clips]
+    clips = select_clips(read_manifest(args.split), args.per_language)
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, Path(tmp))
         workers = [Worker(name, kind, path, args.threads) for name, kind, path, _ in variants]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import whisper
 
 from tests.test_audio_wavio import write_tone
 from whisper_int8.audio import AudioInputError
@@ -13,7 +15,16 @@ from whisper_int8.transcribe import MIN_TOKENS, TOKENS_PER_SECOND, read_manifest
 def test_result_shape_determinism_and_token_cap(tiny_model, tmp_path):
     path = write_tone(tmp_path / "a.wav", 440, 1.0, 8000)  # any format: converted on load
     first = transcribe_clip(tiny_model, path, "en")
-    assert set(first) == {"text", "language", "tokens", "temperature", "segments"}
+    assert set(first) == {
+        "text",
+        "language",
+        "detected_language",
+        "lid_s",
+        "tokens",
+        "temperature",
+        "segments",
+    }
+    assert first["detected_language"] is None and first["lid_s"] == 0.0  # not asked for
     assert first["language"] == "en" and isinstance(first["text"], str)
     # A random model babbles until the cap: every window stays within its token budget.
     assert first["tokens"] <= first["segments"] * (MIN_TOKENS + TOKENS_PER_SECOND * 1)
@@ -25,7 +36,23 @@ def test_array_input_beam_search_explicit_cap_and_language_detection(tiny_model)
     audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
     out = transcribe_clip(tiny_model, audio, None, beam_size=2, max_tokens=3)
     assert out["tokens"] <= 3 * out["segments"]
-    assert out["language"]  # detected, since none was given
+    assert out["language"] and out["detected_language"] == out["language"]  # detected, since none given
+
+
+def test_detection_alongside_a_given_language_matches_whisper(tiny_model):
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    out = transcribe_clip(tiny_model, audio, "fr", max_tokens=3, detect_language=True)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), tiny_model.dims.n_mels)
+    _, probs = tiny_model.detect_language(mel)  # the encoder runs inside: same answer from the mel
+    assert out["language"] == "fr" and out["detected_language"] == max(probs, key=probs.get)
+    assert out["lid_s"] > 0
+
+
+def test_long_audio_goes_through_sliding_windows(tiny_model):
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * 35) / 16000)).astype(np.float32)
+    out = transcribe_clip(tiny_model, audio, "en", max_tokens=4, detect_language=True)
+    assert out["segments"] >= 1 and out["language"] == "en"
+    assert out["detected_language"] and out["lid_s"] > 0
 
 
 def test_read_manifest_errors(tmp_path):

@@ -5,14 +5,14 @@ time and the first (cold) call belong to that variant alone and not to whatever 
 
 Error rates are in percent; a language written without spaces gets CER (``cer/<lang>``), any other WER
 (``wer/<lang>``), both after Whisper's normalizers (``whisper_int8.scoring``). Latency is the wall time of
-``transcribe_clip`` on audio already decoded to 16 kHz; ``warmup`` untimed calls come first, and the
-first of them is reported on its own as ``first_call_s``.
+``transcribe_clip`` on audio already decoded to 16 kHz, less the language identification that shares its
+encoder pass (``lid_accuracy/<lang>``); ``warmup`` untimed calls come first, and the first of them is
+reported on its own as ``first_call_s``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import multiprocessing
 import resource
@@ -69,17 +69,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
-def detect_language(model: torch.nn.Module, audio: np.ndarray) -> str:
-    """Whisper's own language identification on the first 30 s (one encoder pass, one decoder step),
-    as ``whisper.transcribe`` does for ``language=None``; English-only models always answer ``en``."""
-    if not model.is_multilingual:
-        return "en"
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), model.dims.n_mels)
-    device = next(itertools.chain(model.parameters(), model.buffers())).device
-    _, probs = model.detect_language(mel.to(device))
-    return max(probs, key=probs.get)
-
-
 def select_clips(clips: list[Clip], per_language: int | None) -> list[Clip]:
     """The first ``per_language`` clips of each language in manifest order (all when None)."""
     if per_language is None:
@@ -109,21 +98,21 @@ def transcribe_split(
     first_call = None
     for i in range(warmup):
         start = time.perf_counter()
-        transcribe_clip(model, audios[0], clips[0].language, **decode)
+        transcribe_clip(model, audios[0], clips[0].language, **decode, detect_language=True)
         if i == 0:
             first_call = time.perf_counter() - start
     results = []
     for clip, audio in zip(tqdm(clips, desc=desc, unit="clip"), audios, strict=True):
         start = time.perf_counter()
-        out = transcribe_clip(model, audio, clip.language, **decode)
-        latency = time.perf_counter() - start
+        out = transcribe_clip(model, audio, clip.language, **decode, detect_language=True)
+        latency = time.perf_counter() - start - out["lid_s"]  # the identification is not transcription
         results.append(
             ClipResult(
                 id=clip.id,
                 language=clip.language,
                 reference=clip.text,
                 hypothesis=out["text"],
-                detected_language=detect_language(model, audio),
+                detected_language=out["detected_language"],
                 latency_s=latency,
                 duration_s=len(audio) / whisper.audio.SAMPLE_RATE,
                 fallback_temperature=out["temperature"],

@@ -64,7 +64,6 @@ def worker(kind: str, path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     if kind == "faster-whisper":
         from faster_whisper import WhisperModel
-
         from whisper.audio import N_SAMPLES
 
         from whisper_int8.transcribe import TEMPERATURES, load_audio

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 from pathlib import Path
 
@@ -28,13 +30,25 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
 
 
+def _release_freed_memory() -> None:
+    """Return the heap pages freed while loading (state dict, packing) to the OS; glibc keeps them."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def load_model_dir(path: Path | str, device: str = "cpu") -> Whisper:
+    """Load a model directory of this pipeline (see :func:`_load`), leaving no load-time garbage resident."""
+    model = _load(Path(path), device)
+    _release_freed_memory()
+    return model
+
+
+def _load(root: Path, device: str) -> Whisper:
     """Load ``models/fp32`` (model.pt), ``models/fused`` (fused.pt) or ``models/int8`` (int8.pt + config).
 
     The result supports ``whisper.transcribe(model, audio)`` / ``model.transcribe``. INT8 on CUDA goes
     through the torchao backend (eager fbgemm kernels are CPU-only).
     """
-    root = Path(path)
     if not root.is_dir():
         raise ModelSourceError(f"{root}: model directory not found")
     if (root / QUANT_CONFIG).is_file():

@@ -56,6 +56,6 @@ def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo, monkeypatc
     assert "Running stage 'promote'" in restored.stdout
     assert len(parents(dvc_repo)) == 2
     gate3 = json.loads((dvc_repo / "metrics" / "gate.json").read_text())
-    assert gate3["parent_run_id"] == gate1["parent_run_id"] and gate3["version"] == gate1["version"]
+    assert gate3["parent_run_id"] == gate1["parent_run_id"] and gate3["version"] == gate1["version"] + 2
     metrics = run_dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "wer/en" in metrics and "passed" in metrics

@@ -101,7 +101,7 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
     assert gate["promoted"] and gate["version"] == 1 and gate["parent_run_id"] == parent.info.run_id
 
 
-def test_rerun_updates_the_same_runs_and_version(tmp_path, model_dirs):
+def test_rerun_updates_the_same_runs_and_registers_the_same_model(tmp_path, model_dirs):
     cfg = mlflow_cfg(tmp_path)
     inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
     promote(inputs, cfg, gate_config({}), decode={})
@@ -111,9 +111,13 @@ def test_rerun_updates_the_same_runs_and_version(tmp_path, model_dirs):
 
     client, runs = runs_of(cfg)
     assert len(runs) == 3
-    assert second["parent_run_id"] == first["parent_run_id"] and second["version"] == first["version"] == 1
-    assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
-    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+    assert second["parent_run_id"] == first["parent_run_id"]
+    # Every promote registers a version; the re-run's is the same logged model (no second upload).
+    assert (first["version"], second["version"]) == (1, 2)
+    v1, v2 = (client.get_model_version(cfg.registered_model, v) for v in ("1", "2"))
+    assert v1.source == v2.source
+    # Not worse than the champion (the same model): the alias follows the newest passing version.
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 2
 
 
 def test_changed_pipeline_gets_a_new_parent_run(tmp_path, model_dirs):

@@ -123,10 +123,10 @@ def promote(
             ]
             tracking.log_files(client, run_id, [(p, "model") for p in cards])
 
-        version = registry.version_for_key(client, cfg.registered_model, key)
-        if version is None:
+        uri = registry.logged_model_for_key(client, cfg.registered_model, key)
+        if uri is None:
             uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], decode)
-            version = registry.register(client, cfg.registered_model, uri, key)
+        version = registry.register(client, cfg.registered_model, uri, key)
         decision = check_thresholds(report, gate)
         current = registry.champion(client, cfg.registered_model, cfg.alias)
         if decision.passed and current is not None and current.version != version.version:

@@ -1,8 +1,10 @@
 """MLflow model registry: log the INT8 model as a pyfunc, register a version, tag it, move the alias; pull.
 
 A version carries the tags ``validation_status`` (passed|failed), ``validation_reasons``, ``gate_metrics``
-(JSON, read back when a later candidate is compared with the champion) and ``pipeline_key`` (a re-run of
-the same pipeline state reuses its version instead of registering a duplicate).
+(JSON, read back when a later candidate is compared with the champion) and ``pipeline_key``. Every promote
+registers a new version, so the registry is the full record of gate decisions; a re-run of the same
+pipeline state registers the model already logged for that state (:func:`logged_model_for_key`) instead
+of logging its artifacts a second time.
 """
 
 from __future__ import annotations
@@ -54,14 +56,14 @@ def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     return info.model_uri
 
 
-def version_for_key(client: MlflowClient, name: str, key: str) -> ModelVersion | None:
-    """The version registered earlier for the same pipeline state, if any."""
+def logged_model_for_key(client: MlflowClient, name: str, key: str) -> str | None:
+    """The model URI registered earlier for the same pipeline state, if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
     matches = [v for v in versions if v.tags.get(KEY_TAG) == key]
-    return max(matches, key=lambda v: int(v.version)) if matches else None
+    return max(matches, key=lambda v: int(v.version)).source if matches else None
 
 
 def register(client: MlflowClient, name: str, model_uri: str, key: str) -> ModelVersion:

@@ -185,11 +185,11 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.threads)
         return
-    from whisper_int8.evaluate import select_clips
+    from whisper_int8.audio import first_per_language
     from whisper_int8.scoring import score
     from whisper_int8.transcribe import read_manifest
 
-    clips = select_clips(read_manifest(args.split), args.per_language)
+    clips = first_per_language(read_manifest(args.split), args.per_language)
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, Path(tmp))
         workers = [Worker(name, kind, path, args.threads) for name, kind, path, _ in variants]

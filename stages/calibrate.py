@@ -1,6 +1,6 @@
 """Stage calibrate: activation statistics and per-layer INT8 sensitivity of models/fused."""
 
-from whisper_int8.audio import read_manifest
+from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.calibrate import calibrate, calibrate_settings
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fsutil import atomic_dir
@@ -9,8 +9,8 @@ from whisper_int8.params import load_params
 
 
 def main(args) -> None:
-    n, percentile, max_clips = calibrate_settings(load_params(args.params), args.params)
-    clips = read_manifest(args.split)[:max_clips]
+    n, percentile, per_language = calibrate_settings(load_params(args.params), args.params)
+    clips = first_per_language(read_manifest(args.split), per_language)
     model = load_model_dir(args.model)
     with atomic_dir(args.out) as tmp:
         calibrate(model, clips, tmp, n, percentile)

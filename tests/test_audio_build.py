@@ -73,6 +73,15 @@ def test_same_seed_same_bytes_and_eval_independent_of_calibration_count(tmp_path
     def eval_manifest(out: str) -> bytes:
         return (tmp_path / out / "eval" / "manifest.jsonl").read_bytes()
 
+    # Decoding on 1 or 3 threads changes nothing, not even with bad items among the good.
+    make_corpus(tmp_path / "mixed")
+    bad_corpus(tmp_path / "mixed")
+    mixed = params(f"local:{tmp_path / 'mixed'}")
+    run_build(tmp_path, {**mixed, "workers": 1}, "w1")
+    run_build(tmp_path, {**mixed, "workers": 3}, "w3")
+    for f in sorted(f.relative_to(tmp_path / "w1") for f in (tmp_path / "w1").rglob("*") if f.is_file()):
+        assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w3" / f).read_bytes(), f
+
     run_build(tmp_path, {**p, "calib_per_lang": 1}, "c")
     assert eval_manifest("c") == eval_manifest("a")
     run_build(tmp_path, {**p, "seed": 1}, "d")
@@ -192,6 +201,7 @@ def test_hf_source_fails_fast_and_clearly(tmp_path):
      ({"languages": ["en", "fr"]}, "audio.languages fr have no source"),
      ({"on_error": "ignore"}, "audio.on_error must be 'skip' or 'fail'"),
      ({"eval_per_lang": -1}, "audio.eval_per_lang must be a non-negative integer"),
+     ({"workers": 0}, "audio.workers must be at least 1"),
      ({"sources": {"ftp:x": ["en"]}}, "unknown source 'ftp:x'"),
      ({"asterisk_codec": "mp3"}, "audio.asterisk_codec must be one of")],
 )  # fmt: skip

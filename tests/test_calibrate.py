@@ -98,7 +98,7 @@ def test_missing_calibration_is_a_clear_error(tmp_path):
         ({"sensitivity_clips": True}, "calibrate.sensitivity_clips"),
         ({"percentile": 120}, "calibrate.percentile"),
         ({"percentile": "high"}, "calibrate.percentile"),
-        ({"max_clips": -2}, "calibrate.max_clips"),
+        ({"max_clips_per_language": -2}, "calibrate.max_clips_per_language"),
         ({"clips": 3}, "unknown calibrate key"),
     ],
 )

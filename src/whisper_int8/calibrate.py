@@ -219,12 +219,13 @@ def calibrate(
 
 
 def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, float, int | None]:
-    """Validate ``params.yaml`` ``calibrate:``; return (sensitivity_clips, percentile, max_clips)."""
+    """Validate ``params.yaml`` ``calibrate:``: (sensitivity_clips, percentile, max_clips_per_language)."""
     cfg = section(params, "calibrate", where)
-    unknown = sorted(set(cfg) - {"sensitivity_clips", "percentile", "max_clips"})
+    allowed = {"sensitivity_clips", "percentile", "max_clips_per_language"}
+    unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ParamError(
-            f"{where}: unknown calibrate key(s) {unknown}; allowed: max_clips, percentile, sensitivity_clips"
+            f"{where}: unknown calibrate key(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
         )
     n = cfg.get("sensitivity_clips", 3)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -232,9 +233,11 @@ def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, f
     p = cfg.get("percentile", 99.99)
     if isinstance(p, bool) or not isinstance(p, int | float) or not 50 <= p <= 100:
         raise ParamError(f"{where}: calibrate.percentile={p!r}: expected a number in [50, 100]")
-    m = cfg.get("max_clips")
+    m = cfg.get("max_clips_per_language")
     if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-        raise ParamError(f"{where}: calibrate.max_clips={m!r}: expected null (all clips) or an integer >= 1")
+        raise ParamError(
+            f"{where}: calibrate.max_clips_per_language={m!r}: expected null (all clips) or an integer >= 1"
+        )
     return n, float(p), m
 
 

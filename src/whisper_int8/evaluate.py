@@ -27,11 +27,12 @@ import torch
 import whisper
 from tqdm import tqdm
 
+from .audio.manifest import first_per_language
 from .fsutil import dir_bytes
 from .model_dir import load_model_dir
 from .params import ParamError
 from .scoring import score, uses_cer
-from .transcribe import Clip, load_audio, read_manifest, transcribe_clip
+from .transcribe import load_audio, read_manifest, transcribe_clip
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -69,19 +70,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
-def select_clips(clips: list[Clip], per_language: int | None) -> list[Clip]:
-    """The first ``per_language`` clips of each language in manifest order (all when None)."""
-    if per_language is None:
-        return clips
-    counts: dict[str, int] = {}
-    kept = []
-    for clip in clips:
-        counts[clip.language] = counts.get(clip.language, 0) + 1
-        if counts[clip.language] <= per_language:
-            kept.append(clip)
-    return kept
-
-
 def transcribe_split(
     model: torch.nn.Module,
     split_dir: Path,
@@ -91,7 +79,7 @@ def transcribe_split(
     desc: str = "eval",
 ) -> tuple[list[ClipResult], float | None]:
     """Transcribe the clips with their reference language; returns results and the first (cold) call."""
-    clips = select_clips(read_manifest(split_dir), per_language)
+    clips = first_per_language(read_manifest(split_dir), per_language)
     if not clips:
         raise ValueError(f"{split_dir}: the evaluation manifest lists no clips")
     audios = [load_audio(c.audio) for c in clips]

@@ -5,6 +5,6 @@ convert and check audio), ``manifest`` (the on-disk format) and ``build`` (selec
 """
 
 from .errors import AudioInputError, ErrorPolicy
-from .manifest import MANIFEST, Clip, read_manifest
+from .manifest import MANIFEST, Clip, first_per_language, read_manifest
 
-__all__ = ["MANIFEST", "AudioInputError", "Clip", "ErrorPolicy", "read_manifest"]
+__all__ = ["MANIFEST", "AudioInputError", "Clip", "ErrorPolicy", "first_per_language", "read_manifest"]

@@ -8,14 +8,19 @@ calibration count never changes the evaluation set), then the calibration clips.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import re
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 from whisper.tokenizer import LANGUAGES
 
@@ -44,7 +49,8 @@ class AudioParams:
     asterisk_codec: str = "g722"
     min_words: int = 5
     max_words: int = 25
-    tts_threads: int = 2
+    tts_threads: int = 1
+    workers: int = 2
 
 
 def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
@@ -86,15 +92,14 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     if uncovered:
         raise ParamError(f"{path}: audio.languages {', '.join(uncovered)} have no source in audio.sources")
     counts = {}
-    for key in ("calib_per_lang", "eval_per_lang", "seed", "min_words", "max_words", "tts_threads"):
-        value = (
-            p.get(key, AudioParams.__dataclass_fields__[key].default)
-            if key in ("min_words", "max_words", "tts_threads")
-            else need(key)
-        )
+    optional = ("min_words", "max_words", "tts_threads", "workers")
+    for key in ("calib_per_lang", "eval_per_lang", "seed", *optional):
+        value = p.get(key, AudioParams.__dataclass_fields__[key].default) if key in optional else need(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ParamError(f"{path}: audio.{key} must be a non-negative integer, got {value!r}")
         counts[key] = value
+    if counts["workers"] < 1:
+        raise ParamError(f"{path}: audio.workers must be at least 1, got {counts['workers']}")
     on_error = need("on_error")
     if on_error not in ("skip", "fail"):
         raise ParamError(f"{path}: audio.on_error must be 'skip' or 'fail', got {on_error!r}")
@@ -179,20 +184,46 @@ def _unique(items: list[Item], policy: ErrorPolicy) -> list[Item]:
     return out
 
 
+def _decode(item: Item) -> np.ndarray:
+    if not item.text.strip():
+        raise AudioInputError(f"{item.source}: empty transcript")
+    return item.load()
+
+
+def _decoded(order: list[Item], workers: int) -> Iterator[tuple[Item, Future]]:
+    """``(item, future pcm)`` in ``order``, decoding up to ``workers`` items ahead on threads.
+
+    Synthesis (ONNX Runtime) and ffmpeg release the GIL, so two workers use both cores; what comes
+    out, and in which order, is the same for any worker count.
+    """
+    pending: deque[tuple[Item, Future]] = deque()
+    items = iter(order)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch_audio") as pool:
+        try:
+            for item in itertools.islice(items, workers):
+                pending.append((item, pool.submit(_decode, item)))
+            while pending:
+                item, future = pending.popleft()
+                following = next(items, None)
+                if following is not None:
+                    pending.append((following, pool.submit(_decode, following)))
+                yield item, future
+        finally:  # the splits are full (or a failure stops the build): drop what has not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def select(language: str, items: list[Item], params: AudioParams, policy: ErrorPolicy, bar: tqdm) -> dict:
     """Decode items in seeded order until both splits of ``language`` are full: {split: [(item, pcm)]}."""
     order = _unique(items, policy)
     random.Random(f"{params.seed}:{language}").shuffle(order)
     wanted = {"eval": params.eval_per_lang, "calibration": params.calib_per_lang}
     chosen: dict[str, list] = {"eval": [], "calibration": []}
-    for it in order:
+    for it, future in _decoded(order, params.workers):
         split = next((s for s in ("eval", "calibration") if len(chosen[s]) < wanted[s]), None)
         if split is None:
             break
         try:
-            if not it.text.strip():
-                raise AudioInputError(f"{it.source}: empty transcript")
-            pcm = it.load()
+            pcm = future.result()
         except AudioInputError as e:
             policy.handle(e, language)
             continue

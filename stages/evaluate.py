@@ -1,5 +1,12 @@
-"""Stage evaluate: transcribe the evaluation split with FP32 and INT8; write metrics, CSVs and charts."""
+"""Stage evaluate: transcribe the evaluation split with FP32 and INT8; write metrics, CSVs and charts.
 
+The pipeline runs it twice: ``evaluate_fp32`` (``--baseline-only``) stores the FP32 evaluation, which
+depends only on the FP32 model, the split and the decoding settings, so DVC keeps it while quantization
+settings change; ``evaluate`` then transcribes with INT8 alone and compares. Without ``--baseline`` it
+evaluates both.
+"""
+
+import json
 import logging
 from pathlib import Path
 
@@ -8,6 +15,7 @@ import torch
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
+from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.params import ParamError, load_params, section
 
 log = logging.getLogger("evaluate")
@@ -44,37 +52,78 @@ def options(params: dict, where: str) -> dict:
     }
 
 
-def main(args) -> None:
-    opt = options(load_params(args.params), args.params)
-    results = {}
-    for variant, model_dir in opt["models"].items():
-        if not model_dir.is_dir():
-            raise FileNotFoundError(
-                f"{model_dir}: model directory for {variant} not found; run `dvc repro` first"
-            )
-        log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
-        results[variant] = evaluate_in_subprocess(
-            model_dir,
-            opt["split"],
-            opt["decode"],
-            opt["device"],
-            opt["warmup"],
-            opt["max_clips_per_language"],
-        )
-    languages = sorted({c["language"] for c in results[BASELINE]["clips"]})
-    config = {
+def settings(opt: dict) -> dict:
+    """What an evaluation depends on besides the models: stored with a baseline, checked on reuse."""
+    return {
         "split": str(opt["split"]),
         **opt["decode"],
         "device": opt["device"],
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
-        "languages": languages,
     }
-    report = write_report(args.out, results[BASELINE], results[CANDIDATE], config)
+
+
+def evaluate_variant(opt: dict, variant: str) -> dict:
+    model_dir = opt["models"][variant]
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"{model_dir}: model directory for {variant} not found; run `dvc repro` first"
+        )
+    log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
+    return evaluate_in_subprocess(
+        model_dir, opt["split"], opt["decode"], opt["device"], opt["warmup"], opt["max_clips_per_language"]
+    )
+
+
+def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
+    """The stored FP32 evaluation, refused when it was made with other settings or another model."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FP32 evaluation missing; run `dvc repro evaluate_fp32`")
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    made_with = {**stored.get("config", {}), "model_dir": stored.get("model_dir")}
+    wanted = {**config, "model_dir": str(model_dir)}
+    if made_with != wanted:
+        changed = sorted(k for k in wanted.keys() | made_with.keys() if wanted.get(k) != made_with.get(k))
+        raise ParamError(
+            f"{path}: FP32 evaluation made with other settings ({', '.join(changed)}); "
+            "run `dvc repro evaluate_fp32`"
+        )
+    return {"metrics": stored["metrics"], "clips": stored["clips"]}
+
+
+def main(args) -> None:
+    opt = options(load_params(args.params), args.params)
+    config = settings(opt)
+    if args.baseline_only:
+        if args.baseline is None:
+            raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")
+        result = evaluate_variant(opt, BASELINE)
+        stored = {"config": config, "model_dir": str(opt["models"][BASELINE]), **result}
+        atomic_write_json(args.baseline, stored)
+        log.info("wrote %s: %s", args.baseline, {k: round(v, 3) for k, v in result["metrics"].items()})
+        return
+    if args.baseline is not None:
+        base = read_baseline(args.baseline, config, opt["models"][BASELINE])
+    else:
+        base = evaluate_variant(opt, BASELINE)
+    cand = evaluate_variant(opt, CANDIDATE)
+    languages = sorted({c["language"] for c in base["clips"]})
+    report = write_report(args.out, base, cand, {**config, "languages": languages})
     log.info("wrote %s/eval.json: %s", args.out, report["comparison"])
 
 
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     parser.add_argument("--out", default="metrics", help="output directory (default: metrics)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="FP32 evaluation file: read it instead of evaluating FP32 again (checked against params)",
+    )
+    parser.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="evaluate FP32 only and write it to --baseline (the evaluate_fp32 stage)",
+    )
     run(main, parser)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import run_dvc
+from .conftest import run_dvc, venv_env
 from .eval_fixtures import client_for, fresh_tracking_uri, speech_split, tiny_int8_dir, tiny_model_dir
+
+STAGES = ("repro", "--single-item", "evaluate_fp32", "evaluate", "promote")
 
 
 def set_warmup(repo: Path, warmup: int) -> None:
@@ -38,20 +43,20 @@ def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo, monkeypatc
     fresh_tracking_uri(dvc_repo)  # the default sqlite:///mlflow.db at the repo root, already migrated
     set_warmup(dvc_repo, 1)
 
-    first = run_dvc(dvc_repo, "repro", "--single-item", "evaluate", "promote")
+    first = run_dvc(dvc_repo, *STAGES)
     assert "promoted" in first.stdout  # "promoted: ..." or "not promoted: ..."
     gate1 = json.loads((dvc_repo / "metrics" / "gate.json").read_text())
     assert (dvc_repo / "mlruns").is_dir() and len(parents(dvc_repo)) == 1
 
     # A param change re-evaluates: a second parent run.
     set_warmup(dvc_repo, 2)
-    run_dvc(dvc_repo, "repro", "--single-item", "evaluate", "promote")
+    run_dvc(dvc_repo, *STAGES)
     assert len(parents(dvc_repo)) == 2
 
     # Back to the first params: evaluate comes from the run cache without executing; promote still
     # runs and finds the first parent run instead of creating a third.
     set_warmup(dvc_repo, 1)
-    restored = run_dvc(dvc_repo, "repro", "--single-item", "evaluate", "promote")
+    restored = run_dvc(dvc_repo, *STAGES)
     assert "Stage 'evaluate' is cached - skipping run, checking out outputs" in restored.stdout
     assert "Running stage 'promote'" in restored.stdout
     assert len(parents(dvc_repo)) == 2
@@ -59,3 +64,21 @@ def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo, monkeypatc
     assert gate3["parent_run_id"] == gate1["parent_run_id"] and gate3["version"] == gate1["version"] + 2
     metrics = run_dvc(dvc_repo, "metrics", "show", "--json").stdout
     assert "wer/en" in metrics and "passed" in metrics
+
+    # Another INT8 model: only INT8 is evaluated again, the stored FP32 evaluation is reused.
+    shutil.rmtree(dvc_repo / "models" / "int8")
+    tiny_int8_dir(dvc_repo / "models" / "int8", seed=1)
+    requant = run_dvc(dvc_repo, *STAGES)
+    assert "Stage 'evaluate_fp32' didn't change, skipping" in requant.stdout
+    assert "Running stage 'evaluate'" in requant.stdout and "Running stage 'promote'" in requant.stdout
+
+    # A stored FP32 evaluation made with other settings is refused, naming them.
+    baseline = dvc_repo / "metrics" / "baseline_fp32.json"
+    stored = json.loads(baseline.read_text())
+    stored["config"]["warmup"] = 5
+    baseline.write_text(json.dumps(stored))
+    proc = subprocess.run(
+        [sys.executable, "stages/evaluate.py", "--baseline", str(baseline)],
+        cwd=dvc_repo, env=venv_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "FP32 evaluation made with other settings (warmup)" in proc.stderr

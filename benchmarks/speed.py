@@ -130,30 +130,18 @@ class Worker:
 
 def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
     """(name, kind, path, file bytes) for FP32, each INT8 scheme and faster-whisper when installed."""
-    import torch
-
-    from whisper_int8.calibrate import load_calibration
     from whisper_int8.fsutil import dir_bytes
-    from whisper_int8.model_dir import load_model_dir
     from whisper_int8.params import load_params
     from whisper_int8.quant.config import parse_quant_config
-    from whisper_int8.quant.convert import quantize_model, save_int8_dir
+    from whisper_int8.quant.convert_dir import convert_dir
 
-    fp32_bytes = dir_bytes(args.fp32)
-    variants = [("fp32", "whisper", args.fp32, fp32_bytes)]
-    stats, sens = load_calibration(Path(args.calibration))
+    variants = [("fp32", "whisper", args.fp32, dir_bytes(args.fp32))]
     base = load_params(args.params).get("quant") or {}
     for scheme in args.schemes:
         out = tmp / f"int8-{scheme}"
-        out.mkdir()
-        model = load_model_dir(args.fused)
-        heads = model.alignment_heads.to_dense().nonzero().tolist()
         cfg = parse_quant_config({**base, "scheme": scheme})  # params.yaml quant, scheme varied
-        with torch.no_grad():
-            report = quantize_model(model, cfg, stats, sens)
-        card = save_int8_dir(out, model, cfg, report, heads, fp32_bytes)
+        card = convert_dir(args.fused, args.calibration, args.fp32, out, cfg)
         variants.append((f"int8-{scheme}", "whisper", str(out), card["bytes"]))
-        del model
     try:
         import faster_whisper  # noqa: F401
     except ImportError:

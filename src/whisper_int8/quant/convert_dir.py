@@ -1,0 +1,29 @@
+"""One conversion from directories to a directory: what the convert stage and the benchmarks share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..calibrate import load_calibration
+from ..fsutil import atomic_dir, dir_bytes
+from ..model_dir import load_model_dir
+from .config import QuantConfig
+from .convert import quantize_model, save_int8_dir
+
+
+def convert_dir(
+    fused: Path | str, calibration: Path | str, fp32: Path | str, out: Path | str, cfg: QuantConfig
+) -> dict:
+    """``models/fused`` + ``models/calibration`` -> an INT8 directory at ``out`` (atomic); returns its card.
+
+    ``fp32`` is only measured, for the card's size ratio.
+    """
+    stats, sensitivity = load_calibration(Path(calibration))
+    model = load_model_dir(fused)
+    heads = model.alignment_heads.to_dense().nonzero().tolist()
+    with torch.no_grad():
+        report = quantize_model(model, cfg, stats, sensitivity)
+    with atomic_dir(out) as tmp:
+        return save_int8_dir(tmp, model, cfg, report, heads, dir_bytes(fp32))

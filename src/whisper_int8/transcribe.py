@@ -117,29 +117,17 @@ def _transcribe_window(
     }
 
 
-def _transcribe_long(
-    model: torch.nn.Module,
-    audio: np.ndarray,
-    language: str | None,
-    detect: bool,
-    beam_size: int | None,
-    cap: int,
-) -> dict:
-    detected, lid_s = None, 0.0
-    if detect and language is not None:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            detected = _identify(model, _features(model, audio))
-        lid_s = time.perf_counter() - start
+def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str | None, **decode) -> dict:
+    """Sliding 30 s windows through ``whisper.transcribe``; ``decode``: ``beam_size`` and ``cap``."""
     result = whisper.transcribe(
         model,
         audio,
         language=language,
         task="transcribe",
         temperature=TEMPERATURES,
-        beam_size=beam_size,
+        beam_size=decode["beam_size"],
         fp16=_device(model).type == "cuda",
-        sample_len=cap,
+        sample_len=decode["cap"],
         condition_on_previous_text=False,
         verbose=None,
     )
@@ -147,8 +135,8 @@ def _transcribe_long(
     return {
         "text": result["text"].strip(),
         "language": result["language"],
-        "detected_language": detected or (result["language"] if language is None else None),
-        "lid_s": lid_s,
+        "detected_language": result["language"] if language is None else None,
+        "lid_s": 0.0,
         "tokens": sum(len(s["tokens"]) for s in segments),
         "temperature": max((s["temperature"] for s in segments), default=0.0),
         "segments": len(segments),
@@ -177,9 +165,14 @@ def transcribe_clip(
     seconds = min(len(audio) / SAMPLE_RATE, CHUNK_LENGTH)
     cap = max_tokens or MIN_TOKENS + int(TOKENS_PER_SECOND * seconds)
     cap = min(cap, model.dims.n_text_ctx // 2)
-    short = len(audio) <= N_SAMPLES
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return (_transcribe_window if short else _transcribe_long)(
-            model, audio, language, detect_language, beam_size, cap
-        )
+        if len(audio) <= N_SAMPLES:
+            return _transcribe_window(model, audio, language, detect_language, beam_size, cap)
+        out = _transcribe_long(model, audio, language, beam_size=beam_size, cap=cap)
+    if detect_language and language is not None:  # its own encoder pass over the first 30 s
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out["detected_language"] = _identify(model, _features(model, audio))
+        out["lid_s"] = time.perf_counter() - start
+    return out

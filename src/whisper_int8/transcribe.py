@@ -53,8 +53,12 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _silent(result: whisper.DecodingResult) -> bool:
+    return result.no_speech_prob > NO_SPEECH_MIN and result.avg_logprob < LOGPROB_MIN
+
+
 def _needs_fallback(result: whisper.DecodingResult) -> bool:
-    if result.no_speech_prob > NO_SPEECH_MIN and result.avg_logprob < LOGPROB_MIN:
+    if _silent(result):
         return False  # silence: a retry would only hallucinate
     return result.compression_ratio > COMPRESSION_RATIO_MAX or result.avg_logprob < LOGPROB_MIN
 
@@ -105,7 +109,7 @@ def _transcribe_window(
         result = whisper.decode(model, features, options)[0]
         if not _needs_fallback(result):
             break
-    silent = result.no_speech_prob > NO_SPEECH_MIN and result.avg_logprob < LOGPROB_MIN
+    silent = _silent(result)
     return {
         "text": "" if silent else result.text.strip(),
         "language": language or detected,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from whisper_int8.audio import first_per_language
 from whisper_int8.model_sources import load_checkpoint
 from whisper_int8.scoring import score
 from whisper_int8.transcribe import read_manifest, transcribe_clip
@@ -33,11 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = load_checkpoint(Path(args.model)).model.eval()
-    clips = read_manifest(args.split)
     by_lang: dict[str, list] = defaultdict(list)
-    for c in clips:
-        if args.per_lang is None or len(by_lang[c.language]) < args.per_lang:
-            by_lang[c.language].append(c)
+    for c in first_per_language(read_manifest(args.split), args.per_lang):
+        by_lang[c.language].append(c)
     rows, rates = [], {}
     start = time.perf_counter()
     header = f"{'lang':5} {'metric':6} {'rate %':>7} {'errors':>7} {'ref len':>8} {'clips':>6}"

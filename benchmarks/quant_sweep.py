@@ -19,14 +19,11 @@ import yaml
 
 def held_out_split(split: Path, skip_per_language: int, dest: Path) -> int:
     """Write ``dest/manifest.jsonl`` with the clips after the first ``skip_per_language`` of each language."""
-    from whisper_int8.audio import MANIFEST, read_manifest
+    from whisper_int8.audio import MANIFEST, first_per_language, read_manifest
 
-    seen: dict[str, int] = {}
-    rows = []
-    for clip in read_manifest(split):  # audio paths come back absolute, so dest needs no audio/
-        seen[clip.language] = seen.get(clip.language, 0) + 1
-        if seen[clip.language] > skip_per_language:
-            rows.append(clip.to_json())
+    clips = read_manifest(split)  # audio paths come back absolute, so dest needs no audio/
+    used = {c.id for c in first_per_language(clips, skip_per_language)}
+    rows = [c.to_json() for c in clips if c.id not in used]
     if not rows:
         raise SystemExit(f"{split}: no clip left after the first {skip_per_language} per language")
     (dest / MANIFEST).write_text("".join(r + "\n" for r in rows), encoding="utf-8")

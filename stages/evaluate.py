@@ -16,7 +16,7 @@ from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
 from whisper_int8.fsutil import atomic_write_json
-from whisper_int8.params import ParamError, load_params, section
+from whisper_int8.params import ParamError, load_params, null_or_count, section
 
 log = logging.getLogger("evaluate")
 
@@ -27,13 +27,9 @@ def options(params: dict, where: str) -> dict:
     warmup = ev.get("warmup", 1)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ParamError(f"{where}: evaluate.warmup={warmup!r} must be an integer >= 0")
-    per_language = ev.get("max_clips_per_language")
-    if per_language is not None and (
-        isinstance(per_language, bool) or not isinstance(per_language, int) or per_language < 1
-    ):
-        raise ParamError(
-            f"{where}: evaluate.max_clips_per_language={per_language!r} must be null (all) or >= 1"
-        )
+    per_language = null_or_count(
+        ev.get("max_clips_per_language"), "evaluate.max_clips_per_language", "all clips", where
+    )
     device = ev.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

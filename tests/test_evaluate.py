@@ -92,3 +92,16 @@ def test_empty_manifest_is_a_clear_error(tmp_path, setup):
     (tmp_path / "manifest.jsonl").write_text("", encoding="utf-8")
     with pytest.raises(ValueError, match="lists no clips"):
         evaluate_model_dir(setup["fp32"], tmp_path, decode=FAST)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
+@pytest.mark.parametrize("key", ["beam_size", "max_tokens"])
+def test_decode_options_name_the_bad_key(key, value):
+    from whisper_int8.evaluate import decode_options
+    from whisper_int8.params import ParamError
+
+    with pytest.raises(
+        ParamError, match=rf"params.yaml: evaluate.{key}=.* must be null \(.*\) or an integer >= 1"
+    ):
+        decode_options({key: value})
+    assert decode_options({key: 2}) == {"beam_size": None, "max_tokens": None, key: 2}

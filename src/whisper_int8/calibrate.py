@@ -26,7 +26,7 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 
 from .audio import Clip
 from .fsutil import atomic_write_json
-from .params import ParamError, section
+from .params import ParamError, null_or_count, section
 from .quant.convert import EMBEDDING, linear_names
 from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, set_engine
 
@@ -233,11 +233,9 @@ def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, f
     p = cfg.get("percentile", 99.99)
     if isinstance(p, bool) or not isinstance(p, int | float) or not 50 <= p <= 100:
         raise ParamError(f"{where}: calibrate.percentile={p!r}: expected a number in [50, 100]")
-    m = cfg.get("max_clips_per_language")
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-        raise ParamError(
-            f"{where}: calibrate.max_clips_per_language={m!r}: expected null (all clips) or an integer >= 1"
-        )
+    m = null_or_count(
+        cfg.get("max_clips_per_language"), "calibrate.max_clips_per_language", "all clips", where
+    )
     return n, float(p), m
 
 

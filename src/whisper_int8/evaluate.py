@@ -27,12 +27,12 @@ import torch
 import whisper
 from tqdm import tqdm
 
-from .audio.manifest import first_per_language
+from .audio import first_per_language, read_manifest
 from .fsutil import dir_bytes
 from .model_dir import load_model_dir
-from .params import ParamError
+from .params import null_or_count
 from .scoring import score, uses_cer
-from .transcribe import load_audio, read_manifest, transcribe_clip
+from .transcribe import load_audio, transcribe_clip
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -52,13 +52,10 @@ class ClipResult:
 
 def decode_options(section: dict[str, Any], where: str = "params.yaml") -> dict[str, Any]:
     """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with)."""
-    out = {}
-    for key, meaning in (("beam_size", "null (greedy)"), ("max_tokens", "null (default cap per window)")):
-        value = section.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ParamError(f"{where}: evaluate.{key}={value!r} must be {meaning} or an integer >= 1")
-        out[key] = value
-    return out
+    return {
+        key: null_or_count(section.get(key), f"evaluate.{key}", meaning, where)
+        for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
+    }
 
 
 def error_metric(language: str) -> str:

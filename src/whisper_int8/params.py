@@ -25,6 +25,13 @@ def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     return data
 
 
+def null_or_count(value: Any, key: str, null_means: str, path: Path | str = "params.yaml") -> int | None:
+    """``value`` when it is null or an integer >= 1; otherwise raise naming ``key`` and what null means."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ParamError(f"{path}: {key}={value!r} must be null ({null_means}) or an integer >= 1")
+    return value
+
+
 def section(params: dict[str, Any], name: str, path: Path | str = "params.yaml") -> dict[str, Any]:
     """Return ``params[name]`` as a dict, or raise naming the missing section."""
     value = params.get(name)

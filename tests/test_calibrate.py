@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from whisper_int8.audio import read_manifest
-from whisper_int8.calibrate import HIST_BINS, calibrate, calibrate_settings, load_calibration
+from whisper_int8.calibrate import (
+    HIST_BINS,
+    HIST_EDGES,
+    HIST_ROWS,
+    calibrate,
+    calibrate_settings,
+    load_calibration,
+)
 from whisper_int8.fuse import fuse_model
 from whisper_int8.params import ParamError
 from whisper_int8.quant.convert import EMBEDDING, linear_names
@@ -66,7 +73,7 @@ def test_calibrate_writes_stats_sensitivity_coverage(tmp_path):
     assert chosen == ["en-0", "de-0"]  # round-robin: every language weighs in
 
 
-def test_calibration_absmax_matches_a_direct_measurement(tmp_path):
+def test_calibration_stats_match_a_direct_measurement(tmp_path):
     model = make_tiny_whisper()
     fuse_model(model)
     out = tmp_path / "cal"
@@ -82,8 +89,14 @@ def test_calibration_absmax_matches_a_direct_measurement(tmp_path):
     with torch.no_grad():
         model.embed_audio(s.mel)
     h.remove()
-    want = seen["x"].abs().reshape(-1, seen["x"].shape[-1]).amax(0)
-    assert torch.allclose(stats["encoder.blocks.0.attn.qkv/in_absmax"], want)
+    x = seen["x"].abs().reshape(-1, seen["x"].shape[-1])
+    assert torch.allclose(stats["encoder.blocks.0.attn.qkv/in_absmax"], x.amax(0))  # every row
+    # the histogram: at most HIST_ROWS evenly spaced rows, binned on the log grid
+    rows = x[:: -(-x.shape[0] // HIST_ROWS)]
+    assert x.shape[0] > HIST_ROWS >= rows.shape[0] > HIST_ROWS // 2
+    want = torch.histogram(rows.clamp(HIST_EDGES[0], HIST_EDGES[-1] * 0.999).double(), HIST_EDGES.double())
+    got = stats["encoder.blocks.0.attn.qkv/in_hist"]
+    assert float(got.sum()) == rows.numel() and float((got - want.hist).abs().sum()) <= 0.002 * rows.numel()
 
 
 def test_missing_calibration_is_a_clear_error(tmp_path):

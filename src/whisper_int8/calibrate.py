@@ -4,8 +4,10 @@ The fused FP32 model runs over the calibration clips with teacher forcing (the r
 decoder input), so both the encoder and the decoder see realistic activations in every language.
 Per Linear we keep the per-input-channel absolute maximum (SmoothQuant, static scales), a
 histogram of |x| on a fixed log grid and a high percentile read from it, and the output absmax
-(static output scales). Sensitivity is the relative logit error when only that one layer is INT8
-(real fbgemm kernel, not a simulation), measured on a few clips: cheap enough for every run.
+(static output scales). The maxima see every row; the histogram, a distribution estimate, sees at
+most ``HIST_ROWS`` evenly spaced rows per call (an encoder input has 1500), which cuts the hooks'
+cost from 60 % to 25 % of the plain pass. Sensitivity is the relative logit error when only that one
+layer is INT8 (real fbgemm kernel, not a simulation), measured on a few clips: cheap enough for every run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ STATS = "stats.pt"
 # |x| histogram: 2^-16 .. 2^12 in 1/32-octave bins (log2 domain); values outside go to the end bins.
 LOG2_MIN, LOG2_MAX, HIST_BINS = -16.0, 12.0, 28 * 32
 HIST_EDGES = torch.exp2(torch.linspace(LOG2_MIN, LOG2_MAX, HIST_BINS + 1))
+HIST_ROWS = 512
 
 
 @dataclass
@@ -80,7 +83,8 @@ class StatsCollector:
             self.out_absmax[name] = (
                 o if name not in self.out_absmax else torch.maximum(self.out_absmax[name], o)
             )
-            logx = torch.log2(x.clamp(2**LOG2_MIN, 2**LOG2_MAX * 0.999))
+            rows = x[:: -(-x.shape[0] // HIST_ROWS)]
+            logx = torch.log2(rows.clamp(2**LOG2_MIN, 2**LOG2_MAX * 0.999))
             self.hist[name] += torch.histc(logx, bins=HIST_BINS, min=LOG2_MIN, max=LOG2_MAX).double()
 
         return hook

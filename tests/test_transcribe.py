@@ -9,7 +9,19 @@ import whisper
 
 from tests.test_audio_wavio import write_tone
 from whisper_int8.audio import AudioInputError
-from whisper_int8.transcribe import MIN_TOKENS, TOKENS_PER_SECOND, read_manifest, transcribe_clip
+from whisper_int8.fuse import fuse_model
+from whisper_int8.transcribe import (
+    MIN_TOKENS,
+    TOKENS_PER_SECOND,
+    _cross_cache,
+    _decode,
+    _features,
+    _identify,
+    read_manifest,
+    transcribe_clip,
+)
+
+from .conftest import make_tiny_whisper
 
 
 def test_result_shape_determinism_and_token_cap(tiny_model, tmp_path):
@@ -46,6 +58,32 @@ def test_detection_alongside_a_given_language_matches_whisper(tiny_model):
     _, probs = tiny_model.detect_language(mel)  # the encoder runs inside: same answer from the mel
     assert out["language"] == "fr" and out["detected_language"] == max(probs, key=probs.get)
     assert out["lid_s"] > 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_shared_cross_attention_cache_decodes_like_whisper(fused):
+    """One cross-attention K/V projection serves LID and every decode: same tokens as whisper.decode."""
+    model = make_tiny_whisper()
+    if fused:
+        fuse_model(model)
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    with torch.inference_mode():
+        features = _features(model, audio)
+        cross = _cross_cache(model, features)
+        for t in (0.0, 0.6):
+            opts = whisper.DecodingOptions(
+                language="de", temperature=t, sample_len=8, without_timestamps=True, fp16=False
+            )
+            torch.manual_seed(0)
+            want = whisper.decode(model, features, opts)[0]
+            torch.manual_seed(0)
+            got = _decode(model, features, cross, opts)  # twice from the same cache: it is not consumed
+            torch.manual_seed(0)
+            again = _decode(model, features, cross, opts)
+            assert got.tokens == want.tokens == again.tokens
+            assert got.avg_logprob == pytest.approx(want.avg_logprob, abs=1e-5)
+        _, probs = model.detect_language(features)
+        assert _identify(model, features, cross) == max(probs[0], key=probs[0].get)
 
 
 def test_long_audio_goes_through_sliding_windows(tiny_model):

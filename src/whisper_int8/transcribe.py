@@ -7,8 +7,10 @@ and each 30 s window is capped at a token budget proportional to its length. Sam
 same model and audio give the same text. fp16 only on CUDA.
 
 Audio of at most one 30 s window (every clip of the evaluation split) takes a direct path: ONE encoder
-pass whose features serve the language identification and every fallback decode, without timestamp
-tokens. ``whisper.transcribe`` would run the encoder again for each of these. Longer audio goes through
+pass, and ONE projection of its features into every decoder block's cross-attention keys and values
+(a 1500 x n_state GEMM per block, the costliest step of a short decode), which serve the language
+identification and every fallback decode, without timestamp tokens. ``whisper.transcribe`` would run
+the encoder again for each of these, and ``whisper.decode`` the projections. Longer audio goes through
 ``whisper.transcribe`` (sliding 30 s windows, timestamps to place the cuts).
 """
 
@@ -22,10 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import whisper
+from torch import Tensor, nn
 from whisper.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE
+from whisper.decoding import DecodingTask, PyTorchInference
+from whisper.tokenizer import get_tokenizer
 
 from .audio.manifest import Clip, read_manifest
 from .audio.wavio import read_wav
+from .fuse import FusedAttention
 
 __all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
 
@@ -71,13 +77,58 @@ def _features(model: torch.nn.Module, audio: np.ndarray) -> torch.Tensor:
     return model.embed_audio(mel[None])
 
 
-def _identify(model: torch.nn.Module, features: torch.Tensor) -> str:
-    """Whisper's language identification (one decoder step) on encoder features; English-only: ``en``."""
+def _cross_cache(model: torch.nn.Module, features: Tensor) -> dict[nn.Module, Tensor]:
+    """Every decoder block's cross-attention keys/values for ``features``, as a whisper kv-cache.
+
+    Its first entry is an empty self-attention key: openai-whisper's decoder reads the position of the
+    next token from the first entry of the cache, and the kv-cache hook appends to it.
+    """
+    blocks = model.decoder.blocks
+    cache = {blocks[0].attn.key: features.new_zeros(features.shape[0], 0, model.dims.n_text_state)}
+    for block in blocks:
+        attn = block.cross_attn
+        if isinstance(attn, FusedAttention):
+            k, v = attn.kv(features).split(attn.n_state, dim=-1)
+        else:
+            k, v = attn.key(features), attn.value(features)
+        cache[attn.key], cache[attn.value] = k, v
+    return cache
+
+
+class _CachedCrossInference(PyTorchInference):
+    """openai-whisper's kv-cached decoder inference, starting from precomputed cross-attention K/V."""
+
+    def __init__(self, model: torch.nn.Module, initial_token_length: int, cross: dict) -> None:
+        super().__init__(model, initial_token_length)
+        self.cross = cross
+
+    def logits(self, tokens: Tensor, audio_features: Tensor) -> Tensor:
+        if not self.kv_cache:
+            self.kv_cache, self.hooks = self.model.install_kv_cache_hooks(self.cross)
+        return super().logits(tokens, audio_features)
+
+
+def _decode(
+    model: torch.nn.Module, features: Tensor, cross: dict, options: whisper.DecodingOptions
+) -> whisper.DecodingResult:
+    """``whisper.decode`` reusing ``cross``; beam search (whose batch is the beam) computes its own."""
+    if options.beam_size is not None:
+        return whisper.decode(model, features, options)[0]
+    task = DecodingTask(model, options)
+    task.inference = _CachedCrossInference(model, len(task.initial_tokens), cross)
+    return task.run(features)[0]
+
+
+def _identify(model: torch.nn.Module, features: Tensor, cross: dict) -> str:
+    """Whisper's language identification (``whisper.detect_language``: one decoder step from SOT)."""
     if not model.is_multilingual:
         return "en"
-    # Features, not mel: detect_language sees the (n_audio_ctx, n_audio_state) shape and skips the encoder.
-    _, probs = model.detect_language(features)
-    return max(probs[0], key=probs[0].get)
+    tok = get_tokenizer(True, num_languages=model.num_languages)
+    sot = torch.tensor([[tok.sot]], device=features.device)
+    # no hooks: the self-attention of the single SOT step needs no cache; cross-attention reads `cross`
+    logits = model.decoder(sot, features, kv_cache=dict(cross))[0, 0]
+    languages = list(tok.all_language_tokens)
+    return tok.all_language_codes[int(logits[languages].argmax())]
 
 
 @torch.inference_mode()
@@ -91,10 +142,11 @@ def _transcribe_window(
 ) -> dict:
     fp16 = _device(model).type == "cuda"
     features = _features(model, audio)
+    cross = _cross_cache(model, features)
     detected, lid_s = None, 0.0
     if language is None or detect:
         start = time.perf_counter()
-        detected = _identify(model, features)
+        detected = _identify(model, features, cross)
         lid_s = time.perf_counter() - start
     for t in TEMPERATURES:
         options = whisper.DecodingOptions(
@@ -106,7 +158,7 @@ def _transcribe_window(
             fp16=fp16,
             without_timestamps=True,
         )
-        result = whisper.decode(model, features, options)[0]
+        result = _decode(model, features, cross, options)
         if not _needs_fallback(result):
             break
     silent = _silent(result)
@@ -177,6 +229,7 @@ def transcribe_clip(
     if detect_language and language is not None:  # its own encoder pass over the first 30 s
         start = time.perf_counter()
         with torch.inference_mode():
-            out["detected_language"] = _identify(model, _features(model, audio))
+            features = _features(model, audio)
+            out["detected_language"] = _identify(model, features, _cross_cache(model, features))
         out["lid_s"] = time.perf_counter() - start
     return out

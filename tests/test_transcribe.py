@@ -70,9 +70,14 @@ def test_shared_cross_attention_cache_decodes_like_whisper(fused):
     with torch.inference_mode():
         features = _features(model, audio)
         cross = _cross_cache(model, features)
-        for t in (0.0, 0.6):
+        for t, beam in ((0.0, None), (0.6, None), (0.0, 3)):
             opts = whisper.DecodingOptions(
-                language="de", temperature=t, sample_len=8, without_timestamps=True, fp16=False
+                language="de",
+                temperature=t,
+                sample_len=8,
+                beam_size=beam,
+                without_timestamps=True,
+                fp16=False,
             )
             torch.manual_seed(0)
             want = whisper.decode(model, features, opts)[0]

@@ -111,11 +111,18 @@ class _CachedCrossInference(PyTorchInference):
 def _decode(
     model: torch.nn.Module, features: Tensor, cross: dict, options: whisper.DecodingOptions
 ) -> whisper.DecodingResult:
-    """``whisper.decode`` reusing ``cross``; beam search (whose batch is the beam) computes its own."""
-    if options.beam_size is not None:
-        return whisper.decode(model, features, options)[0]
+    """``whisper.decode`` reusing ``cross``, greedy, sampled or beam search.
+
+    A beam decodes ``beam_size`` sequences against the one window: the cross-attention K/V (batch 1)
+    broadcast over them, and only the empty self-attention key that opens the cache needs the beam's
+    batch, for the kv-cache hooks to append to.
+    """
     task = DecodingTask(model, options)
+    first = model.decoder.blocks[0].attn.key
+    cross = {**cross, first: cross[first].expand(task.n_group, -1, -1)}
     task.inference = _CachedCrossInference(model, len(task.initial_tokens), cross)
+    if hasattr(task.decoder, "inference"):  # the beam decoder reorders the cache through it
+        task.decoder.inference = task.inference
     return task.run(features)[0]
 
 

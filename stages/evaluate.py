@@ -80,9 +80,10 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
     wanted = {**config, "model_dir": str(model_dir)}
     if made_with != wanted:
         changed = sorted(k for k in wanted.keys() | made_with.keys() if wanted.get(k) != made_with.get(k))
+        # --force: DVC sees `device: auto`, not the device it resolved to, so it may think nothing changed.
         raise ParamError(
             f"{path}: FP32 evaluation made with other settings ({', '.join(changed)}); "
-            "run `dvc repro evaluate_fp32`"
+            "run `dvc repro --force evaluate_fp32`"
         )
     return {"metrics": stored["metrics"], "clips": stored["clips"]}
 

@@ -26,12 +26,13 @@ def main(args) -> int:
     ml = section(params, "mlflow", args.params)
     ev = section(params, "evaluate", args.params)
     gate = gate_config(section(params, "gate", args.params), args.params)
+    uri = resolve_tracking_uri(ml.get("tracking_uri"))
     cfg = MlflowConfig(
-        tracking_uri=resolve_tracking_uri(ml.get("tracking_uri")),
+        tracking_uri=uri,
         experiment=str(ml.get("experiment", "whisper-int8")),
         registered_model=str(ml.get("registered_model", "whisper-int8")),
         alias=str(ml.get("alias", "champion")),
-        artifact_location=artifact_location(ml.get("artifact_root")),
+        artifact_location=artifact_location(ml.get("artifact_root"), uri),
     )
     eval_json = Path(args.metrics) / "eval.json"
     if not eval_json.is_file():

@@ -60,3 +60,20 @@ def test_bad_arguments():
         score(["a", "b"], ["a"], "en")
     with pytest.raises(ValueError, match="empty after normalization"):
         score(["¡!?"], ["a"], "es")
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        ("Das ist 10stündig", "de"),  # "st" after digits is German text, not an ordinal
+        ("la 3rd opción", "es"),
+        ("5th", "ja"),
+        ("1" * 22, "zh"),  # longer than cn2an's 16 digits
+        ("1" * 28, "es"),  # num2words OverflowError
+        ("1" * 41, "ru"),  # num2words KeyError
+    ],
+)
+def test_digit_runs_any_model_may_write_never_crash_scoring(text, lang):
+    """A hallucinated ordinal or digit run is scored (digits kept) instead of failing the evaluation."""
+    assert score([text], [text], lang)["error_rate"] == 0.0
+    assert normalize(text, lang)

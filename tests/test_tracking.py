@@ -11,7 +11,12 @@ import pytest
 from whisper_int8.gate import gate_config
 from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
 from whisper_int8.tracking import open_experiment
-from whisper_int8.tracking_uri import TrackingError, resolve_tracking_uri
+from whisper_int8.tracking_uri import (
+    TrackingError,
+    artifact_location,
+    check_reachable,
+    resolve_tracking_uri,
+)
 
 from .eval_fixtures import client_for, fresh_tracking_uri, report, tiny_model_dir
 
@@ -157,3 +162,24 @@ def test_default_uri_is_sqlite_at_the_root(monkeypatch, tmp_path):
     assert resolve_tracking_uri(None, root=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(TrackingError, match="bare file store"):
         open_experiment(f"file://{tmp_path}/mlruns", "x")
+
+
+def test_dvc_experiment_copies_log_to_the_real_repository(monkeypatch, tmp_path):
+    """`dvc exp run --temp/--queue` runs in .dvc/tmp/exps/<tmp>/ and names the real repo in DVC_ROOT."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert artifact_location(None, "sqlite:///x.db") == (tmp_path / "mlruns").as_uri()
+    monkeypatch.delenv("DVC_ROOT")
+    assert resolve_tracking_uri(None) == f"sqlite:///{copy}/mlflow.db"
+
+
+def test_a_tracking_server_keeps_its_own_artifact_store(tmp_path):
+    for server in ("http://mlflow.example:5000", "https://x", "databricks", "databricks-uc"):
+        assert artifact_location("mlruns", server, root=tmp_path) is None
+    assert artifact_location("s3://bucket/runs", "http://mlflow.example:5000") == "s3://bucket/runs"
+    assert artifact_location(None, "sqlite:///m.db", root=tmp_path) == (tmp_path / "mlruns").as_uri()
+    check_reachable("databricks")  # a remote workspace, not a bare file store: no error here

@@ -14,6 +14,9 @@ from .eval_report import BASELINE, CANDIDATE, error_key, languages
 from .params import ParamError
 
 ACCURACY_PREFIXES = ("wer/", "cer/", "error_rate/")
+DELTA_PREFIXES = ("wer_delta/", "cer_delta/", "error_rate_delta/")
+# Rates are 100 * errors / words: a delta of exactly 0.5 pp can come out as 0.5000000000000004.
+FLOAT_SLACK_PP = 1e-9
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,12 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         key = error_key(cand, lang)
         delta = comp[key.replace("/", "_delta/", 1)]
         limit = cfg.max_wer_delta_pp_by_language.get(lang, cfg.max_wer_delta_pp)
-        if delta > limit:
+        if delta > limit + FLOAT_SLACK_PP:
             reasons.append(
                 f"{key} +{delta:.2f} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}), limit {limit} pp"
             )
     overall = comp["error_rate_delta/overall"]
-    if overall > cfg.max_overall_wer_delta_pp:
+    if overall > cfg.max_overall_wer_delta_pp + FLOAT_SLACK_PP:
         reasons.append(
             f"overall error rate +{overall:.2f} pp over FP32, limit {cfg.max_overall_wer_delta_pp} pp"
         )
@@ -132,17 +135,26 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
 
 
 def check_against_champion(
-    candidate: dict[str, float], champion: dict[str, float], tolerance_pp: float, champion_label: str
+    candidate: dict[str, float],
+    champion: dict[str, float],
+    tolerance_pp: float,
+    champion_label: str,
+    same_eval_set: bool = True,
 ) -> list[str]:
     """Reasons the candidate is worse than the champion on the accuracy gate metrics both recorded.
 
-    Latency is not compared across runs: it was measured at another time, perhaps on another machine.
+    On the same evaluation set (clips, clip cap, decoding, device) the error rates are compared. On
+    another set they are not comparable, so the increases over FP32 are, each measured against its own
+    FP32 run. Latency is never compared across runs: it was measured at another time, perhaps on
+    another machine.
     """
+    prefixes = ACCURACY_PREFIXES if same_eval_set else DELTA_PREFIXES
     reasons = []
     for key in sorted(set(candidate) & set(champion)):
-        if key.startswith(ACCURACY_PREFIXES) and candidate[key] > champion[key] + tolerance_pp:
+        if key.startswith(prefixes) and candidate[key] > champion[key] + tolerance_pp + FLOAT_SLACK_PP:
             reasons.append(
-                f"{key} {candidate[key]:.2f} worse than champion {champion_label} ({champion[key]:.2f}), "
+                f"{key} {candidate[key]:.2f} worse than champion {champion_label} ({champion[key]:.2f}"
+                f"{'' if same_eval_set else ', measured on another evaluation set'}), "
                 f"tolerance {tolerance_pp} pp"
             )
     return reasons

@@ -19,7 +19,8 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 # Written without spaces between words: scored by character error rate.
 CER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "km", "bo", "yue"})
-_DIGITS = re.compile(r"\d+(?:[.,]\d{3})*(?:st|nd|rd|th)?")
+_DIGITS = re.compile(r"\d+(?:[.,]\d{3})*")
+_DIGITS_EN = re.compile(r"\d+(?:[.,]\d{3})*(?:st|nd|rd|th)?")  # English ordinals: 1st, 22nd
 
 
 def uses_cer(lang: str) -> bool:
@@ -36,15 +37,17 @@ def _number_words(match: re.Match, lang: str) -> str:
     token = match.group(0)
     ordinal = lang == "en" and token[-2:] in ("st", "nd", "rd", "th")
     digits = re.sub(r"[.,]", "", token[:-2] if ordinal else token)
-    if lang in ("zh", "yue"):
-        import cn2an
-
-        return cn2an.an2cn(digits)
-    from num2words import num2words
-
     try:
+        if lang in ("zh", "yue"):
+            import cn2an
+
+            return cn2an.an2cn(digits)
+        from num2words import num2words
+
         return f" {num2words(int(digits), lang=lang, to='ordinal' if ordinal else 'cardinal')} "
-    except NotImplementedError:  # num2words has no such language: keep the digits on both sides
+    # No such language in num2words, or a number too long for it or cn2an (a hallucinated digit run):
+    # keep the digits, on both sides alike.
+    except (NotImplementedError, ValueError, OverflowError, KeyError):
         return f" {token} "
 
 
@@ -64,7 +67,7 @@ def normalize(text: str, lang: str) -> str:
         import zhconv
 
         text = zhconv.convert(text, "zh-cn")
-    text = _DIGITS.sub(lambda m: _number_words(m, lang), text)
+    text = (_DIGITS_EN if lang == "en" else _DIGITS).sub(lambda m: _number_words(m, lang), text)
     text = _strip_diacritics(text)
     # Whisper's English normalizer keeps "." for decimals, so a trailing "..." would survive as a word.
     words = [w for w in _normalizer(lang)(text).split() if re.search(r"\w", w)]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns"
+# A tracking server keeps its own artifact store: a client-side folder would strand the artifacts.
+REMOTE_SCHEMES = ("http://", "https://", "databricks")
 
 
 class TrackingError(RuntimeError):
@@ -23,28 +25,42 @@ class RegistryError(RuntimeError):
     """A registered model, alias or version cannot be found; the message says which and what to do."""
 
 
+def repo_root(root: Path | None = None) -> Path:
+    """Where relative MLflow paths live: ``root``, else DVC's ``DVC_ROOT``, else the current directory.
+
+    ``dvc exp run --temp`` / ``--queue`` run stages in a throw-away copy under ``.dvc/tmp/exps/``;
+    DVC_ROOT then names the real repository, whose ``mlflow.db`` must receive the runs.
+    """
+    return root or Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
 def resolve_tracking_uri(
     configured: str | None = None, root: Path | None = None, explicit: str | None = None
 ) -> str:
     """``explicit`` (a command-line flag) wins, then ``MLFLOW_TRACKING_URI``, then params
     ``mlflow.tracking_uri``, then ``sqlite:///mlflow.db``.
 
-    A relative sqlite path is made absolute against ``root`` (the repository root, default the current
-    directory) so every stage and the CLI agree on one database file wherever they are started from.
+    A relative sqlite path is made absolute against :func:`repo_root` so every stage, experiment and
+    the CLI agree on one database file wherever they are started from.
     """
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(((root or Path.cwd()) / uri[len(prefix) :]).resolve())
+        uri = prefix + str((repo_root(root) / uri[len(prefix) :]).resolve())
     return uri
 
 
-def artifact_location(artifact_root: str | None, root: Path | None = None) -> str:
-    """Artifact location URI for a new experiment (a local folder, default ``mlruns/`` at the root)."""
-    value = artifact_root or DEFAULT_ARTIFACT_ROOT
-    if "://" in value:
-        return value
-    return ((root or Path.cwd()) / value).resolve().as_uri()
+def artifact_location(artifact_root: str | None, tracking_uri: str, root: Path | None = None) -> str | None:
+    """Artifact location URI for a new experiment: ``mlruns/`` at the root by default, for a local store.
+
+    For a tracking server (http(s), Databricks) None, so the server's own artifact store is used,
+    unless ``artifact_root`` is itself a URI (``s3://...``).
+    """
+    if artifact_root and "://" in artifact_root:
+        return artifact_root
+    if tracking_uri.startswith(REMOTE_SCHEMES):
+        return None
+    return (repo_root(root) / (artifact_root or DEFAULT_ARTIFACT_ROOT)).resolve().as_uri()
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -67,7 +83,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         db = Path(uri[len("sqlite:///") :])
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow tracking URI {uri}: folder {db.parent} does not exist; create it")
-    elif uri.startswith("file:") or "://" not in uri:
+    elif uri.startswith("file:") or ("://" not in uri and not uri.startswith(REMOTE_SCHEMES)):
         raise TrackingError(
             f"MLflow tracking URI {uri}: a bare file store is refused by MLflow >= 3.13; "
             f"use {DEFAULT_URI} or an http(s):// server"

@@ -4,6 +4,7 @@ Always runs (``always_changed`` in dvc.yaml): DVC's run cache must never skip th
 A refusal exits 0 and prints ``not promoted: <reasons>`` unless ``gate.fail_on_reject`` is true.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from whisper_int8.cli_common import run, stage_parser
@@ -26,6 +27,11 @@ def main(args) -> int:
     ml = section(params, "mlflow", args.params)
     ev = section(params, "evaluate", args.params)
     gate = gate_config(section(params, "gate", args.params), args.params)
+    corpus = params.get("audio", {}).get("languages")
+    if gate.require_languages is True and corpus:
+        # Every language the corpus asks for, not just those that made it into the split: a source
+        # that failed under `on_error: skip` must not let an untested model through.
+        gate = replace(gate, require_languages=[str(lang) for lang in corpus])
     uri = resolve_tracking_uri(ml.get("tracking_uri"))
     cfg = MlflowConfig(
         tracking_uri=uri,
@@ -54,6 +60,7 @@ def main(args) -> int:
         ],
         gate_json=Path(args.metrics) / "gate.json",
         params=params,
+        eval_manifest=Path(ev.get("split", "data/eval")) / "manifest.jsonl",
     )
     result = promote(inputs, cfg, gate, decode_options(ev, args.params))
     if result["passed"]:

@@ -12,6 +12,8 @@ import yaml
 
 from whisper_int8.gate import gate_config
 from whisper_int8.promotion import promote
+from whisper_int8.registry import champion
+from whisper_int8.tracking_uri import RegistryError
 
 from .conftest import REPO, venv_env
 from .eval_fixtures import client_for, fresh_tracking_uri, report, tiny_model_dir
@@ -27,7 +29,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_promote(
-    work: Path, rep: dict, model_dirs: dict[str, Path], uri: str, **gate
+    work: Path, rep: dict, model_dirs: dict[str, Path], uri: str, audio: dict | None = None, **gate
 ) -> subprocess.CompletedProcess:
     """Run stages/promote.py as DVC would, in ``work`` with its own params.yaml and metrics/."""
     (work / "metrics").mkdir(parents=True, exist_ok=True)
@@ -48,6 +50,8 @@ def run_promote(
             "upstream_artifacts": [str(model_dirs["fp32"] / "model_card.json")],
         },
     }
+    if audio is not None:
+        params["audio"] = audio
     (work / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     env = {**venv_env(), "MLFLOW_TRACKING_URI": uri}
     return subprocess.run(
@@ -131,3 +135,51 @@ def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):
     )
     assert third["passed"]
     assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 3
+
+
+def test_a_corpus_language_missing_from_the_split_blocks_promotion(tmp_path, model_dirs):
+    """`on_error: skip` can drop a whole language: the gate expects every language params ask for."""
+    uri = fresh_tracking_uri(tmp_path)
+    rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 20.0})
+    proc = run_promote(tmp_path, rep, model_dirs, uri, audio={"languages": ["en", "zh", "de"]})
+    assert proc.returncode == 0, proc.stderr
+    assert "not promoted: languages without results for both variants: de" in proc.stdout
+
+
+def test_champion_on_another_evaluation_set_is_compared_by_deltas(tmp_path, model_dirs):
+    cfg = mlflow_cfg(tmp_path)
+
+    def run(tag: str, base: float, cand: float, manifest: str) -> dict:
+        inputs = setup_pipeline(tmp_path, model_dirs, report({"en": base}, {"en": cand}), tag)
+        inputs.eval_manifest = tmp_path / f"manifest-{manifest}.jsonl"
+        inputs.eval_manifest.write_text(f'{{"id": "{manifest}"}}\n', encoding="utf-8")
+        return promote(inputs, cfg, gate_config({}), {})
+
+    assert run("a", 10.0, 10.3, "A")["passed"]
+    # Harder clips: higher error rates than the champion's, but a smaller loss against FP32.
+    assert run("b", 14.0, 14.1, "B")["passed"]
+    worse = run("c", 12.0, 12.4, "C")  # +0.4 pp against the champion's +0.1 on its own set
+    assert not worse["passed"]
+    assert (
+        "wer_delta/en 0.40 worse than champion v2 (0.10, measured on another evaluation set)"
+        in " | ".join(worse["reasons"])
+    )
+    same = run("d", 14.0, 14.15, "B")  # back on the champion's set: absolute rates are compared
+    assert not same["passed"]
+    assert "wer/en 14.15 worse than champion v2 (14.10), tolerance" in " | ".join(same["reasons"])
+
+
+def test_unreadable_champion_metrics_are_a_clear_error(tmp_path, model_dirs):
+    cfg = mlflow_cfg(tmp_path)
+    first = promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0})), cfg, gate_config({}), {}
+    )
+    client = client_for(cfg.tracking_uri)
+    many = {f"wer/l{i:03d}": 1.0 / 3 for i in range(400)}  # far beyond 5,000 characters of JSON
+    client.set_model_version_tag(
+        cfg.registered_model, str(first["version"]), "gate_metrics", json.dumps(many)
+    )
+    assert champion(client, cfg.registered_model, "champion").metrics == many  # stored whole
+    client.set_model_version_tag(cfg.registered_model, str(first["version"]), "gate_metrics", '{"wer/en": 1')
+    with pytest.raises(RegistryError, match="tag gate_metrics is not valid JSON"):
+        champion(client, cfg.registered_model, "champion")

@@ -143,6 +143,26 @@ def test_changed_pipeline_gets_a_new_parent_run(tmp_path, model_dirs):
     assert len([r for r in runs if r.data.tags.get("role") == "pipeline"]) == 2 and len(runs) == 6
 
 
+def test_changed_gate_or_decoding_gets_its_own_parent_run_and_model(tmp_path, model_dirs):
+    """The promote stage's own inputs are part of the pipeline state: thresholds and served code."""
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
+    first = promote(inputs, cfg, gate_config({}), decode={})
+    strict = promote(inputs, cfg, gate_config({"max_wer_delta_pp": 0.05}), decode={})
+    ci = promote(inputs, cfg, gate_config({"max_wer_delta_pp": 0.05, "fail_on_reject": True}), {})
+    beam = promote(inputs, cfg, gate_config({}), decode={"beam_size": 2})
+    assert first["passed"] and not strict["passed"] and not ci["passed"]
+    assert strict["gate_config"]["max_wer_delta_pp"] == 0.05
+    parents = [first["parent_run_id"], strict["parent_run_id"], beam["parent_run_id"]]
+    assert len(set(parents)) == 3 and ci["parent_run_id"] == strict["parent_run_id"]  # exit code only
+    client, _ = runs_of(cfg)
+    assert client.get_run(strict["parent_run_id"]).data.params["gate.max_wer_delta_pp"] == "0.05"
+    source = {r["version"]: client.get_model_version(cfg.registered_model, str(r["version"])).source
+              for r in (first, strict, ci, beam)}  # fmt: skip
+    assert source[ci["version"]] == source[strict["version"]]
+    assert source[beam["version"]] not in (source[first["version"]], source[strict["version"]])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

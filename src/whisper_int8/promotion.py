@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class PromoteInputs:
     gate_json: Path
     params: dict[str, Any]
     dvc_lock: Path = Path("dvc.lock")
+    eval_manifest: Path | None = None  # the split's manifest.jsonl: which clips the figures come from
 
 
 @dataclass
@@ -54,8 +55,26 @@ def dvc_lock_digest(path: Path) -> str:
     return hashlib.sha256(json.dumps(lock, sort_keys=True).encode()).hexdigest()
 
 
-def pipeline_key(lock_digest: str, eval_json: Path) -> str:
-    return hashlib.sha256(f"{lock_digest}:{sha256_file(eval_json)}".encode()).hexdigest()[:32]
+def pipeline_key(lock_digest: str, eval_json: Path, promote_inputs: dict[str, Any]) -> str:
+    """The pipeline state a parent run and a logged model stand for.
+
+    ``dvc.lock`` covers every stage but promote (its lock entry is written after it runs), so the
+    promote stage's own inputs are added: the gate thresholds (which decide), the decoding options
+    and the package code a logged model carries (see :func:`registry.package_digest`).
+    """
+    inputs = json.dumps(promote_inputs, sort_keys=True, default=str)
+    return hashlib.sha256(f"{lock_digest}:{sha256_file(eval_json)}:{inputs}".encode()).hexdigest()[:32]
+
+
+def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
+    """What the error rates were measured on: the split's clips and the evaluation settings.
+
+    Two models' error rates are comparable only when this matches (see ``check_against_champion``).
+    ``warmup`` changes timings only.
+    """
+    config = {k: v for k, v in report.get("config", {}).items() if k != "warmup"}
+    clips = sha256_file(manifest) if manifest is not None and manifest.is_file() else "unknown"
+    return hashlib.sha256(json.dumps([config, clips], sort_keys=True).encode()).hexdigest()[:32]
 
 
 def git_commit(root: Path = Path(".")) -> str:
@@ -96,7 +115,13 @@ def promote(
     """
     report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
     lock_digest = dvc_lock_digest(inputs.dvc_lock)
-    key = pipeline_key(lock_digest, inputs.eval_json)
+    deciding = {k: v for k, v in asdict(gate).items() if k != "fail_on_reject"}  # exit code only
+    key = pipeline_key(
+        lock_digest,
+        inputs.eval_json,
+        {"gate": deciding, "decode": decode, "package": registry.package_digest()},
+    )
+    eval_set = eval_set_digest(report, inputs.eval_manifest)
     client, exp_id = tracking.open_experiment(cfg.tracking_uri, cfg.experiment, cfg.artifact_location)
     runs = tracking.start_pipeline_runs(client, exp_id, key, [BASELINE, CANDIDATE], f"pipeline-{key[:8]}")
     log.info("MLflow %s: experiment %s, parent run %s", cfg.tracking_uri, cfg.experiment, runs.parent_id)
@@ -104,6 +129,7 @@ def promote(
     try:
         params = {
             **tracking.flatten(inputs.params),
+            **tracking.flatten({"gate": asdict(gate)}),  # as applied (require_languages resolved)
             "git_commit": git_commit(),
             "dvc_lock_sha256": lock_digest,
         }
@@ -131,10 +157,14 @@ def promote(
         current = registry.champion(client, cfg.registered_model, cfg.alias)
         if decision.passed and current is not None and current.version != version.version:
             decision.reasons += check_against_champion(
-                decision.metrics, current.metrics, gate.champion_tolerance_pp, f"v{current.version}"
+                decision.metrics,
+                current.metrics,
+                gate.champion_tolerance_pp,
+                f"v{current.version}",
+                same_eval_set=current.eval_set == eval_set,
             )
             decision.passed = not decision.reasons
-        registry.apply_decision(client, cfg.registered_model, cfg.alias, version.version, decision)
+        registry.apply_decision(client, cfg.registered_model, cfg.alias, version.version, decision, eval_set)
 
         result = {
             **decision.as_dict(),
@@ -146,6 +176,8 @@ def promote(
             else (current and int(current.version)),
             "promoted": decision.passed,
             "pipeline_key": key,
+            "eval_set": eval_set,
+            "gate_config": asdict(gate),
             "parent_run_id": runs.parent_id,
             "tracking_uri": cfg.tracking_uri,
         }

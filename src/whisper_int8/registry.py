@@ -9,6 +9,7 @@ of logging its artifacts a second time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -30,10 +31,14 @@ from .tracking_uri import RegistryError, TrackingError
 log = logging.getLogger(__name__)
 
 
+EVAL_SET_TAG = "eval_set"
+
+
 @dataclass
 class Champion:
     version: str
     metrics: dict[str, float]
+    eval_set: str | None  # digest of what it was evaluated on (None: recorded before the tag existed)
 
 
 def _requirements() -> list[str]:
@@ -41,6 +46,19 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{d}=={version(d)}" for d in ("torch", "openai-whisper", "mlflow", "numpy", "pandas")]
+
+
+def package_digest() -> str:
+    """sha256 of what a logged model carries besides its weights: the package code and the pins.
+
+    Part of the key under which a logged model is reused, so a fix to the served code is never
+    hidden behind an older upload of the same weights.
+    """
+    root = Path(whisper_int8.__file__).parent
+    h = hashlib.sha256("\n".join(_requirements()).encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
@@ -73,22 +91,41 @@ def register(client: MlflowClient, name: str, model_uri: str, key: str) -> Model
 
 
 def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
+    """The version ``alias`` points to, or None when there is none yet. Other registry errors raise."""
     try:
         mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    return Champion(mv.version, json.loads(mv.tags.get("gate_metrics", "{}")))
+    except MlflowException as e:
+        # No such model: RESOURCE_DOES_NOT_EXIST; a model without that alias: INVALID_PARAMETER_VALUE.
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise TrackingError(f"champion {name}@{alias} cannot be read: {e.message}") from None
+    try:
+        metrics = json.loads(mv.tags.get("gate_metrics", "{}"))
+    except json.JSONDecodeError:
+        raise RegistryError(
+            f"{name} version {mv.version} (@{alias}): tag gate_metrics is not valid JSON; fix or delete "
+            f"the tag, or move the alias (`mlflow ui`) to a version promoted by this pipeline"
+        ) from None
+    return Champion(mv.version, metrics, mv.tags.get(EVAL_SET_TAG))
 
 
-def apply_decision(client: MlflowClient, name: str, alias: str, version: str, decision: Decision) -> None:
+# Human-readable tags are cut to fit any store; gate_metrics and eval_set are read back, never cut
+# (MLflow 3 allows 100,000 characters per model-version tag).
+REASONS_MAX_CHARS = 5000
+
+
+def apply_decision(
+    client: MlflowClient, name: str, alias: str, version: str, decision: Decision, eval_set: str
+) -> None:
     """Tag the version with the gate result; move ``alias`` to it only when it passed."""
     tags = {
         "validation_status": decision.status,
-        "validation_reasons": "; ".join(decision.reasons) or "all gate thresholds met",
+        "validation_reasons": ("; ".join(decision.reasons) or "all gate thresholds met")[:REASONS_MAX_CHARS],
         "gate_metrics": json.dumps(decision.metrics, sort_keys=True),
+        EVAL_SET_TAG: eval_set,
     }
     for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v[:5000])
+        client.set_model_version_tag(name, version, k, v)
     if decision.passed:
         client.set_registered_model_alias(name, alias, version)
 

@@ -72,13 +72,17 @@ def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=URI, dst_path=str(tracking["root"] / "dl")))
     weights = local / "artifacts" / "int8"
     assert (weights / "int8.pt").is_file() and (weights / "quant_config.json").is_file()
-    assert (local / "python_model.pkl").stat().st_size < 10_000  # options only; weights are artifacts
+    assert not list(local.rglob("*.pkl"))  # models-from-code: the model is built by code, not unpickled
+    assert (local / "pyfunc_entry.py").is_file()
 
 
 def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
     dest = tmp_path / "deploy"
     assert cli.main(["pull", "--model", NAME, "--alias", "champion", "--dest", str(dest)]) == 0
     assert (dest / "MLmodel").is_file()
+    # A failed pull over an earlier one leaves it whole (the download lands in a temp dir first).
+    assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(dest)]) == 2
+    assert (dest / "MLmodel").is_file() and not list(tmp_path.glob(".deploy.*"))
     capsys.readouterr()
     for model in (str(dest), URI, str(tracking["int8"])):
         args = ["transcribe", "--model", model, "--language", "en", "--max-tokens", "4", "--json"]

@@ -154,7 +154,7 @@ def evaluate_model_dir(
     model_dir, split_dir = Path(model_dir), Path(split_dir)
     torch.manual_seed(0)
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     model = load_model_dir(model_dir, device=device)
     load_time = time.perf_counter() - start
@@ -164,8 +164,8 @@ def evaluate_model_dir(
     metrics["model_size_mb"] = dir_bytes(model_dir) / MB
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     if device.startswith("cuda"):
-        metrics["vram_peak_mb"] = torch.cuda.max_memory_allocated() / MB
-        metrics["vram_reserved_mb"] = torch.cuda.max_memory_reserved() / MB
+        metrics["vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
+        metrics["vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MB
     return {"metrics": metrics, "clips": [asdict(r) for r in results]}
 
 

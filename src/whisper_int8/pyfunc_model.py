@@ -1,8 +1,9 @@
 """MLflow pyfunc wrapper: audio in, transcript out, weights loaded from the logged model directory.
 
-The pickled instance holds only decoding options (beam size, token cap); the weights are an MLflow
+Logged as code (:mod:`whisper_int8.pyfunc_entry`, MLflow's models-from-code), not as a pickle: the
+decoding options (beam size, token cap) are the logged ``model_config`` and the weights an MLflow
 artifact (the INT8 state dict and its JSON configs) that :func:`whisper_int8.model_dir.load_model_dir`
-reads in ``load_context``, so nothing but plain tensors is ever unpickled.
+reads in ``load_context``, so loading a registered version unpickles nothing but plain tensors.
 
 ``predict`` accepts, for one clip or many:
 - a path to an audio file (anything ffmpeg decodes), or a 16 kHz mono float array / list of floats;
@@ -64,6 +65,8 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         self.decode = {"beam_size": beam_size, "max_tokens": max_tokens}
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        config = context.model_config or {}
+        self.decode = {k: config.get(k, v) for k, v in self.decode.items()}
         self.load(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
 
     def load(self, model_dir: Path) -> None:

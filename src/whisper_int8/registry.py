@@ -23,8 +23,9 @@ from mlflow.exceptions import MlflowException
 
 import whisper_int8
 
+from .fsutil import atomic_dir
 from .gate import Decision
-from .pyfunc_model import MODEL_DIR_ARTIFACT, WhisperPyfunc
+from .pyfunc_model import MODEL_DIR_ARTIFACT
 from .tracking import KEY_TAG
 from .tracking_uri import RegistryError, TrackingError
 
@@ -62,11 +63,15 @@ def package_digest() -> str:
 
 
 def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
-    """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI."""
+    """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI.
+
+    Models-from-code (:mod:`whisper_int8.pyfunc_entry`): no pickle in the logged model.
+    """
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=WhisperPyfunc(**decode),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            model_config=decode,
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             code_paths=[str(Path(whisper_int8.__file__).parent)],
             pip_requirements=_requirements(),
@@ -138,9 +143,19 @@ def model_uri(spec: str, alias: str | None = None) -> str:
 
 
 def pull(uri: str, dest: Path) -> Path:
-    """Download the pyfunc model at ``uri`` into ``dest`` (MLmodel, weights, code); returns ``dest``."""
+    """Download the pyfunc model at ``uri`` into ``dest`` (MLmodel, weights, code); returns ``dest``.
+
+    Atomic: ``dest`` is replaced whole once the download is complete, so a failed or interrupted pull
+    leaves the previously pulled model as it was, never a mix of two versions.
+    """
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
+        with atomic_dir(dest) as tmp:
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+            if not (tmp / "MLmodel").is_file():
+                raise RegistryError(
+                    f"{uri}: downloaded from {mlflow.get_tracking_uri()} but has no MLmodel file; "
+                    "not a pyfunc model"
+                )
     except MlflowException as e:
         raise RegistryError(
             f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); check the model name "
@@ -148,6 +163,4 @@ def pull(uri: str, dest: Path) -> Path:
         ) from None
     except OSError as e:
         raise TrackingError(f"{uri}: download from {mlflow.get_tracking_uri()} failed: {e}") from None
-    if not (dest / "MLmodel").is_file():
-        raise RegistryError(f"{uri}: downloaded into {dest} but no MLmodel file is there; not a pyfunc model")
     return dest

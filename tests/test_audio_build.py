@@ -7,9 +7,11 @@ import wave
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.test_audio_wavio import write_tone
 from whisper_int8.audio import AudioInputError, read_manifest
+from whisper_int8.audio import build as audio_build
 from whisper_int8.audio.asterisk import ensure_package
 from whisper_int8.audio.build import build, parse_params
 from whisper_int8.fsutil import sha256_file
@@ -166,7 +168,9 @@ def test_fail_stops_with_the_message_and_keeps_earlier_outputs(tmp_path, case):
     [([{"audio": "x.wav", "text": "one", "language": "en", "id": "dup"},
        {"audio": "y.wav", "text": "two", "language": "en", "id": "dup"}], "duplicate id 'dup'"),
      ([{"audio": "x.wav", "text": "klingon clip", "language": "xx"}], "'xx' is not one Whisper"),
-     ([{"audio": "x.wav", "language": "en"}], r"manifest.jsonl:1: empty or missing transcript")],
+     ([{"audio": "x.wav", "language": "en"}], r"manifest.jsonl:1: empty or missing transcript"),
+     ([{"audio": "x.wav", "text": "one", "language": "en", "id": "../../escaped"}],
+      r"id '../../escaped' cannot be a file name")],
 )  # fmt: skip
 def test_manifest_problems_fail_with_the_cause(tmp_path, rows, message):
     write_tone(tmp_path / "x.wav", 300)
@@ -176,6 +180,64 @@ def test_manifest_problems_fail_with_the_cause(tmp_path, rows, message):
     p = params(f"local:{manifest}", ("en",), calib=0, evals=5, on_error="fail")
     with pytest.raises(AudioInputError, match=message):
         run_build(tmp_path, p)
+
+
+def write_manifest(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """``root/manifest.jsonl`` with one tone per ``(language, id, text)`` row."""
+    for n in range(len(rows)):
+        write_tone(root / f"{n}.wav", 200 + 50 * n)
+    lines = [json.dumps({"audio": f"{n}.wav", "language": lang, "id": item_id, "text": text}) + "\n"
+             for n, (lang, item_id, text) in enumerate(rows)]  # fmt: skip
+    (root / "manifest.jsonl").write_text("".join(lines))
+    return root / "manifest.jsonl"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_text_in_two_languages_is_used_once(tmp_path, seed):
+    """Regression: the same text chosen in two languages for different splits crashed the build."""
+    rows = [("en", "en-a", "M I S D N"), ("en", "en-b", "english only"),
+            ("de", "de-a", "M I S D N"), ("de", "de-b", "nur deutsch")]  # fmt: skip
+    manifest = write_manifest(tmp_path, rows)
+    run_build(tmp_path, {**params(f"local:{manifest}", calib=1, evals=1), "seed": seed})
+    texts = [c.text for s in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / s)]
+    assert texts.count("M I S D N") == 1 and len(texts) == 3
+
+
+def test_a_text_in_both_splits_is_an_error_naming_it():
+    def item(item_id: str, text: str) -> tuple:
+        return (audio_build.Item(item_id, "en", text, "test", "test", lambda: None), None)
+
+    chosen = {"calibration": [item("en-1", "Hello, world")], "eval": [item("de-1", "hello world")]}
+    with pytest.raises(RuntimeError, match=r"text 'hello world' selected for both splits \(en-1 in calib"):
+        audio_build._check_disjoint(chosen)
+
+
+def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
+    """Regression: one id in two languages wrote both clips to one WAV file."""
+    manifest = write_manifest(tmp_path, [("en", "same", "an english clip"), ("de", "same", "ein deutscher")])
+    summary = run_build(tmp_path, params(f"local:{manifest}", calib=0, evals=1))
+    assert [c.language for c in read_manifest(tmp_path / "out" / "eval")] == ["en"]
+    (skipped,) = summary["skipped"]["items"]
+    assert skipped["language"] == "de" and "duplicate id 'same'" in skipped["cause"]
+    with pytest.raises(AudioInputError, match="duplicate id 'same'"):
+        run_build(tmp_path, params(f"local:{manifest}", calib=0, evals=1, on_error="fail"))
+
+
+def test_an_id_that_is_a_path_writes_nothing_outside_the_split(tmp_path):
+    manifest = write_manifest(tmp_path / "m", [("en", "../../escaped", "one clip"), ("en", "ok", "two")])
+    summary = run_build(tmp_path, params(f"local:{manifest}", ("en",), calib=0, evals=2))
+    assert [c.id for c in read_manifest(tmp_path / "out" / "eval")] == ["ok"]
+    assert "id '../../escaped' cannot be a file name" in summary["skipped"]["items"][0]["cause"]
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+@pytest.mark.parametrize(("languages", "config"), [(["nl"], "nl"), ({"nl": "nl_nl"}, "nl_nl")])
+def test_hf_config_is_the_mapped_one_or_the_language_code(monkeypatch, languages, config):
+    seen = []
+    monkeypatch.setattr(audio_build.hf, "items", lambda dataset, lang, cfg, cache: seen.append(cfg) or [])
+    p = parse_params({**params("local:x", ("nl",)), "sources": {"hf:google/fleurs": languages}})
+    audio_build._source_items("hf:google/fleurs", "nl", p)
+    assert seen == [config]
 
 
 def test_unfetchable_debian_package(tmp_path):
@@ -203,7 +265,12 @@ def test_hf_source_fails_fast_and_clearly(tmp_path):
      ({"eval_per_lang": -1}, "audio.eval_per_lang must be a non-negative integer"),
      ({"workers": 0}, "audio.workers must be at least 1"),
      ({"sources": {"ftp:x": ["en"]}}, "unknown source 'ftp:x'"),
-     ({"asterisk_codec": "mp3"}, "audio.asterisk_codec must be one of")],
+     ({"asterisk_codec": "mp3"}, "audio.asterisk_codec must be one of"),
+     ({"languages": yaml.safe_load("[en, no]")}, r"audio.languages: False is not a .* quote it, 'no'"),
+     ({"sources": {"local:x": yaml.safe_load("[en, no]")}}, r"audio.sources.local:x: False .* 'no'"),
+     ({"languages": ["en", "en"]}, "audio.languages: en listed more than once"),
+     ({"sources": {"local:x": ["en", "en"]}}, "audio.sources.local:x: en listed more than once"),
+     ({"min_words": 30, "max_words": 25}, r"audio.min_words \(30\) is above audio.max_words \(25\)")],
 )  # fmt: skip
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamError, match=message):

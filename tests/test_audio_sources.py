@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,6 +26,19 @@ def test_parse_transcripts_drops_comments_and_bracketed_notes(tmp_path):
         "agent-pass": "Por favor ingrese su contrasena",
         "dictate/pause": "pause: now",
     }
+
+
+@pytest.mark.parametrize(
+    ("status", "installed"),
+    [("install ok installed", True), ("hold ok installed", True), ("install ok half-installed", False),
+     ("unknown ok not-installed", False), ("install reinstreq half-installed", False),
+     ("deinstall ok config-files", False), ("", False)],
+)  # fmt: skip
+def test_only_a_fully_installed_package_is_read_in_place(monkeypatch, status, installed):
+    """Regression: "not-installed" and "half-installed" end in "installed" too."""
+    done = subprocess.CompletedProcess([], 0, stdout=status, stderr="")
+    monkeypatch.setattr(asterisk.subprocess, "run", lambda *args, **kwargs: done)
+    assert asterisk._installed("asterisk-core-sounds-en") is installed
 
 
 def test_sentences_follow_the_rules():
@@ -52,6 +66,18 @@ def test_phonemes_use_kokoro_symbols(lang, text, expected):
 
 def test_espeak_unknown_sound_marks_are_not_question_marks():
     assert "?" not in kokoro.phonemize("Der nächste Zug nach Hamburg fährt ab", "de")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SYNTH_VERSION", 2), ("_PAD", 0.2), ("_TRIM", 0.02), ("_MAX_TOKENS", 256), ("_SAMPLE_RATE", 22050),
+     ("SAMPLE_RATE", 8000)],
+)  # fmt: skip
+def test_a_synthesis_setting_change_misses_the_clip_cache(monkeypatch, name, value):
+    """Regression: the cache key left out the post-processing, so a change reused stale clips."""
+    before = kokoro._cache_key("model-sha", "ɡˈuːtn mˈɔʁɡŋ", 1.02)
+    monkeypatch.setattr(kokoro, name, value)
+    assert kokoro._cache_key("model-sha", "ɡˈuːtn mˈɔʁɡŋ", 1.02) != before
 
 
 @pytest.mark.integration

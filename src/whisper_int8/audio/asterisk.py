@@ -34,8 +34,12 @@ SOUNDS = Path("usr/share/asterisk/sounds")
 
 
 def _installed(package: str) -> bool:
+    """dpkg's status is "<want> <flag> <state>": files are all there only in "ok installed".
+
+    ``half-installed`` and ``not-installed`` end in "installed" too; ``want`` may be ``hold``.
+    """
     proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
-    return proc.returncode == 0 and proc.stdout.strip().endswith("installed")
+    return proc.returncode == 0 and proc.stdout.split()[1:] == ["ok", "installed"]
 
 
 def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:

@@ -1,9 +1,11 @@
 """Select, split and write the corpus: ``calibration/`` and ``eval/`` with disjoint texts, plus a summary.
 
 Per language the candidate items of every configured source are pooled, sorted by id, de-duplicated by
-text, shuffled with ``seed``, and taken in that order: the evaluation clips first (so changing the
-calibration count never changes the evaluation set), then the calibration clips. An item that fails
-(bad audio, empty transcript...) is skipped or stops the build according to ``on_error``.
+text, shuffled with ``seed`` (then a text already chosen for an earlier language is dropped), and taken
+in that order: the evaluation clips first (so changing the calibration count never changes the
+evaluation set), then the calibration clips. An item that fails (bad audio, empty transcript, an id
+that is not a plain file name or is taken in any language...) is skipped or stops the build according
+to ``on_error``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from ..fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_f
 from ..params import ParamError
 from . import asterisk, hf, kokoro, local
 from .errors import AudioInputError, ErrorPolicy
-from .manifest import MANIFEST, Clip, Item
+from .manifest import ID_RE, MANIFEST, Clip, Item
 from .wavio import MAX_SECONDS, SAMPLE_RATE, wav_bytes
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,22 @@ class AudioParams:
     workers: int = 2
 
 
+def _check_languages(key: str, languages: Any, path: str) -> None:
+    """Whisper codes, each once; YAML 1.1 reads an unquoted ``no`` (Norwegian) as ``false``."""
+    flags = [lang for lang in languages if isinstance(lang, bool)]
+    if flags:
+        raise ParamError(
+            f"{path}: {key}: {flags[0]} is not a language code; YAML reads an unquoted no (Norwegian) "
+            "as false: quote it, 'no'"
+        )
+    unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
+    if unknown:
+        raise ParamError(f"{path}: {key}: {', '.join(map(str, unknown))} not a language Whisper knows")
+    twice = sorted({lang for lang in languages if list(languages).count(lang) > 1})
+    if twice:
+        raise ParamError(f"{path}: {key}: {', '.join(twice)} listed more than once; list each language once")
+
+
 def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     """Validate the ``audio`` section; every error names the key and what to do."""
 
@@ -64,11 +82,7 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     languages = need("languages")
     if not isinstance(languages, list) or not languages:
         raise ParamError(f"{path}: audio.languages must be a non-empty list of language codes")
-    unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
-    if unknown:
-        raise ParamError(
-            f"{path}: audio.languages: {', '.join(map(str, unknown))} not a language Whisper knows"
-        )
+    _check_languages("audio.languages", languages, path)
     sources = need("sources")
     if not isinstance(sources, dict) or not sources:
         raise ParamError(
@@ -83,11 +97,7 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
             )
         if not isinstance(langs, list | dict) or not langs:
             raise ParamError(f"{path}: audio.sources.{spec} must list the languages to take from it")
-        bad = [lang for lang in langs if lang not in KNOWN_LANGUAGES]
-        if bad:
-            raise ParamError(
-                f"{path}: audio.sources.{spec}: {', '.join(map(str, bad))} not a language Whisper knows"
-            )
+        _check_languages(f"audio.sources.{spec}", langs, path)
     uncovered = [lang for lang in languages if not any(lang in langs for langs in sources.values())]
     if uncovered:
         raise ParamError(f"{path}: audio.languages {', '.join(uncovered)} have no source in audio.sources")
@@ -100,6 +110,11 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
         counts[key] = value
     if counts["workers"] < 1:
         raise ParamError(f"{path}: audio.workers must be at least 1, got {counts['workers']}")
+    if counts["min_words"] > counts["max_words"]:
+        raise ParamError(
+            f"{path}: audio.min_words ({counts['min_words']}) is above audio.max_words "
+            f"({counts['max_words']}); no Asterisk prompt would be kept"
+        )
     on_error = need("on_error")
     if on_error not in ("skip", "fail"):
         raise ParamError(f"{path}: audio.on_error must be 'skip' or 'fail', got {on_error!r}")
@@ -127,7 +142,7 @@ def _source_items(spec: str, language: str, params: AudioParams) -> list[Item]:
     if kind == "kokoro":
         return kokoro.items(language, params.cache_dir, params.seed, params.tts_threads)
     configs = params.sources[spec]
-    config = configs.get(language) if isinstance(configs, dict) else None
+    config = configs.get(language) if isinstance(configs, dict) else language  # a list: code = config
     return hf.items(arg, language, config, params.cache_dir)
 
 
@@ -162,19 +177,35 @@ def _text_key(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
 
 
-def _unique(items: list[Item], policy: ErrorPolicy) -> list[Item]:
-    """Sorted by id; duplicate ids go through ``policy``; repeated texts keep their first item only."""
-    by_id: dict[str, Item] = {}
+@dataclass
+class _Taken:
+    """Shared by the languages of one build, in order: the ids seen and the texts already chosen."""
+
+    ids: dict[str, Item] = field(default_factory=dict)
+    texts: set[str] = field(default_factory=set)
+
+
+def _check_id(it: Item, ids: dict[str, Item]) -> None:
+    """An id names the clip's file (``audio/<id>.wav``): unique in the whole corpus, no path in it."""
+    if not ID_RE.fullmatch(it.id):
+        raise AudioInputError(
+            f"{it.source}: id {it.id!r} cannot be a file name; use only letters, digits, '_', '.' and '-'"
+        )
+    if it.id in ids:
+        raise AudioInputError(f"{it.source}: duplicate id {it.id!r} (also {ids[it.id].source})")
+
+
+def _unique(items: list[Item], policy: ErrorPolicy, ids: dict[str, Item]) -> list[Item]:
+    """Sorted by id; bad ids and ids in ``ids`` go through ``policy``; a text keeps its first item only."""
     texts: set[str] = set()
     out = []
     for it in sorted(items, key=lambda i: (i.id, i.source)):
-        if it.id in by_id:
-            policy.handle(
-                AudioInputError(f"{it.source}: duplicate id {it.id!r} (also {by_id[it.id].source})"),
-                it.language,
-            )
+        try:
+            _check_id(it, ids)
+        except AudioInputError as e:
+            policy.handle(e, it.language)
             continue
-        by_id[it.id] = it
+        ids[it.id] = it
         key = _text_key(it.text)
         if key in texts:
             log.debug("%s: same text as an earlier item, not used (a text goes in one split only)", it.id)
@@ -212,10 +243,15 @@ def _decoded(order: list[Item], workers: int) -> Iterator[tuple[Item, Future]]:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def select(language: str, items: list[Item], params: AudioParams, policy: ErrorPolicy, bar: tqdm) -> dict:
+def select(
+    language: str, items: list[Item], params: AudioParams, policy: ErrorPolicy, bar: tqdm, taken: _Taken
+) -> dict:
     """Decode items in seeded order until both splits of ``language`` are full: {split: [(item, pcm)]}."""
-    order = _unique(items, policy)
+    order = _unique(items, policy, taken.ids)
     random.Random(f"{params.seed}:{language}").shuffle(order)
+    # A text chosen for an earlier language is a repeat too (the Asterisk prompt "M I S D N" exists in
+    # en, es and fr). Dropped after the shuffle, so that the order of the other items does not change.
+    order = [it for it in order if _text_key(it.text) not in taken.texts]
     wanted = {"eval": params.eval_per_lang, "calibration": params.calib_per_lang}
     chosen: dict[str, list] = {"eval": [], "calibration": []}
     for it, future in _decoded(order, params.workers):
@@ -235,6 +271,7 @@ def select(language: str, items: list[Item], params: AudioParams, policy: ErrorP
                 MAX_SECONDS,
             )
         chosen[split].append((it, pcm))
+        taken.texts.add(_text_key(it.text))
         bar.update(1)
     for split, n in wanted.items():
         if len(chosen[split]) < n:
@@ -265,18 +302,30 @@ def _write_split(dest: Path, chosen: list[tuple[Item, Any]]) -> list[Clip]:
     return clips
 
 
+def _check_disjoint(chosen: dict[str, list]) -> None:
+    """No text in both splits: an evaluation text seen in calibration would flatter the INT8 model."""
+    calibration = {_text_key(it.text): it for it, _ in chosen["calibration"]}
+    for it, _ in chosen["eval"]:
+        other = calibration.get(_text_key(it.text))
+        if other is not None:
+            raise RuntimeError(
+                f"fetch_audio: text {it.text!r} selected for both splits ({other.id} in calibration, "
+                f"{it.id} in eval); a bug in the selection, please report it"
+            )
+
+
 def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path) -> dict:
     """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
     policy = ErrorPolicy(params.on_error)
     pooled = collect(params, policy)
     chosen: dict[str, list] = {s: [] for s in SPLITS}
+    taken = _Taken()
     total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)
     with tqdm(total=total, desc="fetch_audio", unit="clip") as bar:
         for language in params.languages:
-            for split, picked in select(language, pooled[language], params, policy, bar).items():
+            for split, picked in select(language, pooled[language], params, policy, bar, taken).items():
                 chosen[split].extend(picked)
-    texts = [{_text_key(it.text) for it, _ in chosen[s]} for s in SPLITS]
-    assert not texts[0] & texts[1], "a text landed in both splits"
+    _check_disjoint(chosen)
     written: dict[str, list[Clip]] = {}
     with atomic_dir(calib_dir) as ctmp, atomic_dir(eval_dir) as etmp:
         written["calibration"] = _write_split(ctmp, chosen["calibration"])

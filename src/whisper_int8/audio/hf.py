@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AudioInputError
-from .manifest import Item
+from .manifest import Item, safe_id
 from .wavio import convert_array
 
 TEXT_COLUMNS = ("raw_transcription", "sentence", "text", "transcription", "normalized_text")
@@ -50,6 +50,7 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
             f"hf:{dataset}: needs an 'audio' column and one of {TEXT_COLUMNS}; has {ds.column_names}"
         )
     texts = ds[column]  # one column only: indexing rows would decode every clip's audio
+    prefix = safe_id(f"{language}-hf-{dataset}")  # the dataset in the id: two datasets of one language
     out = []
     for n in range(len(ds)):
         name = f"hf:{dataset}/{config}/{split}#{n}"
@@ -58,7 +59,5 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
             audio = ds[n]["audio"]
             return convert_array(np.asarray(audio["array"], np.float32), audio["sampling_rate"], name)
 
-        out.append(
-            Item(f"{language}-hf-{n:06d}", language, str(texts[n] or ""), name, f"see {dataset}", load)
-        )
+        out.append(Item(f"{prefix}-{n:06d}", language, str(texts[n] or ""), name, f"see {dataset}", load))
     return out

@@ -27,13 +27,13 @@ from ..fsutil import atomic_write_bytes
 from .errors import AudioInputError
 from .manifest import Item
 from .sentences import SENTENCES
-from .wavio import convert_array, read_wav, wav_bytes
+from .wavio import SAMPLE_RATE, convert_array, read_wav, wav_bytes
 
 log = logging.getLogger(__name__)
 
 VOICE = "jm_kumo"
 LICENSE = "Apache-2.0 (Kokoro-82M); text: written for this project (MIT)"
-ESPEAK_VOICES = {"de": "de", "pt": "pt-br", "es": "es", "it": "it", "fr": "fr-fr", "en": "en-us"}
+ESPEAK_VOICES = {"de": "de", "pt": "pt-br"}  # the espeak languages with sentences (see sentences.py)
 LANGUAGES = (*ESPEAK_VOICES, "zh", "ja")
 # espeak-ng tie sequences -> Kokoro's single-symbol diphthongs and affricates (as in misaki.espeak).
 _E2M = {
@@ -54,6 +54,11 @@ _SAMPLE_RATE = 24000
 # on a cold cache broke it (one clip skipped, so a different corpus on a fresh machine).
 _ASSEMBLY_LOCK = threading.Lock()
 _PAD = 0.15  # seconds of silence kept around the trimmed speech
+_TRIM = 0.01  # leading and trailing samples quieter than this are cut before padding
+_MAX_TOKENS = 510  # Kokoro's context is 512 tokens, two of them the start/end markers
+# Bump when the synthesis or its post-processing changes in a way the settings in _cache_key do not
+# show (the resampler, the style choice...): cached clips are keyed by it, so old ones are not reused.
+SYNTH_VERSION = 1
 
 
 def _espeak(text: str, language: str) -> str:
@@ -118,7 +123,7 @@ class Synthesizer:
         self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, phonemes: str, speed: float, name: str) -> np.ndarray:
-        tokens = [self.vocab[c] for c in phonemes if c in self.vocab][:510]
+        tokens = [self.vocab[c] for c in phonemes if c in self.vocab][:_MAX_TOKENS]
         if not tokens:
             raise AudioInputError(f"{name}: no phonemes the model knows in {phonemes!r}")
         ref = self.style[min(len(tokens), len(self.style)) - 1]
@@ -131,7 +136,7 @@ class Synthesizer:
             },
         )[0]
         audio = np.asarray(audio, np.float32).ravel()
-        voiced = np.flatnonzero(np.abs(audio) > 0.01)
+        voiced = np.flatnonzero(np.abs(audio) > _TRIM)
         if voiced.size:
             audio = audio[voiced[0] : voiced[-1] + 1]
         pad = np.zeros(int(_PAD * _SAMPLE_RATE), np.float32)
@@ -198,10 +203,15 @@ def _model_sha(cache: Path) -> str:
         ) from None
 
 
+def _cache_key(model_sha: str, phonemes: str, speed: float) -> str:
+    """Everything that determines a clip's bytes, so that a change never reuses a stale cached clip."""
+    settings = [SYNTH_VERSION, _PAD, _TRIM, _MAX_TOKENS, _SAMPLE_RATE, SAMPLE_RATE]
+    return hashlib.sha256(json.dumps([model_sha, VOICE, speed, phonemes, settings]).encode()).hexdigest()[:32]
+
+
 def _cached_synthesis(cache: Path, threads: int, text: str, language: str, speed: float, name: str):
     phonemes = phonemize(text, language)
-    key = hashlib.sha256(json.dumps([_model_sha(cache), VOICE, speed, phonemes]).encode()).hexdigest()[:32]
-    path = cache / "tts" / f"{key}.wav"
+    path = cache / "tts" / f"{_cache_key(_model_sha(cache), phonemes, speed)}.wav"
     if path.is_file():
         return (read_wav(path) * 32768.0).astype(np.int16)
     pcm = _synthesizer(cache, threads)(phonemes, speed, name)

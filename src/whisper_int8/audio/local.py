@@ -2,17 +2,20 @@
 
 Manifest columns: ``audio`` (path, relative to the manifest), ``text``, ``language``; optional ``id``
 and ``license``. In a folder, a file's language is its parent folder's name when that is a language
-code (``recordings/de/x.wav``), otherwise the one language the source is configured with.
+code (``recordings/de/x.wav``), otherwise the one language the source is configured with. Without an
+``id``, a clip's id comes from its path relative to the manifest or folder (``spk1/001.wav`` ->
+``<language>-local-spk1-001``), so same-named files in different folders stay apart.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from .errors import AudioInputError, ErrorPolicy
-from .manifest import Item
+from .manifest import Item, safe_id
 from .wavio import decode_file
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac"}
@@ -22,10 +25,10 @@ LICENSE = "user-provided"
 def _rows(path: Path) -> list[dict]:
     try:
         if path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel starts with a BOM
                 return list(csv.DictReader(f))
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -34,6 +37,11 @@ def _rows(path: Path) -> list[dict]:
         return rows
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise AudioInputError(f"{path}: cannot read the manifest ({e})") from None
+
+
+def _path_id(language: str, rel: str) -> str:
+    """``<language>-local-<rel without suffix, '/' -> '-'>``: unique per file of one manifest or folder."""
+    return safe_id(f"{language}-local-{os.path.splitext(rel)[0]}")
 
 
 def _item(item_id: str, language: str, text: str, audio: Path, license: str) -> Item:
@@ -62,7 +70,8 @@ def from_manifest(path: Path, policy: ErrorPolicy) -> list[Item]:
         except AudioInputError as e:
             policy.handle(e, row.get("language") if isinstance(row, dict) else None)
             continue
-        item_id = str(row.get("id") or f"{row['language']}-local-{audio.stem}")
+        rel = os.path.relpath(path.parent / str(row["audio"]), path.parent)  # also for an absolute path
+        item_id = str(row.get("id") or _path_id(str(row["language"]), rel))
         out.append(_item(item_id, str(row["language"]), str(text), audio, str(row.get("license") or LICENSE)))
     return out
 
@@ -90,8 +99,8 @@ def from_folder(folder: Path, languages: list[str], known: set[str], policy: Err
         except AudioInputError as e:
             policy.handle(e, language)
             continue
-        rel = audio.relative_to(folder).with_suffix("")
-        out.append(_item(f"{language}-local-{'-'.join(rel.parts)}", language, text, audio, LICENSE))
+        item_id = _path_id(language, audio.relative_to(folder).as_posix())
+        out.append(_item(item_id, language, text, audio, LICENSE))
     return out
 
 

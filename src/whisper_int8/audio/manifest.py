@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,12 @@ from .errors import AudioInputError
 
 MANIFEST = "manifest.jsonl"
 FIELDS = ("id", "language", "audio", "text", "duration", "sha256", "source", "license")
+ID_RE = re.compile(r"[\w.-]+")  # an id is a file name (audio/<id>.wav): no separator, no path
+
+
+def safe_id(text: str) -> str:
+    """``text`` as an id: every run of characters outside ``ID_RE`` (``/``, spaces...) becomes ``-``."""
+    return re.sub(r"[^\w.-]+", "-", text)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,78 @@
+"""Ids and manifests of the user's sources (local, hf): unique per file and dataset, safe as file names."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from tests.test_audio_wavio import write_tone
+from whisper_int8.audio import ErrorPolicy, hf, local
+from whisper_int8.audio.manifest import ID_RE
+
+ROWS = [{"audio": "spk1/001.wav", "text": "first speaker", "language": "en"},
+        {"audio": "spk2/001.wav", "text": "second speaker", "language": "en"},
+        {"audio": "spk2/my take.wav", "text": "a name with a space", "language": "en"}]  # fmt: skip
+IDS = ["en-local-spk1-001", "en-local-spk2-001", "en-local-spk2-my-take"]
+
+
+def write_audio(root) -> None:
+    for row in ROWS:
+        write_tone(root / row["audio"])
+
+
+def test_manifest_ids_come_from_the_path_relative_to_the_manifest(tmp_path):
+    """Regression: spk1/001.wav and spk2/001.wav both became en-local-001 (one was dropped)."""
+    write_audio(tmp_path)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    ids = [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))]
+    assert ids == IDS and all(ID_RE.fullmatch(i) for i in ids)
+
+
+def test_a_folder_gives_its_files_the_ids_a_manifest_gives_them(tmp_path):
+    write_audio(tmp_path / "en")
+    for row in ROWS:
+        (tmp_path / "en" / row["audio"]).with_suffix(".txt").write_text(row["text"])
+    items = local.from_folder(tmp_path / "en", ["en"], {"en"}, ErrorPolicy("fail"))
+    assert [it.id for it in items] == IDS
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_manifest_saved_with_a_bom_keeps_its_rows(tmp_path, suffix):
+    """Regression: Excel's UTF-8 BOM hid the first column (CSV) or broke the first line (JSONL)."""
+    write_audio(tmp_path)
+    manifest = tmp_path / f"manifest{suffix}"
+    if suffix == ".csv":
+        text = "audio,text,language\n" + "".join(f"{r['audio']},{r['text']},{r['language']}\n" for r in ROWS)
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in ROWS)
+    manifest.write_text(text, encoding="utf-8-sig")
+    items = local.from_manifest(manifest, ErrorPolicy("fail"))
+    assert [it.text for it in items] == [r["text"] for r in ROWS]
+
+
+class FakeDataset:
+    """What hf.items uses of a ``datasets.Dataset``: column names, a text column, length."""
+
+    column_names = ["audio", "sentence"]
+
+    def __getitem__(self, key: str) -> list[str]:
+        return ["hallo", "wereld"]
+
+    def __len__(self) -> int:
+        return 2
+
+
+def test_hf_ids_name_the_dataset(tmp_path, monkeypatch):
+    """Regression: two datasets of one language both gave nl-hf-000000, ... (one was dropped)."""
+    fake = types.SimpleNamespace(load_dataset=lambda *args, **kwargs: FakeDataset())
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    fleurs = [it.id for it in hf.items("google/fleurs", "nl", "nl_nl", tmp_path)]
+    common_voice = [it.id for it in hf.items("mozilla-foundation/common_voice_17_0", "nl", "nl", tmp_path)]
+    assert fleurs == ["nl-hf-google-fleurs-000000", "nl-hf-google-fleurs-000001"]
+    assert common_voice[0] == "nl-hf-mozilla-foundation-common_voice_17_0-000000"
+    assert all(ID_RE.fullmatch(i) for i in fleurs + common_voice)

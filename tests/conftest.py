@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,14 @@ TINY_DIMS = ModelDimensions(
     n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
     n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2,
 )  # fmt: skip
+# large-v3 / turbo front end and vocabulary: 128 mels, 100 languages (one more language token).
+TINY_V3_DIMS = replace(TINY_DIMS, n_mels=128, n_vocab=51866)
 
 
-def make_tiny_whisper(seed: int = 0) -> Whisper:
+def make_tiny_whisper(seed: int = 0, dims: ModelDimensions = TINY_DIMS) -> Whisper:
     """A randomly initialised multilingual Whisper with tiny widths (deterministic for a seed)."""
     torch.manual_seed(seed)
-    model = Whisper(TINY_DIMS)
+    model = Whisper(dims)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() > 1:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from whisper.tokenizer import get_tokenizer
 
 from whisper_int8.audio import read_manifest
 from whisper_int8.calibrate import (
@@ -19,12 +20,13 @@ from whisper_int8.calibrate import (
     calibrate,
     calibrate_settings,
     load_calibration,
+    prepare,
 )
 from whisper_int8.fuse import fuse_model
 from whisper_int8.params import ParamError
 from whisper_int8.quant.convert import EMBEDDING, linear_names
 
-from .conftest import REPO, make_tiny_whisper, venv_env
+from .conftest import REPO, TINY_V3_DIMS, make_tiny_whisper, venv_env
 from .test_fuse import _speechlike
 
 CLIPS = [
@@ -83,9 +85,7 @@ def test_calibration_stats_match_a_direct_measurement(tmp_path):
     stats, _ = load_calibration(out)
     seen = {}
     h = model.encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
-    from whisper_int8.calibrate import prepare
-
-    s = next(prepare(clips, model.dims.n_text_ctx))
+    s = next(prepare(clips, model))
     with torch.no_grad():
         model.embed_audio(s.mel)
     h.remove()
@@ -97,6 +97,22 @@ def test_calibration_stats_match_a_direct_measurement(tmp_path):
     want = torch.histogram(rows.clamp(HIST_EDGES[0], HIST_EDGES[-1] * 0.999).double(), HIST_EDGES.double())
     got = stats["encoder.blocks.0.attn.qkv/in_hist"]
     assert float(got.sum()) == rows.numel() and float((got - want.hist).abs().sum()) <= 0.002 * rows.numel()
+
+
+def test_large_v3_front_end_and_tokens(tmp_path):
+    """128 mels and the 100-language vocabulary: the mel and the task tokens follow the model."""
+    model = make_tiny_whisper(dims=TINY_V3_DIMS)
+    fuse_model(model)
+    clips = read_manifest(write_split(tmp_path / "split"))
+    s = next(prepare(clips, model))
+    tok = get_tokenizer(True, num_languages=100, language="en", task="transcribe")
+    assert s.mel.shape == (1, 128, 3000)
+    assert s.tokens[0, :4].tolist() == list(tok.sot_sequence_including_notimestamps)
+    assert tok.transcribe == 50360  # one past the 99-language id that a default tokenizer would give
+    out = tmp_path / "cal"
+    out.mkdir()
+    calibrate(model, clips, out, sensitivity_clips=1, percentile=99.0, progress=False)
+    assert load_calibration(out)[0]["encoder.blocks.0.attn.qkv/in_absmax"].shape == (64,)
 
 
 def test_missing_calibration_is_a_clear_error(tmp_path):

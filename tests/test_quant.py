@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,27 +192,92 @@ def test_int8_model_transcribes(tmp_path):
     assert isinstance(result["text"], str) and result["segments"]
 
 
-def test_torchao_conversion_mechanics_on_cpu():
-    """The CUDA backend's conversion (int8 modules -> torchao int8 Linear) checked on CPU tensors."""
+def _int8_weights(model: nn.Module) -> dict[str, tuple]:
+    """The int8 weight and scales of every int8 module, by the name its torchao Linear will have."""
+    return {
+        f"{n}.logits" if isinstance(m, Int8TiedEmbedding) else n: m.int8_weight()
+        for n, m in model.named_modules()
+        if getattr(m, "kind", None) == "int8"
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"scheme": "dynamic"},
+        {"scheme": "weight_only"},
+        {"scheme": "dynamic", "per_channel": False},
+        {"scheme": "weight_only", "per_channel": False},
+    ],
+    ids=["dynamic", "weight_only", "dynamic-per-tensor", "weight_only-per-tensor"],
+)
+def test_torchao_conversion_mechanics_on_cpu(raw):
+    """The CUDA backend's conversion (int8 modules -> torchao int8 Linear) checked on CPU tensors: the
+    saved int8 weights and scales carry over bit-exact, kept-float layers stay float."""
     pytest.importorskip("torchao")
+    from torchao.quantization import Int8Tensor
+
+    from whisper_int8.quant.cuda import to_torchao
+    from whisper_int8.transcribe import _fp16
+
+    model = _fused()
+    kept = "decoder.blocks.0.mlp.0"
+    quantize_model(model, parse_quant_config({**raw, "keep_float": [kept]}))
+    saved = _int8_weights(model)
+    layer = "encoder.blocks.0.mlp.2"
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(0))
+    mel = _mel(3)
+    with torch.no_grad():
+        want, want_layer = model(mel, TOKENS), model.get_submodule(layer)(x)
+        model = to_torchao(model, raw["scheme"], "cpu")
+        got, got_layer = model(mel, TOKENS), model.get_submodule(layer)(x)
+    assert not any(getattr(m, "kind", None) == "int8" for m in model.modules())
+    assert len(saved) == N_LINEAR  # every Linear but the kept one, plus the logits
+    for name, (q, scale, bias) in saved.items():
+        linear = model.get_submodule(name)
+        weight = linear.weight
+        assert isinstance(weight, Int8Tensor), name
+        assert torch.equal(weight.qdata, q) and torch.equal(weight.scale.flatten(), scale), name
+        assert (linear.bias is None) if bias is None else torch.equal(linear.bias, bias), name
+        assert (weight.act_quant_kwargs is not None) == (raw["scheme"] == "dynamic"), name
+    assert type(model.get_submodule(kept).weight) is nn.Parameter  # float, not torchao
+    assert not _fp16(model)  # torchao weights report float32: transcribe feeds FP32 activations
+    if raw["scheme"] == "weight_only":  # the same int8 weight times float activations as on CPU
+        torch.testing.assert_close(got_layer, want_layer, rtol=1e-5, atol=1e-5)
+    assert (got - want).norm() / want.norm() < 0.05
+
+
+def test_torchao_refuses_static(tmp_path):
+    model = _fused()
+    cfg = parse_quant_config({"scheme": "static"})
+    out = _save(tmp_path, model, cfg, quantize_model(model, cfg, _stats(model)))
+    with pytest.raises(ParamError, match=r"quant.scheme=static runs on CPU only.*evaluate.device: cpu"):
+        load_model_dir(out, device="cuda")  # refused before anything touches a GPU
+
+
+def test_torchao_missing_says_how_to_install(monkeypatch):
+    for name in ["torchao", *(m for m in sys.modules if m.startswith("torchao."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # None: `import torchao` raises ImportError
     from whisper_int8.quant.cuda import to_torchao
 
     model = _fused()
     quantize_model(model, parse_quant_config({}))
-    mel = _mel(3)
-    with torch.no_grad():
-        want = model(mel, TOKENS)
-        got = to_torchao(model, "weight_only", "cpu")(mel, TOKENS)
-    assert not any(getattr(m, "kind", None) == "int8" for m in model.modules())
-    assert (got - want).norm() / want.norm() < 0.05
+    with pytest.raises(RuntimeError, match=re.escape("needs torchao: pip install -e '.[gpu]'")):
+        to_torchao(model, "dynamic", "cpu")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("scheme", ["dynamic", "weight_only"])
-def test_cuda_int8_via_torchao(tmp_path, scheme):
+@pytest.mark.parametrize(
+    "raw",
+    [{"scheme": "dynamic"}, {"scheme": "weight_only"}, {"scheme": "dynamic", "per_channel": False}],
+    ids=["dynamic", "weight_only", "dynamic-per-tensor"],
+)
+def test_cuda_int8_via_torchao(tmp_path, raw):
+    from whisper_int8.transcribe import transcribe_clip
+
     model = _fused()
-    cfg = parse_quant_config({"scheme": scheme})
+    cfg = parse_quant_config({**raw, "keep_float": ["decoder.blocks.0.mlp.0"]})  # a float layer as well
     out = _save(tmp_path, model, cfg, quantize_model(model, cfg))
     cpu = load_model_dir(out)
     gpu = load_model_dir(out, device="cuda")
@@ -220,7 +287,7 @@ def test_cuda_int8_via_torchao(tmp_path, scheme):
         want = cpu(mel, TOKENS)
         got = gpu(mel.cuda(), TOKENS.cuda()).cpu()
     assert (got - want).norm() / want.norm() < 0.05
-    text = whisper.transcribe(gpu, torch.zeros(16000).numpy(), language="en", temperature=0.0, sample_len=8)[
-        "text"
-    ]
+    audio = torch.zeros(16000).numpy()
+    assert isinstance(transcribe_clip(gpu, audio, "en", max_tokens=8)["text"], str)  # FP32 activations
+    text = whisper.transcribe(gpu, audio, language="en", temperature=0.0, sample_len=8, fp16=False)["text"]
     assert isinstance(text, str)

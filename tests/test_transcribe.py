@@ -10,12 +10,15 @@ import whisper
 from tests.test_audio_wavio import write_tone
 from whisper_int8.audio import AudioInputError
 from whisper_int8.fuse import fuse_model
+from whisper_int8.quant.config import parse_quant_config
+from whisper_int8.quant.convert import quantize_model
 from whisper_int8.transcribe import (
     MIN_TOKENS,
     TOKENS_PER_SECOND,
     _cross_cache,
     _decode,
     _features,
+    _fp16,
     _identify,
     read_manifest,
     transcribe_clip,
@@ -89,6 +92,23 @@ def test_shared_cross_attention_cache_decodes_like_whisper(fused):
             assert got.avg_logprob == pytest.approx(want.avg_logprob, abs=1e-5)
         _, probs = model.detect_language(features)
         assert _identify(model, features, cross) == max(probs[0], key=probs[0].get)
+
+
+@pytest.mark.parametrize(
+    ("kind", "half"),
+    [("fp32", False), ("fused", False), ("int8", False), ("fp32", True), ("fused", True)],
+)
+def test_fp16_follows_the_weights_not_the_device(kind, half):
+    """fp16 decoding only for half weights: fused and INT8 layers do not cast FP32 weights to fp16 input
+    (on CUDA that was "mat1 and mat2 must have the same dtype")."""
+    model = make_tiny_whisper()
+    if kind != "fp32":
+        fuse_model(model)
+    if kind == "int8":
+        quantize_model(model, parse_quant_config({}))
+    if half:
+        model.half()
+    assert _fp16(model) is half
 
 
 def test_long_audio_goes_through_sliding_windows(tiny_model):

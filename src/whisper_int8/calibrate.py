@@ -2,12 +2,15 @@
 
 The fused FP32 model runs over the calibration clips with teacher forcing (the reference text as
 decoder input), so both the encoder and the decoder see realistic activations in every language.
-Per Linear we keep the per-input-channel absolute maximum (SmoothQuant, static scales), a
-histogram of |x| on a fixed log grid and a high percentile read from it, and the output absmax
-(static output scales). The maxima see every row; the histogram, a distribution estimate, sees at
-most ``HIST_ROWS`` evenly spaced rows per call (an encoder input has 1500), which cuts the hooks'
-cost from 60 % to 25 % of the plain pass. Sensitivity is the relative logit error when only that one
-layer is INT8 (real fbgemm kernel, not a simulation), measured on a few clips: cheap enough for every run.
+Per Linear we keep the per-input-channel absolute maximum (SmoothQuant, static input scales), a
+histogram of |x| on a fixed log grid and its ``calibrate.percentile``, and the output absmax (static
+output scales). The conversion reads only the maxima: the static scheme's input scale is the absmax
+(``quant.convert.quantize_model``). The histogram and percentile are calibration statistics written
+for inspection and for choosing a clipping value; no conversion step reads them. The maxima see every row;
+the histogram, a distribution estimate, sees at most ``HIST_ROWS`` evenly spaced rows per call (an
+encoder input has 1500), which cuts the hooks' cost from 60 % to 25 % of the plain pass.
+Sensitivity is the relative logit error when only that one layer is INT8 (real fbgemm kernel, not a
+simulation), measured on a few clips: cheap enough for every run.
 """
 
 from __future__ import annotations
@@ -43,23 +46,32 @@ HIST_ROWS = 512
 
 @dataclass
 class Sample:
-    """One calibration clip ready for the model: log-mel (1, 80, 3000) and teacher-forcing tokens."""
+    """One calibration clip ready for the model: log-mel (1, n_mels, 3000) and teacher-forcing tokens."""
 
     clip: Clip
     mel: Tensor
     tokens: Tensor  # (1, n): SOT sequence + text + EOT
 
 
-def prepare(clips: list[Clip], n_text_ctx: int, multilingual: bool = True) -> Iterator[Sample]:
-    """Load each clip (first 30 s) and tokenize its reference text in its own language."""
+def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
+    """Load each clip (first 30 s) and tokenize its reference text in its own language.
+
+    The mel bins and the tokenizer follow ``model``, as in ``transcribe``: large-v3 and turbo take 128
+    mels, and their 100th language shifts the task and no-timestamps tokens by one.
+    """
     for clip in clips:
         if clip.language not in LANGUAGES:
             raise ValueError(f"clip {clip.id}: language {clip.language!r} is not a Whisper language code")
-        tok = get_tokenizer(multilingual, language=clip.language, task="transcribe")
+        tok = get_tokenizer(
+            model.is_multilingual,
+            num_languages=model.num_languages,
+            language=clip.language,
+            task="transcribe",
+        )
         ids = [*tok.sot_sequence_including_notimestamps, *tok.encode(" " + clip.text.strip()), tok.eot]
         audio = whisper.pad_or_trim(whisper.load_audio(clip.audio))
-        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio))[None]
-        yield Sample(clip, mel, torch.tensor([ids[:n_text_ctx]]))
+        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels)[None]
+        yield Sample(clip, mel, torch.tensor([ids[: model.dims.n_text_ctx]]))
 
 
 class StatsCollector:
@@ -94,7 +106,12 @@ class StatsCollector:
             h.remove()
 
     def tensors(self, percentile: float) -> dict[str, Tensor]:
-        """Flat ``{layer/stat: tensor}`` dict (loadable with ``weights_only=True``)."""
+        """Flat ``{layer/stat: tensor}`` dict (loadable with ``weights_only=True``).
+
+        ``in_percentile`` (the upper edge of the percentile's histogram bin, at most the absmax) and
+        ``in_hist`` are for inspection and clipping choices; the conversion uses ``in_absmax`` and
+        ``out_absmax``.
+        """
         out = {"hist_edges": HIST_EDGES.clone()}
         for name, amax in self.in_absmax.items():
             hist = self.hist[name]
@@ -183,7 +200,7 @@ def calibrate(
     coverage: dict[str, dict[str, float]] = defaultdict(lambda: {"clips": 0, "seconds": 0.0, "tokens": 0})
     per_language: dict[str, list[Sample]] = defaultdict(list)
     try:
-        samples = prepare(clips, model.dims.n_text_ctx, model.is_multilingual)
+        samples = prepare(clips, model)
         for s in tqdm(samples, total=len(clips), desc="calibrate", unit="clip", disable=not progress):
             model.logits(s.tokens, model.embed_audio(s.mel))
             cov = coverage[s.clip.language]

@@ -5,6 +5,8 @@ become one ``kv`` Linear. ``key``/``value`` stay as pass-through :class:`CacheSl
 openai-whisper's decoding installs its kv-cache forward hooks on exactly those attributes, so
 ``whisper.transcribe`` keeps working on the fused model. The output projection reads the token
 embedding through :class:`TiedEmbedding.project`, the seam where quantization swaps in INT8 logits.
+Unlike openai-whisper's ``Linear``, these layers do not cast their weights to the input's dtype: feed
+them activations in the weights' dtype (``transcribe`` does: FP32 unless the model is half).
 """
 
 from __future__ import annotations
@@ -189,11 +191,12 @@ FUSED_WEIGHTS = "fused.pt"
 
 
 @contextmanager
-def _uninitialized() -> Iterator[None]:
+def uninitialized() -> Iterator[None]:
     """Build modules without running their weight initializers.
 
-    The weights are about to be replaced by a state dict (``assign=True``), and the pages of a
-    ``torch.empty`` that nothing writes never become resident, so the skeleton costs no memory.
+    The weights are about to be replaced (a state dict loaded with ``assign=True``, torchao's int8
+    weights), and the pages of a ``torch.empty`` that nothing writes never become resident, so the
+    skeleton costs no memory.
     (The meta device would do the same but its first use imports ~900 modules: 145 MB of RSS.)
     """
     classes = (nn.Linear, nn.Conv1d, nn.Embedding, nn.LayerNorm)
@@ -219,7 +222,7 @@ def fused_skeleton(dims: ModelDimensions) -> Whisper:
     model = Whisper.__new__(Whisper)  # skip Whisper.__init__: materialize sets the alignment heads
     nn.Module.__init__(model)
     model.dims = dims
-    with _uninitialized():
+    with uninitialized():
         model.encoder = AudioEncoder(
             dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
         )

@@ -46,8 +46,10 @@ def load_model_dir(path: Path | str, device: str = "cpu") -> Whisper:
 def _load(root: Path, device: str) -> Whisper:
     """Load ``models/fp32`` (model.pt), ``models/fused`` (fused.pt) or ``models/int8`` (int8.pt + config).
 
-    The result supports ``whisper.transcribe(model, audio)`` / ``model.transcribe``. INT8 on CUDA goes
-    through the torchao backend (eager fbgemm kernels are CPU-only).
+    The result supports ``whisper.transcribe(model, audio)`` / ``model.transcribe`` (on CUDA with
+    ``fp16=False`` unless the weights are half: fused and INT8 layers do not cast FP32 weights to fp16
+    input). INT8 on CUDA goes through the torchao backend with the saved int8 weights (eager fbgemm
+    kernels are CPU-only); the static scheme is CPU-only.
     """
     if not root.is_dir():
         raise ModelSourceError(f"{root}: model directory not found")

@@ -4,7 +4,7 @@ Greedy decoding by default (``beam_size`` for beam search). Whisper base can loo
 (a 30 s phone call did), so a decode that repeats itself (gzip compression ratio > 2.4) or is unsure
 (mean log-probability < -1) is retried at rising temperatures, as openai-whisper's ``transcribe`` does,
 and each 30 s window is capped at a token budget proportional to its length. Sampling is seeded, so the
-same model and audio give the same text. fp16 only on CUDA.
+same model and audio give the same text. fp16 only for a model whose weights are half (:func:`_fp16`).
 
 Audio of at most one 30 s window (every clip of the evaluation split) takes a direct path: ONE encoder
 pass, and ONE projection of its features into every decoder block's cross-attention keys and values
@@ -59,6 +59,18 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _fp16(model: torch.nn.Module) -> bool:
+    """Decode in fp16 only when every floating-point weight is half, whatever the device.
+
+    openai-whisper's ``Linear`` casts an FP32 weight to an fp16 input; the plain ``nn.Linear`` of the
+    fused model, a layer INT8 keeps in float and the tied logits projection do not, so FP32 weights
+    (fp32, fused and INT8 models on CUDA alike) need FP32 activations. torchao's int8 weights report
+    the float dtype they were made for (float32 here).
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return dtypes == {torch.float16}
+
+
 def _silent(result: whisper.DecodingResult) -> bool:
     return result.no_speech_prob > NO_SPEECH_MIN and result.avg_logprob < LOGPROB_MIN
 
@@ -73,7 +85,7 @@ def _features(model: torch.nn.Module, audio: np.ndarray) -> torch.Tensor:
     """Encoder output for the first 30 s of ``audio`` (zero-padded), shape (1, n_audio_ctx, n_audio_state)."""
     device = _device(model)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), model.dims.n_mels)
-    mel = mel.to(device, torch.float16 if device.type == "cuda" else torch.float32)
+    mel = mel.to(device, torch.float16 if _fp16(model) else torch.float32)
     return model.embed_audio(mel[None])
 
 
@@ -147,7 +159,7 @@ def _transcribe_window(
     beam_size: int | None,
     cap: int,
 ) -> dict:
-    fp16 = _device(model).type == "cuda"
+    fp16 = _fp16(model)
     features = _features(model, audio)
     cross = _cross_cache(model, features)
     detected, lid_s = None, 0.0
@@ -189,7 +201,7 @@ def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str | 
         task="transcribe",
         temperature=TEMPERATURES,
         beam_size=decode["beam_size"],
-        fp16=_device(model).type == "cuda",
+        fp16=_fp16(model),
         sample_len=decode["cap"],
         condition_on_previous_text=False,
         verbose=None,

@@ -130,6 +130,7 @@ def quantize_model(
         if scheme == "static" and (not name.startswith("encoder.") or name.endswith(STATIC_DYNAMIC_SUFFIX)):
             scheme = "dynamic"  # see STATIC_DYNAMIC_SUFFIX; the decoder's inputs change every step
         if scheme == "static":
+            # input scale from the calibrated absmax over the 7-bit range (not the clipping percentile)
             if f"{name}/out_absmax" not in stats:
                 raise QuantError(f"calibration statistics lack {name}; rerun calibrate on this fused model")
             extra = {

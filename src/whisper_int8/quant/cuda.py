@@ -1,8 +1,13 @@
-"""CUDA INT8 through torchao: eager fbgemm modules are CPU-only, so on a GPU the int8 weights are
-handed to torchao's ``quantize_`` (Int8WeightOnlyConfig or Int8DynamicActivationInt8WeightConfig).
+"""CUDA INT8 through torchao: eager fbgemm modules are CPU-only, so on a GPU each int8 Linear (and the
+logits GEMM of the tied embedding) becomes an ``nn.Linear`` whose weight is a torchao ``Int8Tensor``.
 
-Per-row symmetric int8 re-quantized from ``q * scale`` gives back the same ``q`` and ``scale``
-(absmax of each row is 127 * scale), so the GPU model runs the weights that were saved.
+The ``Int8Tensor`` is built from the saved int8 weights and scales themselves, not re-quantized:
+torchao's own quantizer would pick absmax / 127.5 where the saved scale is absmax / 127, changing
+both ``q`` and ``scale``. Per-channel and per-tensor weight scales both carry over. What differs from
+CPU is the activations: ``dynamic`` quantizes them per token (symmetric, 8 bit) where fbgemm uses one
+7-bit range per call; ``weight_only`` multiplies float activations by the int8 weight (the logits
+too, which CPU runs dynamic). ``static`` is CPU-only: its calibrated activation scales are fbgemm
+quint8 ranges that torchao's kernels do not reproduce.
 """
 
 from __future__ import annotations
@@ -13,20 +18,20 @@ import torch
 from torch import Tensor, nn
 from whisper.model import Whisper
 
+from ..fuse import uninitialized
+from ..params import ParamError
 from .cpu import Int8TiedEmbedding, dequantize_weight
 
 log = logging.getLogger(__name__)
 
 
 class TorchaoTiedEmbedding(nn.Module):
-    """Float lookup table plus a separate Linear for the logits that torchao can quantize."""
+    """Float lookup table plus a separate int8 Linear (torchao weight) for the logits."""
 
-    def __init__(self, weight: Tensor) -> None:
+    def __init__(self, lookup: Tensor, logits: nn.Linear) -> None:
         super().__init__()
-        self.lookup = nn.Embedding.from_pretrained(weight, freeze=True)
-        self.logits = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        with torch.no_grad():
-            self.logits.weight.copy_(weight)
+        self.lookup = nn.Embedding.from_pretrained(lookup, freeze=True)
+        self.logits = logits
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.lookup(tokens)
@@ -35,39 +40,52 @@ class TorchaoTiedEmbedding(nn.Module):
         return self.logits(x)
 
 
-def _torchao_config(scheme: str):
+def _int8_weight(q: Tensor, scale: Tensor, dynamic: bool) -> Tensor:
+    """torchao's int8 weight holding exactly ``q`` and ``scale`` (one scale per row, or one in all)."""
     try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+        from torchao.quantization import Int8Tensor, PerRow
+        from torchao.quantization.quantize_.workflows import QuantizeTensorToInt8Kwargs
     except ImportError as e:
-        raise RuntimeError(f"INT8 on CUDA needs torchao (`pip install torchao`): {e}") from None
-    return Int8WeightOnlyConfig() if scheme == "weight_only" else Int8DynamicActivationInt8WeightConfig()
+        raise RuntimeError(f"INT8 on CUDA needs torchao: pip install -e '.[gpu]' ({e})") from None
+    block = [1, q.shape[1]] if scale.numel() == q.shape[0] else list(q.shape)
+    act = QuantizeTensorToInt8Kwargs(granularity=PerRow()) if dynamic else None
+    return Int8Tensor(q, scale.float().reshape(-1, 1), block, torch.float32, act_quant_kwargs=act)
+
+
+def _int8_linear(q: Tensor, scale: Tensor, bias: Tensor | None, dynamic: bool, device: str) -> nn.Linear:
+    """An ``nn.Linear`` on ``device`` computing with the saved ``q``/``scale`` through torchao."""
+    with uninitialized():  # no float weight allocated only to be replaced
+        lin = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None)
+    lin.weight = nn.Parameter(_int8_weight(q.to(device), scale.to(device), dynamic), requires_grad=False)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.to(device), requires_grad=False)
+    return lin
+
+
+def _torchao_module(mod: nn.Module, dynamic: bool, device: str) -> nn.Module:
+    """The torchao replacement of one CPU int8 module, from the int8 tensors it was saved with."""
+    q, scale, bias = mod.int8_weight()
+    if isinstance(mod, Int8TiedEmbedding):
+        return TorchaoTiedEmbedding(
+            dequantize_weight(q, scale), _int8_linear(q, scale, None, dynamic, device)
+        )
+    return _int8_linear(q, scale, bias, dynamic, device)
 
 
 def to_torchao(model: Whisper, scheme: str, device: str) -> Whisper:
     """Move an INT8 model (CPU modules) to ``device`` with torchao int8 Linear layers; returns it."""
-    from torchao.quantization import quantize_
-
-    config = _torchao_config(scheme)
-    int8_names = []
+    if scheme == "static":
+        raise ParamError(
+            "quant.scheme=static runs on CPU only (its calibrated activation scales are fbgemm's); "
+            "for CUDA convert with quant.scheme: dynamic or weight_only, or load it on CPU "
+            "(evaluate.device: cpu)"
+        )
+    converted = 0
     for name, mod in list(model.named_modules()):
-        if isinstance(mod, Int8TiedEmbedding):
-            q, scale, _ = mod.int8_weight()
-            new: nn.Module = TorchaoTiedEmbedding(dequantize_weight(q, scale))
-            int8_names.append(f"{name}.logits")
-        elif getattr(mod, "kind", None) == "int8":
-            q, scale, bias = mod.int8_weight()
-            new = nn.Linear(mod.in_features, mod.out_features, bias=bias is not None)
-            with torch.no_grad():
-                new.weight.copy_(dequantize_weight(q, scale))
-                if bias is not None:
-                    new.bias.copy_(bias)
-            int8_names.append(name)
-        else:
+        if getattr(mod, "kind", None) != "int8":
             continue
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
-    model.to(device)
-    wanted = set(int8_names)
-    quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn in wanted)
-    log.info("torchao %s: %d int8 Linear layers on %s", type(config).__name__, len(wanted), device)
-    return model
+        setattr(model.get_submodule(parent), child, _torchao_module(mod, scheme == "dynamic", device))
+        converted += 1
+    log.info("torchao %s: %d int8 layers on %s", scheme, converted, device)
+    return model.to(device)

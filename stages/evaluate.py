@@ -8,10 +8,13 @@ evaluates both.
 
 import json
 import logging
+import os
+import platform
 from pathlib import Path
 
 import torch
 
+from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
@@ -19,11 +22,15 @@ from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.params import ParamError, load_params, null_or_count, section
 
 log = logging.getLogger("evaluate")
+KEYS = {"split", "beam_size", "max_tokens", "warmup", "max_clips_per_language", "device", "models"}
 
 
 def options(params: dict, where: str) -> dict:
     """Validate params ``evaluate``; every problem names the key."""
     ev = section(params, "evaluate", where)
+    unknown = sorted(set(ev) - KEYS)
+    if unknown:
+        raise ParamError(f"{where}: unknown evaluate key(s) {unknown}; allowed: {', '.join(sorted(KEYS))}")
     warmup = ev.get("warmup", 1)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ParamError(f"{where}: evaluate.warmup={warmup!r} must be an integer >= 0")
@@ -48,6 +55,22 @@ def options(params: dict, where: str) -> dict:
     }
 
 
+def host() -> str:
+    """What the latencies were measured on: an FP32 baseline timed elsewhere must not set the speedup."""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+        platform.machine(),
+    )
+    return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
 def settings(opt: dict) -> dict:
     """What an evaluation depends on besides the models: stored with a baseline, checked on reuse."""
     return {
@@ -56,6 +79,7 @@ def settings(opt: dict) -> dict:
         "device": opt["device"],
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
+        "host": host(),
     }
 
 
@@ -90,6 +114,8 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
 
 def main(args) -> None:
     opt = options(load_params(args.params), args.params)
+    if not first_per_language(read_manifest(opt["split"]), opt["max_clips_per_language"]):
+        raise AudioInputError(f"{opt['split']}: the evaluation manifest lists no clips; run fetch_audio")
     config = settings(opt)
     if args.baseline_only:
         if args.baseline is None:

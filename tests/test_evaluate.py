@@ -6,8 +6,10 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from whisper_int8 import eval_report, memory
 from whisper_int8.eval_report import write_report
 from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir
 from whisper_int8.scoring import score
@@ -57,6 +59,7 @@ def test_speed_memory_and_size_figures(results, setup):
     audio = sum(c["duration_s"] for c in results["fp32"]["clips"])
     assert m["rtf"] == pytest.approx(sum(lat) / audio) and m["audio_s"] == pytest.approx(audio)
     assert m["first_call_s"] > 0 and m["load_time_s"] > 0 and m["peak_rss_mb"] > 50
+    assert m["load_peak_rss_mb"] > 50
     assert m["model_size_mb"] == pytest.approx((setup["fp32"] / "model.pt").stat().st_size / 2**20, rel=0.01)
     assert results["int8"]["metrics"]["model_size_mb"] < m["model_size_mb"]
     assert "vram_peak_mb" not in m  # CPU run
@@ -78,10 +81,34 @@ def test_report_files(results, tmp_path):
     assert len(list(csv.DictReader((tmp_path / "latency.csv").open()))) == 4
     for png in ("per_language.png", "latency.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for row in rows:  # every cell of the CSV is the figure in eval.json
+        key = f"{row['metric']}/{row['language']}"
+        assert float(row["fp32"]) == pytest.approx(on_disk["fp32"][key], abs=1e-3)
+        assert float(row["int8"]) == pytest.approx(on_disk["int8"][key], abs=1e-3)
+        assert float(row["delta_pp"]) == pytest.approx(comp[key.replace("/", "_delta/")], abs=1e-3)
+
+
+def test_a_failing_chart_leaves_the_previous_report_whole(results, tmp_path, monkeypatch):
+    config = {"languages": ["de", "en", "zh"]}
+    write_report(tmp_path, results["fp32"], results["int8"], config)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(rows):
+        raise RuntimeError("matplotlib failed")
+
+    monkeypatch.setattr(eval_report, "latency_chart", broken)
+    swapped = {"metrics": {**results["int8"]["metrics"], "wer/en": 99.0}, "clips": results["int8"]["clips"]}
+    with pytest.raises(RuntimeError, match="matplotlib failed"):
+        write_report(tmp_path, results["fp32"], swapped, config)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_subprocess_evaluation_matches_in_process(results, setup):
+    held = np.ones(80_000_000)  # 640 MB touched in this process: none of it is the child's memory
+    parent_peak = memory.peak_rss_mb()
     sub = evaluate_in_subprocess(setup["int8"], setup["split"], decode=FAST, per_language=1)
+    del held
+    assert sub["metrics"]["load_peak_rss_mb"] < parent_peak - 500  # ru_maxrss would inherit it
     assert [c["id"] for c in sub["clips"]] == ["en-000", "de-002", "zh-003"]  # first clip of each language
     here = {c["id"]: c["hypothesis"] for c in results["int8"]["clips"]}
     assert [c["hypothesis"] for c in sub["clips"]] == [here[c["id"]] for c in sub["clips"]]

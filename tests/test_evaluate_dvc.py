@@ -62,8 +62,10 @@ def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo, monkeypatc
     assert len(parents(dvc_repo)) == 2
     gate3 = json.loads((dvc_repo / "metrics" / "gate.json").read_text())
     assert gate3["parent_run_id"] == gate1["parent_run_id"] and gate3["version"] == gate1["version"] + 2
-    metrics = run_dvc(dvc_repo, "metrics", "show", "--json").stdout
-    assert "wer/en" in metrics and "passed" in metrics
+    shown = json.loads(run_dvc(dvc_repo, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert "wer/en" in files["metrics/eval.json"]["data"]["int8"]
+    assert files["metrics/gate.json"]["data"]["passed"] is gate3["passed"]
 
     # Another INT8 model: only INT8 is evaluated again, the stored FP32 evaluation is reused.
     shutil.rmtree(dvc_repo / "models" / "int8")

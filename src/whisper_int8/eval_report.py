@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from .fsutil import atomic_write_bytes, json_text  # noqa: E402
 
 BASELINE, CANDIDATE = "fp32", "int8"
 
@@ -131,10 +131,16 @@ def write_report(
     report = {BASELINE: bm, CANDIDATE: cm, "comparison": compare(bm, cm), "config": config}
     lang_rows = per_language_rows(bm, cm)
     lat_rows = latency_rows(base["clips"], cand["clips"])
-    atomic_write_text(out_dir / "per_language.csv", _csv(lang_rows))
-    atomic_write_text(out_dir / "latency.csv", _csv(lat_rows))
-    atomic_write_bytes(out_dir / "per_language.png", error_rate_chart(lang_rows))
-    atomic_write_bytes(out_dir / "latency.png", latency_chart(lat_rows))
-    atomic_write_json(out_dir / "transcripts.json", {BASELINE: base["clips"], CANDIDATE: cand["clips"]})
-    atomic_write_json(out_dir / "eval.json", report)
+    # Everything is rendered before the first file is replaced: a chart that fails to draw leaves the
+    # previous report whole instead of new CSVs beside an old eval.json.
+    files = {
+        "per_language.csv": _csv(lang_rows).encode(),
+        "latency.csv": _csv(lat_rows).encode(),
+        "per_language.png": error_rate_chart(lang_rows),
+        "latency.png": latency_chart(lat_rows),
+        "transcripts.json": json_text({BASELINE: base["clips"], CANDIDATE: cand["clips"]}).encode(),
+        "eval.json": json_text(report).encode(),  # last: DVC's metrics file marks a complete report
+    }
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
     return report

@@ -2,6 +2,8 @@
 
 Each variant is measured in a fresh spawned process (:func:`evaluate_in_subprocess`) so peak RSS, load
 time and the first (cold) call belong to that variant alone and not to whatever ran before it.
+``peak_rss_mb`` is the peak while transcribing (reset after loading, :mod:`whisper_int8.memory`);
+``load_peak_rss_mb`` the peak up to then (imports, checkpoint and model side by side).
 
 Error rates are in percent; a language written without spaces gets CER (``cer/<lang>``), any other WER
 (``wer/<lang>``), both after Whisper's normalizers (``whisper_int8.scoring``). Latency is the wall time of
@@ -15,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import multiprocessing
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ import torch
 import whisper
 from tqdm import tqdm
 
+from . import memory
 from .audio import first_per_language, read_manifest
 from .fsutil import dir_bytes
 from .model_dir import load_model_dir
@@ -35,7 +37,7 @@ from .scoring import score, uses_cer
 from .transcribe import load_audio, transcribe_clip
 
 log = logging.getLogger(__name__)
-MB = 1024 * 1024
+MB = memory.MB
 
 
 @dataclass
@@ -158,11 +160,14 @@ def evaluate_model_dir(
     start = time.perf_counter()
     model = load_model_dir(model_dir, device=device)
     load_time = time.perf_counter() - start
+    load_peak = memory.peak_rss_mb()  # imports + loading (a checkpoint and the model it fills)
+    memory.reset_peak_rss()
     results, first_call = transcribe_split(model, split_dir, decode, warmup, per_language, model_dir.name)
     metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
     metrics["load_time_s"] = load_time
     metrics["model_size_mb"] = dir_bytes(model_dir) / MB
-    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    metrics["peak_rss_mb"] = memory.peak_rss_mb()  # while transcribing: warm-up and every clip
+    metrics["load_peak_rss_mb"] = load_peak
     if device.startswith("cuda"):
         metrics["vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
         metrics["vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MB

@@ -70,9 +70,9 @@ def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
     """What the error rates were measured on: the split's clips and the evaluation settings.
 
     Two models' error rates are comparable only when this matches (see ``check_against_champion``).
-    ``warmup`` changes timings only.
+    ``warmup`` and ``host`` change timings only.
     """
-    config = {k: v for k, v in report.get("config", {}).items() if k != "warmup"}
+    config = {k: v for k, v in report.get("config", {}).items() if k not in ("warmup", "host")}
     clips = sha256_file(manifest) if manifest is not None and manifest.is_file() else "unknown"
     return hashlib.sha256(json.dumps([config, clips], sort_keys=True).encode()).hexdigest()[:32]
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from whisper_int8 import eval_report, memory
 from whisper_int8.eval_report import write_report
 from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir
 from whisper_int8.scoring import score
 
+from .conftest import REPO, venv_env
 from .eval_fixtures import FAST, speech_split, tiny_int8_dir, tiny_model_dir
 
 CLIPS = [
@@ -132,3 +136,22 @@ def test_decode_options_name_the_bad_key(key, value):
     ):
         decode_options({key: value})
     assert decode_options({key: 2}) == {"beam_size": None, "max_tokens": None, key: 2}
+
+
+def test_stage_options_refuse_unknown_keys_and_an_empty_split(tmp_path):
+    """A misspelt key would silently evaluate with defaults; an empty split would fail after loading."""
+    proc = run_stage(tmp_path, {"split": str(tmp_path), "beamsize": 5})
+    assert proc.returncode == 2 and "unknown evaluate key(s) ['beamsize']" in proc.stderr
+    (tmp_path / "manifest.jsonl").write_text("", encoding="utf-8")
+    proc = run_stage(tmp_path, {"split": str(tmp_path)})
+    assert proc.returncode == 2 and "the evaluation manifest lists no clips" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def run_stage(tmp: Path, evaluate: dict) -> subprocess.CompletedProcess:
+    models = {"fp32": str(tmp / "fp32"), "int8": str(tmp / "int8")}
+    (tmp / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**evaluate, "models": models}}))
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp / "params.yaml")],
+        cwd=tmp, env=venv_env(), capture_output=True, text=True,
+    )  # fmt: skip

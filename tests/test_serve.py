@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from whisper_int8 import cli, registry
+from whisper_int8.audio.wavio import wav_bytes
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.tracking import open_experiment
 from whisper_int8.transcribe import load_audio, transcribe_clip
@@ -84,8 +85,9 @@ def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
     assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(dest)]) == 2
     assert (dest / "MLmodel").is_file() and not list(tmp_path.glob(".deploy.*"))
     capsys.readouterr()
-    for model in (str(dest), URI, str(tracking["int8"])):
-        args = ["transcribe", "--model", model, "--language", "en", "--max-tokens", "4", "--json"]
+    # The registered model decodes with the options logged with it (FAST); a model directory is told them.
+    for model in ([str(dest)], [URI], [str(tracking["int8"]), "--max-tokens", "4"]):
+        args = ["transcribe", "--model", *model, "--language", "en", "--json"]
         assert cli.main([*args, str(tracking["wav"])]) == 0
         line = json.loads(capsys.readouterr().out.strip())
         assert line == {"audio": str(tracking["wav"]), "text": tracking["expected"]}
@@ -101,6 +103,83 @@ def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
         cli.main(["--tracking-uri", f"http://127.0.0.1:{port}", "pull", "--dest", str(tmp_path / "y")]) == 2
     )
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The error message, asserted to be the only line on stderr."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+def test_cli_transcribe_checks_every_audio_file_before_loading(registered, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_transcriber", lambda *args: pytest.fail("model loaded first"))
+    missing = [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    for model in (str(registered["int8"]), URI):
+        assert cli.main(["transcribe", "--model", model, str(registered["wav"]), *missing]) == 2
+        assert _one_line_error(capsys) == f"{missing[0]}, {missing[1]}: audio file not found"
+
+
+def test_cli_decoding_options_refused_for_an_mlflow_model(registered, tmp_path, capsys, monkeypatch):
+    """They would be silently ignored: the pyfunc decodes with the options it was registered with."""
+    monkeypatch.setattr(cli, "load_transcriber", lambda *args: pytest.fail("model loaded first"))
+    pulled = tmp_path / "deploy"
+    pulled.mkdir()
+    (pulled / "MLmodel").touch()
+    wav = str(registered["wav"])
+    for model, options, flags in (
+        (str(pulled), ["--max-tokens", "4"], "--max-tokens"),
+        (URI, ["--beam-size", "5", "--max-tokens", "4"], "--beam-size and --max-tokens"),
+        ("runs:/abc/model", ["--beam-size", "5"], "--beam-size"),
+    ):
+        assert cli.main(["transcribe", "--model", model, *options, wav]) == 2
+        assert _one_line_error(capsys) == (
+            f"{flags}: for a local model directory only (e.g. models/int8); {model} is an MLflow model "
+            "and decodes with the options it was registered with"
+        )
+
+
+def test_cli_transcribe_bad_model_dir_is_one_line(registered, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["transcribe", "--model", str(empty), str(registered["wav"])]) == 2
+    assert "not a model directory" in _one_line_error(capsys)
+
+
+def test_cli_transcribe_undecodable_audio_is_one_line(registered, tmp_path, capsys):
+    """Files before the bad one are transcribed; the bad one stops the run, named, with ffmpeg's reason."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # a truncated header: wave and ffmpeg both give up
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(wav_bytes(np.zeros(0, dtype=np.int16)))
+    model = ["transcribe", "--model", str(registered["int8"]), "--max-tokens", "4", "--language", "en"]
+    assert cli.main([*model, str(registered["wav"]), str(bad)]) == 2
+    out = capsys.readouterr()
+    assert out.out == f"{registered['wav']}\t{registered['expected']}\n"
+    assert out.err == f"error: {bad}: cannot be decoded (ffmpeg: Invalid data found when processing input)\n"
+    assert cli.main([*model, str(empty)]) == 2
+    assert _one_line_error(capsys) == f"{empty}: holds no audio (0 samples)"
+
+
+def test_cli_refuses_a_missing_sqlite_database(registered, tmp_path, capsys, monkeypatch):
+    """Started outside the repository root, MLflow would create an empty mlflow.db there and report the
+    model as missing; the CLI only reads the registry, so it says where it looked and creates nothing."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    default_db = tmp_path.resolve() / "mlflow.db"
+    other_db = tmp_path / "elsewhere" / "mlflow.db"
+    for argv, db in (
+        (["pull", "--dest", "deploy"], default_db),
+        (["transcribe", str(registered["wav"])], default_db),  # the default model is models:/...@champion
+        (["--tracking-uri", f"sqlite:///{other_db}", "pull", "--dest", "deploy"], other_db),
+    ):
+        assert cli.main(argv) == 2
+        assert _one_line_error(capsys) == (
+            f"{db}: no MLflow database here; run from the repository root (where make repro wrote "
+            "mlflow.db) or pass --tracking-uri"
+        )
+    assert not list(tmp_path.rglob("*"))
 
 
 def test_cli_help():

@@ -5,7 +5,8 @@
     whisper-int8 transcribe --model deploy/whisper-int8 --language en clip.wav
 
 The tracking server is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
-current directory (the repository root after ``make repro``).
+current directory (the repository root after ``make repro``); a database file that is not there is an error,
+never created empty.
 """
 
 from __future__ import annotations
@@ -14,17 +15,39 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .audio.errors import AudioInputError
 from .tracking_uri import RegistryError, TrackingError, check_reachable, resolve_tracking_uri
 
-USER_ERRORS = (TrackingError, RegistryError, FileNotFoundError, ValueError)
+if TYPE_CHECKING:
+    import numpy as np
+
+USER_ERRORS: tuple[type[BaseException], ...] = (TrackingError, RegistryError, FileNotFoundError, ValueError)
+SQLITE = "sqlite:///"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """:data:`USER_ERRORS`, plus ModelSourceError once its module is loaded: only then can one be raised,
+    and importing it (torch, whisper) just to catch it would add seconds to every other error."""
+    sources = sys.modules.get(f"{__package__}.model_sources")
+    return USER_ERRORS if sources is None else (*USER_ERRORS, sources.ModelSourceError)
 
 
 def _connect(args: argparse.Namespace) -> str:
+    """Point MLflow at the registry, read-only: a missing sqlite file is refused, since MLflow would
+    create an empty one in whatever directory the command was started from."""
     import mlflow
 
     uri = resolve_tracking_uri(explicit=args.tracking_uri)
+    db = Path(uri.removeprefix(SQLITE))
+    if uri.startswith(SQLITE) and not db.is_file():
+        raise TrackingError(
+            f"{db}: no MLflow database here; run from the repository root "
+            "(where make repro wrote mlflow.db) or pass --tracking-uri"
+        )
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -41,20 +64,27 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_transcriber(spec: str, decode: dict):
-    """A ``models:/`` or ``runs:/`` URI, a pulled pyfunc directory (has MLmodel), or a raw model directory."""
+def model_dir_of(spec: str) -> Path | None:
+    """The raw model directory ``spec`` names, or None for an MLflow model (URI or pulled directory)."""
+    path = Path(spec)
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        return path
+    if ":/" not in spec and not path.exists():
+        raise FileNotFoundError(f"--model {spec}: no such directory, and not a models:/ or runs:/ URI")
+    return None
+
+
+def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callable[[list[dict]], list[str]]:
+    """The raw model directory ``model_dir`` decoding with ``decode``, else the MLflow model ``spec``."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
     from .pyfunc_model import WhisperPyfunc
 
-    path = Path(spec)
-    if path.is_dir() and not (path / "MLmodel").is_file():
+    if model_dir is not None:
         model = WhisperPyfunc(**decode)
-        model.load(path)
+        model.load(model_dir)
         return lambda inputs: model.predict(None, inputs)
-    if "://" not in spec and ":/" not in spec and not path.exists():
-        raise FileNotFoundError(f"--model {spec}: no such directory, and not a models:/ or runs:/ URI")
     try:
         loaded = mlflow.pyfunc.load_model(spec)
     except MlflowException as e:
@@ -62,14 +92,38 @@ def load_transcriber(spec: str, decode: dict):
     return loaded.predict
 
 
+def decode_audio(path: str) -> np.ndarray:
+    """16 kHz mono samples; an undecodable file is a user error naming it and ffmpeg's reason."""
+    from .transcribe import load_audio
+
+    try:
+        samples = load_audio(path)
+    except RuntimeError as e:  # openai-whisper's ffmpeg failure: its stderr, the reason on the last line
+        reason = [line for line in str(e).splitlines() if line.strip()][-1].removeprefix(f"{path}: ")
+        raise AudioInputError(f"{path}: cannot be decoded (ffmpeg: {reason})") from None
+    if samples.size == 0:
+        raise AudioInputError(f"{path}: holds no audio (0 samples)")
+    return samples
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    # Every mistake on the command line is reported before the model is loaded (or downloaded).
+    model_dir = model_dir_of(args.model)
+    decode = {"beam_size": args.beam_size, "max_tokens": args.max_tokens}
+    given = [f"--{k.replace('_', '-')}" for k, v in decode.items() if v is not None]
+    if given and model_dir is None:
+        raise ValueError(
+            f"{' and '.join(given)}: for a local model directory only (e.g. models/int8); {args.model} is "
+            "an MLflow model and decodes with the options it was registered with"
+        )
+    missing = [audio for audio in args.audio if not Path(audio).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: audio file not found")
     if args.model.startswith(("models:/", "runs:/")):
         _connect(args)
-    predict = load_transcriber(args.model, {"beam_size": args.beam_size, "max_tokens": args.max_tokens})
+    predict = load_transcriber(args.model, model_dir, decode)
     for audio in args.audio:
-        if not Path(audio).is_file():
-            raise FileNotFoundError(f"{audio}: audio file not found")
-        text = predict([{"audio": str(audio), "language": args.language}])[0]
+        text = predict([{"audio": decode_audio(audio), "language": args.language}])[0]
         print(
             json.dumps({"audio": audio, "text": text}, ensure_ascii=False)
             if args.json
@@ -106,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="models:/NAME@ALIAS, runs:/..., a pulled directory or a model directory (models/int8)",
     )
     t.add_argument("--language", help="language code (default: auto-detect)")
-    t.add_argument("--beam-size", type=int, help="beam size for a local model directory (default: greedy)")
-    t.add_argument("--max-tokens", type=int, help="token cap per 30 s window for a local model directory")
+    t.add_argument(
+        "--beam-size",
+        type=int,
+        help="beam size, for a local model directory only (default: greedy); a registered model "
+        "decodes with the options it was registered with",
+    )
+    t.add_argument(
+        "--max-tokens", type=int, help="token cap per 30 s window, for a local model directory only"
+    )
     t.add_argument("--json", action="store_true", help="print one JSON object per file")
     t.add_argument("audio", nargs="+", help="audio files (anything ffmpeg decodes)")
     t.set_defaults(func=cmd_transcribe)
@@ -121,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -2,57 +2,48 @@
 
     python benchmarks/fp32_baseline.py --split data/eval --model models/fp32/model.pt
 
-Uses the same ``transcribe_clip`` and ``score`` as the evaluate stage, so its figures are the FP32 side
-of that stage's comparison. ``--per-lang N`` takes the first N clips of each language (for a quick run).
+Transcribes and scores with the evaluate stage's own code (``whisper_int8.evaluate``) and decoding settings
+(``params.yaml`` ``evaluate.beam_size``, ``evaluate.max_tokens``), so its figures are the FP32 side of that
+stage's comparison. ``--per-lang N`` takes the first N clips of each language (for a quick run).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from whisper_int8.audio import first_per_language
+from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.evaluate import accuracy_metrics, decode_options, error_metric, transcribe_split
+from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_sources import load_checkpoint
-from whisper_int8.scoring import score
-from whisper_int8.transcribe import read_manifest, transcribe_clip
+from whisper_int8.params import load_params, section
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--split", default="data/eval", help="split directory with manifest.jsonl")
-    parser.add_argument("--model", default="models/fp32/model.pt", help="openai-whisper checkpoint")
-    parser.add_argument("--per-lang", type=int, default=None, help="at most N clips per language")
-    parser.add_argument("--json", default=None, help="also write per-clip results and rates here")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+def main(args: argparse.Namespace) -> None:
+    decode = decode_options(section(load_params(args.params), "evaluate", args.params), args.params)
     model = load_checkpoint(Path(args.model)).model.eval()
-    by_lang: dict[str, list] = defaultdict(list)
-    for c in first_per_language(read_manifest(args.split), args.per_lang):
-        by_lang[c.language].append(c)
-    rows, rates = [], {}
     start = time.perf_counter()
-    header = f"{'lang':5} {'metric':6} {'rate %':>7} {'errors':>7} {'ref len':>8} {'clips':>6}"
-    for lang, group in by_lang.items():  # one line per language as soon as it is done
-        hyps = [transcribe_clip(model, c.audio, lang)["text"] for c in tqdm(group, desc=lang, unit="clip")]
-        r = rates[lang] = score([c.text for c in group], hyps, lang)
-        rows += [{"id": c.id, "ref": c.text, "hyp": h} for c, h in zip(group, hyps, strict=True)]
-        errors = r["substitutions"] + r["deletions"] + r["insertions"]
-        n_ref, rate = r["reference_length"], 100 * r["error_rate"]
-        tqdm.write(f"{header}\n{lang:5} {r['metric']:6} {rate:7.1f} {errors:7d} {n_ref:8d} {len(group):6d}")
-        if args.json:
-            Path(args.json).write_text(
-                json.dumps({"rates": rates, "clips": rows}, ensure_ascii=False, indent=1)
-            )
-    print(f"{len(rows)} clips in {time.perf_counter() - start:.0f} s")
+    results, _ = transcribe_split(model, Path(args.split), decode, 0, args.per_lang, desc="fp32")
+    metrics = accuracy_metrics(results)
+    print(f"{'lang':5} {'metric':6} {'rate %':>7} {'LID %':>6} {'clips':>6}")
+    for lang in sorted({r.language for r in results}):
+        metric = error_metric(lang)
+        rate, lid, n = (metrics[f"{k}/{lang}"] for k in (metric, "lid_accuracy", "clips"))
+        print(f"{lang:5} {metric:6} {rate:7.1f} {lid:6.0f} {n:6d}")
+    seconds = time.perf_counter() - start
+    print(f"mean {metrics['error_rate/overall']:.1f} %; {len(results)} clips in {seconds:.0f} s")
+    if args.json:
+        clips = [asdict(r) for r in results]
+        atomic_write_json(args.json, {"decode": decode, "metrics": metrics, "clips": clips})
 
 
 if __name__ == "__main__":
-    main()
+    parser = stage_parser(__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage example's layout
+    parser.add_argument("--split", default="data/eval", help="split directory with manifest.jsonl")
+    parser.add_argument("--model", default="models/fp32/model.pt", help="openai-whisper checkpoint")
+    parser.add_argument("--per-lang", type=int, default=None, help="at most N clips per language")
+    parser.add_argument("--json", default=None, help="also write the metrics and per-clip results here")
+    run(main, parser)

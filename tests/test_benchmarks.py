@@ -1,0 +1,100 @@
+"""The benchmark scripts: held-out clips for the quant sweep, and a faster-whisper worker free of torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from whisper_int8.audio import first_per_language, read_manifest
+
+from .conftest import REPO
+
+
+def bench(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (a script directory, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def manifest(split: Path, ids: list[str]) -> Path:
+    """A split whose manifest lists ``ids`` (``<language>-<n>``) in that order; no audio is read."""
+    split.mkdir(parents=True)
+    rows = [
+        {"id": i, "language": i.split("-")[0], "audio": f"audio/{i}.wav", "text": i, "duration": 1.0,
+         "sha256": "0" * 64, "source": "test", "license": "MIT"}
+        for i in ids
+    ]  # fmt: skip
+    (split / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return split
+
+
+def test_held_out_clips_are_the_calibration_clips_calibrate_did_not_use(tmp_path):
+    sweep = bench("quant_sweep")
+    order = ["en-0", "de-0", "en-1", "de-1", "en-2", "fr-0", "de-2", "en-3"]
+    calib = manifest(tmp_path / "calibration", order)
+    manifest(tmp_path / "eval", ["en-9", "de-9", "fr-9"])
+    held = tmp_path / "held"
+    held.mkdir()
+
+    assert sweep.held_out_split(calib, 2, held) == 3
+
+    got = read_manifest(held)
+    assert [c.id for c in got] == ["en-2", "de-2", "en-3"]  # calibration order kept
+    # exactly the complement of what the calibrate stage reads (stages/calibrate.py), never an eval clip
+    every = read_manifest(calib)
+    used = {c.id for c in first_per_language(every, 2)}
+    assert {c.id for c in got} == {c.id for c in every} - used
+    assert not {c.id for c in got} & {c.id for c in read_manifest(tmp_path / "eval")}
+    # audio still points into the calibration split: the held-out directory has no audio of its own
+    assert [c.audio for c in got] == [c.audio for c in every if c.id not in used]
+
+
+def test_held_out_split_refuses_when_calibrate_used_every_clip(tmp_path):
+    sweep = bench("quant_sweep")
+    calib = manifest(tmp_path / "calibration", ["en-0", "de-0", "en-1"])
+    with pytest.raises(SystemExit, match="no clip left after the first 2 per language"):
+        sweep.held_out_split(calib, 2, tmp_path)
+
+
+def test_speed_constants_match_the_libraries_they_stand_for():
+    """The faster-whisper worker copies them to avoid importing torch; they must not drift."""
+    import whisper.audio
+
+    from whisper_int8.transcribe import TEMPERATURES
+
+    speed = bench("speed")
+    assert speed.TEMPERATURES == TEMPERATURES
+    assert speed.N_SAMPLES == whisper.audio.N_SAMPLES
+
+
+@pytest.mark.integration
+def test_faster_whisper_worker_runs_without_torch(tmp_path):
+    """torch is ~250 MB of RSS faster-whisper never uses: its worker must not load it."""
+    pytest.importorskip("faster_whisper")
+    import numpy as np
+
+    from whisper_int8.audio.wavio import wav_bytes
+
+    speed = bench("speed")
+    model = speed.faster_whisper_int8(tmp_path / "fw")
+    assert {p.name for p in model.iterdir()} >= {"model.bin", "config.json", "tokenizer.json"}
+    wav = tmp_path / "silence.wav"
+    wav.write_bytes(wav_bytes(np.zeros(16000, dtype=np.int16)))
+
+    w = speed.Worker("faster-whisper-int8", "faster-whisper", str(model), 1)
+    try:
+        reply = w.ask({"op": "run", "audio": str(wav), "language": "en"})
+        stats = w.ask({"op": "stats"})
+        maps = Path(f"/proc/{w.proc.pid}/maps").read_text()
+    finally:
+        w.close()
+    assert isinstance(reply["text"], str) and reply["seconds"] > 0
+    assert "libctranslate2" in maps  # faster-whisper's runtime is loaded...
+    assert "libtorch" not in maps  # ... and torch is not
+    assert 0 < stats["imported_rss"] < stats["peak_rss"]

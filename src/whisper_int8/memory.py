@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ def rss_mb() -> float:
 def peak_rss_mb() -> float:
     """Peak resident memory (MB) since the program started or since :func:`reset_peak_rss`."""
     kb = _status_kb("VmHWM")
-    if kb is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if kb is None:  # no /proc: the lifetime peak, in bytes on macOS and KiB elsewhere
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / MB if sys.platform == "darwin" else peak / 1024
     return kb / 1024
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
+
 SCHEMES = ("dynamic", "static", "weight_only")
 # whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
 # because importing either pulls torch into the faster-whisper worker; tests check they still agree.
@@ -44,16 +46,8 @@ N_SAMPLES = 30 * 16000
 Run = Callable[[np.ndarray, str], str]  # (16 kHz mono float32 audio, language) -> text
 
 
-def _peak_reset() -> None:
-    """Reset VmHWM so the peak covers transcription only (Linux: write 5 to clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def _bytes(mb: float) -> int:
+    return round(mb * memory.MB)
 
 
 def faster_whisper_int8(dest: Path) -> Path:
@@ -100,7 +94,7 @@ def _faster_whisper_runner(path: str, threads: int) -> tuple[Run, int]:
     """faster-whisper without torch or whisper (~250 MB it never uses): RSS above imports is its own."""
     from faster_whisper import WhisperModel
 
-    imported_rss = _vm("VmRSS")
+    imported_rss = _bytes(memory.rss_mb())
     fw = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
 
     def run(audio: np.ndarray, language: str) -> str:
@@ -123,7 +117,7 @@ def _torch_runner(kind: str, path: str, threads: int) -> tuple[Run, int]:
     from whisper_int8.model_dir import load_model_dir
     from whisper_int8.transcribe import transcribe_clip
 
-    imported_rss = _vm("VmRSS")
+    imported_rss = _bytes(memory.rss_mb())
     model = load_model_dir(path)
     if kind == "whisper-stock":
 
@@ -154,14 +148,18 @@ def worker(kind: str, path: str, threads: int) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         if req["op"] == "stats":
-            stats = {"peak_rss": _vm("VmHWM"), "rss": _vm("VmRSS"), "imported_rss": imported_rss}
+            stats = {
+                "peak_rss": _bytes(memory.peak_rss_mb()),
+                "rss": _bytes(memory.rss_mb()),
+                "imported_rss": imported_rss,
+            }
             out.write(json.dumps(stats) + "\n")
             out.flush()
             continue
         audio = read_wav(req["audio"])
         if not warmed:  # first call pays one-off costs (allocations, fbgemm packing): untimed
             run(audio, req["language"])
-            _peak_reset()
+            memory.reset_peak_rss()
             warmed = True
         t0 = time.perf_counter()
         text = run(audio, req["language"])

@@ -77,19 +77,16 @@ def test_promote_never_skipped_and_run_cache_reuses_the_run(dvc_repo, monkeypatc
     # A stored FP32 evaluation made with other settings is refused, naming them.
     baseline = dvc_repo / "metrics" / "baseline_fp32.json"
     stored = json.loads(baseline.read_text())
-    stored["config"]["warmup"] = 5
-    baseline.write_text(json.dumps(stored))
-    proc = subprocess.run(
-        [sys.executable, "stages/evaluate.py", "--baseline", str(baseline)],
-        cwd=dvc_repo, env=venv_env(), capture_output=True, text=True,
-    )  # fmt: skip
+
+    def evaluate_with_stored(**config) -> subprocess.CompletedProcess:
+        baseline.write_text(json.dumps({**stored, "config": {**stored["config"], **config}}))
+        return subprocess.run(
+            [sys.executable, "stages/evaluate.py", "--baseline", str(baseline)],
+            cwd=dvc_repo, env=venv_env(), capture_output=True, text=True,
+        )  # fmt: skip
+
+    proc = evaluate_with_stored(warmup=5)
     assert proc.returncode == 2 and "FP32 evaluation made with other settings (warmup)" in proc.stderr
     # ... and so is one timed on another machine: its latencies would set the speedup.
-    stored["config"]["warmup"] = 1
-    stored["config"]["host"] = "another CPU; 64 cpus; 64 threads; torch 2.13.0"
-    baseline.write_text(json.dumps(stored))
-    proc = subprocess.run(
-        [sys.executable, "stages/evaluate.py", "--baseline", str(baseline)],
-        cwd=dvc_repo, env=venv_env(), capture_output=True, text=True,
-    )  # fmt: skip
+    proc = evaluate_with_stored(host="another CPU; 64 cpus; 64 threads; torch 2.13.0")
     assert proc.returncode == 2 and "other settings (host); run `dvc repro --force" in proc.stderr

@@ -20,7 +20,7 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 # Written without spaces between words: scored by character error rate.
 CER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "km", "bo", "yue"})
 _DIGITS = re.compile(r"\d+(?:[.,]\d{3})*")
-_DIGITS_EN = re.compile(r"\d+(?:[.,]\d{3})*(?:st|nd|rd|th)?")  # English ordinals: 1st, 22nd
+_DIGITS_EN = re.compile(_DIGITS.pattern + "(?:st|nd|rd|th)?")  # English ordinals too: 1st, 22nd
 
 
 def uses_cer(lang: str) -> bool:

@@ -14,12 +14,13 @@ from .errors import AudioInputError
 
 MANIFEST = "manifest.jsonl"
 FIELDS = ("id", "language", "audio", "text", "duration", "sha256", "source", "license")
-ID_RE = re.compile(r"[\w.-]+")  # an id is a file name (audio/<id>.wav): no separator, no path
+_ID_CHARS = r"\w.-"
+ID_RE = re.compile(f"[{_ID_CHARS}]+")  # an id is a file name (audio/<id>.wav): no separator, no path
 
 
 def safe_id(text: str) -> str:
     """``text`` as an id: every run of characters outside ``ID_RE`` (``/``, spaces...) becomes ``-``."""
-    return re.sub(r"[^\w.-]+", "-", text)
+    return re.sub(f"[^{_ID_CHARS}]+", "-", text)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ For each value of one ``params.yaml`` ``quant`` key, convert ``models/fused`` wi
 calibration clips that the calibrate stage did not use (those after the first
 ``calibrate.max_clips_per_language`` of each language) with FP32 and every INT8 variant, each in its own
 process, decoding as the evaluate stage does (``evaluate.beam_size``, ``evaluate.max_tokens``). Prints the
-INT8 - FP32 error rate per language and the mean, in percentage points:
+INT8 - FP32 error rate per language and the mean, in percentage points. The default corpus has no
+held-out clips (5 calibration clips per language, all used); build a larger calibration split first:
 
+    dvc exp run -S audio.calib_per_lang=20 -S calibrate.max_clips_per_language=10
     python benchmarks/quant_sweep.py --key smoothquant_alpha --values null 0.5 0.8
 """
 
@@ -42,7 +44,10 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     used = calibrate_settings(params, args.params)[2]  # the calibrate stage's own reading of the key
     if used is None:
-        raise SystemExit("calibrate.max_clips_per_language is null: every calibration clip was used")
+        raise SystemExit(
+            "calibrate.max_clips_per_language is null: every calibration clip was used, none is held out; "
+            "set it below audio.calib_per_lang (e.g. 10 of 20) and re-run dvc repro calibrate first"
+        )
     decode = decode_options(section(params, "evaluate", args.params), args.params)
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
         held = Path(tmp) / "held_out"

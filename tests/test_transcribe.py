@@ -71,7 +71,7 @@ def test_shared_cross_attention_cache_decodes_like_whisper(fused):
         fuse_model(model)
     audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
     with torch.inference_mode():
-        features = _features(model, audio)
+        features = _features(model, audio, fp16=False)
         cross = _cross_cache(model, features)
         for t, beam in ((0.0, None), (0.6, None), (0.0, 3)):
             opts = whisper.DecodingOptions(

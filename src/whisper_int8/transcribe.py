@@ -81,11 +81,11 @@ def _needs_fallback(result: whisper.DecodingResult) -> bool:
     return result.compression_ratio > COMPRESSION_RATIO_MAX or result.avg_logprob < LOGPROB_MIN
 
 
-def _features(model: torch.nn.Module, audio: np.ndarray) -> torch.Tensor:
+def _features(model: torch.nn.Module, audio: np.ndarray, fp16: bool) -> torch.Tensor:
     """Encoder output for the first 30 s of ``audio`` (zero-padded), shape (1, n_audio_ctx, n_audio_state)."""
     device = _device(model)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), model.dims.n_mels)
-    mel = mel.to(device, torch.float16 if _fp16(model) else torch.float32)
+    mel = mel.to(device, torch.float16 if fp16 else torch.float32)
     return model.embed_audio(mel[None])
 
 
@@ -160,7 +160,7 @@ def _transcribe_window(
     cap: int,
 ) -> dict:
     fp16 = _fp16(model)
-    features = _features(model, audio)
+    features = _features(model, audio, fp16)
     cross = _cross_cache(model, features)
     detected, lid_s = None, 0.0
     if language is None or detect:
@@ -248,7 +248,7 @@ def transcribe_clip(
     if detect_language and language is not None:  # its own encoder pass over the first 30 s
         start = time.perf_counter()
         with torch.inference_mode():
-            features = _features(model, audio)
+            features = _features(model, audio, _fp16(model))
             out["detected_language"] = _identify(model, features, _cross_cache(model, features))
         out["lid_s"] = time.perf_counter() - start
     return out

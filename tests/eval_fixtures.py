@@ -78,6 +78,7 @@ def variant_metrics(rates: dict[str, float], latency_p50_s: float, size_mb: floa
         out[f"{'cer' if lang in ('zh', 'ja', 'th') else 'wer'}/{lang}"] = rate
         out[f"lid_accuracy/{lang}"] = 100.0
         out[f"clips/{lang}"] = 3
+        out[f"errors/{lang}"], out[f"ref_length/{lang}"] = round(10 * rate), 1000
     out["error_rate/overall"] = sum(rates.values()) / len(rates)
     out.update(latency_p50_s=latency_p50_s, latency_p90_s=latency_p50_s * 1.2, rtf=0.1, model_size_mb=size_mb)
     out.update(peak_rss_mb=500.0, load_time_s=0.5, first_call_s=latency_p50_s * 3, clips=3 * len(rates))

@@ -49,8 +49,15 @@ def test_per_language_metrics_follow_the_clips(results):
     assert m["clips/en"] == 2 and m["clips/de"] == 1 and m["clips/zh"] == 1 and m["clips"] == 4
     clips = results["int8"]["clips"]
     en = [c for c in clips if c["language"] == "en"]
-    expected = 100 * score([c["reference"] for c in en], [c["hypothesis"] for c in en], "en")["error_rate"]
-    assert m["wer/en"] == pytest.approx(expected)
+    counts = score([c["reference"] for c in en], [c["hypothesis"] for c in en], "en")
+    assert m["wer/en"] == pytest.approx(100 * counts["error_rate"])
+    # the rate is made of these counts (words for WER, characters for CER)
+    assert (
+        m["ref_length/en"] == counts["reference_length"] == len(" ".join(c["reference"] for c in en).split())
+    )
+    for lang in ("en", "de", "zh"):
+        rate = m.get(f"wer/{lang}", m.get(f"cer/{lang}"))
+        assert rate == pytest.approx(100 * m[f"errors/{lang}"] / m[f"ref_length/{lang}"])
     lid = 100 * sum(c["detected_language"] == "en" for c in en) / 2
     assert m["lid_accuracy/en"] == pytest.approx(lid)
     assert m["error_rate/overall"] == pytest.approx((m["wer/en"] + m["wer/de"] + m["cer/zh"]) / 3)
@@ -90,6 +97,8 @@ def test_report_files(results, tmp_path):
         assert float(row["fp32"]) == pytest.approx(on_disk["fp32"][key], abs=1e-3)
         assert float(row["int8"]) == pytest.approx(on_disk["int8"][key], abs=1e-3)
         assert float(row["delta_pp"]) == pytest.approx(comp[key.replace("/", "_delta/")], abs=1e-3)
+        assert float(row["ref_length"]) == on_disk["fp32"][f"ref_length/{row['language']}"]
+        assert float(row["errors_int8"]) == on_disk["int8"][f"errors/{row['language']}"]
 
 
 def test_a_failing_chart_leaves_the_previous_report_whole(results, tmp_path, monkeypatch):

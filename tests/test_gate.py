@@ -23,11 +23,25 @@ def test_each_threshold_names_its_reason():
     d = check_thresholds(rep, gate_config({}))
     assert not d.passed and d.status == "failed"
     text = " | ".join(d.reasons)
-    assert "wer/en +1.00 pp" in text
+    assert "wer/en +1.00 pp over FP32 (10.00 -> 11.00; 100 -> 110 errors in 1000 words)" in text
     assert "overall error rate +0.50 pp" not in text  # 0.5 is within the 0.5 limit
     assert "speedup 0.80x below" in text
     assert "size ratio 0.900 above" in text
     assert "cer/zh" not in text
+
+
+def test_refusal_counts_characters_for_cer_and_tolerate_older_reports():
+    rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 21.0})
+    assert (
+        "(20.00 -> 21.00; 200 -> 210 errors in 1000 characters)"
+        in check_thresholds(rep, gate_config({})).reasons[0]
+    )
+    for variant in ("fp32", "int8"):  # eval.json written before the counts existed
+        rep[variant] = {k: v for k, v in rep[variant].items() if not k.startswith(("errors/", "ref_length/"))}
+    assert (
+        "cer/zh +1.00 pp over FP32 (20.00 -> 21.00), limit"
+        in check_thresholds(rep, gate_config({})).reasons[0]
+    )
 
 
 def test_per_language_override_and_overall_limit():

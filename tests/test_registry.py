@@ -73,7 +73,10 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     rep_bad = report({"en": 10.0, "zh": 20.0}, {"en": 12.0, "zh": 20.0})
     bad = run_promote(tmp_path, rep_bad, model_dirs, uri)
     assert bad.returncode == 0, bad.stderr  # a refusal is a result, not a crash
-    assert "not promoted: wer/en +2.00 pp over FP32 (10.00 -> 12.00), limit 0.5 pp" in bad.stdout
+    assert (
+        "not promoted: wer/en +2.00 pp over FP32 (10.00 -> 12.00; 100 -> 120 errors in 1000 words), "
+        "limit 0.5 pp"
+    ) in bad.stdout
 
     client = client_for(uri)
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1

@@ -64,6 +64,9 @@ def per_language_rows(base: dict[str, float], cand: dict[str, float]) -> list[di
                 "delta_pp": round(cand.get(key, math.nan) - base[key], 4),
                 f"lid_{BASELINE}": round(base[f"lid_accuracy/{lang}"], 2),
                 f"lid_{CANDIDATE}": round(cand.get(f"lid_accuracy/{lang}", math.nan), 2),
+                "ref_length": base.get(f"ref_length/{lang}", math.nan),
+                f"errors_{BASELINE}": base.get(f"errors/{lang}", math.nan),
+                f"errors_{CANDIDATE}": cand.get(f"errors/{lang}", math.nan),
             }
         )
     return rows

@@ -110,14 +110,22 @@ def transcribe_split(
 
 
 def accuracy_metrics(results: list[ClipResult]) -> dict[str, float]:
-    """Per-language ``wer/<l>`` or ``cer/<l>``, ``lid_accuracy/<l>``, ``clips/<l>``, and the macro mean."""
+    """Per-language ``wer/<l>`` or ``cer/<l>``, ``lid_accuracy/<l>``, ``clips/<l>``, and the macro mean.
+
+    ``errors/<l>`` (substitutions + deletions + insertions) and ``ref_length/<l>`` (reference words, or
+    characters for CER) say what a rate difference is made of: on a few hundred words one error is
+    several tenths of a point, which is what the gate's limits are compared with.
+    """
     metrics: dict[str, float] = {}
     rates = []
     for lang in sorted({r.language for r in results}):
         rows = [r for r in results if r.language == lang]
-        rate = 100.0 * score([r.reference for r in rows], [r.hypothesis for r in rows], lang)["error_rate"]
+        counts = score([r.reference for r in rows], [r.hypothesis for r in rows], lang)
+        rate = 100.0 * counts["error_rate"]
         rates.append(rate)
         metrics[f"{error_metric(lang)}/{lang}"] = rate
+        metrics[f"errors/{lang}"] = counts["substitutions"] + counts["deletions"] + counts["insertions"]
+        metrics[f"ref_length/{lang}"] = counts["reference_length"]
         metrics[f"lid_accuracy/{lang}"] = 100.0 * sum(r.detected_language == lang for r in rows) / len(rows)
         metrics[f"clips/{lang}"] = len(rows)
     metrics["error_rate/overall"] = statistics.fmean(rates)

@@ -100,6 +100,16 @@ def gate_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _counts(base: dict[str, float], cand: dict[str, float], key: str) -> str:
+    """``; 14 -> 16 errors in 178 words`` when the report has the counts (older reports lack them)."""
+    metric, lang = key.split("/", 1)
+    keys = (f"errors/{lang}", f"ref_length/{lang}")
+    if not all(k in base for k in keys) or f"errors/{lang}" not in cand:
+        return ""
+    unit = "characters" if metric == "cer" else "words"
+    return f"; {base[keys[0]]:.0f} -> {cand[keys[0]]:.0f} errors in {base[keys[1]]:.0f} {unit}"
+
+
 def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
     """Apply the thresholds of ``cfg`` to an eval.json report."""
     reasons: list[str] = []
@@ -120,7 +130,8 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         limit = cfg.max_wer_delta_pp_by_language.get(lang, cfg.max_wer_delta_pp)
         if delta > limit + FLOAT_SLACK_PP:
             reasons.append(
-                f"{key} +{delta:.2f} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}), limit {limit} pp"
+                f"{key} +{delta:.2f} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}"
+                f"{_counts(base, cand, key)}), limit {limit} pp"
             )
     overall = comp["error_rate_delta/overall"]
     if overall > cfg.max_overall_wer_delta_pp + FLOAT_SLACK_PP:

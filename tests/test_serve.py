@@ -63,7 +63,11 @@ def test_pyfunc_predict_every_input_form(tracking):
     frame = pd.DataFrame({"audio": [samples.tolist(), wav], "language": ["en", "en"]})
     assert model.predict(frame) == [expected, expected]
     with pytest.raises(FileNotFoundError, match="audio file not found"):
-        model.predict("/nonexistent.wav")
+        model.predict({"audio": "/nonexistent.wav"})
+    # the registered signature documents the records (Unity Catalog, for one, requires a signature)
+    sig = model.metadata.signature
+    assert sig.inputs.input_names() == ["audio", "language"] and not sig.inputs.inputs[1].required
+    assert [c.type for c in sig.outputs.inputs] == [mlflow.types.DataType.string]
 
 
 def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):

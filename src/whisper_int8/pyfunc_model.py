@@ -5,12 +5,12 @@ decoding options (beam size, token cap) are the logged ``model_config`` and the 
 artifact (the INT8 state dict and its JSON configs) that :func:`whisper_int8.model_dir.load_model_dir`
 reads in ``load_context``, so loading a registered version unpickles nothing but plain tensors.
 
-``predict`` accepts, for one clip or many:
-- a path to an audio file (anything ffmpeg decodes), or a 16 kHz mono float array / list of floats;
-- a dict ``{"audio": ..., "language": "en"}`` or a list of them;
-- a pandas DataFrame with an ``audio`` column and an optional ``language`` column (what
-  ``mlflow models serve`` hands over for ``{"dataframe_records": [...]}``).
-It returns one transcript string per clip. A missing or empty language means auto-detect.
+The logged model's signature (:data:`SIGNATURE`) is records: ``audio`` (a path to an audio file that
+ffmpeg decodes, or 16 kHz mono samples as a list/array of floats) and an optional ``language``; the
+output is one transcript string per record. So a loaded model (``mlflow.pyfunc.load_model``) and
+``mlflow models serve`` take a dict ``{"audio": ..., "language": "en"}``, a list of them, or a DataFrame
+with those columns. ``WhisperPyfunc.predict`` itself, called directly, also takes a bare path or array.
+A missing or empty language means auto-detect.
 """
 
 from __future__ import annotations
@@ -21,8 +21,17 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import DataType
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 MODEL_DIR_ARTIFACT = "model_dir"
+# Explicit: MLflow infers none from the predict type hints, and registries such as Unity Catalog refuse a
+# model without one. ``audio`` is Any because a path (string) and samples (float list) both serve.
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(AnyType(), "audio"), ColSpec(DataType.string, "language", required=False)]),
+    outputs=Schema([ColSpec(DataType.string)]),
+)
 
 
 def check_audio(audio: Any) -> str | np.ndarray:
@@ -74,8 +83,8 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = load_model_dir(model_dir, device="cpu")
 
-    # Annotated as DataFrame (what serving passes) because MLflow derives no input schema from that hint;
-    # in-process callers may pass any form listed in the module docstring.
+    # Annotated as DataFrame (what serving passes); the schema is SIGNATURE, and direct callers may pass
+    # any form listed in the module docstring.
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import whisper_int8
 
 from .fsutil import atomic_dir
 from .gate import Decision
-from .pyfunc_model import MODEL_DIR_ARTIFACT
+from .pyfunc_model import MODEL_DIR_ARTIFACT, SIGNATURE
 from .tracking import KEY_TAG
 from .tracking_uri import RegistryError, TrackingError
 
@@ -65,14 +66,17 @@ def package_digest() -> str:
 def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI.
 
-    Models-from-code (:mod:`whisper_int8.pyfunc_entry`): no pickle in the logged model.
+    Models-from-code (:mod:`whisper_int8.pyfunc_entry`): no pickle in the logged model. No input
+    example: it would need audio, and MLflow would transcribe it to validate the example.
     """
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             model_config=decode,
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            signature=SIGNATURE,
             code_paths=[str(Path(whisper_int8.__file__).parent)],
             pip_requirements=_requirements(),
         )

@@ -1,7 +1,8 @@
 """Turn the FP32 and INT8 evaluations into the comparison, the metric files and the charts.
 
 ``metrics/eval.json``        ``{"fp32": {...}, "int8": {...}, "comparison": {...}, "config": {...}}``
-``metrics/per_language.csv`` one row per language: metric, clips, FP32 and INT8 error rate, delta, LID
+``metrics/per_language.csv`` one row per language: metric, clips, FP32 and INT8 error rate, delta, LID,
+                             reference length, FP32 and INT8 error counts
 ``metrics/latency.csv``      one row per clip: FP32 and INT8 latency (DVC plot)
 ``metrics/*.png``            the same two charts rendered with matplotlib
 """

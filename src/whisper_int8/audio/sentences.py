@@ -1,7 +1,7 @@
 """Everyday sentences written for this project, read by the Kokoro voice (numbers spelled out).
 
 Each sentence is used once: the build puts a sentence in the evaluation or the calibration split,
-never both. Fifty per language so that the default 20 + 30 clips need no repeats.
+never both. Fifty per language: the default 5 + 20 clips, and up to 45 evaluation clips, need no repeats.
 """
 
 SENTENCES: dict[str, list[str]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,32 @@ def test_kinds_agree(dirs):
     assert card["bytes"] < card["fp32_bytes"] * 0.35 and card["ratio_to_fp32"] == round(
         card["bytes"] / card["fp32_bytes"], 4
     )
+
+
+def _mapped_rss_kb(path: Path) -> int | None:
+    """Resident kB of this process's mappings of ``path`` (None: not mapped)."""
+    total, inside = None, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            inside = len(fields) == 6 and fields[5] == str(path)
+            total = (total or 0) if inside else total
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+def test_int8_weights_file_stays_mapped_not_resident(tmp_path, dirs):
+    """Packing reads every int8 matrix once; afterwards only embedding rows are read from the file."""
+    shutil.copytree(dirs["int8"], tmp_path / "int8")  # a path no other test has mapped
+    weights = (tmp_path / "int8" / "int8.pt").resolve()
+    model = load_model_dir(tmp_path / "int8")
+    assert _mapped_rss_kb(weights) == 0  # mapped, and none of it counted in RSS
+    emb = model.decoder.token_embedding.weight_int8
+    with torch.no_grad():
+        model.decoder(TOKENS, torch.randn(1, model.dims.n_audio_ctx, model.dims.n_audio_state))
+    assert 0 < _mapped_rss_kb(weights) < emb.numel() // 1024 + 64  # read back on demand
 
 
 def test_bad_directories(tmp_path, dirs):

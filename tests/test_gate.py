@@ -44,6 +44,13 @@ def test_refusal_counts_characters_for_cer_and_tolerate_older_reports():
     )
 
 
+def test_refusal_gives_the_bootstrap_interval_when_the_report_has_it():
+    rep = report({"en": 10.0}, {"en": 11.2})
+    rep["comparison"].update({"wer_delta_ci_low/en": -0.4, "wer_delta_ci_high/en": 2.81})
+    reason = check_thresholds(rep, gate_config({})).reasons[0]
+    assert reason.endswith("errors in 1000 words; 95 % interval over clips -0.40 to +2.81 pp), limit 0.5 pp")
+
+
 def test_per_language_override_and_overall_limit():
     rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 21.0})
     assert not check_thresholds(rep, gate_config({})).passed

@@ -1,8 +1,9 @@
 """Turn the FP32 and INT8 evaluations into the comparison, the metric files and the charts.
 
 ``metrics/eval.json``        ``{"fp32": {...}, "int8": {...}, "comparison": {...}, "config": {...}}``
-``metrics/per_language.csv`` one row per language: metric, clips, FP32 and INT8 error rate, delta, LID,
-                             reference length, FP32 and INT8 error counts
+``metrics/per_language.csv`` one row per language: metric, clips, FP32 and INT8 error rate, delta and
+                             its 95 % paired-bootstrap interval over clips, LID, reference length, FP32
+                             and INT8 error counts
 ``metrics/latency.csv``      one row per clip: FP32 and INT8 latency (DVC plot)
 ``metrics/*.png``            the same two charts rendered with matplotlib
 """
@@ -21,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .fsutil import atomic_write_bytes, json_text  # noqa: E402
+from .significance import delta_intervals  # noqa: E402
 
 BASELINE, CANDIDATE = "fp32", "int8"
 
@@ -51,18 +53,23 @@ def deltas_for(variant: str, comparison: dict[str, float]) -> dict[str, float]:
     return keys if variant == CANDIDATE else dict.fromkeys(keys, 0.0)
 
 
-def per_language_rows(base: dict[str, float], cand: dict[str, float]) -> list[dict[str, Any]]:
+def per_language_rows(
+    base: dict[str, float], cand: dict[str, float], comparison: dict[str, float]
+) -> list[dict[str, Any]]:
     rows = []
     for lang in languages(base):
         key = error_key(base, lang)
+        metric = key.split("/")[0]
         rows.append(
             {
                 "language": lang,
-                "metric": key.split("/")[0],
+                "metric": metric,
                 "clips": int(base[f"clips/{lang}"]),
                 BASELINE: round(base[key], 4),
                 CANDIDATE: round(cand.get(key, math.nan), 4),
                 "delta_pp": round(cand.get(key, math.nan) - base[key], 4),
+                "delta_ci_low": round(comparison.get(f"{metric}_delta_ci_low/{lang}", math.nan), 4),
+                "delta_ci_high": round(comparison.get(f"{metric}_delta_ci_high/{lang}", math.nan), 4),
                 f"lid_{BASELINE}": round(base[f"lid_accuracy/{lang}"], 2),
                 f"lid_{CANDIDATE}": round(cand.get(f"lid_accuracy/{lang}", math.nan), 2),
                 "ref_length": base.get(f"ref_length/{lang}", math.nan),
@@ -132,8 +139,15 @@ def write_report(
     """Write every evaluation output under ``out_dir`` atomically; returns the eval.json content."""
     out_dir = Path(out_dir)
     bm, cm = base["metrics"], cand["metrics"]
-    report = {BASELINE: bm, CANDIDATE: cm, "comparison": compare(bm, cm), "config": config}
-    lang_rows = per_language_rows(bm, cm)
+    both = sorted(set(languages(bm)) & set(languages(cm)))
+    comparison = compare(bm, cm)
+    comparison.update(
+        delta_intervals(
+            base["clips"], cand["clips"], {lang: error_key(bm, lang).split("/")[0] for lang in both}
+        )
+    )
+    report = {BASELINE: bm, CANDIDATE: cm, "comparison": comparison, "config": config}
+    lang_rows = per_language_rows(bm, cm, comparison)
     lat_rows = latency_rows(base["clips"], cand["clips"])
     # Everything is rendered before the first file is replaced: a chart that fails to draw leaves the
     # previous report whole instead of new CSVs beside an old eval.json.

@@ -110,6 +110,15 @@ def _counts(base: dict[str, float], cand: dict[str, float], key: str) -> str:
     return f"; {base[keys[0]]:.0f} -> {cand[keys[0]]:.0f} errors in {base[keys[1]]:.0f} {unit}"
 
 
+def _interval(comp: dict[str, float], key: str) -> str:
+    """``; 95 % interval over clips -0.56 to +2.81 pp`` when the report has it (older reports lack it)."""
+    metric, lang = key.split("/", 1)
+    low, high = comp.get(f"{metric}_delta_ci_low/{lang}"), comp.get(f"{metric}_delta_ci_high/{lang}")
+    if low is None or high is None:
+        return ""
+    return f"; 95 % interval over clips {low:+.2f} to {high:+.2f} pp"
+
+
 def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
     """Apply the thresholds of ``cfg`` to an eval.json report."""
     reasons: list[str] = []
@@ -131,7 +140,7 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         if delta > limit + FLOAT_SLACK_PP:
             reasons.append(
                 f"{key} +{delta:.2f} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}"
-                f"{_counts(base, cand, key)}), limit {limit} pp"
+                f"{_counts(base, cand, key)}{_interval(comp, key)}), limit {limit} pp"
             )
     overall = comp["error_rate_delta/overall"]
     if overall > cfg.max_overall_wer_delta_pp + FLOAT_SLACK_PP:

@@ -1,0 +1,69 @@
+"""Paired bootstrap intervals of the per-language error-rate delta."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_int8.scoring import score
+from whisper_int8.significance import clip_counts, delta_interval, delta_intervals
+
+
+def test_identical_models_have_a_zero_interval():
+    errors = np.array([0, 2, 1, 5])
+    assert delta_interval(errors, errors, np.array([10, 12, 9, 20])) == (0.0, 0.0)
+
+
+def test_a_model_worse_on_every_clip_is_worse_in_every_resample():
+    base = np.array([1, 0, 2, 1, 0, 3])
+    lengths = np.array([10, 8, 12, 9, 11, 10])
+    low, high = delta_interval(base, base + 1, lengths)
+    observed = 100 * 6 / lengths.sum()
+    assert 0 < low <= observed <= high
+
+
+def test_interval_brackets_the_observed_delta_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    base, cand = rng.integers(0, 5, 30), rng.integers(0, 5, 30)
+    lengths = rng.integers(5, 20, 30)
+    low, high = delta_interval(base, cand, lengths)
+    observed = 100 * (cand.sum() - base.sum()) / lengths.sum()
+    assert low < observed < high
+    assert delta_interval(base, cand, lengths) == (low, high)  # seeded
+    assert delta_interval(base, cand, lengths, level=0.5) != (low, high)
+    lo50, hi50 = delta_interval(base, cand, lengths, level=0.5)
+    assert low < lo50 < hi50 < high  # a lower level is a narrower interval
+
+
+def test_mismatched_or_empty_inputs_fail():
+    with pytest.raises(ValueError, match="need equal"):
+        delta_interval(np.array([1, 2]), np.array([1]), np.array([3, 4]))
+    with pytest.raises(ValueError, match="need equal"):
+        delta_interval(np.array([]), np.array([]), np.array([]))
+
+
+def _clip(i: int, lang: str, ref: str, hyp: str) -> dict:
+    return {"id": f"{lang}-{i}", "language": lang, "reference": ref, "hypothesis": hyp}
+
+
+def test_per_clip_counts_sum_to_the_corpus_score():
+    refs = ["the cat sat on the mat", "hello there", "one two three four"]
+    hyps = ["the cat sat on a mat", "hello there friend", "one three four"]
+    counts = clip_counts(
+        [_clip(i, "en", r, h) for i, (r, h) in enumerate(zip(refs, hyps, strict=True))], "en"
+    )
+    corpus = score(refs, hyps, "en")
+    assert (
+        sum(e for e, _ in counts.values())
+        == corpus["substitutions"] + corpus["deletions"] + corpus["insertions"]
+    )
+    assert sum(n for _, n in counts.values()) == corpus["reference_length"]
+
+
+def test_delta_intervals_pair_clips_by_id_per_language():
+    base = [_clip(i, "en", "a b c d", "a b c d") for i in range(5)] + [_clip(0, "zh", "你好世界", "你好世界")]
+    cand = [_clip(i, "en", "a b c d", "a b x d") for i in reversed(range(5))]  # another order
+    cand.append(_clip(0, "zh", "你好世界", "你好世界"))
+    out = delta_intervals(base, cand, {"en": "wer", "zh": "cer"})
+    assert out["wer_delta_ci_low/en"] == out["wer_delta_ci_high/en"] == pytest.approx(25.0)
+    assert out["cer_delta_ci_low/zh"] == out["cer_delta_ci_high/zh"] == 0.0

@@ -99,11 +99,9 @@ def test_report_files(results, tmp_path):
         assert float(row["delta_pp"]) == pytest.approx(comp[key.replace("/", "_delta/")], abs=1e-3)
         assert float(row["ref_length"]) == on_disk["fp32"][f"ref_length/{row['language']}"]
         assert float(row["errors_int8"]) == on_disk["int8"][f"errors/{row['language']}"]
-        low, high = (comp[f"{row['metric']}_delta_ci_{end}/{row['language']}"] for end in ("low", "high"))
-        assert low <= float(row["delta_pp"]) <= high  # the observed delta lies in its bootstrap interval
-        assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == pytest.approx(
-            (low, high), abs=1e-3
-        )
+        # one or two clips a language here: too few for a bootstrap interval (see test_significance)
+        assert f"{row['metric']}_delta_ci_low/{row['language']}" not in comp
+        assert row["delta_ci_low"] == row["delta_ci_high"] == "nan"
 
 
 def test_a_failing_chart_leaves_the_previous_report_whole(results, tmp_path, monkeypatch):

@@ -95,6 +95,13 @@ def test_int8_weights_file_stays_mapped_not_resident(tmp_path, dirs):
     with torch.no_grad():
         model.decoder(TOKENS, torch.randn(1, model.dims.n_audio_ctx, model.dims.n_audio_state))
     assert 0 < _mapped_rss_kb(weights) < emb.numel() // 1024 + 64  # read back on demand
+    # a second load of the same file advises only its own mapping: the first model's pages stay
+    ln = model.decoder.ln.weight  # loaded with assign=True: a view of the mapped file
+    with torch.no_grad():
+        ln.add_(1.0)  # written: now a private (anonymous) page of the first mapping
+    written = ln.clone()
+    load_model_dir(tmp_path / "int8")
+    assert torch.equal(ln, written)
 
 
 def test_bad_directories(tmp_path, dirs):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from whisper_int8.scoring import score
-from whisper_int8.significance import clip_counts, delta_interval, delta_intervals
+from whisper_int8.significance import MIN_CLIPS, clip_counts, delta_interval, delta_intervals
 
 
 def test_identical_models_have_a_zero_interval():
@@ -61,9 +61,16 @@ def test_per_clip_counts_sum_to_the_corpus_score():
 
 
 def test_delta_intervals_pair_clips_by_id_per_language():
-    base = [_clip(i, "en", "a b c d", "a b c d") for i in range(5)] + [_clip(0, "zh", "你好世界", "你好世界")]
-    cand = [_clip(i, "en", "a b c d", "a b x d") for i in reversed(range(5))]  # another order
-    cand.append(_clip(0, "zh", "你好世界", "你好世界"))
-    out = delta_intervals(base, cand, {"en": "wer", "zh": "cer"})
+    n = MIN_CLIPS
+    base = [_clip(i, "en", "a b c d", "a b c d") for i in range(n)]
+    base += [_clip(i, "zh", "你好世界", "你好世界") for i in range(n)] + [
+        _clip(0, "de", "ein zwei", "ein zwei")
+    ]
+    cand = [_clip(i, "en", "a b c d", "a b x d") for i in reversed(range(n))]  # another order
+    cand += [_clip(i, "zh", "你好世界", "你好世界") for i in range(n)] + [_clip(0, "de", "ein zwei", "ein")]
+    out = delta_intervals(base, cand, {"en": "wer", "zh": "cer", "de": "wer"})
     assert out["wer_delta_ci_low/en"] == out["wer_delta_ci_high/en"] == pytest.approx(25.0)
     assert out["cer_delta_ci_low/zh"] == out["cer_delta_ci_high/zh"] == 0.0
+    assert "wer_delta_ci_low/de" not in out  # one clip: no interval worth the name
+    with pytest.raises(ValueError, match="appears twice"):
+        delta_intervals(base + base[:1], cand, {"en": "wer"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
+import mmap
 from pathlib import Path
 
 import torch
@@ -16,6 +18,8 @@ from .quant.config import resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
 
+log = logging.getLogger(__name__)
+
 
 def _read_json(path: Path) -> dict:
     try:
@@ -24,36 +28,41 @@ def _read_json(path: Path) -> dict:
         raise ModelSourceError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
 
 
-MADV_DONTNEED = 4  # Linux
-
-
-def _load_state(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+def _load_state(path: Path, mapped: bool = False) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelSourceError(f"{path}: weights file missing; rerun the stage that writes it")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
 
 
-def _unmap_resident_pages(path: Path) -> None:
-    """Drop this process's resident pages of ``path``'s private mappings; they are re-read on access.
+def _unmap_resident_pages(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Drop the resident pages of the mapping ``state`` was loaded from; they are re-read on access.
 
     An INT8 model is loaded with ``torch.load(mmap=True)``: fbgemm packs every int8 matrix into
     its own buffer, reading the whole file once, but afterwards the file is read only where the
-    token embedding is looked up (a few rows per token). Without this the pages read while packing
-    stay counted in RSS (26 MB of embedding alone for Whisper base). Call it right after loading,
-    before anything could write to a mapped tensor (a private page once written is anonymous, and
-    this would revert it).
+    token embedding is looked up (a few rows per token) and for the small float tensors. Without
+    this the pages read while packing stay counted in RSS (26 MB of embedding alone for Whisper
+    base). Only the mapping holding ``state`` is advised, right after loading: a private page once
+    written is anonymous and this would revert it, so another model mapped from the same file is
+    left alone. The pages stay in the page cache (on tmpfs nothing is freed), and the model reads
+    the file for its whole life: replace it atomically (as the stages and ``pull`` do), never in place.
     """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:  # no madvise here (Windows): the pages stay resident, nothing breaks
+        return
     target = str(path.resolve())
+    pointers = [t.untyped_storage().data_ptr() for t in state.values()]
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:  # not Linux: the pages stay resident, nothing breaks
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # not Linux: the pages stay resident, nothing breaks
         return
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     for line in maps:
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5] == target:
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+            if any(start <= p < end for p in pointers) and madvise(start, end - start, advice):
+                log.debug("madvise(%s): errno %d; its pages stay resident", target, ctypes.get_errno())
 
 
 def _release_freed_memory() -> None:
@@ -85,13 +94,14 @@ def _load(root: Path, device: str) -> Whisper:
             raise ModelSourceError(f"{root / QUANT_CONFIG}: format {qcfg.get('format')!r} is not {FORMAT!r}")
         backend = resolve_backend(qcfg["config"]["backend"], device)
         weights = root / qcfg.get("weights", "int8.pt")
-        model = build_int8(qcfg, _load_state(weights, mmap=backend != "torchao"))
+        state = _load_state(weights, mapped=backend != "torchao")
+        model = build_int8(qcfg, state)
         if backend == "torchao":
             from .quant.cuda import to_torchao
 
             return to_torchao(model, qcfg["config"]["scheme"], device)
         set_engine(backend)
-        _unmap_resident_pages(weights)
+        _unmap_resident_pages(weights, state)
         return model
     if (root / FUSED_WEIGHTS).is_file():
         card = _read_json(root / "model_card.json")

@@ -6,7 +6,8 @@ the same draw for both models (paired), and recomputing the corpus delta each ti
 of the delta over evaluation sets like this one (Bisani & Ney, "Bootstrap estimates for confidence
 intervals in ASR performance evaluation", ICASSP 2004). The interval is reported beside each delta
 (``wer_delta_ci_low/<l>``, ``wer_delta_ci_high/<l>``) and in a refusal's reason; the gate still
-judges the delta itself.
+judges the delta itself. Below ``MIN_CLIPS`` clips the percentile bootstrap is too narrow to mean
+anything (one clip gives a zero-width interval), so no interval is reported.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .scoring import score
 RESAMPLES = 2000
 LEVEL = 0.95
 SEED = 0  # the same report gives the same interval
+MIN_CLIPS = 10
 
 
 def clip_counts(clips: Iterable[dict], lang: str) -> dict[str, tuple[int, int]]:
@@ -30,6 +32,8 @@ def clip_counts(clips: Iterable[dict], lang: str) -> dict[str, tuple[int, int]]:
     out = {}
     for c in clips:
         if c["language"] == lang:
+            if c["id"] in out:
+                raise ValueError(f"clip id {c['id']!r} appears twice among the {lang} results")
             s = score([c["reference"]], [c["hypothesis"]], lang)
             out[c["id"]] = (s["substitutions"] + s["deletions"] + s["insertions"], s["reference_length"])
     return out
@@ -63,13 +67,13 @@ def delta_intervals(
     """``<metric>_delta_ci_low/<l>`` and ``..._high/<l>`` for every language of ``metrics``.
 
     ``metrics`` maps a language to its metric (``wer`` or ``cer``); a language is resampled over the
-    clips both variants transcribed.
+    clips both variants transcribed (at least ``MIN_CLIPS`` of them).
     """
     out: dict[str, float] = {}
     for lang, metric in sorted(metrics.items()):
         base, cand = clip_counts(base_clips, lang), clip_counts(cand_clips, lang)
         ids = sorted(base.keys() & cand.keys())
-        if not ids:
+        if len(ids) < MIN_CLIPS:
             continue
         low, high = delta_interval(
             np.array([base[i][0] for i in ids]),

@@ -124,7 +124,7 @@ def accuracy_metrics(results: list[ClipResult]) -> dict[str, float]:
         rate = 100.0 * counts["error_rate"]
         rates.append(rate)
         metrics[f"{error_metric(lang)}/{lang}"] = rate
-        metrics[f"errors/{lang}"] = counts["substitutions"] + counts["deletions"] + counts["insertions"]
+        metrics[f"errors/{lang}"] = counts["errors"]
         metrics[f"ref_length/{lang}"] = counts["reference_length"]
         metrics[f"lid_accuracy/{lang}"] = 100.0 * sum(r.detected_language == lang for r in rows) / len(rows)
         metrics[f"clips/{lang}"] = len(rows)

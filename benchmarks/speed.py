@@ -10,9 +10,10 @@ Every variant lives in its own worker process (so peak RSS is its own); the pare
 evaluation clips round-robin (variant order rotated per clip and repeat) so background load hits
 all variants alike. Reported per variant: median wall time per clip (summed over clips), ratios to
 both FP32 rows, peak RSS while transcribing (VmHWM reset after load and warm-up) and the part of it
-above the process's RSS after its own imports (torch and whisper are ~280 MB that no model size
-changes; the faster-whisper worker imports neither), model file size, and WER (CER for zh/ja) per
-language. Greedy decoding everywhere. faster-whisper runs the default package's float16 CTranslate2
+above the process's RSS after its own imports (torch and whisper: ~280 MB in the stock row, ~225 MB
+through this package, which keeps numba out until word timestamps need it; the faster-whisper worker
+imports neither), model file size, and WER (CER for zh/ja) per language. ``--lean-heap`` adds the
+first INT8 scheme once more with glibc's mmap threshold at 1 MB: the memory/time trade-off, measured. Greedy decoding everywhere. faster-whisper runs the default package's float16 CTranslate2
 model converted to int8 by CTranslate2's own converter code, so its file size is that of the file it runs.
 
     python benchmarks/speed.py --split data/eval --per-language 5 --repeats 3 --out metrics/speed.json
@@ -32,6 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -172,9 +174,11 @@ def worker(kind: str, path: str, threads: int) -> None:
 
 
 class Worker:
-    def __init__(self, name: str, kind: str, path: str, threads: int) -> None:
+    def __init__(
+        self, name: str, kind: str, path: str, threads: int, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, path, "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -193,8 +197,20 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
-    """(name, kind, path, file bytes) for FP32, each INT8 scheme and faster-whisper when installed."""
+class Variant(NamedTuple):
+    name: str
+    kind: str  # whisper-stock | whisper | faster-whisper
+    path: str
+    bytes: int
+    env: dict[str, str] | None = None  # extra environment of its worker
+
+
+# glibc: allocations of 1 MB and more get their own mapping, returned to the kernel when freed
+LEAN_HEAP = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+
+
+def build_variants(args, tmp: Path) -> list[Variant]:
+    """FP32 (stock and one-pass), each INT8 scheme, the lean-heap INT8 row if asked, faster-whisper."""
     from whisper_int8.fsutil import dir_bytes
     from whisper_int8.params import load_params
     from whisper_int8.quant.config import parse_quant_config
@@ -202,15 +218,19 @@ def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
 
     fp32_bytes = dir_bytes(args.fp32)
     variants = [
-        ("openai-whisper-fp32", "whisper-stock", args.fp32, fp32_bytes),
-        ("fp32", "whisper", args.fp32, fp32_bytes),
+        Variant("openai-whisper-fp32", "whisper-stock", args.fp32, fp32_bytes),
+        Variant("fp32", "whisper", args.fp32, fp32_bytes),
     ]
     base = load_params(args.params).get("quant") or {}
     for scheme in args.schemes:
         out = tmp / f"int8-{scheme}"
         cfg = parse_quant_config({**base, "scheme": scheme})  # params.yaml quant, scheme varied
         card = convert_dir(args.fused, args.calibration, args.fp32, out, cfg)
-        variants.append((f"int8-{scheme}", "whisper", str(out), card["bytes"]))
+        variants.append(Variant(f"int8-{scheme}", "whisper", str(out), card["bytes"]))
+        if args.lean_heap and scheme == args.schemes[0]:
+            variants.append(
+                Variant(f"int8-{scheme}-lean-heap", "whisper", str(out), card["bytes"], LEAN_HEAP)
+            )
     try:
         import faster_whisper  # noqa: F401
     except ImportError:
@@ -218,7 +238,9 @@ def build_variants(args, tmp: Path) -> list[tuple[str, str, str, int]]:
     else:
         fw = faster_whisper_int8(tmp / "faster-whisper")
         # the weights file; its tokenizer files are no more counted than openai-whisper's bundled one
-        variants.append(("faster-whisper-int8", "faster-whisper", str(fw), (fw / "model.bin").stat().st_size))
+        variants.append(
+            Variant("faster-whisper-int8", "faster-whisper", str(fw), (fw / "model.bin").stat().st_size)
+        )
     return variants
 
 
@@ -233,6 +255,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--per-language", type=int, default=None, help="first N clips of each language only")
+    p.add_argument(
+        "--lean-heap",
+        action="store_true",
+        help=f"also run the first scheme with {LEAN_HEAP} (less RSS, more page faults)",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -246,7 +273,7 @@ def main() -> None:
     clips = first_per_language(read_manifest(args.split), args.per_language)
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, Path(tmp))
-        workers = [Worker(name, kind, path, args.threads) for name, kind, path, _ in variants]
+        workers = [Worker(v.name, v.kind, v.path, args.threads, v.env) for v in variants]
         times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         texts: dict[str, dict[str, str]] = defaultdict(dict)
         n = 0
@@ -264,7 +291,7 @@ def main() -> None:
             w.close()
     langs = sorted({c.language for c in clips})
     rows = {}
-    for name, _, _, size in variants:
+    for name, _, _, size, _ in variants:
         total = sum(statistics.median(times[name][c.id]) for c in clips)
         per_lang = {}
         for lang in langs:

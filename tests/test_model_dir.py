@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import whisper
 
 from whisper_int8.fsutil import atomic_dir
 from whisper_int8.fuse import FusedWhisper, fuse_model, save_fused_dir
-from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_dir import _drop_table_pages_after_lookups, load_model_dir
 from whisper_int8.model_sources import LoadedModel, ModelSourceError, save_checkpoint
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert import quantize_model, save_int8_dir
+from whisper_int8.quant.cpu import Int8TiedEmbedding
 
 from .conftest import make_tiny_whisper
 
@@ -95,6 +99,7 @@ def test_int8_weights_file_stays_mapped_not_resident(tmp_path, dirs):
     with torch.no_grad():
         model.decoder(TOKENS, torch.randn(1, model.dims.n_audio_ctx, model.dims.n_audio_state))
     assert 0 < _mapped_rss_kb(weights) < emb.numel() // 1024 + 64  # read back on demand
+    assert _resident_pages(emb) <= 2  # the rows looked up were dropped again (see the next test)
     # a second load of the same file advises only its own mapping: the first model's pages stay
     ln = model.decoder.ln.weight  # loaded with assign=True: a view of the mapped file
     with torch.no_grad():
@@ -121,3 +126,44 @@ def test_bad_directories(tmp_path, dirs):
     (bad / "quant_config.json").write_text("{not json")
     with pytest.raises(ModelSourceError, match="unreadable"):
         load_model_dir(bad)
+
+
+def _resident_pages(t: torch.Tensor) -> int:
+    """How many of the pages holding ``t`` are present in this process (/proc/self/pagemap bit 63)."""
+    page = mmap.PAGESIZE
+    first, last = t.data_ptr() // page, (t.data_ptr() + t.numel() * t.element_size() - 1) // page
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(first * 8)
+        entries = f.read((last - first + 1) * 8)
+    return sum(e >> 63 for (e,) in struct.iter_unpack("<Q", entries))
+
+
+@pytest.mark.skipif(not Path("/proc/self/pagemap").is_file(), reason="needs Linux /proc")
+def test_embedding_lookups_leave_no_table_pages_resident(tmp_path, dirs):
+    """Fault-around maps far more of the file than the rows read; the hook drops them after each lookup."""
+    shutil.copytree(dirs["int8"], tmp_path / "int8")
+    model = load_model_dir(tmp_path / "int8")
+    emb = model.decoder.token_embedding
+    table = emb.weight_int8
+    expected = table.clone()  # read it all: every page resident
+    assert _resident_pages(table) > table.numel() // mmap.PAGESIZE - 2
+    tokens = torch.tensor([[50258, 50259, 50359, 440, 1000, 30000]])
+    with torch.no_grad():
+        rows = emb(tokens)
+    assert _resident_pages(table) <= 2  # all but the two it shares with its neighbours in the file
+    assert torch.equal(rows, F.embedding(tokens, expected).float() * emb.weight_scale[tokens].unsqueeze(-1))
+    assert torch.equal(table, expected)  # read back from the file, unchanged
+
+
+def test_tables_not_mapped_from_a_file_are_never_advised():
+    """On anonymous memory MADV_DONTNEED would zero the table: no hook unless it lies in a mapped range."""
+    emb = Int8TiedEmbedding.from_float(torch.nn.Embedding(4096, 16))  # anonymous memory
+    table = emb.weight_int8
+    start = table.data_ptr()
+    _drop_table_pages_after_lookups(emb, table, [(start - 4096, start + 4096)])  # not all inside
+    _drop_table_pages_after_lookups(emb, table, [])
+    assert not emb._forward_hooks
+    expected = table.clone()
+    with torch.no_grad():
+        emb(torch.tensor([[440, 1000]]))
+    assert torch.equal(table, expected)

@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := ffmpeg espeak-ng
+APT_PACKAGES := ffmpeg espeak-ng libtcmalloc-minimal4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt-deps repro test test-fast lint help
@@ -14,7 +14,7 @@ help:  ## list targets
 
 setup: apt-deps $(STAMP)  ## create .venv and install everything
 
-apt-deps:  ## install Debian packages (ffmpeg, espeak-ng) when missing
+apt-deps:  ## install Debian packages (ffmpeg, espeak-ng; libtcmalloc-minimal4 for the benchmark's --heap) when missing
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \

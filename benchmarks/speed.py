@@ -12,16 +12,21 @@ all variants alike. Reported per variant: median wall time per clip (summed over
 both FP32 rows, peak RSS while transcribing (VmHWM reset after load and warm-up) and the part of it
 above the process's RSS after its own imports (torch and whisper: ~280 MB in the stock row, ~225 MB
 through this package, which keeps numba out until word timestamps need it; the faster-whisper worker
-imports neither), model file size, and WER (CER for zh/ja) per language. ``--lean-heap`` adds the
-first INT8 scheme once more with glibc's mmap threshold at 1 MB: the memory/time trade-off, measured. Greedy decoding everywhere. faster-whisper runs the default package's float16 CTranslate2
-model converted to int8 by CTranslate2's own converter code, so its file size is that of the file it runs.
+imports neither), model file size, and WER (CER for zh/ja) per language. ``--heap NAME`` adds stock
+FP32 and the first INT8 scheme once more, each in a worker with another heap (``HEAPS``): ``lean``,
+glibc returning every buffer of 1 MB or more to the kernel when freed, and ``tcmalloc``, preloaded
+(Debian: libtcmalloc-minimal4): the allocator's share of time and peak RSS, measured. Greedy
+decoding everywhere. faster-whisper runs the default package's float16 CTranslate2 model converted
+to int8 by CTranslate2's own converter code, so its file size is that of the file it runs.
 
-    python benchmarks/speed.py --split data/eval --per-language 5 --repeats 3 --out metrics/speed.json
+    python benchmarks/speed.py --split data/eval --per-language 3 --repeats 3 --heap lean --heap tcmalloc \
+        --out metrics/speed.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import shutil
@@ -205,12 +210,24 @@ class Variant(NamedTuple):
     env: dict[str, str] | None = None  # extra environment of its worker
 
 
-# glibc: allocations of 1 MB and more get their own mapping, returned to the kernel when freed
-LEAN_HEAP = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+# Other heaps for --heap: the worker's extra environment
+HEAPS = {
+    "lean": {"MALLOC_MMAP_THRESHOLD_": "1048576"},  # glibc: buffers of 1 MB and more mapped and unmapped
+    "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},  # Debian: libtcmalloc-minimal4
+}
+
+
+def heap_env(name: str) -> dict[str, str]:
+    """The environment for heap ``name``; a preloaded allocator must be installed (else SystemExit)."""
+    env = HEAPS[name]
+    lib = env.get("LD_PRELOAD")
+    if lib and not ctypes.util.find_library(lib.removeprefix("lib").split(".so")[0]):
+        raise SystemExit(f"--heap {name}: {lib} not found; install it (Debian: libtcmalloc-minimal4)")
+    return env
 
 
 def build_variants(args, tmp: Path) -> list[Variant]:
-    """FP32 (stock and one-pass), each INT8 scheme, the lean-heap INT8 row if asked, faster-whisper."""
+    """FP32 (stock and one-pass), each INT8 scheme, the rows of each --heap, faster-whisper."""
     from whisper_int8.fsutil import dir_bytes
     from whisper_int8.params import load_params
     from whisper_int8.quant.config import parse_quant_config
@@ -227,10 +244,11 @@ def build_variants(args, tmp: Path) -> list[Variant]:
         cfg = parse_quant_config({**base, "scheme": scheme})  # params.yaml quant, scheme varied
         card = convert_dir(args.fused, args.calibration, args.fp32, out, cfg)
         variants.append(Variant(f"int8-{scheme}", "whisper", str(out), card["bytes"]))
-        if args.lean_heap and scheme == args.schemes[0]:
-            variants.append(
-                Variant(f"int8-{scheme}-lean-heap", "whisper", str(out), card["bytes"], LEAN_HEAP)
-            )
+        if scheme == args.schemes[0]:
+            for heap in args.heap:
+                env = heap_env(heap)
+                stock = Variant(f"openai-whisper-fp32-{heap}", "whisper-stock", args.fp32, fp32_bytes, env)
+                variants += [stock, Variant(f"int8-{scheme}-{heap}", "whisper", str(out), card["bytes"], env)]
     try:
         import faster_whisper  # noqa: F401
     except ImportError:
@@ -256,9 +274,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--per-language", type=int, default=None, help="first N clips of each language only")
     p.add_argument(
-        "--lean-heap",
-        action="store_true",
-        help=f"also run the first scheme with {LEAN_HEAP} (less RSS, more page faults)",
+        "--heap",
+        action="append",
+        default=[],
+        choices=sorted(HEAPS),
+        help="also run stock FP32 and the first scheme with this heap (repeatable): "
+        + "; ".join(f"{k}: {v}" for k, v in HEAPS.items()),
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from whisper_int8.audio import first_per_language, read_manifest
 
-from .conftest import REPO
+from .conftest import REPO, make_tiny_whisper
 
 
 def bench(name: str) -> ModuleType:
@@ -77,8 +79,6 @@ def test_speed_constants_match_the_libraries_they_stand_for():
 def test_faster_whisper_worker_runs_without_torch(tmp_path):
     """torch is ~250 MB of RSS faster-whisper never uses: its worker must not load it."""
     pytest.importorskip("faster_whisper")
-    import numpy as np
-
     from whisper_int8.audio.wavio import wav_bytes
 
     speed = bench("speed")
@@ -98,3 +98,35 @@ def test_faster_whisper_worker_runs_without_torch(tmp_path):
     assert "libctranslate2" in maps  # faster-whisper's runtime is loaded...
     assert "libtorch" not in maps  # ... and torch is not
     assert 0 < stats["imported_rss"] < stats["peak_rss"]
+
+
+@pytest.mark.skipif(
+    not ctypes.util.find_library("tcmalloc_minimal"), reason="libtcmalloc-minimal4 not installed"
+)
+def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path):
+    """--heap tcmalloc must really swap the allocator of its workers, and lean only glibc's setting."""
+    from whisper_int8.audio.wavio import wav_bytes
+    from whisper_int8.model_sources import LoadedModel, save_checkpoint
+
+    speed = bench("speed")
+    model = make_tiny_whisper()
+    (tmp_path / "fp32").mkdir()
+    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
+    wav = tmp_path / "silence.wav"
+    wav.write_bytes(wav_bytes(np.zeros(8000, dtype=np.int16)))
+    for heap, preloaded in (("tcmalloc", True), ("lean", False)):
+        w = speed.Worker(heap, "whisper", str(tmp_path / "fp32"), 1, speed.heap_env(heap))
+        try:
+            reply = w.ask({"op": "run", "audio": str(wav), "language": "en"})
+            maps = Path(f"/proc/{w.proc.pid}/maps").read_text()
+        finally:
+            w.close()
+        assert isinstance(reply["text"], str)
+        assert ("libtcmalloc" in maps) == preloaded
+
+
+def test_heap_with_a_missing_allocator_fails_clearly(monkeypatch):
+    speed = bench("speed")
+    monkeypatch.setitem(speed.HEAPS, "nothere", {"LD_PRELOAD": "libnothere_at_all.so.1"})
+    with pytest.raises(SystemExit, match="--heap nothere: libnothere_at_all.so.1 not found"):
+        speed.heap_env("nothere")

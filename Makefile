@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := ffmpeg espeak-ng libtcmalloc-minimal4
+APT_PACKAGES := ffmpeg espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt-deps repro test test-fast lint help
@@ -14,11 +14,18 @@ help:  ## list targets
 
 setup: apt-deps $(STAMP)  ## create .venv and install everything
 
-apt-deps:  ## install Debian packages (ffmpeg, espeak-ng; libtcmalloc-minimal4 for the benchmark's --heap) when missing
+apt-deps:  ## install Debian packages (ffmpeg, espeak-ng; tcmalloc for the benchmark's --heap) when missing
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+	@# optional (benchmarks/speed.py --heap tcmalloc; its test skips without it); renamed ...t64 in Debian 13
+	@if ! dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 && ! dpkg -s libtcmalloc-minimal4t64 >/dev/null 2>&1; then \
+	  echo "installing libtcmalloc-minimal4 (optional)"; $(SUDO) apt-get update -q >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q libtcmalloc-minimal4 \
+	  || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q libtcmalloc-minimal4t64 \
+	  || echo "warning: tcmalloc not installed: speed.py --heap tcmalloc unavailable"; \
 	fi
 
 $(STAMP): pyproject.toml

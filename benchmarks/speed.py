@@ -163,6 +163,7 @@ def worker(kind: str, path: str, threads: int) -> None:
                 "peak_rss": _bytes(memory.peak_rss_mb()),
                 "rss": _bytes(memory.rss_mb()),
                 "imported_rss": imported_rss,
+                "preloaded": _preloaded(),
             }
             out.write(json.dumps(stats) + "\n")
             out.flush()
@@ -219,11 +220,22 @@ HEAPS = {
 
 def heap_env(name: str) -> dict[str, str]:
     """The environment for heap ``name``; a preloaded allocator must be installed (else SystemExit)."""
-    env = HEAPS[name]
+    env = dict(HEAPS[name])
     lib = env.get("LD_PRELOAD")
     if lib and not ctypes.util.find_library(lib.removeprefix("lib").split(".so")[0]):
         raise SystemExit(f"--heap {name}: {lib} not found; install it (Debian: libtcmalloc-minimal4)")
+    if lib and os.environ.get("LD_PRELOAD"):  # keep what the caller preloads
+        env["LD_PRELOAD"] = f"{lib} {os.environ['LD_PRELOAD']}"
     return env
+
+
+def _preloaded() -> bool:
+    """Whether every library in LD_PRELOAD is mapped into this process (Linux; else assumed)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return True
+    return all(Path(lib).name in maps for lib in os.environ.get("LD_PRELOAD", "").split())
 
 
 def build_variants(args, tmp: Path) -> list[Variant]:
@@ -287,6 +299,11 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.threads)
         return
+    args.heap = list(dict.fromkeys(args.heap))  # one row per heap: rows are keyed by name
+    if args.heap and not args.schemes:
+        p.error("--heap runs the first of --schemes once more: give at least one scheme")
+    for heap in args.heap:
+        heap_env(heap)  # a missing allocator fails now, not after the conversions
     from whisper_int8.audio import first_per_language
     from whisper_int8.scoring import score
     from whisper_int8.transcribe import read_manifest
@@ -295,6 +312,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, Path(tmp))
         workers = [Worker(v.name, v.kind, v.path, args.threads, v.env) for v in variants]
+        for w in workers:  # a heap row that silently ran on glibc would mislabel its figures
+            if not w.ask({"op": "stats"})["preloaded"]:
+                raise SystemExit(f"{w.name}: its LD_PRELOAD library did not load (see its stderr above)")
         times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         texts: dict[str, dict[str, str]] = defaultdict(dict)
         n = 0

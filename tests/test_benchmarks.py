@@ -118,11 +118,14 @@ def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path):
         w = speed.Worker(heap, "whisper", str(tmp_path / "fp32"), 1, speed.heap_env(heap))
         try:
             reply = w.ask({"op": "run", "audio": str(wav), "language": "en"})
+            stats = w.ask({"op": "stats"})
             maps = Path(f"/proc/{w.proc.pid}/maps").read_text()
+            environ = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
         finally:
             w.close()
-        assert isinstance(reply["text"], str)
+        assert isinstance(reply["text"], str) and stats["preloaded"]
         assert ("libtcmalloc" in maps) == preloaded
+        assert (b"MALLOC_MMAP_THRESHOLD_=1048576" in environ) == (heap == "lean")
 
 
 def test_heap_with_a_missing_allocator_fails_clearly(monkeypatch):
@@ -130,3 +133,12 @@ def test_heap_with_a_missing_allocator_fails_clearly(monkeypatch):
     monkeypatch.setitem(speed.HEAPS, "nothere", {"LD_PRELOAD": "libnothere_at_all.so.1"})
     with pytest.raises(SystemExit, match="--heap nothere: libnothere_at_all.so.1 not found"):
         speed.heap_env("nothere")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_preloaded_tells_whether_the_ld_preload_libraries_are_mapped(monkeypatch):
+    speed = bench("speed")
+    monkeypatch.setenv("LD_PRELOAD", "libnothere_at_all.so.1")
+    assert not speed._preloaded()
+    monkeypatch.setenv("LD_PRELOAD", "libc.so.6")  # mapped in every process
+    assert speed._preloaded()

@@ -88,7 +88,7 @@ def _mapped_rss_kb(path: Path) -> int | None:
     return total
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+@pytest.mark.skipif(not Path("/proc/self/pagemap").is_file(), reason="needs Linux /proc")
 def test_int8_weights_file_stays_mapped_not_resident(tmp_path, dirs):
     """Packing reads every int8 matrix once; afterwards only embedding rows are read from the file."""
     shutil.copytree(dirs["int8"], tmp_path / "int8")  # a path no other test has mapped
@@ -153,6 +153,20 @@ def test_embedding_lookups_leave_no_table_pages_resident(tmp_path, dirs):
     assert _resident_pages(table) <= 2  # all but the two it shares with its neighbours in the file
     assert torch.equal(rows, F.embedding(tokens, expected).float() * emb.weight_scale[tokens].unsqueeze(-1))
     assert torch.equal(table, expected)  # read back from the file, unchanged
+
+
+@pytest.mark.skipif(not Path("/proc/self/pagemap").is_file(), reason="needs Linux /proc")
+def test_a_table_written_in_place_is_no_longer_advised(tmp_path, dirs):
+    """A written private page is anonymous: advising it would revert the write to the file's bytes."""
+    shutil.copytree(dirs["int8"], tmp_path / "int8")
+    emb = load_model_dir(tmp_path / "int8").decoder.token_embedding
+    tokens = torch.tensor([[440]])
+    with torch.no_grad():
+        emb.weight_int8[440] = 7
+        emb(tokens)
+        emb(tokens)
+    assert (emb.weight_int8[440] == 7).all()
+    assert not emb._forward_hooks  # removed for good
 
 
 def test_tables_not_mapped_from_a_file_are_never_advised():

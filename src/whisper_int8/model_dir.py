@@ -89,10 +89,10 @@ def _drop_table_pages_after_lookups(
     it. One ``madvise`` over the table after each lookup (tens of microseconds, next to milliseconds
     per decoding step) keeps it at zero. Only whole pages inside the table are advised, never a
     page it shares with a neighbouring tensor that someone may have written. The table must stay
-    read-only (a written private page is anonymous, and this would revert it: load other weights
-    by loading their directory, not with ``load_state_dict`` into this model). Nothing is done
-    unless the table lies inside one of the ``mapped`` file ranges, and nothing once the module's
-    table is another tensor: on anonymous memory ``MADV_DONTNEED`` would zero it.
+    read-only: a written private page is anonymous and this would revert it, so the hook stops
+    for good once the table is written in place (its version counter moves) or the module holds
+    another tensor. Nothing is done unless the table lies inside one of the ``mapped`` file
+    ranges: on anonymous memory ``MADV_DONTNEED`` would zero it.
     """
     madvise, page = _madvise(), mmap.PAGESIZE
     first, last = table.data_ptr(), table.data_ptr() + table.numel() * table.element_size()
@@ -102,11 +102,15 @@ def _drop_table_pages_after_lookups(
     if end <= begin:
         return
 
-    def drop(module, args, output) -> None:
-        if module.weight_int8.data_ptr() == first:
-            madvise(begin, end - begin, mmap.MADV_DONTNEED)
+    version = table._version
 
-    embedding.register_forward_hook(drop)
+    def drop(module, args, output) -> None:
+        if module.weight_int8 is table and table._version == version:
+            madvise(begin, end - begin, mmap.MADV_DONTNEED)
+        else:
+            handle.remove()
+
+    handle = embedding.register_forward_hook(drop)
 
 
 def _release_freed_memory() -> None:

@@ -124,3 +124,15 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "manifest.jsonl").write_text('{"id": "a", "language": "en"}\n')
     with pytest.raises(AudioInputError, match=r"manifest.jsonl:1: missing field\(s\) audio, text"):
         read_manifest(tmp_path)
+
+
+def test_freed_heap_is_released_before_and_after_the_encoder(tiny_model, monkeypatch):
+    """The encoder's activations must be gone before the cross-attention keys/values are allocated."""
+    import whisper_int8.transcribe as tr
+
+    events: list[str] = []
+    monkeypatch.setattr(tr, "release_freed", lambda: events.append("release"))
+    tiny_model.encoder.register_forward_hook(lambda *_: events.append("encoder"))
+    tiny_model.decoder.blocks[0].cross_attn.register_forward_pre_hook(lambda *_: events.append("decoder"))
+    tr.transcribe_clip(tiny_model, np.zeros(16000, dtype=np.float32), "en", max_tokens=2)
+    assert events[:4] == ["release", "encoder", "release", "decoder"]

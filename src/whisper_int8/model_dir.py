@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import logging
@@ -13,6 +12,7 @@ import torch
 from whisper.model import ModelDimensions, Whisper
 
 from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
+from .heap import release_freed
 from .model_sources import ModelSourceError, load_checkpoint
 from .quant.config import resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
@@ -113,16 +113,10 @@ def _drop_table_pages_after_lookups(
     handle = embedding.register_forward_hook(drop)
 
 
-def _release_freed_memory() -> None:
-    """Return the heap pages freed while loading (state dict, packing) to the OS; glibc keeps them."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def load_model_dir(path: Path | str, device: str = "cpu") -> Whisper:
     """Load a model directory of this pipeline (see :func:`_load`), leaving no load-time garbage resident."""
     model = _load(Path(path), device)
-    _release_freed_memory()
+    release_freed()  # the state dict and packing buffers
     return model
 
 

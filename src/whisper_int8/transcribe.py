@@ -32,6 +32,7 @@ from whisper.tokenizer import get_tokenizer
 from .audio.manifest import Clip, read_manifest
 from .audio.wavio import read_wav
 from .fuse import FusedAttention
+from .heap import release_freed
 
 __all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
 
@@ -160,7 +161,9 @@ def _transcribe_window(
     cap: int,
 ) -> dict:
     fp16 = _fp16(model)
+    release_freed()  # the previous call's activations and keys/values
     features = _features(model, audio, fp16)
+    release_freed()  # the encoder's activations, before the keys/values are allocated
     cross = _cross_cache(model, features)
     detected, lid_s = None, 0.0
     if language is None or detect:

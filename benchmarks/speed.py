@@ -257,8 +257,7 @@ def build_variants(args, tmp: Path) -> list[Variant]:
         card = convert_dir(args.fused, args.calibration, args.fp32, out, cfg)
         variants.append(Variant(f"int8-{scheme}", "whisper", str(out), card["bytes"]))
         if scheme == args.schemes[0]:
-            for heap in args.heap:
-                env = heap_env(heap)
+            for heap, env in args.heap.items():
                 stock = Variant(f"openai-whisper-fp32-{heap}", "whisper-stock", args.fp32, fp32_bytes, env)
                 variants += [stock, Variant(f"int8-{scheme}-{heap}", "whisper", str(out), card["bytes"], env)]
     try:
@@ -299,11 +298,10 @@ def main() -> None:
     if args.worker:
         worker(*args.worker, args.threads)
         return
-    args.heap = list(dict.fromkeys(args.heap))  # one row per heap: rows are keyed by name
     if args.heap and not args.schemes:
         p.error("--heap runs the first of --schemes once more: give at least one scheme")
-    for heap in args.heap:
-        heap_env(heap)  # a missing allocator fails now, not after the conversions
+    # one row per heap (rows are keyed by name); a missing allocator fails now, not after the conversions
+    args.heap = {heap: heap_env(heap) for heap in args.heap}
     from whisper_int8.audio import first_per_language
     from whisper_int8.scoring import score
     from whisper_int8.transcribe import read_manifest

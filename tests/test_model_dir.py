@@ -174,8 +174,8 @@ def test_tables_not_mapped_from_a_file_are_never_advised():
     emb = Int8TiedEmbedding.from_float(torch.nn.Embedding(4096, 16))  # anonymous memory
     table = emb.weight_int8
     start = table.data_ptr()
-    _drop_table_pages_after_lookups(emb, table, [(start - 4096, start + 4096)])  # not all inside
-    _drop_table_pages_after_lookups(emb, table, [])
+    _drop_table_pages_after_lookups(emb, [(start - 4096, start + 4096)])  # not all inside
+    _drop_table_pages_after_lookups(emb, [])
     assert not emb._forward_hooks
     expected = table.clone()
     with torch.no_grad():

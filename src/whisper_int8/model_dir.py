@@ -59,8 +59,10 @@ def _unmap_resident_pages(path: Path, state: dict[str, torch.Tensor]) -> list[tu
     it atomically (as the stages and ``pull`` do), never in place. Returns the advised address ranges.
     """
     madvise = _madvise()
+    if madvise is None:
+        return []
     try:
-        maps = Path("/proc/self/maps").read_text().splitlines() if madvise else []
+        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return []
     target = str(path.resolve())
@@ -78,10 +80,8 @@ def _unmap_resident_pages(path: Path, state: dict[str, torch.Tensor]) -> list[tu
     return advised
 
 
-def _drop_table_pages_after_lookups(
-    embedding: torch.nn.Module, table: torch.Tensor, mapped: list[tuple[int, int]]
-) -> None:
-    """After every lookup, drop the pages of the file-mapped ``table`` the lookup made resident.
+def _drop_table_pages_after_lookups(embedding: torch.nn.Module, mapped: list[tuple[int, int]]) -> None:
+    """After every lookup, drop the pages of the file-mapped int8 table the lookup made resident.
 
     A lookup reads one 512-byte row per token, but the kernel maps every page around the fault
     that is in the page cache (fault-around, whole large folios): after a few clips 15 MB of the
@@ -94,7 +94,7 @@ def _drop_table_pages_after_lookups(
     another tensor. Nothing is done unless the table lies inside one of the ``mapped`` file
     ranges: on anonymous memory ``MADV_DONTNEED`` would zero it.
     """
-    madvise, page = _madvise(), mmap.PAGESIZE
+    madvise, page, table = _madvise(), mmap.PAGESIZE, embedding.weight_int8
     first, last = table.data_ptr(), table.data_ptr() + table.numel() * table.element_size()
     if madvise is None or not any(a <= first and last <= b for a, b in mapped):
         return
@@ -146,7 +146,7 @@ def _load(root: Path, device: str) -> Whisper:
         mapped = _unmap_resident_pages(weights, state)
         emb = model.decoder.token_embedding
         if isinstance(getattr(emb, "weight_int8", None), torch.Tensor):  # INT8 embedding, not float
-            _drop_table_pages_after_lookups(emb, emb.weight_int8, mapped)
+            _drop_table_pages_after_lookups(emb, mapped)
         return model
     if (root / FUSED_WEIGHTS).is_file():
         card = _read_json(root / "model_card.json")

@@ -92,6 +92,18 @@ def test_shared_cross_attention_cache_decodes_like_whisper(fused):
             assert got.avg_logprob == pytest.approx(want.avg_logprob, abs=1e-5)
         _, probs = model.detect_language(features)
         assert _identify(model, features, cross) == max(probs[0], key=probs[0].get)
+        # each head's keys and values contiguous (twice as fast to stream per step), same values
+        block = model.decoder.blocks[0]
+        k = cross[block.cross_attn.key]
+        n_head, head_dim = block.cross_attn.n_head, model.dims.n_text_state // block.cross_attn.n_head
+        assert k.shape == (1, model.dims.n_audio_ctx, n_head, head_dim)
+        assert k.permute(0, 2, 1, 3).is_contiguous()
+        want_k = (
+            block.cross_attn.kv(features)[..., : model.dims.n_text_state]
+            if fused
+            else block.cross_attn.key(features)
+        )
+        assert torch.equal(k.flatten(2), want_k)
 
 
 @pytest.mark.parametrize(

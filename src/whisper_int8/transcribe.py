@@ -31,7 +31,7 @@ from whisper.tokenizer import get_tokenizer
 
 from .audio.manifest import Clip, read_manifest
 from .audio.wavio import read_wav
-from .fuse import FusedAttention
+from .fuse import FusedAttention, head_major
 from .heap import release_freed
 
 __all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
@@ -101,9 +101,9 @@ def _cross_cache(model: torch.nn.Module, features: Tensor) -> dict[nn.Module, Te
     for block in blocks:
         attn = block.cross_attn
         if isinstance(attn, FusedAttention):
-            k, v = attn.kv(features).split(attn.n_state, dim=-1)
+            k, v = attn.cross_kv(features)
         else:
-            k, v = attn.key(features), attn.value(features)
+            k, v = head_major(attn.key(features), attn.n_head), head_major(attn.value(features), attn.n_head)
         cache[attn.key], cache[attn.value] = k, v
     return cache
 

@@ -14,13 +14,14 @@ above the process's RSS after its own imports (torch and whisper: ~280 MB in the
 through this package, which keeps numba out until word timestamps need it; the faster-whisper worker
 imports neither), model file size, and WER (CER for zh/ja) per language. ``--heap NAME`` adds stock
 FP32 and the first INT8 scheme once more, each in a worker with another heap (``HEAPS``): ``lean``,
-glibc returning every buffer of 1 MB or more to the kernel when freed, and ``tcmalloc``, preloaded
-(Debian: libtcmalloc-minimal4): the allocator's share of time and peak RSS, measured. Greedy
+glibc returning every buffer of 1 MB or more to the kernel when freed, ``tcmalloc``, preloaded
+(Debian: libtcmalloc-minimal4), and ``hugepages``, glibc backing its heap with transparent huge pages
+(fewer page faults when a freed buffer is touched again): the allocator's share of time and peak RSS. Greedy
 decoding everywhere. faster-whisper runs the default package's float16 CTranslate2 model converted
 to int8 by CTranslate2's own converter code, so its file size is that of the file it runs.
 
     python benchmarks/speed.py --split data/eval --per-language 3 --repeats 3 --heap lean --heap tcmalloc \
-        --out metrics/speed.json
+        --heap hugepages --out metrics/speed.json
 """
 
 from __future__ import annotations
@@ -215,6 +216,8 @@ class Variant(NamedTuple):
 HEAPS = {
     "lean": {"MALLOC_MMAP_THRESHOLD_": "1048576"},  # glibc: buffers of 1 MB and more mapped and unmapped
     "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},  # Debian: libtcmalloc-minimal4
+    # glibc >= 2.35 asks for transparent huge pages (THP "madvise" mode) on its heap and mapped buffers
+    "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
 }
 
 
@@ -226,6 +229,8 @@ def heap_env(name: str) -> dict[str, str]:
         raise SystemExit(f"--heap {name}: {lib} not found; install it (Debian: libtcmalloc-minimal4)")
     if lib and os.environ.get("LD_PRELOAD"):  # keep what the caller preloads
         env["LD_PRELOAD"] = f"{lib} {os.environ['LD_PRELOAD']}"
+    if "GLIBC_TUNABLES" in env and os.environ.get("GLIBC_TUNABLES"):  # and the caller's tunables
+        env["GLIBC_TUNABLES"] = f"{os.environ['GLIBC_TUNABLES']}:{env['GLIBC_TUNABLES']}"
     return env
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -126,6 +129,29 @@ def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path):
         assert isinstance(reply["text"], str) and stats["preloaded"]
         assert ("libtcmalloc" in maps) == preloaded
         assert (b"MALLOC_MMAP_THRESHOLD_=1048576" in environ) == (heap == "lean")
+
+
+def test_hugepages_heap_reaches_glibc_and_keeps_the_callers_tunables(monkeypatch):
+    speed = bench("speed")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    env = speed.heap_env("hugepages")
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[madvise]" not in thp.read_text():
+        pytest.skip("transparent huge pages are not in madvise mode here")
+    code = (  # touch a 64 MB mapped buffer, then count the huge pages behind this process
+        "import re\nx = bytearray(64 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+        "print(sum(map(int, re.findall(r'AnonHugePages: +(\\d+)', open('/proc/self/smaps').read()))))"
+    )
+
+    def huge_kb(extra: dict[str, str]) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **extra}, capture_output=True, text=True
+        )
+        return int(run.stdout)
+
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert huge_kb({}) == 0 and huge_kb(env) > 0
 
 
 def test_heap_with_a_missing_allocator_fails_clearly(monkeypatch):

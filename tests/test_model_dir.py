@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import whisper
 
 from whisper_int8.fsutil import atomic_dir
-from whisper_int8.fuse import FusedWhisper, fuse_model, save_fused_dir
+from whisper_int8.fuse import FusedTextDecoder, fuse_model, save_fused_dir
 from whisper_int8.model_dir import _drop_table_pages_after_lookups, load_model_dir
 from whisper_int8.model_sources import LoadedModel, ModelSourceError, save_checkpoint
 from whisper_int8.quant.config import parse_quant_config
@@ -53,7 +53,7 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
 def test_each_kind_loads_and_transcribes(dirs, kind):
     model = load_model_dir(dirs[kind])
     assert isinstance(model, whisper.model.Whisper)
-    assert (kind != "fp32") == isinstance(model, FusedWhisper)
+    assert (kind != "fp32") == isinstance(model.decoder, FusedTextDecoder)
     assert model.alignment_heads.to_dense().nonzero().tolist() == [[1, 1]]
     threads = torch.get_num_threads()
     audio = (torch.randn(16000 * 2, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from whisper.decoding import DecodingOptions
-from whisper.decoding import decode as decode_function
 from whisper.model import AudioEncoder, ModelDimensions, MultiHeadAttention, TextDecoder, Whisper
 
 log = logging.getLogger(__name__)
@@ -83,9 +80,8 @@ class FusedAttention(MultiHeadAttention):
 
     def cross_kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of encoder output ``xa``, head-major (:func:`head_major`)."""
-        with heavy():
-            k, v = self.kv(xa).split(self.n_state, dim=-1)
-            return head_major(k, self.n_head), head_major(v, self.n_head)
+        k, v = self.kv(xa).split(self.n_state, dim=-1)
+        return head_major(k, self.n_head), head_major(v, self.n_head)
 
 
 class TiedEmbedding(nn.Embedding):
@@ -93,30 +89,6 @@ class TiedEmbedding(nn.Embedding):
 
     def project(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight)
-
-
-# Set while FusedWhisper.decode runs the token loop on one thread: the thread count for heavy GEMMs.
-HEAVY_THREADS: ContextVar[int | None] = ContextVar("HEAVY_THREADS", default=None)
-
-
-def heavy() -> AbstractContextManager:
-    """Use every thread for a large GEMM (encoder, cross-attention K/V, logits) inside the decode loop."""
-    n = HEAVY_THREADS.get()
-    return num_threads(n) if n else nullcontext()
-
-
-@contextmanager
-def num_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads (cheap to switch: well under a microsecond)."""
-    prev = torch.get_num_threads()
-    if prev == n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 class FusedTextDecoder(TextDecoder):
@@ -129,8 +101,7 @@ class FusedTextDecoder(TextDecoder):
         for block in self.blocks:
             x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
         x = self.ln(x)
-        with heavy():
-            return self.token_embedding.project(x).float()
+        return self.token_embedding.project(x).float()
 
 
 class FusedAudioEncoder(AudioEncoder):
@@ -142,45 +113,24 @@ class FusedAudioEncoder(AudioEncoder):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        with heavy():
-            x = gelu_(self.conv1(x))
-            x = gelu_(self.conv2(x)).permute(0, 2, 1)
-            if x.shape[1:] != self.positional_embedding.shape:
-                raise ValueError(
-                    f"encoder input gives {tuple(x.shape[1:])} frames x channels, the model "
-                    f"takes {tuple(self.positional_embedding.shape)} (pad or trim to 30 s)"
-                )
-            x = (x + self.positional_embedding).to(x.dtype)
-            for block in self.blocks:
-                x += block.attn(block.attn_ln(x))[0]
-                fc1, _, fc2 = block.mlp
-                x += fc2(gelu_(fc1(block.mlp_ln(x))))
-            return self.ln_post(x)
+        x = gelu_(self.conv1(x))
+        x = gelu_(self.conv2(x)).permute(0, 2, 1)
+        if x.shape[1:] != self.positional_embedding.shape:
+            raise ValueError(
+                f"encoder input gives {tuple(x.shape[1:])} frames x channels, the model "
+                f"takes {tuple(self.positional_embedding.shape)} (pad or trim to 30 s)"
+            )
+        x = (x + self.positional_embedding).to(x.dtype)
+        for block in self.blocks:
+            x += block.attn(block.attn_ln(x))[0]
+            fc1, _, fc2 = block.mlp
+            x += fc2(gelu_(fc1(block.mlp_ln(x))))
+        return self.ln_post(x)
 
 
 def gelu_(x: Tensor) -> Tensor:
     """Exact (erf) GELU written over ``x``, as ``nn.GELU()`` computes it."""
     return torch.ops.aten.gelu_(x)
-
-
-class FusedWhisper(Whisper):
-    """Whisper whose ``decode`` runs the token loop on one thread, heavy GEMMs on all of them.
-
-    A decoding step is a chain of small GEMVs and vocabulary-sized reductions: splitting each over
-    threads costs more in synchronisation than it saves (measured on the 2-core target: an int8
-    512x2048 GEMV takes 0.1 ms on one thread, 0.4-8 ms on two while other processes compete). The
-    encoder, the cross-attention K/V and the logits GEMM keep every thread (:func:`heavy`).
-    """
-
-    def decode(self, mel: Tensor, options: DecodingOptions = DecodingOptions(), **kwargs):  # noqa: B008
-        if mel.device.type != "cpu":
-            return decode_function(self, mel, options, **kwargs)
-        token = HEAVY_THREADS.set(torch.get_num_threads())
-        try:
-            with num_threads(1):
-                return decode_function(self, mel, options, **kwargs)
-        finally:
-            HEAVY_THREADS.reset(token)
 
 
 def _plain_linear(src: nn.Linear) -> nn.Linear:
@@ -254,7 +204,6 @@ def uninitialized() -> Iterator[None]:
 
 
 def _retype(model: Whisper) -> None:
-    model.__class__ = FusedWhisper
     model.encoder.__class__ = FusedAudioEncoder
     model.decoder.__class__ = FusedTextDecoder
     model.decoder.token_embedding.__class__ = TiedEmbedding

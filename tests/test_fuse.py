@@ -72,9 +72,18 @@ def test_in_place_encoder_equals_openai_whisper_encoder_and_leaves_its_input_alo
     fused = tiny_model
     mel = _inputs(real=True)[0]
     before = mel.clone()
+    layouts = []  # whether each layer norm is handed a contiguous (frames x channels) input
+    hooks = [
+        ln.register_forward_pre_hook(lambda _, args: layouts.append(args[0].is_contiguous()))
+        for block in fused.encoder.blocks
+        for ln in (block.attn_ln, block.mlp_ln)
+    ]
     with torch.inference_mode():
         got = fused.encoder(mel)
+        assert layouts and all(layouts)  # openai-whisper's residual stream keeps the conv's strides
         want = AudioEncoder.forward(fused.encoder, mel)
+    for hook in hooks:
+        hook.remove()
     assert torch.equal(got, want)
     assert torch.equal(mel, before)
     with pytest.raises(ValueError, match="pad or trim to 30 s"):

@@ -114,13 +114,15 @@ class FusedAudioEncoder(AudioEncoder):
 
     def forward(self, x: Tensor) -> Tensor:
         x = gelu_(self.conv1(x))
-        x = gelu_(self.conv2(x)).permute(0, 2, 1)
+        # frames x channels in memory too: openai-whisper's `x + positional_embedding` keeps the conv's
+        # channels-first strides, so every layer norm copied its input and every residual add was strided
+        x = gelu_(self.conv2(x)).permute(0, 2, 1).contiguous()
         if x.shape[1:] != self.positional_embedding.shape:
             raise ValueError(
                 f"encoder input gives {tuple(x.shape[1:])} frames x channels, the model "
                 f"takes {tuple(self.positional_embedding.shape)} (pad or trim to 30 s)"
             )
-        x = (x + self.positional_embedding).to(x.dtype)
+        x += self.positional_embedding
         for block in self.blocks:
             x += block.attn(block.attn_ln(x))[0]
             fc1, _, fc2 = block.mlp

@@ -168,3 +168,34 @@ def test_preloaded_tells_whether_the_ld_preload_libraries_are_mapped(monkeypatch
     assert not speed._preloaded()
     monkeypatch.setenv("LD_PRELOAD", "libc.so.6")  # mapped in every process
     assert speed._preloaded()
+
+
+def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, monkeypatch, capsys):
+    from whisper_int8.audio.wavio import wav_bytes
+    from whisper_int8.model_sources import LoadedModel, save_checkpoint
+
+    prof = bench("profile")
+    model = make_tiny_whisper()
+    (tmp_path / "fp32").mkdir()
+    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
+    split = manifest(tmp_path / "eval", ["en-0", "de-0", "en-1"])
+    (split / "audio").mkdir()
+    tone = (3000 * np.sin(np.arange(16000) / 5)).astype(np.int16)
+    for clip in ("en-0", "de-0", "en-1"):
+        (split / "audio" / f"{clip}.wav").write_bytes(wav_bytes(tone))
+    out = tmp_path / "profile.json"
+    argv = ["profile.py", "--model", str(tmp_path / "fp32"), "--split", str(split), "--per-language", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "1", "--ops", "5", "--out", str(out)])
+    prof.main()
+
+    report = json.loads(out.read_text())
+    assert report["clips"] == 2  # the first clip of each language
+    for clip in report["per_clip"]:
+        phases = clip["encoder_s"] + clip["cross_kv_s"] + clip["decode_s"]
+        assert 0 < phases <= clip["total_s"] + 1e-6 and clip["steps"] >= 1
+    assert "scaled_dot_product" in report["encoder_ops"] and "aten::" in report["decode_ops"]
+    assert "ms/step" in capsys.readouterr().out
+
+    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "0"])
+    with pytest.raises(SystemExit):
+        prof.main()

@@ -221,6 +221,12 @@ def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str | 
     }
 
 
+def token_cap(model: torch.nn.Module, samples: int, max_tokens: int | None = None) -> int:
+    """Tokens one 30 s window of ``samples`` (16 kHz) may decode: ``max_tokens``, or a budget by length."""
+    seconds = min(samples / SAMPLE_RATE, CHUNK_LENGTH)
+    return min(max_tokens or MIN_TOKENS + int(TOKENS_PER_SECOND * seconds), model.dims.n_text_ctx // 2)
+
+
 def transcribe_clip(
     model: torch.nn.Module,
     audio: Path | str | np.ndarray,
@@ -240,9 +246,7 @@ def transcribe_clip(
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)
-    seconds = min(len(audio) / SAMPLE_RATE, CHUNK_LENGTH)
-    cap = max_tokens or MIN_TOKENS + int(TOKENS_PER_SECOND * seconds)
-    cap = min(cap, model.dims.n_text_ctx // 2)
+    cap = token_cap(model, len(audio), max_tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if len(audio) <= N_SAMPLES:

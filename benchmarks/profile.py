@@ -29,30 +29,28 @@ from tqdm import tqdm
 
 from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.fsutil import atomic_write_json
-from whisper_int8.heap import release_freed
 from whisper_int8.model_dir import load_model_dir
-from whisper_int8.transcribe import _cross_cache, _decode, _features, load_audio, token_cap
+from whisper_int8.transcribe import (
+    _cross_cache,
+    _decode,
+    _encode,
+    _features,
+    load_audio,
+    token_cap,
+    window_options,
+)
 
 
 def _options(model: torch.nn.Module, audio: np.ndarray, language: str) -> whisper.DecodingOptions:
-    """Greedy, no timestamps, ``transcribe_clip``'s token budget for a clip this long."""
-    return whisper.DecodingOptions(
-        task="transcribe",
-        language=language,
-        temperature=0.0,
-        sample_len=token_cap(model, len(audio)),
-        fp16=False,
-        without_timestamps=True,
-    )
+    """``transcribe_clip``'s first attempt at a window this long: greedy, temperature 0."""
+    return window_options(language, 0.0, token_cap(model, len(audio)), None, fp16=False)
 
 
 def _clip(model: torch.nn.Module, audio: np.ndarray, language: str) -> dict[str, float]:
     """Seconds per phase of one clip, its decoding steps, page faults and system CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    release_freed()  # the heap handed back where transcribe_clip's one-window path does
-    features = _features(model, audio, fp16=False)
-    release_freed()
+    features = _encode(model, audio, fp16=False)  # the heap handed back around it, as in transcribe_clip
     encoded = time.perf_counter()
     cross = _cross_cache(model, features)
     projected = time.perf_counter()

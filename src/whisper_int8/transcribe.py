@@ -90,6 +90,30 @@ def _features(model: torch.nn.Module, audio: np.ndarray, fp16: bool) -> torch.Te
     return model.embed_audio(mel[None])
 
 
+def _encode(model: torch.nn.Module, audio: np.ndarray, fp16: bool) -> Tensor:
+    """:func:`_features`, glibc's freed heap handed back before (the previous call's activations and
+    keys/values) and after (the encoder's activations, before the keys/values are allocated)."""
+    release_freed()
+    features = _features(model, audio, fp16)
+    release_freed()
+    return features
+
+
+def window_options(
+    language: str, temperature: float, cap: int, beam_size: int | None, fp16: bool
+) -> whisper.DecodingOptions:
+    """The decoding options of one 30 s window's attempt at ``temperature``: no timestamp tokens."""
+    return whisper.DecodingOptions(
+        task="transcribe",
+        language=language,
+        temperature=temperature,
+        sample_len=cap,
+        beam_size=beam_size,
+        fp16=fp16,
+        without_timestamps=True,
+    )
+
+
 def _cross_cache(model: torch.nn.Module, features: Tensor) -> dict[nn.Module, Tensor]:
     """Every decoder block's cross-attention keys/values for ``features``, as a whisper kv-cache.
 
@@ -161,9 +185,7 @@ def _transcribe_window(
     cap: int,
 ) -> dict:
     fp16 = _fp16(model)
-    release_freed()  # the previous call's activations and keys/values
-    features = _features(model, audio, fp16)
-    release_freed()  # the encoder's activations, before the keys/values are allocated
+    features = _encode(model, audio, fp16)
     cross = _cross_cache(model, features)
     detected, lid_s = None, 0.0
     if language is None or detect:
@@ -171,15 +193,7 @@ def _transcribe_window(
         detected = _identify(model, features, cross)
         lid_s = time.perf_counter() - start
     for t in TEMPERATURES:
-        options = whisper.DecodingOptions(
-            task="transcribe",
-            language=language or detected,
-            temperature=t,
-            sample_len=cap,
-            beam_size=beam_size if t == 0 else None,
-            fp16=fp16,
-            without_timestamps=True,
-        )
+        options = window_options(language or detected, t, cap, beam_size if t == 0 else None, fp16)
         result = _decode(model, features, cross, options)
         if not _needs_fallback(result):
             break

@@ -33,6 +33,7 @@ from .audio.manifest import Clip, read_manifest
 from .audio.wavio import read_wav
 from .fuse import FusedAttention, head_major
 from .heap import release_freed
+from .mel import log_mel_window
 
 __all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
 
@@ -85,8 +86,9 @@ def _needs_fallback(result: whisper.DecodingResult) -> bool:
 def _features(model: torch.nn.Module, audio: np.ndarray, fp16: bool) -> torch.Tensor:
     """Encoder output for the first 30 s of ``audio`` (zero-padded), shape (1, n_audio_ctx, n_audio_state)."""
     device = _device(model)
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), model.dims.n_mels)
-    mel = mel.to(device, torch.float16 if fp16 else torch.float32)
+    mel = log_mel_window(torch.from_numpy(audio[:N_SAMPLES]), model.dims.n_mels).to(
+        device, torch.float16 if fp16 else torch.float32
+    )
     return model.embed_audio(mel[None])
 
 

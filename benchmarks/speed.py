@@ -15,13 +15,14 @@ through this package, which keeps numba out until word timestamps need it; the f
 imports neither), model file size, and WER (CER for zh/ja) per language. ``--heap NAME`` adds stock
 FP32 and the first INT8 scheme once more, each in a worker with another heap (``HEAPS``): ``lean``,
 glibc returning every buffer of 1 MB or more to the kernel when freed, ``tcmalloc``, preloaded
-(Debian: libtcmalloc-minimal4), and ``hugepages``, glibc backing its heap with transparent huge pages
-(fewer page faults when a freed buffer is touched again): the allocator's share of time and peak RSS. Greedy
+(Debian: libtcmalloc-minimal4), ``hugepages``, glibc backing its heap with transparent huge pages
+(fewer page faults when a freed buffer is touched again), and ``torch-thp``, PyTorch's own switch for
+the same on tensors of 2 MB and more: the allocator's share of time and peak RSS. Greedy
 decoding everywhere. faster-whisper runs the default package's float16 CTranslate2 model converted
 to int8 by CTranslate2's own converter code, so its file size is that of the file it runs.
 
     python benchmarks/speed.py --split data/eval --per-language 3 --repeats 3 --heap lean --heap tcmalloc \
-        --heap hugepages --out metrics/speed.json
+        --heap hugepages --heap torch-thp --out metrics/speed.json
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ HEAPS = {
     "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},  # Debian: libtcmalloc-minimal4
     # glibc >= 2.35 asks for transparent huge pages (THP "madvise" mode) on its heap and mapped buffers
     "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    # PyTorch >= 2.2 (read when torch loads): CPU tensors of 2 MB and more aligned to 2 MB and madvised
+    # for huge pages; glibc's heap and torch's small tensors as before
+    "torch-thp": {"THP_MEM_ALLOC_ENABLE": "1"},
 }
 
 

@@ -154,6 +154,25 @@ def test_hugepages_heap_reaches_glibc_and_keeps_the_callers_tunables(monkeypatch
     assert huge_kb({}) == 0 and huge_kb(env) > 0
 
 
+def test_torch_thp_heap_gives_large_tensors_huge_pages():
+    """--heap torch-thp: torch reads the switch when it loads; only then is a big tensor on huge pages."""
+    speed = bench("speed")
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[madvise]" not in thp.read_text():
+        pytest.skip("transparent huge pages are not in madvise mode here")
+    code = (  # a 64 MB tensor, written, then the huge pages behind this process
+        "import re, torch\nx = torch.ones(16 << 20)\n"
+        "print(sum(map(int, re.findall(r'AnonHugePages: +(\\d+)', open('/proc/self/smaps').read()))))"
+    )
+
+    def huge_kb(extra: dict[str, str]) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        cmd = [sys.executable, "-c", code]
+        return int(subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True).stdout)
+
+    assert huge_kb({}) == 0 and huge_kb(speed.heap_env("torch-thp")) >= 32 << 10
+
+
 def test_heap_with_a_missing_allocator_fails_clearly(monkeypatch):
     speed = bench("speed")
     monkeypatch.setitem(speed.HEAPS, "nothere", {"LD_PRELOAD": "libnothere_at_all.so.1"})

@@ -22,6 +22,7 @@ from whisper_int8.quant.convert import QuantError, count_layers, quantize_model,
 from whisper_int8.quant.cpu import (
     DynamicInt8Linear,
     Int8TiedEmbedding,
+    OutlierInt8Linear,
     StaticInt8Linear,
     WeightOnlyInt8Linear,
 )
@@ -108,6 +109,7 @@ def test_keep_float_embedding_and_quantize_embedding_false():
         ({"auto_keep_float_k": 3}, "needs the calibration"),
         ({"scheme": "static"}, "need models/calibration"),
         ({"smoothquant_alpha": 0.5}, "need models/calibration"),
+        ({"outlier_channels": 4}, "outlier_channels need models/calibration"),
     ],
 )
 def test_config_needs_are_checked(raw, match):
@@ -132,8 +134,10 @@ def test_auto_k_larger_than_layers():
         ({"scheme": "static"}, StaticInt8Linear),
         ({"scheme": "weight_only"}, WeightOnlyInt8Linear),
         ({"scheme": "dynamic", "smoothquant_alpha": 0.5}, DynamicInt8Linear),
+        ({"scheme": "dynamic", "outlier_channels": 4}, OutlierInt8Linear),
+        ({"scheme": "static", "outlier_channels": 4}, OutlierInt8Linear),
     ],
-    ids=["dynamic", "per-tensor", "static", "weight_only", "smoothquant"],
+    ids=["dynamic", "per-tensor", "static", "weight_only", "smoothquant", "outliers", "static-outliers"],
 )
 def test_save_load_bit_exact(tmp_path, raw, cls):
     float_model = _fused()
@@ -156,6 +160,45 @@ def test_save_load_bit_exact(tmp_path, raw, cls):
     # smaller than FP32 on disk: int8 weights (embedding included) are ~1/4 of the float bytes; the tiny
     # model's float positional embeddings (1500 x 64) add a few percent
     assert dir_bytes(out) < 0.35 * 4 * sum(p.numel() for p in float_model.parameters())
+
+
+def test_outlier_layers_follow_the_patterns_and_calibration():
+    model = _fused()
+    stats = _stats(model)
+    report = quantize_model(model, parse_quant_config({"outlier_channels": 4}), stats)
+    split = sorted(n for n, k in report["layers"].items() if k == "dynamic_outliers")
+    assert split == [f"{part}.blocks.{i}.mlp.2" for part in ("decoder", "encoder") for i in (0, 1)]
+    assert report["int8_linear"] == N_LINEAR  # still INT8 layers, counted as such
+    layer = model.encoder.blocks[1].mlp[2]
+    want = torch.topk(stats["encoder.blocks.1.mlp.2/in_absmax"], 4).indices.sort().values
+    assert torch.equal(layer.outlier_index, want)
+    for raw, match in (
+        ({"outlier_channels": 4, "outlier_layers": ["*.nothing"]}, "outlier_layers: pattern '\\*.nothing'"),
+        ({"outlier_channels": 256}, "has only 256 input channels"),
+    ):
+        with pytest.raises(ParamError, match=match):
+            quantize_model(_fused(), parse_quant_config(raw), stats)
+
+
+def test_outlier_channels_in_float_recover_the_precision():
+    """A few huge input channels ruin one per-call range; computed in float, the layer is accurate again,
+    and the input it was given comes back unchanged (it is zeroed in place during the call)."""
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(256, 64)
+    x = torch.randn(50, 256, generator=gen)
+    x[:, [3, 77, 200]] *= 60.0  # the post-GELU outliers of a Whisper MLP, in miniature
+    absmax = x.abs().amax(0)
+    plain = DynamicInt8Linear.from_float(lin, per_channel=True)
+    split = OutlierInt8Linear.from_float(lin, per_channel=True, index=torch.topk(absmax, 4).indices)
+    before = x.clone()
+    with torch.no_grad():
+        ref, got_plain, got_split = lin(x), plain(x), split(x)
+    assert torch.equal(x, before)
+
+    def err(y):
+        return ((y - ref).norm() / ref.norm()).item()
+
+    assert err(got_split) < 0.02 < 0.1 < err(got_plain)
 
 
 def test_static_uses_calibrated_scales_on_encoder_only():
@@ -245,6 +288,30 @@ def test_torchao_conversion_mechanics_on_cpu(raw):
     if raw["scheme"] == "weight_only":  # the same int8 weight times float activations as on CPU
         torch.testing.assert_close(got_layer, want_layer, rtol=1e-5, atol=1e-5)
     assert (got - want).norm() / want.norm() < 0.05
+
+
+def test_torchao_keeps_the_outlier_channels_in_float():
+    """On CUDA an outlier layer becomes torchao's int8 Linear (the saved q and scale) plus the same float
+    columns; checked on CPU tensors against the fbgemm layer it replaces."""
+    pytest.importorskip("torchao")
+    from whisper_int8.quant.cuda import TorchaoOutlierLinear, to_torchao
+
+    model = _fused()
+    quantize_model(model, parse_quant_config({"outlier_channels": 4}), _stats(model))
+    name = "encoder.blocks.1.mlp.2"
+    cpu_layer = model.get_submodule(name)
+    q, scale, _ = cpu_layer.int8_weight()
+    x = torch.randn(30, 256, generator=torch.Generator().manual_seed(1))
+    x[:, cpu_layer.outlier_index] *= 50.0
+    with torch.no_grad():
+        want = cpu_layer(x)
+        model = to_torchao(model, "dynamic", "cpu")
+        layer = model.get_submodule(name)
+        got = layer(x)
+    assert isinstance(layer, TorchaoOutlierLinear)
+    assert torch.equal(layer.rest.weight.qdata, q) and torch.equal(layer.rest.weight.scale.flatten(), scale)
+    assert torch.equal(layer.outlier_index, cpu_layer.outlier_index)
+    assert (got - want).norm() / want.norm() < 0.02  # per-token 8-bit vs one 7-bit range: close
 
 
 def test_torchao_refuses_static(tmp_path):

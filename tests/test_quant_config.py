@@ -31,6 +31,11 @@ def test_defaults():
         ("auto_keep_float_k", -1),
         ("auto_keep_float_k", 1.5),
         ("auto_keep_float_k", True),
+        ("outlier_channels", -1),
+        ("outlier_channels", 2.5),
+        ("outlier_channels", False),
+        ("outlier_layers", "*.mlp.2"),
+        ("outlier_layers", [""]),
         ("quantize_embedding", "true"),
         ("backend", "tensorrt"),
     ],
@@ -38,6 +43,12 @@ def test_defaults():
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ParamError, match=rf"quant\.{key}"):
         parse_quant_config({key: value})
+
+
+def test_outliers_need_quantized_activations():
+    with pytest.raises(ParamError, match=r"quant\.outlier_channels=16 needs quantized activations"):
+        parse_quant_config({"scheme": "weight_only", "outlier_channels": 16})
+    assert parse_quant_config({"scheme": "weight_only"}).outlier_channels == 0
 
 
 def test_unknown_key():

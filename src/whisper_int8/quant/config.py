@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "smoothquant_alpha": None,
     "keep_float": [],
     "auto_keep_float_k": 0,
+    "outlier_channels": 0,
+    "outlier_layers": ["*.mlp.2"],
     "quantize_embedding": True,
     "backend": "auto",
 }
@@ -27,6 +29,8 @@ class QuantConfig:
     smoothquant_alpha: float | None = None
     keep_float: list[str] = field(default_factory=list)
     auto_keep_float_k: int = 0
+    outlier_channels: int = 0
+    outlier_layers: list[str] = field(default_factory=lambda: ["*.mlp.2"])
     quantize_embedding: bool = True
     backend: str = "auto"
 
@@ -37,6 +41,22 @@ class QuantConfig:
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ParamError(f"quant.{key}={value!r}: expected true or false")
+    return value
+
+
+def _patterns(where: str, key: str, value: Any) -> list[str]:
+    patterns = [] if value is None else value
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise ParamError(
+            f"{where}: quant.{key}={value!r}: expected a list of module names or glob patterns "
+            "(e.g. ['decoder.blocks.0.*'])"
+        )
+    return list(patterns)
+
+
+def _count(where: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ParamError(f"{where}: quant.{key}={value!r}: expected an integer >= 0")
     return value
 
 
@@ -56,23 +76,23 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
         isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0
     ):
         raise ParamError(f"{where}: quant.smoothquant_alpha={alpha!r}: expected null or a number in [0, 1]")
-    keep = v["keep_float"]
-    if keep is None:
-        keep = []
-    if not isinstance(keep, list) or not all(isinstance(p, str) and p for p in keep):
+    keep = _patterns(where, "keep_float", v["keep_float"])
+    outlier_layers = _patterns(where, "outlier_layers", v["outlier_layers"])
+    k = _count(where, "auto_keep_float_k", v["auto_keep_float_k"])
+    outliers = _count(where, "outlier_channels", v["outlier_channels"])
+    if outliers and v["scheme"] == "weight_only":
         raise ParamError(
-            f"{where}: quant.keep_float={keep!r}: expected a list of module names or glob patterns "
-            "(e.g. ['decoder.blocks.0.*'])"
+            f"{where}: quant.outlier_channels={outliers} needs quantized activations; "
+            "quant.scheme=weight_only computes in float: set it to 0"
         )
-    k = v["auto_keep_float_k"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ParamError(f"{where}: quant.auto_keep_float_k={k!r}: expected an integer >= 0")
     return QuantConfig(
         scheme=v["scheme"],
         per_channel=_bool("per_channel", v["per_channel"]),
         smoothquant_alpha=None if alpha is None else float(alpha),
-        keep_float=list(keep),
+        keep_float=keep,
         auto_keep_float_k=k,
+        outlier_channels=outliers,
+        outlier_layers=outlier_layers,
         quantize_embedding=_bool("quantize_embedding", v["quantize_embedding"]),
         backend=v["backend"],
     )

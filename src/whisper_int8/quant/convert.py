@@ -15,7 +15,14 @@ from ..fsutil import atomic_write_json
 from ..fuse import TiedEmbedding, fused_skeleton, materialize
 from ..params import ParamError
 from .config import QuantConfig
-from .cpu import LINEAR_CLASSES, DynamicInt8Linear, Int8TiedEmbedding, StaticInt8Linear, set_engine
+from .cpu import (
+    LINEAR_CLASSES,
+    DynamicInt8Linear,
+    Int8TiedEmbedding,
+    OutlierInt8Linear,
+    StaticInt8Linear,
+    set_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ FORMAT = "whisper-int8/int8"
 # per-tensor scale cannot cover (measured: relative logit error 0.90 and 52 % top-1 agreement with
 # it static, 0.27 and 100 % with it dynamic), so those layers keep per-call (dynamic) ranges.
 STATIC_DYNAMIC_SUFFIX = ".mlp.2"
+OUTLIERS = "dynamic_outliers"  # layer kind: dynamic INT8 with quant.outlier_channels input channels in float
 
 
 class QuantError(RuntimeError):
@@ -73,6 +81,34 @@ def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, floa
     return keep
 
 
+def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
+    """Layers matching ``quant.outlier_layers`` (none if ``outlier_channels`` is 0); a pattern must match."""
+    if not cfg.outlier_channels:
+        return set()
+    hits: set[str] = set()
+    for pattern in cfg.outlier_layers:
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise ParamError(
+                f"quant.outlier_layers: pattern {pattern!r} matches no Linear layer; names look like "
+                f"{names[0]!r} or {names[-1]!r}"
+            )
+        hits.update(matched)
+    return hits
+
+
+def _outlier_index(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor]) -> Tensor:
+    """The ``k`` input channels of ``name`` with the largest calibrated absmax."""
+    if name not in in_absmax:
+        raise ParamError(
+            f"quant.outlier_channels needs the calibrated input maxima of {name}; run calibrate "
+            "(models/calibration) on this fused model"
+        )
+    if k >= lin.in_features:
+        raise ParamError(f"quant.outlier_channels={k}: {name} has only {lin.in_features} input channels")
+    return torch.topk(in_absmax[name].float(), k).indices.sort().values
+
+
 def smooth(model: Whisper, in_absmax: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """SmoothQuant: move activation outliers into the weights, folding 1/s into the preceding LayerNorm.
 
@@ -111,10 +147,12 @@ def quantize_model(
     if not names:
         raise QuantError("no nn.Linear layers found: is this a fused model (fuse_model) ?")
     keep = float_layers(names, cfg, sensitivity)
-    if (cfg.scheme == "static" or cfg.smoothquant_alpha is not None) and not stats:
+    if (cfg.scheme == "static" or cfg.smoothquant_alpha is not None or cfg.outlier_channels) and not stats:
         raise ParamError(
-            f"quant.scheme={cfg.scheme} / smoothquant_alpha need models/calibration; run calibrate"
+            f"quant.scheme={cfg.scheme} / smoothquant_alpha / outlier_channels need models/calibration; "
+            "run calibrate"
         )
+    split = outlier_layers(names, cfg)
     in_absmax = {n: stats[f"{n}/in_absmax"] for n in names if stats and f"{n}/in_absmax" in stats}
     if cfg.smoothquant_alpha is not None:
         factors = smooth(model, in_absmax, cfg.smoothquant_alpha)
@@ -138,6 +176,10 @@ def quantize_model(
                 "output_scale": (stats[f"{name}/out_absmax"].max() / 127.5).clamp_min(1e-8).reshape(()),
             }
             qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
+        elif scheme == "dynamic" and name in split:
+            index = _outlier_index(name, lin, cfg.outlier_channels, in_absmax)
+            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index)
+            scheme = OUTLIERS
         else:
             qmod = LINEAR_CLASSES[scheme].from_float(lin, cfg.per_channel)
         _set(model, name, qmod)
@@ -215,14 +257,14 @@ def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:
             emb = _get(model, name)
             _set(model, name, Int8TiedEmbedding(emb.num_embeddings, emb.embedding_dim))
             continue
-        if kind not in LINEAR_CLASSES:
-            raise QuantError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
         lin = _get(model, name)
-        _set(
-            model,
-            name,
-            LINEAR_CLASSES[kind](lin.in_features, lin.out_features, lin.bias is not None, cfg["per_channel"]),
-        )
+        shape = (lin.in_features, lin.out_features, lin.bias is not None, cfg["per_channel"])
+        if kind == OUTLIERS:
+            _set(model, name, OutlierInt8Linear(*shape, cfg["outlier_channels"]))
+        elif kind in LINEAR_CLASSES:
+            _set(model, name, LINEAR_CLASSES[kind](*shape))
+        else:
+            raise QuantError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
     set_engine("x86")
     return materialize(model, state, qcfg.get("alignment_heads"))
 

@@ -132,6 +132,49 @@ class DynamicInt8Linear(PackedInt8Linear):
         return torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
 
 
+class OutlierInt8Linear(DynamicInt8Linear):
+    """``DynamicInt8Linear`` with the input channels that carry outliers computed in float (LLM.int8()).
+
+    The input of an MLP's output projection (after GELU) holds a few channels tens of times larger
+    than the rest; one per-call activation range stretched over them leaves the other channels a few
+    7-bit levels. Here the ``outliers`` channels where calibration saw the largest |x| multiply a float
+    copy of their weight columns, and the int8 GEMM sees the input with those channels zeroed (its
+    range set by the others) against weights whose columns there are zero. Measured on Whisper base
+    (relative logit error, that layer alone INT8, 9 calibration clips): decoder.blocks.2.mlp.2 0.276
+    -> 0.013 with 16 channels, encoder.blocks.3.mlp.2 0.118 -> 0.011.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool, outliers: int):
+        super().__init__(in_features, out_features, bias, per_channel)
+        self.register_buffer("outlier_index", torch.zeros(outliers, dtype=torch.long))
+        self.register_buffer("outlier_weight", torch.zeros(out_features, outliers))
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, per_channel: bool, index: Tensor) -> OutlierInt8Linear:  # type: ignore[override]
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel, len(index))
+        weight = linear.weight.detach().float().clone()
+        mod.outlier_index = index.to(torch.long).clone()
+        mod.outlier_weight = weight[:, mod.outlier_index].clone()
+        weight[:, mod.outlier_index] = 0
+        q, scale = quantize_weight(weight, per_channel)
+        mod.set_weight(q, scale, None if linear.bias is None else linear.bias.detach().float().clone())
+        return mod
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        kept = x.index_select(-1, self.outlier_index)
+        # zeroed in place and restored: an encoder MLP's input is 12 MB, a masked copy would add to the peak
+        x.index_fill_(-1, self.outlier_index, 0.0)
+        try:
+            y = torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
+        finally:
+            x.index_copy_(-1, self.outlier_index, kept)
+        return y.add_(kept @ self.outlier_weight.T)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, float_channels={self.outlier_index.numel()}"
+
+
 class StaticInt8Linear(PackedInt8Linear):
     """INT8 weights and activations with scales fixed by calibration (input and output absmax)."""
 

@@ -20,7 +20,7 @@ from whisper.model import Whisper
 
 from ..fuse import uninitialized
 from ..params import ParamError
-from .cpu import Int8TiedEmbedding, dequantize_weight
+from .cpu import Int8TiedEmbedding, OutlierInt8Linear, dequantize_weight
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ class TorchaoTiedEmbedding(nn.Module):
 
     def project(self, x: Tensor) -> Tensor:
         return self.logits(x)
+
+
+class TorchaoOutlierLinear(nn.Module):
+    """``OutlierInt8Linear`` on CUDA: the torchao int8 Linear sees the input with the outlier channels
+    zeroed (its per-token range set by the others), their float weight columns add the rest."""
+
+    def __init__(self, rest: nn.Linear, index: Tensor, weight: Tensor) -> None:
+        super().__init__()
+        self.rest = rest
+        self.register_buffer("outlier_index", index)
+        self.register_buffer("outlier_weight", weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kept = x.index_select(-1, self.outlier_index)
+        return self.rest(x.index_fill(-1, self.outlier_index, 0.0)) + kept @ self.outlier_weight.T
 
 
 def _int8_weight(q: Tensor, scale: Tensor, dynamic: bool) -> Tensor:
@@ -69,7 +84,10 @@ def _torchao_module(mod: nn.Module, dynamic: bool, device: str) -> nn.Module:
         return TorchaoTiedEmbedding(
             dequantize_weight(q, scale), _int8_linear(q, scale, None, dynamic, device)
         )
-    return _int8_linear(q, scale, bias, dynamic, device)
+    rest = _int8_linear(q, scale, bias, dynamic, device)
+    if isinstance(mod, OutlierInt8Linear):
+        return TorchaoOutlierLinear(rest, mod.outlier_index.to(device), mod.outlier_weight.to(device))
+    return rest
 
 
 def to_torchao(model: Whisper, scheme: str, device: str) -> Whisper:

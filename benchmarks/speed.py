@@ -186,7 +186,8 @@ class Worker:
         self, name: str, kind: str, path: str, threads: int, env: dict[str, str] | None = None
     ) -> None:
         self.name = name
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if k != TORCH_THP}  # only the torch-thp rows set it
+        env = {**inherited, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, path, "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
@@ -223,6 +224,7 @@ HEAPS = {
     # for huge pages; glibc's heap and torch's small tensors as before
     "torch-thp": {"THP_MEM_ALLOC_ENABLE": "1"},
 }
+TORCH_THP = "THP_MEM_ALLOC_ENABLE"
 
 
 def heap_env(name: str) -> dict[str, str]:

@@ -106,8 +106,9 @@ def test_faster_whisper_worker_runs_without_torch(tmp_path):
 @pytest.mark.skipif(
     not ctypes.util.find_library("tcmalloc_minimal"), reason="libtcmalloc-minimal4 not installed"
 )
-def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path):
-    """--heap tcmalloc must really swap the allocator of its workers, and lean only glibc's setting."""
+def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path, monkeypatch):
+    """--heap tcmalloc must really swap the allocator of its workers, and lean only glibc's setting; a
+    torch huge-page switch in the caller's environment reaches no row but torch-thp's."""
     from whisper_int8.audio.wavio import wav_bytes
     from whisper_int8.model_sources import LoadedModel, save_checkpoint
 
@@ -117,6 +118,7 @@ def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path):
     save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
     wav = tmp_path / "silence.wav"
     wav.write_bytes(wav_bytes(np.zeros(8000, dtype=np.int16)))
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
     for heap, preloaded in (("tcmalloc", True), ("lean", False)):
         w = speed.Worker(heap, "whisper", str(tmp_path / "fp32"), 1, speed.heap_env(heap))
         try:
@@ -129,6 +131,7 @@ def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path):
         assert isinstance(reply["text"], str) and stats["preloaded"]
         assert ("libtcmalloc" in maps) == preloaded
         assert (b"MALLOC_MMAP_THRESHOLD_=1048576" in environ) == (heap == "lean")
+        assert not any(v.startswith(b"THP_MEM_ALLOC_ENABLE=") for v in environ)
 
 
 def test_hugepages_heap_reaches_glibc_and_keeps_the_callers_tunables(monkeypatch):

@@ -107,9 +107,13 @@ def test_keep_float_embedding_and_quantize_embedding_false():
     [
         ({"keep_float": ["decoder.nothing.*"]}, "matches no layer"),
         ({"auto_keep_float_k": 3}, "needs the calibration"),
-        ({"scheme": "static"}, "need models/calibration"),
-        ({"smoothquant_alpha": 0.5}, "need models/calibration"),
-        ({"outlier_channels": 4}, "outlier_channels need models/calibration"),
+        ({"scheme": "static"}, r"^quant.scheme=static needs the calibration statistics"),
+        ({"smoothquant_alpha": 0.5}, r"^quant.smoothquant_alpha=0.5 needs the calibration"),
+        ({"outlier_channels": 4}, r"^quant.outlier_channels=4 needs the calibration"),
+        (
+            {"scheme": "static", "smoothquant_alpha": 0.5},
+            r"^quant.scheme=static and quant.smoothquant_alpha=0.5 need the calibration",
+        ),
     ],
 )
 def test_config_needs_are_checked(raw, match):
@@ -175,6 +179,8 @@ def test_outlier_layers_follow_the_patterns_and_calibration():
     for raw, match in (
         ({"outlier_channels": 4, "outlier_layers": ["*.nothing"]}, "outlier_layers: pattern '\\*.nothing'"),
         ({"outlier_channels": 256}, "has only 256 input channels"),
+        ({"outlier_channels": 4, "outlier_layers": []}, "no layer matching quant.outlier_layers"),
+        ({"outlier_channels": 4, "keep_float": ["*.mlp.2"]}, "no layer matching quant.outlier_layers"),
     ):
         with pytest.raises(ParamError, match=match):
             quantize_model(_fused(), parse_quant_config(raw), stats)
@@ -199,6 +205,13 @@ def test_outlier_channels_in_float_recover_the_precision():
         return ((y - ref).norm() / ref.norm()).item()
 
     assert err(got_split) < 0.02 < 0.1 < err(got_plain)
+    # where zeroing the input in place is not allowed, the same result from a masked copy
+    leaf = x.clone().requires_grad_()
+    with torch.inference_mode():
+        frozen = x.clone()  # an inference tensor...
+    with torch.no_grad():
+        assert torch.equal(split(frozen), got_split)  # ...used outside inference mode
+    assert torch.equal(split(leaf).detach(), got_split) and torch.equal(leaf.detach(), before)
 
 
 def test_static_uses_calibrated_scales_on_encoder_only():

@@ -147,10 +147,19 @@ def quantize_model(
     if not names:
         raise QuantError("no nn.Linear layers found: is this a fused model (fuse_model) ?")
     keep = float_layers(names, cfg, sensitivity)
-    if (cfg.scheme == "static" or cfg.smoothquant_alpha is not None or cfg.outlier_channels) and not stats:
+    needs = [
+        key
+        for key, on in (
+            (f"quant.scheme={cfg.scheme}", cfg.scheme == "static"),
+            (f"quant.smoothquant_alpha={cfg.smoothquant_alpha}", cfg.smoothquant_alpha is not None),
+            (f"quant.outlier_channels={cfg.outlier_channels}", cfg.outlier_channels > 0),
+        )
+        if on
+    ]
+    if needs and not stats:
+        verb = "needs" if len(needs) == 1 else "need"
         raise ParamError(
-            f"quant.scheme={cfg.scheme} / smoothquant_alpha / outlier_channels need models/calibration; "
-            "run calibrate"
+            f"{' and '.join(needs)} {verb} the calibration statistics (models/calibration): run calibrate"
         )
     split = outlier_layers(names, cfg)
     in_absmax = {n: stats[f"{n}/in_absmax"] for n in names if stats and f"{n}/in_absmax" in stats}
@@ -184,6 +193,11 @@ def quantize_model(
             qmod = LINEAR_CLASSES[scheme].from_float(lin, cfg.per_channel)
         _set(model, name, qmod)
         layers[name] = scheme
+    if cfg.outlier_channels and OUTLIERS not in layers.values():
+        raise ParamError(
+            f"quant.outlier_channels={cfg.outlier_channels}: no layer matching quant.outlier_layers="
+            f"{cfg.outlier_layers} runs dynamic INT8 (kept in float, static, or no pattern); set it to 0"
+        )
     emb = model.decoder.token_embedding
     if cfg.quantize_embedding and EMBEDDING not in keep:
         model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb)

@@ -163,12 +163,16 @@ class OutlierInt8Linear(DynamicInt8Linear):
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous()
         kept = x.index_select(-1, self.outlier_index)
-        # zeroed in place and restored: an encoder MLP's input is 12 MB, a masked copy would add to the peak
-        x.index_fill_(-1, self.outlier_index, 0.0)
-        try:
-            y = torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
-        finally:
-            x.index_copy_(-1, self.outlier_index, kept)
+        if x.requires_grad or (x.is_inference() and not torch.is_inference_mode_enabled()):
+            y = torch.ops.quantized.linear_dynamic(
+                x.index_fill(-1, self.outlier_index, 0.0), self._packed, REDUCE_RANGE
+            )
+        else:  # zeroed in place, then restored: an encoder MLP's input is 12 MB, a copy would add to the peak
+            x.index_fill_(-1, self.outlier_index, 0.0)
+            try:
+                y = torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
+            finally:
+                x.index_copy_(-1, self.outlier_index, kept)
         return y.add_(kept @ self.outlier_weight.T)
 
     def extra_repr(self) -> str:

@@ -186,7 +186,7 @@ class Worker:
         self, name: str, kind: str, path: str, threads: int, env: dict[str, str] | None = None
     ) -> None:
         self.name = name
-        inherited = {k: v for k, v in os.environ.items() if k != TORCH_THP}  # only the torch-thp rows set it
+        inherited = {k: v for k, v in os.environ.items() if k != TORCH_THP}
         env = {**inherited, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, path, "--threads", str(threads)],
@@ -214,6 +214,7 @@ class Variant(NamedTuple):
     env: dict[str, str] | None = None  # extra environment of its worker
 
 
+TORCH_THP = "THP_MEM_ALLOC_ENABLE"  # read when torch loads; only the torch-thp rows set it
 # Other heaps for --heap: the worker's extra environment
 HEAPS = {
     "lean": {"MALLOC_MMAP_THRESHOLD_": "1048576"},  # glibc: buffers of 1 MB and more mapped and unmapped
@@ -222,9 +223,8 @@ HEAPS = {
     "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     # PyTorch >= 2.2 (read when torch loads): CPU tensors of 2 MB and more aligned to 2 MB and madvised
     # for huge pages; glibc's heap and torch's small tensors as before
-    "torch-thp": {"THP_MEM_ALLOC_ENABLE": "1"},
+    "torch-thp": {TORCH_THP: "1"},
 }
-TORCH_THP = "THP_MEM_ALLOC_ENABLE"
 
 
 def heap_env(name: str) -> dict[str, str]:

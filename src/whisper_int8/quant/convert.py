@@ -55,18 +55,23 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def _matching(key: str, patterns: list[str], candidates: list[str], examples: str) -> list[str]:
+    """The ``candidates`` matching any of ``patterns`` (``quant.<key>``), in order; each must match one."""
+    hits: list[str] = []
+    for pattern in patterns:
+        matched = fnmatch.filter(candidates, pattern)
+        if not matched:
+            raise ParamError(f"quant.{key}: pattern {pattern!r} matches no layer; names look like {examples}")
+        hits += [m for m in matched if m not in hits]
+    return hits
+
+
 def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, float] | None) -> list[str]:
     """Layers kept in float: those matching ``keep_float`` plus the ``auto_keep_float_k`` most sensitive."""
     candidates = [*names, EMBEDDING]
-    keep: list[str] = []
-    for pattern in cfg.keep_float:
-        hits = fnmatch.filter(candidates, pattern)
-        if not hits:
-            raise ParamError(
-                f"quant.keep_float: pattern {pattern!r} matches no layer; names look like "
-                f"{names[0]!r}, {names[-1]!r} or {EMBEDDING!r}"
-            )
-        keep += [h for h in hits if h not in keep]
+    keep = _matching(
+        "keep_float", cfg.keep_float, candidates, f"{names[0]!r}, {names[-1]!r} or {EMBEDDING!r}"
+    )
     if cfg.auto_keep_float_k:
         if not sensitivity:
             raise ParamError(
@@ -85,16 +90,7 @@ def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
     """Layers matching ``quant.outlier_layers`` (none if ``outlier_channels`` is 0); a pattern must match."""
     if not cfg.outlier_channels:
         return set()
-    hits: set[str] = set()
-    for pattern in cfg.outlier_layers:
-        matched = fnmatch.filter(names, pattern)
-        if not matched:
-            raise ParamError(
-                f"quant.outlier_layers: pattern {pattern!r} matches no Linear layer; names look like "
-                f"{names[0]!r} or {names[-1]!r}"
-            )
-        hits.update(matched)
-    return hits
+    return set(_matching("outlier_layers", cfg.outlier_layers, names, f"{names[0]!r} or {names[-1]!r}"))
 
 
 def _outlier_index(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor]) -> Tensor:

@@ -45,6 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
+from whisper_int8.cpu import ISA_CAPS, cpu_extensions, cpu_model
 
 SCHEMES = ("dynamic", "static", "weight_only")
 # whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
@@ -166,6 +167,7 @@ def worker(kind: str, path: str, threads: int) -> None:
                 "rss": _bytes(memory.rss_mb()),
                 "imported_rss": imported_rss,
                 "preloaded": _preloaded(),
+                "isa": _torch_isa(),
             }
             out.write(json.dumps(stats) + "\n")
             out.flush()
@@ -240,6 +242,12 @@ def heap_env(name: str) -> dict[str, str]:
     return env
 
 
+def _torch_isa() -> str | None:
+    """The ISA torch dispatches its kernels to in this worker; None where torch is not loaded."""
+    torch = sys.modules.get("torch")
+    return torch.backends.cpu.get_cpu_capability() if torch else None
+
+
 def _preloaded() -> bool:
     """Whether every library in LD_PRELOAD is mapped into this process (Linux; else assumed)."""
     try:
@@ -303,6 +311,13 @@ def main() -> None:
         help="also run stock FP32 and the first scheme with this heap (repeatable): "
         + "; ".join(f"{k}: {v}" for k, v in HEAPS.items()),
     )
+    p.add_argument(
+        "--isa",
+        default="native",
+        choices=sorted(ISA_CAPS),
+        help="newest instruction set every worker's kernels may use (default native: all the CPU has); "
+        "avx2 runs torch, fbgemm, oneDNN, MKL and CTranslate2 as on a CPU without AVX-512 or VNNI",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -320,10 +335,17 @@ def main() -> None:
     clips = first_per_language(read_manifest(args.split), args.per_language)
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, Path(tmp))
-        workers = [Worker(v.name, v.kind, v.path, args.threads, v.env) for v in variants]
-        for w in workers:  # a heap row that silently ran on glibc would mislabel its figures
-            if not w.ask({"op": "stats"})["preloaded"]:
+        isa_env = ISA_CAPS[args.isa]
+        workers = [
+            Worker(v.name, v.kind, v.path, args.threads, {**isa_env, **(v.env or {})}) for v in variants
+        ]
+        # a row silently on glibc's heap, or on uncapped kernels, would mislabel its figures
+        for w in workers:
+            stats = w.ask({"op": "stats"})
+            if not stats["preloaded"]:
                 raise SystemExit(f"{w.name}: its LD_PRELOAD library did not load (see its stderr above)")
+            if args.isa != "native" and stats["isa"] not in (None, args.isa.upper()):
+                raise SystemExit(f"{w.name}: torch runs {stats['isa']} kernels, not {args.isa.upper()}")
         times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         texts: dict[str, dict[str, str]] = defaultdict(dict)
         n = 0
@@ -356,12 +378,16 @@ def main() -> None:
             "model_rss": mem[name]["peak_rss"] - mem[name]["imported_rss"],
             "error_rate": per_lang,
         }
-    print_table(rows, langs, f"{len(clips)} clips, {args.repeats} repeats, {args.threads} threads")
+    host = {"cpu": cpu_model(), "extensions": cpu_extensions(), "isa": args.isa}
+    print(f"CPU {host['cpu']} ({', '.join(host['extensions'])}); kernels: {args.isa}", file=sys.stderr)
+    print_table(
+        rows, langs, f"{len(clips)} clips, {args.repeats} repeats, {args.threads} threads, ISA {args.isa}"
+    )
     if args.out:
         from whisper_int8.fsutil import atomic_write_json
 
-        atomic_write_json(args.out, {"clips": [c.id for c in clips], "repeats": args.repeats, "results": rows,
-                                     "texts": texts, "times": times})  # fmt: skip
+        atomic_write_json(args.out, {"host": host, "clips": [c.id for c in clips], "repeats": args.repeats,
+                                     "results": rows, "texts": texts, "times": times})  # fmt: skip
 
 
 def print_table(rows: dict[str, dict], langs: list[str], header: str) -> None:

@@ -8,14 +8,13 @@ evaluates both.
 
 import json
 import logging
-import os
-import platform
 from pathlib import Path
 
 import torch
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
 from whisper_int8.fsutil import atomic_write_json
@@ -55,22 +54,6 @@ def options(params: dict, where: str) -> dict:
     }
 
 
-def host() -> str:
-    """What the latencies were measured on: an FP32 baseline timed elsewhere must not set the speedup."""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
-        platform.machine(),
-    )
-    return f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}"
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-
-
 def settings(opt: dict) -> dict:
     """What an evaluation depends on besides the models: stored with a baseline, checked on reuse."""
     return {
@@ -79,7 +62,7 @@ def settings(opt: dict) -> dict:
         "device": opt["device"],
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
-        "host": host(),
+        "host": host_summary(),
     }
 
 

@@ -134,6 +134,35 @@ def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path, monkeypatch):
         assert not any(v.startswith(b"THP_MEM_ALLOC_ENABLE=") for v in environ)
 
 
+def test_isa_cap_reaches_every_library_of_a_worker(tmp_path):
+    """--isa avx2: the worker's torch dispatches to AVX2 kernels and the other libraries get their caps."""
+    from whisper_int8.audio.wavio import wav_bytes
+    from whisper_int8.cpu import ISA_CAPS
+    from whisper_int8.model_sources import LoadedModel, save_checkpoint
+
+    speed = bench("speed")
+    model = make_tiny_whisper()
+    (tmp_path / "fp32").mkdir()
+    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
+    wav = tmp_path / "silence.wav"
+    wav.write_bytes(wav_bytes(np.zeros(8000, dtype=np.int16)))
+    w = speed.Worker("capped", "whisper", str(tmp_path / "fp32"), 1, ISA_CAPS["avx2"])
+    try:
+        reply = w.ask({"op": "run", "audio": str(wav), "language": "en"})
+        stats = w.ask({"op": "stats"})
+        environ = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        w.close()
+    assert isinstance(reply["text"], str) and stats["isa"] == "AVX2"
+    for name in (
+        "FBGEMM_ENABLE_INSTRUCTIONS",
+        "ONEDNN_MAX_CPU_ISA",
+        "MKL_ENABLE_INSTRUCTIONS",
+        "CT2_FORCE_CPU_ISA",
+    ):
+        assert f"{name}=AVX2".encode() in environ
+
+
 def test_hugepages_heap_reaches_glibc_and_keeps_the_callers_tunables(monkeypatch):
     speed = bench("speed")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")

@@ -1,0 +1,68 @@
+"""Which CPU, and which of its instruction sets, a timing came from; how to run as on a plainer CPU.
+
+Timings depend on the kernels' instruction set as much as on the clock. On a 2-core AMD EPYC with
+AVX-512 VNNI, fbgemm's int8 GEMM (1500 x 512 x 2048) ran at 663 GOP/s; capped at its AVX2 kernels on
+the same cores, at 280, while MKL's FP32 GEMM barely moved (176 and 165 GFLOP/s). So a speed ratio
+between INT8 and FP32 means little without the instruction set, and the model name ("AMD EPYC") does
+not tell it: :func:`host_summary` names the one torch dispatches to and the int8/bf16 extensions.
+
+:data:`ISA_CAPS` holds, per cap, the environment that makes each library use no newer kernels than
+that ISA (torch's ATen, fbgemm, oneDNN, MKL, CTranslate2). Each reads it once, when it loads: set it
+before the process starts (``benchmarks/speed.py --isa avx2`` does so for its workers), never after.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# the extensions that change which int8/bf16 kernels the libraries pick
+EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+ISA_CAPS: dict[str, dict[str, str]] = {
+    "native": {},
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels (SDPA, GELU, softmax, ...)
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",  # quantized Linear: no VNNI / AVX-512 GEMMs
+        "ONEDNN_MAX_CPU_ISA": "AVX2",  # convolutions and oneDNN matmuls
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # FP32 GEMMs
+        "CT2_FORCE_CPU_ISA": "AVX2",  # faster-whisper's CTranslate2
+    },
+}
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _first(lines: list[str], key: str) -> str | None:
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":", 1)[0].strip() == key), None)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    return _first(_cpuinfo(), "model name") or platform.machine()
+
+
+def cpu_extensions() -> list[str]:
+    """Which of :data:`EXTENSIONS` the CPU reports (Linux; empty elsewhere)."""
+    flags = set((_first(_cpuinfo(), "flags") or "").split())
+    return [ext for ext in EXTENSIONS if ext in flags]
+
+
+def host_summary() -> str:
+    """One line for reports: model, cores, torch's threads and kernel ISA, the int8/bf16 extensions.
+
+    The ISA is the one torch dispatches to in this process (``ATEN_CPU_CAPABILITY`` lowers it).
+    """
+    import torch
+
+    extensions = ", ".join(cpu_extensions()) or "unknown"
+    return (
+        f"{cpu_model()}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__} ISA {torch.backends.cpu.get_cpu_capability()} (CPU: {extensions})"
+    )

@@ -8,7 +8,8 @@ decoded the way ``transcribe_clip`` does for one 30 s window. Per clip: the mel 
 encoder (the heap handed back before and after it, as there), the cross-attention keys/values of
 every decoder block, the decoding (its steps: the prompt, then one per token), and the minor page
 faults and system CPU time of the whole clip (what the heap costs). Prints medians and milliseconds
-per decoding step, then the torch profiler's top ops (self CPU time by op and input shape) over one
+per decoding step and the peak RSS of each phase (where the process's peak is set), then the
+torch profiler's top ops (self CPU time by op and input shape) over one
 encoder pass and one decoding of the first clip. Figures of two models come from two runs: compare
 ratios within a run, the machine's speed moves between runs.
 """
@@ -27,6 +28,7 @@ import whisper
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
+from whisper_int8 import memory
 from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
@@ -47,15 +49,23 @@ def _options(model: torch.nn.Module, audio: np.ndarray, language: str) -> whispe
 
 
 def _clip(model: torch.nn.Module, audio: np.ndarray, language: str) -> dict[str, float]:
-    """Seconds per phase of one clip, its decoding steps, page faults and system CPU seconds."""
+    """Seconds and peak RSS (MB, the process's) per phase of one clip, its decoding steps, page faults
+    and system CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_SELF)
+    peaks = {}
+    memory.reset_peak_rss()
     start = time.perf_counter()
     features = _encode(model, audio, fp16=False)  # the heap handed back around it, as in transcribe_clip
     encoded = time.perf_counter()
+    peaks["encoder_peak_mb"] = memory.peak_rss_mb()
+    memory.reset_peak_rss()
     cross = _cross_cache(model, features)
     projected = time.perf_counter()
+    peaks["cross_kv_peak_mb"] = memory.peak_rss_mb()
+    memory.reset_peak_rss()
     result = _decode(model, features, cross, _options(model, audio, language))
     done = time.perf_counter()
+    peaks["decode_peak_mb"] = memory.peak_rss_mb()
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "encoder_s": encoded - start,
@@ -65,6 +75,7 @@ def _clip(model: torch.nn.Module, audio: np.ndarray, language: str) -> dict[str,
         "total_s": done - start,
         "page_faults": after.ru_minflt - before.ru_minflt,
         "system_s": after.ru_stime - before.ru_stime,
+        **peaks,
     }
 
 
@@ -122,6 +133,10 @@ def main() -> None:
         f"total {m['total_s']:.3f} s = encoder {m['encoder_s']:.3f} + cross K/V {m['cross_kv_s']:.3f} "
         f"+ decode {m['decode_s']:.3f} ({m['steps']:.0f} steps, {report['decode_ms_per_step']:.1f} ms/step); "
         f"{m['page_faults']:.0f} page faults, {m['system_s']:.3f} s system CPU"
+    )
+    print(
+        f"peak RSS (MB, whole process): encoder {m['encoder_peak_mb']:.0f}, cross K/V "
+        f"{m['cross_kv_peak_mb']:.0f}, decode {m['decode_peak_mb']:.0f}"
     )
     print("\nencoder, one pass:\n" + report["encoder_ops"])
     print("decoding, one clip:\n" + report["decode_ops"])

@@ -244,8 +244,11 @@ def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, monkeypatch, cap
     for clip in report["per_clip"]:
         phases = clip["encoder_s"] + clip["cross_kv_s"] + clip["decode_s"]
         assert 0 < phases <= clip["total_s"] + 1e-6 and clip["steps"] >= 1
+        # each phase's peak is the process's while it ran: at least the torch-loaded process's RSS
+        assert all(clip[f"{k}_peak_mb"] > 100 for k in ("encoder", "cross_kv", "decode"))
     assert "scaled_dot_product" in report["encoder_ops"] and "aten::" in report["decode_ops"]
-    assert "ms/step" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ms/step" in printed and "peak RSS (MB, whole process): encoder" in printed
 
     monkeypatch.setattr(sys, "argv", [*argv, "--threads", "0"])
     with pytest.raises(SystemExit):

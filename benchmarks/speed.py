@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
-from whisper_int8.cpu import ISA_CAPS, cpu_extensions, cpu_model
+from whisper_int8.cpu import ISA_CAPS, activation_bits, cpu_extensions, cpu_model
 
 SCHEMES = ("dynamic", "static", "weight_only")
 # whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
@@ -168,6 +168,7 @@ def worker(kind: str, path: str, threads: int) -> None:
                 "imported_rss": imported_rss,
                 "preloaded": _preloaded(),
                 "isa": _torch_isa(),
+                "activation_bits": activation_bits() if _torch_isa() else None,  # of its int8 layers
             }
             out.write(json.dumps(stats) + "\n")
             out.flush()
@@ -376,6 +377,7 @@ def main() -> None:
             "bytes": size,
             "peak_rss": mem[name]["peak_rss"],
             "model_rss": mem[name]["peak_rss"] - mem[name]["imported_rss"],
+            "activation_bits": mem[name]["activation_bits"],
             "error_rate": per_lang,
         }
     host = {"cpu": cpu_model(), "extensions": cpu_extensions(), "isa": args.isa}

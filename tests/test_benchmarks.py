@@ -154,6 +154,7 @@ def test_isa_cap_reaches_every_library_of_a_worker(tmp_path):
     finally:
         w.close()
     assert isinstance(reply["text"], str) and stats["isa"] == "AVX2"
+    assert stats["activation_bits"] == 7  # fbgemm capped below VNNI: 8 bits would saturate
     for name in (
         "FBGEMM_ENABLE_INSTRUCTIONS",
         "ONEDNN_MAX_CPU_ISA",

@@ -1,4 +1,4 @@
-"""The host line of reports names the CPU and the kernel ISA torch runs, which a cap lowers."""
+"""Reports name the CPU, the kernel ISA torch runs (which a cap lowers) and the int8 activation bits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from whisper_int8 import cpu
@@ -32,3 +33,54 @@ def test_extensions_come_from_proc_cpuinfo(monkeypatch):
     assert cpu.cpu_extensions() == ["avx2", "fma", "avx512f", "avx512_vnni"]
     monkeypatch.setattr(cpu, "_cpuinfo", lambda: [])
     assert cpu.cpu_extensions() == [] and cpu.cpu_model()  # the architecture where there is no cpuinfo
+
+
+def test_activation_bits_follow_fbgemm_vnni_and_the_override(monkeypatch):
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.delenv(cpu.ACTIVATION_BITS_ENV, raising=False)
+    monkeypatch.setattr(cpu, "cpu_extensions", lambda: ["avx2", "avx512f", "avx512_vnni"])
+    assert cpu.fbgemm_vnni() and cpu.activation_bits() == 8
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")  # capped below VNNI: saturation-safe 7 bits
+    assert not cpu.fbgemm_vnni() and cpu.activation_bits() == 7
+    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS")
+    monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "7")
+    assert cpu.activation_bits() == 7
+    monkeypatch.setattr(cpu, "cpu_extensions", lambda: ["avx2", "fma"])
+    monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "auto")
+    assert cpu.activation_bits() == 7
+    monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "8")
+    with pytest.raises(RuntimeError, match="WHISPER_INT8_ACTIVATION_BITS=8: .* need fbgemm's AVX-512 VNNI"):
+        cpu.activation_bits()
+    monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "16")
+    with pytest.raises(RuntimeError, match="WHISPER_INT8_ACTIVATION_BITS='16': use auto, 7 or 8"):
+        cpu.activation_bits()
+
+
+def test_host_summary_names_the_activation_bits():
+    assert cpu.host_summary().endswith(f"; int8 activations {cpu.activation_bits()}-bit")
+
+
+def test_portable_activations_pins_7_bits_and_restores():
+    from whisper_int8.quant import cpu as qcpu
+
+    before = qcpu.REDUCE_RANGE
+    assert before == (cpu.activation_bits() == 7)
+    with qcpu.portable_activations():
+        assert qcpu.REDUCE_RANGE is True
+    assert before == qcpu.REDUCE_RANGE
+
+
+@pytest.mark.skipif(not cpu.fbgemm_vnni(), reason="needs fbgemm's AVX-512 VNNI kernels")
+def test_8_bit_activations_are_closer_to_float_where_vnni_runs_them():
+    """The reason for the default: on VNNI the 8th bit halves the activation rounding, no saturation."""
+    from whisper_int8.quant import cpu as qcpu
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(512, 512)
+    x = torch.randn(64, 512) * torch.rand(512) * 4  # channels of different ranges, as in Whisper
+    q = qcpu.DynamicInt8Linear.from_float(lin, per_channel=True)
+    ref = lin(x)
+    err8 = float((q(x) - ref).norm() / ref.norm())
+    with qcpu.portable_activations():
+        err7 = float((q(x) - ref).norm() / ref.norm())
+    assert err8 < 0.75 * err7

@@ -204,7 +204,8 @@ def test_outlier_channels_in_float_recover_the_precision():
     def err(y):
         return ((y - ref).norm() / ref.norm()).item()
 
-    assert err(got_split) < 0.02 < 0.1 < err(got_plain)
+    # plain: about 0.07 with 8-bit activations (VNNI), 0.13 with 7
+    assert err(got_split) < 0.02 < 0.05 < err(got_plain)
     # where zeroing the input in place is not allowed, the same result from a masked copy
     leaf = x.clone().requires_grad_()
     with torch.inference_mode():

@@ -9,17 +9,34 @@ a save/load round trip gives bit-identical outputs and ``torch.load(weights_only
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..cpu import activation_bits
 
 # Quantized-tensor constructors warn that they are deprecated (torch 2.13); the eager kernels still
 # work, and the backend sits behind quant.backend so it can move to torchao wholesale.
 warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
 
-REDUCE_RANGE = True  # 7-bit activations: no VNNI on the target CPUs, vpmaddubsw would saturate
+# 7-bit dynamic activations unless fbgemm runs VNNI kernels (whisper_int8.cpu.activation_bits); the
+# forward passes read it at call time, so portable_activations() can pin it
+REDUCE_RANGE = activation_bits() == 7
+
+
+@contextmanager
+def portable_activations() -> Iterator[None]:
+    """7-bit dynamic activations inside, as on every CPU: measurements that must not depend on VNNI."""
+    global REDUCE_RANGE
+    saved, REDUCE_RANGE = REDUCE_RANGE, True
+    try:
+        yield
+    finally:
+        REDUCE_RANGE = saved
 
 
 def set_engine(name: str) -> None:
@@ -188,7 +205,7 @@ class StaticInt8Linear(PackedInt8Linear):
         self.register_buffer("output_scale", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        # quint8 zero points: input 64 (7-bit range, see REDUCE_RANGE), output 128 (full range)
+        # quint8 zero points: input 64 (7-bit range on every CPU: the saved scales fix it), output 128
         xq = torch.quantize_per_tensor(x.contiguous(), float(self.input_scale), 64, torch.quint8)
         return torch.ops.quantized.linear(xq, self._packed, float(self.output_scale), 128).dequantize()
 

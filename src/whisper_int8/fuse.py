@@ -104,20 +104,12 @@ class FusedTextDecoder(TextDecoder):
         return self.token_embedding.project(x).float()
 
 
-MLP_PART_FRAMES = 500  # frames per MLP call in the encoder (FusedAudioEncoder)
-
-
 class FusedAudioEncoder(AudioEncoder):
-    """openai-whisper's encoder computing GELUs and residual sums in place, each MLP in parts of frames.
+    """openai-whisper's encoder computing GELUs and residual sums in place: the same values.
 
-    In place: each GELU and residual sum would otherwise take a fresh 3-12 MB buffer per block (every
-    ``mlp`` is openai-whisper's Linear, GELU, Linear). Measured over 30 int8 transcriptions: peak RSS
-    about 20 MB lower and fewer page faults; time within the run-to-run noise. In parts of
-    ``MLP_PART_FRAMES`` frames: the MLP is per frame, so the values are the same (FP32: up to GEMM
-    rounding), but its widest buffers shrink threefold: the 1500 x 2048 hidden activations and, for
-    INT8, fbgemm's int32 accumulator of the same size (12 MB each). The encoder's peak RSS went 490-513
-    -> 479-491 MB (18 clips, per-phase peaks of ``benchmarks/profile.py``), time unchanged; dynamic
-    INT8 layers then take one activation range per part. Inference only (autograd needs the GELU inputs).
+    Each of those would otherwise take a fresh 3-12 MB buffer per block (every ``mlp`` is openai-whisper's
+    Linear, GELU, Linear). Measured over 30 int8 transcriptions: peak RSS about 20 MB lower and fewer
+    page faults; time within the run-to-run noise. Inference only (autograd needs the GELU inputs).
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,9 +126,7 @@ class FusedAudioEncoder(AudioEncoder):
         for block in self.blocks:
             x += block.attn(block.attn_ln(x))[0]
             fc1, _, fc2 = block.mlp
-            for start in range(0, x.shape[1], MLP_PART_FRAMES):  # a view: the sum lands in x
-                part = x.narrow(1, start, min(MLP_PART_FRAMES, x.shape[1] - start))
-                part += fc2(gelu_(fc1(block.mlp_ln(part))))
+            x += fc2(gelu_(fc1(block.mlp_ln(x))))
         return self.ln_post(x)
 
 

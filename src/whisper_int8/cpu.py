@@ -9,6 +9,7 @@ not tell it: :func:`host_summary` names the one torch dispatches to and the int8
 :data:`ISA_CAPS` holds, per cap, the environment that makes each library use no newer kernels than
 that ISA (torch's ATen, fbgemm, oneDNN, MKL, CTranslate2). Each reads it once, when it loads: set it
 before the process starts (``benchmarks/speed.py --isa avx2`` does so for its workers), never after.
+:func:`activation_bits` decides, from the same facts, how many bits the dynamic int8 activations use.
 """
 
 from __future__ import annotations

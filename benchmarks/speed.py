@@ -162,13 +162,14 @@ def worker(kind: str, path: str, threads: int) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         if req["op"] == "stats":
+            isa = _torch_isa()
             stats = {
                 "peak_rss": _bytes(memory.peak_rss_mb()),
                 "rss": _bytes(memory.rss_mb()),
                 "imported_rss": imported_rss,
                 "preloaded": _preloaded(),
-                "isa": _torch_isa(),
-                "activation_bits": activation_bits() if _torch_isa() else None,  # of its int8 layers
+                "isa": isa,
+                "activation_bits": activation_bits() if isa else None,  # of its int8 layers
             }
             out.write(json.dumps(stats) + "\n")
             out.flush()

@@ -39,6 +39,19 @@ def manifest(split: Path, ids: list[str]) -> Path:
     return split
 
 
+def tiny_fp32_and_silence(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny random Whisper saved as an FP32 model dir, and half a second of silence to transcribe."""
+    from whisper_int8.audio.wavio import wav_bytes
+    from whisper_int8.model_sources import LoadedModel, save_checkpoint
+
+    model = make_tiny_whisper()
+    (tmp_path / "fp32").mkdir()
+    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
+    wav = tmp_path / "silence.wav"
+    wav.write_bytes(wav_bytes(np.zeros(8000, dtype=np.int16)))
+    return tmp_path / "fp32", wav
+
+
 def test_held_out_clips_are_the_calibration_clips_calibrate_did_not_use(tmp_path):
     sweep = bench("quant_sweep")
     order = ["en-0", "de-0", "en-1", "de-1", "en-2", "fr-0", "de-2", "en-3"]
@@ -109,18 +122,11 @@ def test_faster_whisper_worker_runs_without_torch(tmp_path):
 def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path, monkeypatch):
     """--heap tcmalloc must really swap the allocator of its workers, and lean only glibc's setting; a
     torch huge-page switch in the caller's environment reaches no row but torch-thp's."""
-    from whisper_int8.audio.wavio import wav_bytes
-    from whisper_int8.model_sources import LoadedModel, save_checkpoint
-
     speed = bench("speed")
-    model = make_tiny_whisper()
-    (tmp_path / "fp32").mkdir()
-    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
-    wav = tmp_path / "silence.wav"
-    wav.write_bytes(wav_bytes(np.zeros(8000, dtype=np.int16)))
+    fp32, wav = tiny_fp32_and_silence(tmp_path)
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
     for heap, preloaded in (("tcmalloc", True), ("lean", False)):
-        w = speed.Worker(heap, "whisper", str(tmp_path / "fp32"), 1, speed.heap_env(heap))
+        w = speed.Worker(heap, "whisper", str(fp32), 1, speed.heap_env(heap))
         try:
             reply = w.ask({"op": "run", "audio": str(wav), "language": "en"})
             stats = w.ask({"op": "stats"})
@@ -136,17 +142,11 @@ def test_heap_rows_run_in_a_worker_with_that_allocator(tmp_path, monkeypatch):
 
 def test_isa_cap_reaches_every_library_of_a_worker(tmp_path):
     """--isa avx2: the worker's torch dispatches to AVX2 kernels and the other libraries get their caps."""
-    from whisper_int8.audio.wavio import wav_bytes
     from whisper_int8.cpu import ISA_CAPS
-    from whisper_int8.model_sources import LoadedModel, save_checkpoint
 
     speed = bench("speed")
-    model = make_tiny_whisper()
-    (tmp_path / "fp32").mkdir()
-    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
-    wav = tmp_path / "silence.wav"
-    wav.write_bytes(wav_bytes(np.zeros(8000, dtype=np.int16)))
-    w = speed.Worker("capped", "whisper", str(tmp_path / "fp32"), 1, ISA_CAPS["avx2"])
+    fp32, wav = tiny_fp32_and_silence(tmp_path)
+    w = speed.Worker("capped", "whisper", str(fp32), 1, ISA_CAPS["avx2"])
     try:
         reply = w.ask({"op": "run", "audio": str(wav), "language": "en"})
         stats = w.ask({"op": "stats"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from whisper_int8.quant.cpu import (
     StaticInt8Linear,
     WeightOnlyInt8Linear,
 )
+from whisper_int8.transcribe import _cross_cache
 
 from .conftest import make_tiny_whisper
 
@@ -164,6 +166,31 @@ def test_save_load_bit_exact(tmp_path, raw, cls):
     # smaller than FP32 on disk: int8 weights (embedding included) are ~1/4 of the float bytes; the tiny
     # model's float positional embeddings (1500 x 64) add a few percent
     assert dir_bytes(out) < 0.35 * 4 * sum(p.numel() for p in float_model.parameters())
+
+
+def test_cross_kv_dtype_is_saved_applied_and_close_to_float32(tmp_path):
+    """quant.cross_kv_dtype reaches the loaded model: its decoding keeps the cross-attention keys/values
+    in float16 (half the bytes), within float16 rounding of float32 ones; older directories, written
+    before the key existed, load with float32."""
+    float_model = _fused()
+    logits = {}
+    for dtype in ("float16", "float32"):
+        model, cfg = copy.deepcopy(float_model), parse_quant_config({"cross_kv_dtype": dtype})
+        (tmp_path / dtype).mkdir()
+        out = _save(tmp_path / dtype, model, cfg, quantize_model(model, cfg))
+        loaded = load_model_dir(out)
+        with torch.inference_mode():
+            features = loaded.embed_audio(_mel(5))
+            cross = _cross_cache(loaded, features)
+            stored = [cross[b.cross_attn.key] for b in loaded.decoder.blocks]
+            assert {t.dtype for t in stored} == {getattr(torch, dtype)}
+            logits[dtype] = loaded.decoder(TOKENS, features, kv_cache=dict(cross))
+    diff = (logits["float16"] - logits["float32"]).norm() / logits["float32"].norm()
+    assert 0 < diff < 1e-3
+    config = json.loads((out / "quant_config.json").read_text())
+    del config["config"]["cross_kv_dtype"]
+    (out / "quant_config.json").write_text(json.dumps(config))
+    assert {b.cross_attn.cache_dtype for b in load_model_dir(out).decoder.blocks} == {torch.float32}
 
 
 def test_outlier_layers_follow_the_patterns_and_calibration():

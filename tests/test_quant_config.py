@@ -38,6 +38,8 @@ def test_defaults():
         ("outlier_layers", [""]),
         ("quantize_embedding", "true"),
         ("backend", "tensorrt"),
+        ("cross_kv_dtype", "bfloat16"),
+        ("cross_kv_dtype", None),
     ],
 )
 def test_bad_values_name_the_key(key, value):

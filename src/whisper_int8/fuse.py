@@ -23,6 +23,11 @@ from whisper.model import AudioEncoder, ModelDimensions, MultiHeadAttention, Tex
 
 log = logging.getLogger(__name__)
 
+# Frames of encoder output per part where frames are independent (encoder MLPs, cross-attention K/V
+# projections): a third of the 30 s window, so transient buffers are a third as large. INT8 layers
+# quantize each part's activations with that part's own scale.
+PART_FRAMES = 500
+
 
 class CacheSlot(nn.Module):
     """Identity standing where openai-whisper's key/value Linear was; decoding hooks its output."""
@@ -46,7 +51,14 @@ def head_major(x: Tensor, n_head: int) -> Tensor:
 
 
 class FusedAttention(MultiHeadAttention):
-    """Multi-head attention with fused projections; same call signature and outputs as the original."""
+    """Multi-head attention with fused projections; same call signature and outputs as the original.
+
+    ``cache_dtype``: the dtype cross-attention keys and values are kept in while decoding (None: the
+    activations'). An INT8 model stores them as float16 (``quant.cross_kv_dtype``): they are the largest
+    buffer of a decoding (37 MB in FP32 for base's six blocks, read at every step).
+    """
+
+    cache_dtype: torch.dtype | None = None
 
     def __init__(self, n_state: int, n_head: int, cross: bool) -> None:
         nn.Module.__init__(self)
@@ -74,14 +86,32 @@ class FusedAttention(MultiHeadAttention):
                 k, v = kv_cache[self.key], kv_cache[self.value]
             else:
                 k, v = self.cross_kv(xa)
-                k, v = self.key(k), self.value(v)
+                k, v = self.key(k), self.value(v)  # kv-cache hooks keep them in cache_dtype
+            k, v = k.to(q.dtype), v.to(q.dtype)  # widened per step when stored narrower
         wv, qk = self.qkv_attention(q, k, v, mask)
         return self.out(wv), qk
 
-    def cross_kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values of encoder output ``xa``, head-major (:func:`head_major`)."""
-        k, v = self.kv(xa).split(self.n_state, dim=-1)
-        return head_major(k, self.n_head), head_major(v, self.n_head)
+    def new_cross_kv(self, xa: Tensor, *lead: int) -> Tensor:
+        """An empty ``(*lead, 2, batch, n_head, ctx, head_dim)`` buffer for :meth:`cross_kv` (cache dtype)."""
+        batch, ctx, _ = xa.shape
+        shape = (*lead, 2, batch, self.n_head, ctx, self.n_state // self.n_head)
+        return xa.new_empty(shape, dtype=self.cache_dtype or xa.dtype)
+
+    def cross_kv(self, xa: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of encoder output ``xa``, head-major (:func:`head_major`).
+
+        Projected :data:`PART_FRAMES` frames at a time straight into ``out`` (from :meth:`new_cross_kv`,
+        a new one when None), so the only transient is one part's projection, not a full-length output,
+        its int32 accumulator (fbgemm) and a head-major copy: 12 MB less per block in base. Stored in
+        :attr:`cache_dtype`; :meth:`forward` widens them to the activations' dtype per step.
+        """
+        batch, ctx, _ = xa.shape
+        out = self.new_cross_kv(xa) if out is None else out
+        for start in range(0, ctx, PART_FRAMES):
+            kv = self.kv(xa[:, start : start + PART_FRAMES])
+            part = kv.view(batch, kv.shape[1], 2, self.n_head, -1)  # (batch, part, [k|v], head, head_dim)
+            out[..., start : start + kv.shape[1], :] = part.permute(2, 0, 3, 1, 4)
+        return out[0].transpose(1, 2), out[1].transpose(1, 2)
 
 
 class TiedEmbedding(nn.Embedding):
@@ -110,6 +140,8 @@ class FusedAudioEncoder(AudioEncoder):
     Each of those would otherwise take a fresh 3-12 MB buffer per block (every ``mlp`` is openai-whisper's
     Linear, GELU, Linear). Measured over 30 int8 transcriptions: peak RSS about 20 MB lower and fewer
     page faults; time within the run-to-run noise. Inference only (autograd needs the GELU inputs).
+    The MLPs run :data:`PART_FRAMES` frames at a time (each frame's MLP is its own): the hidden layer
+    and fbgemm's int32 accumulator of the same size are a third as large (12 -> 4 MB each in base).
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -126,8 +158,17 @@ class FusedAudioEncoder(AudioEncoder):
         for block in self.blocks:
             x += block.attn(block.attn_ln(x))[0]
             fc1, _, fc2 = block.mlp
-            x += fc2(gelu_(fc1(block.mlp_ln(x))))
+            for start in range(0, x.shape[1], PART_FRAMES):
+                part = x[:, start : start + PART_FRAMES]  # a slice: split()'s views refuse in-place adds
+                part += fc2(gelu_(fc1(block.mlp_ln(part))))
         return self.ln_post(x)
+
+
+def set_cross_kv_dtype(model: Whisper, dtype: str) -> None:
+    """Keep every fused cross-attention's decoding keys/values in ``dtype`` (``float16``, ``float32``)."""
+    for block in model.decoder.blocks:
+        if isinstance(block.cross_attn, FusedAttention):
+            block.cross_attn.cache_dtype = getattr(torch, dtype)
 
 
 def gelu_(x: Tensor) -> Tensor:

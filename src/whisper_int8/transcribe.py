@@ -124,12 +124,14 @@ def _cross_cache(model: torch.nn.Module, features: Tensor) -> dict[nn.Module, Te
     """
     blocks = model.decoder.blocks
     cache = {blocks[0].attn.key: features.new_zeros(features.shape[0], 0, model.dims.n_text_state)}
-    for block in blocks:
-        attn = block.cross_attn
-        if isinstance(attn, FusedAttention):
-            k, v = attn.cross_kv(features)
-        else:
-            k, v = head_major(attn.key(features), attn.n_head), head_major(attn.value(features), attn.n_head)
+    attns = [block.cross_attn for block in blocks]
+    if all(isinstance(attn, FusedAttention) for attn in attns):
+        # one buffer for all blocks: allocated and freed at once, it leaves no holes in the heap
+        for attn, out in zip(attns, attns[0].new_cross_kv(features, len(attns)), strict=True):
+            cache[attn.key], cache[attn.value] = attn.cross_kv(features, out)
+        return cache
+    for attn in attns:
+        k, v = head_major(attn.key(features), attn.n_head), head_major(attn.value(features), attn.n_head)
         cache[attn.key], cache[attn.value] = k, v
     return cache
 

@@ -9,6 +9,7 @@ from ..params import ParamError
 
 SCHEMES = ("dynamic", "static", "weight_only")
 BACKENDS = ("auto", "x86", "fbgemm", "torchao")
+CROSS_KV_DTYPES = ("float16", "float32")
 DEFAULTS: dict[str, Any] = {
     "scheme": "dynamic",
     "per_channel": True,
@@ -19,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "outlier_layers": ["*.mlp.2"],
     "quantize_embedding": True,
     "backend": "auto",
+    "cross_kv_dtype": "float16",
 }
 
 
@@ -33,6 +35,7 @@ class QuantConfig:
     outlier_layers: list[str] = field(default_factory=lambda: ["*.mlp.2"])
     quantize_embedding: bool = True
     backend: str = "auto"
+    cross_kv_dtype: str = "float16"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +74,9 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
         raise ParamError(f"{where}: quant.scheme={v['scheme']!r}: choose one of {', '.join(SCHEMES)}")
     if v["backend"] not in BACKENDS:
         raise ParamError(f"{where}: quant.backend={v['backend']!r}: choose one of {', '.join(BACKENDS)}")
+    if v["cross_kv_dtype"] not in CROSS_KV_DTYPES:
+        choices = ", ".join(CROSS_KV_DTYPES)
+        raise ParamError(f"{where}: quant.cross_kv_dtype={v['cross_kv_dtype']!r}: choose one of {choices}")
     alpha = v["smoothquant_alpha"]
     if alpha is not None and (
         isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0
@@ -95,6 +101,7 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
         outlier_layers=outlier_layers,
         quantize_embedding=_bool("quantize_embedding", v["quantize_embedding"]),
         backend=v["backend"],
+        cross_kv_dtype=v["cross_kv_dtype"],
     )
 
 

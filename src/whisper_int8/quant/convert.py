@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from whisper.model import Whisper
 
 from ..fsutil import atomic_write_json
-from ..fuse import TiedEmbedding, fused_skeleton, materialize
+from ..fuse import TiedEmbedding, fused_skeleton, materialize, set_cross_kv_dtype
 from ..params import ParamError
 from .config import QuantConfig
 from .cpu import (
@@ -200,6 +200,7 @@ def quantize_model(
         layers[EMBEDDING] = "int8_tied"
     else:
         layers[EMBEDDING] = "float"
+    set_cross_kv_dtype(model, cfg.cross_kv_dtype)
     report = count_layers(model)
     expected_int8 = sum(v != "float" for k, v in layers.items() if k != EMBEDDING)
     if report["int8_linear"] != expected_int8 or report["float_linear"] != len(names) - expected_int8:
@@ -276,6 +277,7 @@ def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:
         else:
             raise QuantError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
     set_engine("x86")
+    set_cross_kv_dtype(model, cfg.get("cross_kv_dtype", "float32"))  # float32: written before the key
     return materialize(model, state, qcfg.get("alignment_heads"))
 
 

@@ -12,7 +12,7 @@ import whisper
 from torch import nn
 
 from whisper_int8.fsutil import atomic_dir
-from whisper_int8.fuse import FusedAttention, fuse_model, save_fused_dir
+from whisper_int8.fuse import PART_FRAMES, FusedAttention, fuse_model, save_fused_dir
 from whisper_int8.model_dir import load_model_dir
 
 from .conftest import make_tiny_whisper
@@ -78,9 +78,15 @@ def test_in_place_encoder_equals_openai_whisper_encoder_and_leaves_its_input_alo
         for block in fused.encoder.blocks
         for ln in (block.attn_ln, block.mlp_ln)
     ]
+    parts = []  # frames per MLP call: PART_FRAMES at a time, the same values as all 1500 at once
+    hooks += [
+        b.mlp[0].register_forward_pre_hook(lambda _, a: parts.append(a[0].shape[1]))
+        for b in fused.encoder.blocks
+    ]
     with torch.inference_mode():
         got = fused.encoder(mel)
         assert layouts and all(layouts)  # openai-whisper's residual stream keeps the conv's strides
+        assert parts == [PART_FRAMES] * (1500 // PART_FRAMES) * len(fused.encoder.blocks)
         want = AudioEncoder.forward(fused.encoder, mel)
     for hook in hooks:
         hook.remove()

@@ -21,10 +21,10 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import whisper
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
@@ -41,6 +41,9 @@ from whisper_int8.transcribe import (
     token_cap,
     window_options,
 )
+
+if TYPE_CHECKING:  # importing whisper before whisper_int8 would load numba (56 MB) into every peak
+    import whisper
 
 
 def _options(model: torch.nn.Module, audio: np.ndarray, language: str) -> whisper.DecodingOptions:

@@ -70,13 +70,9 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
     if unknown:
         raise ParamError(f"{where}: unknown quant key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
     v = {**DEFAULTS, **raw}
-    if v["scheme"] not in SCHEMES:
-        raise ParamError(f"{where}: quant.scheme={v['scheme']!r}: choose one of {', '.join(SCHEMES)}")
-    if v["backend"] not in BACKENDS:
-        raise ParamError(f"{where}: quant.backend={v['backend']!r}: choose one of {', '.join(BACKENDS)}")
-    if v["cross_kv_dtype"] not in CROSS_KV_DTYPES:
-        choices = ", ".join(CROSS_KV_DTYPES)
-        raise ParamError(f"{where}: quant.cross_kv_dtype={v['cross_kv_dtype']!r}: choose one of {choices}")
+    for key, choices in (("scheme", SCHEMES), ("backend", BACKENDS), ("cross_kv_dtype", CROSS_KV_DTYPES)):
+        if v[key] not in choices:
+            raise ParamError(f"{where}: quant.{key}={v[key]!r}: choose one of {', '.join(choices)}")
     alpha = v["smoothquant_alpha"]
     if alpha is not None and (
         isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0

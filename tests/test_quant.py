@@ -137,13 +137,17 @@ def test_auto_k_larger_than_layers():
     [
         ({"scheme": "dynamic"}, DynamicInt8Linear),
         ({"scheme": "dynamic", "per_channel": False}, DynamicInt8Linear),
+        ({"scheme": "dynamic", "per_token": False}, DynamicInt8Linear),
         ({"scheme": "static"}, StaticInt8Linear),
         ({"scheme": "weight_only"}, WeightOnlyInt8Linear),
         ({"scheme": "dynamic", "smoothquant_alpha": 0.5}, DynamicInt8Linear),
         ({"scheme": "dynamic", "outlier_channels": 4}, OutlierInt8Linear),
         ({"scheme": "static", "outlier_channels": 4}, OutlierInt8Linear),
     ],
-    ids=["dynamic", "per-tensor", "static", "weight_only", "smoothquant", "outliers", "static-outliers"],
+    ids=[
+        *("dynamic", "per-tensor", "per-call", "static", "weight_only"),
+        *("smoothquant", "outliers", "static-outliers"),
+    ],
 )
 def test_save_load_bit_exact(tmp_path, raw, cls):
     float_model = _fused()
@@ -175,7 +179,9 @@ def test_cross_kv_dtype_is_saved_applied_and_close_to_float32(tmp_path):
     float_model = _fused()
     logits = {}
     for dtype in ("float16", "float32"):
-        model, cfg = copy.deepcopy(float_model), parse_quant_config({"cross_kv_dtype": dtype})
+        # one activation range per call: per-token ranges turn float16's rounding into other int8 levels
+        cfg = parse_quant_config({"cross_kv_dtype": dtype, "per_token": False})
+        model = copy.deepcopy(float_model)
         (tmp_path / dtype).mkdir()
         out = _save(tmp_path / dtype, model, cfg, quantize_model(model, cfg))
         loaded = load_model_dir(out)
@@ -211,6 +217,43 @@ def test_outlier_layers_follow_the_patterns_and_calibration():
     ):
         with pytest.raises(ParamError, match=match):
             quantize_model(_fused(), parse_quant_config(raw), stats)
+
+
+def test_per_token_ranges_keep_quiet_frames_precise():
+    """One range per call gives quiet frames the few levels a loud frame leaves; per token, each frame
+    is quantized over its own range. A single row (a decoding step) is the same either way."""
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(256, 64)
+    x = torch.randn(40, 256, generator=gen)
+    x[:4] *= 50.0  # a few loud frames, as in a 30 s window with a click
+    per_call = DynamicInt8Linear.from_float(lin, per_channel=True, per_token=False)
+    per_token = DynamicInt8Linear.from_float(lin, per_channel=True, per_token=True)
+    with torch.no_grad():
+        ref, got_call, got_token = lin(x), per_call(x), per_token(x)
+
+        def err(y):
+            return ((y - ref)[4:].norm() / ref[4:].norm()).item()
+
+        assert err(got_token) < 0.02 < 0.2 < err(got_call)
+        one = x[5:6]
+        torch.testing.assert_close(per_token(one), per_call(one), rtol=0, atol=1e-5)
+
+
+def test_per_token_is_saved_and_applied(tmp_path):
+    """quant.per_token reaches every dynamic layer and the logits projection of the loaded model; a
+    directory written before the key loads with one range per call, as it was measured."""
+    model, cfg = _fused(), parse_quant_config({})
+    assert cfg.per_token
+    out = _save(tmp_path, model, cfg, quantize_model(model, cfg))
+
+    def flags(m):
+        return {x.per_token for x in m.modules() if isinstance(x, DynamicInt8Linear | Int8TiedEmbedding)}
+
+    assert flags(load_model_dir(out)) == {True}
+    config = json.loads((out / "quant_config.json").read_text())
+    del config["config"]["per_token"]
+    (out / "quant_config.json").write_text(json.dumps(config))
+    assert flags(load_model_dir(out)) == {False}
 
 
 def test_outlier_channels_in_float_recover_the_precision():

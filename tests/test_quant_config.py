@@ -21,6 +21,8 @@ def test_defaults():
         ("scheme", None),
         ("per_channel", "yes"),
         ("per_channel", 1),
+        ("per_token", "true"),
+        ("per_token", 0),
         ("smoothquant_alpha", 1.5),
         ("smoothquant_alpha", -0.1),
         ("smoothquant_alpha", "0.5"),

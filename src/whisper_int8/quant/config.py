@@ -13,6 +13,7 @@ CROSS_KV_DTYPES = ("float16", "float32")
 DEFAULTS: dict[str, Any] = {
     "scheme": "dynamic",
     "per_channel": True,
+    "per_token": True,
     "smoothquant_alpha": None,
     "keep_float": [],
     "auto_keep_float_k": 0,
@@ -28,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
 class QuantConfig:
     scheme: str = "dynamic"
     per_channel: bool = True
+    per_token: bool = True
     smoothquant_alpha: float | None = None
     keep_float: list[str] = field(default_factory=list)
     auto_keep_float_k: int = 0
@@ -90,6 +92,7 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
     return QuantConfig(
         scheme=v["scheme"],
         per_channel=_bool("per_channel", v["per_channel"]),
+        per_token=_bool("per_token", v["per_token"]),
         smoothquant_alpha=None if alpha is None else float(alpha),
         keep_float=keep,
         auto_keep_float_k=k,

@@ -183,8 +183,10 @@ def quantize_model(
             qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
         elif scheme == "dynamic" and name in split:
             index = _outlier_index(name, lin, cfg.outlier_channels, in_absmax)
-            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index)
+            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index, cfg.per_token)
             scheme = OUTLIERS
+        elif scheme == "dynamic":
+            qmod = DynamicInt8Linear.from_float(lin, cfg.per_channel, cfg.per_token)
         else:
             qmod = LINEAR_CLASSES[scheme].from_float(lin, cfg.per_channel)
         _set(model, name, qmod)
@@ -196,7 +198,7 @@ def quantize_model(
         )
     emb = model.decoder.token_embedding
     if cfg.quantize_embedding and EMBEDDING not in keep:
-        model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb)
+        model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb, cfg.per_token)
         layers[EMBEDDING] = "int8_tied"
     else:
         layers[EMBEDDING] = "float"
@@ -260,18 +262,21 @@ def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:
     from whisper.model import ModelDimensions
 
     cfg = qcfg["config"]
+    per_token = cfg.get("per_token", False)  # False: written before the key, one range per call
     model = fused_skeleton(ModelDimensions(**qcfg["dims"]))
     for name, kind in qcfg["layers"].items():
         if kind == "float":
             continue
         if name == EMBEDDING:
             emb = _get(model, name)
-            _set(model, name, Int8TiedEmbedding(emb.num_embeddings, emb.embedding_dim))
+            _set(model, name, Int8TiedEmbedding(emb.num_embeddings, emb.embedding_dim, per_token))
             continue
         lin = _get(model, name)
         shape = (lin.in_features, lin.out_features, lin.bias is not None, cfg["per_channel"])
         if kind == OUTLIERS:
-            _set(model, name, OutlierInt8Linear(*shape, cfg["outlier_channels"]))
+            _set(model, name, OutlierInt8Linear(*shape, per_token, cfg["outlier_channels"]))
+        elif kind == "dynamic":
+            _set(model, name, DynamicInt8Linear(*shape, per_token))
         elif kind in LINEAR_CLASSES:
             _set(model, name, LINEAR_CLASSES[kind](*shape))
         else:

@@ -70,6 +70,25 @@ def _pack(q: Tensor, scale: Tensor, bias: Tensor | None):
     return torch.ops.quantized.linear_prepack(qw, bias)
 
 
+def linear_dynamic(x: Tensor, packed, bias: Tensor | None = None, per_token: bool = False) -> Tensor:
+    """fbgemm's dynamic int8 GEMM: ``x`` quantized with one range per call, or per row (``per_token``).
+
+    fbgemm quantizes its whole input with one range, so in a 500-frame encoder part every frame gets
+    the levels left over by the loudest one. ``per_token`` divides each row by its absmax first: every
+    row then spans the same range and gets all the levels; as W·(x/s) = (W·x)/s, multiplying the output
+    rows by s gives the per-token result from the same kernel. ``packed`` then holds no bias: ``bias`` is
+    added after that scaling. A single row (a decoding step) is per-token either way and skips it.
+    """
+    x = x.contiguous()
+    if not per_token or x.numel() == x.shape[-1]:
+        y = torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)
+        return y if bias is None else y.add_(bias)
+    lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+    s = torch.maximum(hi, lo.neg_()).clamp_min_(1e-12)
+    y = torch.ops.quantized.linear_dynamic(x / s, packed, REDUCE_RANGE)
+    return y.mul_(s) if bias is None else torch.addcmul(bias, y, s, out=y)
+
+
 def _unpack(packed) -> tuple[Tensor, Tensor, Tensor | None]:
     qw, bias = torch.ops.quantized.linear_unpack(packed)
     if qw.qscheme() == torch.per_tensor_affine:
@@ -80,19 +99,28 @@ def _unpack(packed) -> tuple[Tensor, Tensor, Tensor | None]:
 
 
 class PackedInt8Linear(nn.Module):
-    """Base: an int8 Linear held as fbgemm packed weights, (de)serialised as plain tensors."""
+    """Base: an int8 Linear held as fbgemm packed weights, (de)serialised as plain tensors.
+
+    ``per_token`` (dynamic kinds): activations quantized per row (:func:`linear_dynamic`); the bias
+    is then kept beside the packed weights, not in them.
+    """
 
     kind = "int8"
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, per_channel: bool, per_token: bool = False
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.has_bias, self.per_channel = bias, per_channel
+        self.has_bias, self.per_channel, self.per_token = bias, per_channel, per_token
         self._packed = None
+        self._bias: Tensor | None = None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, per_channel: bool, **extra: Tensor) -> PackedInt8Linear:
-        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel)
+    def from_float(
+        cls, linear: nn.Linear, per_channel: bool, per_token: bool = False, **extra: Tensor
+    ) -> PackedInt8Linear:
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel, per_token)
         q, scale = quantize_weight(linear.weight, per_channel)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         mod.set_weight(q, scale, bias)
@@ -101,10 +129,12 @@ class PackedInt8Linear(nn.Module):
         return mod
 
     def set_weight(self, q: Tensor, scale: Tensor, bias: Tensor | None) -> None:
-        self._packed = _pack(q, scale, bias)
+        self._bias = bias if self.per_token else None
+        self._packed = _pack(q, scale, None if self.per_token else bias)
 
     def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        return _unpack(self._packed)
+        q, scale, bias = _unpack(self._packed)
+        return q, scale, self._bias if self.per_token else bias
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -139,14 +169,17 @@ class PackedInt8Linear(nn.Module):
                 unexpected.remove(prefix + n)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, per_channel={self.per_channel}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, per_channel={self.per_channel}, "
+            f"per_token={self.per_token}"
+        )
 
 
 class DynamicInt8Linear(PackedInt8Linear):
-    """INT8 weights, activations quantized per call from their observed range (no calibration)."""
+    """INT8 weights, activations quantized per call or per token from their own range (no calibration)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
+        return linear_dynamic(x, self._packed, self._bias, self.per_token)
 
 
 class OutlierInt8Linear(DynamicInt8Linear):
@@ -161,14 +194,25 @@ class OutlierInt8Linear(DynamicInt8Linear):
     -> 0.013 with 16 channels, encoder.blocks.3.mlp.2 0.118 -> 0.011.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool, outliers: int):
-        super().__init__(in_features, out_features, bias, per_channel)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        per_channel: bool,
+        per_token: bool = False,
+        outliers: int = 0,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, per_channel, per_token)
         self.register_buffer("outlier_index", torch.zeros(outliers, dtype=torch.long))
         self.register_buffer("outlier_weight", torch.zeros(out_features, outliers))
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, per_channel: bool, index: Tensor) -> OutlierInt8Linear:  # type: ignore[override]
-        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel, len(index))
+    def from_float(  # type: ignore[override]
+        cls, linear: nn.Linear, per_channel: bool, index: Tensor, per_token: bool = False
+    ) -> OutlierInt8Linear:
+        shape = (linear.in_features, linear.out_features, linear.bias is not None)
+        mod = cls(*shape, per_channel, per_token, len(index))
         weight = linear.weight.detach().float().clone()
         mod.outlier_index = index.to(torch.long).clone()
         mod.outlier_weight = weight[:, mod.outlier_index].clone()
@@ -181,13 +225,12 @@ class OutlierInt8Linear(DynamicInt8Linear):
         x = x.contiguous()
         kept = x.index_select(-1, self.outlier_index)
         if x.requires_grad or (x.is_inference() and not torch.is_inference_mode_enabled()):
-            y = torch.ops.quantized.linear_dynamic(
-                x.index_fill(-1, self.outlier_index, 0.0), self._packed, REDUCE_RANGE
-            )
+            masked = x.index_fill(-1, self.outlier_index, 0.0)
+            y = linear_dynamic(masked, self._packed, self._bias, self.per_token)
         else:  # zeroed in place, then restored: an encoder MLP's input is 12 MB, a copy would add to the peak
             x.index_fill_(-1, self.outlier_index, 0.0)
             try:
-                y = torch.ops.quantized.linear_dynamic(x, self._packed, REDUCE_RANGE)
+                y = linear_dynamic(x, self._packed, self._bias, self.per_token)
             finally:
                 x.index_copy_(-1, self.outlier_index, kept)
         return y.add_(kept @ self.outlier_weight.T)
@@ -199,7 +242,11 @@ class OutlierInt8Linear(DynamicInt8Linear):
 class StaticInt8Linear(PackedInt8Linear):
     """INT8 weights and activations with scales fixed by calibration (input and output absmax)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, per_channel: bool) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, per_channel: bool, per_token: bool = False
+    ) -> None:
+        if per_token:
+            raise ValueError("StaticInt8Linear: calibrated activation scales are per tensor, not per token")
         super().__init__(in_features, out_features, bias, per_channel)
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("output_scale", torch.ones(()))
@@ -247,16 +294,16 @@ class Int8TiedEmbedding(nn.Module):
 
     kind = "int8"
 
-    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, per_token: bool = False) -> None:
         super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.num_embeddings, self.embedding_dim, self.per_token = num_embeddings, embedding_dim, per_token
         self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(num_embeddings))
         self._packed = None
 
     @classmethod
-    def from_float(cls, emb: nn.Embedding) -> Int8TiedEmbedding:
-        mod = cls(emb.num_embeddings, emb.embedding_dim)
+    def from_float(cls, emb: nn.Embedding, per_token: bool = False) -> Int8TiedEmbedding:
+        mod = cls(emb.num_embeddings, emb.embedding_dim, per_token)
         mod.weight_int8, mod.weight_scale = quantize_weight(emb.weight, per_channel=True)
         mod._packed = _pack(mod.weight_int8, mod.weight_scale, None)
         return mod
@@ -272,7 +319,7 @@ class Int8TiedEmbedding(nn.Module):
         return F.embedding(tokens, self.weight_int8).float() * self.weight_scale[tokens].unsqueeze(-1)
 
     def project(self, x: Tensor) -> Tensor:
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, REDUCE_RANGE)
+        return linear_dynamic(x, self._packed, per_token=self.per_token)
 
 
 LINEAR_CLASSES: dict[str, type[nn.Module]] = {

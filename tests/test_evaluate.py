@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,9 @@ def test_report_files(results, tmp_path):
     assert comp["speedup"] == pytest.approx(
         on_disk["fp32"]["latency_p50_s"] / on_disk["int8"]["latency_p50_s"]
     )
+    fp32_text = {c["id"]: c["hypothesis"] for c in results["fp32"]["clips"]}
+    same = [c["hypothesis"] == fp32_text[c["id"]] for c in results["int8"]["clips"]]
+    assert comp["identical_transcripts_pct"] == pytest.approx(100 * sum(same) / len(same))
     rows = list(csv.DictReader((tmp_path / "per_language.csv").open()))
     assert [(r["language"], r["metric"]) for r in rows] == [("de", "wer"), ("en", "wer"), ("zh", "cer")]
     assert float(rows[1]["int8"]) == pytest.approx(on_disk["int8"]["wer/en"], abs=1e-3)
@@ -167,3 +171,12 @@ def run_stage(tmp: Path, evaluate: dict) -> subprocess.CompletedProcess:
         [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp / "params.yaml")],
         cwd=tmp, env=venv_env(), capture_output=True, text=True,
     )  # fmt: skip
+
+
+def test_identical_transcripts_counts_the_clips_both_models_transcribed():
+    from whisper_int8.eval_report import identical_transcripts
+
+    base = [{"id": i, "hypothesis": t} for i, t in [("a", "x"), ("b", "y"), ("c", "z")]]
+    cand = [{"id": i, "hypothesis": t} for i, t in [("a", "x"), ("b", "Y"), ("d", "w")]]
+    assert identical_transcripts(base, cand) == pytest.approx(50.0)  # a same, b not, d only in one
+    assert math.isnan(identical_transcripts(base, []))

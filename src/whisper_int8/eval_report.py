@@ -47,6 +47,18 @@ def compare(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def identical_transcripts(base_clips: list[dict], cand_clips: list[dict]) -> float:
+    """Percent of the clips both models transcribed where the candidate's text is exactly the baseline's.
+
+    Two INT8 models that differ only in float rounding move per-language error rates by a word or more
+    at random (README "Per-token activation ranges"); the share of unchanged transcripts is the
+    steadier measure of how closely INT8 decodes like FP32.
+    """
+    base = {c["id"]: c["hypothesis"] for c in base_clips}
+    both = [c for c in cand_clips if c["id"] in base]
+    return 100.0 * sum(c["hypothesis"] == base[c["id"]] for c in both) / len(both) if both else math.nan
+
+
 def deltas_for(variant: str, comparison: dict[str, float]) -> dict[str, float]:
     """The delta keys for a child run: the candidate's own, zeros for the baseline (same keys in both)."""
     keys = {k: v for k, v in comparison.items() if "_delta/" in k}
@@ -146,6 +158,7 @@ def write_report(
             base["clips"], cand["clips"], {lang: error_key(bm, lang).split("/")[0] for lang in both}
         )
     )
+    comparison["identical_transcripts_pct"] = identical_transcripts(base["clips"], cand["clips"])
     report = {BASELINE: bm, CANDIDATE: cm, "comparison": comparison, "config": config}
     lang_rows = per_language_rows(bm, cm, comparison)
     lat_rows = latency_rows(base["clips"], cand["clips"])

@@ -254,3 +254,122 @@ def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, monkeypatch, cap
     monkeypatch.setattr(sys, "argv", [*argv, "--threads", "0"])
     with pytest.raises(SystemExit):
         prof.main()
+
+
+def tiny_fused():
+    from whisper_int8.fuse import fuse_model
+
+    model = make_tiny_whisper()
+    counts = fuse_model(model)
+    return model.eval(), counts
+
+
+@pytest.mark.parametrize("kind", ["fp16-weights", "bf16-weights", "int8-weights"])
+def test_weight_perturbations_round_every_linear_and_the_embedding_and_nothing_else(kind):
+    import torch
+    from torch import nn
+
+    from whisper_int8.quant.cpu import dequantize_weight, quantize_weight
+
+    stability = bench("stability")
+    model, _ = tiny_fused()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = [n + ".weight" for n, m in model.named_modules() if type(m) is nn.Linear]
+    weights.append("decoder.token_embedding.weight")
+
+    assert stability.perturb(model, kind) == len(weights)
+
+    after = model.state_dict()
+    for name, old in before.items():
+        new = after[name]
+        if name not in weights:
+            assert torch.equal(new, old), name  # biases, layer norms, positions untouched
+        elif kind == "int8-weights":
+            assert torch.equal(new, dequantize_weight(*quantize_weight(old, per_channel=True))), name
+        else:
+            dtype = torch.float16 if kind == "fp16-weights" else torch.bfloat16
+            assert torch.equal(new, old.to(dtype).float()) and not torch.equal(new, old), name
+
+
+def test_activation_perturbation_rounds_inputs_as_the_per_token_int8_kernel_does():
+    import torch
+
+    from whisper_int8.cpu import activation_bits
+    from whisper_int8.quant.cpu import _pack, linear_dynamic, quantize_weight
+
+    stability = bench("stability")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 64, generator=g) * torch.linspace(0.1, 5.0, 40)[:, None]
+    x[3, 7] = 60.0  # one loud value: per token, only its row pays for it
+    # identity weights (exact in int8): the kernel's output is its rounded input, in float
+    kernel = linear_dynamic(x, _pack(*quantize_weight(torch.eye(64), per_channel=True), None), per_token=True)
+    step = 2 * x.abs().amax(-1, keepdim=True) / (2 ** activation_bits() - 1)  # a level, in x's units
+
+    emulated = stability.fake_quant_per_token(x, activation_bits())
+
+    assert ((emulated - kernel).abs() < 1e-3 * step).all()  # the kernel's levels, ties included
+    assert ((x - kernel).abs() > 1e-3 * step).float().mean() > 0.9  # and the kernel did round
+
+
+def test_activation_perturbation_hooks_every_linear_and_the_logits(monkeypatch):
+    import torch
+    from torch import nn
+
+    stability = bench("stability")
+    calls = []
+    real = stability.fake_quant_per_token
+    monkeypatch.setattr(
+        stability, "fake_quant_per_token", lambda x, bits: calls.append(x.shape) or real(x, bits)
+    )
+    model, _ = tiny_fused()
+    mel = torch.randn(1, model.dims.n_mels, 2 * model.dims.n_audio_ctx)
+    tokens = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        clean = model(mel, tokens)
+        n = stability.perturb(model, "int8-activations")
+        rounded = model(mel, tokens)
+
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert n == len(linears) + 1 and all(len(m._forward_pre_hooks) == 1 for m in linears)
+    assert len(calls) >= n  # every Linear (the encoder MLPs in parts) and the logits projection
+    assert not torch.equal(clean, rounded)
+    assert torch.allclose(clean, rounded, atol=0.05 * clean.abs().max().item())
+
+
+def test_stability_rows_count_identical_transcripts_and_languages_over_the_limit():
+    stability = bench("stability")
+
+    def result(hyps: dict[str, str], wer: dict[str, float]) -> dict:
+        metrics = {f"wer/{lang}": v for lang, v in wer.items()} | {f"clips/{lang}": 1 for lang in wer}
+        metrics |= {"error_rate/overall": sum(wer.values()) / len(wer), "latency_p50_s": 1.0}
+        metrics["model_size_mb"] = 1.0
+        return {"metrics": metrics, "clips": [{"id": i, "hypothesis": h} for i, h in hyps.items()]}
+
+    ref = result({"en-0": "a b", "de-0": "c d", "de-1": "e"}, {"en": 10.0, "de": 20.0})
+    res = result({"en-0": "a b", "de-0": "c x", "de-1": "e"}, {"en": 10.5, "de": 20.6})
+
+    row = stability.row("int8-weights", ref, res)
+
+    assert (row["identical"], row["clips"]) == (2, 3)
+    assert row["over_limit"] == ["de"]  # en is exactly +0.5: within the limit, as the gate judges it
+    assert row["delta_pp"]["de"] == pytest.approx(0.6)
+    assert "| int8-weights | 2 / 3 | +0.60 | +0.50 | +0.55 | de |" in stability.table([row])
+
+
+def test_stability_evaluates_a_perturbed_fused_directory(tmp_path):
+    from whisper_int8.fuse import save_fused_dir
+
+    stability = bench("stability")
+    fp32, wav = tiny_fp32_and_silence(tmp_path)
+    model, counts = tiny_fused()
+    (tmp_path / "fused").mkdir()
+    save_fused_dir(tmp_path / "fused", model, [[1, 1]], counts, {})
+    split = manifest(tmp_path / "split", ["en-0"])
+    (split / "audio").mkdir()
+    (split / "audio" / "en-0.wav").write_bytes(wav.read_bytes())
+    decode = {"beam_size": None, "max_tokens": 4}
+
+    got = stability.evaluate_perturbed(str(tmp_path / "fused"), "int8-weights", str(split), decode)
+
+    assert [c["id"] for c in got["clips"]] == ["en-0"]
+    assert "wer/en" in got["metrics"] and got["metrics"]["model_size_mb"] > 0

@@ -161,7 +161,7 @@ def evaluate_model_dir(
 
     ``decode``: ``transcribe_clip`` options, ``beam_size`` (None: greedy) and ``max_tokens`` (None: default).
     """
-    model_dir, split_dir = Path(model_dir), Path(split_dir)
+    model_dir = Path(model_dir)
     torch.manual_seed(0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -169,13 +169,29 @@ def evaluate_model_dir(
     model = load_model_dir(model_dir, device=device)
     load_time = time.perf_counter() - start
     load_peak = memory.peak_rss_mb()  # imports + loading (a checkpoint and the model it fills)
+    result = evaluate_with_model(model, model_dir, split_dir, decode, device, warmup, per_language)
+    result["metrics"]["load_time_s"] = load_time
+    result["metrics"]["load_peak_rss_mb"] = load_peak
+    return result
+
+
+def evaluate_with_model(
+    model: torch.nn.Module,
+    model_dir: Path,
+    split_dir: Path | str,
+    decode: dict[str, Any],
+    device: str = "cpu",
+    warmup: int = 1,
+    per_language: int | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_model_dir` for a model already loaded (from ``model_dir``, whose size is reported)."""
     memory.reset_peak_rss()
-    results, first_call = transcribe_split(model, split_dir, decode, warmup, per_language, model_dir.name)
+    results, first_call = transcribe_split(
+        model, Path(split_dir), decode, warmup, per_language, model_dir.name
+    )
     metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
-    metrics["load_time_s"] = load_time
     metrics["model_size_mb"] = dir_bytes(model_dir) / MB
     metrics["peak_rss_mb"] = memory.peak_rss_mb()  # while transcribing: warm-up and every clip
-    metrics["load_peak_rss_mb"] = load_peak
     if device.startswith("cuda"):
         metrics["vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
         metrics["vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MB

@@ -36,12 +36,13 @@ from torch import Tensor, nn
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits
-from whisper_int8.eval_report import compare, identical_transcripts
+from whisper_int8.eval_report import compare, error_key, identical_transcripts, languages
 from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_with_model
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import load_params, section
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight
+from whisper_int8.significance import delta_intervals
 
 PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "int8-activations")
 LIMIT_PP = 0.5
@@ -96,9 +97,27 @@ def _in_worker(func, *args: Any) -> dict[str, Any]:
 
 
 def row(name: str, ref: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
-    """Identical transcripts, per-language deltas and the languages over the limit, for one variant."""
-    comp = compare(ref["metrics"], res["metrics"])
+    """Identical transcripts, per-language deltas, error counts, intervals and the languages over the limit.
+
+    ``errors``: per language, the reference's and the variant's error counts and the reference length
+    (words, or characters for CER); ``interval_pp``: the 95 % paired-bootstrap interval of the delta
+    over the clips (``whisper_int8.significance``; languages with at least its ``MIN_CLIPS`` clips).
+    """
+    base, cand = ref["metrics"], res["metrics"]
+    comp = compare(base, cand)
     deltas = {k.split("/")[1]: v for k, v in comp.items() if "_delta/" in k and not k.endswith("/overall")}
+    errors = {
+        lang: [base[f"errors/{lang}"], cand[f"errors/{lang}"], base[f"ref_length/{lang}"]]
+        for lang in deltas
+        if f"errors/{lang}" in base and f"errors/{lang}" in cand and f"ref_length/{lang}" in base
+    }
+    metric = {lang: error_key(cand, lang).split("/")[0] for lang in languages(cand) if lang in deltas}
+    ci = delta_intervals(ref["clips"], res["clips"], metric)
+    intervals = {
+        lang: [ci[f"{m}_delta_ci_low/{lang}"], ci[f"{m}_delta_ci_high/{lang}"]]
+        for lang, m in metric.items()
+        if f"{m}_delta_ci_low/{lang}" in ci
+    }
     same = identical_transcripts(ref["clips"], res["clips"])
     return {
         "variant": name,
@@ -106,19 +125,29 @@ def row(name: str, ref: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
         "identical": round(same * len(res["clips"]) / 100),
         "clips": len(res["clips"]),
         "delta_pp": deltas,
+        "errors": errors,
+        "interval_pp": intervals,
         "mean_delta_pp": comp["error_rate_delta/overall"],
         "over_limit": [lang for lang, d in deltas.items() if d > LIMIT_PP + 1e-9],
     }
 
 
+def _cell(r: dict[str, Any], lang: str) -> str:
+    """``+0.63 (+8)``: the delta in pp and, where known, in errors."""
+    counts = r.get("errors", {}).get(lang)
+    extra = f" ({counts[1] - counts[0]:+.0f})" if counts else ""
+    return f"{r['delta_pp'][lang]:+.2f}{extra}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per variant, identical transcripts and each language's delta in pp (in errors)."""
     langs = sorted(rows[0]["delta_pp"])
     lines = [
         "| variant | identical | " + " | ".join(langs) + f" | mean | over +{LIMIT_PP} |",
         "|---|---|" + "---|" * (len(langs) + 2),
     ]
     for r in rows:
-        cells = [f"{r['delta_pp'][lang]:+.2f}" for lang in langs] + [f"{r['mean_delta_pp']:+.2f}"]
+        cells = [_cell(r, lang) for lang in langs] + [f"{r['mean_delta_pp']:+.2f}"]
         lines.append(
             f"| {r['variant']} | {r['identical']} / {r['clips']} | "
             + " | ".join(cells)
@@ -133,17 +162,20 @@ def main(args: argparse.Namespace) -> None:
     split, fused = str(args.split), str(args.fused)
     print(f"reference: {fused} on {split}", flush=True)
     ref = _in_worker(evaluate_perturbed, fused, None, split, decode)
-    rows = []
-    for kind in args.perturb:
-        print(f"{kind} ...", flush=True)
-        rows.append(row(kind, ref, _in_worker(evaluate_perturbed, fused, kind, split, decode)))
-    for model_dir in args.model:
-        print(f"{model_dir} ...", flush=True)
-        res = _in_worker(evaluate_model_dir, str(model_dir), split, decode)
-        rows.append(row(str(model_dir), ref, res))
+    rows, transcripts = [], {"reference": ref["clips"]}
+    variants = [(kind, (evaluate_perturbed, fused, kind, split, decode)) for kind in args.perturb]
+    variants += [(str(d), (evaluate_model_dir, str(d), split, decode)) for d in args.model]
+    for name, call in variants:
+        print(f"{name} ...", flush=True)
+        res = _in_worker(*call)
+        rows.append(row(name, ref, res))
+        transcripts[name] = res["clips"]
     print(table(rows))
     if args.out:
-        atomic_write_json(args.out, {"split": split, "reference": fused, "variants": rows})
+        # the transcripts too: intervals, other groupings and clip-by-clip reading need no rerun
+        atomic_write_json(
+            args.out, {"split": split, "reference": fused, "variants": rows, "clips": transcripts}
+        )
 
 
 if __name__ == "__main__":

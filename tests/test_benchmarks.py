@@ -336,24 +336,49 @@ def test_activation_perturbation_hooks_every_linear_and_the_logits(monkeypatch):
     assert torch.allclose(clean, rounded, atol=0.05 * clean.abs().max().item())
 
 
+def _stability_result(hyps: dict[str, str], errors: dict[str, int], words: dict[str, int]) -> dict:
+    """An evaluation result as evaluate_with_model returns it: WER from error counts, one clip per id."""
+    wer = {lang: 100.0 * errors[lang] / words[lang] for lang in errors}
+    metrics = {f"wer/{lang}": v for lang, v in wer.items()} | {f"clips/{lang}": 1 for lang in wer}
+    metrics |= {f"errors/{lang}": n for lang, n in errors.items()}
+    metrics |= {f"ref_length/{lang}": n for lang, n in words.items()}
+    metrics |= {"error_rate/overall": sum(wer.values()) / len(wer), "latency_p50_s": 1.0}
+    metrics["model_size_mb"] = 1.0
+    clips = [
+        {"id": i, "language": i.split("-")[0], "reference": "a b c d", "hypothesis": h}
+        for i, h in hyps.items()
+    ]
+    return {"metrics": metrics, "clips": clips}
+
+
 def test_stability_rows_count_identical_transcripts_and_languages_over_the_limit():
     stability = bench("stability")
-
-    def result(hyps: dict[str, str], wer: dict[str, float]) -> dict:
-        metrics = {f"wer/{lang}": v for lang, v in wer.items()} | {f"clips/{lang}": 1 for lang in wer}
-        metrics |= {"error_rate/overall": sum(wer.values()) / len(wer), "latency_p50_s": 1.0}
-        metrics["model_size_mb"] = 1.0
-        return {"metrics": metrics, "clips": [{"id": i, "hypothesis": h} for i, h in hyps.items()]}
-
-    ref = result({"en-0": "a b", "de-0": "c d", "de-1": "e"}, {"en": 10.0, "de": 20.0})
-    res = result({"en-0": "a b", "de-0": "c x", "de-1": "e"}, {"en": 10.5, "de": 20.6})
+    words = {"en": 200, "de": 500}
+    ref = _stability_result({"en-0": "a b", "de-0": "c d", "de-1": "e"}, {"en": 20, "de": 100}, words)
+    res = _stability_result({"en-0": "a b", "de-0": "c x", "de-1": "e"}, {"en": 21, "de": 103}, words)
 
     row = stability.row("int8-weights", ref, res)
 
     assert (row["identical"], row["clips"]) == (2, 3)
     assert row["over_limit"] == ["de"]  # en is exactly +0.5: within the limit, as the gate judges it
     assert row["delta_pp"]["de"] == pytest.approx(0.6)
-    assert "| int8-weights | 2 / 3 | +0.60 | +0.50 | +0.55 | de |" in stability.table([row])
+    assert row["errors"] == {"de": [100, 103, 500], "en": [20, 21, 200]}
+    assert row["interval_pp"] == {}  # under significance.MIN_CLIPS clips: no interval
+    assert "| int8-weights | 2 / 3 | +0.60 (+3) | +0.50 (+1) | +0.55 | de |" in stability.table([row])
+
+
+def test_stability_rows_carry_the_bootstrap_interval_of_each_delta():
+    stability = bench("stability")
+    ids = [f"ru-{i}" for i in range(12)]
+    ref = _stability_result(dict.fromkeys(ids, "a b c d"), {"ru": 0}, {"ru": 48})
+    # two clips lose a word each: +2 errors in 48 words
+    res = _stability_result({i: "a b c" if i in ids[:2] else "a b c d" for i in ids}, {"ru": 2}, {"ru": 48})
+
+    row = stability.row("m", ref, res)
+
+    low, high = row["interval_pp"]["ru"]
+    assert 0.0 <= low < row["delta_pp"]["ru"] < high
+    assert row["delta_pp"]["ru"] == pytest.approx(100 * 2 / 48)
 
 
 def test_stability_evaluates_a_perturbed_fused_directory(tmp_path):

@@ -4,7 +4,8 @@ The accuracy gate compares INT8 with FP32 per language, to +0.5 pp. This measure
 comparison can resolve on a given split: the fused FP32 model is perturbed by amounts known to be
 harmless on average and transcribed like the evaluate stage does, each variant in its own process.
 For each it prints how many transcripts are identical to the unperturbed model's, the error-rate
-delta per language (percentage points) and the languages above +0.5 pp. Perturbations:
+delta per language (percentage points, with the change in errors) and the languages above +0.5 pp;
+``--out`` adds each delta's 95 % paired-bootstrap interval and every transcript. Perturbations:
 
 - ``fp16-weights`` / ``bf16-weights``: every Linear weight and the token embedding rounded to that
   float format (relative rounding at most 4.9e-4 / 3.9e-3), computed in FP32;

@@ -37,13 +37,12 @@ from torch import Tensor, nn
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits
-from whisper_int8.eval_report import compare, error_key, identical_transcripts, languages
+from whisper_int8.eval_report import compare_results
 from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_with_model
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import load_params, section
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight
-from whisper_int8.significance import delta_intervals
 
 PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "int8-activations")
 LIMIT_PP = 0.5
@@ -105,21 +104,19 @@ def row(name: str, ref: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
     over the clips (``whisper_int8.significance``; languages with at least its ``MIN_CLIPS`` clips).
     """
     base, cand = ref["metrics"], res["metrics"]
-    comp = compare(base, cand)
+    comp = compare_results(ref, res)
     deltas = {k.split("/")[1]: v for k, v in comp.items() if "_delta/" in k and not k.endswith("/overall")}
     errors = {
         lang: [base[f"errors/{lang}"], cand[f"errors/{lang}"], base[f"ref_length/{lang}"]]
         for lang in deltas
         if f"errors/{lang}" in base and f"errors/{lang}" in cand and f"ref_length/{lang}" in base
     }
-    metric = {lang: error_key(cand, lang).split("/")[0] for lang in languages(cand) if lang in deltas}
-    ci = delta_intervals(ref["clips"], res["clips"], metric)
     intervals = {
-        lang: [ci[f"{m}_delta_ci_low/{lang}"], ci[f"{m}_delta_ci_high/{lang}"]]
-        for lang, m in metric.items()
-        if f"{m}_delta_ci_low/{lang}" in ci
+        k.split("/")[1]: [v, comp[k.replace("_ci_low/", "_ci_high/")]]
+        for k, v in comp.items()
+        if "_delta_ci_low/" in k
     }
-    same = identical_transcripts(ref["clips"], res["clips"])
+    same = comp["identical_transcripts_pct"]
     return {
         "variant": name,
         "identical_pct": same,

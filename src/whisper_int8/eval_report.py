@@ -59,6 +59,21 @@ def identical_transcripts(base_clips: list[dict], cand_clips: list[dict]) -> flo
     return 100.0 * sum(c["hypothesis"] == base[c["id"]] for c in both) / len(both) if both else math.nan
 
 
+def compare_results(base: dict[str, Any], cand: dict[str, Any]) -> dict[str, float]:
+    """:func:`compare` of two evaluations (``{"metrics", "clips"}``), plus each delta's 95 % paired-bootstrap
+    interval over the clips and ``identical_transcripts_pct``: the comparison eval.json reports."""
+    bm, cm = base["metrics"], cand["metrics"]
+    both = sorted(set(languages(bm)) & set(languages(cm)))
+    out = compare(bm, cm)
+    out.update(
+        delta_intervals(
+            base["clips"], cand["clips"], {lang: error_key(bm, lang).split("/")[0] for lang in both}
+        )
+    )
+    out["identical_transcripts_pct"] = identical_transcripts(base["clips"], cand["clips"])
+    return out
+
+
 def deltas_for(variant: str, comparison: dict[str, float]) -> dict[str, float]:
     """The delta keys for a child run: the candidate's own, zeros for the baseline (same keys in both)."""
     keys = {k: v for k, v in comparison.items() if "_delta/" in k}
@@ -151,14 +166,7 @@ def write_report(
     """Write every evaluation output under ``out_dir`` atomically; returns the eval.json content."""
     out_dir = Path(out_dir)
     bm, cm = base["metrics"], cand["metrics"]
-    both = sorted(set(languages(bm)) & set(languages(cm)))
-    comparison = compare(bm, cm)
-    comparison.update(
-        delta_intervals(
-            base["clips"], cand["clips"], {lang: error_key(bm, lang).split("/")[0] for lang in both}
-        )
-    )
-    comparison["identical_transcripts_pct"] = identical_transcripts(base["clips"], cand["clips"])
+    comparison = compare_results(base, cand)
     report = {BASELINE: bm, CANDIDATE: cm, "comparison": comparison, "config": config}
     lang_rows = per_language_rows(bm, cm, comparison)
     lat_rows = latency_rows(base["clips"], cand["clips"])

@@ -11,6 +11,10 @@ delta per language (percentage points, with the change in errors) and the langua
   float format (relative rounding at most 4.9e-4 / 3.9e-3), computed in FP32;
 - ``int8-weights``: the same weights rounded to int8 with one scale per output row, as every INT8
   scheme stores them, computed in FP32 (weight rounding alone);
+- ``noise-weights``: the same weights plus Gaussian noise as large as that rounding (standard
+  deviation one int8 step / sqrt(12) per row, the root mean square of a rounding error), times
+  ``--noise-scale``, one draw per ``--seeds`` value: a perturbation of int8's size in no particular
+  direction, and how the deltas grow with its size;
 - ``int8-activations``: FP32 weights, the input of every Linear and of the logits projection
   rounded as the dynamic scheme's per-token path does (each row divided by its absmax, then one
   asymmetric range, ``whisper_int8.cpu.activation_bits()`` bits: activation rounding alone);
@@ -44,7 +48,7 @@ from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import load_params, section
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight
 
-PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "int8-activations")
+PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "noise-weights", "int8-activations")
 LIMIT_PP = 0.5
 
 
@@ -61,8 +65,17 @@ def fake_quant_per_token(x: Tensor, bits: int) -> Tensor:
     return torch.quantize_per_tensor(u, scale, zero, torch.quint8).dequantize() * s
 
 
-def perturb(model: nn.Module, kind: str) -> int:
-    """Apply ``kind`` to ``model`` (a fused FP32 Whisper) in place; returns how many layers it touched."""
+def int8_noise(weight: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+    """Gaussian noise with ``scale`` times the RMS of int8 rounding (one step / sqrt(12) per row)."""
+    step = weight.abs().amax(dim=1, keepdim=True) / 127.0  # quantize_weight's per-row scale
+    return torch.randn(weight.shape, generator=generator) * step * (scale / 12**0.5)
+
+
+def perturb(model: nn.Module, kind: str, seed: int = 0, scale: float = 1.0) -> int:
+    """Apply ``kind`` to ``model`` (a fused FP32 Whisper) in place; returns how many layers it touched.
+
+    ``seed`` and ``scale`` are for ``noise-weights`` only.
+    """
     layers = [m for m in model.modules() if type(m) is nn.Linear]
     embedding = model.decoder.token_embedding
     if kind == "int8-activations":
@@ -72,21 +85,26 @@ def perturb(model: nn.Module, kind: str) -> int:
         project = embedding.project
         embedding.project = lambda x: project(fake_quant_per_token(x, bits))
         return len(layers) + 1
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in [*layers, embedding]:
             w = m.weight
-            if kind == "int8-weights":
+            if kind == "noise-weights":
+                w.add_(int8_noise(w, scale, generator))
+            elif kind == "int8-weights":
                 w.copy_(dequantize_weight(*quantize_weight(w, per_channel=True)))
             else:
                 w.copy_(w.to(torch.float16 if kind == "fp16-weights" else torch.bfloat16).float())
     return len(layers) + 1
 
 
-def evaluate_perturbed(fused: str, kind: str | None, split: str, decode: dict[str, Any]) -> dict[str, Any]:
+def evaluate_perturbed(
+    fused: str, kind: str | None, split: str, decode: dict[str, Any], seed: int = 0, scale: float = 1.0
+) -> dict[str, Any]:
     """Load ``fused``, apply ``kind`` (None: as is) and evaluate it on ``split`` (runs in a worker)."""
     model = load_model_dir(fused)
     if kind:
-        perturb(model, kind)
+        perturb(model, kind, seed, scale)
     return evaluate_with_model(model, Path(fused), Path(split), decode)
 
 
@@ -161,7 +179,19 @@ def main(args: argparse.Namespace) -> None:
     print(f"reference: {fused} on {split}", flush=True)
     ref = _in_worker(evaluate_perturbed, fused, None, split, decode)
     rows, transcripts = [], {"reference": ref["clips"]}
-    variants = [(kind, (evaluate_perturbed, fused, kind, split, decode)) for kind in args.perturb]
+    variants = []
+    for kind in args.perturb:
+        if kind == "noise-weights":
+            variants += [
+                (
+                    f"{kind} x{scale:g} seed {seed}",
+                    (evaluate_perturbed, fused, kind, split, decode, seed, scale),
+                )
+                for scale in args.noise_scale
+                for seed in args.seeds
+            ]
+        else:
+            variants.append((kind, (evaluate_perturbed, fused, kind, split, decode)))
     variants += [(str(d), (evaluate_model_dir, str(d), split, decode)) for d in args.model]
     for name, call in variants:
         print(f"{name} ...", flush=True)
@@ -183,6 +213,16 @@ if __name__ == "__main__":
     parser.add_argument("--fused", default="models/fused", type=Path, help="the FP32 reference to perturb")
     parser.add_argument(
         "--perturb", nargs="*", default=list(PERTURBATIONS), choices=PERTURBATIONS, help="default: all"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", default=[0], type=int, help="noise-weights: one variant per seed (default: 0)"
+    )
+    parser.add_argument(
+        "--noise-scale",
+        nargs="+",
+        default=[1.0],
+        type=float,
+        help="noise-weights: multiples of int8 rounding's RMS, one variant set each (default: 1)",
     )
     parser.add_argument("--model", nargs="*", default=[], type=Path, help="model directories to compare too")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")

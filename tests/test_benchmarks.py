@@ -291,6 +291,33 @@ def test_weight_perturbations_round_every_linear_and_the_embedding_and_nothing_e
             assert torch.equal(new, old.to(dtype).float()) and not torch.equal(new, old), name
 
 
+def test_noise_perturbation_adds_int8_sized_noise_to_the_same_weights_one_draw_per_seed():
+    import torch
+
+    stability = bench("stability")
+    model, _ = tiny_fused()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    touched = stability.perturb(model, "noise-weights", seed=3, scale=2.0)
+
+    again, _ = tiny_fused()
+    again.load_state_dict(before)
+    stability.perturb(again, "noise-weights", seed=3, scale=2.0)
+    other, _ = tiny_fused()
+    other.load_state_dict(before)
+    stability.perturb(other, "noise-weights", seed=4, scale=2.0)
+
+    after, same, different = model.state_dict(), again.state_dict(), other.state_dict()
+    changed = [k for k in before if not torch.equal(after[k], before[k])]
+    assert len(changed) == touched and all(k.endswith(".weight") for k in changed)
+    ratios = []
+    for k in changed:
+        assert torch.equal(after[k], same[k]) and not torch.equal(after[k], different[k]), k
+        step = before[k].abs().amax(dim=1, keepdim=True) / 127.0
+        ratios.append(((after[k] - before[k]) / step).pow(2).mean())
+    # scale 2: the noise's RMS is twice a rounding error's, one step / sqrt(12) per row
+    assert abs(float(torch.stack(ratios).mean()) ** 0.5 - 2 / 12**0.5) < 0.05
+
+
 def test_activation_perturbation_rounds_inputs_as_the_per_token_int8_kernel_does():
     import torch
 

@@ -19,7 +19,13 @@ delta per language (percentage points, with the change in errors) and the langua
   rounded as the dynamic scheme's per-token path does (each row divided by its absmax, then one
   asymmetric range, ``whisper_int8.cpu.activation_bits()`` bits: activation rounding alone);
 
-plus any ``--model`` directory (e.g. ``models/int8``), compared with the same reference. A 45-clip
+plus any ``--model`` directory (e.g. ``models/int8``), compared with the same reference.
+
+``--teacher-forced`` skips decoding: every variant reads each clip's reference text (teacher forcing)
+and the script prints, per language, the mean KL divergence of its next-token distributions from
+FP32's and how many of its most likely tokens differ from FP32's. This measures the size of a
+perturbation without greedy decoding's all-or-nothing flips, in seconds per variant, so two
+rounding schemes can be compared on more clips than a transcript run affords. A 45-clip
 split gives a finer picture than the default 20 (build it outside the pipeline's outputs):
 
     sed 's/eval_per_lang: 20 /eval_per_lang: 45 /' params.yaml > /tmp/p45.yaml
@@ -33,12 +39,16 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from whisper.tokenizer import get_tokenizer
 
+from whisper_int8.audio import first_per_language, read_manifest
+from whisper_int8.calibrate import Sample, prepare
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits
 from whisper_int8.eval_report import compare_results
@@ -98,14 +108,75 @@ def perturb(model: nn.Module, kind: str, seed: int = 0, scale: float = 1.0) -> i
     return len(layers) + 1
 
 
-def evaluate_perturbed(
-    fused: str, kind: str | None, split: str, decode: dict[str, Any], seed: int = 0, scale: float = 1.0
-) -> dict[str, Any]:
-    """Load ``fused``, apply ``kind`` (None: as is) and evaluate it on ``split`` (runs in a worker)."""
-    model = load_model_dir(fused)
-    if kind:
-        perturb(model, kind, seed, scale)
-    return evaluate_with_model(model, Path(fused), Path(split), decode)
+@torch.no_grad()
+def next_token_logprobs(model: nn.Module, samples: list[Sample]) -> list[Tensor]:
+    """Per sample, the log-probabilities ``model`` gives each text token (and the end), reference fed in.
+
+    Positions before the no-timestamps token predict the forced start-of-transcript tokens: left out.
+    """
+    tok = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+    out = []
+    for s in samples:
+        first = s.tokens[0].tolist().index(tok.no_timestamps)
+        logits = model.logits(s.tokens, model.embed_audio(s.mel))[0, first:-1]
+        out.append(logits.float().log_softmax(-1))
+    return out
+
+
+def divergence(ref: list[Tensor], got: list[Tensor], languages: list[str]) -> dict[str, dict[str, float]]:
+    """Per language: text positions, mean KL(reference || variant) and positions whose argmax differs."""
+    out: dict[str, dict[str, float]] = {}
+    for r, g, lang in zip(ref, got, languages, strict=True):
+        kl = (r.exp() * (r - g)).sum(-1)
+        d = out.setdefault(lang, {"tokens": 0, "kl_sum": 0.0, "flips": 0})
+        d["tokens"] += int(kl.numel())
+        d["kl_sum"] += float(kl.sum())
+        d["flips"] += int((r.argmax(-1) != g.argmax(-1)).sum())
+    return {
+        lang: {"tokens": d["tokens"], "kl_mean": d["kl_sum"] / d["tokens"], "flips": d["flips"]}
+        for lang, d in sorted(out.items())
+    }
+
+
+def teacher_forced(fused: str, split: str, per_language: int | None, variants: list) -> list[dict[str, Any]]:
+    """``--teacher-forced``: the divergence of every variant from the fused model, in this process."""
+    reference = load_model_dir(fused)
+    samples = list(prepare(first_per_language(read_manifest(split), per_language), reference))
+    languages = [s.clip.language for s in samples]
+    ref = next_token_logprobs(reference, samples)
+    rows = []
+    for variant in variants:
+        per_lang = divergence(ref, next_token_logprobs(variant.load(fused), samples), languages)
+        tokens = sum(d["tokens"] for d in per_lang.values())
+        kl = sum(d["kl_mean"] * d["tokens"] for d in per_lang.values()) / tokens
+        flips = sum(d["flips"] for d in per_lang.values())
+        row_ = {
+            "variant": variant.name,
+            "tokens": tokens,
+            "kl_mean": kl,
+            "flips": flips,
+            "languages": per_lang,
+        }
+        rows.append(row_)
+        print(f"{variant.name}: KL {kl:.5f}, {flips} of {tokens} tokens differ", flush=True)
+    return rows
+
+
+def tf_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per variant, mean KL from FP32 and the differing tokens, in all and per language."""
+    langs = sorted(rows[0]["languages"])
+    lines = [
+        "| variant | KL mean | differing tokens | " + " | ".join(langs) + " |",
+        "|---|---|---|" + "---|" * len(langs),
+    ]
+    for r in rows:
+        cells = [f"{r['languages'][lang]['kl_mean']:.5f} ({r['languages'][lang]['flips']})" for lang in langs]
+        lines.append(
+            f"| {r['variant']} | {r['kl_mean']:.5f} | {r['flips']} / {r['tokens']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def _in_worker(func, *args: Any) -> dict[str, Any]:
@@ -172,32 +243,65 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    decode = decode_options(section(params, "evaluate", args.params), args.params)
-    split, fused = str(args.split), str(args.fused)
-    print(f"reference: {fused} on {split}", flush=True)
-    ref = _in_worker(evaluate_perturbed, fused, None, split, decode)
-    rows, transcripts = [], {"reference": ref["clips"]}
-    variants = []
+@dataclass(frozen=True)
+class Variant:
+    """One model to compare with the fused reference: a perturbation of it, or a model directory."""
+
+    name: str
+    kind: str | None = None  # a PERTURBATIONS entry
+    model_dir: str | None = None
+    seed: int = 0
+    scale: float = 1.0
+
+    def load(self, fused: str) -> nn.Module:
+        if self.model_dir:
+            return load_model_dir(self.model_dir)
+        model = load_model_dir(fused)
+        perturb(model, self.kind, self.seed, self.scale)
+        return model
+
+
+def variants_of(args: argparse.Namespace) -> list[Variant]:
+    """The variants the command line asks for, in order: perturbations (noise per scale and seed), models."""
+    out = []
     for kind in args.perturb:
         if kind == "noise-weights":
-            variants += [
-                (
-                    f"{kind} x{scale:g} seed {seed}",
-                    (evaluate_perturbed, fused, kind, split, decode, seed, scale),
-                )
+            out += [
+                Variant(f"{kind} x{scale:g} seed {seed}", kind, seed=seed, scale=scale)
                 for scale in args.noise_scale
                 for seed in args.seeds
             ]
         else:
-            variants.append((kind, (evaluate_perturbed, fused, kind, split, decode)))
-    variants += [(str(d), (evaluate_model_dir, str(d), split, decode)) for d in args.model]
-    for name, call in variants:
-        print(f"{name} ...", flush=True)
-        res = _in_worker(*call)
-        rows.append(row(name, ref, res))
-        transcripts[name] = res["clips"]
+            out.append(Variant(kind, kind))
+    return out + [Variant(str(d), model_dir=str(d)) for d in args.model]
+
+
+def evaluate_variant(variant: Variant, fused: str, split: str, decode: dict[str, Any]) -> dict[str, Any]:
+    """Transcribe ``split`` with ``variant`` (runs in a worker, so peak memory and state are its own)."""
+    if variant.model_dir:
+        return evaluate_model_dir(variant.model_dir, split, decode)
+    return evaluate_with_model(variant.load(fused), Path(fused), Path(split), decode)
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    decode = decode_options(section(params, "evaluate", args.params), args.params)
+    split, fused = str(args.split), str(args.fused)
+    variants = variants_of(args)
+    if args.teacher_forced is not None:
+        rows = teacher_forced(fused, split, args.teacher_forced or None, variants)
+        print(tf_table(rows))
+        if args.out:
+            atomic_write_json(args.out, {"split": split, "reference": fused, "teacher_forced": rows})
+        return
+    print(f"reference: {fused} on {split}", flush=True)
+    ref = _in_worker(evaluate_variant, Variant("reference", model_dir=fused), fused, split, decode)
+    rows, transcripts = [], {"reference": ref["clips"]}
+    for variant in variants:
+        print(f"{variant.name} ...", flush=True)
+        res = _in_worker(evaluate_variant, variant, fused, split, decode)
+        rows.append(row(variant.name, ref, res))
+        transcripts[variant.name] = res["clips"]
     print(table(rows))
     if args.out:
         # the transcripts too: intervals, other groupings and clip-by-clip reading need no rerun
@@ -225,5 +329,14 @@ if __name__ == "__main__":
         help="noise-weights: multiples of int8 rounding's RMS, one variant set each (default: 1)",
     )
     parser.add_argument("--model", nargs="*", default=[], type=Path, help="model directories to compare too")
+    parser.add_argument(
+        "--teacher-forced",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="N",
+        help="no decoding: KL from FP32 and differing next tokens on the reference texts "
+        "(the first N clips per language; no N: every clip)",
+    )
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     run(main, parser)

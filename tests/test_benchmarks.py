@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ctypes.util
 import importlib.util
 import json
@@ -23,6 +24,7 @@ def bench(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (a script directory, not a package)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -421,7 +423,70 @@ def test_stability_evaluates_a_perturbed_fused_directory(tmp_path):
     (split / "audio" / "en-0.wav").write_bytes(wav.read_bytes())
     decode = {"beam_size": None, "max_tokens": 4}
 
-    got = stability.evaluate_perturbed(str(tmp_path / "fused"), "int8-weights", str(split), decode)
+    variant = stability.Variant("int8-weights", "int8-weights")
+    got = stability.evaluate_variant(variant, str(tmp_path / "fused"), str(split), decode)
 
     assert [c["id"] for c in got["clips"]] == ["en-0"]
     assert "wer/en" in got["metrics"] and got["metrics"]["model_size_mb"] > 0
+
+
+def test_divergence_counts_kl_and_differing_next_tokens_per_language():
+    import torch
+
+    stability = bench("stability")
+    ref = [
+        torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]).log_softmax(-1),
+        torch.zeros(1, 3).log_softmax(-1),
+    ]
+    got = [torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]).log_softmax(-1), ref[1].clone()]
+
+    d = stability.divergence(ref, got, ["ru", "en"])
+
+    assert d["en"] == {"tokens": 1, "kl_mean": 0.0, "flips": 0}
+    expected = torch.nn.functional.kl_div(got[0], ref[0], log_target=True, reduction="sum") / 2
+    assert d["ru"]["tokens"] == 2 and d["ru"]["flips"] == 1
+    assert abs(d["ru"]["kl_mean"] - float(expected)) < 1e-6 and d["ru"]["kl_mean"] > 0
+
+
+def test_variants_expand_noise_per_scale_and_seed_then_models():
+    stability = bench("stability")
+    args = argparse.Namespace(
+        perturb=["int8-weights", "noise-weights"], noise_scale=[0.5, 2.0], seeds=[0, 1], model=[Path("m")]
+    )
+
+    got = [(v.name, v.kind, v.seed, v.scale, v.model_dir) for v in stability.variants_of(args)]
+
+    assert got == [
+        ("int8-weights", "int8-weights", 0, 1.0, None),
+        ("noise-weights x0.5 seed 0", "noise-weights", 0, 0.5, None),
+        ("noise-weights x0.5 seed 1", "noise-weights", 1, 0.5, None),
+        ("noise-weights x2 seed 0", "noise-weights", 0, 2.0, None),
+        ("noise-weights x2 seed 1", "noise-weights", 1, 2.0, None),
+        ("m", None, 0, 1.0, "m"),
+    ]
+
+
+def test_teacher_forced_divergence_is_zero_for_the_reference_itself_and_not_for_int8(tmp_path):
+    from whisper_int8.fuse import save_fused_dir
+
+    stability = bench("stability")
+    _, wav = tiny_fp32_and_silence(tmp_path)
+    model, counts = tiny_fused()
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    save_fused_dir(fused, model, [[1, 1]], counts, {})
+    split = manifest(tmp_path / "split", ["en-0", "de-0", "en-1"])
+    (split / "audio").mkdir()
+    for i in ("en-0", "de-0", "en-1"):
+        (split / "audio" / f"{i}.wav").write_bytes(wav.read_bytes())
+    variants = [
+        stability.Variant("same", model_dir=str(fused)),
+        stability.Variant("int8-weights", "int8-weights"),
+    ]
+
+    same, rounded = stability.teacher_forced(str(fused), str(split), 1, variants)
+
+    assert sorted(same["languages"]) == ["de", "en"]  # the first clip of each language
+    assert same["kl_mean"] == 0.0 and same["flips"] == 0 and same["tokens"] > 0
+    assert rounded["kl_mean"] > 0 and rounded["tokens"] == same["tokens"]
+    assert "| int8-weights |" in stability.tf_table([same, rounded])

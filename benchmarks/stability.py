@@ -24,9 +24,11 @@ plus any ``--model`` directory (e.g. ``models/int8``), compared with the same re
 ``--teacher-forced`` skips decoding: every variant reads each clip's reference text (teacher forcing)
 and the script prints, per language, the mean KL divergence of its next-token distributions from
 FP32's and how many of its most likely tokens differ from FP32's. This measures the size of a
-perturbation without greedy decoding's all-or-nothing flips, in seconds per variant, so two
-rounding schemes can be compared on more clips than a transcript run affords. A 45-clip
-split gives a finer picture than the default 20 (build it outside the pipeline's outputs):
+perturbation without greedy decoding's all-or-nothing flips, at about half a second a clip (one
+FP32-sized forward pass), so two rounding schemes can be compared on more clips than a transcript
+run affords. Where that leaves Russian: ``docs/performance.md``, "Int8 against noise of its size".
+
+A 45-clip split gives a finer picture than the default 20 (build it outside the pipeline's outputs):
 
     sed 's/eval_per_lang: 20 /eval_per_lang: 45 /' params.yaml > /tmp/p45.yaml
     python stages/fetch_audio.py --params /tmp/p45.yaml --calibration /tmp/c45 --eval /tmp/e45 \\

@@ -438,20 +438,52 @@ def test_divergence_counts_kl_and_differing_next_tokens_per_language():
         torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]).log_softmax(-1),
         torch.zeros(1, 3).log_softmax(-1),
     ]
-    got = [torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]).log_softmax(-1), ref[1].clone()]
+    got = [torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0]]).log_softmax(-1), ref[1].clone()]
 
     d = stability.divergence(ref, got, ["ru", "en"])
 
-    assert d["en"] == {"tokens": 1, "kl_mean": 0.0, "flips": 0}
-    expected = torch.nn.functional.kl_div(got[0], ref[0], log_target=True, reduction="sum") / 2
+    assert d["en"] == {"tokens": 1, "kl_sum": 0.0, "flips": 0, "kl_mean": 0.0}
+    p, q = ref[0][1].exp(), got[0][1].exp()
+    forward, backward = float((p * (p / q).log()).sum()), float((q * (q / p).log()).sum())
     assert d["ru"]["tokens"] == 2 and d["ru"]["flips"] == 1
-    assert abs(d["ru"]["kl_mean"] - float(expected)) < 1e-6 and d["ru"]["kl_mean"] > 0
+    assert (
+        abs(d["ru"]["kl_mean"] - forward / 2) < 1e-6 and abs(forward - backward) > 0.1
+    )  # KL(ref || variant)
+
+
+def test_next_token_logprobs_cover_the_text_tokens_and_the_end_only():
+    import torch
+    from whisper.tokenizer import get_tokenizer
+
+    from whisper_int8.audio import Clip
+    from whisper_int8.calibrate import Sample
+
+    stability = bench("stability")
+    model, _ = tiny_fused()
+    tok = get_tokenizer(
+        model.is_multilingual, num_languages=model.num_languages, language="en", task="transcribe"
+    )
+    text = tok.encode(" hello there")
+    tokens = torch.tensor([[*tok.sot_sequence_including_notimestamps, *text, tok.eot]])
+    mel = torch.randn(1, model.dims.n_mels, 2 * model.dims.n_audio_ctx)
+    clip = Clip("en-0", "en", "x.wav", "hello there", 1.0, "0" * 64, "test", "MIT")
+
+    (got,) = stability.next_token_logprobs(model, [Sample(clip, mel, tokens)])
+
+    first = len(tok.sot_sequence_including_notimestamps) - 1  # predicts the first text token
+    with torch.no_grad():
+        want = model.logits(tokens, model.embed_audio(mel))[0].log_softmax(-1)
+    assert got.shape[0] == len(text) + 1  # every text token and the end of text
+    assert torch.allclose(got, want[first:-1])
 
 
 def test_variants_expand_noise_per_scale_and_seed_then_models():
     stability = bench("stability")
     args = argparse.Namespace(
-        perturb=["int8-weights", "noise-weights"], noise_scale=[0.5, 2.0], seeds=[0, 1], model=[Path("m")]
+        perturb=["int8-weights", "noise-weights"],
+        noise_scale=[0.5, 2.0, 0.5],
+        seeds=[0, 1],
+        model=[Path("m")],
     )
 
     got = [(v.name, v.kind, v.seed, v.scale, v.model_dir) for v in stability.variants_of(args)]
@@ -488,5 +520,9 @@ def test_teacher_forced_divergence_is_zero_for_the_reference_itself_and_not_for_
 
     assert sorted(same["languages"]) == ["de", "en"]  # the first clip of each language
     assert same["kl_mean"] == 0.0 and same["flips"] == 0 and same["tokens"] > 0
+    with pytest.raises(ValueError, match="perturbation kind or a model directory"):
+        stability.Variant("neither").load(str(fused))
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        stability.perturb(model, "int4-weights")
     assert rounded["kl_mean"] > 0 and rounded["tokens"] == same["tokens"]
     assert "| int8-weights |" in stability.tf_table([same, rounded])

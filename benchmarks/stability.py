@@ -59,7 +59,7 @@ from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_w
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import load_params, section
-from whisper_int8.quant.cpu import dequantize_weight, quantize_weight
+from whisper_int8.quant.cpu import dequantize_weight, quantize_weight, weight_scale
 
 PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "noise-weights", "int8-activations")
 LIMIT_PP = 0.5
@@ -80,7 +80,7 @@ def fake_quant_per_token(x: Tensor, bits: int) -> Tensor:
 
 def int8_noise(weight: Tensor, scale: float, generator: torch.Generator) -> Tensor:
     """Gaussian noise with ``scale`` times the RMS of int8 rounding (one step / sqrt(12) per row)."""
-    step = weight.abs().amax(dim=1, keepdim=True) / 127.0  # quantize_weight's per-row scale
+    step = weight_scale(weight, per_channel=True)[:, None]
     return torch.randn(weight.shape, generator=generator) * step * (scale / 12**0.5)
 
 

@@ -410,21 +410,29 @@ def test_stability_rows_carry_the_bootstrap_interval_of_each_delta():
     assert row["delta_pp"]["ru"] == pytest.approx(100 * 2 / 48)
 
 
-def test_stability_evaluates_a_perturbed_fused_directory(tmp_path):
+def tiny_fused_dir_and_silent_split(tmp_path: Path, ids: list[str]) -> tuple[Path, Path]:
+    """A tiny fused model directory and a split of ``ids``, each clip half a second of silence."""
     from whisper_int8.fuse import save_fused_dir
 
-    stability = bench("stability")
-    fp32, wav = tiny_fp32_and_silence(tmp_path)
+    _, wav = tiny_fp32_and_silence(tmp_path)
     model, counts = tiny_fused()
-    (tmp_path / "fused").mkdir()
-    save_fused_dir(tmp_path / "fused", model, [[1, 1]], counts, {})
-    split = manifest(tmp_path / "split", ["en-0"])
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    save_fused_dir(fused, model, [[1, 1]], counts, {})
+    split = manifest(tmp_path / "split", ids)
     (split / "audio").mkdir()
-    (split / "audio" / "en-0.wav").write_bytes(wav.read_bytes())
+    for i in ids:
+        (split / "audio" / f"{i}.wav").write_bytes(wav.read_bytes())
+    return fused, split
+
+
+def test_stability_evaluates_a_perturbed_fused_directory(tmp_path):
+    stability = bench("stability")
+    fused, split = tiny_fused_dir_and_silent_split(tmp_path, ["en-0"])
     decode = {"beam_size": None, "max_tokens": 4}
 
     variant = stability.Variant("int8-weights", "int8-weights")
-    got = stability.evaluate_variant(variant, str(tmp_path / "fused"), str(split), decode)
+    got = stability.evaluate_variant(variant, str(fused), str(split), decode)
 
     assert [c["id"] for c in got["clips"]] == ["en-0"]
     assert "wer/en" in got["metrics"] and got["metrics"]["model_size_mb"] > 0
@@ -499,18 +507,8 @@ def test_variants_expand_noise_per_scale_and_seed_then_models():
 
 
 def test_teacher_forced_divergence_is_zero_for_the_reference_itself_and_not_for_int8(tmp_path):
-    from whisper_int8.fuse import save_fused_dir
-
     stability = bench("stability")
-    _, wav = tiny_fp32_and_silence(tmp_path)
-    model, counts = tiny_fused()
-    fused = tmp_path / "fused"
-    fused.mkdir()
-    save_fused_dir(fused, model, [[1, 1]], counts, {})
-    split = manifest(tmp_path / "split", ["en-0", "de-0", "en-1"])
-    (split / "audio").mkdir()
-    for i in ("en-0", "de-0", "en-1"):
-        (split / "audio" / f"{i}.wav").write_bytes(wav.read_bytes())
+    fused, split = tiny_fused_dir_and_silent_split(tmp_path, ["en-0", "de-0", "en-1"])
     variants = [
         stability.Variant("same", model_dir=str(fused)),
         stability.Variant("int8-weights", "int8-weights"),
@@ -523,6 +521,6 @@ def test_teacher_forced_divergence_is_zero_for_the_reference_itself_and_not_for_
     with pytest.raises(ValueError, match="perturbation kind or a model directory"):
         stability.Variant("neither").load(str(fused))
     with pytest.raises(ValueError, match="unknown perturbation"):
-        stability.perturb(model, "int4-weights")
+        stability.perturb(tiny_fused()[0], "int4-weights")
     assert rounded["kl_mean"] > 0 and rounded["tokens"] == same["tokens"]
     assert "| int8-weights |" in stability.tf_table([same, rounded])

@@ -48,11 +48,17 @@ def set_engine(name: str) -> None:
     torch.backends.quantized.engine = name
 
 
+def weight_scale(weight: Tensor, per_channel: bool) -> Tensor:
+    """The int8 step of ``weight``: its absmax / 127 per output row (or one for the whole matrix)."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    return (amax / 127.0).clamp_min(1e-12)
+
+
 def quantize_weight(weight: Tensor, per_channel: bool) -> tuple[Tensor, Tensor]:
     """Symmetric int8 (-127..127) with one scale per output row, or one for the whole matrix."""
     w = weight.detach().float()
-    amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
-    scale = (amax / 127.0).clamp_min(1e-12)
+    scale = weight_scale(w, per_channel)
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
 

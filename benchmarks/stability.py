@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import fnmatch
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_w
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import load_params, section
+from whisper_int8.quant.convert import EMBEDDING
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight, weight_scale
 
 PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "noise-weights", "int8-activations")
@@ -84,23 +86,43 @@ def int8_noise(weight: Tensor, scale: float, generator: torch.Generator) -> Tens
     return torch.randn(weight.shape, generator=generator) * step * (scale / 12**0.5)
 
 
-def perturb(model: nn.Module, kind: str, seed: int = 0, scale: float = 1.0) -> int:
+def selected(model: nn.Module, layers: tuple[str, ...] = ()) -> tuple[list[nn.Linear], bool]:
+    """The float Linear layers whose names match a glob of ``layers``, and whether the token
+    embedding (``decoder.token_embedding``: the lookup and the logits projection) does; no globs: all.
+
+    A glob matching nothing is an error, so a typo cannot pass for a layer that rounding leaves alone.
+    """
+    named = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    if not layers:
+        return [m for _, m in named], True
+    for glob in layers:
+        if not fnmatch.fnmatch(EMBEDDING, glob) and not any(fnmatch.fnmatch(n, glob) for n, _ in named):
+            raise ValueError(f"--layers {glob!r} matches no Linear layer nor {EMBEDDING}")
+    hit = [m for n, m in named if any(fnmatch.fnmatch(n, g) for g in layers)]
+    return hit, any(fnmatch.fnmatch(EMBEDDING, g) for g in layers)
+
+
+def perturb(
+    model: nn.Module, kind: str, seed: int = 0, scale: float = 1.0, layers: tuple[str, ...] = ()
+) -> int:
     """Apply ``kind`` to ``model`` (a fused FP32 Whisper) in place; returns how many layers it touched.
 
-    ``seed`` and ``scale`` are for ``noise-weights`` only.
+    ``layers``: glob patterns of the layers to perturb (:func:`selected`; none: every one). ``seed``
+    and ``scale`` are for ``noise-weights`` only.
     """
-    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    linears, with_embedding = selected(model, layers)
     embedding = model.decoder.token_embedding
     if kind == "int8-activations":
         bits = activation_bits()
-        for m in layers:
+        for m in linears:
             m.register_forward_pre_hook(lambda _m, args: (fake_quant_per_token(args[0], bits),))
-        project = embedding.project
-        embedding.project = lambda x: project(fake_quant_per_token(x, bits))
-        return len(layers) + 1
+        if with_embedding:
+            project = embedding.project
+            embedding.project = lambda x: project(fake_quant_per_token(x, bits))
+        return len(linears) + with_embedding
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in [*layers, embedding]:
+        for m in [*linears, embedding][: len(linears) + with_embedding]:
             w = m.weight
             if kind == "noise-weights":
                 w.add_(int8_noise(w, scale, generator))
@@ -110,7 +132,7 @@ def perturb(model: nn.Module, kind: str, seed: int = 0, scale: float = 1.0) -> i
                 w.copy_(w.to(torch.float16 if kind == "fp16-weights" else torch.bfloat16).float())
             else:
                 raise ValueError(f"unknown perturbation {kind!r}; choose one of {', '.join(PERTURBATIONS)}")
-    return len(layers) + 1
+    return len(linears) + with_embedding
 
 
 @torch.no_grad()
@@ -259,6 +281,7 @@ class Variant:
     model_dir: str | None = None
     seed: int = 0
     scale: float = 1.0
+    layers: tuple[str, ...] = ()  # glob patterns of the perturbed layers (none: all)
 
     def load(self, fused: str) -> nn.Module:
         if self.model_dir:
@@ -266,22 +289,26 @@ class Variant:
         if not self.kind:
             raise ValueError(f"variant {self.name!r}: give a perturbation kind or a model directory")
         model = load_model_dir(fused)
-        perturb(model, self.kind, self.seed, self.scale)
+        perturb(model, self.kind, self.seed, self.scale, self.layers)
         return model
 
 
 def variants_of(args: argparse.Namespace) -> list[Variant]:
-    """The variants the command line asks for, in order: perturbations (noise per scale and seed), models."""
+    """The variants the command line asks for, in order: perturbations (per ``--layers`` group, noise
+    per scale and seed), then models."""
+    groups = [tuple(group.split(",")) for group in dict.fromkeys(args.layers)] or [()]
     out = []
     for kind in args.perturb:
-        if kind == "noise-weights":
-            out += [
-                Variant(f"{kind} x{scale:g} seed {seed}", kind, seed=seed, scale=scale)
-                for scale in dict.fromkeys(args.noise_scale)  # a repeated value would repeat a name
-                for seed in dict.fromkeys(args.seeds)
-            ]
-        else:
-            out.append(Variant(kind, kind))
+        for layers in groups:
+            on = f" on {','.join(layers)}" if layers else ""
+            if kind == "noise-weights":
+                out += [
+                    Variant(f"{kind} x{scale:g} seed {seed}{on}", kind, seed=seed, scale=scale, layers=layers)
+                    for scale in dict.fromkeys(args.noise_scale)  # a repeated value would repeat a name
+                    for seed in dict.fromkeys(args.seeds)
+                ]
+            else:
+                out.append(Variant(kind + on, kind, layers=layers))
     return out + [Variant(str(d), model_dir=str(d)) for d in args.model]
 
 
@@ -344,6 +371,15 @@ if __name__ == "__main__":
         default=[1.0],
         type=float,
         help="noise-weights: multiples of int8 rounding's RMS, one variant set each (default: 1)",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        default=[],
+        metavar="GLOBS",
+        help="perturb only these layers: each argument is one group of comma-separated glob patterns of "
+        "module names (decoder.token_embedding: the embedding and the logits projection), and every "
+        "perturbation is run once per group (default: every layer at once)",
     )
     parser.add_argument("--model", nargs="*", default=[], type=Path, help="model directories to compare too")
     parser.add_argument(

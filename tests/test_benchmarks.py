@@ -491,6 +491,7 @@ def test_variants_expand_noise_per_scale_and_seed_then_models():
         perturb=["int8-weights", "noise-weights"],
         noise_scale=[0.5, 2.0, 0.5],
         seeds=[0, 1],
+        layers=[],
         model=[Path("m")],
     )
 
@@ -504,6 +505,62 @@ def test_variants_expand_noise_per_scale_and_seed_then_models():
         ("noise-weights x2 seed 1", "noise-weights", 1, 2.0, None),
         ("m", None, 0, 1.0, "m"),
     ]
+
+
+def test_layer_groups_repeat_every_perturbation_per_group():
+    stability = bench("stability")
+    args = argparse.Namespace(
+        perturb=["int8-activations", "noise-weights"],
+        noise_scale=[1.0],
+        seeds=[0],
+        layers=["encoder.*", "decoder.blocks.*.mlp.0,decoder.token_embedding", "encoder.*"],
+        model=[],
+    )
+
+    got = [(v.name, v.layers) for v in stability.variants_of(args)]
+
+    enc, dec = ("encoder.*",), ("decoder.blocks.*.mlp.0", "decoder.token_embedding")
+    assert got == [
+        ("int8-activations on encoder.*", enc),
+        ("int8-activations on decoder.blocks.*.mlp.0,decoder.token_embedding", dec),
+        ("noise-weights x1 seed 0 on encoder.*", enc),
+        ("noise-weights x1 seed 0 on decoder.blocks.*.mlp.0,decoder.token_embedding", dec),
+    ]
+
+
+def test_perturbing_a_layer_group_leaves_every_other_layer_as_it_was(monkeypatch):
+    import torch
+    from torch import nn
+
+    stability = bench("stability")
+    model, _ = tiny_fused()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = ("decoder.blocks.*.mlp.0", "decoder.token_embedding")
+
+    touched = stability.perturb(model, "int8-weights", layers=groups)
+
+    after = model.state_dict()
+    changed = sorted(k for k in before if not torch.equal(after[k], before[k]))
+    expected = sorted(
+        [f"decoder.blocks.{i}.mlp.0.weight" for i in range(len(model.decoder.blocks))]
+        + ["decoder.token_embedding.weight"]
+    )
+    assert changed == expected and touched == len(expected)
+
+    calls = []
+    real = stability.fake_quant_per_token
+    monkeypatch.setattr(
+        stability, "fake_quant_per_token", lambda x, bits: calls.append(x.shape) or real(x, bits)
+    )
+    other, _ = tiny_fused()
+    assert stability.perturb(other, "int8-activations", layers=("encoder.blocks.0.attn.qkv",)) == 1
+    hooked = [n for n, m in other.named_modules() if type(m) is nn.Linear and m._forward_pre_hooks]
+    assert hooked == ["encoder.blocks.0.attn.qkv"]
+    with torch.no_grad():
+        other(torch.randn(1, other.dims.n_mels, 2 * other.dims.n_audio_ctx), torch.tensor([[1, 2]]))
+    assert len(calls) == 1  # that layer's one call; the logits projection was not selected
+    with pytest.raises(ValueError, match="'decoder.blocks.*.mlp.9' matches no Linear"):
+        stability.perturb(tiny_fused()[0], "int8-weights", layers=("decoder.blocks.*.mlp.9",))
 
 
 def test_teacher_forced_divergence_is_zero_for_the_reference_itself_and_not_for_int8(tmp_path):

@@ -115,6 +115,20 @@ def test_large_v3_front_end_and_tokens(tmp_path):
     assert load_calibration(out)[0]["encoder.blocks.0.attn.qkv/in_absmax"].shape == (64,)
 
 
+def test_calibrate_refuses_an_unfused_model_and_an_empty_split(tmp_path):
+    from whisper_int8.audio import AudioInputError
+    from whisper_int8.model_sources import ModelSourceError
+
+    clips = read_manifest(write_split(tmp_path / "split"))
+    with pytest.raises(ModelSourceError, match="give the fused model"):
+        calibrate(make_tiny_whisper(), clips, tmp_path, sensitivity_clips=1, percentile=99.0, progress=False)
+    fused = make_tiny_whisper()
+    fuse_model(fused)
+    with pytest.raises(AudioInputError, match="the calibration split has no clips"):
+        calibrate(fused, [], tmp_path, sensitivity_clips=1, percentile=99.0, progress=False)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.json"))
+
+
 def test_missing_calibration_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the calibrate stage"):
         load_calibration(tmp_path)

@@ -123,6 +123,57 @@ def test_config_needs_are_checked(raw, match):
         quantize_model(_fused(), parse_quant_config(raw))
 
 
+def test_auto_k_spends_no_slot_on_an_embedding_that_stays_float_anyway():
+    sens = {"decoder.token_embedding": 9.0, "encoder.blocks.0.mlp.2": 5.0, "decoder.blocks.1.attn.qkv": 1.0}
+    cfg = parse_quant_config({"auto_keep_float_k": 1, "quantize_embedding": False})
+    report = quantize_model(_fused(), cfg, sensitivity=sens)
+    assert report["float_linear"] == 1 and report["layers"]["encoder.blocks.0.mlp.2"] == "float"
+    kept = quantize_model(_fused(), parse_quant_config({"auto_keep_float_k": 1}), sensitivity=sens)
+    assert kept["float_linear"] == 0 and kept["layers"]["decoder.token_embedding"] == "float"
+
+
+def test_calibration_of_another_model_is_refused():
+    from dataclasses import replace
+
+    from .conftest import TINY_DIMS
+
+    wider = make_tiny_whisper(dims=replace(TINY_DIMS, n_audio_state=128, n_text_state=128))
+    fuse_model(wider)
+    deeper = make_tiny_whisper(dims=replace(TINY_DIMS, n_audio_layer=3))
+    fuse_model(deeper)
+    static = parse_quant_config({"scheme": "static"})
+    with pytest.raises(
+        ParamError, match=r"come from another model \(.*: \(128,\) maxima, 64 inputs\); rerun calibrate"
+    ):
+        quantize_model(_fused(), static, stats=_stats(wider))
+    with pytest.raises(
+        ParamError, match=r"come from another model \(layers differ, e.g. \['encoder.blocks.2"
+    ):
+        quantize_model(_fused(), static, stats=_stats(deeper))
+    with pytest.raises(
+        ParamError, match=r"sensitivity.json comes from another model \(it ranks \['encoder.blocks.2"
+    ):
+        quantize_model(
+            _fused(), parse_quant_config({"auto_keep_float_k": 1}), sensitivity={"encoder.blocks.2.mlp.2": 1}
+        )
+    model = _fused()
+    assert quantize_model(model, static, stats=_stats(model))["int8_linear"] == N_LINEAR  # its own: fine
+
+
+def test_convert_dir_checks_the_fp32_path_before_converting(tmp_path):
+    from whisper_int8.quant.convert_dir import convert_dir
+
+    with pytest.raises(FileNotFoundError, match="fp32-typo: no FP32 model directory"):
+        convert_dir(
+            tmp_path / "fused",
+            tmp_path / "cal",
+            tmp_path / "fp32-typo",
+            tmp_path / "int8",
+            parse_quant_config({}),
+        )
+    assert not (tmp_path / "int8").exists()
+
+
 def test_auto_k_larger_than_layers():
     with pytest.raises(ParamError, match="only"):
         quantize_model(

@@ -55,6 +55,18 @@ def test_outliers_need_quantized_activations():
     assert parse_quant_config({"scheme": "weight_only"}).outlier_channels == 0
 
 
+def test_a_section_that_is_not_a_mapping_is_refused():
+    for raw in ("dynamic", [["scheme", "static"]]):  # a list of pairs must not pass for a mapping
+        with pytest.raises(ParamError, match="quant: expected a mapping of keys"):
+            parse_quant_config(raw)
+
+
+def test_static_on_torchao_is_refused_as_no_device_could_load_it():
+    with pytest.raises(ParamError, match=r"quant\.scheme=static .* quant\.backend=torchao"):
+        parse_quant_config({"scheme": "static", "backend": "torchao"})
+    assert parse_quant_config({"scheme": "dynamic", "backend": "torchao"}).backend == "torchao"
+
+
 def test_unknown_key():
     with pytest.raises(ParamError, match="unknown quant key.*'sheme'"):
         parse_quant_config({"sheme": "dynamic"})

@@ -29,8 +29,9 @@ from tqdm import tqdm
 from whisper.model import Whisper
 from whisper.tokenizer import LANGUAGES, get_tokenizer
 
-from .audio import Clip
+from .audio import AudioInputError, Clip
 from .fsutil import atomic_write_json
+from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, section
 from .quant.convert import EMBEDDING, linear_names
 from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, portable_activations, set_engine
@@ -61,7 +62,9 @@ def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
     """
     for clip in clips:
         if clip.language not in LANGUAGES:
-            raise ValueError(f"clip {clip.id}: language {clip.language!r} is not a Whisper language code")
+            raise AudioInputError(
+                f"clip {clip.id}: language {clip.language!r} is not a Whisper language code"
+            )
         tok = get_tokenizer(
             model.is_multilingual,
             num_languages=model.num_languages,
@@ -198,7 +201,9 @@ def calibrate(
 ) -> dict:
     """Write ``stats.pt``, ``sensitivity.json`` and ``coverage.json`` for ``model`` into ``out``."""
     if not clips:
-        raise ValueError("the calibration split has no clips")
+        raise AudioInputError("the calibration split has no clips: rerun fetch_audio (audio.calib_per_lang)")
+    if not linear_names(model):
+        raise ModelSourceError("no nn.Linear layers to calibrate: give the fused model (models/fused)")
     collector = StatsCollector(model)
     coverage: dict[str, dict[str, float]] = defaultdict(lambda: {"clips": 0, "seconds": 0.0, "tokens": 0})
     per_language: dict[str, list[Sample]] = defaultdict(list)

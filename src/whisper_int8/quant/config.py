@@ -67,6 +67,8 @@ def _count(where: str, key: str, value: Any) -> int:
 
 def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -> QuantConfig:
     """Validate the ``quant`` mapping (missing keys take :data:`DEFAULTS`) and return a config."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamError(f"{where}: quant: expected a mapping of keys (e.g. scheme: dynamic), got {raw!r}")
     raw = dict(raw or {})
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
@@ -75,6 +77,11 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
     for key, choices in (("scheme", SCHEMES), ("backend", BACKENDS), ("cross_kv_dtype", CROSS_KV_DTYPES)):
         if v[key] not in choices:
             raise ParamError(f"{where}: quant.{key}={v[key]!r}: choose one of {', '.join(choices)}")
+    if v["scheme"] == "static" and v["backend"] == "torchao":
+        raise ParamError(
+            f"{where}: quant.scheme=static runs on CPU only (fbgemm's calibrated ranges) and "
+            "quant.backend=torchao on CUDA only: no device could load it; change one of them"
+        )
     alpha = v["smoothquant_alpha"]
     if alpha is not None and (
         isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0

@@ -77,13 +77,41 @@ def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, floa
             raise ParamError(
                 "quant.auto_keep_float_k > 0 needs the calibration sensitivity.json; run calibrate"
             )
-        ranked = sorted((n for n in sensitivity if n in candidates), key=lambda n: -sensitivity[n])
+        # the embedding stays float without quantize_embedding: a slot spent on it would keep nothing
+        eligible = candidates if cfg.quantize_embedding else names
+        ranked = sorted((n for n in sensitivity if n in eligible), key=lambda n: -sensitivity[n])
         if cfg.auto_keep_float_k > len(ranked):
             raise ParamError(
                 f"quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {len(ranked)} layers exist"
             )
         keep += [n for n in ranked[: cfg.auto_keep_float_k] if n not in keep]
     return keep
+
+
+def check_calibration(
+    model: nn.Module, names: list[str], stats: dict[str, Tensor] | None, sensitivity: dict | None
+) -> None:
+    """Refuse calibration statistics or a sensitivity ranking measured on another model.
+
+    Nothing else ties ``models/calibration`` to the fused model: another model's maxima would set
+    static scales or SmoothQuant factors silently, or fail later with a bare shape error.
+    """
+    rerun = "rerun calibrate on this fused model"
+    if stats:
+        calibrated = {k.rpartition("/")[0] for k in stats if k.endswith("/in_absmax")}
+        if calibrated != set(names):
+            odd = sorted(calibrated ^ set(names))
+            raise ParamError(
+                f"the calibration statistics come from another model (layers differ, e.g. {odd[:3]}); {rerun}"
+            )
+        for name in names:
+            width, got = _get(model, name).in_features, tuple(stats[f"{name}/in_absmax"].shape)
+            if got != (width,):
+                detail = f"{name}: {got} maxima, {width} inputs"
+                raise ParamError(f"the calibration statistics come from another model ({detail}); {rerun}")
+    foreign = sorted(set(sensitivity or {}) - {*names, EMBEDDING})
+    if foreign:
+        raise ParamError(f"sensitivity.json comes from another model (it ranks {foreign[:3]}); {rerun}")
 
 
 def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
@@ -142,6 +170,7 @@ def quantize_model(
     names = linear_names(model)
     if not names:
         raise QuantError("no nn.Linear layers found: is this a fused model (fuse_model) ?")
+    check_calibration(model, names, stats, sensitivity)
     keep = float_layers(names, cfg, sensitivity)
     needs = [
         key

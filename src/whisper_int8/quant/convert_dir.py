@@ -18,12 +18,16 @@ def convert_dir(
 ) -> dict:
     """``models/fused`` + ``models/calibration`` -> an INT8 directory at ``out`` (atomic); returns its card.
 
-    ``fp32`` is only measured, for the card's size ratio.
+    ``fp32`` is only measured, for the card's size ratio; it is checked first, so a wrong path
+    stops before the conversion's work, not after it.
     """
+    fp32_bytes = dir_bytes(fp32)
+    if not fp32_bytes:
+        raise FileNotFoundError(f"{fp32}: no FP32 model directory there (its size sets the card's ratio)")
     stats, sensitivity = load_calibration(Path(calibration))
     model = load_model_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():
         report = quantize_model(model, cfg, stats, sensitivity)
     with atomic_dir(out) as tmp:
-        return save_int8_dir(tmp, model, cfg, report, heads, dir_bytes(fp32))
+        return save_int8_dir(tmp, model, cfg, report, heads, fp32_bytes)

@@ -1,0 +1,118 @@
+"""Every package module a stage script imports is a DVC dependency of that stage.
+
+Otherwise editing it (the log-Mel front end, the bootstrap intervals) leaves `dvc repro` reusing
+outputs the new code would not produce, while promote, which digests the whole package, registers
+code that was never evaluated. The import graph is read from the sources (no import side effects).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO
+
+SRC = REPO / "src" / "whisper_int8"
+# Modules that parse params, name errors, print a CLI's messages, write files atomically or resolve
+# the tracking URI: what a stage computes does not depend on them, and listing them would rerun every
+# stage for a reworded message.
+PLUMBING = {
+    "cli_common.py",
+    "fsutil.py",
+    "params.py",
+    "tracking_uri.py",
+    "audio/errors.py",
+    "audio/__init__.py",
+}
+# The import hook that keeps numba out and the heap trims change peak memory and nothing else: a
+# dependency of the stages that measure it only.
+MEMORY_ONLY = {"__init__.py", "lazy_numba.py", "heap.py", "memory.py"}
+MEASURES_MEMORY = {"evaluate", "evaluate_fp32"}
+# Per stage, imported but never run by its command (with why).
+NOT_RUN = {
+    # --baseline-only evaluates models/fp32 and writes its metrics: no INT8 loading, no comparison
+    "evaluate_fp32": {"quant/", "eval_report.py", "significance.py"},
+}
+
+
+def _file(dotted: str) -> Path | None:
+    path = SRC.joinpath(*dotted.split(".")) if dotted else SRC
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return path / "__init__.py" if (path / "__init__.py").is_file() else None
+
+
+def _imports(source: Path, package: str) -> set[str]:
+    """Dotted names (relative to whisper_int8) of the package modules ``source`` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                base = parts[: len(parts) - (node.level - 1)]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            elif (node.module or "").split(".")[0] == "whisper_int8":
+                module = node.module.partition(".")[2]
+            else:
+                continue
+            names = [module, *(f"{module}.{a.name}".strip(".") for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name.partition(".")[2] for a in node.names if a.name.startswith("whisper_int8.")]
+        else:
+            continue
+        found |= {n for n in names if n and _file(n)}
+    return found
+
+
+def imported_files(script: Path) -> set[str]:
+    """Every package file ``script`` reaches through imports, as paths under src/whisper_int8/ (not
+    through the :data:`PLUMBING` modules)."""
+    seen: set[str] = set()
+    todo = ["", *_imports(script, "")]  # Python runs the package's __init__ before any module of it
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _file(name)
+        if str(path.relative_to(SRC)) in PLUMBING:
+            continue  # they import the error classes of the rest, not its code paths
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        todo += [n for n in _imports(path, package) if n not in seen]
+    return {str(_file(n).relative_to(SRC)) for n in seen}
+
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+@pytest.mark.parametrize("stage", [s for s, spec in STAGES.items() if not spec.get("always_changed")])
+def test_stage_depends_on_every_module_it_runs(stage):
+    spec = STAGES[stage]
+    script = REPO / spec["cmd"].split()[1]
+    deps = [d.removeprefix("src/whisper_int8/") for d in spec["deps"] if d.startswith("src/whisper_int8")]
+    exempt = PLUMBING | NOT_RUN.get(stage, set()) | (set() if stage in MEASURES_MEMORY else MEMORY_ONLY)
+
+    def covered(f: str, paths) -> bool:
+        return any(
+            f == p or (p.endswith("/") or (SRC / p).is_dir()) and f.startswith(p.rstrip("/") + "/")
+            for p in paths
+        )
+
+    missing = sorted(f for f in imported_files(script) if not covered(f, deps) and not covered(f, exempt))
+    assert not missing, f"dvc.yaml stage {stage}: add src/whisper_int8/{missing} to its deps"
+
+
+def test_the_import_graph_is_read_from_the_sources():
+    # a test that passes on an empty graph proves nothing: the evaluate script reaches the log-Mel code
+    files = imported_files(REPO / "stages" / "evaluate.py")
+    assert {
+        "__init__.py",
+        "evaluate.py",
+        "transcribe.py",
+        "mel.py",
+        "significance.py",
+        "quant/cpu.py",
+    } <= files

@@ -12,6 +12,7 @@ from whisper_int8.evaluate import decode_options
 from whisper_int8.gate import gate_config
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
+from whisper_int8.registry import check_alias
 from whisper_int8.tracking_uri import artifact_location, resolve_tracking_uri
 
 
@@ -37,7 +38,7 @@ def main(args) -> int:
         tracking_uri=uri,
         experiment=str(ml.get("experiment", "whisper-int8")),
         registered_model=str(ml.get("registered_model", "whisper-int8")),
-        alias=str(ml.get("alias", "champion")),
+        alias=check_alias(ml.get("alias", "champion"), args.params),
         artifact_location=artifact_location(ml.get("artifact_root"), uri),
     )
     eval_json = Path(args.metrics) / "eval.json"

@@ -58,6 +58,23 @@ def test_per_language_override_and_overall_limit():
     assert check_thresholds(rep, relaxed).passed
 
 
+@pytest.mark.parametrize(
+    ("by_lang", "match"),
+    [
+        ({False: 1.5}, r"False is not a Whisper language code \(YAML reads no as false: quote 'no'\)"),
+        ({"russian": 1.5}, "'russian' is not a Whisper language code"),
+        ({"ru": None}, r"gate\.max_wer_delta_pp_by_language\.ru=None must be a number"),
+        (["ru"], "must map language codes to numbers"),
+    ],
+)
+def test_a_per_language_override_that_cannot_apply_is_refused(by_lang, match):
+    with pytest.raises(ParamError, match=match):
+        gate_config({"max_wer_delta_pp_by_language": by_lang})
+    assert gate_config({"max_wer_delta_pp_by_language": {"no": 1.0}}).max_wer_delta_pp_by_language == {
+        "no": 1.0
+    }
+
+
 def test_missing_language_fails_when_required():
     rep = report({"en": 10.0}, {"en": 10.0})
     rep["config"]["languages"] = ["en", "de"]

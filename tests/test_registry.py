@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from whisper_int8.gate import gate_config
+from whisper_int8.params import ParamError
 from whisper_int8.promotion import promote
-from whisper_int8.registry import champion
+from whisper_int8.registry import champion, check_alias
 from whisper_int8.tracking_uri import RegistryError
 
 from .conftest import REPO, venv_env
@@ -186,3 +187,27 @@ def test_unreadable_champion_metrics_are_a_clear_error(tmp_path, model_dirs):
     client.set_model_version_tag(cfg.registered_model, str(first["version"]), "gate_metrics", '{"wer/en": 1')
     with pytest.raises(RegistryError, match="tag gate_metrics is not valid JSON"):
         champion(client, cfg.registered_model, "champion")
+
+
+@pytest.mark.parametrize("alias", ["v1", "V12", "latest", "Latest", "prod alias", "", None, 3, "a/b"])
+def test_an_alias_mlflow_would_refuse_is_refused_before_anything_is_registered(alias):
+    with pytest.raises(ParamError, match=r"params.yaml: mlflow.alias=.*use letters, digits"):
+        check_alias(alias)
+    assert check_alias("champion-2_b") == "champion-2_b"
+
+
+def test_eval_set_digest_separates_hosts_and_scorers_but_not_warmup(tmp_path, monkeypatch):
+    from whisper_int8 import promotion
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"id": "en-0"}\n', encoding="utf-8")
+    rep = {"config": {"split": "data/eval", "warmup": 1, "host": "AVX2; int8 activations 7-bit"}}
+    digest = promotion.eval_set_digest(rep, manifest)
+    warm = {"config": {**rep["config"], "warmup": 3}}
+    vnni = {"config": {**rep["config"], "host": "AVX512_VNNI; int8 activations 8-bit"}}
+    assert promotion.eval_set_digest(warm, manifest) == digest
+    assert promotion.eval_set_digest(vnni, manifest) != digest
+    scorer = tmp_path / "scoring.py"
+    scorer.write_text("# another normalizer\n", encoding="utf-8")
+    monkeypatch.setattr(promotion.scoring, "__file__", str(scorer))
+    assert promotion.eval_set_digest(rep, manifest) != digest

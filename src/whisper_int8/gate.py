@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from whisper.tokenizer import LANGUAGES
+
 from .eval_report import BASELINE, CANDIDATE, error_key, languages
 from .params import ParamError
 
@@ -31,11 +33,24 @@ class GateConfig:
     champion_tolerance_pp: float = 0.0
 
 
-def _number(section: dict, key: str, default: float, where: str) -> float:
+def _number(section: dict, key: Any, default: float, where: str, name: str | None = None) -> float:
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ParamError(f"{where}: gate.{key}={value!r} must be a number")
+        raise ParamError(f"{where}: gate.{name or key}={value!r} must be a number")
     return float(value)
+
+
+def _language_limits(by_lang: Any, where: str) -> dict[str, float]:
+    """``max_wer_delta_pp_by_language``: Whisper language codes to numbers; an override that cannot
+    apply (a typo, YAML's ``no`` read as false) is an error, not a limit silently left at the default."""
+    key = "max_wer_delta_pp_by_language"
+    if not isinstance(by_lang, dict):
+        raise ParamError(f"{where}: gate.{key} must map language codes to numbers")
+    for lang in by_lang:
+        if not isinstance(lang, str) or lang not in LANGUAGES:
+            hint = " (YAML reads no as false: quote 'no')" if isinstance(lang, bool) else ""
+            raise ParamError(f"{where}: gate.{key}: {lang!r} is not a Whisper language code{hint}")
+    return {lang: _number(by_lang, lang, 0.0, where, f"{key}.{lang}") for lang in by_lang}
 
 
 def gate_config(section: dict[str, Any], where: str = "params.yaml") -> GateConfig:
@@ -46,10 +61,7 @@ def gate_config(section: dict[str, Any], where: str = "params.yaml") -> GateConf
             f"{where}: unknown gate keys {sorted(unknown)}; known: {list(GateConfig.__dataclass_fields__)}"
         )
     d = GateConfig()
-    by_lang = section.get("max_wer_delta_pp_by_language") or {}
-    if not isinstance(by_lang, dict):
-        raise ParamError(f"{where}: gate.max_wer_delta_pp_by_language must map language codes to numbers")
-    by_lang = {str(k): _number(by_lang, k, 0.0, where) for k in by_lang}
+    by_lang = _language_limits(section.get("max_wer_delta_pp_by_language") or {}, where)
     req = section.get("require_languages", d.require_languages)
     if not isinstance(req, bool) and not (isinstance(req, list) and all(isinstance(x, str) for x in req)):
         raise ParamError(f"{where}: gate.require_languages must be true/false or a list of language codes")

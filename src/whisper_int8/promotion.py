@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import registry, tracking
+from . import registry, scoring, tracking
 from .eval_report import BASELINE, CANDIDATE, deltas_for
 from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
@@ -67,14 +67,18 @@ def pipeline_key(lock_digest: str, eval_json: Path, promote_inputs: dict[str, An
 
 
 def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
-    """What the error rates were measured on: the split's clips and the evaluation settings.
+    """What the error rates were measured on: the split's clips, the evaluation settings, the machine
+    and the scorer.
 
     Two models' error rates are comparable only when this matches (see ``check_against_champion``).
-    ``warmup`` and ``host`` change timings only.
+    ``warmup`` changes timings only. The ``host`` does not: its kernels and INT8 activation bits
+    (7 or 8) move transcripts, so a candidate evaluated on another machine than the champion is
+    compared by its increase over FP32 instead. So is one scored by another ``scoring.py``.
     """
-    config = {k: v for k, v in report.get("config", {}).items() if k not in ("warmup", "host")}
+    config = {k: v for k, v in report.get("config", {}).items() if k != "warmup"}
     clips = sha256_file(manifest) if manifest is not None and manifest.is_file() else "unknown"
-    return hashlib.sha256(json.dumps([config, clips], sort_keys=True).encode()).hexdigest()[:32]
+    scorer = sha256_file(Path(scoring.__file__))
+    return hashlib.sha256(json.dumps([config, clips, scorer], sort_keys=True).encode()).hexdigest()[:32]
 
 
 def git_commit(root: Path = Path(".")) -> str:

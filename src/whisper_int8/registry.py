@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,13 @@ import whisper_int8
 
 from .fsutil import atomic_dir
 from .gate import Decision
+from .params import ParamError
 from .pyfunc_model import MODEL_DIR_ARTIFACT, SIGNATURE
 from .tracking import KEY_TAG
 from .tracking_uri import RegistryError, TrackingError
+
+# MLflow's rule for alias names: letters, digits, - and _; "latest" and v<digits> name versions.
+_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,24 @@ def register(client: MlflowClient, name: str, model_uri: str, key: str) -> Model
     mv = mlflow.register_model(model_uri, name, tags={KEY_TAG: key})
     log.info("registered %s version %s", name, mv.version)
     return client.get_model_version(name, mv.version)
+
+
+def check_alias(alias: Any, where: str = "params.yaml") -> str:
+    """``mlflow.alias`` as MLflow will accept it, checked before anything is logged or registered.
+
+    MLflow refuses a bad alias only when it moves it, after the version is registered and tagged.
+    """
+    if (
+        not isinstance(alias, str)
+        or not _ALIAS.fullmatch(alias)
+        or alias.lower() == "latest"
+        or re.fullmatch(r"[vV]\d+", alias)
+    ):
+        raise ParamError(
+            f"{where}: mlflow.alias={alias!r}: use letters, digits, - and _ (not 'latest' nor v<number>, "
+            "which name versions), e.g. champion"
+        )
+    return alias
 
 
 def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:

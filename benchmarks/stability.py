@@ -59,7 +59,7 @@ from whisper_int8.eval_report import compare_results
 from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_with_model
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
-from whisper_int8.params import load_params, section
+from whisper_int8.params import load_params, positive_int, section
 from whisper_int8.quant.convert import EMBEDDING
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight, weight_scale
 
@@ -317,14 +317,6 @@ def evaluate_variant(variant: Variant, fused: str, split: str, decode: dict[str,
     if variant.model_dir:
         return evaluate_model_dir(variant.model_dir, split, decode)
     return evaluate_with_model(variant.load(fused), Path(fused), Path(split), decode)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: expected an integer >= 1")
-    return value
 
 
 def main(args: argparse.Namespace) -> None:

@@ -39,13 +39,28 @@ def options(params: dict, where: str) -> dict:
     device = ev.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ParamError(f"{where}: evaluate.device={device!r} must be auto, cpu or cuda[:N]")
+    elif device != "cpu":
+        index = str(device).removeprefix("cuda").removeprefix(":")
+        if not str(device).startswith("cuda") or (index and not index.isdigit()) or device == "cuda:":
+            raise ParamError(f"{where}: evaluate.device={device!r} must be auto, cpu or cuda[:N]")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= count:
+            raise ParamError(
+                f"{where}: evaluate.device={device!r}: this machine has {count} CUDA device(s) "
+                f"(torch {torch.__version__}); use auto or cpu"
+            )
+    split = ev.get("split", "data/eval")
+    if not isinstance(split, str) or not split:
+        raise ParamError(f"{where}: evaluate.split={split!r} must be the path of a split (e.g. data/eval)")
     variants = ev.get("models", {})
-    if not isinstance(variants, dict) or set(variants) != {BASELINE, CANDIDATE}:
+    if (
+        not isinstance(variants, dict)
+        or set(variants) != {BASELINE, CANDIDATE}
+        or not all(isinstance(v, str) and v for v in variants.values())
+    ):
         raise ParamError(f"{where}: evaluate.models must map {BASELINE} and {CANDIDATE} to model directories")
     return {
-        "split": Path(ev.get("split", "data/eval")),
+        "split": Path(split),
         "decode": decode_options(ev, where),
         "warmup": warmup,
         "max_clips_per_language": per_language,

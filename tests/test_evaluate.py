@@ -164,6 +164,19 @@ def test_stage_options_refuse_unknown_keys_and_an_empty_split(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_stage_options_refuse_a_device_this_machine_lacks_and_null_paths(tmp_path):
+    import torch
+
+    cases = [({"device": "cuda:x"}, "evaluate.device='cuda:x' must be auto, cpu or cuda[:N]"),
+             ({"split": None}, "evaluate.split=None must be the path of a split")]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "evaluate.device='cuda': this machine has 0 CUDA device(s)"))
+    for evaluate, message in cases:
+        proc = run_stage(tmp_path, {"split": str(tmp_path), **evaluate})
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def run_stage(tmp: Path, evaluate: dict) -> subprocess.CompletedProcess:
     models = {"fp32": str(tmp / "fp32"), "int8": str(tmp / "int8")}
     (tmp / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**evaluate, "models": models}}))

@@ -62,6 +62,8 @@ def test_pyfunc_predict_every_input_form(tracking):
     assert model.predict({"audio": wav, "language": "en"}) == [expected]
     frame = pd.DataFrame({"audio": [samples.tolist(), wav], "language": ["en", "en"]})
     assert model.predict(frame) == [expected, expected]
+    # a dict of samples: MLflow makes it a DataFrame of one row per sample before predict sees it
+    assert model.predict({"audio": samples.tolist(), "language": "en"}) == [expected]
     with pytest.raises(FileNotFoundError, match="audio file not found"):
         model.predict({"audio": "/nonexistent.wav"})
     # the registered signature documents the records (Unity Catalog, for one, requires a signature)
@@ -267,3 +269,11 @@ def test_real_base_model_transcribes_english(tmp_path, base_fp32):
     model.load(fp32)
     text = model.predict(None, [{"audio": str(wav), "language": "en"}])[0].lower()
     assert {"quick", "brown", "fox", "lazy", "dog"} <= set(text.replace(".", "").replace(",", "").split())
+
+
+def test_cli_refuses_a_beam_of_zero_and_a_token_cap_below_one(capsys):
+    for flag, value in (("--beam-size", "0"), ("--max-tokens", "-3"), ("--max-tokens", "0")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["transcribe", flag, value, "clip.wav"])
+        assert exit_.value.code == 2
+        assert f"argument {flag}: '{value}': expected an integer >= 1" in capsys.readouterr().err

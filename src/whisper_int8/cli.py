@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .audio.errors import AudioInputError
+from .params import positive_int
 from .tracking_uri import RegistryError, TrackingError, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -162,12 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--language", help="language code (default: auto-detect)")
     t.add_argument(
         "--beam-size",
-        type=int,
+        type=positive_int,
         help="beam size, for a local model directory only (default: greedy); a registered model "
         "decodes with the options it was registered with",
     )
     t.add_argument(
-        "--max-tokens", type=int, help="token cap per 30 s window, for a local model directory only"
+        "--max-tokens", type=positive_int, help="token cap per 30 s window, for a local model directory only"
     )
     t.add_argument("--json", action="store_true", help="print one JSON object per file")
     t.add_argument("audio", nargs="+", help="audio files (anything ffmpeg decodes)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -37,4 +38,15 @@ def section(params: dict[str, Any], name: str, path: Path | str = "params.yaml")
     value = params.get(name)
     if not isinstance(value, dict):
         raise ParamError(f"{path}: section {name!r} is missing or not a mapping")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a beam of 0 or a negative cap is a usage error, not a crash)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
     return value

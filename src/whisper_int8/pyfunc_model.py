@@ -51,7 +51,13 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
     if isinstance(model_input, pd.DataFrame):
         if "audio" not in model_input.columns:
             raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
-        model_input = model_input.to_dict(orient="records")
+        audio = model_input["audio"]
+        if len(audio) and all(isinstance(a, int | float | np.number) for a in audio):
+            # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip
+            langs = model_input["language"].dropna().unique() if "language" in model_input else []
+            model_input = {"audio": audio.to_numpy(np.float32), "language": langs[0] if len(langs) else None}
+        else:
+            model_input = model_input.to_dict(orient="records")
     single_array = isinstance(model_input, list) and model_input and isinstance(model_input[0], int | float)
     if isinstance(model_input, dict | str | Path | np.ndarray) or single_array:
         model_input = [model_input]

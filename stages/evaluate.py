@@ -19,6 +19,7 @@ from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.params import ParamError, load_params, null_or_count, section
+from whisper_int8.scoring import normalize
 
 log = logging.getLogger("evaluate")
 KEYS = {"split", "beam_size", "max_tokens", "warmup", "max_clips_per_language", "device", "models"}
@@ -112,8 +113,16 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
 
 def main(args) -> None:
     opt = options(load_params(args.params), args.params)
-    if not first_per_language(read_manifest(opt["split"]), opt["max_clips_per_language"]):
+    clips = first_per_language(read_manifest(opt["split"]), opt["max_clips_per_language"])
+    if not clips:
         raise AudioInputError(f"{opt['split']}: the evaluation manifest lists no clips; run fetch_audio")
+    # before any transcription: scoring refuses such a reference, minutes of FP32 work later
+    for clip in clips:
+        if not normalize(clip.text, clip.language):
+            raise AudioInputError(
+                f"{opt['split']}: clip {clip.id}: its transcript {clip.text!r} is empty once normalized for "
+                "scoring (bracketed or punctuation-only text); fix or drop it in the source"
+            )
     config = settings(opt)
     if args.baseline_only:
         if args.baseline is None:

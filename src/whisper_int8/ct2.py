@@ -44,6 +44,14 @@ class CT2Model:
     variables: dict[str, torch.Tensor]
     aliases: dict[str, str] = field(default_factory=dict)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every variable by name, aliases included: CTranslate2 stores a tensor that occurs twice
+        (the identical layer norms of an untrained model, say) once, the other name an alias of it."""
+        return {
+            **{a: self.variables[t] for a, t in self.aliases.items() if t in self.variables},
+            **self.variables,
+        }
+
 
 class _Cursor:
     def __init__(self, buf: bytearray, origin: str):
@@ -202,7 +210,7 @@ def _scalar(variables: dict[str, torch.Tensor], name: str, origin: str) -> int:
 
 def dims_of(ct2: CT2Model, origin: str = "model.bin") -> ModelDimensions:
     """Infer openai-whisper dimensions from the CT2 variables' shapes."""
-    v = ct2.variables
+    v = ct2.tensors()
     names = list(v)
     try:
         return ModelDimensions(
@@ -228,7 +236,7 @@ def to_openai_state_dict(ct2: CT2Model, dims: ModelDimensions, origin: str = "mo
 
     Raises :class:`CT2FormatError` for int8 (already quantized) weights: those are not an FP32 baseline.
     """
-    v = ct2.variables
+    v = ct2.tensors()
     quantized = sorted(n for n, t in v.items() if n.endswith("/weight") and t.dtype not in FLOAT_DTYPES)
     if quantized:
         raise CT2FormatError(

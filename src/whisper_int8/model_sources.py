@@ -184,18 +184,25 @@ def _load_openai(name: str) -> LoadedModel:
     url = whisper._MODELS[name]
     root = _whisper_cache()
     cached = root / os.path.basename(url)
-    if not cached.is_file():
+    # whisper downloads straight to this path: an interrupted download leaves a partial file, which
+    # whisper would then fetch again (no timeout). Its URL names the sha256 of the whole checkpoint.
+    complete = cached.is_file() and sha256_file(cached) == url.split("/")[-2]
+    if not complete:
         host = urlparse(url).hostname
+        state = "is incomplete (its sha256 does not match)" if cached.is_file() else "is not"
         try:
             socket.create_connection((host, 443), timeout=5).close()
         except OSError as e:
             raise ModelSourceError(
-                f"model.source=openai:{name}: the checkpoint is not in {root} and {host} cannot be reached "
-                f"({e.__class__.__name__}: {e}); this machine looks offline. Use an offline source instead: "
-                f"{OFFLINE_ALTERNATIVES}, or copy {os.path.basename(url)} into {root}"
+                f"model.source=openai:{name}: the checkpoint {state} in {root} and {host} cannot be "
+                f"reached ({e.__class__.__name__}: {e}); this machine looks offline. Use an offline source "
+                f"instead: {OFFLINE_ALTERNATIVES}, or copy {os.path.basename(url)} into {root}"
             ) from None
     log.info("loading openai:%s (cache %s)", name, root)
-    model = whisper.load_model(name, device="cpu", download_root=str(root)).float().eval()
+    try:
+        model = whisper.load_model(name, device="cpu", download_root=str(root)).float().eval()
+    except (OSError, RuntimeError) as e:  # urllib's URLError is an OSError; a hash mismatch a RuntimeError
+        raise ModelSourceError(f"model.source=openai:{name}: download or load failed ({e})") from None
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     prov = {"source": f"openai:{name}", "files": {str(cached): sha256_file(cached)}}
     return LoadedModel(model, model.dims, heads, prov)

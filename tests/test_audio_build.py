@@ -270,7 +270,9 @@ def test_hf_source_fails_fast_and_clearly(tmp_path):
      ({"sources": {"local:x": yaml.safe_load("[en, no]")}}, r"audio.sources.local:x: False .* 'no'"),
      ({"languages": ["en", "en"]}, "audio.languages: en listed more than once"),
      ({"sources": {"local:x": ["en", "en"]}}, "audio.sources.local:x: en listed more than once"),
-     ({"min_words": 30, "max_words": 25}, r"audio.min_words \(30\) is above audio.max_words \(25\)")],
+     ({"min_words": 30, "max_words": 25}, r"audio.min_words \(30\) is above audio.max_words \(25\)"),
+     ({"sources": {"asterisk": ["en", "de"]}}, r"sources.asterisk: de not in this source \(it has en, es"),
+     ({"sources": {"kokoro": ["en"]}}, r"audio.sources.kokoro: en not in this source .* another source")],
 )  # fmt: skip
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamError, match=message):

@@ -76,3 +76,13 @@ def test_hf_ids_name_the_dataset(tmp_path, monkeypatch):
     assert fleurs == ["nl-hf-google-fleurs-000000", "nl-hf-google-fleurs-000001"]
     assert common_voice[0] == "nl-hf-mozilla-foundation-common_voice_17_0-000000"
     assert all(ID_RE.fullmatch(i) for i in fleurs + common_voice)
+
+
+def test_a_manifest_source_records_paths_as_configured_so_every_clone_writes_the_same_bytes(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "manifest.csv").write_text("audio,language,text\na.wav,en,hello there\n")
+    monkeypatch.chdir(tmp_path)
+    (item,) = local.items("rec/manifest.csv", ["en"], {"en"}, ErrorPolicy())
+    assert item.source == "local:rec/a.wav"

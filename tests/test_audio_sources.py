@@ -106,3 +106,17 @@ def test_asterisk_items_from_the_debian_packages():
     assert all(5 <= len(i.text.split()) <= 25 and i.license == "CC-BY-3.0" for i in items)
     pcm = items[0].load()
     assert pcm.dtype == np.int16 and len(pcm) > SAMPLE_RATE
+
+
+def test_a_kokoro_model_onnx_cannot_load_is_an_input_error_naming_the_cache(tmp_path, monkeypatch):
+    from whisper_int8.audio import AudioInputError
+
+    class InvalidProtobuf(Exception):  # ONNX Runtime's load errors derive from Exception only
+        pass
+
+    def broken(cache, threads):
+        raise InvalidProtobuf("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF")
+
+    monkeypatch.setattr(kokoro, "Synthesizer", broken)
+    with pytest.raises(AudioInputError, match=rf"InvalidProtobuf: .*delete {tmp_path / 'kokoro'}"):
+        kokoro._new_synthesizer(tmp_path, 1)

@@ -98,6 +98,13 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
         if not isinstance(langs, list | dict) or not langs:
             raise ParamError(f"{path}: audio.sources.{spec} must list the languages to take from it")
         _check_languages(f"audio.sources.{spec}", langs, path)
+        fixed = {"asterisk": tuple(asterisk.LICENSES), "kokoro": kokoro.LANGUAGES}.get(kind)
+        lacking = [lang for lang in langs if fixed is not None and lang not in fixed]
+        if lacking:
+            raise ParamError(
+                f"{path}: audio.sources.{spec}: {', '.join(lacking)} not in this source (it has "
+                f"{', '.join(fixed)}); take {'it' if len(lacking) == 1 else 'them'} from another source"
+            )
     uncovered = [lang for lang in languages if not any(lang in langs for langs in sources.values())]
     if uncovered:
         raise ParamError(f"{path}: audio.languages {', '.join(uncovered)} have no source in audio.sources")

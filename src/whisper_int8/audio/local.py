@@ -44,12 +44,15 @@ def _path_id(language: str, rel: str) -> str:
     return safe_id(f"{language}-local-{os.path.splitext(rel)[0]}")
 
 
-def _item(item_id: str, language: str, text: str, audio: Path, license: str) -> Item:
+def _item(
+    item_id: str, language: str, text: str, audio: Path, license: str, named: Path | None = None
+) -> Item:
+    """``named``: the path as the manifest gives it (recorded), where ``audio`` is resolved (read)."""
     return Item(
         id=item_id,
         language=language,
         text=text.strip(),
-        source=f"local:{audio}",
+        source=f"local:{named or audio}",  # as configured: the same bytes from every clone
         license=license,
         load=lambda: decode_file(audio),
     )
@@ -72,7 +75,10 @@ def from_manifest(path: Path, policy: ErrorPolicy) -> list[Item]:
             continue
         rel = os.path.relpath(path.parent / str(row["audio"]), path.parent)  # also for an absolute path
         item_id = str(row.get("id") or _path_id(str(row["language"]), rel))
-        out.append(_item(item_id, str(row["language"]), str(text), audio, str(row.get("license") or LICENSE)))
+        license = str(row.get("license") or LICENSE)
+        out.append(
+            _item(item_id, str(row["language"]), str(text), audio, license, path.parent / str(row["audio"]))
+        )
     return out
 
 

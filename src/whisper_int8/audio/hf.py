@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from .errors import AudioInputError
 from .manifest import Item, safe_id
-from .wavio import convert_array
+from .wavio import decode_bytes, decode_file
 
 TEXT_COLUMNS = ("raw_transcription", "sentence", "text", "transcription", "normalized_text")
 
 
 def _check_online(dataset: str) -> None:
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+    offline = ("1", "true", "yes", "on")
+    if any(os.environ.get(v, "").lower() in offline for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
         return  # the user asked for the local cache
+    if urllib.request.getproxies().get("https"):
+        return  # only the proxy knows: let datasets try through it
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
     except OSError as e:
@@ -49,6 +53,9 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
         raise AudioInputError(
             f"hf:{dataset}: needs an 'audio' column and one of {TEXT_COLUMNS}; has {ds.column_names}"
         )
+    # the encoded files, decoded by ffmpeg like every other source: datasets' own decoding needs
+    # torchcodec since datasets 4, which the [hf] extra does not pull in
+    ds = ds.cast_column("audio", datasets.Audio(decode=False))
     texts = ds[column]  # one column only: indexing rows would decode every clip's audio
     prefix = safe_id(f"{language}-hf-{dataset}")  # the dataset in the id: two datasets of one language
     out = []
@@ -57,7 +64,7 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
 
         def load(n: int = n, name: str = name) -> np.ndarray:
             audio = ds[n]["audio"]
-            return convert_array(np.asarray(audio["array"], np.float32), audio["sampling_rate"], name)
+            return decode_bytes(audio["bytes"], name) if audio.get("bytes") else decode_file(audio["path"])
 
         out.append(Item(f"{prefix}-{n:06d}", language, str(texts[n] or ""), name, f"see {dataset}", load))
     return out

@@ -72,6 +72,13 @@ def decode_file(path: Path | str, fmt: str | None = None) -> np.ndarray:
     return check_pcm(_run_ffmpeg(args, str(path)), str(path))
 
 
+def decode_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode an encoded file held in memory (any format ffmpeg reads) to 16 kHz mono int16."""
+    if not data:
+        raise AudioInputError(f"{name}: zero-length audio (no bytes)")
+    return check_pcm(_run_ffmpeg(["-i", "pipe:0"], name, stdin=data), name)
+
+
 def convert_array(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
     """Resample a float waveform in [-1, 1] (mono, or shape (n, channels)) to 16 kHz mono int16."""
     samples = np.asarray(samples, dtype="<f4")

@@ -277,3 +277,11 @@ def test_cli_refuses_a_beam_of_zero_and_a_token_cap_below_one(capsys):
             cli.main(["transcribe", flag, value, "clip.wav"])
         assert exit_.value.code == 2
         assert f"argument {flag}: '{value}': expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_a_list_of_numpy_samples_is_one_clip():
+    from whisper_int8.pyfunc_model import as_requests
+
+    samples = list(np.full(1600, 0.1, dtype=np.float32))  # numpy scalars, not Python floats
+    ((audio, language),) = as_requests(samples)
+    assert language is None and len(audio) == 1600

@@ -130,6 +130,20 @@ def test_long_audio_goes_through_sliding_windows(tiny_model):
     assert out["detected_language"] and out["lid_s"] > 0
 
 
+def test_long_audio_counts_text_tokens_not_timestamps(tiny_model, monkeypatch):
+    tok = whisper.tokenizer.get_tokenizer(True, num_languages=tiny_model.num_languages)
+    words = tok.encode(" hello there")
+    ts = tok.timestamp_begin
+    segments = [{"tokens": [ts, *words, ts + 50], "temperature": 0.0}] * 2
+    monkeypatch.setattr(
+        whisper,
+        "transcribe",
+        lambda *a, **k: {"text": " hello there", "language": "en", "segments": segments},
+    )
+    audio = np.zeros(16000 * 35, dtype=np.float32)
+    assert transcribe_clip(tiny_model, audio, "en")["tokens"] == 2 * len(words)  # as the one-window path
+
+
 def test_read_manifest_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the fetch_audio stage"):
         read_manifest(tmp_path)

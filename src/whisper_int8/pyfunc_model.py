@@ -58,7 +58,9 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
             model_input = {"audio": audio.to_numpy(np.float32), "language": langs[0] if len(langs) else None}
         else:
             model_input = model_input.to_dict(orient="records")
-    single_array = isinstance(model_input, list) and model_input and isinstance(model_input[0], int | float)
+    single_array = (
+        isinstance(model_input, list) and model_input and isinstance(model_input[0], int | float | np.number)
+    )
     if isinstance(model_input, dict | str | Path | np.ndarray) or single_array:
         model_input = [model_input]
     requests = []

@@ -228,12 +228,14 @@ def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str | 
         verbose=None,
     )
     segments = result["segments"]
+    # text tokens, as the one-window path counts them: not the timestamps whisper.transcribe adds
+    eot = get_tokenizer(model.is_multilingual, num_languages=model.num_languages).eot
     return {
         "text": result["text"].strip(),
         "language": result["language"],
         "detected_language": result["language"] if language is None else None,
         "lid_s": 0.0,
-        "tokens": sum(len(s["tokens"]) for s in segments),
+        "tokens": sum(t < eot for s in segments for t in s["tokens"]),
         "temperature": max((s["temperature"] for s in segments), default=0.0),
         "segments": len(segments),
     }

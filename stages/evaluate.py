@@ -8,6 +8,7 @@ evaluates both.
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -41,11 +42,11 @@ def options(params: dict, where: str) -> dict:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device != "cpu":
-        index = str(device).removeprefix("cuda").removeprefix(":")
-        if not str(device).startswith("cuda") or (index and not index.isdigit()) or device == "cuda:":
+        cuda = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+        if not cuda:
             raise ParamError(f"{where}: evaluate.device={device!r} must be auto, cpu or cuda[:N]")
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if int(index or 0) >= count:
+        if int(cuda.group(1) or 0) >= count:
             raise ParamError(
                 f"{where}: evaluate.device={device!r}: this machine has {count} CUDA device(s) "
                 f"(torch {torch.__version__}); use auto or cpu"

@@ -187,7 +187,8 @@ def _load_openai(name: str) -> LoadedModel:
     cached = root / os.path.basename(url)
     # whisper downloads straight to this path: an interrupted download leaves a partial file, which
     # whisper would then fetch again (no timeout). Its URL names the sha256 of the whole checkpoint.
-    complete = cached.is_file() and sha256_file(cached) == url.split("/")[-2]
+    expected = url.split("/")[-2]
+    complete = cached.is_file() and sha256_file(cached) == expected
     if not complete and not urllib.request.getproxies().get("https"):  # a proxy: only it knows
         host = urlparse(url).hostname
         state = "is incomplete (its sha256 does not match)" if cached.is_file() else "is not"
@@ -205,7 +206,8 @@ def _load_openai(name: str) -> LoadedModel:
     except (OSError, RuntimeError) as e:  # urllib's URLError is an OSError; a hash mismatch a RuntimeError
         raise ModelSourceError(f"model.source=openai:{name}: download or load failed ({e})") from None
     heads = model.alignment_heads.to_dense().nonzero().tolist()
-    prov = {"source": f"openai:{name}", "files": {str(cached): sha256_file(cached)}}
+    # whisper.load_model checked the file against ``expected`` (or downloaded it so): no third hash
+    prov = {"source": f"openai:{name}", "files": {str(cached): expected}}
     return LoadedModel(model, model.dims, heads, prov)
 
 

@@ -46,21 +46,24 @@ def check_audio(audio: Any) -> str | np.ndarray:
     return array
 
 
+def _is_sample(value: Any) -> bool:
+    """One number: a sample of a waveform, not a clip (a path, an array, a record)."""
+    return isinstance(value, int | float | np.number)
+
+
 def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
     """Normalize every accepted input form to ``[(audio, language or None), ...]``."""
     if isinstance(model_input, pd.DataFrame):
         if "audio" not in model_input.columns:
             raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
         audio = model_input["audio"]
-        if len(audio) and all(isinstance(a, int | float | np.number) for a in audio):
+        if len(audio) and all(map(_is_sample, audio)):
             # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip
             langs = model_input["language"].dropna().unique() if "language" in model_input else []
             model_input = {"audio": audio.to_numpy(np.float32), "language": langs[0] if len(langs) else None}
         else:
             model_input = model_input.to_dict(orient="records")
-    single_array = (
-        isinstance(model_input, list) and model_input and isinstance(model_input[0], int | float | np.number)
-    )
+    single_array = isinstance(model_input, list) and model_input and _is_sample(model_input[0])
     if isinstance(model_input, dict | str | Path | np.ndarray) or single_array:
         model_input = [model_input]
     requests = []

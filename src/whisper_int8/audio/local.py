@@ -66,19 +66,18 @@ def from_manifest(path: Path, policy: ErrorPolicy) -> list[Item]:
                 raise AudioInputError(f"{path}:{n}: row has no 'audio' path")
             if not row.get("language"):
                 raise AudioInputError(f"{path}:{n}: row has no 'language' code")
-            audio = (path.parent / str(row["audio"])).resolve()
+            named = path.parent / str(row["audio"])  # as configured (recorded); resolved to read it
+            audio = named.resolve()
             text = row.get("text")
             if text is None or not str(text).strip():
                 raise AudioInputError(f"{path}:{n}: empty or missing transcript for {audio}")
         except AudioInputError as e:
             policy.handle(e, row.get("language") if isinstance(row, dict) else None)
             continue
-        rel = os.path.relpath(path.parent / str(row["audio"]), path.parent)  # also for an absolute path
+        rel = os.path.relpath(named, path.parent)  # also for an absolute path
         item_id = str(row.get("id") or _path_id(str(row["language"]), rel))
         license = str(row.get("license") or LICENSE)
-        out.append(
-            _item(item_id, str(row["language"]), str(text), audio, license, path.parent / str(row["audio"]))
-        )
+        out.append(_item(item_id, str(row["language"]), str(text), audio, license, named))
     return out
 
 

@@ -122,7 +122,7 @@ def perturb(
         return len(linears) + with_embedding
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in [*linears, embedding][: len(linears) + with_embedding]:
+        for m in [*linears, embedding] if with_embedding else linears:
             w = m.weight
             if kind == "noise-weights":
                 w.add_(int8_noise(w, scale, generator))

@@ -203,6 +203,38 @@ def test_a_text_in_two_languages_is_used_once(tmp_path, seed):
     assert texts.count("M I S D N") == 1 and len(texts) == 3
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_no_calibration_count_changes_another_languages_evaluation_set(tmp_path, seed):
+    """Regression: a text shared by two languages and taken by the first one's calibration clips was
+    missing from the second one's evaluation order, so raising calib_per_lang changed that set."""
+    rows = [(lang, f"{lang}-{i}", "M I S D N" if i == 0 else f"{lang} text {i}") for lang in ("en", "de")
+            for i in range(4)]  # fmt: skip
+    manifest = write_manifest(tmp_path, rows)
+    evals = []
+    for calib in (0, 3):
+        run_build(tmp_path, {**params(f"local:{manifest}", calib=calib, evals=1), "seed": seed}, f"c{calib}")
+        evals.append((tmp_path / f"c{calib}" / "eval" / "manifest.jsonl").read_bytes())
+    assert evals[0] == evals[1]
+
+
+def test_a_language_without_evaluation_clips_stops_the_build(tmp_path):
+    good = make_corpus(tmp_path / "good", ("en",), 3)
+    p = params(f"local:{good}", ("en",), calib=1, evals=2)
+    run_build(tmp_path, p)
+    before = {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()}
+    (tmp_path / "bad" / "de").mkdir(parents=True)
+    (tmp_path / "bad" / "de" / "x.wav").write_bytes(b"RIFF0000WAVEfmt no audio")
+    (tmp_path / "bad" / "de" / "x.txt").write_text("ein satz")
+    p = {
+        **p,
+        "languages": ["en", "de"],
+        "sources": {f"local:{good}": ["en"], f"local:{tmp_path / 'bad'}": ["de"]},
+    }
+    with pytest.raises(AudioInputError, match="audio.languages lists 'de', but its sources gave no usable"):
+        run_build(tmp_path, p)
+    assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before
+
+
 def test_a_text_in_both_splits_is_an_error_naming_it():
     def item(item_id: str, text: str) -> tuple:
         return (audio_build.Item(item_id, "en", text, "test", "test", lambda: None), None)
@@ -214,9 +246,11 @@ def test_a_text_in_both_splits_is_an_error_naming_it():
 
 def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
     """Regression: one id in two languages wrote both clips to one WAV file."""
-    manifest = write_manifest(tmp_path, [("en", "same", "an english clip"), ("de", "same", "ein deutscher")])
+    rows = [("en", "same", "an english clip"), ("de", "same", "ein deutscher"), ("de", "own", "noch einer")]
+    manifest = write_manifest(tmp_path, rows)
     summary = run_build(tmp_path, params(f"local:{manifest}", calib=0, evals=1))
-    assert [c.language for c in read_manifest(tmp_path / "out" / "eval")] == ["en"]
+    assert [c.id for c in read_manifest(tmp_path / "out" / "eval")] == ["own", "same"]
+    assert read_manifest(tmp_path / "out" / "eval")[1].language == "en"
     (skipped,) = summary["skipped"]["items"]
     assert skipped["language"] == "de" and "duplicate id 'same'" in skipped["cause"]
     with pytest.raises(AudioInputError, match="duplicate id 'same'"):

@@ -99,7 +99,8 @@ def test_stage_depends_on_every_module_it_runs(stage):
         return any(f == p or f.startswith(p.rstrip("/") + "/") for p in paths)
 
     missing = sorted(f for f in imported_files(script) if not covered(f, deps) and not covered(f, exempt))
-    assert not missing, f"dvc.yaml stage {stage}: add src/whisper_int8/{missing} to its deps"
+    add = ", ".join(f"src/whisper_int8/{m}" for m in missing)
+    assert not missing, f"dvc.yaml stage {stage}: add {add} to its deps"
 
 
 def test_the_import_graph_is_read_from_the_sources():

@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import pickle
-import socket
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from .ct2 import CT2FormatError, dims_of, read_ct2_files, to_openai_state_dict
 from .fsutil import sha256_file
+from .netcheck import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +188,15 @@ def _load_openai(name: str) -> LoadedModel:
     # whisper would then fetch again (no timeout). Its URL names the sha256 of the whole checkpoint.
     expected = url.split("/")[-2]
     complete = cached.is_file() and sha256_file(cached) == expected
-    if not complete and not urllib.request.getproxies().get("https"):  # a proxy: only it knows
-        host = urlparse(url).hostname
+    host = urlparse(url).hostname
+    error = None if complete else unreachable(host, timeout_s=5)
+    if error is not None:
         state = "is incomplete (its sha256 does not match)" if cached.is_file() else "is not"
-        try:
-            socket.create_connection((host, 443), timeout=5).close()
-        except OSError as e:
-            raise ModelSourceError(
-                f"model.source=openai:{name}: the checkpoint {state} in {root} and {host} cannot be "
-                f"reached ({e.__class__.__name__}: {e}); this machine looks offline. Use an offline source "
-                f"instead: {OFFLINE_ALTERNATIVES}, or copy {os.path.basename(url)} into {root}"
-            ) from None
+        raise ModelSourceError(
+            f"model.source=openai:{name}: the checkpoint {state} in {root} and {host} cannot be reached "
+            f"({error.__class__.__name__}: {error}); this machine looks offline. Use an offline source "
+            f"instead: {OFFLINE_ALTERNATIVES}, or copy {os.path.basename(url)} into {root}"
+        )
     log.info("loading openai:%s (cache %s)", name, root)
     try:
         model = whisper.load_model(name, device="cpu", download_root=str(root)).float().eval()

@@ -1,11 +1,11 @@
 """Select, split and write the corpus: ``calibration/`` and ``eval/`` with disjoint texts, plus a summary.
 
 Per language the candidate items of every configured source are pooled, sorted by id, de-duplicated by
-text, shuffled with ``seed`` (then a text already chosen for an earlier language is dropped), and taken
-in that order: the evaluation clips first (so changing the calibration count never changes the
-evaluation set), then the calibration clips. An item that fails (bad audio, empty transcript, an id
-that is not a plain file name or is taken in any language...) is skipped or stops the build according
-to ``on_error``.
+text, shuffled with ``seed`` and taken in that order, a text already chosen in another language dropped:
+first every language's evaluation clips, then every language's calibration clips (so the calibration
+count never changes an evaluation set). A language left without evaluation clips stops the build. An
+item that fails (bad audio, empty transcript, an id that is not a plain file name or is taken in any
+language...) is skipped or stops the build according to ``on_error``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,14 +184,6 @@ def _text_key(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
 
 
-@dataclass
-class _Taken:
-    """Shared by the languages of one build, in order: the ids seen and the texts already chosen."""
-
-    ids: dict[str, Item] = field(default_factory=dict)
-    texts: set[str] = field(default_factory=set)
-
-
 def _check_id(it: Item, ids: dict[str, Item]) -> None:
     """An id names the clip's file (``audio/<id>.wav``): unique in the whole corpus, no path in it."""
     if not ID_RE.fullmatch(it.id):
@@ -250,21 +242,25 @@ def _decoded(order: list[Item], workers: int) -> Iterator[tuple[Item, Future]]:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def select(
-    language: str, items: list[Item], params: AudioParams, policy: ErrorPolicy, bar: tqdm, taken: _Taken
-) -> dict:
-    """Decode items in seeded order until both splits of ``language`` are full: {split: [(item, pcm)]}."""
-    order = _unique(items, policy, taken.ids)
-    random.Random(f"{params.seed}:{language}").shuffle(order)
-    # A text chosen for an earlier language is a repeat too (the Asterisk prompt "M I S D N" exists in
-    # en, es and fr). Dropped after the shuffle, so that the order of the other items does not change.
-    order = [it for it in order if _text_key(it.text) not in taken.texts]
-    wanted = {"eval": params.eval_per_lang, "calibration": params.calib_per_lang}
-    chosen: dict[str, list] = {"eval": [], "calibration": []}
-    for it, future in _decoded(order, params.workers):
-        split = next((s for s in ("eval", "calibration") if len(chosen[s]) < wanted[s]), None)
-        if split is None:
-            break
+def _take(
+    language: str,
+    split: str,
+    wanted: int,
+    order: list[Item],
+    params: AudioParams,
+    policy: ErrorPolicy,
+    bar: tqdm,
+    texts: set[str],
+) -> tuple[list, list[Item]]:
+    """The first ``wanted`` items of ``order`` whose text is not in ``texts`` and that decode.
+
+    Returns ``([(item, pcm)], the items after the last one tried)``; the chosen texts join ``texts``.
+    """
+    candidates = [it for it in order if _text_key(it.text) not in texts]
+    chosen: list = []
+    tried = 0
+    for it, future in _decoded(candidates, params.workers) if wanted else ():
+        tried += 1
         try:
             pcm = future.result()
         except AudioInputError as e:
@@ -277,14 +273,45 @@ def select(
                 len(pcm) / SAMPLE_RATE,
                 MAX_SECONDS,
             )
-        chosen[split].append((it, pcm))
-        taken.texts.add(_text_key(it.text))
+        chosen.append((it, pcm))
+        texts.add(_text_key(it.text))
         bar.update(1)
-    for split, n in wanted.items():
-        if len(chosen[split]) < n:
-            log.warning(
-                "%s: only %d of %d %s clips (sources ran out)", language, len(chosen[split]), n, split
+        if len(chosen) == wanted:
+            break
+    if len(chosen) < wanted:
+        log.warning("%s: only %d of %d %s clips (sources ran out)", language, len(chosen), wanted, split)
+    return chosen, candidates[tried:]
+
+
+def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPolicy, bar: tqdm) -> dict:
+    """Decode items in each language's seeded order until its splits are full: {split: [(item, pcm)]}.
+
+    Every language's evaluation clips are chosen before any calibration clip, and a text goes to one
+    language and one split only (the Asterisk prompt "M I S D N" exists in en, es and fr). So a
+    calibration count never changes any language's evaluation set.
+    """
+    ids: dict[str, Item] = {}
+    texts: set[str] = set()
+    chosen: dict[str, list] = {s: [] for s in SPLITS}
+    rest: dict[str, list[Item]] = {}
+    for language in params.languages:
+        order = _unique(pooled[language], policy, ids)
+        random.Random(f"{params.seed}:{language}").shuffle(order)
+        picked, rest[language] = _take(
+            language, "eval", params.eval_per_lang, order, params, policy, bar, texts
+        )
+        if params.eval_per_lang and not picked:
+            raise AudioInputError(
+                f"audio.languages lists {language!r}, but its sources gave no usable evaluation clip "
+                f"({len(order)} distinct texts; skipped items are logged above); add a source for "
+                f"{language!r} under audio.sources or remove it from audio.languages"
             )
+        chosen["eval"] += picked
+    for language in params.languages:
+        picked, _ = _take(
+            language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, texts
+        )
+        chosen["calibration"] += picked
     return chosen
 
 
@@ -325,13 +352,9 @@ def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Pa
     """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
     policy = ErrorPolicy(params.on_error)
     pooled = collect(params, policy)
-    chosen: dict[str, list] = {s: [] for s in SPLITS}
-    taken = _Taken()
     total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)
     with tqdm(total=total, desc="fetch_audio", unit="clip") as bar:
-        for language in params.languages:
-            for split, picked in select(language, pooled[language], params, policy, bar, taken).items():
-                chosen[split].extend(picked)
+        chosen = select(pooled, params, policy, bar)
     _check_disjoint(chosen)
     written: dict[str, list[Clip]] = {}
     with atomic_dir(calib_dir) as ctmp, atomic_dir(eval_dir) as etmp:

@@ -7,12 +7,11 @@ instead of hanging on retries.
 from __future__ import annotations
 
 import os
-import socket
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from ..netcheck import unreachable
 from .errors import AudioInputError
 from .manifest import Item, safe_id
 from .wavio import decode_bytes, decode_file
@@ -24,14 +23,11 @@ def _check_online(dataset: str) -> None:
     offline = ("1", "true", "yes", "on")
     if any(os.environ.get(v, "").lower() in offline for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
         return  # the user asked for the local cache
-    if urllib.request.getproxies().get("https"):
-        return  # only the proxy knows: let datasets try through it
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError as e:
+    error = unreachable("huggingface.co", timeout_s=3)
+    if error is not None:
         raise AudioInputError(
-            f"hf:{dataset}: cannot reach huggingface.co ({e}); offline, set HF_DATASETS_OFFLINE=1 to use a "
-            "cached copy, or use the asterisk/kokoro/local sources"
+            f"hf:{dataset}: cannot reach huggingface.co ({error}); offline, set HF_DATASETS_OFFLINE=1 to use "
+            "a cached copy, or use the asterisk/kokoro/local sources"
         ) from None
 
 

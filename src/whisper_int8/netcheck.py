@@ -1,0 +1,21 @@
+"""A fast "is this host reachable?" before a download that would otherwise hang on retries offline."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+
+def unreachable(host: str, timeout_s: float) -> OSError | None:
+    """Why ``host``:443 cannot be reached, or None when it can.
+
+    None too when an HTTPS proxy is configured: only the proxy knows what it can reach, so the
+    download itself is left to find out.
+    """
+    if urllib.request.getproxies().get("https"):
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as e:
+        return e
+    return None

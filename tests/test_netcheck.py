@@ -1,0 +1,34 @@
+"""The reachability check that the hf and openai sources run before a download."""
+
+import pytest
+
+from whisper_int8 import netcheck
+from whisper_int8.audio import hf
+from whisper_int8.audio.errors import AudioInputError
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for proxy in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+
+
+def test_an_unresolvable_host_is_unreachable(no_proxy):
+    # A .invalid host never resolves (RFC 2606), so this holds on any machine, online or not.
+    assert isinstance(netcheck.unreachable("offline.invalid", timeout_s=3), OSError)
+
+
+def test_a_configured_https_proxy_leaves_the_check_to_the_download(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert netcheck.unreachable("offline.invalid", timeout_s=3) is None
+
+
+def test_hf_offline_says_how_to_use_the_cache(monkeypatch):
+    for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s: OSError(f"{host}: no route"))
+    cause = r"hf:google/fleurs: cannot reach huggingface.co .*HF_DATASETS_OFFLINE=1"
+    with pytest.raises(AudioInputError, match=cause):
+        hf._check_online("google/fleurs")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "yes")  # the user asked for the cache: no check
+    hf._check_online("google/fleurs")

@@ -107,3 +107,19 @@ def test_champion_comparison_on_accuracy_only():
 def test_bad_params_name_the_key(section, key):
     with pytest.raises(ParamError, match=key.replace(".", r"\.")):
         gate_config(section)
+
+
+def test_a_language_too_small_for_its_limit_gets_a_note_that_decides_nothing():
+    rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 20.0})
+    assert check_thresholds(rep, gate_config({})).notes == []  # 1000 words: one error is 0.1 pp
+    rep["fp32"]["ref_length/en"] = 199  # one error: 0.5025 pp
+    d = check_thresholds(rep, gate_config({}))
+    assert d.passed and d.as_dict()["notes"] == d.notes
+    (note,) = d.notes
+    assert note.startswith("wer/en: one error is 0.50 pp of its 199 words, above the 0.5 pp limit")
+    assert check_thresholds(rep, gate_config({"max_wer_delta_pp_by_language": {"en": 0.6}})).notes == []
+    rep["fp32"]["ref_length/zh"] = 150
+    assert (
+        "cer/zh: one error is 0.67 pp of its 150 characters"
+        in check_thresholds(rep, gate_config({})).notes[1]
+    )

@@ -72,6 +72,7 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
 
     # Forced failure: INT8 is 2 pp worse on English, beyond the 0.5 pp limit.
     rep_bad = report({"en": 10.0, "zh": 20.0}, {"en": 12.0, "zh": 20.0})
+    rep_bad["fp32"]["ref_length/zh"] = 150  # one error is 0.67 pp: a note, not a reason
     bad = run_promote(tmp_path, rep_bad, model_dirs, uri)
     assert bad.returncode == 0, bad.stderr  # a refusal is a result, not a crash
     assert (
@@ -87,6 +88,12 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     assert client.get_model_version(MODEL, "1").tags["validation_status"] == "passed"
     gate = json.loads((tmp_path / "metrics" / "gate.json").read_text())
     assert gate["promoted"] is False and gate["version"] == 2 and gate["champion_version"] == 1
+    (note,) = gate["notes"]
+    assert note.startswith("cer/zh: one error is 0.67 pp") and note in bad.stderr
+    assert (
+        v2.tags["validation_notes"] == note
+        and "validation_notes" not in client.get_model_version(MODEL, "1").tags
+    )
     # The stage's default artifact root is mlruns/ beside params.yaml, not MLflow's own default.
     assert (tmp_path / "mlruns").is_dir()
 

@@ -158,6 +158,8 @@ def promote(
             uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], decode)
         version = registry.register(client, cfg.registered_model, uri, key)
         decision = check_thresholds(report, gate)
+        for note in decision.notes:
+            log.warning("gate: %s", note)
         current = registry.champion(client, cfg.registered_model, cfg.alias)
         if decision.passed and current is not None and current.version != version.version:
             decision.reasons += check_against_champion(

@@ -1,10 +1,10 @@
 """MLflow model registry: log the INT8 model as a pyfunc, register a version, tag it, move the alias; pull.
 
-A version carries the tags ``validation_status`` (passed|failed), ``validation_reasons``, ``gate_metrics``
-(JSON, read back when a later candidate is compared with the champion) and ``pipeline_key``. Every promote
-registers a new version, so the registry is the full record of gate decisions; a re-run of the same
-pipeline state registers the model already logged for that state (:func:`logged_model_for_key`) instead
-of logging its artifacts a second time.
+A version carries the tags ``validation_status`` (passed|failed), ``validation_reasons`` (and
+``validation_notes``), ``gate_metrics`` (JSON, read back when a later candidate is compared with the
+champion) and ``pipeline_key``. Every promote registers a new version, so the registry is the full
+record of gate decisions; a re-run of the same pipeline state registers the model already logged for
+that state (:func:`logged_model_for_key`) instead of logging its artifacts a second time.
 """
 
 from __future__ import annotations
@@ -156,6 +156,8 @@ def apply_decision(
         "gate_metrics": json.dumps(decision.metrics, sort_keys=True),
         EVAL_SET_TAG: eval_set,
     }
+    if decision.notes:
+        tags["validation_notes"] = "; ".join(decision.notes)[:REASONS_MAX_CHARS]
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     if decision.passed:

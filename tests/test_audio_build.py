@@ -230,7 +230,8 @@ def test_a_language_without_evaluation_clips_stops_the_build(tmp_path):
         "languages": ["en", "de"],
         "sources": {f"local:{good}": ["en"], f"local:{tmp_path / 'bad'}": ["de"]},
     }
-    with pytest.raises(AudioInputError, match="audio.languages lists 'de', but its sources gave no usable"):
+    cause = r"audio.languages lists 'de', but none of the 1 clip\(s\) its sources gave could go"
+    with pytest.raises(AudioInputError, match=cause):
         run_build(tmp_path, p)
     assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before
 

@@ -302,9 +302,10 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
         )
         if params.eval_per_lang and not picked:
             raise AudioInputError(
-                f"audio.languages lists {language!r}, but its sources gave no usable evaluation clip "
-                f"({len(order)} distinct texts; skipped items are logged above); add a source for "
-                f"{language!r} under audio.sources or remove it from audio.languages"
+                f"audio.languages lists {language!r}, but none of the {len(order)} clip(s) its sources gave "
+                "could go to the evaluation split (each was skipped, see the log, or its text is used by "
+                f"another language); add a source for {language!r} under audio.sources or remove it from "
+                "audio.languages"
             )
         chosen["eval"] += picked
     for language in params.languages:

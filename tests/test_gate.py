@@ -116,10 +116,11 @@ def test_a_language_too_small_for_its_limit_gets_a_note_that_decides_nothing():
     d = check_thresholds(rep, gate_config({}))
     assert d.passed and d.as_dict()["notes"] == d.notes
     (note,) = d.notes
-    assert note.startswith("wer/en: one error is 0.50 pp of its 199 words, above the 0.5 pp limit")
+    assert note.startswith("wer/en: one error is 0.503 pp of its 199 words, above the 0.5 pp limit")
     assert check_thresholds(rep, gate_config({"max_wer_delta_pp_by_language": {"en": 0.6}})).notes == []
+    assert check_thresholds(rep, gate_config({"max_wer_delta_pp": 0.0})).notes == []  # no split resolves 0
     rep["fp32"]["ref_length/zh"] = 150
     assert (
-        "cer/zh: one error is 0.67 pp of its 150 characters"
+        "cer/zh: one error is 0.667 pp of its 150 characters"
         in check_thresholds(rep, gate_config({})).notes[1]
     )

@@ -89,7 +89,7 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     gate = json.loads((tmp_path / "metrics" / "gate.json").read_text())
     assert gate["promoted"] is False and gate["version"] == 2 and gate["champion_version"] == 1
     (note,) = gate["notes"]
-    assert note.startswith("cer/zh: one error is 0.67 pp") and note in bad.stderr
+    assert note.startswith("cer/zh: one error is 0.667 pp") and note in bad.stderr
     assert (
         v2.tags["validation_notes"] == note
         and "validation_notes" not in client.get_model_version(MODEL, "1").tags

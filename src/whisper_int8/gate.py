@@ -186,9 +186,9 @@ def coarse_languages(report: dict[str, Any], cfg: GateConfig) -> list[str]:
     notes = []
     for lang in sorted(set(languages(base)) & set(languages(cand))):
         key, length, limit = error_key(cand, lang), base.get(f"ref_length/{lang}"), cfg.limit(lang)
-        if length and 100 / length > limit + FLOAT_SLACK_PP:
+        if length and 0 < limit < 100 / length - FLOAT_SLACK_PP:  # a limit of 0: no split resolves it
             notes.append(
-                f"{key}: one error is {100 / length:.2f} pp of its {length:.0f} {_unit(key)}, above the "
+                f"{key}: one error is {100 / length:.3f} pp of its {length:.0f} {_unit(key)}, above the "
                 f"{limit} pp limit: one error more than FP32 fails the gate; evaluate more clips "
                 "(audio.eval_per_lang) for a limit the split can resolve"
             )

@@ -10,7 +10,8 @@ def unreachable(host: str, timeout_s: float) -> OSError | None:
     """Why ``host``:443 cannot be reached, or None when it can.
 
     None too when an HTTPS proxy is configured: only the proxy knows what it can reach, so the
-    download itself is left to find out.
+    download itself is left to find out. ``timeout_s`` bounds the connection; the name lookup before
+    it takes as long as the system resolver does.
     """
     if urllib.request.getproxies().get("https"):
         return None

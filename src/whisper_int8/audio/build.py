@@ -255,6 +255,8 @@ def _take(
     """The first ``wanted`` items of ``order`` whose text is not in ``texts`` and that decode.
 
     Returns ``([(item, pcm)], the items after the last one tried)``; the chosen texts join ``texts``.
+    Items decoded ahead but not tried are decoded again by the next call (a cached synthesis or one
+    ffmpeg run each), so what is chosen never depends on the worker count.
     """
     candidates = [it for it in order if _text_key(it.text) not in texts]
     chosen: list = []
@@ -294,6 +296,7 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
     texts: set[str] = set()
     chosen: dict[str, list] = {s: [] for s in SPLITS}
     rest: dict[str, list[Item]] = {}
+    empty = []
     for language in params.languages:
         order = _unique(pooled[language], policy, ids)
         random.Random(f"{params.seed}:{language}").shuffle(order)
@@ -301,13 +304,14 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
             language, "eval", params.eval_per_lang, order, params, policy, bar, texts
         )
         if params.eval_per_lang and not picked:
-            raise AudioInputError(
-                f"audio.languages lists {language!r}, but none of the {len(order)} clip(s) its sources gave "
-                "could go to the evaluation split (each was skipped, see the log, or its text is used by "
-                f"another language); add a source for {language!r} under audio.sources or remove it from "
-                "audio.languages"
-            )
+            empty.append(f"{language} ({len(order)} candidate texts)")
         chosen["eval"] += picked
+    if empty:
+        raise AudioInputError(
+            f"audio.languages: no evaluation clip for {', '.join(empty)}: each candidate was skipped (see "
+            "the log) or its text is used by another language; add a source for each under audio.sources "
+            "or remove it from audio.languages"
+        )
     for language in params.languages:
         picked, _ = _take(
             language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, texts

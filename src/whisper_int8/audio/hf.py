@@ -28,7 +28,7 @@ def _check_online(dataset: str) -> None:
         raise AudioInputError(
             f"hf:{dataset}: cannot reach huggingface.co ({error}); offline, set HF_DATASETS_OFFLINE=1 to use "
             "a cached copy, or use the asterisk/kokoro/local sources"
-        ) from None
+        )
 
 
 def items(dataset: str, language: str, config: str | None, cache: Path, split: str = "test") -> list[Item]:

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -44,7 +45,7 @@ def registered(tmp_path_factory) -> dict:
     wav = root / "fox.wav"
     speak("the quick brown fox jumps over the lazy dog", "en", wav)
     expected = transcribe_clip(load_model_dir(int8), wav, "en", **FAST)["text"]
-    return {"uri": uri, "int8": int8, "wav": wav, "expected": expected, "root": root}
+    return {"uri": uri, "int8": int8, "wav": wav, "expected": expected, "root": root, "run_id": run_id}
 
 
 @pytest.fixture
@@ -81,6 +82,9 @@ def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
     assert (weights / "int8.pt").is_file() and (weights / "quant_config.json").is_file()
     assert not list(local.rglob("*.pkl"))  # models-from-code: the model is built by code, not unpickled
     assert (local / "pyfunc_entry.py").is_file()
+    # Pinned without the local label (torch 2.13.0+cpu here): a GPU host installs its own build.
+    reqs = (local / "requirements.txt").read_text().split()
+    assert f"torch=={version('torch').split('+')[0]}" in reqs and not [r for r in reqs if "+" in r]
 
 
 def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
@@ -90,6 +94,20 @@ def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
     # A failed pull over an earlier one leaves it whole (the download lands in a temp dir first).
     assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(dest)]) == 2
     assert (dest / "MLmodel").is_file() and not list(tmp_path.glob(".deploy.*"))
+    capsys.readouterr()
+    # Only an earlier pull is replaced: another folder or a file at --dest is refused, left as it was.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "notes.txt").write_text("mine")
+    for other in ("mine", "notes.txt"):
+        assert cli.main(["pull", "--model", NAME, "--dest", str(tmp_path / other)]) == 2
+        assert "exists and is not a pulled model (no MLmodel file)" in _one_line_error(capsys)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == (tmp_path / "notes.txt").read_text() == "mine"
+    # A run's model (runs:/<id>/model downloads into a folder of that name) pulls as the registered one.
+    runs_dest = tmp_path / "from-run"
+    assert cli.main(["pull", "--model", f"runs:/{tracking['run_id']}/model", "--dest", str(runs_dest)]) == 0
+    assert sorted(p.name for p in runs_dest.iterdir()) == sorted(p.name for p in dest.iterdir())
+    assert not list(tmp_path.glob(".from-run.*"))
     capsys.readouterr()
     # The registered model decodes with the options logged with it (FAST); a model directory is told them.
     for model in ([str(dest)], [URI], [str(tracking["int8"]), "--max-tokens", "4"]):
@@ -152,8 +170,10 @@ def test_cli_transcribe_bad_model_dir_is_one_line(registered, tmp_path, capsys):
     assert "not a model directory" in _one_line_error(capsys)
 
 
-def test_cli_transcribe_undecodable_audio_is_one_line(registered, tmp_path, capsys):
-    """Files before the bad one are transcribed; the bad one stops the run, named, with ffmpeg's reason."""
+def test_cli_transcribe_undecodable_audio_is_one_line(registered, tmp_path, capsys, monkeypatch):
+    """Every file is decoded before the model is loaded: a bad one stops the run, named, with ffmpeg's
+    reason, before any transcript (the good file before it included)."""
+    monkeypatch.setattr(cli, "load_transcriber", lambda *args: pytest.fail("model loaded first"))
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # a truncated header: wave and ffmpeg both give up
     empty = tmp_path / "empty.wav"
@@ -161,7 +181,7 @@ def test_cli_transcribe_undecodable_audio_is_one_line(registered, tmp_path, caps
     model = ["transcribe", "--model", str(registered["int8"]), "--max-tokens", "4", "--language", "en"]
     assert cli.main([*model, str(registered["wav"]), str(bad)]) == 2
     out = capsys.readouterr()
-    assert out.out == f"{registered['wav']}\t{registered['expected']}\n"
+    assert out.out == ""
     assert out.err == f"error: {bad}: cannot be decoded (ffmpeg: Invalid data found when processing input)\n"
     assert cli.main([*model, str(empty)]) == 2
     assert _one_line_error(capsys) == f"{empty}: holds no audio (0 samples)"

@@ -10,7 +10,7 @@ import pytest
 
 from whisper_int8.gate import gate_config
 from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
-from whisper_int8.tracking import open_experiment
+from whisper_int8.tracking import flatten, log_values, open_experiment
 from whisper_int8.tracking_uri import (
     TrackingError,
     artifact_location,
@@ -102,6 +102,9 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "evaluation")] == [
         "evaluation/per_language.csv"
     ]
+    # Each variant's card beside, not inside, the pyfunc "model" (runs:/<id>/model would get both).
+    int8_files = {f.path for f in client.list_artifacts(children["int8"].info.run_id, "model_card")}
+    assert "model_card/model_card.json" in int8_files
     gate = json.loads(inputs.gate_json.read_text())
     assert gate["promoted"] and gate["version"] == 1 and gate["parent_run_id"] == parent.info.run_id
 
@@ -203,3 +206,30 @@ def test_a_tracking_server_keeps_its_own_artifact_store(tmp_path):
     assert artifact_location("s3://bucket/runs", "http://mlflow.example:5000") == "s3://bucket/runs"
     assert artifact_location(None, "sqlite:///m.db", root=tmp_path) == (tmp_path / "mlruns").as_uri()
     check_reachable("databricks")  # a remote workspace, not a bare file store: no error here
+
+
+def test_every_params_yaml_mapping_is_logged_whatever_its_keys(tmp_path):
+    """Keys that are data (a ``local:`` path as an audio source) cannot be MLflow parameter names: that
+    mapping is logged whole as JSON, as is an empty one; the real store accepts every name."""
+    params = {
+        "audio": {"sources": {"asterisk": ["en"], "local:~/recordings/": ["nl"]}, "seed": 0},
+        "gate": {"max_wer_delta_pp_by_language": {}, "max_wer_delta_pp": 0.5},
+        "quant": {"keep_float": []},
+    }
+    flat = flatten(params)
+    assert flat == {
+        "audio.sources": '{"asterisk": ["en"], "local:~/recordings/": ["nl"]}',
+        "audio.seed": "0",
+        "gate.max_wer_delta_pp_by_language": "{}",
+        "gate.max_wer_delta_pp": "0.5",
+        "quant.keep_float": "[]",
+    }
+    assert flatten({"audio": {"sources": {"asterisk": ["en"], "hf:google/fleurs": ["de"]}}}) == {
+        "audio.sources.asterisk": "['en']",
+        "audio.sources.hf:google/fleurs": "['de']",
+    }
+    uri = fresh_tracking_uri(tmp_path)
+    client, exp_id = open_experiment(uri, "flat")
+    run_id = client.create_run(exp_id).info.run_id
+    log_values(client, run_id, params=flat)
+    assert client.get_run(run_id).data.params == flat

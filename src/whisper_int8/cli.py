@@ -120,11 +120,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     missing = [audio for audio in args.audio if not Path(audio).is_file()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: audio file not found")
+    clips = [decode_audio(audio) for audio in args.audio]  # an undecodable file: before any transcript
     if args.model.startswith(("models:/", "runs:/")):
         _connect(args)
     predict = load_transcriber(args.model, model_dir, decode)
-    for audio in args.audio:
-        text = predict([{"audio": decode_audio(audio), "language": args.language}])[0]
+    for audio, samples in zip(args.audio, clips, strict=True):
+        text = predict([{"audio": samples, "language": args.language}])[0]
         print(
             json.dumps({"audio": audio, "text": text}, ensure_ascii=False)
             if args.json

@@ -57,28 +57,40 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 
 
 @contextlib.contextmanager
+def staging_dir(dest: Path | str) -> Iterator[Path]:
+    """Yield a new temp directory beside ``dest`` (same filesystem, so a rename is atomic); it is
+    removed on exit, whatever is left in it."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(dest: Path | str) -> Iterator[Path]:
     """Yield a temp directory beside ``dest``; on success it replaces ``dest`` whole.
 
     On error the temp directory is removed and ``dest`` (if it existed) is untouched.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
+    with staging_dir(dest) as tmp:
         yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        replace_dir(tmp, Path(dest))
+
+
+def replace_dir(src: Path, dest: Path) -> None:
+    """Put the directory ``src`` at ``dest`` (a sibling path), replacing a directory there whole."""
+    os.chmod(src, 0o777 & ~_umask())
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(src, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dest)
 
 
 def dir_bytes(path: Path | str) -> int:

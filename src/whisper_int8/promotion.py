@@ -151,7 +151,8 @@ def promote(
             cards = [
                 p for p in (model_dir / "model_card.json", model_dir / "quant_config.json") if p.is_file()
             ]
-            tracking.log_files(client, run_id, [(p, "model") for p in cards])
+            # not "model": that name is the pyfunc's, and runs:/<id>/model would download both
+            tracking.log_files(client, run_id, [(p, "model_card") for p in cards])
 
         uri = registry.logged_model_for_key(client, cfg.registered_model, key)
         if uri is None:

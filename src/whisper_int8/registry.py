@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from mlflow.exceptions import MlflowException
 
 import whisper_int8
 
-from .fsutil import atomic_dir
+from .fsutil import replace_dir, staging_dir
 from .gate import Decision
 from .params import ParamError
 from .pyfunc_model import MODEL_DIR_ARTIFACT, SIGNATURE
@@ -49,10 +50,15 @@ class Champion:
 
 
 def _requirements() -> list[str]:
-    """Pinned from what is installed, so MLflow need not load the model to infer them."""
+    """Pinned from what is installed, so MLflow need not load the model to infer them.
+
+    Without the local version label (torch ``2.13.0+cpu`` -> ``2.13.0``), as MLflow's own inference
+    does: a serving host installs the torch build for its hardware (CUDA on a GPU fleet).
+    """
     from importlib.metadata import version
 
-    return [f"{d}=={version(d)}" for d in ("torch", "openai-whisper", "mlflow", "numpy", "pandas")]
+    names = ("torch", "openai-whisper", "mlflow", "numpy", "pandas")
+    return [f"{d}=={version(d).split('+')[0]}" for d in names]  # PEP 440: the label follows a +
 
 
 def package_digest() -> str:
@@ -175,16 +181,25 @@ def pull(uri: str, dest: Path) -> Path:
     """Download the pyfunc model at ``uri`` into ``dest`` (MLmodel, weights, code); returns ``dest``.
 
     Atomic: ``dest`` is replaced whole once the download is complete, so a failed or interrupted pull
-    leaves the previously pulled model as it was, never a mix of two versions.
+    leaves the previously pulled model as it was, never a mix of two versions. Only a previous pull
+    (a directory with an MLmodel file) is replaced: anything else at ``dest`` is refused, not deleted.
     """
+    dest = Path(os.path.abspath(dest))  # "." names no directory to stage a download beside
+    if dest.exists() and not (dest / "MLmodel").is_file():
+        raise RegistryError(
+            f"{dest}: exists and is not a pulled model (no MLmodel file); pull into a new directory "
+            "or one an earlier pull wrote, which is replaced"
+        )
     try:
-        with atomic_dir(dest) as tmp:
-            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
-            if not (tmp / "MLmodel").is_file():
+        with staging_dir(dest) as tmp:
+            # runs:/<id>/model lands in tmp/model, models:/ in tmp itself: use the path MLflow returns.
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+            if not (got / "MLmodel").is_file():
                 raise RegistryError(
                     f"{uri}: downloaded from {mlflow.get_tracking_uri()} but has no MLmodel file; "
                     "not a pyfunc model"
                 )
+            replace_dir(got, dest)
     except MlflowException as e:
         raise RegistryError(
             f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); check the model name "

@@ -12,7 +12,10 @@ marked FAILED and the next attempt reuses it. Any extra runs carrying the same k
 
 from __future__ import annotations
 
+import json
 import logging
+import posixpath
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ ROLE_TAG = "role"
 VARIANT_TAG = "variant"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_CHARS = 6000
+MAX_PARAM_NAME_CHARS = 250
+_PARAM_NAME = re.compile(r"[\w./\- :]+")  # what mlflow.utils.validation allows (POSIX)
 
 
 @dataclass
@@ -59,9 +64,26 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
         raise TrackingError(f"MLflow tracking URI {uri}: {e.message}") from None
 
 
+def _param_name_ok(name: str) -> bool:
+    """MLflow's rule for a parameter name: its characters, and a path that normalizes to itself."""
+    return (
+        len(name) <= MAX_PARAM_NAME_CHARS
+        and _PARAM_NAME.fullmatch(name) is not None
+        and posixpath.normpath(name) == name
+        and not name.startswith(("/", ".."))
+    )
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists become their string form."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists become their string form.
+
+    A mapping is logged whole, as one JSON value under its own name, when it is empty (so the key
+    is still there to filter on) or when one of its keys cannot be part of an MLflow parameter name:
+    keys such as ``audio.sources``' ``local:~/recordings`` are data, not names.
+    """
     if isinstance(obj, dict):
+        if prefix and (not obj or not all(_param_name_ok(f"{prefix}{k}") for k in obj)):
+            return {prefix.rstrip("."): json.dumps(obj, sort_keys=True, default=str)[:MAX_PARAM_CHARS]}
         out: dict[str, str] = {}
         for k, v in obj.items():
             out.update(flatten(v, f"{prefix}{k}."))

@@ -11,9 +11,7 @@ from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import decode_options
 from whisper_int8.gate import gate_config
 from whisper_int8.params import ParamError, load_params, section
-from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
-from whisper_int8.registry import check_alias
-from whisper_int8.tracking_uri import artifact_location, resolve_tracking_uri
+from whisper_int8.promotion import PromoteInputs, mlflow_config, promote
 
 
 def _paths(ml: dict, key: str, where: str) -> list[Path]:
@@ -28,19 +26,12 @@ def main(args) -> int:
     ml = section(params, "mlflow", args.params)
     ev = section(params, "evaluate", args.params)
     gate = gate_config(section(params, "gate", args.params), args.params)
-    corpus = params.get("audio", {}).get("languages")
+    corpus = section(params, "audio", args.params).get("languages") if "audio" in params else None
     if gate.require_languages is True and corpus:
         # Every language the corpus asks for, not just those that made it into the split: a source
         # that failed under `on_error: skip` must not let an untested model through.
         gate = replace(gate, require_languages=[str(lang) for lang in corpus])
-    uri = resolve_tracking_uri(ml.get("tracking_uri"))
-    cfg = MlflowConfig(
-        tracking_uri=uri,
-        experiment=str(ml.get("experiment", "whisper-int8")),
-        registered_model=str(ml.get("registered_model", "whisper-int8")),
-        alias=check_alias(ml.get("alias", "champion"), args.params),
-        artifact_location=artifact_location(ml.get("artifact_root"), uri),
-    )
+    cfg = mlflow_config(ml, args.params)
     eval_json = Path(args.metrics) / "eval.json"
     if not eval_json.is_file():
         raise FileNotFoundError(f"{eval_json}: not found; run the evaluate stage first (dvc repro evaluate)")

@@ -101,7 +101,7 @@ def test_champion_comparison_on_accuracy_only():
         ({"fail_on_reject": "yes"}, "gate.fail_on_reject"),
         ({"require_languages": "en"}, "gate.require_languages"),
         ({"max_wer_delta_pp_by_language": [1]}, "gate.max_wer_delta_pp_by_language"),
-        ({"min_sped_up": 1}, "unknown gate keys"),
+        ({"min_sped_up": 1}, r"unknown gate key\(s\) \['min_sped_up'\]; allowed: "),
     ],
 )
 def test_bad_params_name_the_key(section, key):

@@ -12,7 +12,7 @@ import yaml
 
 from whisper_int8.gate import gate_config
 from whisper_int8.params import ParamError
-from whisper_int8.promotion import promote
+from whisper_int8.promotion import mlflow_config, promote
 from whisper_int8.registry import champion, check_alias
 from whisper_int8.tracking_uri import RegistryError
 
@@ -30,7 +30,13 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_promote(
-    work: Path, rep: dict, model_dirs: dict[str, Path], uri: str, audio: dict | None = None, **gate
+    work: Path,
+    rep: dict,
+    model_dirs: dict[str, Path],
+    uri: str,
+    audio: dict | None = None,
+    mlflow: dict | None = None,
+    **gate,
 ) -> subprocess.CompletedProcess:
     """Run stages/promote.py as DVC would, in ``work`` with its own params.yaml and metrics/."""
     (work / "metrics").mkdir(parents=True, exist_ok=True)
@@ -49,6 +55,7 @@ def run_promote(
             "alias": "champion",
             "artifact_root": "mlruns",
             "upstream_artifacts": [str(model_dirs["fp32"] / "model_card.json")],
+            **(mlflow or {}),
         },
     }
     if audio is not None:
@@ -201,6 +208,37 @@ def test_an_alias_mlflow_would_refuse_is_refused_before_anything_is_registered(a
     with pytest.raises(ParamError, match=r"params.yaml: mlflow.alias=.*use letters, digits"):
         check_alias(alias)
     assert check_alias("champion-2_b") == "champion-2_b"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("registered_model", None, "mlflow.registered_model=None: use letters"),
+        ("registered_model", "a/b", "mlflow.registered_model='a/b': use letters"),
+        ("registered_model", "..", "mlflow.registered_model='..': use letters"),
+        ("experiment", None, "mlflow.experiment=None must be a name"),
+        ("experiment", " ", "mlflow.experiment=' ' must be a name"),
+        ("tracking_uri", 5, "mlflow.tracking_uri=5 must be null"),
+        ("artifact_root", ["a"], "mlflow.artifact_root=['a'] must be null"),
+        ("registerd_model", "x", "unknown mlflow key(s) ['registerd_model']; allowed: alias, artifact_root"),
+    ],
+)
+def test_bad_mlflow_params_are_refused_naming_the_key(key, value, message):
+    ml = {"experiment": "exp", "registered_model": MODEL, key: value}
+    with pytest.raises(ParamError) as e:
+        mlflow_config(ml, "p.yaml")
+    assert str(e.value).startswith(f"p.yaml: {message}")
+    assert mlflow_config({"registered_model": "team.whisper-int8_v2"}, "p.yaml").experiment == "whisper-int8"
+
+
+def test_a_bad_model_name_stops_promote_before_anything_is_logged(tmp_path, model_dirs):
+    """MLflow itself refuses it only when registering, after the runs are logged (then marked FAILED)."""
+    uri = fresh_tracking_uri(tmp_path)
+    rep = report({"en": 10.0}, {"en": 10.0})
+    out = run_promote(tmp_path, rep, model_dirs, uri, mlflow={"registered_model": "team/whisper"})
+    assert out.returncode == 2 and out.stderr.startswith("error: params.yaml: mlflow.registered_model=")
+    assert [e.name for e in client_for(uri).search_experiments()] in ([], ["Default"])
+    assert not (tmp_path / "metrics" / "gate.json").exists()
 
 
 def test_eval_set_digest_separates_hosts_and_scorers_but_not_warmup(tmp_path, monkeypatch):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
 
 from .audio.errors import AudioInputError
 from .ct2 import CT2FormatError
+from .fsutil import OutputConflictError
 from .model_sources import ModelSourceError
 from .params import ParamError
 from .tracking_uri import RegistryError, TrackingError
@@ -22,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TrackingError,
     RegistryError,
     AudioInputError,
+    OutputConflictError,
 )
 
 
@@ -32,9 +36,26 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a CI timeout) exit through ``finally`` blocks, as Ctrl+C does, so a
+    killed stage removes its half-written temp output instead of leaving it beside the real one.
+    Worker processes forked later keep the default: they are stopped, not unwound."""
+    main_pid = os.getpid()
+
+    def terminate(signum: int, _frame: object) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
     """Parse arguments, set up logging, run ``main``; user errors exit 2 with one clear line."""
     args = parser.parse_args()
+    exit_on_sigterm()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -69,15 +69,40 @@ def staging_dir(dest: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class OutputConflictError(ValueError):
+    """An output path holds something the stage did not write; it is left as it was."""
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path | str) -> Iterator[Path]:
     """Yield a temp directory beside ``dest``; on success it replaces ``dest`` whole.
 
-    On error the temp directory is removed and ``dest`` (if it existed) is untouched.
+    On error the temp directory is removed and ``dest`` (if it existed) is untouched. So is a ``dest``
+    holding anything the new output does not (a mistyped ``--out models``): only an earlier output of
+    the same kind is replaced, never a folder of other files.
     """
+    dest = Path(dest)
     with staging_dir(dest) as tmp:
         yield tmp
-        replace_dir(tmp, Path(dest))
+        _check_replaceable(dest, tmp)
+        replace_dir(tmp, dest)
+
+
+def _check_replaceable(dest: Path, new: Path) -> None:
+    """Raise unless ``dest`` is absent or a directory whose entries the output in ``new`` all has."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise OutputConflictError(
+            f"{dest}: exists and is not a directory; not replaced. Give another output path"
+        )
+    extra = sorted({p.name for p in dest.iterdir()} - {p.name for p in new.iterdir()})
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise OutputConflictError(
+            f"{dest}: holds {shown}, which this output does not; not replaced, nothing deleted. "
+            "Give a new or empty folder, or one this stage wrote before"
+        )
 
 
 def replace_dir(src: Path, dest: Path) -> None:

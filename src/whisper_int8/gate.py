@@ -13,7 +13,7 @@ from typing import Any
 from whisper.tokenizer import LANGUAGES
 
 from .eval_report import BASELINE, CANDIDATE, error_key, languages
-from .params import ParamError
+from .params import ParamError, reject_unknown_keys
 
 ACCURACY_PREFIXES = ("wer/", "cer/", "error_rate/")
 DELTA_PREFIXES = ("wer_delta/", "cer_delta/", "error_rate_delta/")
@@ -59,11 +59,7 @@ def _language_limits(by_lang: Any, where: str) -> dict[str, float]:
 
 def gate_config(section: dict[str, Any], where: str = "params.yaml") -> GateConfig:
     """Validate params ``gate``; every problem names the key."""
-    unknown = set(section) - set(GateConfig.__dataclass_fields__)
-    if unknown:
-        raise ParamError(
-            f"{where}: unknown gate keys {sorted(unknown)}; known: {list(GateConfig.__dataclass_fields__)}"
-        )
+    reject_unknown_keys(section, "gate", set(GateConfig.__dataclass_fields__), where)
     d = GateConfig()
     by_lang = _language_limits(section.get("max_wer_delta_pp_by_language") or {}, where)
     req = section.get("require_languages", d.require_languages)

@@ -26,6 +26,16 @@ def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     return data
 
 
+def reject_unknown_keys(
+    mapping: dict[str, Any], name: str, allowed: set[str], path: Path | str = "params.yaml"
+) -> None:
+    """Raise naming every key of section ``name`` not in ``allowed``: a typo must not fall back to
+    the default silently."""
+    unknown = sorted(str(k) for k in set(mapping) - allowed)
+    if unknown:
+        raise ParamError(f"{path}: unknown {name} key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+
 def null_or_count(value: Any, key: str, null_means: str, path: Path | str = "params.yaml") -> int | None:
     """``value`` when it is null or an integer >= 1; otherwise raise naming ``key`` and what null means."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -21,6 +21,8 @@ from . import registry, scoring, tracking
 from .eval_report import BASELINE, CANDIDATE, deltas_for
 from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
+from .params import ParamError, reject_unknown_keys
+from .tracking_uri import artifact_location, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,35 @@ class MlflowConfig:
     registered_model: str
     alias: str
     artifact_location: str | None = None
+
+
+MLFLOW_KEYS = {
+    "tracking_uri",
+    "artifact_root",
+    "experiment",
+    "registered_model",
+    "alias",
+    "upstream_artifacts",
+}
+
+
+def mlflow_config(ml: dict[str, Any], where: str) -> MlflowConfig:
+    """params ``mlflow`` checked before anything is logged: every problem names its key."""
+    reject_unknown_keys(ml, "mlflow", MLFLOW_KEYS, where)
+    for key in ("tracking_uri", "artifact_root"):
+        if ml.get(key) is not None and (not isinstance(ml[key], str) or not ml[key]):
+            raise ParamError(f"{where}: mlflow.{key}={ml[key]!r} must be null (the default) or a URI or path")
+    experiment = ml.get("experiment", "whisper-int8")
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ParamError(f"{where}: mlflow.experiment={experiment!r} must be a name, e.g. whisper-int8")
+    uri = resolve_tracking_uri(ml.get("tracking_uri"))
+    return MlflowConfig(
+        tracking_uri=uri,
+        experiment=experiment,
+        registered_model=registry.check_model_name(ml.get("registered_model", "whisper-int8"), where),
+        alias=registry.check_alias(ml.get("alias", "champion"), where),
+        artifact_location=artifact_location(ml.get("artifact_root"), uri),
+    )
 
 
 def dvc_lock_digest(path: Path) -> str:

@@ -35,6 +35,7 @@ from .tracking_uri import RegistryError, TrackingError
 
 # MLflow's rule for alias names: letters, digits, - and _; "latest" and v<digits> name versions.
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,20 @@ def register(client: MlflowClient, name: str, model_uri: str, key: str) -> Model
     mv = mlflow.register_model(model_uri, name, tags={KEY_TAG: key})
     log.info("registered %s version %s", name, mv.version)
     return client.get_model_version(name, mv.version)
+
+
+def check_model_name(name: Any, where: str = "params.yaml") -> str:
+    """``mlflow.registered_model`` as MLflow and a ``models:/<name>@<alias>`` URI both accept it.
+
+    MLflow refuses a bad name only when registering, after the runs are logged; and YAML's null
+    would otherwise register a model called "None".
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or set(name) == {"."}:
+        raise ParamError(
+            f"{where}: mlflow.registered_model={name!r}: use letters, digits, '.', '-' and '_' "
+            "(no '/', ':', '@' or spaces: it goes into models:/<name>@<alias>), e.g. whisper-int8"
+        )
+    return name
 
 
 def check_alias(alias: Any, where: str = "params.yaml") -> str:

@@ -1,0 +1,71 @@
+"""Atomic outputs: a replaced folder is an earlier output, never other files; a killed stage cleans up."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from whisper_int8.fsutil import OutputConflictError, atomic_dir
+
+from .conftest import venv_env
+
+
+def _write(dest, **files: str) -> None:
+    with atomic_dir(dest) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+
+
+def test_an_earlier_output_is_replaced_whole(tmp_path):
+    _write(tmp_path / "out", a="1", b="1")
+    _write(tmp_path / "out", a="2", b="2", c="2")
+    assert {p.name: p.read_text() for p in (tmp_path / "out").iterdir()} == {"a": "2", "b": "2", "c": "2"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_folder_of_other_files_is_refused_and_kept(tmp_path):
+    """A mistyped --out (models instead of models/int8) must not delete the other stages' outputs."""
+    (tmp_path / "models" / "fp32").mkdir(parents=True)
+    (tmp_path / "models" / "fp32" / "model.pt").write_text("weights")
+    (tmp_path / "models" / "int8.pt").write_text("old")
+    with pytest.raises(OutputConflictError, match=r"models: holds fp32, which this output does not; not rep"):
+        _write(tmp_path / "models", **{"int8.pt": "new"})
+    assert (tmp_path / "models" / "fp32" / "model.pt").read_text() == "weights"
+    assert (tmp_path / "models" / "int8.pt").read_text() == "old"
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputConflictError, match="notes.txt: exists and is not a directory"):
+        _write(tmp_path / "notes.txt", a="1")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "notes.txt"]  # no temp folder left
+
+
+STAGE = """
+import time
+from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.fsutil import atomic_dir
+
+def main(args):
+    with atomic_dir("out") as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        print("writing", flush=True)
+        time.sleep(60)
+
+run(main, stage_parser("a stage killed while writing"))
+"""
+
+
+def test_a_stage_killed_with_sigterm_leaves_no_temp_output(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "half.bin").write_bytes(b"earlier")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STAGE], cwd=tmp_path, env=venv_env(), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "writing\n"
+    assert len(list(tmp_path.glob(".out.*.tmp"))) == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (tmp_path / "out" / "half.bin").read_bytes() == b"earlier"

@@ -6,7 +6,6 @@ settings change; ``evaluate`` then transcribes with INT8 alone and compares. Wit
 evaluates both.
 """
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,9 +16,11 @@ from whisper_int8.audio import AudioInputError, first_per_language, read_manifes
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
-from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
+from whisper_int8.evaluate import decode_options, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json
-from whisper_int8.params import ParamError, load_params, null_or_count, section
+from whisper_int8.model_dir import read_json
+from whisper_int8.model_sources import ModelSourceError
+from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.scoring import normalize
 
 log = logging.getLogger("evaluate")
@@ -29,9 +30,7 @@ KEYS = {"split", "beam_size", "max_tokens", "warmup", "max_clips_per_language", 
 def options(params: dict, where: str) -> dict:
     """Validate params ``evaluate``; every problem names the key."""
     ev = section(params, "evaluate", where)
-    unknown = sorted(set(ev) - KEYS)
-    if unknown:
-        raise ParamError(f"{where}: unknown evaluate key(s) {unknown}; allowed: {', '.join(sorted(KEYS))}")
+    reject_unknown_keys(ev, "evaluate", KEYS, where)
     warmup = ev.get("warmup", 1)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ParamError(f"{where}: evaluate.warmup={warmup!r} must be an integer >= 0")
@@ -54,20 +53,13 @@ def options(params: dict, where: str) -> dict:
     split = ev.get("split", "data/eval")
     if not isinstance(split, str) or not split:
         raise ParamError(f"{where}: evaluate.split={split!r} must be the path of a split (e.g. data/eval)")
-    variants = ev.get("models", {})
-    if (
-        not isinstance(variants, dict)
-        or set(variants) != {BASELINE, CANDIDATE}
-        or not all(isinstance(v, str) and v for v in variants.values())
-    ):
-        raise ParamError(f"{where}: evaluate.models must map {BASELINE} and {CANDIDATE} to model directories")
     return {
         "split": Path(split),
         "decode": decode_options(ev, where),
         "warmup": warmup,
         "max_clips_per_language": per_language,
         "device": device,
-        "models": {k: Path(v) for k, v in variants.items()},
+        "models": model_dirs(ev, where),
     }
 
 
@@ -99,7 +91,18 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
     """The stored FP32 evaluation, refused when it was made with other settings or another model."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FP32 evaluation missing; run `dvc repro evaluate_fp32`")
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    rerun = "the evaluate_fp32 stage (dvc repro evaluate_fp32)"
+    stored = read_json(path, rerun)
+    if (
+        not isinstance(stored, dict)
+        or not isinstance(stored.get("config", {}), dict)
+        or not isinstance(stored.get("metrics"), dict)
+        or not isinstance(stored.get("clips"), list)
+    ):
+        raise ModelSourceError(
+            f"{path}: not an FP32 evaluation (expected a JSON object with config, metrics and clips); "
+            f"rerun {rerun}"
+        )
     made_with = {**stored.get("config", {}), "model_dir": stored.get("model_dir")}
     wanted = {**config, "model_dir": str(model_dir)}
     if made_with != wanted:

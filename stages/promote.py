@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.evaluate import decode_options
+from whisper_int8.evaluate import decode_options, model_dirs
 from whisper_int8.gate import gate_config
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import PromoteInputs, mlflow_config, promote
@@ -37,7 +37,7 @@ def main(args) -> int:
         raise FileNotFoundError(f"{eval_json}: not found; run the evaluate stage first (dvc repro evaluate)")
     inputs = PromoteInputs(
         eval_json=eval_json,
-        model_dirs={k: Path(v) for k, v in ev.get("models", {}).items()},
+        model_dirs=model_dirs(ev, args.params),
         artifacts=_paths(ml, "upstream_artifacts", args.params),
         eval_files=[
             Path(args.metrics) / n

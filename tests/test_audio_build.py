@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from tests.test_audio_wavio import write_tone
 from whisper_int8.audio import AudioInputError, read_manifest
 from whisper_int8.audio import build as audio_build
 from whisper_int8.audio.asterisk import ensure_package
 from whisper_int8.audio.build import build, parse_params
 from whisper_int8.fsutil import sha256_file
-from whisper_int8.params import ParamError
+from whisper_int8.params import ParamError, load_params, section
 
 
 def make_corpus(root: Path, langs=("en", "de"), n: int = 6) -> Path:
@@ -125,7 +126,7 @@ def bad_manifest(root: Path) -> Path:
 def test_skip_logs_and_counts_every_bad_input(tmp_path):
     causes = bad_corpus(tmp_path / "rec")
     manifest = bad_manifest(tmp_path)
-    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=0, evals=20)
+    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=20)
     p["sources"][f"local:{manifest}"] = ["en"]
     p["sources"]["local:/no/such/recordings"] = ["en"]
     summary = run_build(tmp_path, p)
@@ -177,7 +178,7 @@ def test_manifest_problems_fail_with_the_cause(tmp_path, rows, message):
     write_tone(tmp_path / "y.wav", 350)
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    p = params(f"local:{manifest}", ("en",), calib=0, evals=5, on_error="fail")
+    p = params(f"local:{manifest}", ("en",), calib=1, evals=5, on_error="fail")
     with pytest.raises(AudioInputError, match=message):
         run_build(tmp_path, p)
 
@@ -214,10 +215,10 @@ def test_no_calibration_count_changes_another_languages_evaluation_set(tmp_path)
     exercised = False
     for seed in range(8):
         out = {}
-        for calib in (0, 3):
+        for calib in (1, 3):
             run_build(tmp_path, {**params(f"local:{manifest}", calib=calib, evals=1), "seed": seed}, "o")
             out[calib] = {s: read_manifest(tmp_path / "o" / s) for s in ("eval", "calibration")}
-        assert out[0]["eval"] == out[3]["eval"], seed
+        assert out[1]["eval"] == out[3]["eval"], seed
         exercised |= any(c.id == "de-0" for c in out[3]["eval"])
     assert exercised
 
@@ -254,18 +255,18 @@ def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
     """Regression: one id in two languages wrote both clips to one WAV file."""
     rows = [("en", "same", "an english clip"), ("de", "same", "ein deutscher"), ("de", "own", "noch einer")]
     manifest = write_manifest(tmp_path, rows)
-    summary = run_build(tmp_path, params(f"local:{manifest}", calib=0, evals=1))
+    summary = run_build(tmp_path, params(f"local:{manifest}", calib=1, evals=1))
     assert [c.id for c in read_manifest(tmp_path / "out" / "eval")] == ["own", "same"]
     assert read_manifest(tmp_path / "out" / "eval")[1].language == "en"
     (skipped,) = summary["skipped"]["items"]
     assert skipped["language"] == "de" and "duplicate id 'same'" in skipped["cause"]
     with pytest.raises(AudioInputError, match="duplicate id 'same'"):
-        run_build(tmp_path, params(f"local:{manifest}", calib=0, evals=1, on_error="fail"))
+        run_build(tmp_path, params(f"local:{manifest}", calib=1, evals=1, on_error="fail"))
 
 
 def test_an_id_that_is_a_path_writes_nothing_outside_the_split(tmp_path):
     manifest = write_manifest(tmp_path / "m", [("en", "../../escaped", "one clip"), ("en", "ok", "two")])
-    summary = run_build(tmp_path, params(f"local:{manifest}", ("en",), calib=0, evals=2))
+    summary = run_build(tmp_path, params(f"local:{manifest}", ("en",), calib=1, evals=2))
     assert [c.id for c in read_manifest(tmp_path / "out" / "eval")] == ["ok"]
     assert "id '../../escaped' cannot be a file name" in summary["skipped"]["items"][0]["cause"]
     assert not list(tmp_path.rglob("escaped*"))
@@ -302,8 +303,8 @@ def test_hf_source_fails_fast_and_clearly(tmp_path):
     [({"languages": ["en", "xx"]}, "xx not a language Whisper knows"),
      ({"languages": ["en", "fr"]}, "audio.languages fr have no source"),
      ({"on_error": "ignore"}, "audio.on_error must be 'skip' or 'fail'"),
-     ({"eval_per_lang": -1}, "audio.eval_per_lang must be a non-negative integer"),
-     ({"workers": 0}, "audio.workers must be at least 1"),
+     ({"eval_per_lang": -1}, r"audio.eval_per_lang must be an integer >= 1, got -1"),
+     ({"workers": 0}, r"audio.workers must be an integer >= 1, got 0"),
      ({"sources": {"ftp:x": ["en"]}}, "unknown source 'ftp:x'"),
      ({"asterisk_codec": "mp3"}, "audio.asterisk_codec must be one of"),
      ({"languages": yaml.safe_load("[en, no]")}, r"audio.languages: False is not a .* quote it, 'no'"),
@@ -317,3 +318,45 @@ def test_hf_source_fails_fast_and_clearly(tmp_path):
 def test_bad_params_name_the_key(change, message):
     with pytest.raises(ParamError, match=message):
         parse_params({**params("local:x", ("en",)), **change})
+
+
+ALLOWED = ("asterisk_codec, cache_dir, calib_per_lang, eval_per_lang, languages, max_words, min_words, "
+           "on_error, seed, sources, tts_threads, workers")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"asterisk_codecs": "wav"}, f"unknown audio key(s) ['asterisk_codecs']; allowed: {ALLOWED}"),
+     ({"eval_per_lang": 0}, "audio.eval_per_lang must be an integer >= 1, got 0"),
+     ({"calib_per_lang": 0}, "audio.calib_per_lang must be an integer >= 1, got 0"),
+     ({"calib_per_lang": "5"}, "audio.calib_per_lang must be an integer >= 1, got '5'"),
+     ({"seed": 1.5}, "audio.seed must be a non-negative integer, got 1.5"),
+     ({"max_words": True}, "audio.max_words must be a non-negative integer, got True"),
+     ({"tts_threads": -1}, "audio.tts_threads must be a non-negative integer, got -1"),
+     ({"cache_dir": 5}, "audio.cache_dir must be a folder path (text, e.g. cache), got 5"),
+     ({"cache_dir": ["cache"]}, "audio.cache_dir must be a folder path (text, e.g. cache), got ['cache']"),
+     ({"languages": [["en"]]}, "audio.languages: ['en'] is not a language code; list codes such as en, de"),
+     ({"languages": [1]}, "audio.languages: 1 is not a language code"),
+     ({"sources": {"local:x": [["en"]]}}, "audio.sources.local:x: ['en'] is not a language code"),
+     ({"sources": {"local:": ["en"]}}, "audio.sources: 'local:' needs a path (a csv, jsonl or folder)"),
+     ({"sources": {"local: ": ["en"]}}, "audio.sources: 'local: ' needs a path (a csv, jsonl or folder)"),
+     ({"sources": {"local": ["en"]}}, "audio.sources: 'local' needs a path (a csv, jsonl or folder)"),
+     ({"sources": {"hf:": ["en"]}}, "audio.sources: 'hf:' needs a dataset name, e.g. hf:google/fleurs"),
+     ({"sources": {"hf": {"en": "en_us"}}}, "audio.sources: 'hf' needs a dataset name"),
+     ({"sources": {"asterisk:g722": ["en"]}}, "audio.sources: 'asterisk:g722': asterisk takes no argument"),
+     ({"sources": {"kokoro:": ["en"]}}, "audio.sources: 'kokoro:': kokoro takes no argument; write kokoro"),
+     ({"sources": {5: ["en"]}}, "audio.sources: unknown source 5"),
+     ({"sources": {"asterisk": {"en": "x"}}}, "audio.sources.asterisk must list the languages to take"),
+     ({"sources": {"hf:x": {"en": ["en_us"]}}}, "audio.sources.hf:x: ['en_us'] is not a dataset config"),
+     ({"sources": {"hf:x": {1: "en_us"}}}, "audio.sources.hf:x: 1 is not a language code")],
+)  # fmt: skip
+def test_bad_params_are_one_line_naming_the_file_and_key(change, message):
+    """Regression: unknown keys were ignored, 0 clips accepted, a wrong type was a TypeError traceback
+    and an empty local: path scanned the current folder."""
+    with pytest.raises(ParamError) as err:
+        parse_params({**params("local:x", ("en",)), **change}, "/tmp/p.yaml")
+    assert str(err.value).startswith(f"/tmp/p.yaml: {message}") and "\n" not in str(err.value)
+
+
+def test_the_default_params_are_valid():
+    parse_params(section(load_params(REPO / "params.yaml"), "audio"))

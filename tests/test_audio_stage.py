@@ -26,6 +26,22 @@ def test_help_and_bad_params_exit_2_with_one_line(tmp_path):
     assert proc.stderr.strip() == f"error: {params}: audio.languages: xx not a language Whisper knows"
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"asterisk_codecs": "wav"}, "unknown audio key(s) ['asterisk_codecs']; allowed: asterisk_codec, "),
+     ({"eval_per_lang": 0}, "audio.eval_per_lang must be an integer >= 1, got 0")],
+)  # fmt: skip
+def test_the_default_params_with_one_bad_key_exit_2_naming_the_file_read(tmp_path, change, message):
+    """Regression: a misspelt key was ignored (the default g722 used) and 0 evaluation clips accepted."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["audio"].update(change)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(params, allow_unicode=True))
+    proc = subprocess.run([*STAGE, "--params", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {path}: {message}")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "data").exists()
+
+
 @pytest.mark.integration
 def test_dvc_repro_fetch_audio_small_and_deterministic(dvc_repo, monkeypatch):
     monkeypatch.setenv("WHISPER_INT8_CACHE", str(REPO / "cache"))  # reuse downloads and synthesized clips

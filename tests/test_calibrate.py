@@ -134,6 +134,70 @@ def test_missing_calibration_is_a_clear_error(tmp_path):
         load_calibration(tmp_path)
 
 
+def _calibration_dir(root: Path) -> Path:
+    """A calibration directory with the files convert reads (the statistics need not be real)."""
+    root.mkdir()
+    torch.save({"hist_edges": HIST_EDGES.clone(), "x/in_absmax": torch.ones(3)}, root / "stats.pt")
+    (root / "sensitivity.json").write_text(json.dumps({"layers": {"x": 0.5}, "ranking": ["x"]}))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("stats.pt", "truncated", r"stats.pt: unreadable \(truncated"),
+        ("sensitivity.json", '{"layers": {"x": 0.', r"sensitivity.json: unreadable \(Expecting"),
+        ("sensitivity.json", '{"metric": "no layers"}', "sensitivity.json: no 'layers' mapping"),
+        ("sensitivity.json", '[{"layers": 1}]', "sensitivity.json: no 'layers' mapping"),
+        ("sensitivity.json", '{"layers": {"x": "high"}}', "sensitivity.json: no 'layers' mapping"),
+    ],
+)
+def test_a_damaged_calibration_is_one_line_naming_the_file_and_the_stage(tmp_path, file, content, message):
+    from whisper_int8.model_sources import ModelSourceError
+
+    cal = _calibration_dir(tmp_path / "cal")
+    assert load_calibration(cal)[1] == {"x": 0.5}
+    if content == "truncated":
+        data = (cal / file).read_bytes()
+        (cal / file).write_bytes(data[: len(data) // 2])
+    else:
+        (cal / file).write_text(content)
+    with pytest.raises(ModelSourceError, match=message) as info:
+        load_calibration(cal)
+    assert str(info.value).endswith("; rerun the calibrate stage (dvc repro calibrate)")
+
+
+def test_convert_stage_with_a_truncated_stats_file_exits_2_with_one_line(tmp_path):
+    cal = _calibration_dir(tmp_path / "cal")
+    (cal / "stats.pt").write_bytes((cal / "stats.pt").read_bytes()[:100])
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "model.pt").write_bytes(b"x")
+    (tmp_path / "params.yaml").write_text("quant: {}\n")
+    cmd = [sys.executable, str(REPO / "stages" / "convert.py"), "--calibration", str(cal),
+           "--fp32", str(tmp_path / "fp32"), "--out", str(tmp_path / "int8")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {cal / 'stats.pt'}: unreadable (truncated")
+    assert not (tmp_path / "int8").exists()
+
+
+def test_an_undecodable_clip_is_one_line_naming_it(tmp_path):
+    """Not openai-whisper's RuntimeError with ffmpeg's whole banner: the clip and ffmpeg's last line."""
+    from whisper_int8.audio import AudioInputError
+
+    clips = read_manifest(write_split(tmp_path / "split"))
+    bad = Path(clips[1].audio)
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # a truncated header: wave and ffmpeg both give up
+    model = make_tiny_whisper()
+    fuse_model(model)
+    out = tmp_path / "cal"
+    out.mkdir()
+    with pytest.raises(AudioInputError) as info:
+        calibrate(model, clips, out, sensitivity_clips=1, percentile=99.0, progress=False)
+    assert str(info.value) == f"{bad}: unreadable or corrupt audio (Invalid data found when processing input)"
+    assert not list(out.iterdir())
+
+
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [

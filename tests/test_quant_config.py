@@ -44,9 +44,20 @@ def test_defaults():
         ("cross_kv_dtype", None),
     ],
 )
-def test_bad_values_name_the_key(key, value):
-    with pytest.raises(ParamError, match=rf"quant\.{key}"):
-        parse_quant_config({key: value})
+def test_bad_values_name_the_file_and_the_key(key, value):
+    with pytest.raises(ParamError, match=rf"^elsewhere\.yaml: quant\.{key}"):
+        parse_quant_config({key: value}, "elsewhere.yaml")
+
+
+def test_a_bad_flag_names_the_file_and_the_choices():
+    with pytest.raises(ParamError, match=r"^p\.yaml: quant\.per_channel='yes': expected true or false$"):
+        parse_quant_config({"per_channel": "yes"}, "p.yaml")
+
+
+def test_the_file_is_remembered_for_the_conversion_but_is_not_a_setting():
+    cfg = parse_quant_config({}, "elsewhere.yaml")
+    assert cfg.where == "elsewhere.yaml" and parse_quant_config({}).where == "params.yaml"
+    assert cfg == parse_quant_config({}) and cfg.to_dict() == DEFAULTS  # quant_config.json unchanged
 
 
 def test_outliers_need_quantized_activations():

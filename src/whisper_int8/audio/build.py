@@ -27,7 +27,7 @@ from tqdm import tqdm
 from whisper.tokenizer import LANGUAGES
 
 from ..fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
-from ..params import ParamError
+from ..params import ParamError, reject_unknown_keys
 from . import asterisk, hf, kokoro, local
 from .errors import AudioInputError, ErrorPolicy
 from .manifest import ID_RE, MANIFEST, Clip, Item
@@ -63,6 +63,9 @@ def _check_languages(key: str, languages: Any, path: str) -> None:
             f"{path}: {key}: {flags[0]} is not a language code; YAML reads an unquoted no (Norwegian) "
             "as false: quote it, 'no'"
         )
+    other = [lang for lang in languages if not isinstance(lang, str)]
+    if other:
+        raise ParamError(f"{path}: {key}: {other[0]!r} is not a language code; list codes such as en, de")
     unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
     if unknown:
         raise ParamError(f"{path}: {key}: {', '.join(map(str, unknown))} not a language Whisper knows")
@@ -71,8 +74,52 @@ def _check_languages(key: str, languages: Any, path: str) -> None:
         raise ParamError(f"{path}: {key}: {', '.join(twice)} listed more than once; list each language once")
 
 
+# Source kinds; for one that takes an argument (``kind:<arg>``): what the argument is, an example.
+SOURCE_KINDS: dict[str, tuple[str, str] | None] = {
+    "asterisk": None,
+    "kokoro": None,
+    "local": ("a path (a csv, jsonl or folder)", "local:recordings/manifest.csv"),
+    "hf": ("a dataset name", "hf:google/fleurs"),
+}
+# audio.<key> -> its smallest value (each is an integer)
+COUNTS = {"calib_per_lang": 1, "eval_per_lang": 1, "seed": 0, "min_words": 0, "max_words": 0,
+          "tts_threads": 0, "workers": 1}  # fmt: skip
+
+
+def _check_source(spec: Any, langs: Any, path: str) -> None:
+    """One ``audio.sources`` entry: a known kind, its argument if it takes one, its languages."""
+    kind, sep, arg = str(spec).partition(":")
+    if not isinstance(spec, str) or kind not in SOURCE_KINDS:
+        raise ParamError(
+            f"{path}: audio.sources: unknown source {spec!r} (asterisk, kokoro, local:<path>, hf:<name>)"
+        )
+    argument = SOURCE_KINDS[kind]
+    if argument is not None and not arg.strip():
+        raise ParamError(f"{path}: audio.sources: {spec!r} needs {argument[0]}, e.g. {argument[1]}")
+    if argument is None and sep:
+        raise ParamError(f"{path}: audio.sources: {spec!r}: {kind} takes no argument; write {kind}")
+    mapping = kind == "hf" and isinstance(langs, dict)  # hf: may map language -> dataset config
+    if not (isinstance(langs, list) or mapping) or not langs:
+        raise ParamError(f"{path}: audio.sources.{spec} must list the languages to take from it")
+    _check_languages(f"audio.sources.{spec}", langs, path)
+    configs = [c for c in langs.values() if c is not None and not isinstance(c, str)] if mapping else []
+    if configs:
+        raise ParamError(
+            f"{path}: audio.sources.{spec}: {configs[0]!r} is not a dataset config; map each language "
+            "to a config name, e.g. {nl: nl_nl}"
+        )
+    fixed = {"asterisk": tuple(asterisk.LICENSES), "kokoro": kokoro.LANGUAGES}.get(kind)
+    lacking = [lang for lang in langs if fixed is not None and lang not in fixed]
+    if lacking:
+        raise ParamError(
+            f"{path}: audio.sources.{spec}: {', '.join(lacking)} not in this source (it has "
+            f"{', '.join(fixed)}); take {'it' if len(lacking) == 1 else 'them'} from another source"
+        )
+
+
 def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     """Validate the ``audio`` section; every error names the key and what to do."""
+    reject_unknown_keys(p, "audio", set(AudioParams.__dataclass_fields__), path)
 
     def need(key: str) -> Any:
         if key not in p:
@@ -90,33 +137,18 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
             "to its languages"
         )
     for spec, langs in sources.items():
-        kind = str(spec).split(":", 1)[0]
-        if kind not in ("asterisk", "kokoro", "local", "hf"):
-            raise ParamError(
-                f"{path}: audio.sources: unknown source {spec!r} (asterisk, kokoro, local:<path>, hf:<name>)"
-            )
-        if not isinstance(langs, list | dict) or not langs:
-            raise ParamError(f"{path}: audio.sources.{spec} must list the languages to take from it")
-        _check_languages(f"audio.sources.{spec}", langs, path)
-        fixed = {"asterisk": tuple(asterisk.LICENSES), "kokoro": kokoro.LANGUAGES}.get(kind)
-        lacking = [lang for lang in langs if fixed is not None and lang not in fixed]
-        if lacking:
-            raise ParamError(
-                f"{path}: audio.sources.{spec}: {', '.join(lacking)} not in this source (it has "
-                f"{', '.join(fixed)}); take {'it' if len(lacking) == 1 else 'them'} from another source"
-            )
+        _check_source(spec, langs, path)
     uncovered = [lang for lang in languages if not any(lang in langs for langs in sources.values())]
     if uncovered:
         raise ParamError(f"{path}: audio.languages {', '.join(uncovered)} have no source in audio.sources")
     counts = {}
     optional = ("min_words", "max_words", "tts_threads", "workers")
-    for key in ("calib_per_lang", "eval_per_lang", "seed", *optional):
+    for key, least in COUNTS.items():
         value = p.get(key, AudioParams.__dataclass_fields__[key].default) if key in optional else need(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ParamError(f"{path}: audio.{key} must be a non-negative integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            what = "a non-negative integer" if least == 0 else f"an integer >= {least}"
+            raise ParamError(f"{path}: audio.{key} must be {what}, got {value!r}")
         counts[key] = value
-    if counts["workers"] < 1:
-        raise ParamError(f"{path}: audio.workers must be at least 1, got {counts['workers']}")
     if counts["min_words"] > counts["max_words"]:
         raise ParamError(
             f"{path}: audio.min_words ({counts['min_words']}) is above audio.max_words "
@@ -128,7 +160,12 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     codec = p.get("asterisk_codec", "g722")
     if codec not in asterisk.CODECS:
         raise ParamError(f"{path}: audio.asterisk_codec must be one of {asterisk.CODECS}, got {codec!r}")
-    cache = Path(os.environ.get("WHISPER_INT8_CACHE") or p.get("cache_dir") or "cache")
+    cache_dir = p.get("cache_dir")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        raise ParamError(
+            f"{path}: audio.cache_dir must be a folder path (text, e.g. cache), got {cache_dir!r}"
+        )
+    cache = Path(os.environ.get("WHISPER_INT8_CACHE") or cache_dir or "cache")
     return AudioParams(
         languages=list(languages),
         sources=dict(sources),

@@ -55,9 +55,8 @@ def _run_ffmpeg(input_args: list[str], name: str, stdin: bytes | None = None) ->
     proc = subprocess.run(cmd, input=stdin, capture_output=True)
     if proc.returncode != 0:
         cause = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise AudioInputError(
-            f"{name}: unreadable or corrupt audio ({cause[-1] if cause else 'ffmpeg failed'})"
-        )
+        reason = cause[-1].removeprefix(f"{name}: ") if cause else "ffmpeg failed"
+        raise AudioInputError(f"{name}: unreadable or corrupt audio ({reason})")
     return np.frombuffer(proc.stdout, dtype="<i2").copy()
 
 
@@ -118,3 +117,14 @@ def read_wav(path: Path | str) -> np.ndarray:
             )
         data = w.readframes(w.getnframes())
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def load_audio(path: Path | str) -> np.ndarray:
+    """16 kHz mono float32 for the model: our WAVs are read directly, anything else is decoded by ffmpeg
+    as ``whisper.load_audio`` does (the same resampling, int16 / 32768), except that an undecodable
+    file is an :class:`AudioInputError` naming it and ffmpeg's reason, not ffmpeg's whole banner."""
+    try:
+        return read_wav(path)
+    except (wave.Error, EOFError, ValueError):
+        pass
+    return _run_ffmpeg(["-i", str(path)], str(path)).astype(np.float32) / 32768.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..params import ParamError
+from ..params import ParamError, reject_unknown_keys
 
 SCHEMES = ("dynamic", "static", "weight_only")
 BACKENDS = ("auto", "x86", "fbgemm", "torchao")
@@ -38,14 +38,17 @@ class QuantConfig:
     quantize_embedding: bool = True
     backend: str = "auto"
     cross_kv_dtype: str = "float16"
+    # the parameter file it was read from, named by the conversion's errors; not a setting: not saved
+    where: str = field(default="params.yaml", compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings (``quant_config.json`` ``config``), without :attr:`where`."""
+        return {k: v for k, v in asdict(self).items() if k != "where"}
 
 
-def _bool(key: str, value: Any) -> bool:
+def _bool(where: str, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ParamError(f"quant.{key}={value!r}: expected true or false")
+        raise ParamError(f"{where}: quant.{key}={value!r}: expected true or false")
     return value
 
 
@@ -70,9 +73,7 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
     if raw is not None and not isinstance(raw, dict):
         raise ParamError(f"{where}: quant: expected a mapping of keys (e.g. scheme: dynamic), got {raw!r}")
     raw = dict(raw or {})
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise ParamError(f"{where}: unknown quant key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    reject_unknown_keys(raw, "quant", set(DEFAULTS), where)
     v = {**DEFAULTS, **raw}
     for key, choices in (("scheme", SCHEMES), ("backend", BACKENDS), ("cross_kv_dtype", CROSS_KV_DTYPES)):
         if v[key] not in choices:
@@ -98,16 +99,17 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
         )
     return QuantConfig(
         scheme=v["scheme"],
-        per_channel=_bool("per_channel", v["per_channel"]),
-        per_token=_bool("per_token", v["per_token"]),
+        per_channel=_bool(where, "per_channel", v["per_channel"]),
+        per_token=_bool(where, "per_token", v["per_token"]),
         smoothquant_alpha=None if alpha is None else float(alpha),
         keep_float=keep,
         auto_keep_float_k=k,
         outlier_channels=outliers,
         outlier_layers=outlier_layers,
-        quantize_embedding=_bool("quantize_embedding", v["quantize_embedding"]),
+        quantize_embedding=_bool(where, "quantize_embedding", v["quantize_embedding"]),
         backend=v["backend"],
         cross_kv_dtype=v["cross_kv_dtype"],
+        where=where,
     )
 
 

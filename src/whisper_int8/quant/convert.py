@@ -55,13 +55,16 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _matching(key: str, patterns: list[str], candidates: list[str], examples: str) -> list[str]:
-    """The ``candidates`` matching any of ``patterns`` (``quant.<key>``), in order; each must match one."""
+def _matching(where: str, key: str, patterns: list[str], candidates: list[str], examples: str) -> list[str]:
+    """The ``candidates`` matching any of ``patterns`` (``quant.<key>`` of ``where``), in order; each must
+    match one."""
     hits: list[str] = []
     for pattern in patterns:
         matched = fnmatch.filter(candidates, pattern)
         if not matched:
-            raise ParamError(f"quant.{key}: pattern {pattern!r} matches no layer; names look like {examples}")
+            raise ParamError(
+                f"{where}: quant.{key}: pattern {pattern!r} matches no layer; names look like {examples}"
+            )
         hits += [m for m in matched if m not in hits]
     return hits
 
@@ -70,19 +73,22 @@ def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, floa
     """Layers kept in float: those matching ``keep_float`` plus the ``auto_keep_float_k`` most sensitive."""
     candidates = [*names, EMBEDDING]
     keep = _matching(
-        "keep_float", cfg.keep_float, candidates, f"{names[0]!r}, {names[-1]!r} or {EMBEDDING!r}"
+        cfg.where, "keep_float", cfg.keep_float, candidates, f"{names[0]!r}, {names[-1]!r} or {EMBEDDING!r}"
     )
     if cfg.auto_keep_float_k:
         if not sensitivity:
             raise ParamError(
-                "quant.auto_keep_float_k > 0 needs the calibration sensitivity.json; run calibrate"
+                f"{cfg.where}: quant.auto_keep_float_k > 0 needs the calibration sensitivity.json; "
+                "run calibrate"
             )
         # the embedding stays float without quantize_embedding: a slot spent on it would keep nothing
         eligible = candidates if cfg.quantize_embedding else names
         ranked = sorted((n for n in sensitivity if n in eligible), key=lambda n: -sensitivity[n])
         if cfg.auto_keep_float_k > len(ranked):
+            most = len(ranked)
             raise ParamError(
-                f"quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {len(ranked)} layers exist"
+                f"{cfg.where}: quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {most} layers can be "
+                f"kept in float (ranked in sensitivity.json); choose an integer from 0 to {most}"
             )
         keep += [n for n in ranked[: cfg.auto_keep_float_k] if n not in keep]
     return keep
@@ -115,21 +121,28 @@ def check_calibration(
 
 
 def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
-    """Layers matching ``quant.outlier_layers`` (none if ``outlier_channels`` is 0); a pattern must match."""
-    if not cfg.outlier_channels:
-        return set()
-    return set(_matching("outlier_layers", cfg.outlier_layers, names, f"{names[0]!r} or {names[-1]!r}"))
+    """Layers matching ``quant.outlier_layers`` (none if ``outlier_channels`` is 0).
+
+    Every pattern must match a layer even while ``outlier_channels`` is 0, as ``keep_float``'s must: a
+    mistyped pattern is reported where it is written, not on the run that turns the outliers on.
+    """
+    examples = f"{names[0]!r} or {names[-1]!r}"
+    matched = _matching(cfg.where, "outlier_layers", cfg.outlier_layers, names, examples)
+    return set(matched) if cfg.outlier_channels else set()
 
 
-def _outlier_index(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor]) -> Tensor:
+def _outlier_index(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor], where: str) -> Tensor:
     """The ``k`` input channels of ``name`` with the largest calibrated absmax."""
     if name not in in_absmax:
         raise ParamError(
-            f"quant.outlier_channels needs the calibrated input maxima of {name}; run calibrate "
+            f"{where}: quant.outlier_channels needs the calibrated input maxima of {name}; run calibrate "
             "(models/calibration) on this fused model"
         )
     if k >= lin.in_features:
-        raise ParamError(f"quant.outlier_channels={k}: {name} has only {lin.in_features} input channels")
+        raise ParamError(
+            f"{where}: quant.outlier_channels={k}: {name} has only {lin.in_features} input channels; "
+            f"choose an integer from 0 to {lin.in_features - 1}"
+        )
     return torch.topk(in_absmax[name].float(), k).indices.sort().values
 
 
@@ -184,7 +197,8 @@ def quantize_model(
     if needs and not stats:
         verb = "needs" if len(needs) == 1 else "need"
         raise ParamError(
-            f"{' and '.join(needs)} {verb} the calibration statistics (models/calibration): run calibrate"
+            f"{cfg.where}: {' and '.join(needs)} {verb} the calibration statistics (models/calibration): "
+            "run calibrate"
         )
     split = outlier_layers(names, cfg)
     in_absmax = {n: stats[f"{n}/in_absmax"] for n in names if stats and f"{n}/in_absmax" in stats}
@@ -211,7 +225,7 @@ def quantize_model(
             }
             qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
         elif scheme == "dynamic" and name in split:
-            index = _outlier_index(name, lin, cfg.outlier_channels, in_absmax)
+            index = _outlier_index(name, lin, cfg.outlier_channels, in_absmax, cfg.where)
             qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index, cfg.per_token)
             scheme = OUTLIERS
         elif scheme == "dynamic":
@@ -222,8 +236,9 @@ def quantize_model(
         layers[name] = scheme
     if cfg.outlier_channels and OUTLIERS not in layers.values():
         raise ParamError(
-            f"quant.outlier_channels={cfg.outlier_channels}: no layer matching quant.outlier_layers="
-            f"{cfg.outlier_layers} runs dynamic INT8 (kept in float, static, or no pattern); set it to 0"
+            f"{cfg.where}: quant.outlier_channels={cfg.outlier_channels}: no layer matching "
+            f"quant.outlier_layers={cfg.outlier_layers} runs dynamic INT8 (kept in float, static, or no "
+            "pattern); set it to 0"
         )
     emb = model.decoder.token_embedding
     if cfg.quantize_embedding and EMBEDDING not in keep:

@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="whisper-int8",
-        help="registered model name or models:/ URI (default: whisper-int8)",
+        help="registered model name, or a models:/ or runs:/<run id>/model URI (default: whisper-int8)",
     )
     p.add_argument("--alias", default="champion", help="alias to pull (default: champion)")
-    p.add_argument("--dest", required=True, help="destination directory")
+    p.add_argument(
+        "--dest", required=True, help="destination directory: new, or an earlier pull (replaced whole)"
+    )
     p.set_defaults(func=cmd_pull)
     t = sub.add_parser("transcribe", help="transcribe audio files with a registered or local model")
     t.add_argument(

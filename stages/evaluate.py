@@ -16,7 +16,7 @@ from whisper_int8.audio import AudioInputError, first_per_language, read_manifes
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
-from whisper_int8.evaluate import decode_options, evaluate_in_subprocess, model_dirs
+from whisper_int8.evaluate import clips_digest, decode_options, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import read_json
 from whisper_int8.model_sources import ModelSourceError
@@ -63,10 +63,11 @@ def options(params: dict, where: str) -> dict:
     }
 
 
-def settings(opt: dict) -> dict:
+def settings(opt: dict, clips: list) -> dict:
     """What an evaluation depends on besides the models: stored with a baseline, checked on reuse."""
     return {
         "split": str(opt["split"]),
+        "clips": clips_digest(clips),
         **opt["decode"],
         "device": opt["device"],
         "warmup": opt["warmup"],
@@ -127,7 +128,7 @@ def main(args) -> None:
                 f"{opt['split']}: clip {clip.id}: its transcript {clip.text!r} is empty once normalized for "
                 "scoring (bracketed or punctuation-only text); fix or drop it in the source"
             )
-    config = settings(opt)
+    config = settings(opt, clips)
     if args.baseline_only:
         if args.baseline is None:
             raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")

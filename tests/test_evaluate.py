@@ -272,3 +272,31 @@ def test_evaluate_models_must_name_both_model_directories(models):
     with pytest.raises(ParamError, match=r"^p.yaml: evaluate.models must map fp32 and int8 to model dir"):
         model_dirs({"models": models}, "p.yaml")
     assert model_dirs({"models": {"fp32": "a", "int8": "b"}}) == {"fp32": Path("a"), "int8": Path("b")}
+
+
+def test_a_baseline_made_on_other_clips_is_refused(tmp_path):
+    """After fetch_audio rewrites the split, the stored FP32 evaluation covers other clips: comparing
+    INT8 on the new clips with it would report meaningless deltas."""
+    from dataclasses import replace
+
+    from whisper_int8.audio import Clip
+    from whisper_int8.evaluate import clips_digest
+
+    clip = Clip("en-0", "en", "a.wav", "hello", 1.0, "0" * 64, "t", "-")
+    second = replace(clip, id="en-1")
+    digests = {
+        clips_digest(c)
+        for c in (
+            [clip],
+            [replace(clip, text="hello there")],
+            [replace(clip, sha256="1" * 64)],
+            [clip, second],
+        )
+    }
+    assert len(digests) == 4 and clips_digest([clip, second]) == clips_digest([second, clip])
+    path = tmp_path / "base.json"
+    stored = {"config": {"clips": clips_digest([clip])}, "model_dir": "m", "metrics": {}, "clips": []}
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ParamError, match=r"base.json: FP32 evaluation made with other settings \(clips\)"):
+        _stage_module().read_baseline(path, {"clips": clips_digest([clip, second])}, Path("m"))
+    assert _stage_module().read_baseline(path, {"clips": clips_digest([clip])}, Path("m"))["metrics"] == {}

@@ -15,6 +15,8 @@ reported on its own as ``first_call_s``.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import json
 import logging
 import multiprocessing
 import statistics
@@ -29,7 +31,7 @@ import whisper
 from tqdm import tqdm
 
 from . import memory
-from .audio import first_per_language, read_manifest
+from .audio import Clip, first_per_language, read_manifest
 from .eval_report import BASELINE, CANDIDATE
 from .fsutil import dir_bytes
 from .model_dir import load_model_dir
@@ -71,6 +73,13 @@ def model_dirs(section: dict[str, Any], where: str = "params.yaml") -> dict[str,
     ):
         raise ParamError(f"{where}: evaluate.models must map {BASELINE} and {CANDIDATE} to model directories")
     return {k: Path(v) for k, v in variants.items()}
+
+
+def clips_digest(clips: list[Clip]) -> str:
+    """Which clips an evaluation covers (id, language, audio bytes, reference text): a stored FP32
+    evaluation is reused only for the same clips, not for a split that fetch_audio has since rewritten."""
+    rows = sorted((c.id, c.language, c.sha256, c.text) for c in clips)
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def error_metric(language: str) -> str:

@@ -124,3 +124,23 @@ def test_a_language_too_small_for_its_limit_gets_a_note_that_decides_nothing():
         "cer/zh: one error is 0.667 pp of its 150 characters"
         in check_thresholds(rep, gate_config({})).notes[1]
     )
+
+
+def test_an_evaluation_capped_per_language_is_never_promoted():
+    """`evaluate.max_clips_per_language` makes a quick look; its model must not become the champion,
+    and the note says which key gives the split back."""
+    rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 20.0})
+    rep["fp32"]["ref_length/en"] = 12
+    assert check_thresholds(rep, gate_config({})).passed
+    assert (
+        check_thresholds(rep, gate_config({}))
+        .notes[0]
+        .endswith("evaluate more clips (audio.eval_per_lang) for a limit the split can resolve")
+    )
+    rep["config"]["max_clips_per_language"] = 1
+    d = check_thresholds(rep, gate_config({}))
+    assert not d.passed and d.reasons == [
+        "evaluated on the first 1 clip(s) of each language only (evaluate.max_clips_per_language); set it "
+        "to null to evaluate the whole split and promote"
+    ]
+    assert "evaluate more clips (evaluate.max_clips_per_language: null)" in d.notes[0]

@@ -168,6 +168,12 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         reasons.append(f"speedup {comp['speedup']:.2f}x below min_speedup {cfg.min_speedup}x")
     if comp["size_ratio"] > cfg.max_size_ratio:
         reasons.append(f"size ratio {comp['size_ratio']:.3f} above max_size_ratio {cfg.max_size_ratio}")
+    capped = report.get("config", {}).get("max_clips_per_language")
+    if capped is not None:  # a quick look must not become what the serving fleet pulls
+        reasons.append(
+            f"evaluated on the first {capped} clip(s) of each language only "
+            "(evaluate.max_clips_per_language); set it to null to evaluate the whole split and promote"
+        )
     return Decision(not reasons, reasons, gate_metrics(report), coarse_languages(report, cfg))
 
 
@@ -179,6 +185,8 @@ def coarse_languages(report: dict[str, Any], cfg: GateConfig) -> list[str]:
     (docs/performance.md). More evaluation clips make the limit resolvable.
     """
     base, cand = report[BASELINE], report[CANDIDATE]
+    capped = report.get("config", {}).get("max_clips_per_language") is not None
+    more = "evaluate.max_clips_per_language: null" if capped else "audio.eval_per_lang"
     notes = []
     for lang in sorted(set(languages(base)) & set(languages(cand))):
         key, length, limit = error_key(cand, lang), base.get(f"ref_length/{lang}"), cfg.limit(lang)
@@ -186,7 +194,7 @@ def coarse_languages(report: dict[str, Any], cfg: GateConfig) -> list[str]:
             notes.append(
                 f"{key}: one error is {100 / length:.3f} pp of its {length:.0f} {_unit(key)}, above the "
                 f"{limit} pp limit: one error more than FP32 fails the gate; evaluate more clips "
-                "(audio.eval_per_lang) for a limit the split can resolve"
+                f"({more}) for a limit the split can resolve"
             )
     return notes
 

@@ -78,3 +78,45 @@ def test_digit_runs_any_model_may_write_never_crash_scoring(text, lang):
     """A hallucinated ordinal or digit run is scored (digits kept) instead of failing the evaluation."""
     assert score([text], [text], lang)["error_rate"] == 0.0
     assert normalize(text, lang)
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis"),
+    [("five percent", "5%"),
+     ("five dollars", "$5"),
+     ("the nineteen nineties", "the 1990s"),
+     ("three point five percent", "3.5%"),
+     ("one point five million", "1.5 million"),
+     ("one thousand people", "1,000 people")],
+)  # fmt: skip
+def test_english_spoken_and_written_numbers_score_zero(reference, hypothesis):
+    """Whisper's English normalizer maps both forms to one; digits spelled out beforehand would not match."""
+    assert normalize(reference, "en") == normalize(hypothesis, "en")
+    assert score([reference], [hypothesis], "en")["errors"] == 0
+
+
+def test_a_decimal_is_not_the_number_without_its_point():
+    assert score(["3.5 percent"], ["35 percent"], "en")["errors"] == 1
+    assert normalize("2,5", "es") == "dos coma cinco" and normalize("25", "es") == "veinticinco"
+
+
+@pytest.mark.parametrize(
+    ("lang", "reference", "hypothesis"),
+    [("es", "dos coma cinco por ciento", "2,5 por ciento"),  # num2words says "punto"; Spanish reads "coma"
+     ("fr", "deux virgule cinq", "2,5"),
+     ("de", "zwei Komma fünf Prozent", "2,5 Prozent"),
+     ("it", "tre virgola zero cinque", "3,05"),
+     ("pt", "dois vírgula cinco", "2,5"),
+     ("ru", "две целых пять десятых", "2,5"),
+     ("es", "mil doscientos treinta y cuatro coma cinco", "1.234,5"),
+     ("es", "dos mil quinientos", "2.500"),  # a group of exactly 3 digits: thousands
+     ("de", "zweitausendfünfhundert", "2.500"),
+     ("fr", "mille personnes", "1 000 personnes"),
+     ("fr", "dix mille", "10\u202f000"),
+     ("de", "um neun dreißig", "um 9.30"),  # "." is no decimal point in German
+     ("zh", "二点五", "2.5"),
+     ("ja", "二点五", "2.5")],
+)  # fmt: skip
+def test_decimals_and_thousands_read_per_language(lang, reference, hypothesis):
+    assert normalize(reference, lang) == normalize(hypothesis, lang)
+    assert score([reference], [hypothesis], lang)["errors"] == 0

@@ -3,9 +3,11 @@
 Whisper writes digits ("7", "9點") and Traditional Chinese where the references spell numbers out and
 use Simplified characters; Spanish references carry no accents. :func:`normalize` removes those
 differences by applying one function to both sides: digits become words (``num2words``, ``cn2an`` for
-Chinese), Traditional folds to Simplified (``zhconv``), diacritics on Latin, Greek and Cyrillic letters
-are dropped, then Whisper's own normalizer runs (English or basic). :func:`score` adds up the error
-counts over all clips so a language's rate weighs every word equally, not every clip.
+Chinese; decimals read with the language's separator, "2,5" as "dos coma cinco"; English digits are
+left to Whisper's English normalizer, which maps "5%" and "five percent" to one form), Traditional
+folds to Simplified (``zhconv``), diacritics on Latin, Greek and Cyrillic letters are dropped, then
+Whisper's own normalizer runs (English or basic). :func:`score` adds up the error counts over all clips
+so a language's rate weighs every word equally, not every clip.
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 # Written without spaces between words: scored by character error rate.
 CER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "km", "bo", "yue"})
-_DIGITS = re.compile(r"\d+(?:[.,]\d{3})*")
-_DIGITS_EN = re.compile(_DIGITS.pattern + "(?:st|nd|rd|th)?")  # English ordinals too: 1st, 22nd
+# A digit run with its separators: "7", "2,5", "1.234,5", "1,000", "1.5.2020"; a space, no-break or
+# narrow no-break space joins only a group of exactly 3 digits ("1 000", "10 000,5").
+_NUMBER = re.compile(r"\d+(?:(?:[.,]|[ \u00a0\u202f](?=\d{3}(?!\d)))\d+)*")
+_SEPARATORS = re.compile(r"([.,\u00a0\u202f ])")
+# Languages that write a decimal comma ("2,5") and group thousands with "." or a space; the others
+# write a decimal point. A last group of exactly 3 digits is thousands either way ("2,500", "2.500").
+DECIMAL_COMMA_LANGUAGES = frozenset({
+    "es", "fr", "de", "it", "pt", "ru", "nl", "pl", "uk", "be", "bg", "cs", "sk", "sl", "hr", "sr", "bs",
+    "ro", "hu", "da", "sv", "no", "nn", "fi", "et", "lv", "lt", "el", "tr", "ca", "gl", "eu", "is", "az",
+    "kk", "id", "vi",
+})  # fmt: skip
 
 
 def uses_cer(lang: str) -> bool:
@@ -37,26 +48,63 @@ MAX_NUMBER_DIGITS = 15  # longer digit runs stay digits: a hallucination, not a 
 # num2words languages that fail on ordinary numbers: Amharic raises TypeError from 1000 up and never
 # returns on 99999999, so its digits are kept as written.
 NUM2WORDS_BROKEN = {"am"}
+# num2words languages whose decimals come out wrong (digits dropped: "2.05" gives "2.4" in Turkish,
+# "2.5" in Bengali, "two and a half" in Persian; Arabic and Vietnamese truncate): their integer and
+# fraction parts are spelled as two numbers, as for any other run of groups.
+NUM2WORDS_BROKEN_DECIMALS = {"ar", "bn", "fa", "tr", "vi"}
+# num2words reads Spanish and Catalan decimals with "punto", "punt"; "2,5" is read "dos coma cinco".
+_DECIMAL_WORD_FIX = {"es": ("punto", "coma"), "ca": ("punt", "coma")}
 
 
-def _number_words(match: re.Match, lang: str) -> str:
-    token = match.group(0)
-    ordinal = lang == "en" and token[-2:] in ("st", "nd", "rd", "th")
-    digits = re.sub(r"[.,]", "", token[:-2] if ordinal else token)
-    if len(digits) > MAX_NUMBER_DIGITS or lang in NUM2WORDS_BROKEN:
-        return f" {token} "
+def _spell(number: str, lang: str) -> str | None:
+    """``number`` ("25", or a decimal "2.5") in words, or None where it is kept as digits."""
+    if len(number.replace(".", "")) > MAX_NUMBER_DIGITS or lang in NUM2WORDS_BROKEN:
+        return None
+    decimal = "." in number
     try:
         if lang in ("zh", "yue"):
             import cn2an
 
-            return cn2an.an2cn(digits)
+            return cn2an.an2cn(number)
         from num2words import num2words
 
-        return f" {num2words(int(digits), lang=lang, to='ordinal' if ordinal else 'cardinal')} "
+        return num2words(float(number) if decimal else int(number), lang=lang)
     # No such language in num2words, or a number too long for it or cn2an: keep the digits, on both
     # sides alike. Any error: a language module's bug must not fail an evaluation's scoring.
     except Exception:
+        return None
+
+
+def _number_words(match: re.Match, lang: str) -> str:
+    """A digit run (:data:`_NUMBER`) in words: thousands groups joined, a decimal read as one number.
+
+    Groups after the first that all have exactly 3 digits are thousands ("1.000", "2,500", "1 000");
+    a last group of any other length after the language's decimal separator is the decimal part
+    ("2,5" and "1.234,5" in :data:`DECIMAL_COMMA_LANGUAGES`, "3.5" in the others). Anything else
+    ("1.5.2020", "9.30" in German) is spelled group by group, separators kept, as is a decimal
+    num2words cannot read in ``lang``.
+    """
+    token = match.group(0)
+    parts = _SEPARATORS.split(token)  # digits, separator, digits, ...
+    groups, seps = parts[::2], parts[1::2]
+    pad = "" if lang in ("zh", "yue") else " "
+    point = "," if lang in DECIMAL_COMMA_LANGUAGES else "."
+    number = None
+    if all(len(g) == 3 for g in groups[1:-1]):
+        if len(groups) == 1 or len(groups[-1]) == 3:
+            number = "".join(groups)
+        elif seps[-1] == point and point not in seps[:-1] and lang not in NUM2WORDS_BROKEN_DECIMALS:
+            number = "".join(groups[:-1]) + "." + groups[-1]
+    words = _spell(number, lang) if number else None
+    if words is not None:
+        if "." in number and lang in _DECIMAL_WORD_FIX:
+            wrong, right = _DECIMAL_WORD_FIX[lang]
+            words = re.sub(rf"\b{wrong}\b", right, words)
+        return pad + words + pad
+    if number and "." not in number:  # an integer too long, or a language num2words lacks: as written
         return f" {token} "
+    spelled = [pad + (_spell(g, lang) or g) + pad for g in groups]
+    return "".join(w + s for w, s in zip(spelled, [*seps, ""], strict=True))
 
 
 def _strip_diacritics(text: str) -> str:
@@ -75,7 +123,11 @@ def normalize(text: str, lang: str) -> str:
         import zhconv
 
         text = zhconv.convert(text, "zh-cn")
-    text = (_DIGITS_EN if lang == "en" else _DIGITS).sub(lambda m: _number_words(m, lang), text)
+    # Whisper's English normalizer maps spoken and written numbers to one form itself ("five percent"
+    # and "5%", "the nineteen nineties" and "the 1990s", "three point five" and "3.5"): spelling
+    # English digits out first would only part them again.
+    if lang != "en":
+        text = _NUMBER.sub(lambda m: _number_words(m, lang), text)
     text = _strip_diacritics(text)
     # Whisper's English normalizer keeps "." for decimals, so a trailing "..." would survive as a word.
     words = [w for w in _normalizer(lang)(text).split() if re.search(r"\w", w)]

@@ -15,7 +15,7 @@ from whisper_int8.audio import AudioInputError, read_manifest
 from whisper_int8.audio import build as audio_build
 from whisper_int8.audio.asterisk import ensure_package
 from whisper_int8.audio.build import build, parse_params
-from whisper_int8.fsutil import sha256_file
+from whisper_int8.fsutil import OutputConflictError, sha256_file
 from whisper_int8.params import ParamError, load_params, section
 
 
@@ -136,7 +136,7 @@ def test_skip_logs_and_counts_every_bad_input(tmp_path):
     assert any("duplicate id 'dup'" in s for s in skipped)
     assert any("language 'xx' is not one Whisper knows" in s for s in skipped)
     assert any(f"{manifest}:4: empty or missing transcript" in s for s in skipped)
-    assert any("local:/no/such/recordings: not a folder" in s for s in skipped)
+    assert any("local:/no/such/recordings: not found" in s for s in skipped)
     assert summary["skipped"]["count"] == len(skipped) == len(causes) + 4
     kept = {Path(c.source).name: c for c in read_manifest(tmp_path / "out" / "eval")}
     assert set(kept) == {"clip00.wav", "stereo.wav", "long.wav", "x.wav"}
@@ -181,6 +181,63 @@ def test_manifest_problems_fail_with_the_cause(tmp_path, rows, message):
     p = params(f"local:{manifest}", ("en",), calib=1, evals=5, on_error="fail")
     with pytest.raises(AudioInputError, match=message):
         run_build(tmp_path, p)
+
+
+def outputs(root: Path) -> dict[Path, bytes]:
+    return {f: f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+def test_a_refused_output_replaces_none_of_the_outputs(tmp_path):
+    """Regression: eval was replaced before the refused calibration folder was checked; a folder at
+    --summary failed with a traceback after both splits were replaced."""
+    good = make_corpus(tmp_path / "good", ("en",), 4)
+    run_build(tmp_path, params(f"local:{good}", ("en",), calib=1, evals=2))
+    (tmp_path / "out" / "calibration" / "mine.txt").write_text("not an output")
+    before = outputs(tmp_path / "out")
+    changed = params(f"local:{good}", ("en",), calib=1, evals=3)  # another eval split
+    with pytest.raises(OutputConflictError, match=r"calibration: holds mine\.txt"):
+        run_build(tmp_path, changed)
+    assert outputs(tmp_path / "out") == before
+    (tmp_path / "out" / "calibration" / "mine.txt").unlink()
+    before = outputs(tmp_path / "out")
+    o = tmp_path / "out"
+    with pytest.raises(OutputConflictError, match=r"eval: is a folder, not a file") as err:
+        build(parse_params(changed), o / "calibration", o / "summary.json", o / "eval")
+    assert "\n" not in str(err.value)
+    assert outputs(tmp_path / "out") == before
+
+
+def test_a_relative_cache_dir_is_the_repositorys(tmp_path, monkeypatch):
+    """Regression: under dvc exp run --temp (stages run in a copy) the cache was a new empty folder."""
+    monkeypatch.delenv("WHISPER_INT8_CACHE", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    monkeypatch.chdir(tmp_path)
+    p = params("local:x", ("en",))
+    assert parse_params(p).cache_dir == (tmp_path / "repo" / "cache").resolve()
+    assert parse_params({**p, "cache_dir": "c/d"}).cache_dir == (tmp_path / "repo" / "c" / "d").resolve()
+    assert parse_params({**p, "cache_dir": str(tmp_path / "abs")}).cache_dir == tmp_path / "abs"
+    monkeypatch.setenv("WHISPER_INT8_CACHE", "env")
+    assert parse_params({**p, "cache_dir": "c"}).cache_dir == tmp_path / "env"
+
+
+def test_a_file_in_an_unlisted_language_is_counted_once_and_stops_a_failing_build(tmp_path):
+    corpus = make_corpus(tmp_path / "rec", ("en", "de", "am"), 3)
+    p = params(f"local:{corpus}", calib=1, evals=2)  # lists en and de
+    summary = run_build(tmp_path, p)
+    causes = [s["cause"] for s in summary["skipped"]["items"]]
+    assert len(causes) == 3 and all("language am (from its folder) is not listed" in c for c in causes)
+    assert summary["skipped"]["by_language"] == {"am": 3}
+    with pytest.raises(AudioInputError, match=r"clip00\.wav: language am \(from its folder\) is not"):
+        run_build(tmp_path, {**p, "on_error": "fail"})
+
+
+def test_a_missing_local_source_is_not_found_and_counted_once(tmp_path):
+    corpus = make_corpus(tmp_path / "rec", ("en", "de"), 3)
+    p = params(f"local:{corpus}", calib=1, evals=2)
+    p["sources"][f"local:{tmp_path / 'gone'}"] = ["en", "de"]
+    summary = run_build(tmp_path, p)
+    (cause,) = [s["cause"] for s in summary["skipped"]["items"]]
+    assert cause.startswith(f"local:{tmp_path / 'gone'}: not found")
 
 
 def write_manifest(root: Path, rows: list[tuple[str, str, str]]) -> Path:

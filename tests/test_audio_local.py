@@ -105,3 +105,51 @@ def test_a_manifest_source_records_paths_as_configured_so_every_clone_writes_the
     monkeypatch.chdir(tmp_path)
     (item,) = local.items("rec/manifest.csv", ["en"], {"en"}, ErrorPolicy())
     assert item.source == "local:rec/a.wav"
+
+
+def test_a_transcript_that_is_not_utf8_is_a_bad_item(tmp_path):
+    """Regression: a Latin-1 transcript was read with errors="replace" and garbled into the reference."""
+    write_tone(tmp_path / "en" / "a.wav")
+    (tmp_path / "en" / "a.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    write_tone(tmp_path / "en" / "b.wav")
+    (tmp_path / "en" / "b.txt").write_text("caf\xe9 au lait", encoding="utf-8")
+    policy = ErrorPolicy()
+    items = local.from_folder(tmp_path, ["en"], {"en"}, policy)
+    assert [it.text for it in items] == ["caf\xe9 au lait"]
+    assert policy.skipped == [
+        {
+            "language": "en",
+            "cause": f"{tmp_path / 'en' / 'a.txt'}: transcript is not UTF-8 text; save it as UTF-8",
+        }
+    ]
+    with pytest.raises(local.AudioInputError, match=r"a\.txt: transcript is not UTF-8 text"):
+        local.from_folder(tmp_path, ["en"], {"en"}, ErrorPolicy("fail"))
+
+
+def test_a_file_in_a_language_the_source_does_not_list_is_a_bad_item(tmp_path):
+    """Regression: a folder am/ under a source listing en lost its files without a word."""
+    write_tone(tmp_path / "en" / "a.wav")
+    (tmp_path / "en" / "a.txt").write_text("an english clip")
+    write_tone(tmp_path / "am" / "b.wav")
+    (tmp_path / "am" / "b.txt").write_text("an amharic clip")
+    policy = ErrorPolicy()
+    assert [it.language for it in local.items(str(tmp_path), ["en"], {"en", "am"}, policy)] == ["en"]
+    cause = (
+        f"{tmp_path / 'am' / 'b.wav'}: language am (from its folder) is not listed for "
+        f"local:{tmp_path}; list it in audio.sources or move the file"
+    )
+    assert policy.skipped == [{"language": "am", "cause": cause}]
+    with pytest.raises(local.AudioInputError, match=r"language am \(from its folder\) is not listed"):
+        local.items(str(tmp_path), ["en"], {"en", "am"}, ErrorPolicy("fail"))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("audio,language,text\nen/a.wav,en,one\nam/b.wav,am,two\n")
+    policy = ErrorPolicy()
+    assert [it.language for it in local.items(str(manifest), ["en"], {"en", "am"}, policy)] == ["en"]
+    assert policy.skipped[0]["cause"].startswith(
+        f"{manifest}:2: language am (from the manifest) is not listed"
+    )
+
+
+def test_a_missing_local_path_is_not_found(tmp_path):
+    with pytest.raises(local.AudioInputError, match=r"local:nowhere/x\.csv: not found"):
+        local.items("nowhere/x.csv", ["en"], {"en"}, ErrorPolicy())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from whisper_int8.fsutil import OutputConflictError, atomic_dir
+from whisper_int8.fsutil import OutputConflictError, atomic_dir, atomic_dirs
 
 from .conftest import venv_env
 
@@ -40,6 +40,24 @@ def test_a_folder_of_other_files_is_refused_and_kept(tmp_path):
         _write(tmp_path / "notes.txt", a="1")
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "notes.txt"]  # no temp folder left
+
+
+def test_outputs_written_together_are_all_replaced_or_none(tmp_path):
+    """Regression: nested atomic_dir blocks replaced the inner output before the outer one was refused."""
+    _write(tmp_path / "a", x="old")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "mine.txt").write_text("not an output")
+    refused = pytest.raises(OutputConflictError, match="b: holds mine.txt")
+    with refused, atomic_dirs(tmp_path / "b", tmp_path / "a") as (b, a):
+        (a / "x").write_text("new")
+        (b / "y").write_text("new")
+    assert (tmp_path / "a" / "x").read_text() == "old"
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    with atomic_dirs(tmp_path / "a", tmp_path / "c") as (a, c):
+        (a / "x").write_text("new")
+        (c / "z").write_text("new")
+    assert (tmp_path / "a" / "x").read_text() == (tmp_path / "c" / "z").read_text() == "new"
 
 
 STAGE = """

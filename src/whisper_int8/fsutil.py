@@ -81,11 +81,26 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     holding anything the new output does not (a mistyped ``--out models``): only an earlier output of
     the same kind is replaced, never a folder of other files.
     """
-    dest = Path(dest)
-    with staging_dir(dest) as tmp:
+    with atomic_dirs(dest) as (tmp,):
         yield tmp
-        _check_replaceable(dest, tmp)
-        replace_dir(tmp, dest)
+
+
+@contextlib.contextmanager
+def atomic_dirs(*dests: Path | str) -> Iterator[tuple[Path, ...]]:
+    """:func:`atomic_dir` for several outputs written together: all or nothing.
+
+    Yields one temp directory per ``dest``; on success every ``dest`` is checked first (as in
+    :func:`atomic_dir`), and only when each may be replaced are they all replaced. A refused one leaves
+    every ``dest`` as it was.
+    """
+    paths = [Path(d) for d in dests]
+    with contextlib.ExitStack() as stack:
+        tmps = tuple(stack.enter_context(staging_dir(d)) for d in paths)
+        yield tmps
+        for dest, tmp in zip(paths, tmps, strict=True):
+            _check_replaceable(dest, tmp)
+        for dest, tmp in zip(paths, tmps, strict=True):
+            replace_dir(tmp, dest)
 
 
 def _check_replaceable(dest: Path, new: Path) -> None:
@@ -103,6 +118,16 @@ def _check_replaceable(dest: Path, new: Path) -> None:
             f"{dest}: holds {shown}, which this output does not; not replaced, nothing deleted. "
             "Give a new or empty folder, or one this stage wrote before"
         )
+
+
+def check_file_output(path: Path | str) -> None:
+    """Raise unless ``path`` can take a file written by :func:`atomic_write_bytes` (absent or a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputConflictError(f"{path}: is a folder, not a file; not replaced. Give a file path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputConflictError(f"{parent}: exists and is not a directory; cannot write {path}")
 
 
 def replace_dir(src: Path, dest: Path) -> None:

@@ -26,8 +26,9 @@ import numpy as np
 from tqdm import tqdm
 from whisper.tokenizer import LANGUAGES
 
-from ..fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
+from ..fsutil import atomic_dirs, atomic_write_bytes, atomic_write_json, check_file_output, sha256_file
 from ..params import ParamError, reject_unknown_keys
+from ..tracking_uri import repo_root
 from . import asterisk, hf, kokoro, local
 from .errors import AudioInputError, ErrorPolicy
 from .manifest import ID_RE, MANIFEST, Clip, Item
@@ -165,7 +166,10 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
         raise ParamError(
             f"{path}: audio.cache_dir must be a folder path (text, e.g. cache), got {cache_dir!r}"
         )
-    cache = Path(os.environ.get("WHISPER_INT8_CACHE") or cache_dir or "cache")
+    env = os.environ.get("WHISPER_INT8_CACHE")
+    # A relative audio.cache_dir is the repository's (DVC_ROOT under `dvc exp run --temp/--queue`,
+    # which runs stages in a copy), so experiments share one cache instead of refetching everything.
+    cache = Path(env) if env else repo_root() / Path(cache_dir or "cache").expanduser()
     return AudioParams(
         languages=list(languages),
         sources=dict(sources),
@@ -191,29 +195,32 @@ def _source_items(spec: str, language: str, params: AudioParams) -> list[Item]:
 
 
 def collect(params: AudioParams, policy: ErrorPolicy) -> dict[str, list[Item]]:
-    """Candidate items per language from every configured source; unusable sources go through ``policy``."""
+    """Candidate items per language from every configured source; unusable sources go through ``policy``.
+
+    A local source is read once for all its languages, so a missing one or a bad item counts once.
+    """
     pooled: dict[str, list[Item]] = {lang: [] for lang in params.languages}
-    local_cache: dict[str, list[Item]] = {}
     for spec, langs in params.sources.items():
-        for language in [lang for lang in langs if lang in pooled]:
+        wanted = [lang for lang in langs if lang in pooled]
+        if not wanted:
+            continue
+        if spec.startswith("local:"):
             try:
-                if spec.startswith("local:"):  # one read of the manifest serves all its languages
-                    if spec not in local_cache:
-                        local_cache[spec] = local.items(spec[6:], list(langs), KNOWN_LANGUAGES, policy)
-                    found = [it for it in local_cache[spec] if it.language == language]
-                else:
-                    found = _source_items(spec, language, params)
+                found = local.items(spec[6:], list(langs), KNOWN_LANGUAGES, policy)
+            except AudioInputError as e:
+                policy.handle(e, wanted[0] if len(wanted) == 1 else None)
+                continue
+            for it in found:  # a listed language that audio.languages leaves out is not used
+                if it.language in pooled:
+                    pooled[it.language].append(it)
+            continue
+        for language in wanted:
+            try:
+                found = _source_items(spec, language, params)
             except AudioInputError as e:
                 policy.handle(e, language)
                 continue
             pooled[language].extend(found)
-        if spec.startswith("local:") and spec in local_cache:
-            for it in local_cache[spec]:
-                if it.language not in KNOWN_LANGUAGES:
-                    policy.handle(
-                        AudioInputError(f"{it.source}: language {it.language!r} is not one Whisper knows"),
-                        it.language,
-                    )
     return pooled
 
 
@@ -392,6 +399,7 @@ def _check_disjoint(chosen: dict[str, list]) -> None:
 
 def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path) -> dict:
     """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
+    check_file_output(summary_path)  # before any work, and so before either split is replaced
     policy = ErrorPolicy(params.on_error)
     pooled = collect(params, policy)
     total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)
@@ -399,10 +407,11 @@ def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Pa
         chosen = select(pooled, params, policy, bar)
     _check_disjoint(chosen)
     written: dict[str, list[Clip]] = {}
-    with atomic_dir(calib_dir) as ctmp, atomic_dir(eval_dir) as etmp:
+    with atomic_dirs(calib_dir, eval_dir) as (ctmp, etmp):  # both splits replaced, or neither
         written["calibration"] = _write_split(ctmp, chosen["calibration"])
         written["eval"] = _write_split(etmp, chosen["eval"])
-    summary = _summary(params, written, policy)
+        summary = _summary(params, written, policy)
+        check_file_output(summary_path)
     atomic_write_json(summary_path, summary)
     return summary
 

@@ -58,7 +58,18 @@ def _item(
     )
 
 
-def from_manifest(path: Path, policy: ErrorPolicy) -> list[Item]:
+def _unlisted(file: Path | str, language: str, whence: str, spec: Path) -> AudioInputError:
+    return AudioInputError(
+        f"{file}: language {language} ({whence}) is not listed for local:{spec}; "
+        "list it in audio.sources or move the file"
+    )
+
+
+def from_manifest(
+    path: Path, policy: ErrorPolicy, languages: list[str] | None = None, known: set[str] | None = None
+) -> list[Item]:
+    """Rows of a manifest; with ``languages`` / ``known``, a row in a language the source does not list
+    / Whisper does not know is a bad item."""
     out = []
     for n, row in enumerate(_rows(path), 1):
         try:
@@ -66,6 +77,11 @@ def from_manifest(path: Path, policy: ErrorPolicy) -> list[Item]:
                 raise AudioInputError(f"{path}:{n}: row has no 'audio' path")
             if not row.get("language"):
                 raise AudioInputError(f"{path}:{n}: row has no 'language' code")
+            language = str(row["language"])
+            if known is not None and language not in known:
+                raise AudioInputError(f"{path}:{n}: language {language!r} is not one Whisper knows")
+            if languages is not None and language not in languages:
+                raise _unlisted(f"{path}:{n}", language, "from the manifest", path)
             named = path.parent / str(row["audio"])  # as configured (recorded); resolved to read it
             audio = named.resolve()
             text = row.get("text")
@@ -95,10 +111,19 @@ def from_folder(folder: Path, languages: list[str], known: set[str], policy: Err
                     f"{audio}: cannot tell the language; put it in a folder named by its code "
                     "or configure one language for this source"
                 )
+            if language not in languages:
+                raise _unlisted(audio, language, "from its folder", folder)
             transcript = audio.with_suffix(".txt")
             if not transcript.is_file():
                 raise AudioInputError(f"{audio}: transcript {transcript.name} is missing")
-            text = transcript.read_text(encoding="utf-8", errors="replace").strip()
+            try:
+                text = transcript.read_text(encoding="utf-8-sig").strip()  # -sig: Notepad's BOM
+            except UnicodeDecodeError:
+                raise AudioInputError(
+                    f"{transcript}: transcript is not UTF-8 text; save it as UTF-8"
+                ) from None
+            except OSError as e:
+                raise AudioInputError(f"{transcript}: cannot read the transcript ({e.strerror})") from None
             if not text:
                 raise AudioInputError(f"{transcript}: empty transcript")
         except AudioInputError as e:
@@ -114,6 +139,10 @@ def items(spec_path: str, languages: list[str], known: set[str], policy: ErrorPo
     path = Path(spec_path).expanduser()
     if path.is_dir():
         return from_folder(path, languages, known, policy)
+    if not path.exists():
+        raise AudioInputError(
+            f"local:{spec_path}: not found; give an existing folder or .csv/.jsonl manifest"
+        )
     if path.is_file() and path.suffix.lower() in (".csv", ".jsonl", ".json"):
-        return from_manifest(path, policy)
+        return from_manifest(path, policy, languages, known)
     raise AudioInputError(f"local:{spec_path}: not a folder or a .csv/.jsonl manifest")

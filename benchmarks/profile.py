@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from _inputs import require_model_dir, split_clips
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from whisper_int8 import memory
-from whisper_int8.audio import first_per_language, read_manifest
+from whisper_int8.cli_common import run
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_dir import load_model_dir
+from whisper_int8.params import positive_int
 from whisper_int8.transcribe import (
     _cross_cache,
     _decode,
@@ -91,9 +93,8 @@ def _top_ops(fn, rows: int) -> str:
 def profile_model(model_dir: Path, split: Path, per_language: int, threads: int, ops: int) -> dict:
     """Per-clip phase timings and the profiler's op tables (strings) for ``model_dir`` on ``split``."""
     torch.set_num_threads(threads)
-    clips = first_per_language(read_manifest(split), per_language)
-    if not clips:
-        raise SystemExit(f"--split {split}: no clips in its manifest")
+    require_model_dir(model_dir, "--model")
+    clips = split_clips(split, per_language)
     model = load_model_dir(model_dir)
     audios = [(load_audio(c.audio), c.language) for c in clips]
     with torch.inference_mode():
@@ -118,17 +119,19 @@ def profile_model(model_dir: Path, split: Path, per_language: int, threads: int,
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="a model directory (models/fp32, fused, int8)")
     p.add_argument("--split", type=Path, default=Path("data/eval"), help="split with a manifest.jsonl")
-    p.add_argument("--per-language", type=int, default=2, help="first N clips of each language")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--ops", type=int, default=15, help="rows of each profiler table")
+    p.add_argument("--per-language", type=positive_int, default=2, help="first N clips of each language")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
+    p.add_argument("--ops", type=positive_int, default=15, help="rows of each profiler table")
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
-    args = p.parse_args()
-    if args.per_language < 1 or args.threads < 1 or args.ops < 1:
-        p.error("--per-language, --threads and --ops must be at least 1")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     report = profile_model(args.model, args.split, args.per_language, args.threads, args.ops)
     m = report["median"]
     print(f"{report['model']}: {report['clips']} clips, {report['threads']} threads, medians per clip")
@@ -148,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, build_parser())  # a user error (no such model or split): one line, exit 2

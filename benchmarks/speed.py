@@ -43,9 +43,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from _inputs import require_model_dir, split_clips
 
 from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
 from whisper_int8.cpu import ISA_CAPS, activation_bits, cpu_extensions, cpu_model
+from whisper_int8.params import ParamError, positive_int
 
 SCHEMES = ("dynamic", "static", "weight_only")
 # whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
@@ -232,11 +234,11 @@ HEAPS = {
 
 
 def heap_env(name: str) -> dict[str, str]:
-    """The environment for heap ``name``; a preloaded allocator must be installed (else SystemExit)."""
+    """The environment for heap ``name``; a preloaded allocator must be installed (else FileNotFoundError)."""
     env = dict(HEAPS[name])
     lib = env.get("LD_PRELOAD")
     if lib and not ctypes.util.find_library(lib.removeprefix("lib").split(".so")[0]):
-        raise SystemExit(f"--heap {name}: {lib} not found; install it (Debian: libtcmalloc-minimal4)")
+        raise FileNotFoundError(f"--heap {name}: {lib} not found; install it (Debian: libtcmalloc-minimal4)")
     if lib and os.environ.get("LD_PRELOAD"):  # keep what the caller preloads
         env["LD_PRELOAD"] = f"{lib} {os.environ['LD_PRELOAD']}"
     if "GLIBC_TUNABLES" in env and os.environ.get("GLIBC_TUNABLES"):  # and the caller's tunables
@@ -259,11 +261,21 @@ def _preloaded() -> bool:
     return all(Path(lib).name in maps for lib in os.environ.get("LD_PRELOAD", "").split())
 
 
-def build_variants(args, tmp: Path) -> list[Variant]:
-    """FP32 (stock and one-pass), each INT8 scheme, the rows of each --heap, faster-whisper."""
-    from whisper_int8.fsutil import dir_bytes
+def scheme_configs(params: str, schemes: list[str]) -> dict:
+    """``params``' quant settings with each scheme in turn (``QuantConfig`` by scheme), all checked now:
+    a bad value stops before the first conversion, in one line naming the file."""
     from whisper_int8.params import load_params
     from whisper_int8.quant.config import parse_quant_config
+
+    raw = load_params(params).get("quant")
+    parse_quant_config(raw, params)  # as the convert stage reads it: a mapping of known keys, valid values
+    return {scheme: parse_quant_config({**(raw or {}), "scheme": scheme}, params) for scheme in schemes}
+
+
+def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
+    """FP32 (stock and one-pass), each INT8 scheme (``cfgs``: :func:`scheme_configs`), the rows of each
+    --heap, faster-whisper."""
+    from whisper_int8.fsutil import dir_bytes
     from whisper_int8.quant.convert_dir import convert_dir
 
     fp32_bytes = dir_bytes(args.fp32)
@@ -271,11 +283,9 @@ def build_variants(args, tmp: Path) -> list[Variant]:
         Variant("openai-whisper-fp32", "whisper-stock", args.fp32, fp32_bytes),
         Variant("fp32", "whisper", args.fp32, fp32_bytes),
     ]
-    base = load_params(args.params).get("quant") or {}
     for scheme in args.schemes:
         out = tmp / f"int8-{scheme}"
-        cfg = parse_quant_config({**base, "scheme": scheme})  # params.yaml quant, scheme varied
-        card = convert_dir(args.fused, args.calibration, args.fp32, out, cfg)
+        card = convert_dir(args.fused, args.calibration, args.fp32, out, cfgs[scheme])
         variants.append(Variant(f"int8-{scheme}", "whisper", str(out), card["bytes"]))
         if scheme == args.schemes[0]:
             for heap, env in args.heap.items():
@@ -294,7 +304,7 @@ def build_variants(args, tmp: Path) -> list[Variant]:
     return variants
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="data/eval", help="evaluation split (manifest.jsonl)")
     p.add_argument("--fp32", default="models/fp32")
@@ -302,9 +312,11 @@ def main() -> None:
     p.add_argument("--calibration", default="models/calibration")
     p.add_argument("--params", default="params.yaml", help="quant settings for every INT8 variant")
     p.add_argument("--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--per-language", type=int, default=None, help="first N clips of each language only")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument(
+        "--per-language", type=positive_int, default=None, help="first N clips of each language only"
+    )
     p.add_argument(
         "--heap",
         action="append",
@@ -321,33 +333,40 @@ def main() -> None:
         "avx2 runs torch, fbgemm, oneDNN, MKL and CTranslate2 as on a CPU without AVX-512 or VNNI",
     )
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
     if args.worker:
         worker(*args.worker, args.threads)
         return
+    # every input checked before the first conversion or worker: a bad one stops in one line
     if args.heap and not args.schemes:
-        p.error("--heap runs the first of --schemes once more: give at least one scheme")
+        raise ParamError("--heap runs the first of --schemes once more: give at least one scheme")
     # one row per heap (rows are keyed by name); a missing allocator fails now, not after the conversions
     args.heap = {heap: heap_env(heap) for heap in args.heap}
-    from whisper_int8.audio import first_per_language
+    cfgs = scheme_configs(args.params, args.schemes)
+    require_model_dir(args.fp32, "--fp32")
+    if args.schemes:
+        require_model_dir(args.fused, "--fused")
+    clips = split_clips(args.split, args.per_language)
     from whisper_int8.scoring import score
-    from whisper_int8.transcribe import read_manifest
 
-    clips = first_per_language(read_manifest(args.split), args.per_language)
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
-        variants = build_variants(args, Path(tmp))
+        variants = build_variants(args, cfgs, Path(tmp))
         isa_env = ISA_CAPS[args.isa]
         workers = [
             Worker(v.name, v.kind, v.path, args.threads, {**isa_env, **(v.env or {})}) for v in variants
         ]
         # a row silently on glibc's heap, or on uncapped kernels, would mislabel its figures
-        for w in workers:
-            stats = w.ask({"op": "stats"})
+        loaded = {w.name: w.ask({"op": "stats"}) for w in workers}
+        for name, stats in loaded.items():
             if not stats["preloaded"]:
-                raise SystemExit(f"{w.name}: its LD_PRELOAD library did not load (see its stderr above)")
+                raise SystemExit(f"{name}: its LD_PRELOAD library did not load (see its stderr above)")
             if args.isa != "native" and stats["isa"] not in (None, args.isa.upper()):
-                raise SystemExit(f"{w.name}: torch runs {stats['isa']} kernels, not {args.isa.upper()}")
+                raise SystemExit(f"{name}: torch runs {stats['isa']} kernels, not {args.isa.upper()}")
         times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         texts: dict[str, dict[str, str]] = defaultdict(dict)
         n = 0
@@ -379,18 +398,30 @@ def main() -> None:
             "peak_rss": mem[name]["peak_rss"],
             "model_rss": mem[name]["peak_rss"] - mem[name]["imported_rss"],
             "activation_bits": mem[name]["activation_bits"],
+            "isa": mem[name]["isa"],
             "error_rate": per_lang,
         }
-    host = {"cpu": cpu_model(), "extensions": cpu_extensions(), "isa": args.isa}
-    print(f"CPU {host['cpu']} ({', '.join(host['extensions'])}); kernels: {args.isa}", file=sys.stderr)
-    print_table(
-        rows, langs, f"{len(clips)} clips, {args.repeats} repeats, {args.threads} threads, ISA {args.isa}"
-    )
+    host = host_info(args.isa, loaded)
+    isa = f"{host['isa']} (--isa {args.isa})"
+    print(f"CPU {host['cpu']} ({', '.join(host['extensions'])}); kernels: {isa}", file=sys.stderr)
+    print_table(rows, langs, f"{len(clips)} clips, {args.repeats} repeats, {args.threads} threads, ISA {isa}")
     if args.out:
         from whisper_int8.fsutil import atomic_write_json
 
         atomic_write_json(args.out, {"host": host, "clips": [c.id for c in clips], "repeats": args.repeats,
                                      "results": rows, "texts": texts, "times": times})  # fmt: skip
+
+
+def host_info(isa_cap: str, stats: dict[str, dict]) -> dict:
+    """The CPU, its int8/bf16 extensions, the ISA torch dispatches to in the workers (``stats``: each
+    worker's reply to ``stats``; the faster-whisper worker has no torch) and the ``--isa`` cap asked for."""
+    isas = sorted({s["isa"] for s in stats.values() if s.get("isa")})
+    return {
+        "cpu": cpu_model(),
+        "extensions": cpu_extensions(),
+        "isa": "/".join(isas) or None,  # one name: every torch worker runs under the same cap
+        "isa_cap": isa_cap,
+    }
 
 
 def print_table(rows: dict[str, dict], langs: list[str], header: str) -> None:
@@ -416,4 +447,11 @@ def print_table(rows: dict[str, dict], langs: list[str], header: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = build_parser()
+    if sys.argv[1:2] == ["--worker"]:  # as Worker starts it: cli_common imports torch, which the
+        worker_args = parser.parse_args()  # faster-whisper worker must not load
+        worker(*worker_args.worker, worker_args.threads)
+    else:
+        from whisper_int8.cli_common import run  # a user error: one line, exit 2
+
+        run(main, parser)

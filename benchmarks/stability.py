@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _inputs import require_model_dir, split_clips
 from torch import Tensor, nn
+from whisper.model import ModelDimensions
 from whisper.tokenizer import get_tokenizer
 
 from whisper_int8.audio import first_per_language, read_manifest
@@ -58,8 +60,10 @@ from whisper_int8.cpu import activation_bits
 from whisper_int8.eval_report import compare_results
 from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_with_model
 from whisper_int8.fsutil import atomic_write_json
-from whisper_int8.model_dir import load_model_dir
-from whisper_int8.params import load_params, positive_int, section
+from whisper_int8.fuse import FUSED_WEIGHTS, fused_skeleton
+from whisper_int8.model_dir import FUSE_STAGE, load_model_dir, read_json
+from whisper_int8.model_sources import ModelSourceError
+from whisper_int8.params import ParamError, load_params, positive_int, section
 from whisper_int8.quant.convert import EMBEDDING
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight, weight_scale
 
@@ -86,6 +90,40 @@ def int8_noise(weight: Tensor, scale: float, generator: torch.Generator) -> Tens
     return torch.randn(weight.shape, generator=generator) * step * (scale / 12**0.5)
 
 
+def check_layers(names: Iterable[str], layers: Iterable[str]) -> None:
+    """Raise (ParamError: a user error) naming the first glob of ``layers`` that matches none of the
+    Linear layer ``names`` nor the token embedding."""
+    names = [*names, EMBEDDING]
+    for glob in layers:
+        if not any(fnmatch.fnmatch(n, glob) for n in names):
+            raise ParamError(
+                f"--layers {glob!r} matches no Linear layer nor {EMBEDDING}; give globs of module names "
+                f"such as {names[0]}"
+            )
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The names of the float Linear layers of ``model``: what ``--layers`` globs can select."""
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear]
+
+
+def reference_linear_names(fused: str) -> list[str]:
+    """:func:`linear_names` of the model in directory ``fused``, cheaply: a fused directory's skeleton
+    (built from its card, no weights read, no memory touched) has the very modules its loaded model has;
+    any other directory is loaded."""
+    root = Path(fused)
+    if (root / FUSED_WEIGHTS).is_file():
+        card = read_json(root / "model_card.json", FUSE_STAGE)
+        try:
+            dims = ModelDimensions(**card["dims"])
+        except (TypeError, KeyError) as e:
+            raise ModelSourceError(
+                f"{root / 'model_card.json'}: no valid dims ({e}); rerun {FUSE_STAGE}"
+            ) from None
+        return linear_names(fused_skeleton(dims))
+    return linear_names(load_model_dir(root))
+
+
 def selected(model: nn.Module, layers: tuple[str, ...] = ()) -> tuple[list[nn.Linear], bool]:
     """The float Linear layers whose names match a glob of ``layers``, and whether the token
     embedding (``decoder.token_embedding``: the lookup and the logits projection) does; no globs: all.
@@ -95,9 +133,7 @@ def selected(model: nn.Module, layers: tuple[str, ...] = ()) -> tuple[list[nn.Li
     named = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
     if not layers:
         return [m for _, m in named], True
-    for glob in layers:
-        if not fnmatch.fnmatch(EMBEDDING, glob) and not any(fnmatch.fnmatch(n, glob) for n, _ in named):
-            raise ValueError(f"--layers {glob!r} matches no Linear layer nor {EMBEDDING}")
+    check_layers((n for n, _ in named), layers)
     hit = [m for n, m in named if any(fnmatch.fnmatch(n, g) for g in layers)]
     return hit, any(fnmatch.fnmatch(EMBEDDING, g) for g in layers)
 
@@ -319,11 +355,30 @@ def evaluate_variant(variant: Variant, fused: str, split: str, decode: dict[str,
     return evaluate_with_model(variant.load(fused), Path(fused), Path(split), decode)
 
 
+def check_inputs(args: argparse.Namespace) -> list[Variant]:
+    """The variants to compare (:func:`variants_of`) once every input is known good: a bad one stops
+    here, before the reference is transcribed (minutes), in one line."""
+    variants = variants_of(args)
+    if not variants:
+        raise ParamError("nothing to compare: give --perturb KIND or --model DIR")
+    if args.layers and not args.perturb:
+        raise ParamError("--layers selects what --perturb perturbs: give --perturb KIND too")
+    require_model_dir(args.fused, "--fused")
+    for model_dir in args.model:
+        require_model_dir(model_dir, "--model")
+    split_clips(args.split)
+    if args.layers:
+        names = reference_linear_names(str(args.fused))
+        for group in dict.fromkeys(args.layers):
+            check_layers(names, group.split(","))
+    return variants
+
+
 def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     decode = decode_options(section(params, "evaluate", args.params), args.params)
     split, fused = str(args.split), str(args.fused)
-    variants = variants_of(args)
+    variants = check_inputs(args)
     if args.teacher_forced is not None:
         rows = teacher_forced(fused, split, args.teacher_forced or None, variants)
         print(tf_table(rows))
@@ -346,7 +401,7 @@ def main(args: argparse.Namespace) -> None:
         )
 
 
-if __name__ == "__main__":
+def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser(__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage example's layout
     parser.add_argument("--split", default="data/eval", type=Path, help="evaluation split (manifest.jsonl)")
@@ -384,4 +439,8 @@ if __name__ == "__main__":
         "(the first N clips per language; no N: every clip)",
     )
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    run(main, parser)
+    return parser
+
+
+if __name__ == "__main__":
+    run(main, build_parser())

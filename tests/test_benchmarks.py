@@ -1,4 +1,5 @@
-"""The benchmark scripts: held-out clips for the quant sweep, and a faster-whisper worker free of torch."""
+"""The benchmark scripts: held-out clips for the quant sweep, a faster-whisper worker free of torch, and
+bad input stopping in one line (exit 2) before any model is loaded."""
 
 from __future__ import annotations
 
@@ -14,26 +15,35 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import yaml
 
-from whisper_int8.audio import first_per_language, read_manifest
+from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
+from whisper_int8.model_sources import ModelSourceError
+from whisper_int8.params import ParamError
 
 from .conftest import REPO, make_tiny_whisper
+
+BENCHMARKS = REPO / "benchmarks"
 
 
 def bench(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (a script directory, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    if name != "_inputs" and "_inputs" not in sys.modules:
+        # what `from _inputs import` finds when a script runs (its directory first on sys.path); not by
+        # putting benchmarks/ on sys.path here: its profile.py would shadow the stdlib's for cProfile
+        sys.modules["_inputs"] = bench("_inputs")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
 
-def manifest(split: Path, ids: list[str]) -> Path:
+def manifest(split: Path, ids: list[str], duration: float = 1.0) -> Path:
     """A split whose manifest lists ``ids`` (``<language>-<n>``) in that order; no audio is read."""
     split.mkdir(parents=True)
     rows = [
-        {"id": i, "language": i.split("-")[0], "audio": f"audio/{i}.wav", "text": i, "duration": 1.0,
+        {"id": i, "language": i.split("-")[0], "audio": f"audio/{i}.wav", "text": i, "duration": duration,
          "sha256": "0" * 64, "source": "test", "license": "MIT"}
         for i in ids
     ]  # fmt: skip
@@ -54,6 +64,32 @@ def tiny_fp32_and_silence(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "fp32", wav
 
 
+def script(name: str, *args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<name>.py`` as a user would, from ``cwd`` (no pipeline output there)."""
+    cmd = [sys.executable, str(BENCHMARKS / f"{name}.py"), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(run: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2 and one line naming what to fix (argparse: its usage, then that one line); no traceback."""
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    if not lines[0].startswith("usage:"):
+        assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    for needle in needles:
+        assert needle in lines[-1], run.stderr
+    return lines[-1]
+
+
+def coverage(counts: dict[str, int], seconds_per_clip: float = 1.0) -> dict[str, dict]:
+    """``coverage.json`` as the calibrate stage writes it for ``counts`` clips per language."""
+    return {
+        lang: {"clips": n, "seconds": round(n * seconds_per_clip, 2), "tokens": 10 * n}
+        for lang, n in counts.items()
+    }
+
+
 def test_held_out_clips_are_the_calibration_clips_calibrate_did_not_use(tmp_path):
     sweep = bench("quant_sweep")
     order = ["en-0", "de-0", "en-1", "de-1", "en-2", "fr-0", "de-2", "en-3"]
@@ -62,7 +98,7 @@ def test_held_out_clips_are_the_calibration_clips_calibrate_did_not_use(tmp_path
     held = tmp_path / "held"
     held.mkdir()
 
-    assert sweep.held_out_split(calib, 2, held) == 3
+    assert sweep.held_out_split(calib, coverage({"en": 2, "de": 2, "fr": 1}), held) == 3
 
     got = read_manifest(held)
     assert [c.id for c in got] == ["en-2", "de-2", "en-3"]  # calibration order kept
@@ -78,8 +114,65 @@ def test_held_out_clips_are_the_calibration_clips_calibrate_did_not_use(tmp_path
 def test_held_out_split_refuses_when_calibrate_used_every_clip(tmp_path):
     sweep = bench("quant_sweep")
     calib = manifest(tmp_path / "calibration", ["en-0", "de-0", "en-1"])
-    with pytest.raises(SystemExit, match="no clip left after the first 2 per language"):
-        sweep.held_out_split(calib, 2, tmp_path)
+    with pytest.raises(AudioInputError, match="calibrate read every clip"):
+        sweep.held_out_split(calib, coverage({"en": 2, "de": 1}), tmp_path)
+
+
+def test_held_out_clips_follow_what_calibrate_read_not_what_params_say_now(tmp_path):
+    """coverage.json records the clips per language calibrate read: the held-out clips start after
+    those, whatever calibrate.max_clips_per_language says now (null here: all, none held out)."""
+    calib = manifest(tmp_path / "calibration", ["en-0", "de-0", "en-1", "de-1", "en-2"])
+    (tmp_path / "calib_out").mkdir()
+    (tmp_path / "calib_out" / "coverage.json").write_text(json.dumps(coverage({"en": 1, "de": 1})))
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["calibrate"]["max_clips_per_language"] = None
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+
+    args = ["--params", "p.yaml", "--key", "smoothquant_alpha", "--values", "0.5", "--split", calib]
+    run = script("quant_sweep", *args, "--calibration", "calib_out", "--fp32", "nosuch", cwd=tmp_path)
+
+    assert "3 held-out clips" in run.stdout  # en-1, de-1, en-2
+    assert_user_error(run, "nosuch")  # then the missing FP32 model stops it, before any conversion
+
+
+@pytest.mark.parametrize(
+    ("ids", "duration", "counts", "message"),
+    [
+        (
+            ["en-0", "en-1", "ja-0"],
+            1.0,
+            {"en": 1},
+            "1 ja clip(s), calibrate read 0",
+        ),  # a language it never saw
+        (["en-0", "en-1"], 1.0, {"en": 1, "de": 1}, "0 de clip(s), calibrate read 1"),
+        (["en-0", "en-1"], 1.0, {"en": 3}, "2 en clip(s), calibrate read 3"),
+        (["en-0", "en-1"], 1.5, {"en": 1}, "last 1.50 s, those calibrate read 1.0 s"),  # other clips
+    ],
+)
+def test_held_out_split_refuses_a_split_calibrate_did_not_read(tmp_path, ids, duration, counts, message):
+    sweep = bench("quant_sweep")
+    calib = manifest(tmp_path / "calibration", ids, duration)
+    with pytest.raises(AudioInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sweep.held_out_split(calib, coverage(counts), tmp_path)
+
+
+def test_calibrated_clips_reads_coverage_and_names_a_bad_one(tmp_path):
+    sweep = bench("quant_sweep")
+    with pytest.raises(FileNotFoundError, match="coverage.json: missing; run the calibrate stage"):
+        sweep.calibrated_clips(tmp_path)
+    (tmp_path / "coverage.json").write_text(json.dumps(coverage({"en": 2})))
+    assert sweep.calibrated_clips(tmp_path) == coverage({"en": 2})
+    (tmp_path / "coverage.json").write_text(json.dumps({"en": {"seconds": 2.0}}))
+    with pytest.raises(ModelSourceError, match="expected"):
+        sweep.calibrated_clips(tmp_path)
+
+
+def test_quant_sweep_names_the_values_option_for_a_bad_value_before_any_work(tmp_path):
+    (tmp_path / "p4.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    run = script("quant_sweep", "--params", "p4.yaml", "--key", "smoothquant_alpha", "--values", "0.5", "7",
+                 cwd=tmp_path)  # fmt: skip
+    line = assert_user_error(run, "--key smoothquant_alpha --values 7: quant.smoothquant_alpha=7")
+    assert "params.yaml" not in line and not run.stdout  # no held-out split read yet
 
 
 def test_speed_constants_match_the_libraries_they_stand_for():
@@ -211,8 +304,60 @@ def test_torch_thp_heap_gives_large_tensors_huge_pages():
 def test_heap_with_a_missing_allocator_fails_clearly(monkeypatch):
     speed = bench("speed")
     monkeypatch.setitem(speed.HEAPS, "nothere", {"LD_PRELOAD": "libnothere_at_all.so.1"})
-    with pytest.raises(SystemExit, match="--heap nothere: libnothere_at_all.so.1 not found"):
+    # a user error (cli_common.USER_ERRORS): one line, exit 2
+    with pytest.raises(FileNotFoundError, match="--heap nothere: libnothere_at_all.so.1 not found"):
         speed.heap_env("nothere")
+
+
+@pytest.mark.parametrize(
+    "bad", [["--repeats", "0"], ["--repeats", "-3"], ["--per-language", "0"], ["--threads", "0"]]
+)
+def test_speed_refuses_counts_below_one_when_parsing(tmp_path, bad):
+    assert_user_error(script("speed", *bad, cwd=tmp_path), f"argument {bad[0]}", "expected an integer >= 1")
+
+
+@pytest.fixture
+def speed_inputs(tmp_path: Path) -> dict[str, str]:
+    """Options naming inputs that pass speed.py's checks (which only look: a model is never read)."""
+    for name, weights in (("fp32", "model.pt"), ("fused", "fused.pt")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / weights).write_bytes(b"not read")
+    manifest(tmp_path / "split", ["en-0"])
+    (tmp_path / "p.yaml").write_text("quant: {}\n")
+    return {"--params": "p.yaml", "--fp32": "fp32", "--fused": "fused", "--split": "split"}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--split", "nosuch", "--split: nosuch/manifest.jsonl: manifest not found"),
+        ("--split", "empty", "--split empty: its manifest lists no clips"),
+        ("--fp32", "nosuch", "--fp32 nosuch: no such directory"),
+        ("--fp32", "split", "--fp32 split: not a model directory"),
+        ("--fused", "nosuch", "--fused nosuch: no such directory"),
+        ("--params", "nosuch.yaml", "nosuch.yaml: parameter file not found"),
+        ("--params", "bad.yaml", "bad.yaml: quant.smoothquant_alpha=7"),  # the file given, not params.yaml
+        ("--schemes", None, "--heap runs the first of --schemes once more"),
+    ],
+)
+def test_speed_stops_on_bad_input_in_one_line_before_any_conversion(
+    tmp_path, speed_inputs, option, value, message
+):
+    manifest(tmp_path / "empty", [])
+    (tmp_path / "bad.yaml").write_text("quant: {smoothquant_alpha: 7}\n")
+    opts = {**speed_inputs, option: value}
+    args = [a for k, v in opts.items() for a in (k, v) if a is not None]
+    if option == "--schemes":
+        args += ["--heap", "lean"]
+    assert_user_error(script("speed", *args, cwd=tmp_path), message)
+
+
+def test_speed_records_the_isa_torch_dispatches_to_and_the_cap_asked_for():
+    speed = bench("speed")
+    stats = {"fp32": {"isa": "AVX2"}, "int8-dynamic": {"isa": "AVX2"}, "faster-whisper-int8": {"isa": None}}
+    host = speed.host_info("native", stats)
+    assert host["isa"] == "AVX2" and host["isa_cap"] == "native"  # not the cap: what the workers run
+    assert host["cpu"] and isinstance(host["extensions"], list)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
@@ -224,7 +369,7 @@ def test_preloaded_tells_whether_the_ld_preload_libraries_are_mapped(monkeypatch
     assert speed._preloaded()
 
 
-def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, monkeypatch, capsys):
+def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, capsys):
     from whisper_int8.audio.wavio import wav_bytes
     from whisper_int8.model_sources import LoadedModel, save_checkpoint
 
@@ -238,9 +383,8 @@ def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, monkeypatch, cap
     for clip in ("en-0", "de-0", "en-1"):
         (split / "audio" / f"{clip}.wav").write_bytes(wav_bytes(tone))
     out = tmp_path / "profile.json"
-    argv = ["profile.py", "--model", str(tmp_path / "fp32"), "--split", str(split), "--per-language", "1"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "1", "--ops", "5", "--out", str(out)])
-    prof.main()
+    argv = ["--model", str(tmp_path / "fp32"), "--split", str(split), "--per-language", "1"]
+    prof.main(prof.build_parser().parse_args([*argv, "--threads", "1", "--ops", "5", "--out", str(out)]))
 
     report = json.loads(out.read_text())
     assert report["clips"] == 2  # the first clip of each language
@@ -253,9 +397,28 @@ def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, monkeypatch, cap
     printed = capsys.readouterr().out
     assert "ms/step" in printed and "peak RSS (MB, whole process): encoder" in printed
 
-    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "0"])
     with pytest.raises(SystemExit):
-        prof.main()
+        prof.build_parser().parse_args([*argv, "--threads", "0"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nosuch", "--split", "split"], "--model nosuch: no such directory"),
+        (["--model", "fp32", "--split", "nosuch"], "--split: nosuch/manifest.jsonl: manifest not found"),
+        (["--model", "fp32", "--split", "split", "--ops", "0"], "argument --ops"),
+    ],
+)
+def test_profile_stops_on_bad_input_in_one_line(tmp_path, args, message):
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "model.pt").write_bytes(b"not read")
+    manifest(tmp_path / "split", ["en-0"])
+    assert_user_error(script("profile", *args, cwd=tmp_path), message)
+
+
+def test_fp32_baseline_refuses_per_lang_below_one_when_parsing(tmp_path):
+    run = script("fp32_baseline", "--per-lang", "0", cwd=tmp_path)
+    assert_user_error(run, "argument --per-lang: '0': expected an integer >= 1")
 
 
 def tiny_fused():
@@ -581,3 +744,33 @@ def test_teacher_forced_divergence_is_zero_for_the_reference_itself_and_not_for_
         stability.perturb(tiny_fused()[0], "int4-weights")
     assert rounded["kl_mean"] > 0 and rounded["tokens"] == same["tokens"]
     assert "| int8-weights |" in stability.tf_table([same, rounded])
+
+
+def test_layer_names_come_from_the_fused_skeleton_as_the_loaded_model_has_them(tmp_path):
+    from whisper_int8.model_dir import load_model_dir
+
+    stability = bench("stability")
+    fused, _ = tiny_fused_dir_and_silent_split(tmp_path, ["en-0"])
+    names = stability.reference_linear_names(str(fused))
+    assert names == stability.linear_names(load_model_dir(fused)) and names
+    stability.check_layers(names, ["decoder.blocks.*.mlp.0", "decoder.token_embedding"])
+    with pytest.raises(ParamError, match="--layers 'encoder.blocks.9.*' matches no Linear layer"):
+        stability.check_layers(names, ["encoder.*", "encoder.blocks.9.*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--perturb"], "nothing to compare: give --perturb KIND or --model DIR"),
+        (["--perturb", "--teacher-forced", "1"], "nothing to compare"),
+        (["--perturb", "int8-weights", "--layers", "encoder.*", "encoder.*,nosuch.*"], "--layers 'nosuch.*'"),
+        (["--perturb", "int8-weights", "--model", "nosuch"], "--model nosuch: no such directory"),
+        (["--fused", "nosuch"], "--fused nosuch: no such directory"),
+    ],
+)
+def test_stability_stops_on_bad_input_before_transcribing_the_reference(tmp_path, args, message):
+    fused, split = tiny_fused_dir_and_silent_split(tmp_path, ["en-0"])
+    (tmp_path / "p.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    run = script("stability", "--params", "p.yaml", "--split", split, "--fused", fused, *args, cwd=tmp_path)
+    assert_user_error(run, message)
+    assert "reference" not in run.stdout  # stopped before the reference run (minutes on real models)

@@ -1,0 +1,42 @@
+"""Input checks the benchmark scripts share: a bad path stops in one line, before any model is loaded.
+
+Errors are ``whisper_int8.cli_common.USER_ERRORS`` types, so a script run through ``cli_common.run``
+prints the message and exits 2. Torch-free at import: speed.py's faster-whisper worker imports its
+script, and with it this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from whisper_int8.audio import Clip, first_per_language, read_manifest
+from whisper_int8.audio.errors import AudioInputError
+
+
+def require_model_dir(path: Path | str, option: str) -> Path:
+    """``path`` if it holds a model directory of this pipeline (fp32, fused or int8), by its files only.
+
+    The same files ``whisper_int8.model_dir.load_model_dir`` looks for; nothing is read, so a worker or
+    a later conversion that loads it cannot be the first to find a typo.
+    """
+    from whisper_int8.fuse import FUSED_WEIGHTS  # torch: only where a model path is checked
+    from whisper_int8.quant.convert import QUANT_CONFIG
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{option} {path}: no such directory; give a model directory (models/...)")
+    names = (QUANT_CONFIG, FUSED_WEIGHTS, "model.pt")
+    if not any((root / name).is_file() for name in names):
+        raise FileNotFoundError(f"{option} {path}: not a model directory (no {', '.join(names)} in it)")
+    return root
+
+
+def split_clips(split: Path | str, per_language: int | None = None, option: str = "--split") -> list[Clip]:
+    """The first ``per_language`` clips of each language of ``split``; a split with none is an error."""
+    try:
+        clips = first_per_language(read_manifest(split), per_language)
+    except FileNotFoundError as e:  # its message names the manifest and the stage that writes it
+        raise FileNotFoundError(f"{option}: {e}") from None
+    if not clips:
+        raise AudioInputError(f"{option} {split}: its manifest lists no clips; give a built split")
+    return clips

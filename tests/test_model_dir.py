@@ -255,3 +255,34 @@ def test_tables_not_mapped_from_a_file_are_never_advised():
     with torch.no_grad():
         emb(torch.tensor([[440, 1000]]))
     assert torch.equal(table, expected)
+
+
+def test_an_english_only_model_is_refused_for_clips_in_other_languages(tmp_path):
+    """tiny.en and the like have no language tokens: evaluated (or calibrated) on Spanish or Chinese
+    clips they decode English and score hundreds of percent, deltas of pure noise. Refused first."""
+    from dataclasses import replace
+
+    from whisper_int8.audio import Clip
+    from whisper_int8.calibrate import calibrate
+    from whisper_int8.evaluate import transcribe_split
+    from whisper_int8.model_dir import check_languages
+    from whisper_int8.params import ParamError
+
+    from .conftest import TINY_DIMS, make_tiny_whisper
+
+    english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
+    assert not english.is_multilingual
+    check_languages(english, {"en"}, "split")
+    check_languages(make_tiny_whisper(), {"en", "es"}, "split")
+    message = r"^split: holds es, zh clips, but the model is English-only \(an .en model such as tiny.en\)"
+    with pytest.raises(ParamError, match=message):
+        check_languages(english, {"zh", "en", "es"}, "split")
+    clips = [Clip(f"{lang}-0", lang, "missing.wav", "hola", 1.0, "0" * 64, "t", "-") for lang in ("en", "es")]
+    fuse_model(english)
+    with pytest.raises(ParamError, match="the calibration split: holds es clips"):
+        calibrate(english, clips, tmp_path, 1, 99.9, progress=False)  # fused in place just above
+    (tmp_path / "split").mkdir()
+    rows = [json.dumps({**c.__dict__, "audio": c.audio}) for c in clips]
+    (tmp_path / "split" / "manifest.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(ParamError, match="split: holds es clips"):
+        transcribe_split(english, tmp_path / "split", {})

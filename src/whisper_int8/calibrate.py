@@ -32,7 +32,7 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 from .audio import AudioInputError, Clip
 from .audio.wavio import load_audio
 from .fsutil import atomic_write_json
-from .model_dir import load_tensors, read_json
+from .model_dir import check_languages, load_tensors, read_json
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
 from .quant.convert import EMBEDDING, linear_names
@@ -207,6 +207,7 @@ def calibrate(
         raise AudioInputError("the calibration split has no clips: rerun fetch_audio (audio.calib_per_lang)")
     if not linear_names(model):
         raise ModelSourceError("no nn.Linear layers to calibrate: give the fused model (models/fused)")
+    check_languages(model, {c.language for c in clips}, "the calibration split")
     collector = StatsCollector(model)
     coverage: dict[str, dict[str, float]] = defaultdict(lambda: {"clips": 0, "seconds": 0.0, "tokens": 0})
     per_language: dict[str, list[Sample]] = defaultdict(list)

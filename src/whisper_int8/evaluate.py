@@ -34,7 +34,7 @@ from . import memory
 from .audio import Clip, first_per_language, read_manifest
 from .eval_report import BASELINE, CANDIDATE
 from .fsutil import dir_bytes
-from .model_dir import load_model_dir
+from .model_dir import check_languages, load_model_dir
 from .params import ParamError, null_or_count
 from .scoring import score, uses_cer
 from .transcribe import load_audio, transcribe_clip
@@ -103,6 +103,7 @@ def transcribe_split(
     clips = first_per_language(read_manifest(split_dir), per_language)
     if not clips:
         raise ValueError(f"{split_dir}: the evaluation manifest lists no clips")
+    check_languages(model, {c.language for c in clips}, split_dir)
     first = load_audio(clips[0].audio)
     first_call = None
     for i in range(warmup):

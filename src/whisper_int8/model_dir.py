@@ -15,6 +15,7 @@ from whisper.model import ModelDimensions, Whisper
 from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .heap import release_freed
 from .model_sources import ModelSourceError, load_checkpoint, torch_load_checked
+from .params import ParamError
 from .quant.config import resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
@@ -48,6 +49,21 @@ def load_tensors(path: Path, rerun: str = ANY_STAGE, mapped: bool = False) -> di
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelSourceError(f"{path}: not a mapping of names to tensors; rerun {rerun}")
     return state
+
+
+def check_languages(model: Whisper, languages: set[str], split: Path | str) -> None:
+    """Refuse an English-only model (tiny.en, base.en, ...) for clips in other languages.
+
+    Its tokenizer has no language tokens: every clip would be decoded as English and scored against a
+    foreign reference, giving error rates in the hundreds and INT8-versus-FP32 deltas of pure noise.
+    """
+    others = sorted(set(languages) - {"en"})
+    if others and not model.is_multilingual:
+        raise ParamError(
+            f"{split}: holds {', '.join(others)} clips, but the model is English-only (an .en model "
+            "such as tiny.en): set audio.languages: [en] with its audio.sources, or choose a "
+            "multilingual model.source"
+        )
 
 
 def _madvise():

@@ -184,3 +184,17 @@ def test_an_undecodable_file_names_it_and_ffmpegs_reason(tiny_model, tmp_path):
     with pytest.raises(AudioInputError) as info:
         transcribe_clip(tiny_model, str(bad), "en")
     assert str(info.value) == expected
+
+
+def test_an_english_only_model_refuses_another_language():
+    """Its tokenizer has no language tokens: asked for Spanish it would decode English, silently."""
+    from dataclasses import replace
+
+    from .conftest import TINY_DIMS
+
+    english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
+    silence = np.zeros(16000, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^language 'es': the model is English-only"):
+        transcribe_clip(english, silence, "es", max_tokens=2)
+    for language in ("en", None):
+        assert transcribe_clip(english, silence, language, max_tokens=2)["language"] == "en"

@@ -254,6 +254,11 @@ def transcribe_clip(
     own identification of the first 30 s and ``lid_s`` the seconds it added; otherwise they are None and 0.
     ``max_tokens`` overrides the per-window cap (default: ``MIN_TOKENS + TOKENS_PER_SECOND * seconds``).
     """
+    if language not in (None, "en") and not model.is_multilingual:  # its tokenizer would decode English
+        raise ValueError(
+            f"language {language!r}: the model is English-only (an .en model such as tiny.en); give "
+            "language en or none, or use a multilingual model"
+        )
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)

@@ -273,7 +273,7 @@ def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:
     stats_file, sens_file = path / STATS, path / "sensitivity.json"
     for f in (stats_file, sens_file):
         if not f.is_file():
-            raise FileNotFoundError(f"{f}: missing; run the calibrate stage (dvc repro calibrate)")
+            raise FileNotFoundError(f"{f}: missing; run {CALIBRATE_STAGE}")
     stats = load_tensors(stats_file, CALIBRATE_STAGE)
     sens = read_json(sens_file, CALIBRATE_STAGE)
     layers = sens.get("layers") if isinstance(sens, dict) else None

@@ -136,6 +136,11 @@ def _interval(comp: dict[str, float], key: str) -> str:
     return f"; 95 % interval over clips {low:+.2f} to {high:+.2f} pp"
 
 
+def clip_cap(report: dict[str, Any]) -> int | None:
+    """``evaluate.max_clips_per_language`` the report was made with (None: the whole split)."""
+    return report.get("config", {}).get("max_clips_per_language")
+
+
 def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
     """Apply the thresholds of ``cfg`` to an eval.json report."""
     reasons: list[str] = []
@@ -168,7 +173,7 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         reasons.append(f"speedup {comp['speedup']:.2f}x below min_speedup {cfg.min_speedup}x")
     if comp["size_ratio"] > cfg.max_size_ratio:
         reasons.append(f"size ratio {comp['size_ratio']:.3f} above max_size_ratio {cfg.max_size_ratio}")
-    capped = report.get("config", {}).get("max_clips_per_language")
+    capped = clip_cap(report)
     if capped is not None:  # a quick look must not become what the serving fleet pulls
         reasons.append(
             f"evaluated on the first {capped} clip(s) of each language only "
@@ -185,8 +190,7 @@ def coarse_languages(report: dict[str, Any], cfg: GateConfig) -> list[str]:
     (docs/performance.md). More evaluation clips make the limit resolvable.
     """
     base, cand = report[BASELINE], report[CANDIDATE]
-    capped = report.get("config", {}).get("max_clips_per_language") is not None
-    more = "evaluate.max_clips_per_language: null" if capped else "audio.eval_per_lang"
+    more = "evaluate.max_clips_per_language: null" if clip_cap(report) is not None else "audio.eval_per_lang"
     notes = []
     for lang in sorted(set(languages(base)) & set(languages(cand))):
         key, length, limit = error_key(cand, lang), base.get(f"ref_length/{lang}"), cfg.limit(lang)

@@ -4,14 +4,14 @@ from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.calibrate import calibrate, calibrate_settings
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fsutil import atomic_dir
-from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_dir import load_fused_dir
 from whisper_int8.params import load_params
 
 
 def main(args) -> None:
     n, percentile, per_language = calibrate_settings(load_params(args.params), args.params)
     clips = first_per_language(read_manifest(args.split), per_language)
-    model = load_model_dir(args.model)
+    model = load_fused_dir(args.model)
     with atomic_dir(args.out) as tmp:
         calibrate(model, clips, tmp, n, percentile)
 

@@ -18,10 +18,10 @@ from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, decode_options, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json
-from whisper_int8.model_dir import read_json
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.scoring import normalize
+from whisper_int8.stage_files import read_json
 
 log = logging.getLogger("evaluate")
 KEYS = {"split", "beam_size", "max_tokens", "warmup", "max_clips_per_language", "device", "models"}

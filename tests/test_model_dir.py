@@ -19,7 +19,8 @@ import whisper
 
 from whisper_int8.fsutil import atomic_dir
 from whisper_int8.fuse import FusedTextDecoder, fuse_model, save_fused_dir
-from whisper_int8.model_dir import _drop_table_pages_after_lookups, load_model_dir
+from whisper_int8.mapped_pages import drop_table_pages_after_lookups
+from whisper_int8.model_dir import load_model_dir
 from whisper_int8.model_sources import LoadedModel, ModelSourceError, save_checkpoint
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert import quantize_model, save_int8_dir
@@ -248,8 +249,8 @@ def test_tables_not_mapped_from_a_file_are_never_advised():
     emb = Int8TiedEmbedding.from_float(torch.nn.Embedding(4096, 16))  # anonymous memory
     table = emb.weight_int8
     start = table.data_ptr()
-    _drop_table_pages_after_lookups(emb, [(start - 4096, start + 4096)])  # not all inside
-    _drop_table_pages_after_lookups(emb, [])
+    drop_table_pages_after_lookups(emb, [(start - 4096, start + 4096)])  # not all inside
+    drop_table_pages_after_lookups(emb, [])
     assert not emb._forward_hooks
     expected = table.clone()
     with torch.no_grad():
@@ -286,3 +287,36 @@ def test_an_english_only_model_is_refused_for_clips_in_other_languages(tmp_path)
     (tmp_path / "split" / "manifest.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(ParamError, match="split: holds es clips"):
         transcribe_split(english, tmp_path / "split", {})
+
+
+@pytest.mark.parametrize(
+    ("kind", "found"), [("fp32", "no fused.pt"), ("int8", "an INT8 model")], ids=["fp32", "int8"]
+)
+def test_calibrate_and_convert_take_only_the_fused_model(tmp_path, dirs, kind, found):
+    """An FP32 or INT8 directory given as the fused model: one line naming it (exit 2), not a QuantError
+    traceback or "calibration statistics from another model"."""
+    import subprocess
+    import sys
+
+    from whisper_int8.model_dir import load_fused_dir
+
+    from .conftest import REPO, venv_env
+    from .test_calibrate import _calibration_dir, write_split
+
+    assert isinstance(load_fused_dir(dirs["fused"]).decoder, FusedTextDecoder)
+    message = f"{dirs[kind]}: not a fused model directory ({found})"
+    with pytest.raises(ModelSourceError, match=re.escape(message)):
+        load_fused_dir(dirs[kind])
+    split = write_split(tmp_path / "split")
+    for stage in ("calibrate", "convert"):
+        out = tmp_path / stage
+        cmd = [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", str(REPO / "params.yaml")]
+        cmd += ["--model", str(dirs[kind]), "--out", str(out)]
+        if stage == "calibrate":
+            cmd += ["--split", str(split)]
+        else:
+            cmd += ["--fp32", str(dirs["fp32"]), "--calibration", str(_calibration_dir(tmp_path / "cal"))]
+        done = subprocess.run(cmd, cwd=tmp_path, env=venv_env(), capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert not out.exists()

@@ -133,6 +133,14 @@ def test_auto_k_spends_no_slot_on_an_embedding_that_stays_float_anyway():
     assert kept["float_linear"] == 0 and kept["layers"]["decoder.token_embedding"] == "float"
 
 
+def test_auto_k_keeps_k_more_layers_than_keep_float():
+    sens = {"encoder.blocks.0.mlp.2": 9.0, "decoder.blocks.1.attn.qkv": 5.0, "encoder.blocks.1.mlp.0": 1.0}
+    cfg = parse_quant_config({"auto_keep_float_k": 1, "keep_float": ["encoder.blocks.0.mlp.2"]})
+    report = quantize_model(_fused(), cfg, sensitivity=sens)
+    floats = sorted(n for n, kind in report["layers"].items() if kind == "float")
+    assert floats == ["decoder.blocks.1.attn.qkv", "encoder.blocks.0.mlp.2"] and report["float_linear"] == 2
+
+
 def test_calibration_of_another_model_is_refused():
     from dataclasses import replace
 
@@ -177,8 +185,8 @@ def test_convert_dir_checks_the_fp32_path_before_converting(tmp_path):
 
 def test_auto_k_larger_than_layers():
     message = (
-        r"^p.yaml: quant.auto_keep_float_k=99: only 1 layers can be kept in float \(ranked in "
-        r"sensitivity.json\); choose an integer from 0 to 1$"
+        r"^p.yaml: quant.auto_keep_float_k=99: only 1 more layers can be kept in float \(ranked in "
+        r"sensitivity.json, not in keep_float\); choose an integer from 0 to 1$"
     )
     with pytest.raises(ParamError, match=message):
         quantize_model(
@@ -430,10 +438,19 @@ def test_torchao_conversion_mechanics_on_cpu(raw):
         linear = model.get_submodule(name)
         weight = linear.weight
         assert isinstance(weight, Int8Tensor), name
-        assert torch.equal(weight.qdata, q) and torch.equal(weight.scale.flatten(), scale), name
+        # cuBLAS int8 GEMMs need N % 8 == 0: the 51865 logits rows are padded with zero rows (scale 1)
+        assert weight.qdata.shape[0] % 8 == 0 and weight.qdata.shape[0] - len(q) < 8, name
+        pad = weight.qdata.shape[0] - len(q)
+        assert torch.equal(weight.qdata[: len(q)], q) and not weight.qdata[len(q) :].any(), name
+        got_scale = weight.scale.flatten()
+        if scale.numel() > 1:
+            assert torch.equal(got_scale[len(q) :], torch.ones(pad)), name
+            got_scale = got_scale[: len(q)]
+        assert torch.equal(got_scale, scale), name
         assert (linear.bias is None) if bias is None else torch.equal(linear.bias, bias), name
         assert (weight.act_quant_kwargs is not None) == (raw["scheme"] == "dynamic"), name
     assert type(model.get_submodule(kept).weight) is nn.Parameter  # float, not torchao
+    assert got.shape == want.shape  # the padded logits cut back to the vocabulary
     assert not _fp16(model)  # torchao weights report float32: transcribe feeds FP32 activations
     if raw["scheme"] == "weight_only":  # the same int8 weight times float activations as on CPU
         torch.testing.assert_close(got_layer, want_layer, rtol=1e-5, atol=1e-5)

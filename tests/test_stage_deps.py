@@ -23,13 +23,14 @@ PLUMBING = {
     "cli_common.py",
     "fsutil.py",
     "params.py",
+    "stage_files.py",
     "tracking_uri.py",
     "audio/errors.py",
     "audio/__init__.py",
 }
 # The import hook that keeps numba out and the heap trims change peak memory and nothing else: a
 # dependency of the stages that measure it only.
-MEMORY_ONLY = {"__init__.py", "lazy_numba.py", "heap.py", "memory.py"}
+MEMORY_ONLY = {"__init__.py", "lazy_numba.py", "heap.py", "mapped_pages.py", "memory.py"}
 MEASURES_MEMORY = {"evaluate", "evaluate_fp32"}
 # Per stage, imported but never run by its command (with why).
 NOT_RUN = {

@@ -32,11 +32,12 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 from .audio import AudioInputError, Clip
 from .audio.wavio import load_audio
 from .fsutil import atomic_write_json
-from .model_dir import check_languages, load_tensors, read_json
+from .model_dir import check_languages
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
 from .quant.convert import EMBEDDING, linear_names
 from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, portable_activations, set_engine
+from .stage_files import load_tensors, read_json
 
 log = logging.getLogger(__name__)
 

@@ -81,16 +81,18 @@ def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, floa
                 f"{cfg.where}: quant.auto_keep_float_k > 0 needs the calibration sensitivity.json; "
                 "run calibrate"
             )
-        # the embedding stays float without quantize_embedding: a slot spent on it would keep nothing
-        eligible = candidates if cfg.quantize_embedding else names
+        # k more float layers: a slot spent on a layer keep_float keeps, or on the embedding when it
+        # stays float anyway (no quantize_embedding), would keep nothing
+        eligible = set(candidates if cfg.quantize_embedding else names) - set(keep)
         ranked = sorted((n for n in sensitivity if n in eligible), key=lambda n: -sensitivity[n])
         if cfg.auto_keep_float_k > len(ranked):
             most = len(ranked)
             raise ParamError(
-                f"{cfg.where}: quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {most} layers can be "
-                f"kept in float (ranked in sensitivity.json); choose an integer from 0 to {most}"
+                f"{cfg.where}: quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {most} more layers can "
+                f"be kept in float (ranked in sensitivity.json, not in keep_float); choose an integer from "
+                f"0 to {most}"
             )
-        keep += [n for n in ranked[: cfg.auto_keep_float_k] if n not in keep]
+        keep += ranked[: cfg.auto_keep_float_k]
     return keep
 
 

@@ -8,7 +8,7 @@ import torch
 
 from ..calibrate import load_calibration
 from ..fsutil import atomic_dir, dir_bytes
-from ..model_dir import load_model_dir
+from ..model_dir import load_fused_dir
 from .config import QuantConfig
 from .convert import quantize_model, save_int8_dir
 
@@ -25,7 +25,7 @@ def convert_dir(
     if not fp32_bytes:
         raise FileNotFoundError(f"{fp32}: no FP32 model directory there (its size sets the card's ratio)")
     stats, sensitivity = load_calibration(Path(calibration))
-    model = load_model_dir(fused)
+    model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():
         report = quantize_model(model, cfg, stats, sensitivity)

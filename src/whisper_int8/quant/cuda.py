@@ -25,19 +25,42 @@ from .cpu import Int8TiedEmbedding, OutlierInt8Linear, dequantize_weight
 log = logging.getLogger(__name__)
 
 
+# torchao's int8 GEMM (``safe_int_mm``) runs on cuBLAS only when both K and N are multiples of 8; any
+# other shape takes its fallback, an int32 matmul on the *CPU* (weights copied off the GPU every call).
+CUBLAS_MULTIPLE = 8
+
+
 class TorchaoTiedEmbedding(nn.Module):
-    """Float lookup table plus a separate int8 Linear (torchao weight) for the logits."""
+    """Float lookup table plus a separate int8 Linear (torchao weight) for the logits.
+
+    A multilingual vocabulary (51865 tokens, 51866 for large-v3) is not a multiple of 8, so the logits
+    Linear holds the int8 rows padded with zero rows up to one (:data:`CUBLAS_MULTIPLE`) and its output
+    is cut back to the vocabulary: otherwise every decoding step's largest GEMM would run on the CPU.
+    """
 
     def __init__(self, lookup: Tensor, logits: nn.Linear) -> None:
         super().__init__()
         self.lookup = nn.Embedding.from_pretrained(lookup, freeze=True)
         self.logits = logits
+        self.n_vocab = lookup.shape[0]
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.lookup(tokens)
 
     def project(self, x: Tensor) -> Tensor:
-        return self.logits(x)
+        y = self.logits(x)
+        return y if y.shape[-1] == self.n_vocab else y[..., : self.n_vocab]
+
+
+def _pad_rows(q: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """``q`` (and a per-row ``scale``) with zero rows appended up to a multiple of :data:`CUBLAS_MULTIPLE`."""
+    extra = -q.shape[0] % CUBLAS_MULTIPLE
+    if not extra:
+        return q, scale
+    q = torch.cat([q, q.new_zeros(extra, q.shape[1])])
+    if scale.numel() > 1:
+        scale = torch.cat([scale, scale.new_ones(extra)])
+    return q, scale
 
 
 class TorchaoOutlierLinear(nn.Module):
@@ -69,6 +92,9 @@ def _int8_weight(q: Tensor, scale: Tensor, dynamic: bool) -> Tensor:
 
 def _int8_linear(q: Tensor, scale: Tensor, bias: Tensor | None, dynamic: bool, device: str) -> nn.Linear:
     """An ``nn.Linear`` on ``device`` computing with the saved ``q``/``scale`` through torchao."""
+    if q.shape[0] % CUBLAS_MULTIPLE or q.shape[1] % CUBLAS_MULTIPLE:
+        log.warning("int8 weight %s: not multiples of %d, torchao multiplies it on the CPU", tuple(q.shape),
+                    CUBLAS_MULTIPLE)  # fmt: skip
     with uninitialized():  # no float weight allocated only to be replaced
         lin = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None)
     lin.weight = nn.Parameter(_int8_weight(q.to(device), scale.to(device), dynamic), requires_grad=False)
@@ -82,7 +108,7 @@ def _torchao_module(mod: nn.Module, dynamic: bool, device: str) -> nn.Module:
     q, scale, bias = mod.int8_weight()
     if isinstance(mod, Int8TiedEmbedding):
         return TorchaoTiedEmbedding(
-            dequantize_weight(q, scale), _int8_linear(q, scale, None, dynamic, device)
+            dequantize_weight(q, scale), _int8_linear(*_pad_rows(q, scale), None, dynamic, device)
         )
     rest = _int8_linear(q, scale, bias, dynamic, device)
     if isinstance(mod, OutlierInt8Linear):

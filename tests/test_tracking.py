@@ -38,17 +38,18 @@ def setup_pipeline(tmp: Path, model_dirs: dict[str, Path], rep: dict, tag: str =
     metrics.mkdir()
     (metrics / "eval.json").write_text(json.dumps(rep), encoding="utf-8")
     (metrics / "per_language.csv").write_text("language,fp32,int8\nen,1,1\n", encoding="utf-8")
-    upstream = tmp / "upstream"
-    (upstream / "calibration").mkdir(parents=True, exist_ok=True)
-    (upstream / "audio_summary.json").write_text('{"clips": 6}', encoding="utf-8")
-    (upstream / "calibration" / "sensitivity.json").write_text('{"layers": []}', encoding="utf-8")
+    (tmp / "models" / "calibration").mkdir(parents=True, exist_ok=True)
+    (tmp / "data").mkdir(exist_ok=True)
+    (tmp / "data" / "audio_summary.json").write_text('{"clips": 6}', encoding="utf-8")
+    (tmp / "models" / "calibration" / "sensitivity.json").write_text('{"layers": []}', encoding="utf-8")
     return PromoteInputs(
         eval_json=metrics / "eval.json",
         model_dirs=model_dirs,
         artifacts=[
-            upstream / "audio_summary.json",
-            upstream / "calibration",
+            tmp / "data" / "audio_summary.json",
+            tmp / "models" / "calibration",
             model_dirs["fp32"] / "model_card.json",
+            model_dirs["int8"] / "model_card.json",
         ],
         eval_files=[metrics / "per_language.csv"],
         gate_json=metrics / "gate.json",
@@ -97,7 +98,16 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
     assert params["quant.calibration_clips"] == "16"
     assert len(params["git_commit"]) == 40 and params["dvc_lock_sha256"] == "no-dvc-lock"
     parent_files = {f.path for f in client.list_artifacts(parent.info.run_id, "upstream")}
-    assert {"upstream/audio_summary.json", "upstream/calibration", "upstream/model_card.json"} <= parent_files
+    assert parent_files == {"upstream/data", "upstream/models", "upstream/fp32", "upstream/int8"}
+    # both model cards, each in its folder (one upstream/ folder kept only the last)
+    for folder in model_dirs.values():
+        local = client.download_artifacts(
+            parent.info.run_id, f"upstream/{folder.name}/model_card.json", str(tmp_path)
+        )
+        assert Path(local).read_bytes() == (folder / "model_card.json").read_bytes()
+    assert (
+        client.list_artifacts(parent.info.run_id, "upstream/models")[0].path == "upstream/models/calibration"
+    )
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "gate")] == ["gate/gate.json"]
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "evaluation")] == [
         "evaluation/per_language.csv"
@@ -233,3 +243,13 @@ def test_every_params_yaml_mapping_is_logged_whatever_its_keys(tmp_path):
     run_id = client.create_run(exp_id).info.run_id
     log_values(client, run_id, params=flat)
     assert client.get_run(run_id).data.params == flat
+
+
+def test_upstream_files_keep_their_folder():
+    from whisper_int8.promotion import upstream_folder
+
+    assert upstream_folder(Path("models/fp32/model_card.json")) == "upstream/models/fp32"
+    assert upstream_folder(Path("models/calibration")) == "upstream/models"
+    assert upstream_folder(Path("data/audio_summary.json")) == "upstream/data"
+    assert upstream_folder(Path("/abs/int8/model_card.json")) == "upstream/int8"
+    assert upstream_folder(Path("../elsewhere/x.json")) == "upstream/elsewhere"

@@ -127,7 +127,10 @@ def set_alignment_heads(model: Whisper, heads: list[list[int]]) -> None:
     model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
 
 
-def _load_ct2(bins: list[Path], config: Path | None, provenance: dict) -> LoadedModel:
+def _load_ct2(
+    bins: list[Path], config: Path | None, provenance: dict, names: list[str] | None = None
+) -> LoadedModel:
+    """``names``: how the card records each file (default its path); a package's must not hold the venv's."""
     try:
         ct2 = read_ct2_files(bins)
         origin = " + ".join(str(p) for p in bins)
@@ -143,7 +146,7 @@ def _load_ct2(bins: list[Path], config: Path | None, provenance: dict) -> Loaded
             raise ModelSourceError(f"{config}: not valid JSON ({e})") from None
     elif "decoder/alignment_heads" in ct2.variables:
         heads = ct2.variables["decoder/alignment_heads"].reshape(-1, 2).tolist()
-    provenance["files"] = {str(p): sha256_file(p) for p in bins}
+    provenance["files"] = {n: sha256_file(p) for n, p in zip(names or map(str, bins), bins, strict=True)}
     return LoadedModel(build_model(dims, state, heads), dims, heads, provenance)
 
 
@@ -174,7 +177,11 @@ def _load_package(name: str) -> LoadedModel:
     bins = [locate(m, rel) for m, rel in spec.parts]
     log.info("loading %s from %s", name, ", ".join(map(str, bins)))
     try:
-        return _load_ct2(bins, locate(*spec.config), {"source": f"package:{name}", "packages": versions})
+        # files named inside their packages: the card (and the DVC hash of models/fp32) is the same
+        # wherever the venv lives
+        files = [f"{module}/{rel}" for module, rel in spec.parts]
+        prov = {"source": f"package:{name}", "packages": versions}
+        return _load_ct2(bins, locate(*spec.config), prov, files)
     except FileNotFoundError as e:
         raise ModelSourceError(
             f"model.source=package:{name}: {e}; reinstall {' '.join(spec.dists)}"
@@ -223,7 +230,7 @@ def _load_openai(name: str) -> LoadedModel:
         raise ModelSourceError(f"model.source=openai:{name}: download or load failed ({e})") from None
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     # whisper.load_model checked the file against ``expected`` (or downloaded it so): no third hash
-    prov = {"source": f"openai:{name}", "files": {str(cached): expected}}
+    prov = {"source": f"openai:{name}", "files": {cached.name: expected}}  # not the home directory's path
     return LoadedModel(model, model.dims, heads, prov)
 
 

@@ -122,6 +122,18 @@ def git_commit(root: Path = Path(".")) -> str:
         return "unknown"
 
 
+def upstream_folder(path: Path) -> str:
+    """Where the parent run keeps an upstream file: ``upstream/`` plus its folder as params.yaml names it.
+
+    ``models/fp32/model_card.json`` -> ``upstream/models/fp32``: the FP32 and INT8 cards share a file
+    name, and one folder would keep only the last. An absolute path keeps its folder's name.
+    """
+    folder = path.parent
+    if folder.is_absolute() or ".." in folder.parts:
+        folder = Path(folder.name)
+    return "/".join(("upstream", *folder.parts))
+
+
 def _existing(paths: list[Path]) -> list[Path]:
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -169,7 +181,8 @@ def promote(
             "dvc_lock_sha256": lock_digest,
         }
         tracking.log_values(client, runs.parent_id, params=params, metrics=report["comparison"])
-        tracking.log_files(client, runs.parent_id, [(p, "upstream") for p in _existing(inputs.artifacts)])
+        upstream = [(p, upstream_folder(p)) for p in _existing(inputs.artifacts)]
+        tracking.log_files(client, runs.parent_id, upstream)
         tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
         for variant, run_id in runs.children.items():
             model_dir = inputs.model_dirs[variant]

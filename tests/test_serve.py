@@ -210,6 +210,33 @@ def test_cli_refuses_a_missing_sqlite_database(registered, tmp_path, capsys, mon
     assert not list(tmp_path.rglob("*"))
 
 
+def test_cli_in_the_repository_uses_params_yaml_mlflow_settings(registered, tmp_path, capsys, monkeypatch):
+    """Run where params.yaml is, the CLI pulls from the registry promote wrote to (its tracking_uri, model
+    name and alias), not a mlflow.db that params.yaml no longer names; --tracking-uri works after the
+    command too."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = registered["uri"]
+    (tmp_path / "params.yaml").write_text(
+        f"mlflow:\n  tracking_uri: {uri}\n  registered_model: {NAME}\n  alias: champion\n"
+    )
+    assert cli.main(["pull", "--dest", "deploy"]) == 0
+    assert (tmp_path / "deploy" / "MLmodel").is_file()
+    assert f"pulled {URI} -> " in capsys.readouterr().out
+    assert cli.main(["transcribe", "--language", "en", "--json", str(registered["wav"])]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == registered["expected"]
+    (tmp_path / "params.yaml").write_text("mlflow:\n  tracking_uri: [not, a, uri]\n")
+    assert cli.main(["pull", "--dest", "deploy"]) == 2
+    assert (
+        _one_line_error(capsys)
+        == "params.yaml: mlflow.tracking_uri must be a string, got ['not', 'a', 'uri']"
+    )
+    (tmp_path / "params.yaml").unlink()
+    assert cli.main(["pull", "--tracking-uri", uri, "--model", NAME, "--dest", "again"]) == 0
+    assert (tmp_path / "again" / "MLmodel").is_file()
+
+
 def test_cli_help():
     out = subprocess.run(
         [str(Path(sys.executable).parent / "whisper-int8"), "transcribe", "--help"],

@@ -115,3 +115,23 @@ def test_the_import_graph_is_read_from_the_sources():
         "significance.py",
         "quant/cpu.py",
     } <= files
+
+
+def test_evaluate_stages_watch_the_split_and_models_params_yaml_names(dvc_repo, monkeypatch):
+    """evaluate.split / evaluate.models set elsewhere: DVC watches those paths, not data/eval and models/."""
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params["evaluate"]["split"] = "data/eval_large"
+    params["evaluate"]["models"] = {"fp32": "models/other_fp32", "int8": "models/int8_sq"}
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(dvc_repo)  # as `dvc status` runs there
+    with Repo(str(dvc_repo)) as repo:
+        deps = {
+            name: {str(Path(d.def_path)) for d in repo.stage.collect(name)[0].deps}
+            for name in ("evaluate_fp32", "evaluate", "convert")
+        }
+    assert {"data/eval_large", "models/other_fp32"} <= deps["evaluate_fp32"]
+    assert "models/int8_sq" not in deps["evaluate_fp32"] and "data/eval" not in deps["evaluate_fp32"]
+    assert {"data/eval_large", "models/int8_sq"} <= deps["evaluate"] and "models/int8" not in deps["evaluate"]
+    assert "models/fp32" in deps["convert"]  # convert measures it for the card's size ratio

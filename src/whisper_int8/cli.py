@@ -4,9 +4,11 @@
     whisper-int8 transcribe --model models:/whisper-int8@champion clip.wav [more.wav ...]
     whisper-int8 transcribe --model deploy/whisper-int8 --language en clip.wav
 
-The tracking server is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
-current directory (the repository root after ``make repro``); a database file that is not there is an error,
-never created empty.
+The tracking server is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``params.yaml``'s
+``mlflow.tracking_uri`` when run in the repository (its root, where promote wrote), else
+``sqlite:///mlflow.db`` in the current directory; a database file that is not there is an error, never
+created empty. The default model name and alias are ``mlflow.registered_model`` / ``mlflow.alias`` there too
+(else whisper-int8 / champion).
 """
 
 from __future__ import annotations
@@ -28,6 +30,23 @@ if TYPE_CHECKING:
 
 USER_ERRORS: tuple[type[BaseException], ...] = (TrackingError, RegistryError, FileNotFoundError, ValueError)
 SQLITE = "sqlite:///"
+PARAMS = Path("params.yaml")
+DEFAULT_NAME, DEFAULT_ALIAS = "whisper-int8", "champion"
+
+
+def repo_mlflow(path: Path = PARAMS) -> dict[str, str]:
+    """``params.yaml``'s ``mlflow`` settings when the CLI runs in the repository: the registry (and model
+    name and alias) promote wrote to. Elsewhere, a deployment host: nothing, the built-in defaults."""
+    if not path.is_file():
+        return {}
+    from .params import ParamError, load_params, section
+
+    ml = section(load_params(path), "mlflow", path)
+    keys = ("tracking_uri", "registered_model", "alias")
+    for key in keys:
+        if ml.get(key) is not None and not isinstance(ml[key], str):
+            raise ParamError(f"{path}: mlflow.{key} must be a string, got {ml[key]!r}")
+    return {k: ml[k] for k in keys if ml.get(k)}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -42,7 +61,7 @@ def _connect(args: argparse.Namespace) -> str:
     create an empty one in whatever directory the command was started from."""
     import mlflow
 
-    uri = resolve_tracking_uri(explicit=args.tracking_uri)
+    uri = resolve_tracking_uri(args.repo.get("tracking_uri"), explicit=args.tracking_uri)
     db = Path(uri.removeprefix(SQLITE))
     if uri.startswith(SQLITE) and not db.is_file():
         raise TrackingError(
@@ -59,7 +78,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .registry import model_uri, pull
 
     _connect(args)
-    uri = model_uri(args.model, args.alias)
+    uri = model_uri(
+        args.model or args.repo.get("registered_model", DEFAULT_NAME),
+        args.alias or args.repo.get("alias", DEFAULT_ALIAS),
+    )
     dest = pull(uri, Path(args.dest))
     print(f"pulled {uri} -> {dest}")
     return 0
@@ -105,6 +127,11 @@ def decode_audio(path: str) -> np.ndarray:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     # Every mistake on the command line is reported before the model is loaded (or downloaded).
+    if args.model is None:
+        repo = args.repo
+        args.model = (
+            f"models:/{repo.get('registered_model', DEFAULT_NAME)}@{repo.get('alias', DEFAULT_ALIAS)}"
+        )
     model_dir = model_dir_of(args.model)
     decode = {"beam_size": args.beam_size, "max_tokens": args.max_tokens}
     given = [f"--{k.replace('_', '-')}" for k, v in decode.items() if v is not None]
@@ -137,27 +164,39 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    uri_help = (
+        "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else params.yaml mlflow.tracking_uri in the "
+        "repository, else sqlite:///mlflow.db)"
     )
+    parser.add_argument("--tracking-uri", help=uri_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # also after the command (`pull --tracking-uri ...`); SUPPRESS: not given there, the top-level value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", default=argparse.SUPPRESS, help=uri_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pull", help="download a registered model version (by alias) into a directory")
+    p = sub.add_parser(
+        "pull", parents=[common], help="download a registered model version (by alias) into a directory"
+    )
     p.add_argument(
         "--model",
-        default="whisper-int8",
-        help="registered model name, or a models:/ or runs:/<run id>/model URI (default: whisper-int8)",
+        help="registered model name, or a models:/ or runs:/<run id>/model URI (default: params.yaml "
+        "mlflow.registered_model in the repository, else whisper-int8)",
     )
-    p.add_argument("--alias", default="champion", help="alias to pull (default: champion)")
+    p.add_argument(
+        "--alias", help="alias to pull (default: params.yaml mlflow.alias in the repository, else champion)"
+    )
     p.add_argument(
         "--dest", required=True, help="destination directory: new, or an earlier pull (replaced whole)"
     )
     p.set_defaults(func=cmd_pull)
-    t = sub.add_parser("transcribe", help="transcribe audio files with a registered or local model")
+    t = sub.add_parser(
+        "transcribe", parents=[common], help="transcribe audio files with a registered or local model"
+    )
     t.add_argument(
         "--model",
-        default="models:/whisper-int8@champion",
-        help="models:/NAME@ALIAS, runs:/..., a pulled directory or a model directory (models/int8)",
+        help="models:/NAME@ALIAS, runs:/..., a pulled directory or a model directory (models/int8); "
+        "default: the champion, models:/whisper-int8@champion (params.yaml's mlflow name and alias in "
+        "the repository)",
     )
     t.add_argument("--language", help="language code (default: auto-detect)")
     t.add_argument(
@@ -181,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        args.repo = repo_mlflow()
         return args.func(args)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)

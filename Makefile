@@ -20,6 +20,11 @@ apt-deps:  ## install Debian packages (ffmpeg, espeak-ng; tcmalloc for the bench
 	  echo "installing apt packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+	@# the asterisk audio source fetches Debian's sound packages with apt-get download: it needs the
+	@# package lists, which container images often ship cleaned
+	@if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+	  echo "apt package lists empty: apt-get update"; $(SUDO) apt-get update -q; \
+	fi
 	@# optional (benchmarks/speed.py --heap tcmalloc; its test skips without it); renamed ...t64 in Debian 13
 	@if ! dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 && ! dpkg -s libtcmalloc-minimal4t64 >/dev/null 2>&1; then \
 	  echo "installing libtcmalloc-minimal4 (optional)"; $(SUDO) apt-get update -q >/dev/null; \
@@ -30,13 +35,19 @@ apt-deps:  ## install Debian packages (ffmpeg, espeak-ng; tcmalloc for the bench
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a venv that failed half-way (no ensurepip: Debian's python3.11-venv missing) has a python but no
+	@# pip: start again rather than skip creating it on the next run
+	@test -x $(BIN)/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "error: $(PYTHON) -m venv failed; on Debian/Ubuntu: apt-get install python3.11-venv"; exit 1; }; }
 	# pip byte-compiles what it installs (73 of the 126 s of a fresh set-up). Keep it: with
 	# PYTHONDONTWRITEBYTECODE=1 (common in containers, set on our machines) nothing would write the
 	# .pyc files later, and every process would compile torch, whisper, mlflow and dvc from source
 	# (importing them: 9 s instead of 4 s, in every stage and test process).
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: the CPU build; resolving it through another package could pull a CUDA build.
+	# torch first, pinned: resolving it through another package could pull a CUDA build. Our machines'
+	# pip config finds the CPU wheel; elsewhere PyPI's Linux torch is the CUDA build (several GB):
+	# create the venv and run `.venv/bin/pip install torch==2.13.0 --index-url
+	# https://download.pytorch.org/whl/cpu` first (this line then finds it installed).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)

@@ -62,10 +62,15 @@ def venv_env() -> dict[str, str]:
 
 @pytest.fixture
 def dvc_repo(tmp_path: Path) -> Path:
-    """A fresh git + DVC repository holding the project's tracked files (no outputs)."""
+    """A fresh git + DVC repository holding the project's tracked files (no outputs), as CI's clone has them.
+
+    Tracked files only (their working-tree content): an untracked dvc.lock or metrics/ of a local
+    `dvc repro` would make the tests see another repository than CI's fresh clone. A new module must
+    be `git add`-ed before these tests see it.
+    """
     dest = tmp_path / "repo"
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        ["git", "ls-files", "--cached"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     for rel in files:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 import wave
 from pathlib import Path
 
@@ -344,13 +346,25 @@ def test_unfetchable_debian_package(tmp_path):
     assert not any((tmp_path / "debian").glob("asterisk-core-sounds-zz*"))
 
 
-def test_hf_source_fails_fast_and_clearly(tmp_path):
+@pytest.mark.parametrize("missing", ["datasets", "network"])
+def test_hf_source_fails_fast_and_clearly(tmp_path, monkeypatch, missing):
+    """Without the optional `datasets` package, or offline: skipped with the cause, never a download."""
+    from whisper_int8.audio import hf
+
+    if missing == "datasets":
+        monkeypatch.setitem(sys.modules, "datasets", None)  # None: `import datasets` raises ImportError
+    else:  # installed (a stand-in: nothing of it is used before the check), and offline
+        monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s: OSError(f"{host}: no route"))
     make_corpus(tmp_path / "rec", ("en",), 2)
     p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=1)
     p["sources"]["hf:google/fleurs"] = {"en": "en_us"}
     summary = run_build(tmp_path, p)
     (cause,) = [s["cause"] for s in summary["skipped"]["items"]]
-    assert cause.startswith("hf:google/fleurs:") and ("datasets" in cause or "huggingface.co" in cause)
+    assert cause.startswith("hf:google/fleurs:")
+    assert ("pip install" in cause) if missing == "datasets" else ("cannot reach huggingface.co" in cause)
     with pytest.raises(AudioInputError, match="hf:google/fleurs"):
         run_build(tmp_path, {**p, "on_error": "fail"})
 

@@ -97,6 +97,9 @@ def test_report_files(results, tmp_path):
     assert len(list(csv.DictReader((tmp_path / "latency.csv").open()))) == 4
     for png in ("per_language.png", "latency.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every clip's transcript, each model's under its own key
+    transcripts = json.loads((tmp_path / "transcripts.json").read_text())
+    assert transcripts == json.loads(json.dumps({v: results[v]["clips"] for v in ("fp32", "int8")}))
     for row in rows:  # every cell of the CSV is the figure in eval.json
         key = f"{row['metric']}/{row['language']}"
         assert float(row["fp32"]) == pytest.approx(on_disk["fp32"][key], abs=1e-3)
@@ -272,6 +275,16 @@ def test_evaluate_models_must_name_both_model_directories(models):
     with pytest.raises(ParamError, match=r"^p.yaml: evaluate.models must map fp32 and int8 to model dir"):
         model_dirs({"models": models}, "p.yaml")
     assert model_dirs({"models": {"fp32": "a", "int8": "b"}}) == {"fp32": Path("a"), "int8": Path("b")}
+
+
+def test_settings_record_the_clip_cap_the_gate_reads():
+    """eval.json's config carries evaluate.max_clips_per_language: the gate refuses a capped evaluation
+    by it (gate.clip_cap), and a baseline made with another cap is not reused."""
+    from whisper_int8.gate import clip_cap
+
+    opt = {"split": "s", "decode": {}, "device": "cpu", "warmup": 0, "max_clips_per_language": 3}
+    assert clip_cap({"config": _stage_module().settings(opt, [])}) == 3
+    assert clip_cap({"config": _stage_module().settings({**opt, "max_clips_per_language": None}, [])}) is None
 
 
 def test_a_baseline_made_on_other_clips_is_refused(tmp_path):

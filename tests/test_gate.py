@@ -144,3 +144,24 @@ def test_an_evaluation_capped_per_language_is_never_promoted():
         "to null to evaluate the whole split and promote"
     ]
     assert "evaluate more clips (evaluate.max_clips_per_language: null)" in d.notes[0]
+
+
+def test_every_threshold_set_in_params_is_the_one_applied():
+    """A value in params.yaml's gate section moves the decision (not the built-in default)."""
+    rep = report({"en": 10.0}, {"en": 10.8}, speedup=1.5, size_ratio=0.5)
+    assert not check_thresholds(rep, gate_config({})).passed  # +0.8 pp over the default 0.5
+    loose = {"max_wer_delta_pp": 1.0, "max_overall_wer_delta_pp": 1.0}
+    assert check_thresholds(rep, gate_config(loose)).passed
+    for key, value, reason in (
+        ("min_speedup", 2.0, "speedup 1.50x below min_speedup 2.0x"),
+        ("max_size_ratio", 0.4, "size ratio 0.500 above max_size_ratio 0.4"),
+        ("max_overall_wer_delta_pp", 0.7, "overall error rate +0.80 pp"),
+    ):
+        d = check_thresholds(rep, gate_config({**loose, key: value}))
+        assert not d.passed and reason in " | ".join(d.reasons), (key, d.reasons)
+    champ = {"wer/en": 10.5, "error_rate/overall": 10.5}
+    cand = {"wer/en": 10.8, "error_rate/overall": 10.8}
+    assert check_against_champion(cand, champ, gate_config({}).champion_tolerance_pp, "v1")
+    assert not check_against_champion(
+        cand, champ, gate_config({"champion_tolerance_pp": 0.5}).champion_tolerance_pp, "v1"
+    )

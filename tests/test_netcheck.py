@@ -32,3 +32,18 @@ def test_hf_offline_says_how_to_use_the_cache(monkeypatch):
         hf._check_online("google/fleurs")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "yes")  # the user asked for the cache: no check
     hf._check_online("google/fleurs")
+
+
+def test_a_host_that_accepts_the_connection_is_reachable(no_proxy, monkeypatch):
+    """The online case, without a network: a connection that opens means None, and it is closed."""
+    seen = []
+
+    class Connection:
+        def close(self):
+            seen.append("closed")
+
+    monkeypatch.setattr(
+        netcheck.socket, "create_connection", lambda addr, timeout: seen.append(addr) or Connection()
+    )
+    assert netcheck.unreachable("huggingface.co", timeout_s=3) is None
+    assert seen == [("huggingface.co", 443), "closed"]

@@ -14,7 +14,7 @@ import torch
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.cpu import host_summary
+from whisper_int8.cpu import activation_bits, host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, decode_options, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json
@@ -24,6 +24,7 @@ from whisper_int8.scoring import normalize
 from whisper_int8.stage_files import read_json
 
 log = logging.getLogger("evaluate")
+ACTIVATION_BITS = "int8_activation_bits"  # settings key: WHISPER_INT8_ACTIVATION_BITS or the CPU's
 KEYS = {"split", "beam_size", "max_tokens", "warmup", "max_clips_per_language", "device", "models"}
 
 
@@ -72,7 +73,9 @@ def settings(opt: dict, clips: list) -> dict:
         "device": opt["device"],
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
-        "host": host_summary(),
+        "host": host_summary(with_activation_bits=False),
+        # apart from host: they move INT8 transcripts only, so an FP32 baseline made with others is kept
+        ACTIVATION_BITS: activation_bits(),
     }
 
 
@@ -106,6 +109,8 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
         )
     made_with = {**stored.get("config", {}), "model_dir": stored.get("model_dir")}
     wanted = {**config, "model_dir": str(model_dir)}
+    for fp32_agnostic in (made_with, wanted):  # FP32 has no int8 activations
+        fp32_agnostic.pop(ACTIVATION_BITS, None)
     if made_with != wanted:
         changed = sorted(k for k in wanted.keys() | made_with.keys() if wanted.get(k) != made_with.get(k))
         # --force: DVC sees `device: auto`, not the device it resolved to, so it may think nothing changed.

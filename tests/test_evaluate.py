@@ -313,3 +313,21 @@ def test_a_baseline_made_on_other_clips_is_refused(tmp_path):
     with pytest.raises(ParamError, match=r"base.json: FP32 evaluation made with other settings \(clips\)"):
         _stage_module().read_baseline(path, {"clips": clips_digest([clip, second])}, Path("m"))
     assert _stage_module().read_baseline(path, {"clips": clips_digest([clip])}, Path("m"))["metrics"] == {}
+
+
+def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, monkeypatch):
+    """WHISPER_INT8_ACTIVATION_BITS=7 on a VNNI machine changes the INT8 evaluation only: the FP32 one is
+    reused; another host (its ISA sets FP32 timings) still refuses it."""
+    stage = _stage_module()
+    opt = {"split": "s", "decode": {}, "device": "cpu", "warmup": 0, "max_clips_per_language": None}
+    path = tmp_path / "base.json"
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "7")
+    config = stage.settings(opt, [])
+    assert config["int8_activation_bits"] == 7 and "int8 activations" not in config["host"]
+    path.write_text(json.dumps({"config": config, "model_dir": "m", "metrics": {}, "clips": []}))
+    monkeypatch.setattr(stage, "activation_bits", lambda: 8)
+    assert stage.settings(opt, [])["int8_activation_bits"] == 8
+    assert stage.read_baseline(path, stage.settings(opt, []), Path("m"))["metrics"] == {}
+    monkeypatch.setattr(stage, "host_summary", lambda with_activation_bits: "another CPU")
+    with pytest.raises(ParamError, match=r"made with other settings \(host\)"):
+        stage.read_baseline(path, stage.settings(opt, []), Path("m"))

@@ -88,17 +88,17 @@ def activation_bits() -> int:
     raise RuntimeError(f"{ACTIVATION_BITS_ENV}={wanted!r}: use auto, 7 or 8")
 
 
-def host_summary() -> str:
+def host_summary(with_activation_bits: bool = True) -> str:
     """One line for reports: model, cores, torch's threads and kernel ISA, the int8/bf16 extensions,
-    the int8 activation bits.
+    the int8 activation bits (unless ``with_activation_bits`` is False: a caller recording them apart).
 
     The ISA is the one torch dispatches to in this process (``ATEN_CPU_CAPABILITY`` lowers it).
     """
     import torch
 
     extensions = ", ".join(cpu_extensions()) or "unknown"
-    return (
+    line = (
         f"{cpu_model()}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; "
-        f"torch {torch.__version__} ISA {torch.backends.cpu.get_cpu_capability()} (CPU: {extensions}); "
-        f"int8 activations {activation_bits()}-bit"
+        f"torch {torch.__version__} ISA {torch.backends.cpu.get_cpu_capability()} (CPU: {extensions})"
     )
+    return f"{line}; int8 activations {activation_bits()}-bit" if with_activation_bits else line

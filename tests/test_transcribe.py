@@ -198,3 +198,21 @@ def test_an_english_only_model_refuses_another_language():
         transcribe_clip(english, silence, "es", max_tokens=2)
     for language in ("en", None):
         assert transcribe_clip(english, silence, language, max_tokens=2)["language"] == "en"
+
+
+def test_concurrent_calls_give_the_sequential_transcripts(tiny_model):
+    """MLflow's scoring server runs requests in threads on one model: whisper's kv-cache hooks live on
+    that model and the fallback sampling reseeds the global RNG, so calls must not interleave."""
+    import concurrent.futures
+
+    fuse_model(tiny_model)
+    gen = torch.Generator().manual_seed(3)
+    clips = [(0.1 * torch.randn(16000 * (1 + i % 3), generator=gen)).numpy() for i in range(6)]
+    alone = [transcribe_clip(tiny_model, clip, "en", max_tokens=24)["text"] for clip in clips]
+    assert len(set(alone)) > 1  # distinct transcripts: a mix-up would show
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            together = list(
+                pool.map(lambda c: transcribe_clip(tiny_model, c, "en", max_tokens=24)["text"], clips)
+            )
+            assert together == alone

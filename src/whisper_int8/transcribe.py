@@ -17,6 +17,7 @@ the encoder again for each of these, and ``whisper.decode`` the projections. Lon
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,10 @@ MIN_TOKENS = 32
 COMPRESSION_RATIO_MAX = 2.4
 LOGPROB_MIN = -1.0
 NO_SPEECH_MIN = 0.6
+# One transcription at a time in a process: whisper's decoding installs its kv-cache hooks on the
+# (shared) model and the fallback sampling reseeds torch's global RNG, so two threads at once (MLflow's
+# scoring server runs each request in one) would read each other's keys and values.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -263,6 +268,18 @@ def transcribe_clip(
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)
     cap = token_cap(model, len(audio), max_tokens)
+    with _ONE_AT_A_TIME:
+        return _transcribe(model, audio, language, beam_size, cap, detect_language)
+
+
+def _transcribe(
+    model: torch.nn.Module,
+    audio: np.ndarray,
+    language: str | None,
+    beam_size: int | None,
+    cap: int,
+    detect_language: bool,
+) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if len(audio) <= N_SAMPLES:

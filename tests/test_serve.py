@@ -232,6 +232,21 @@ def test_cli_in_the_repository_uses_params_yaml_mlflow_settings(registered, tmp_
         _one_line_error(capsys)
         == "params.yaml: mlflow.tracking_uri must be a string, got ['not', 'a', 'uri']"
     )
+    # another project's params.yaml (no mlflow section), or a bad one: a local model needs no registry
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\n")
+    local = [
+        "transcribe",
+        "--model",
+        str(registered["int8"]),
+        "--language",
+        "en",
+        "--json",
+        str(registered["wav"]),
+    ]
+    assert cli.main(local) == 0 and "text" in json.loads(capsys.readouterr().out)
+    (tmp_path / "params.yaml").write_text("mlflow: [")
+    assert cli.main(local) == 0
+    capsys.readouterr()
     (tmp_path / "params.yaml").unlink()
     assert cli.main(["pull", "--tracking-uri", uri, "--model", NAME, "--dest", "again"]) == 0
     assert (tmp_path / "again" / "MLmodel").is_file()

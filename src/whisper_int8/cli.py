@@ -36,12 +36,15 @@ DEFAULT_NAME, DEFAULT_ALIAS = "whisper-int8", "champion"
 
 def repo_mlflow(path: Path = PARAMS) -> dict[str, str]:
     """``params.yaml``'s ``mlflow`` settings when the CLI runs in the repository: the registry (and model
-    name and alias) promote wrote to. Elsewhere, a deployment host: nothing, the built-in defaults."""
+    name and alias) promote wrote to. Elsewhere (a deployment host, another project's params.yaml
+    without that section): nothing, the built-in defaults. Read only by what talks to MLflow."""
     if not path.is_file():
         return {}
-    from .params import ParamError, load_params, section
+    from .params import ParamError, load_params
 
-    ml = section(load_params(path), "mlflow", path)
+    ml = load_params(path).get("mlflow")
+    if not isinstance(ml, dict):
+        return {}
     keys = ("tracking_uri", "registered_model", "alias")
     for key in keys:
         if ml.get(key) is not None and not isinstance(ml[key], str):
@@ -61,7 +64,7 @@ def _connect(args: argparse.Namespace) -> str:
     create an empty one in whatever directory the command was started from."""
     import mlflow
 
-    uri = resolve_tracking_uri(args.repo.get("tracking_uri"), explicit=args.tracking_uri)
+    uri = resolve_tracking_uri(repo_mlflow().get("tracking_uri"), explicit=args.tracking_uri)
     db = Path(uri.removeprefix(SQLITE))
     if uri.startswith(SQLITE) and not db.is_file():
         raise TrackingError(
@@ -79,8 +82,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     _connect(args)
     uri = model_uri(
-        args.model or args.repo.get("registered_model", DEFAULT_NAME),
-        args.alias or args.repo.get("alias", DEFAULT_ALIAS),
+        args.model or repo_mlflow().get("registered_model", DEFAULT_NAME),
+        args.alias or repo_mlflow().get("alias", DEFAULT_ALIAS),
     )
     dest = pull(uri, Path(args.dest))
     print(f"pulled {uri} -> {dest}")
@@ -128,7 +131,7 @@ def decode_audio(path: str) -> np.ndarray:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     # Every mistake on the command line is reported before the model is loaded (or downloaded).
     if args.model is None:
-        repo = args.repo
+        repo = repo_mlflow()
         args.model = (
             f"models:/{repo.get('registered_model', DEFAULT_NAME)}@{repo.get('alias', DEFAULT_ALIAS)}"
         )
@@ -220,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        args.repo = repo_mlflow()
         return args.func(args)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)

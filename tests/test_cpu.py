@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,10 +50,12 @@ def test_activation_bits_follow_fbgemm_vnni_and_the_override(monkeypatch):
     monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "auto")
     assert cpu.activation_bits() == 7
     monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "8")
-    with pytest.raises(RuntimeError, match="WHISPER_INT8_ACTIVATION_BITS=8: .* need fbgemm's AVX-512 VNNI"):
+    with pytest.raises(
+        cpu.ActivationBitsError, match="WHISPER_INT8_ACTIVATION_BITS=8: .* need fbgemm's AVX-512 VNNI"
+    ):
         cpu.activation_bits()
     monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "16")
-    with pytest.raises(RuntimeError, match="WHISPER_INT8_ACTIVATION_BITS='16': use auto, 7 or 8"):
+    with pytest.raises(cpu.ActivationBitsError, match="WHISPER_INT8_ACTIVATION_BITS='16': use auto, 7 or 8"):
         cpu.activation_bits()
 
 
@@ -63,11 +66,11 @@ def test_host_summary_names_the_activation_bits():
 def test_portable_activations_pins_7_bits_and_restores():
     from whisper_int8.quant import cpu as qcpu
 
-    before = qcpu.REDUCE_RANGE
+    before = qcpu._reduce_range()
     assert before == (cpu.activation_bits() == 7)
     with qcpu.portable_activations():
-        assert qcpu.REDUCE_RANGE is True
-    assert before == qcpu.REDUCE_RANGE
+        assert qcpu._reduce_range() is True
+    assert before == qcpu._reduce_range()
 
 
 @pytest.mark.skipif(not cpu.fbgemm_vnni(), reason="needs fbgemm's AVX-512 VNNI kernels")
@@ -84,3 +87,23 @@ def test_8_bit_activations_are_closer_to_float_where_vnni_runs_them():
     with qcpu.portable_activations():
         err7 = float((q(x) - ref).norm() / ref.norm())
     assert err8 < 0.75 * err7
+
+
+def test_a_bad_activation_bits_setting_is_one_line_where_int8_runs(tmp_path):
+    """Not an import-time traceback (the quant module read it when loaded, even for FP32 work): the
+    stages and the CLI stop with the variable's message, exit 2."""
+
+    from .conftest import venv_env
+    from .eval_fixtures import tiny_int8_dir
+    from .test_audio_wavio import write_tone
+
+    env = {**venv_env(), "WHISPER_INT8_ACTIVATION_BITS": "9"}
+    code = "import whisper_int8.quant.cpu, whisper_int8.model_dir; print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "imported\n", done.stderr
+    wav = write_tone(tmp_path / "a.wav", 440, 1.0)
+    cmd = [str(Path(sys.executable).parent / "whisper-int8"), "transcribe", "--model"]
+    cmd += [str(tiny_int8_dir(tmp_path / "int8")), "--language", "en", str(wav)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "error: WHISPER_INT8_ACTIVATION_BITS='9': use auto, 7 or 8\n"

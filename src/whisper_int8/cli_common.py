@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from .audio.errors import AudioInputError
+from .cpu import ActivationBitsError
 from .ct2 import CT2FormatError
 from .fsutil import OutputConflictError
 from .model_sources import ModelSourceError
@@ -26,6 +27,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     RegistryError,
     AudioInputError,
     OutputConflictError,
+    ActivationBitsError,
 )
 
 

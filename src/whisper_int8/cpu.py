@@ -62,6 +62,10 @@ def fbgemm_vnni() -> bool:
     return "avx512_vnni" in cpu_extensions() and cap not in ("AVX2", "AVX512", "AVX512_256")
 
 
+class ActivationBitsError(ValueError):
+    """``WHISPER_INT8_ACTIVATION_BITS`` holds a value this CPU cannot run; the message says which work."""
+
+
 def activation_bits() -> int:
     """Bits of the dynamically quantized int8 activations: 8 with fbgemm's VNNI kernels, else 7.
 
@@ -79,13 +83,13 @@ def activation_bits() -> int:
         return 7
     if wanted == "8":
         if not fbgemm_vnni():
-            raise RuntimeError(
+            raise ActivationBitsError(
                 f"{ACTIVATION_BITS_ENV}=8: 8-bit int8 activations need fbgemm's AVX-512 VNNI kernels, which "
                 "this CPU (or FBGEMM_ENABLE_INSTRUCTIONS) does not give: the products would saturate. "
                 "Use auto or 7."
             )
         return 8
-    raise RuntimeError(f"{ACTIVATION_BITS_ENV}={wanted!r}: use auto, 7 or 8")
+    raise ActivationBitsError(f"{ACTIVATION_BITS_ENV}={wanted!r}: use auto, 7 or 8")
 
 
 def host_summary(with_activation_bits: bool = True) -> str:

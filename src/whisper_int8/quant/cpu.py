@@ -23,9 +23,17 @@ from ..cpu import activation_bits
 warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
 
-# 7-bit dynamic activations unless fbgemm runs VNNI kernels (whisper_int8.cpu.activation_bits); the
-# forward passes read it at call time, so portable_activations() can pin it
-REDUCE_RANGE = activation_bits() == 7
+# 7-bit dynamic activations unless fbgemm runs VNNI kernels (whisper_int8.cpu.activation_bits), read on
+# the first INT8 call (a bad WHISPER_INT8_ACTIVATION_BITS is then a user error, not an import traceback
+# even for FP32 work); the forward passes read it at call time, so portable_activations() can pin it
+REDUCE_RANGE: bool | None = None
+
+
+def _reduce_range() -> bool:
+    global REDUCE_RANGE
+    if REDUCE_RANGE is None:
+        REDUCE_RANGE = activation_bits() == 7
+    return REDUCE_RANGE
 
 
 @contextmanager
@@ -87,12 +95,12 @@ def linear_dynamic(x: Tensor, packed, bias: Tensor | None = None, per_token: boo
     """
     x = x.contiguous()
     if not per_token or x.numel() == x.shape[-1]:
-        y = torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)
+        y = torch.ops.quantized.linear_dynamic(x, packed, _reduce_range())
         return y if bias is None else y.add_(bias)
     # amax and amin over the last dim: 17x faster here than torch.aminmax's one pass (0.05 vs 0.8 ms for
     # 1500 x 512), which made per-token 15 % slower end to end
     s = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-12)
-    y = torch.ops.quantized.linear_dynamic(x / s, packed, REDUCE_RANGE)
+    y = torch.ops.quantized.linear_dynamic(x / s, packed, _reduce_range())
     return y.mul_(s) if bias is None else torch.addcmul(bias, y, s, out=y)
 
 

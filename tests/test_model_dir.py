@@ -320,3 +320,15 @@ def test_calibrate_and_convert_take_only_the_fused_model(tmp_path, dirs, kind, f
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
         assert not out.exists()
+
+
+def test_a_split_in_a_language_the_model_lacks_is_refused():
+    from whisper_int8.model_dir import check_languages
+    from whisper_int8.params import ParamError
+
+    model = make_tiny_whisper()  # 99 languages: no yue
+    check_languages(model, {"en", "zh"}, "data/eval")
+    with pytest.raises(
+        ParamError, match=r"^data/eval: holds yue clips, which this model has no language token"
+    ):
+        check_languages(model, {"en", "yue"}, "data/eval")

@@ -142,6 +142,9 @@ def test_cli_transcribe_checks_every_audio_file_before_loading(registered, tmp_p
     for model in (str(registered["int8"]), URI):
         assert cli.main(["transcribe", "--model", model, str(registered["wav"]), *missing]) == 2
         assert _one_line_error(capsys) == f"{missing[0]}, {missing[1]}: audio file not found"
+    # an unknown --language too ("auto" is what leaving it out does)
+    assert cli.main(["transcribe", "--model", URI, "--language", "auto", str(registered["wav"])]) == 2
+    assert _one_line_error(capsys).startswith("language 'auto': not a language Whisper knows")
 
 
 def test_cli_decoding_options_refused_for_an_mlflow_model(registered, tmp_path, capsys, monkeypatch):

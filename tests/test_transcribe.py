@@ -216,3 +216,30 @@ def test_concurrent_calls_give_the_sequential_transcripts(tiny_model):
                 pool.map(lambda c: transcribe_clip(tiny_model, c, "en", max_tokens=24)["text"], clips)
             )
             assert together == alone
+
+
+def test_languages_by_name_or_capitals_and_only_those_the_model_has(tiny_model):
+    """ "English"/"EN" are en (whisper.decode takes them); yue is refused by a 99-language model in one
+    line, not whisper's "tuple.index(x): x not in tuple"."""
+    from dataclasses import replace
+
+    from whisper_int8.languages import check_language, language_code, model_languages
+
+    from .conftest import TINY_DIMS, TINY_V3_DIMS
+
+    english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
+    assert [check_language(english, x) for x in ("EN", "english", "English", None)] == [
+        "en",
+        "en",
+        "en",
+        None,
+    ]
+    assert language_code("Spanish") == "es" and language_code("ES") == "es"
+    with pytest.raises(ValueError, match=r"^language 'auto': not a language Whisper knows .* leave it out"):
+        language_code("auto")
+    assert len(model_languages(tiny_model)) == 99 and "yue" not in model_languages(tiny_model)
+    assert model_languages(make_tiny_whisper(dims=TINY_V3_DIMS))[-1] == "yue"
+    silence = np.zeros(16000, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^language 'yue': not one of this model's 99 languages"):
+        transcribe_clip(tiny_model, silence, "yue", max_tokens=2)
+    assert transcribe_clip(tiny_model, silence, "Spanish", max_tokens=2)["language"] == "es"

@@ -136,6 +136,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             f"models:/{repo.get('registered_model', DEFAULT_NAME)}@{repo.get('alias', DEFAULT_ALIAS)}"
         )
     model_dir = model_dir_of(args.model)
+    if args.language is not None:
+        from .languages import language_code
+
+        args.language = language_code(args.language)  # "auto", "xx": now, not after loading the model
     decode = {"beam_size": args.beam_size, "max_tokens": args.max_tokens}
     given = [f"--{k.replace('_', '-')}" for k, v in decode.items() if v is not None]
     if given and model_dir is None:
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the champion, models:/whisper-int8@champion (params.yaml's mlflow name and alias in "
         "the repository)",
     )
-    t.add_argument("--language", help="language code (default: auto-detect)")
+    t.add_argument("--language", help="language code or name, e.g. en or English (default: detect it)")
     t.add_argument(
         "--beam-size",
         type=positive_int,

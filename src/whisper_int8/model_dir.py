@@ -9,6 +9,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .heap import release_freed
+from .languages import model_languages
 from .mapped_pages import drop_table_pages_after_lookups, unmap_resident_pages
 from .model_sources import ModelSourceError, load_checkpoint
 from .params import ParamError
@@ -19,17 +20,24 @@ from .stage_files import CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
 
 
 def check_languages(model: Whisper, languages: set[str], split: Path | str) -> None:
-    """Refuse an English-only model (tiny.en, base.en, ...) for clips in other languages.
+    """Refuse clips in languages ``model`` has no token for, before any audio is read.
 
-    Its tokenizer has no language tokens: every clip would be decoded as English and scored against a
-    foreign reference, giving error rates in the hundreds and INT8-versus-FP32 deltas of pure noise.
+    An English-only model (tiny.en, base.en, ...) would decode every clip as English and score it
+    against a foreign reference (error rates in the hundreds, INT8-versus-FP32 deltas of pure noise);
+    a 99-language model has no yue token, and whisper's tokenizer fails obscurely on it.
     """
-    others = sorted(set(languages) - {"en"})
+    others = sorted(set(languages) - set(model_languages(model)))
     if others and not model.is_multilingual:
         raise ParamError(
             f"{split}: holds {', '.join(others)} clips, but the model is English-only (an .en model "
             "such as tiny.en): set audio.languages: [en] with its audio.sources, or choose a "
             "multilingual model.source"
+        )
+    if others:
+        raise ParamError(
+            f"{split}: holds {', '.join(others)} clips, which this model has no language token for "
+            f"({model.num_languages} languages; yue needs large-v3 or turbo): drop them from "
+            "audio.languages or choose another model.source"
         )
 
 

@@ -33,6 +33,7 @@ from .audio.manifest import Clip, read_manifest
 from .audio.wavio import load_audio
 from .fuse import FusedAttention, head_major
 from .heap import release_freed
+from .languages import check_language
 from .mel import log_mel_window
 
 __all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
@@ -259,11 +260,7 @@ def transcribe_clip(
     own identification of the first 30 s and ``lid_s`` the seconds it added; otherwise they are None and 0.
     ``max_tokens`` overrides the per-window cap (default: ``MIN_TOKENS + TOKENS_PER_SECOND * seconds``).
     """
-    if language not in (None, "en") and not model.is_multilingual:  # its tokenizer would decode English
-        raise ValueError(
-            f"language {language!r}: the model is English-only (an .en model such as tiny.en); give "
-            "language en or none, or use a multilingual model"
-        )
+    language = check_language(model, language)
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)

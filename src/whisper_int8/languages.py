@@ -1,0 +1,49 @@
+"""Which languages a Whisper model can be asked for, and the codes people type for them.
+
+Kept apart from transcription so the stages that only check a split's languages (calibrate, evaluate)
+do not depend on the decoding code.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+
+def language_code(language: str) -> str:
+    """Whisper's code for ``language``, also given as a name or in capitals ("English", "EN" -> "en")."""
+    code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+    if code not in LANGUAGES:
+        raise ValueError(
+            f"language {language!r}: not a language Whisper knows (a code such as en, or a name such as "
+            "English); leave it out to detect the language"
+        )
+    return code
+
+
+def model_languages(model: nn.Module) -> list[str]:
+    """The codes ``model`` has language tokens for: en for an English-only model (tiny.en, ...), else
+    the first ``num_languages`` of Whisper's list (99; 100 with large-v3 and turbo, which add yue)."""
+    return list(LANGUAGES)[: model.num_languages] if model.is_multilingual else ["en"]
+
+
+def check_language(model: nn.Module, language: str | None) -> str | None:
+    """``language`` as this model's code (None: detect), or a ValueError saying why the model cannot take it.
+
+    An English-only tokenizer has no language tokens, so another language would silently decode as
+    English; a 99-language model has no token for yue, and whisper's tokenizer fails obscurely on it.
+    """
+    if language is None:
+        return None
+    code = language_code(language)
+    if code not in model_languages(model):
+        if not model.is_multilingual:
+            raise ValueError(
+                f"language {language!r}: the model is English-only (an .en model such as tiny.en); give "
+                "language en or none, or use a multilingual model"
+            )
+        raise ValueError(
+            f"language {language!r}: not one of this model's {model.num_languages} languages (yue needs a "
+            "100-language model: large-v3 or turbo)"
+        )
+    return code

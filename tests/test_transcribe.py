@@ -141,7 +141,7 @@ def test_long_audio_counts_text_tokens_not_timestamps(tiny_model, monkeypatch):
         "transcribe",
         lambda *a, **k: {"text": " hello there", "language": "en", "segments": segments},
     )
-    audio = np.zeros(16000 * 35, dtype=np.float32)
+    audio = np.full(16000 * 35, 0.01, dtype=np.float32)
     assert transcribe_clip(tiny_model, audio, "en")["tokens"] == 2 * len(words)  # as the one-window path
 
 
@@ -161,7 +161,7 @@ def test_freed_heap_is_released_before_and_after_the_encoder(tiny_model, monkeyp
     monkeypatch.setattr(tr, "release_freed", lambda: events.append("release"))
     tiny_model.encoder.register_forward_hook(lambda *_: events.append("encoder"))
     tiny_model.decoder.blocks[0].cross_attn.register_forward_pre_hook(lambda *_: events.append("decoder"))
-    tr.transcribe_clip(tiny_model, np.zeros(16000, dtype=np.float32), "en", max_tokens=2)
+    tr.transcribe_clip(tiny_model, np.full(16000, 0.01, dtype=np.float32), "en", max_tokens=2)
     assert events[:4] == ["release", "encoder", "release", "decoder"]
 
 
@@ -193,11 +193,11 @@ def test_an_english_only_model_refuses_another_language():
     from .conftest import TINY_DIMS
 
     english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
-    silence = np.zeros(16000, dtype=np.float32)
+    audio = np.full(16000, 0.01, dtype=np.float32)
     with pytest.raises(ValueError, match=r"^language 'es': the model is English-only"):
-        transcribe_clip(english, silence, "es", max_tokens=2)
+        transcribe_clip(english, audio, "es", max_tokens=2)
     for language in ("en", None):
-        assert transcribe_clip(english, silence, language, max_tokens=2)["language"] == "en"
+        assert transcribe_clip(english, audio, language, max_tokens=2)["language"] == "en"
 
 
 def test_concurrent_calls_give_the_sequential_transcripts(tiny_model):
@@ -243,3 +243,12 @@ def test_languages_by_name_or_capitals_and_only_those_the_model_has(tiny_model):
     with pytest.raises(ValueError, match=r"^language 'yue': not one of this model's 99 languages"):
         transcribe_clip(tiny_model, silence, "yue", max_tokens=2)
     assert transcribe_clip(tiny_model, silence, "Spanish", max_tokens=2)["language"] == "es"
+
+
+def test_silence_is_an_empty_transcript_without_decoding(tiny_model):
+    """Digital silence (below fetch_audio's -50 dBFS) decoded without timestamps reads as a confident "you"
+    in Whisper base; nothing is decoded for it, and the result says so."""
+    tiny_model.encoder.register_forward_hook(lambda *_: pytest.fail("silence was decoded"))
+    for audio in (np.zeros(16000 * 5, dtype=np.float32), np.full(800, 0.002, dtype=np.float32), np.zeros(0)):
+        out = transcribe_clip(tiny_model, audio, "en")
+        assert out["text"] == "" and out["tokens"] == 0 and out["segments"] == 0 and out["language"] == "en"

@@ -30,7 +30,7 @@ from whisper.decoding import DecodingTask, PyTorchInference
 from whisper.tokenizer import get_tokenizer
 
 from .audio.manifest import Clip, read_manifest
-from .audio.wavio import load_audio
+from .audio.wavio import SILENCE_PEAK, load_audio
 from .fuse import FusedAttention, head_major
 from .heap import release_freed
 from .languages import check_language
@@ -264,6 +264,11 @@ def transcribe_clip(
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)
     audio = np.asarray(audio, dtype=np.float32)
+    if not audio.size or float(np.abs(audio).max()) < SILENCE_PEAK:
+        # Nothing to hear (fetch_audio's silence rule, -50 dBFS). Decoded, 30 s of padding without
+        # timestamps reads as a confident "you" that the no-speech rule below lets through.
+        return {"text": "", "language": language, "detected_language": None, "lid_s": 0.0, "tokens": 0,
+                "temperature": 0.0, "segments": 0}  # fmt: skip
     cap = token_cap(model, len(audio), max_tokens)
     with _ONE_AT_A_TIME:
         return _transcribe(model, audio, language, beam_size, cap, detect_language)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ from .mel import log_mel_window
 __all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# Generous for every script (Chinese and Japanese run near 10 tokens/s of speech); a loop hits it fast.
+# A loop hits this budget fast; the default split's transcripts use at most 30 % of it. Fluent text that
+# reaches it (Malayalam needs about 38 tokens/s) is decoded again with the window's full budget.
 TOKENS_PER_SECOND = 15
 MIN_TOKENS = 32
 # openai-whisper's transcribe defaults: a retry when repetitive or unsure, unless it is silence.
@@ -72,6 +74,11 @@ def _fp16(model: torch.nn.Module) -> bool:
 
 def _silent(result: whisper.DecodingResult) -> bool:
     return result.no_speech_prob > NO_SPEECH_MIN and result.avg_logprob < LOGPROB_MIN
+
+
+def _cut_short(result: whisper.DecodingResult, cap: int) -> bool:
+    """The decode stopped at ``cap`` tokens in text that does not repeat itself (not a loop)."""
+    return len(result.tokens) >= cap and result.compression_ratio <= COMPRESSION_RATIO_MAX
 
 
 def _needs_fallback(result: whisper.DecodingResult) -> bool:
@@ -184,6 +191,7 @@ def _transcribe_window(
     detect: bool,
     beam_size: int | None,
     cap: int,
+    full_cap: int,
 ) -> dict:
     fp16 = _fp16(model)
     features = _encode(model, audio, fp16)
@@ -196,6 +204,10 @@ def _transcribe_window(
     for t in TEMPERATURES:
         options = window_options(language or detected, t, cap, beam_size if t == 0 else None, fp16)
         result = _decode(model, features, cross, options)
+        if full_cap > cap and _cut_short(result, cap):
+            # the length budget is there to stop loops; text that reaches it without repeating itself is
+            # a script with more tokens per second (Malayalam about 38, Telugu 33): the full budget then
+            result = _decode(model, features, cross, replace(options, sample_len=full_cap))
         if not _needs_fallback(result):
             break
     silent = _silent(result)
@@ -258,7 +270,8 @@ def transcribe_clip(
     ``tokens`` counts the decoded tokens, ``temperature`` is the highest fallback temperature a window
     needed (0.0: none). With ``detect_language`` (or no ``language``), ``detected_language`` is Whisper's
     own identification of the first 30 s and ``lid_s`` the seconds it added; otherwise they are None and 0.
-    ``max_tokens`` overrides the per-window cap (default: ``MIN_TOKENS + TOKENS_PER_SECOND * seconds``).
+    ``max_tokens`` overrides the per-window cap (default: ``MIN_TOKENS + TOKENS_PER_SECOND * seconds``,
+    which a fluent decode that reaches it may exceed up to the window's full budget, ``n_text_ctx // 2``).
     """
     language = check_language(model, language)
     if not isinstance(audio, np.ndarray):
@@ -270,8 +283,9 @@ def transcribe_clip(
         return {"text": "", "language": language, "detected_language": None, "lid_s": 0.0, "tokens": 0,
                 "temperature": 0.0, "segments": 0}  # fmt: skip
     cap = token_cap(model, len(audio), max_tokens)
+    full_cap = cap if max_tokens else token_cap(model, N_SAMPLES)  # an explicit cap is a hard one
     with _ONE_AT_A_TIME:
-        return _transcribe(model, audio, language, beam_size, cap, detect_language)
+        return _transcribe(model, audio, language, beam_size, (cap, full_cap), detect_language)
 
 
 def _transcribe(
@@ -279,14 +293,14 @@ def _transcribe(
     audio: np.ndarray,
     language: str | None,
     beam_size: int | None,
-    cap: int,
+    caps: tuple[int, int],
     detect_language: bool,
 ) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if len(audio) <= N_SAMPLES:
-            return _transcribe_window(model, audio, language, detect_language, beam_size, cap)
-        out = _transcribe_long(model, audio, language, beam_size=beam_size, cap=cap)
+            return _transcribe_window(model, audio, language, detect_language, beam_size, *caps)
+        out = _transcribe_long(model, audio, language, beam_size=beam_size, cap=caps[0])
     if detect_language and language is not None:  # its own encoder pass over the first 30 s
         start = time.perf_counter()
         with torch.inference_mode():

@@ -75,6 +75,20 @@ def test_calibrate_writes_stats_sensitivity_coverage(tmp_path):
     assert chosen == ["en-0", "de-0"]  # round-robin: every language weighs in
 
 
+def test_coverage_counts_the_30_s_the_model_hears(tmp_path):
+    """A clip longer than Whisper's window is calibrated on its first 30 s: coverage says 30, not 45."""
+    model = make_tiny_whisper()
+    fuse_model(model)
+    split = write_split(tmp_path / "split")
+    rows = [json.loads(line) for line in (split / "manifest.jsonl").read_text().splitlines()]
+    rows[0]["duration"] = 45.0  # en-0: as a long recording's manifest row says
+    (split / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "calibration"
+    out.mkdir()
+    calibrate(model, read_manifest(split), out, sensitivity_clips=1, percentile=99.9, progress=False)
+    assert json.loads((out / "coverage.json").read_text())["en"]["seconds"] == pytest.approx(30.0 + 4.0)
+
+
 def test_calibration_stats_match_a_direct_measurement(tmp_path):
     model = make_tiny_whisper()
     fuse_model(model)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import whisper
 from torch import Tensor, nn
 from tqdm import tqdm
+from whisper.audio import CHUNK_LENGTH
 from whisper.model import Whisper
 from whisper.tokenizer import LANGUAGES, get_tokenizer
 
@@ -218,9 +219,10 @@ def calibrate(
             model.logits(s.tokens, model.embed_audio(s.mel))
             cov = coverage[s.clip.language]
             cov["clips"] += 1
-            cov["seconds"] += float(s.clip.duration)
+            cov["seconds"] += min(float(s.clip.duration), CHUNK_LENGTH)  # what the model heard
             cov["tokens"] += int(s.tokens.shape[1])
-            per_language[s.clip.language].append(s)
+            if len(per_language[s.clip.language]) < sensitivity_clips:  # all the round-robin can take
+                per_language[s.clip.language].append(s)
     finally:
         collector.remove()
     torch.save(collector.tensors(percentile), out / STATS)

@@ -81,9 +81,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .registry import model_uri, pull
 
     _connect(args)
+    repo = repo_mlflow()
     uri = model_uri(
-        args.model or repo_mlflow().get("registered_model", DEFAULT_NAME),
-        args.alias or repo_mlflow().get("alias", DEFAULT_ALIAS),
+        args.model or repo.get("registered_model", DEFAULT_NAME),
+        args.alias or repo.get("alias", DEFAULT_ALIAS),
     )
     dest = pull(uri, Path(args.dest))
     print(f"pulled {uri} -> {dest}")

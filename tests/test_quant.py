@@ -494,6 +494,35 @@ def test_torchao_keeps_the_outlier_channels_in_float():
     assert (got - want).norm() / want.norm() < 0.02  # per-token 8-bit vs one 7-bit range: close
 
 
+def test_the_torchao_load_needs_no_cpu_quantized_engine(tmp_path, monkeypatch):
+    """An aarch64 GPU host's torch has no x86/fbgemm engine: the torchao load builds its int8 layers from
+    the saved tensors without packing them for the CPU kernels first (checked on CPU tensors)."""
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8Tensor
+
+    import whisper_int8.model_dir as md
+
+    model = _fused()
+    cfg = parse_quant_config({"outlier_channels": 4})
+    out = _save(tmp_path, model, cfg, quantize_model(model, cfg, _stats(model)))
+    saved = _int8_weights(model)
+    mel = _mel(3)
+    with torch.no_grad():
+        want = model(mel, TOKENS)
+    monkeypatch.setattr(
+        type(torch.backends.quantized), "supported_engines", property(lambda _: ["qnnpack", "none"])
+    )
+    monkeypatch.setattr(md, "resolve_backend", lambda backend, device: "torchao")  # as for device="cuda"
+    loaded = load_model_dir(out)
+    for name, (q, scale, _) in saved.items():
+        weight = loaded.get_submodule(f"{name}.rest" if name.endswith("mlp.2") else name).weight
+        assert isinstance(weight, Int8Tensor) and torch.equal(weight.qdata[: len(q)], q), name
+        assert torch.equal(weight.scale.flatten()[: len(scale)], scale), name
+    with torch.no_grad():
+        got = loaded(mel, TOKENS)
+    assert (got - want).norm() / want.norm() < 0.05 or not _torchao_cpu_int_mm_is_exact()
+
+
 def test_torchao_refuses_static(tmp_path):
     model = _fused()
     cfg = parse_quant_config({"scheme": "static"})

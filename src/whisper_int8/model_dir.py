@@ -83,7 +83,7 @@ def _load(root: Path, device: str) -> Whisper:
         backend = resolve_backend(qcfg["config"]["backend"], device)
         weights = root / qcfg.get("weights", "int8.pt")
         state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
-        model = build_int8(qcfg, state)
+        model = build_int8(qcfg, state, pack=backend != "torchao")
         if backend == "torchao":
             from .quant.cuda import to_torchao
 

@@ -22,6 +22,7 @@ from .cpu import (
     OutlierInt8Linear,
     StaticInt8Linear,
     set_engine,
+    unpacked,
 )
 
 log = logging.getLogger(__name__)
@@ -303,8 +304,12 @@ def save_int8_dir(
     return card
 
 
-def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:
-    """Rebuild the quantized structure described by ``quant_config.json`` and load ``state`` into it."""
+def build_int8(qcfg: dict, state: dict[str, Tensor], pack: bool = True) -> Whisper:
+    """Rebuild the quantized structure described by ``quant_config.json`` and load ``state`` into it.
+
+    ``pack=False``: the int8 modules keep plain tensors (``quant.cpu.unpacked``) for the torchao backend,
+    which rebuilds them; no CPU quantized engine is needed then.
+    """
     from whisper.model import ModelDimensions
 
     cfg = qcfg["config"]
@@ -327,8 +332,11 @@ def build_int8(qcfg: dict, state: dict[str, Tensor]) -> Whisper:
             _set(model, name, LINEAR_CLASSES[kind](*shape))
         else:
             raise QuantError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
-    set_engine("x86")
     set_cross_kv_dtype(model, cfg.get("cross_kv_dtype", "float32"))  # float32: written before the key
+    if not pack:
+        with unpacked():
+            return materialize(model, state, qcfg.get("alignment_heads"))
+    set_engine("x86")
     return materialize(model, state, qcfg.get("alignment_heads"))
 
 

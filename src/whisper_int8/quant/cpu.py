@@ -47,6 +47,25 @@ def portable_activations() -> Iterator[None]:
         REDUCE_RANGE = saved
 
 
+_PACK = True  # False inside unpacked()
+
+
+@contextmanager
+def unpacked() -> Iterator[None]:
+    """Int8 modules given their weights inside keep the plain tensors instead of packing them for fbgemm.
+
+    For a backend that rebuilds every module from ``int8_weight()`` (torchao on CUDA): no CPU quantized
+    engine is then needed (an aarch64 GPU host's torch has no x86/fbgemm), and nothing is packed only
+    to be unpacked again. Such modules cannot run on the CPU kernels.
+    """
+    global _PACK
+    saved, _PACK = _PACK, False
+    try:
+        yield
+    finally:
+        _PACK = saved
+
+
 def set_engine(name: str) -> None:
     """Select the quantized engine (``x86`` picks fbgemm/oneDNN per op; ``fbgemm`` forces fbgemm)."""
     if name not in torch.backends.quantized.supported_engines:
@@ -130,6 +149,7 @@ class PackedInt8Linear(nn.Module):
         self.has_bias, self.per_channel, self.per_token = bias, per_channel, per_token
         self._packed = None
         self._bias: Tensor | None = None
+        self._plain: tuple[Tensor, Tensor, Tensor | None] | None = None  # set instead of _packed, unpacked()
 
     @classmethod
     def from_float(
@@ -145,9 +165,14 @@ class PackedInt8Linear(nn.Module):
 
     def set_weight(self, q: Tensor, scale: Tensor, bias: Tensor | None) -> None:
         self._bias = bias if self.per_token else None
+        if not _PACK:
+            self._plain = (q, scale, bias)
+            return
         self._packed = _pack(q, scale, None if self.per_token else bias)
 
     def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self._packed is None and self._plain is not None:
+            return self._plain
         q, scale, bias = _unpack(self._packed)
         return q, scale, self._bias if self.per_token else bias
 
@@ -325,7 +350,7 @@ class Int8TiedEmbedding(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._packed = _pack(self.weight_int8, self.weight_scale, None)
+        self._packed = _pack(self.weight_int8, self.weight_scale, None) if _PACK else None
 
     def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.weight_int8, self.weight_scale, None

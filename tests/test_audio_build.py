@@ -128,7 +128,7 @@ def bad_manifest(root: Path) -> Path:
 def test_skip_logs_and_counts_every_bad_input(tmp_path):
     causes = bad_corpus(tmp_path / "rec")
     manifest = bad_manifest(tmp_path)
-    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=20)
+    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=3)
     p["sources"][f"local:{manifest}"] = ["en"]
     p["sources"]["local:/no/such/recordings"] = ["en"]
     summary = run_build(tmp_path, p)
@@ -140,7 +140,9 @@ def test_skip_logs_and_counts_every_bad_input(tmp_path):
     assert any(f"{manifest}:4: empty or missing transcript" in s for s in skipped)
     assert any("local:/no/such/recordings: not found" in s for s in skipped)
     assert summary["skipped"]["count"] == len(skipped) == len(causes) + 4
-    kept = {Path(c.source).name: c for c in read_manifest(tmp_path / "out" / "eval")}
+    splits = [read_manifest(tmp_path / "out" / split) for split in ("eval", "calibration")]
+    assert [len(clips) for clips in splits] == [3, 1]
+    kept = {Path(c.source).name: c for clips in splits for c in clips}
     assert set(kept) == {"clip00.wav", "stereo.wav", "long.wav", "x.wav"}
     assert kept["long.wav"].duration == pytest.approx(31.0, abs=0.01)
     assert kept["stereo.wav"].duration == pytest.approx(1.0, abs=0.01)
@@ -313,10 +315,10 @@ def test_a_text_in_both_splits_is_an_error_naming_it():
 def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
     """Regression: one id in two languages wrote both clips to one WAV file."""
     rows = [("en", "same", "an english clip"), ("de", "same", "ein deutscher"), ("de", "own", "noch einer")]
-    manifest = write_manifest(tmp_path, rows)
+    manifest = write_manifest(tmp_path, [*rows, ("en", "spare", "a spare english clip")])
     summary = run_build(tmp_path, params(f"local:{manifest}", calib=1, evals=1))
-    assert [c.id for c in read_manifest(tmp_path / "out" / "eval")] == ["own", "same"]
-    assert read_manifest(tmp_path / "out" / "eval")[1].language == "en"
+    clips = {c.id: c for split in ("eval", "calibration") for c in read_manifest(tmp_path / "out" / split)}
+    assert sorted(clips) == ["own", "same", "spare"] and clips["same"].language == "en"
     (skipped,) = summary["skipped"]["items"]
     assert skipped["language"] == "de" and "duplicate id 'same'" in skipped["cause"]
     with pytest.raises(AudioInputError, match="duplicate id 'same'"):
@@ -324,9 +326,11 @@ def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
 
 
 def test_an_id_that_is_a_path_writes_nothing_outside_the_split(tmp_path):
-    manifest = write_manifest(tmp_path / "m", [("en", "../../escaped", "one clip"), ("en", "ok", "two")])
-    summary = run_build(tmp_path, params(f"local:{manifest}", ("en",), calib=1, evals=2))
-    assert [c.id for c in read_manifest(tmp_path / "out" / "eval")] == ["ok"]
+    rows = [("en", "../../escaped", "one clip"), ("en", "ok", "two"), ("en", "cal", "three")]
+    manifest = write_manifest(tmp_path / "m", rows)
+    summary = run_build(tmp_path, params(f"local:{manifest}", ("en",), calib=1, evals=1))
+    kept = [c.id for split in ("eval", "calibration") for c in read_manifest(tmp_path / "out" / split)]
+    assert sorted(kept) == ["cal", "ok"]
     assert "id '../../escaped' cannot be a file name" in summary["skipped"]["items"][0]["cause"]
     assert not list(tmp_path.rglob("escaped*"))
 
@@ -431,3 +435,15 @@ def test_bad_params_are_one_line_naming_the_file_and_key(change, message):
 
 def test_the_default_params_are_valid():
     parse_params(section(load_params(REPO / "params.yaml"), "audio"))
+
+
+def test_no_calibration_clip_in_any_language_stops_the_build(tmp_path):
+    """Every candidate went to the evaluation split: stop in fetch_audio, naming the key, not in calibrate
+    (and the outputs written before stay as they were)."""
+    make_corpus(tmp_path / "rec", ("en",), 2)
+    p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=1)
+    run_build(tmp_path, p)
+    before = {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()}
+    with pytest.raises(AudioInputError, match="audio.calib_per_lang: no calibration clip in any language"):
+        run_build(tmp_path, {**p, "eval_per_lang": 2})
+    assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before

@@ -361,6 +361,11 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
             language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, texts
         )
         chosen["calibration"] += picked
+    if not chosen["calibration"]:  # calibrate needs clips: stop here, not one stage later
+        raise AudioInputError(
+            "audio.calib_per_lang: no calibration clip in any language: the evaluation split took every "
+            "usable candidate; lower audio.eval_per_lang or add sources"
+        )
     return chosen
 
 

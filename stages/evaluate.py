@@ -64,8 +64,13 @@ def options(params: dict, where: str) -> dict:
     }
 
 
-def settings(opt: dict, clips: list) -> dict:
-    """What an evaluation depends on besides the models: stored with a baseline, checked on reuse."""
+def settings(opt: dict, clips: list, int8: bool = True) -> dict:
+    """What an evaluation depends on besides the models: stored with a baseline, checked on reuse.
+
+    ``int8``: an INT8 model is evaluated, so the activation bits are read (FP32 alone: not recorded,
+    and a WHISPER_INT8_ACTIVATION_BITS this CPU cannot run does not stop the FP32 baseline).
+    """
+    bits = {ACTIVATION_BITS: activation_bits()} if int8 else {}
     return {
         "split": str(opt["split"]),
         "clips": clips_digest(clips),
@@ -75,7 +80,7 @@ def settings(opt: dict, clips: list) -> dict:
         "max_clips_per_language": opt["max_clips_per_language"],
         "host": host_summary(with_activation_bits=False),
         # apart from host: they move INT8 transcripts only, so an FP32 baseline made with others is kept
-        ACTIVATION_BITS: activation_bits(),
+        **bits,
     }
 
 
@@ -116,7 +121,7 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
         # --force: DVC sees `device: auto`, not the device it resolved to, so it may think nothing changed.
         raise ParamError(
             f"{path}: FP32 evaluation made with other settings ({', '.join(changed)}); "
-            "run `dvc repro --force evaluate_fp32`"
+            "run `dvc repro --force -s evaluate_fp32`"
         )
     return {"metrics": stored["metrics"], "clips": stored["clips"]}
 
@@ -133,7 +138,7 @@ def main(args) -> None:
                 f"{opt['split']}: clip {clip.id}: its transcript {clip.text!r} is empty once normalized for "
                 "scoring (bracketed or punctuation-only text); fix or drop it in the source"
             )
-    config = settings(opt, clips)
+    config = settings(opt, clips, int8=not args.baseline_only)
     if args.baseline_only:
         if args.baseline is None:
             raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")

@@ -328,6 +328,15 @@ def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, 
     monkeypatch.setattr(stage, "activation_bits", lambda: 8)
     assert stage.settings(opt, [])["int8_activation_bits"] == 8
     assert stage.read_baseline(path, stage.settings(opt, []), Path("m"))["metrics"] == {}
+    # the FP32-only stage does not read them: a value this CPU cannot run does not stop it
+    from whisper_int8.cpu import activation_bits
+
+    monkeypatch.setattr(stage, "activation_bits", activation_bits)
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
+    assert "int8_activation_bits" not in stage.settings(opt, [], int8=False)
+    with pytest.raises(ValueError, match="'9': use auto, 7 or 8"):
+        stage.settings(opt, [])
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "7")
     monkeypatch.setattr(stage, "host_summary", lambda with_activation_bits: "another CPU")
     with pytest.raises(ParamError, match=r"made with other settings \(host\)"):
         stage.read_baseline(path, stage.settings(opt, []), Path("m"))

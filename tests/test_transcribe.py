@@ -252,6 +252,15 @@ def test_silence_is_an_empty_transcript_without_decoding(tiny_model):
     for audio in (np.zeros(16000 * 5, dtype=np.float32), np.full(800, 0.002, dtype=np.float32), np.zeros(0)):
         out = transcribe_clip(tiny_model, audio, "en")
         assert out["text"] == "" and out["tokens"] == 0 and out["segments"] == 0 and out["language"] == "en"
+        assert out["detected_language"] is None
+    assert transcribe_clip(tiny_model, np.zeros(99), None)["detected_language"] is None  # nothing to identify
+    from dataclasses import replace
+
+    from .conftest import TINY_DIMS
+
+    english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
+    out = transcribe_clip(english, np.zeros(99), None)
+    assert out["language"] == out["detected_language"] == "en"  # as identification gives it
 
 
 @pytest.mark.parametrize(

@@ -270,6 +270,8 @@ def transcribe_clip(
     ``tokens`` counts the decoded tokens, ``temperature`` is the highest fallback temperature a window
     needed (0.0: none). With ``detect_language`` (or no ``language``), ``detected_language`` is Whisper's
     own identification of the first 30 s and ``lid_s`` the seconds it added; otherwise they are None and 0.
+    Silence (below -50 dBFS) is not decoded: an empty text, and no identification (None) but "en" for
+    an English-only model.
     ``max_tokens`` overrides the per-window cap (default: ``MIN_TOKENS + TOKENS_PER_SECOND * seconds``,
     which a fluent decode that reaches it may exceed up to the window's full budget, ``n_text_ctx // 2``).
     """
@@ -280,8 +282,10 @@ def transcribe_clip(
     if not audio.size or float(np.abs(audio).max()) < SILENCE_PEAK:
         # Nothing to hear (fetch_audio's silence rule, -50 dBFS). Decoded, 30 s of padding without
         # timestamps reads as a confident "you" that the no-speech rule below lets through.
-        return {"text": "", "language": language, "detected_language": None, "lid_s": 0.0, "tokens": 0,
-                "temperature": 0.0, "segments": 0}  # fmt: skip
+        detected = None if model.is_multilingual else "en"  # no speech to identify, unless English-only
+        return {"text": "", "language": language or detected, "lid_s": 0.0, "tokens": 0, "temperature": 0.0,
+                "detected_language": detected if language is None or detect_language else None,
+                "segments": 0}  # fmt: skip
     cap = token_cap(model, len(audio), max_tokens)
     full_cap = cap if max_tokens else token_cap(model, N_SAMPLES)  # an explicit cap is a hard one
     with _ONE_AT_A_TIME:

@@ -65,6 +65,11 @@ def test_each_kind_loads_and_transcribes(dirs, kind):
     result = model.transcribe(audio, language="en", temperature=0.0, fp16=False, sample_len=12)
     assert isinstance(result["text"], str)
     assert torch.get_num_threads() == threads  # the one-thread decode loop restores the setting
+    if kind == "fused":  # the same function as FP32: the same greedy tokens
+        fp32 = load_model_dir(dirs["fp32"]).transcribe(
+            audio, language="en", temperature=0.0, fp16=False, sample_len=12
+        )
+        assert [s["tokens"] for s in result["segments"]] == [s["tokens"] for s in fp32["segments"]]
 
 
 def test_kinds_agree(dirs):

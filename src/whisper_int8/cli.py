@@ -52,6 +52,17 @@ def repo_mlflow(path: Path = PARAMS) -> dict[str, str]:
     return {k: ml[k] for k in keys if ml.get(k)}
 
 
+def registered_uri(model: str | None, alias: str | None) -> str:
+    """The registry URI for ``--model`` / ``--alias``; either left out: params.yaml's mlflow name / alias
+    in the repository, else whisper-int8 / champion."""
+    from .registry import model_uri
+
+    repo = repo_mlflow()
+    return model_uri(
+        model or repo.get("registered_model", DEFAULT_NAME), alias or repo.get("alias", DEFAULT_ALIAS)
+    )
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """:data:`USER_ERRORS`, plus ModelSourceError once its module is loaded: only then can one be raised,
     and importing it (torch, whisper) just to catch it would add seconds to every other error."""
@@ -78,14 +89,10 @@ def _connect(args: argparse.Namespace) -> str:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .registry import model_uri, pull
+    from .registry import pull
 
     _connect(args)
-    repo = repo_mlflow()
-    uri = model_uri(
-        args.model or repo.get("registered_model", DEFAULT_NAME),
-        args.alias or repo.get("alias", DEFAULT_ALIAS),
-    )
+    uri = registered_uri(args.model, args.alias)
     dest = pull(uri, Path(args.dest))
     print(f"pulled {uri} -> {dest}")
     return 0
@@ -132,10 +139,7 @@ def decode_audio(path: str) -> np.ndarray:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     # Every mistake on the command line is reported before the model is loaded (or downloaded).
     if args.model is None:
-        repo = repo_mlflow()
-        args.model = (
-            f"models:/{repo.get('registered_model', DEFAULT_NAME)}@{repo.get('alias', DEFAULT_ALIAS)}"
-        )
+        args.model = registered_uri(None, None)  # the champion
     model_dir = model_dir_of(args.model)
     if args.language is not None:
         from .languages import language_code

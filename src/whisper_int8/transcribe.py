@@ -289,26 +289,15 @@ def transcribe_clip(
     cap = token_cap(model, len(audio), max_tokens)
     full_cap = cap if max_tokens else token_cap(model, N_SAMPLES)  # an explicit cap is a hard one
     with _ONE_AT_A_TIME:
-        return _transcribe(model, audio, language, beam_size, (cap, full_cap), detect_language)
-
-
-def _transcribe(
-    model: torch.nn.Module,
-    audio: np.ndarray,
-    language: str | None,
-    beam_size: int | None,
-    caps: tuple[int, int],
-    detect_language: bool,
-) -> dict:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        if len(audio) <= N_SAMPLES:
-            return _transcribe_window(model, audio, language, detect_language, beam_size, *caps)
-        out = _transcribe_long(model, audio, language, beam_size=beam_size, cap=caps[0])
-    if detect_language and language is not None:  # its own encoder pass over the first 30 s
-        start = time.perf_counter()
-        with torch.inference_mode():
-            features = _features(model, audio, _fp16(model))
-            out["detected_language"] = _identify(model, features, _cross_cache(model, features))
-        out["lid_s"] = time.perf_counter() - start
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            if len(audio) <= N_SAMPLES:
+                return _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)
+            out = _transcribe_long(model, audio, language, beam_size=beam_size, cap=cap)
+        if detect_language and language is not None:  # its own encoder pass over the first 30 s
+            start = time.perf_counter()
+            with torch.inference_mode():
+                features = _features(model, audio, _fp16(model))
+                out["detected_language"] = _identify(model, features, _cross_cache(model, features))
+            out["lid_s"] = time.perf_counter() - start
     return out

@@ -117,6 +117,22 @@ def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
         assert line == {"audio": str(tracking["wav"]), "text": tracking["expected"]}
 
 
+def test_cli_transcribe_holds_a_bounded_amount_of_audio(registered, capsys, monkeypatch):
+    """Files past the decoded-audio budget are checked, dropped and decoded again in turn: a batch of
+    long recordings transcribes the same, holding one file at a time rather than all of them."""
+    wav = str(registered["wav"])
+    one = cli.decode_audio(wav).nbytes
+    assert [c is None for c in cli.decode_all([wav, wav, wav], 2 * one)] == [False, False, True]
+    decoded = []
+    monkeypatch.setattr(cli, "KEEP_DECODED_BYTES", 0)
+    monkeypatch.setattr(cli, "decode_audio", lambda path: decoded.append(path) or load_audio(path))
+    model = ["transcribe", "--model", str(registered["int8"]), "--max-tokens", "4", "--language", "en"]
+    assert cli.main([*model, "--json", wav, wav]) == 0
+    assert decoded == [wav, wav, wav, wav]  # checked, then decoded again one at a time
+    lines = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [registered["expected"]] * 2
+
+
 def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
     assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(tmp_path / "x")]) == 2
     assert "models:/whisper-int8-serve@nope: cannot be pulled" in capsys.readouterr().err

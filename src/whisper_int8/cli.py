@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 USER_ERRORS: tuple[type[BaseException], ...] = (TrackingError, RegistryError, FileNotFoundError, ValueError)
 SQLITE = "sqlite:///"
 PARAMS = Path("params.yaml")
+KEEP_DECODED_BYTES = 64 << 20  # about 17 minutes of 16 kHz float32 audio held between the two passes
 DEFAULT_NAME, DEFAULT_ALIAS = "whisper-int8", "champion"
 
 
@@ -136,6 +137,19 @@ def decode_audio(path: str) -> np.ndarray:
     return samples
 
 
+def decode_all(paths: list[str], keep_bytes: int) -> list[np.ndarray | None]:
+    """Decode every file now, so a bad one stops the command before the model loads; keep the samples
+    while they fit in ``keep_bytes``, and None for the rest (decoded again in turn), so a batch of long
+    recordings holds one file at a time rather than all of them."""
+    clips: list[np.ndarray | None] = []
+    kept = 0
+    for path in paths:
+        samples = decode_audio(path)
+        kept += samples.nbytes
+        clips.append(samples if kept <= keep_bytes else None)
+    return clips
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     # Every mistake on the command line is reported before the model is loaded (or downloaded).
     if args.model is None:
@@ -155,11 +169,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     missing = [audio for audio in args.audio if not Path(audio).is_file()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: audio file not found")
-    clips = [decode_audio(audio) for audio in args.audio]  # an undecodable file: before any transcript
+    clips = decode_all(args.audio, KEEP_DECODED_BYTES)  # an undecodable file: before any transcript
     if args.model.startswith(("models:/", "runs:/")):
         _connect(args)
     predict = load_transcriber(args.model, model_dir, decode)
     for audio, samples in zip(args.audio, clips, strict=True):
+        samples = decode_audio(audio) if samples is None else samples
         text = predict([{"audio": samples, "language": args.language}])[0]
         print(
             json.dumps({"audio": audio, "text": text}, ensure_ascii=False)

@@ -129,6 +129,10 @@ def test_long_audio_goes_through_sliding_windows(tiny_model):
     out = transcribe_clip(tiny_model, audio, "en", max_tokens=4, detect_language=True)
     assert out["segments"] >= 1 and out["language"] == "en"
     assert out["detected_language"] and out["lid_s"] > 0
+    # no language: identified (and timed) once, on the first 30 s, and the windows decode in it
+    auto = transcribe_clip(tiny_model, audio, None, max_tokens=4)
+    assert auto["language"] == auto["detected_language"] == out["detected_language"] and auto["lid_s"] > 0
+    assert transcribe_clip(tiny_model, audio, "en", max_tokens=4)["lid_s"] == 0.0
 
 
 def test_long_audio_counts_text_tokens_not_timestamps(tiny_model, monkeypatch):

@@ -222,7 +222,7 @@ def _transcribe_window(
     }
 
 
-def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str | None, **decode) -> dict:
+def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str, **decode) -> dict:
     """Sliding 30 s windows through ``whisper.transcribe``; ``decode``: ``beam_size`` and ``cap``."""
     result = whisper.transcribe(
         model,
@@ -242,8 +242,6 @@ def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str | 
     return {
         "text": result["text"].strip(),
         "language": result["language"],
-        "detected_language": result["language"] if language is None else None,
-        "lid_s": 0.0,
         "tokens": sum(t < eot for s in segments for t in s["tokens"]),
         "temperature": max((s["temperature"] for s in segments), default=0.0),
         "segments": len(segments),
@@ -288,16 +286,18 @@ def transcribe_clip(
                 "segments": 0}  # fmt: skip
     cap = token_cap(model, len(audio), max_tokens)
     full_cap = cap if max_tokens else token_cap(model, N_SAMPLES)  # an explicit cap is a hard one
-    with _ONE_AT_A_TIME:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            if len(audio) <= N_SAMPLES:
-                return _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)
-            out = _transcribe_long(model, audio, language, beam_size=beam_size, cap=cap)
-        if detect_language and language is not None:  # its own encoder pass over the first 30 s
+    with _ONE_AT_A_TIME, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if len(audio) <= N_SAMPLES:
+            return _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)
+        detected, lid_s = None, 0.0
+        if language is None or detect_language:
+            # here, not inside whisper.transcribe (which would identify the same first 30 s), so
+            # that it is timed apart from transcription as in one window
             start = time.perf_counter()
             with torch.inference_mode():
                 features = _features(model, audio, _fp16(model))
-                out["detected_language"] = _identify(model, features, _cross_cache(model, features))
-            out["lid_s"] = time.perf_counter() - start
-    return out
+                detected = _identify(model, features, _cross_cache(model, features))
+            lid_s = time.perf_counter() - start
+        out = _transcribe_long(model, audio, language or detected, beam_size=beam_size, cap=cap)
+    return {**out, "detected_language": detected, "lid_s": lid_s}

@@ -22,6 +22,9 @@ def test_uses_cer():
      ("en", "Press one, then the third option", "press 1 then the 3rd option"),
      ("en", "The number I have is", "The number I have is..."),
      ("zh", "明天九点到，我们走吧。", "明天9點到,我們走吧"),
+     ("zh", "我们的航班晚了两个小时。", "我们的航班晚了2个小时"),
+     ("pt", "O voo atrasou duas horas", "o voo atrasou 2 horas"),
+     ("ru", "Нажмите две кнопки", "нажмите 2 кнопки"),
      ("ja", "夜八時に始まる", "夜8時に始まる。")],
 )  # fmt: skip
 def test_format_differences_score_zero(lang, reference, hypothesis):
@@ -35,6 +38,21 @@ def test_real_differences_still_count():
         "metric": "cer", "error_rate": 0.2, "errors": 1, "substitutions": 1, "deletions": 0, "insertions": 0,
         "hits": 4, "reference_length": 5, "clips": 1,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lang", "reference", "hypothesis", "errors"),
+    [("th", "ข้าว", "ขาว", 1),  # rice / white: a tone mark apart
+     ("hi", "मैं घर जा रहा हूँ", "मैं घर जा रही हूँ", 1),  # one vowel sign, in one of five words
+     ("es", "atención", "atencion", 0)],  # Latin accents are still folded
+)  # fmt: skip
+def test_vowel_signs_and_tone_marks_are_letters(lang, reference, hypothesis, errors):
+    """Whisper's basic normalizer blanks every combining mark: Thai tone marks and Devanagari vowel
+    signs vanished (errors in them never counted) and Hindi words fell apart into consonants."""
+    out = score([reference], [hypothesis], lang)
+    assert out["errors"] == errors
+    if lang == "hi":
+        assert out["reference_length"] == 5 and normalize(reference, lang) == "मैं घर जा रहा हूँ"
 
 
 def test_cer_languages_ignore_spaces():

@@ -1,13 +1,14 @@
 """Text normalization and WER/CER scoring, identical for FP32 and INT8 transcripts.
 
-Whisper writes digits ("7", "9點") and Traditional Chinese where the references spell numbers out and
-use Simplified characters; Spanish references carry no accents. :func:`normalize` removes those
-differences by applying one function to both sides: digits become words (``num2words``, ``cn2an`` for
-Chinese; decimals read with the language's separator, "2,5" as "dos coma cinco"; English digits are
-left to Whisper's English normalizer, which maps "5%" and "five percent" to one form), Traditional
-folds to Simplified (``zhconv``), diacritics on Latin, Greek and Cyrillic letters are dropped, then
-Whisper's own normalizer runs (English or basic). :func:`score` adds up the error counts over all clips
-so a language's rate weighs every word equally, not every clip.
+Whisper writes digits ("7", "9點", "2个" for 两个) and Traditional Chinese where the references spell
+numbers out and use Simplified characters; Spanish references carry no accents. :func:`normalize`
+removes those differences by applying one function to both sides: digits become words
+(``num2words``, ``cn2an`` for Chinese; decimals read with the language's separator, "2,5" as "dos
+coma cinco"; English digits are left to Whisper's English normalizer, which maps "5%" and "five
+percent" to one form), Traditional folds to Simplified (``zhconv``), diacritics on Latin, Greek and
+Cyrillic letters are dropped, then Whisper's own normalizer runs (English, or basic keeping the
+marks of other scripts). :func:`score` adds up the error counts over all clips so a language's rate
+weighs every word equally, not every clip.
 """
 
 from __future__ import annotations
@@ -39,9 +40,32 @@ def uses_cer(lang: str) -> bool:
     return lang in CER_LANGUAGES
 
 
+def _blank_symbols(text: str) -> str:
+    """Symbols and punctuation as spaces; marks kept: Whisper's basic normalizer blanks those too, which
+    drops Thai tone marks and Devanagari vowel signs ("ข้าว" and "ขาว" compared equal). Latin, Greek and
+    Cyrillic accents are dropped by :func:`_strip_diacritics` instead."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(" " if unicodedata.category(c)[0] in "SP" else c for c in text)
+
+
 @functools.cache
 def _normalizer(lang: str):
-    return EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
+    if lang == "en":
+        return EnglishTextNormalizer()
+    basic = BasicTextNormalizer()
+    basic.clean = _blank_symbols
+    return basic
+
+
+# Numbers Whisper may write as digits where the text has a form that num2words / cn2an never produce:
+# Chinese "两" (two before a measure word; cn2an writes "二"), feminine "duas", "две". Folded on both
+# sides, so "两个小时" and "2个小时" score alike.
+_NUMBER_FORMS = {
+    "zh": {"两": "二"},
+    "yue": {"两": "二"},
+    "pt": {"duas": "dois"},
+    "ru": {"две": "два"},
+}
 
 
 MAX_NUMBER_DIGITS = 15  # longer digit runs stay digits: a hallucination, not a number to spell
@@ -108,7 +132,8 @@ def _number_words(match: re.Match, lang: str) -> str:
 
 
 def _strip_diacritics(text: str) -> str:
-    """Drop combining marks after Latin, Greek or Cyrillic letters (keeps Devanagari vowel signs, kana)."""
+    """Drop combining marks after Latin, Greek or Cyrillic letters (keeps Devanagari vowel signs, Thai
+    tone marks: :func:`_blank_symbols` keeps them too)."""
     out = []
     for ch in unicodedata.normalize("NFD", text):
         if unicodedata.category(ch) == "Mn" and out and ord(out[-1]) < 0x0530:
@@ -131,6 +156,11 @@ def normalize(text: str, lang: str) -> str:
     text = _strip_diacritics(text)
     # Whisper's English normalizer keeps "." for decimals, so a trailing "..." would survive as a word.
     words = [w for w in _normalizer(lang)(text).split() if re.search(r"\w", w)]
+    forms = _NUMBER_FORMS.get(lang)
+    if forms and lang in ("zh", "yue"):
+        words = ["".join(forms.get(ch, ch) for ch in w) for w in words]
+    elif forms:
+        words = [forms.get(w, w) for w in words]
     return ("" if uses_cer(lang) else " ").join(words)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 import wave
@@ -104,12 +105,15 @@ def bad_corpus(root: Path) -> dict[str, str]:
     write_tone(en / "long.wav", 250, 31.0, 8000)  # longer than 30 s: kept
     write_tone(en / "notext.wav")
     write_tone(en / "emptytext.wav", 500)
+    write_tone(en / "inaudible.wav", 550)
     for name, text in [("corrupt", "a"), ("empty", "b"), ("silent", "c"), ("stereo", "stereo clip"),
-                       ("long", "long clip"), ("emptytext", "  \n")]:  # fmt: skip
+                       ("long", "long clip"), ("emptytext", "  \n"),
+                       ("inaudible", "[inaudible] ...")]:  # fmt: skip
         (en / f"{name}.txt").write_text(text)
     return {"corrupt.wav": "unreadable or corrupt audio", "empty.wav": "zero-length audio",
             "silent.wav": "silent clip", "notext.wav": "transcript notext.txt is missing",
-            "emptytext.txt": "empty transcript"}  # fmt: skip
+            "emptytext.txt": "empty transcript",
+            "inaudible.wav": "transcript '[inaudible] ...' has no words once normalized"}  # fmt: skip
 
 
 def bad_manifest(root: Path) -> Path:
@@ -148,7 +152,9 @@ def test_skip_logs_and_counts_every_bad_input(tmp_path):
     assert kept["stereo.wav"].duration == pytest.approx(1.0, abs=0.01)
 
 
-@pytest.mark.parametrize("case", ["corrupt.wav", "empty.wav", "silent.wav", "notext.wav", "emptytext.txt"])
+@pytest.mark.parametrize(
+    "case", ["corrupt.wav", "empty.wav", "silent.wav", "notext.wav", "emptytext.txt", "inaudible.wav"]
+)
 def test_fail_stops_with_the_message_and_keeps_earlier_outputs(tmp_path, case):
     good = tmp_path / "good"
     make_corpus(good, ("en",), 3)
@@ -162,7 +168,7 @@ def test_fail_stops_with_the_message_and_keeps_earlier_outputs(tmp_path, case):
     for f in (tmp_path / "rec" / "en").glob(f"{stem}.*"):
         (only / f.name).write_bytes(f.read_bytes())
     p = params(f"local:{only.parent}", ("en",), calib=1, evals=2, on_error="fail")
-    with pytest.raises(AudioInputError, match=causes[case]) as err:
+    with pytest.raises(AudioInputError, match=re.escape(causes[case])) as err:
         run_build(tmp_path, p)
     assert case in str(err.value)
     assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before

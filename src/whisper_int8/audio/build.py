@@ -4,8 +4,8 @@ Per language the candidate items of every configured source are pooled, sorted b
 text, shuffled with ``seed`` and taken in that order, a text already chosen in another language dropped:
 first every language's evaluation clips, then every language's calibration clips (so the calibration
 count never changes an evaluation set). A language left without evaluation clips stops the build. An
-item that fails (bad audio, empty transcript, an id that is not a plain file name or is taken in any
-language...) is skipped or stops the build according to ``on_error``.
+item that fails (bad audio, a transcript empty once normalized, an id that is not a plain file name
+or is taken in any language...) is skipped or stops the build according to ``on_error``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from whisper.tokenizer import LANGUAGES
 
 from ..fsutil import atomic_dirs, atomic_write_bytes, atomic_write_json, check_file_output, sha256_file
 from ..params import ParamError, reject_unknown_keys
+from ..scoring import normalize
 from ..tracking_uri import repo_root
 from . import asterisk, hf, kokoro, local
 from .errors import AudioInputError, ErrorPolicy
@@ -261,6 +262,8 @@ def _unique(items: list[Item], policy: ErrorPolicy, ids: dict[str, Item]) -> lis
 def _decode(item: Item) -> np.ndarray:
     if not item.text.strip():
         raise AudioInputError(f"{item.source}: empty transcript")
+    if not normalize(item.text, item.language):  # "...", "[inaudible]": evaluate could not score it
+        raise AudioInputError(f"{item.source}: transcript {item.text.strip()!r} has no words once normalized")
     return item.load()
 
 

@@ -17,7 +17,7 @@ from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits, host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, decode_options, evaluate_in_subprocess, model_dirs
-from whisper_int8.fsutil import atomic_write_json
+from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.scoring import normalize
@@ -128,6 +128,13 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
 
 def main(args) -> None:
     opt = options(load_params(args.params), args.params)
+    # where the results go, checked before minutes of transcription
+    if args.baseline_only and args.baseline is None:
+        raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")
+    if args.baseline_only:
+        check_file_output(args.baseline)
+    else:
+        check_dir_output(args.out)
     clips = first_per_language(read_manifest(opt["split"]), opt["max_clips_per_language"])
     if not clips:
         raise AudioInputError(f"{opt['split']}: the evaluation manifest lists no clips; run fetch_audio")
@@ -140,8 +147,6 @@ def main(args) -> None:
             )
     config = settings(opt, clips, int8=not args.baseline_only)
     if args.baseline_only:
-        if args.baseline is None:
-            raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")
         result = evaluate_variant(opt, BASELINE)
         stored = {"config": config, "model_dir": str(opt["models"][BASELINE]), **result}
         atomic_write_json(args.baseline, stored)

@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from whisper_int8 import eval_report, memory
+from whisper_int8.audio import AudioInputError
+from whisper_int8.audio.wavio import wav_bytes
 from whisper_int8.eval_report import write_report
 from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir, model_dirs
 from whisper_int8.params import ParamError
@@ -166,6 +168,7 @@ def test_stage_options_refuse_unknown_keys_and_an_empty_split(tmp_path):
     proc = run_stage(tmp_path, {"split": str(tmp_path)})
     assert proc.returncode == 2 and "the evaluation manifest lists no clips" in proc.stderr
     assert "Traceback" not in proc.stderr
+    (tmp_path / "a.wav").write_bytes(wav_bytes(np.zeros(16000, dtype=np.int16)))
     row = {"id": "de-0", "language": "de", "audio": "a.wav", "text": "(Applaus)", "duration": 1.0,
            "sha256": "0" * 64, "source": "t", "license": "-"}  # fmt: skip
     (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
@@ -255,15 +258,25 @@ def test_stage_with_a_truncated_baseline_or_an_undecodable_clip_exits_2_with_one
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**evaluate, "models": models}}))
     stage = [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
              "--out", str(tmp_path / "out")]  # fmt: skip
-    for extra, message in [
+    (tmp_path / "a-file").write_text("mine")
+    cases = [
         (["--baseline", str(tmp_path / "base.json")], f"{tmp_path / 'base.json'}: unreadable (Expecting"),
         ([], f"{split / 'audio' / 'en-0.wav'}: unreadable or corrupt audio (Invalid data found"),
-    ]:
+        # output paths that cannot take the results: refused before any transcription
+        (["--out", str(tmp_path / "a-file")], f"{tmp_path / 'a-file'}: exists and is not a directory"),
+        (["--baseline-only", "--baseline", str(tmp_path)], f"{tmp_path}: is a folder, not a file"),
+    ]
+    for extra, message in cases:
         proc = subprocess.run([*stage, *extra], cwd=tmp_path, env=venv_env(), capture_output=True, text=True)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), proc.stderr
-    assert not (tmp_path / "out").exists()
+        assert "evaluating" not in proc.stderr or extra == [], proc.stderr
+    assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "mine"
+    # a clip of no samples: every reference word would count as deleted; refused, naming it
+    (split / "audio" / "en-0.wav").write_bytes(wav_bytes(np.zeros(0, dtype=np.int16)))
+    with pytest.raises(AudioInputError, match=r"clip en-0: .*en-0.wav holds no audio"):
+        evaluate_model_dir(tmp_path / "fp32", split, decode=FAST, warmup=0)
 
 
 @pytest.mark.parametrize(

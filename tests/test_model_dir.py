@@ -288,6 +288,7 @@ def test_an_english_only_model_is_refused_for_clips_in_other_languages(tmp_path)
     with pytest.raises(ParamError, match="the calibration split: holds es clips"):
         calibrate(english, clips, tmp_path, 1, 99.9, progress=False)  # fused in place just above
     (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "missing.wav").write_bytes(b"")  # never read: the languages are checked first
     rows = [json.dumps({**c.__dict__, "audio": c.audio}) for c in clips]
     (tmp_path / "split" / "manifest.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(ParamError, match="split: holds es clips"):

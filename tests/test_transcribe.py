@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,26 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "manifest.jsonl").write_text('{"id": "a", "language": "en"}\n')
     with pytest.raises(AudioInputError, match=r"manifest.jsonl:1: missing field\(s\) audio, text"):
         read_manifest(tmp_path)
+    # A hand-edited manifest: each mistake names its line before any clip is transcribed or scored.
+    write_tone(tmp_path / "audio" / "a.wav", 440, 0.5)
+    good = {"id": "a", "language": "en", "audio": "audio/a.wav", "text": "hello", "duration": 0.5,
+            "sha256": "0" * 64, "source": "test", "license": "MIT"}  # fmt: skip
+    for rows, message in [
+        ([good, {**good, "id": "b"}], None),
+        ([good, good], "manifest.jsonl:2: id 'a' repeats line 1"),
+        ([{**good, "text": None}], r"manifest.jsonl:1: field\(s\) text must be strings"),
+        ([{**good, "text": " "}], "manifest.jsonl:1: empty transcript"),
+        ([{**good, "duration": 0}], "manifest.jsonl:1: duration 0 must be a number of seconds > 0"),
+        ([{**good, "audio": "audio"}], "manifest.jsonl:1: audio 'audio' not found"),
+        ([{**good, "audio": "audio/nope.wav"}], "manifest.jsonl:1: audio 'audio/nope.wav' not found"),
+        ([[good]], "manifest.jsonl:1: not a JSON object"),
+    ]:
+        (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if message is None:
+            assert [c.id for c in read_manifest(tmp_path)] == ["a", "b"]
+        else:
+            with pytest.raises(AudioInputError, match=message):
+                read_manifest(tmp_path)
 
 
 def test_freed_heap_is_released_before_and_after_the_encoder(tiny_model, monkeypatch):

@@ -31,7 +31,7 @@ import whisper
 from tqdm import tqdm
 
 from . import memory
-from .audio import Clip, first_per_language, read_manifest
+from .audio import AudioInputError, Clip, first_per_language, read_manifest
 from .eval_report import BASELINE, CANDIDATE
 from .fsutil import dir_bytes
 from .model_dir import check_languages, load_model_dir
@@ -114,6 +114,10 @@ def transcribe_split(
     results = []
     for clip in tqdm(clips, desc=desc, unit="clip"):
         audio = load_audio(clip.audio)  # one clip at a time: memory stays the model's, not the split's
+        if not audio.size:  # scored, every reference word would count as deleted
+            raise AudioInputError(
+                f"{split_dir}: clip {clip.id}: {clip.audio} holds no audio; rerun fetch_audio"
+            )
         start = time.perf_counter()
         out = transcribe_clip(model, audio, clip.language, **decode, detect_language=True)
         latency = time.perf_counter() - start - out["lid_s"]  # the identification is not transcription

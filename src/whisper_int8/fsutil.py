@@ -125,6 +125,18 @@ def check_file_output(path: Path | str) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputConflictError(f"{path}: is a folder, not a file; not replaced. Give a file path")
+    _check_parents(path)
+
+
+def check_dir_output(path: Path | str) -> None:
+    """Raise unless ``path`` can be a folder of outputs (absent or a folder): checked before the work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputConflictError(f"{path}: exists and is not a directory; give a folder for the outputs")
+    _check_parents(path)
+
+
+def _check_parents(path: Path) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise OutputConflictError(f"{parent}: exists and is not a directory; cannot write {path}")

@@ -60,6 +60,7 @@ def read_manifest(split_dir: Path | str) -> list[Clip]:
             f"{path}: manifest not found; run the fetch_audio stage (dvc repro fetch_audio)"
         )
     clips = []
+    lines: dict[str, int] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -67,13 +68,36 @@ def read_manifest(split_dir: Path | str) -> list[Clip]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise AudioInputError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise AudioInputError(f"{path}:{n}: not a JSON object (one clip per line)")
         missing = [f for f in FIELDS if f not in row]
         if missing:
             raise AudioInputError(f"{path}:{n}: missing field(s) {', '.join(missing)}")
         row = {f: row[f] for f in FIELDS}
-        row["audio"] = str((Path(split_dir) / row["audio"]).resolve())
+        _check_row(row, f"{path}:{n}")
+        if row["id"] in lines:
+            raise AudioInputError(f"{path}:{n}: id {row['id']!r} repeats line {lines[row['id']]}")
+        lines[row["id"]] = n
+        audio = (Path(split_dir) / row["audio"]).resolve()
+        if not audio.is_file():
+            raise AudioInputError(
+                f"{path}:{n}: audio {row['audio']!r} not found ({audio}); rerun fetch_audio"
+            )
+        row["audio"] = str(audio)
         clips.append(Clip(**row))
     return clips
+
+
+def _check_row(row: dict, where: str) -> None:
+    """Every field of the type :class:`Clip` says, the text non-empty and the duration positive."""
+    wrong = [f for f in FIELDS if f != "duration" and not isinstance(row[f], str)]
+    if wrong:
+        raise AudioInputError(f"{where}: field(s) {', '.join(wrong)} must be strings")
+    duration = row["duration"]
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or not duration > 0:
+        raise AudioInputError(f"{where}: duration {duration!r} must be a number of seconds > 0")
+    if not row["text"].strip():
+        raise AudioInputError(f"{where}: empty transcript")
 
 
 def first_per_language(clips: list[Clip], per_language: int | None) -> list[Clip]:

@@ -215,6 +215,12 @@ def test_a_refused_output_replaces_none_of_the_outputs(tmp_path):
         build(parse_params(changed), o / "calibration", o / "summary.json", o / "eval")
     assert "\n" not in str(err.value)
     assert outputs(tmp_path / "out") == before
+    # one split given twice, or inside the other: calibration would be lost to the eval clips
+    overlapping = [("split", "split", "s.json"), ("c", "c/eval", "s.json"), ("c", "e", "c/s.json")]
+    for calib, evals, summary in overlapping:
+        with pytest.raises(OutputConflictError, match="overlapping outputs; give each its own path"):
+            build(parse_params(changed), o / calib, o / evals, o / summary)
+    assert outputs(tmp_path / "out") == before
 
 
 def test_a_relative_cache_dir_is_the_repositorys(tmp_path, monkeypatch):

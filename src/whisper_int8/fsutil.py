@@ -136,6 +136,15 @@ def check_dir_output(path: Path | str) -> None:
     _check_parents(path)
 
 
+def check_apart(*paths: Path | str) -> None:
+    """Raise if two outputs are one path or one lies inside the other: the second would replace the first."""
+    resolved = [(Path(p), Path(p).resolve()) for p in paths]
+    for i, (a, ra) in enumerate(resolved):
+        for b, rb in resolved[i + 1 :]:
+            if ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra):
+                raise OutputConflictError(f"{a} and {b}: overlapping outputs; give each its own path")
+
+
 def _check_parents(path: Path) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():

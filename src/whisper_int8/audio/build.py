@@ -26,7 +26,14 @@ import numpy as np
 from tqdm import tqdm
 from whisper.tokenizer import LANGUAGES
 
-from ..fsutil import atomic_dirs, atomic_write_bytes, atomic_write_json, check_file_output, sha256_file
+from ..fsutil import (
+    atomic_dirs,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_apart,
+    check_file_output,
+    sha256_file,
+)
 from ..params import ParamError, reject_unknown_keys
 from ..scoring import normalize
 from ..tracking_uri import repo_root
@@ -407,7 +414,8 @@ def _check_disjoint(chosen: dict[str, list]) -> None:
 
 def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path) -> dict:
     """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
-    check_file_output(summary_path)  # before any work, and so before either split is replaced
+    check_apart(calib_dir, eval_dir, summary_path)  # before any work: one would replace the other
+    check_file_output(summary_path)  # and so before either split is replaced
     policy = ErrorPolicy(params.on_error)
     pooled = collect(params, policy)
     total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)

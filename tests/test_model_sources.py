@@ -153,10 +153,17 @@ def test_file_source_refuses_pickled_objects(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, "checkpoint file not found"), (b"not a zip", r"unreadable \(truncated, or not a file torch"),
-     ({"weights": 1}, "expected an openai-whisper checkpoint")],
+     ({"weights": 1}, "expected an openai-whisper checkpoint"),
+     ({"dims": {}, "model_state_dict": 1}, "'model_state_dict' must map parameter names to tensors"),
+     ({"dims": {}, "model_state_dict": [torch.zeros(1)]}, "'model_state_dict' must map parameter names"),
+     ({"dims": {"n_mels": 80}, "model_state_dict": {}}, r"does not match openai-whisper's Whisper \(.*"),
+     ("heads", r"does not match openai-whisper's Whisper \(index 5 is out of bounds")],
 )  # fmt: skip
-def test_file_source_bad_files(tmp_path, content, message):
+def test_file_source_bad_files(tmp_path, tiny_model, content, message):
     path = tmp_path / "bad.pt"
+    if content == "heads":  # a layer the model does not have
+        content = {"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict(),
+                   "alignment_heads": [[5, 0]]}  # fmt: skip
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:

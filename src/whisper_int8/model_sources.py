@@ -268,10 +268,13 @@ def load_checkpoint(path: Path) -> LoadedModel:
         raise ModelSourceError(
             f"{path}: expected an openai-whisper checkpoint with 'dims' and 'model_state_dict'"
         )
+    weights = ckpt["model_state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelSourceError(f"{path}: 'model_state_dict' must map parameter names to tensors")
     try:
         dims = ModelDimensions(**ckpt["dims"])
-        model = build_model(dims, ckpt["model_state_dict"], ckpt.get("alignment_heads"))
-    except (TypeError, RuntimeError) as e:
+        model = build_model(dims, weights, ckpt.get("alignment_heads"))
+    except (TypeError, RuntimeError, IndexError, ValueError) as e:  # dims, shapes, alignment heads
         raise ModelSourceError(f"{path}: checkpoint does not match openai-whisper's Whisper ({e})") from None
     prov = {"source": f"file:{path.resolve()}", "files": {str(path): sha256_file(path)}}
     return LoadedModel(model, dims, ckpt.get("alignment_heads"), prov)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import importlib.util
 import json
+import re
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -188,6 +192,48 @@ def test_unreachable_server_is_a_clear_error(monkeypatch):
     assert resolve_tracking_uri("sqlite:///mlflow.db") == uri
     with pytest.raises(TrackingError, match=rf"{uri} cannot be reached .*unset MLFLOW_TRACKING_URI"):
         open_experiment(resolve_tracking_uri(None), "x")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [("sqlite://mlflow.db", "a sqlite URI names its file after three slashes"),
+     ("sqlite://", "a sqlite URI names its file after three slashes"),  # in memory: promoted into nothing
+     ("htp://mlflow:5000", "unknown scheme; use sqlite:///mlflow.db, an http"),
+     ("postgresql://u@127.0.0.1:1/db", "needs psycopg; pip install it")],
+)  # fmt: skip
+def test_a_mistyped_tracking_uri_is_one_line(uri, message):
+    """They were tracebacks from SQLAlchemy or MLflow's store registry, or (in memory) a "promoted"
+    champion that nothing kept."""
+    if uri.startswith("postgresql") and importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg is installed here: the URI names a database, not a missing driver")
+    with pytest.raises(TrackingError, match=re.escape(f"MLflow tracking URI {uri}: {message}")):
+        open_experiment(uri, "x")
+
+
+@pytest.mark.parametrize(("status", "reachable"), [(401, True), (403, True), (404, False)])
+def test_a_server_that_wants_credentials_is_reachable(status, reachable):
+    """/health is probed without MLflow's credentials: a 401 means the server is there (MLflow sends
+    MLFLOW_TRACKING_TOKEN itself); a 404 is no MLflow server."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_error(status)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    try:
+        if reachable:
+            check_reachable(uri)
+        else:
+            with pytest.raises(TrackingError, match=f"{uri} answered HTTP 404 .* is it an MLflow server"):
+                check_reachable(uri)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_default_uri_is_sqlite_at_the_root(monkeypatch, tmp_path):

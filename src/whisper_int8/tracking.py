@@ -52,8 +52,8 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         exp = client.get_experiment_by_name(name)
         if exp is None:
             return client, client.create_experiment(name, artifact_location=artifact_location)
@@ -62,6 +62,8 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
         return client, exp.experiment_id
     except MlflowException as e:
         raise TrackingError(f"MLflow tracking URI {uri}: {e.message}") from None
+    except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql...)
+        raise TrackingError(f"MLflow tracking URI {uri}: needs {e.name or e}; pip install it") from None
 
 
 def _param_name_ok(name: str) -> bool:

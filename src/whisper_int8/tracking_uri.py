@@ -15,6 +15,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns"
 # A tracking server keeps its own artifact store: a client-side folder would strand the artifacts.
 REMOTE_SCHEMES = ("http://", "https://", "databricks")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (+driver)
 
 
 class TrackingError(RuntimeError):
@@ -73,12 +74,23 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                     raise TrackingError(
                         f"MLflow tracking server {uri} answered HTTP {resp.status} on /health"
                     )
+        except urllib.error.HTTPError as e:
+            if e.code not in (401, 403):  # a server that wants credentials is there: MLflow sends them
+                raise TrackingError(
+                    f"MLflow tracking server {uri} answered HTTP {e.code} ({e.reason}) on /health; "
+                    "is it an MLflow server?"
+                ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingError(
                 f"MLflow tracking server {uri} cannot be reached ({reason}); start it, fix "
                 f"MLFLOW_TRACKING_URI, or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
             ) from None
+    elif uri.startswith("sqlite:") and (not uri.startswith("sqlite:///") or uri == "sqlite:///"):
+        raise TrackingError(
+            f"MLflow tracking URI {uri}: a sqlite URI names its file after three slashes: "
+            f"{DEFAULT_URI} (relative to the repository) or sqlite:////abs/path/mlflow.db"
+        )
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
         if not db.parent.is_dir():
@@ -87,4 +99,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(
             f"MLflow tracking URI {uri}: a bare file store is refused by MLflow >= 3.13; "
             f"use {DEFAULT_URI} or an http(s):// server"
+        )
+    elif not uri.startswith("databricks") and uri.split("://")[0].split("+")[0] not in DATABASE_SCHEMES:
+        raise TrackingError(
+            f"MLflow tracking URI {uri}: unknown scheme; use {DEFAULT_URI}, an http(s):// server or a "
+            f"database URI ({', '.join(s + '://' for s in DATABASE_SCHEMES)})"
         )

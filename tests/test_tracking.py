@@ -6,13 +6,16 @@ import http.server
 import importlib.util
 import json
 import re
+import shutil
 import socket
 import threading
 from pathlib import Path
 
 import pytest
 
+from whisper_int8 import promotion, registry
 from whisper_int8.gate import gate_config
+from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.promotion import MlflowConfig, PromoteInputs, promote
 from whisper_int8.tracking import flatten, log_values, open_experiment
 from whisper_int8.tracking_uri import (
@@ -123,7 +126,7 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
     assert gate["promoted"] and gate["version"] == 1 and gate["parent_run_id"] == parent.info.run_id
 
 
-def test_rerun_updates_the_same_runs_and_registers_the_same_model(tmp_path, model_dirs):
+def test_rerun_updates_the_same_runs_and_keeps_the_champion(tmp_path, model_dirs):
     cfg = mlflow_cfg(tmp_path)
     inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
     promote(inputs, cfg, gate_config({}), decode={})
@@ -134,12 +137,45 @@ def test_rerun_updates_the_same_runs_and_registers_the_same_model(tmp_path, mode
     client, runs = runs_of(cfg)
     assert len(runs) == 3
     assert second["parent_run_id"] == first["parent_run_id"]
-    # Every promote registers a version; the re-run's is the same logged model (no second upload).
-    assert (first["version"], second["version"]) == (1, 2)
-    v1, v2 = (client.get_model_version(cfg.registered_model, v) for v in ("1", "2"))
-    assert v1.source == v2.source
-    # Not worse than the champion (the same model): the alias follows the newest passing version.
-    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 2
+    # The champion is this pipeline state already: no new version, the alias stays (a fleet watching
+    # it would redeploy the same weights after every `dvc repro`).
+    assert (first["version"], second["version"]) == (1, 1) and second["promoted"]
+    assert second["champion_version"] == 1
+    assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+
+
+def test_promotes_sharing_a_sqlite_registry_take_turns(tmp_path, model_dirs, monkeypatch):
+    """`dvc queue start -j 2`: two promotes each compared with the same old champion and both moved
+    the alias, so the later one served even when it was the worse. From reading the champion to
+    moving the alias, a promote now holds a lock beside mlflow.db."""
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
+    judged, seen = threading.Event(), []
+    check, champion = promotion.check_thresholds, registry.champion
+    monkeypatch.setattr(promotion, "check_thresholds", lambda *a: judged.set() or check(*a))
+    monkeypatch.setattr(registry, "champion", lambda *a: seen.append("champion") or champion(*a))
+    with registry.promotion_lock(cfg.tracking_uri):  # another promote, between its read and its move
+        worker = threading.Thread(target=promote, args=(inputs, cfg, gate_config({}), {}))
+        worker.start()
+        assert judged.wait(timeout=300)
+        worker.join(timeout=1.0)
+        assert worker.is_alive() and seen == []  # waiting for the lock, the champion not yet read
+    worker.join(timeout=300)
+    assert seen == ["champion"] and json.loads(inputs.gate_json.read_text())["promoted"]
+
+
+def test_a_model_directory_that_cannot_load_is_not_registered(tmp_path, model_dirs):
+    """The fleet would pull a champion that fails to load: refused before anything is logged."""
+    cfg = mlflow_cfg(tmp_path)
+    broken = tmp_path / "int8"
+    shutil.copytree(model_dirs["int8"], broken)
+    (broken / "model.pt").unlink()
+    inputs = setup_pipeline(tmp_path, {**model_dirs, "int8": broken}, report({"en": 10.0}, {"en": 10.1}))
+    with pytest.raises(ModelSourceError, match="model.pt"):
+        promote(inputs, cfg, gate_config({}), decode={})
+    assert client_for(cfg.tracking_uri).get_experiment_by_name(cfg.experiment) is None
+    assert not inputs.gate_json.exists()
 
 
 def test_changed_pipeline_gets_a_new_parent_run(tmp_path, model_dirs):

@@ -21,6 +21,7 @@ from . import registry, scoring, tracking
 from .eval_report import BASELINE, CANDIDATE, deltas_for
 from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
+from .model_dir import load_model_dir
 from .params import ParamError, reject_unknown_keys
 from .tracking_uri import artifact_location, resolve_tracking_uri
 
@@ -162,6 +163,8 @@ def promote(
     Returns what it writes to gate.json: the decision, its reasons and metrics, the version, the champion.
     """
     report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
+    # what the fleet will pull must load: a model directory missing a file is refused before any logging
+    load_model_dir(inputs.model_dirs[CANDIDATE])
     lock_digest = dvc_lock_digest(inputs.dvc_lock)
     deciding = {k: v for k, v in asdict(gate).items() if k != "fail_on_reject"}  # exit code only
     key = pipeline_key(
@@ -202,21 +205,30 @@ def promote(
         uri = registry.logged_model_for_key(client, cfg.registered_model, key)
         if uri is None:
             uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], decode)
-        version = registry.register(client, cfg.registered_model, uri, key)
         decision = check_thresholds(report, gate)
         for note in decision.notes:
             log.warning("gate: %s", note)
-        current = registry.champion(client, cfg.registered_model, cfg.alias)
-        if decision.passed and current is not None and current.version != version.version:
-            decision.reasons += check_against_champion(
-                decision.metrics,
-                current.metrics,
-                gate.champion_tolerance_pp,
-                f"v{current.version}",
-                same_eval_set=current.eval_set == eval_set,
-            )
-            decision.passed = not decision.reasons
-        registry.apply_decision(client, cfg.registered_model, cfg.alias, version.version, decision, eval_set)
+        with registry.promotion_lock(cfg.tracking_uri):
+            current = registry.champion(client, cfg.registered_model, cfg.alias)
+            if decision.passed and current is not None and current.key == key:
+                # this pipeline state is the champion already: no new version, the alias stays put
+                # (a fleet watching it would otherwise redeploy the same weights after every repro)
+                log.info("%s@%s is version %s already", cfg.registered_model, cfg.alias, current.version)
+                version = client.get_model_version(cfg.registered_model, current.version)
+            else:
+                version = registry.register(client, cfg.registered_model, uri, key)
+                if decision.passed and current is not None:
+                    decision.reasons += check_against_champion(
+                        decision.metrics,
+                        current.metrics,
+                        gate.champion_tolerance_pp,
+                        f"v{current.version}",
+                        same_eval_set=current.eval_set == eval_set,
+                    )
+                    decision.passed = not decision.reasons
+                registry.apply_decision(
+                    client, cfg.registered_model, cfg.alias, version.version, decision, eval_set
+                )
 
         result = {
             **decision.as_dict(),

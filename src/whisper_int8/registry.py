@@ -4,17 +4,21 @@ A version carries the tags ``validation_status`` (passed|failed), ``validation_r
 ``validation_notes``), ``gate_metrics`` (JSON, read back when a later candidate is compared with the
 champion) and ``pipeline_key``. Every promote registers a new version, so the registry is the full
 record of gate decisions; a re-run of the same pipeline state registers the model already logged for
-that state (:func:`logged_model_for_key`) instead of logging its artifacts a second time.
+that state (:func:`logged_model_for_key`) instead of logging its artifacts a second time, and none at
+all when the champion is that state already.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 
 
 EVAL_SET_TAG = "eval_set"
+SQLITE_PREFIX = "sqlite:///"
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Champion:
     version: str
     metrics: dict[str, float]
     eval_set: str | None  # digest of what it was evaluated on (None: recorded before the tag existed)
+    key: str | None  # the pipeline state it was registered for
 
 
 def _requirements() -> list[str]:
@@ -159,7 +165,25 @@ def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
             f"{name} version {mv.version} (@{alias}): tag gate_metrics is not valid JSON; fix or delete "
             f"the tag, or move the alias (`mlflow ui`) to a version promoted by this pipeline"
         ) from None
-    return Champion(mv.version, metrics, mv.tags.get(EVAL_SET_TAG))
+    return Champion(mv.version, metrics, mv.tags.get(EVAL_SET_TAG), mv.tags.get(KEY_TAG))
+
+
+@contextlib.contextmanager
+def promotion_lock(tracking_uri: str) -> Iterator[None]:
+    """One promote at a time from reading the champion to moving the alias, for a sqlite registry.
+
+    Two promotes sharing ``mlflow.db`` (``dvc queue start -j 2``) would each compare with the same old
+    champion and both move the alias: the later one wins, even if it is worse than the other. The lock
+    is a file beside the database (``<db>.promote.lock``). A tracking server has no such lock (MLflow
+    has no compare-and-set on aliases): promote against one server one run at a time.
+    """
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        yield
+        return
+    lock = Path(tracking_uri[len(SQLITE_PREFIX) :] + ".promote.lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
 
 
 # Human-readable tags are cut to fit any store; gate_metrics and eval_set are read back, never cut

@@ -30,6 +30,12 @@ def test_each_threshold_names_its_reason():
     assert "cer/zh" not in text
 
 
+def test_a_delta_just_over_its_limit_reads_as_over():
+    """Spanish's one word in 199 is +0.5025 pp: '+0.50 pp over FP32 ..., limit 0.5 pp' read as a tie."""
+    rep = report({"en": 10.0}, {"en": 10.503})
+    assert check_thresholds(rep, gate_config({})).reasons[0].startswith("wer/en +0.503 pp over FP32")
+
+
 def test_refusal_counts_characters_for_cer_and_tolerate_older_reports():
     rep = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 21.0})
     assert (

@@ -141,6 +141,15 @@ def clip_cap(report: dict[str, Any]) -> int | None:
     return report.get("config", {}).get("max_clips_per_language")
 
 
+def _over(delta: float, limit: float) -> str:
+    """``delta`` with the decimals it takes to read as over ``limit``: 0.5025 is 0.503, not 0.50."""
+    for digits in (2, 3, 4):
+        text = f"{delta:.{digits}f}"
+        if float(text) > limit:
+            return text
+    return f"{delta:.4f}"
+
+
 def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
     """Apply the thresholds of ``cfg`` to an eval.json report."""
     reasons: list[str] = []
@@ -161,13 +170,14 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         limit = cfg.limit(lang)
         if delta > limit + FLOAT_SLACK_PP:
             reasons.append(
-                f"{key} +{delta:.2f} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}"
+                f"{key} +{_over(delta, limit)} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}"
                 f"{_counts(base, cand, key)}{_interval(comp, key)}), limit {limit} pp"
             )
     overall = comp["error_rate_delta/overall"]
     if overall > cfg.max_overall_wer_delta_pp + FLOAT_SLACK_PP:
         reasons.append(
-            f"overall error rate +{overall:.2f} pp over FP32, limit {cfg.max_overall_wer_delta_pp} pp"
+            f"overall error rate +{_over(overall, cfg.max_overall_wer_delta_pp)} pp over FP32, "
+            f"limit {cfg.max_overall_wer_delta_pp} pp"
         )
     if comp["speedup"] < cfg.min_speedup:
         reasons.append(f"speedup {comp['speedup']:.2f}x below min_speedup {cfg.min_speedup}x")

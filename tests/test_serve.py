@@ -133,6 +133,22 @@ def test_cli_transcribe_holds_a_bounded_amount_of_audio(registered, capsys, monk
     assert lines == [registered["expected"]] * 2
 
 
+def test_cli_says_when_a_registered_model_runs_this_installs_code(tracking, tmp_path, capsys, caplog):
+    """In the CLI's process whisper_int8 is imported already, so a model logged with other code runs
+    this install's (mlflow models serve runs its own): said, not silently transcribed differently."""
+    dest = tmp_path / "pulled"
+    assert cli.main(["pull", "--model", NAME, "--dest", str(dest)]) == 0
+    args = ["transcribe", "--model", str(dest), "--language", "en", str(tracking["wav"])]
+    for model in (URI, str(dest)):
+        assert cli.main([*args[:2], model, *args[3:]]) == 0
+    assert "other whisper_int8 code" not in caplog.text
+    with (dest / "code" / "whisper_int8" / "pyfunc_model.py").open("a") as f:
+        f.write("# a later fix\n")
+    assert cli.main(args) == 0
+    assert f"{dest} was logged with other whisper_int8 code than this install's" in caplog.text
+    assert capsys.readouterr().out.endswith(f"\t{tracking['expected']}\n")
+
+
 def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
     assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(tmp_path / "x")]) == 2
     assert "models:/whisper-int8-serve@nope: cannot be pulled" in capsys.readouterr().err

@@ -33,6 +33,7 @@ SQLITE = "sqlite:///"
 PARAMS = Path("params.yaml")
 KEEP_DECODED_BYTES = 64 << 20  # about 17 minutes of 16 kHz float32 audio held between the two passes
 DEFAULT_NAME, DEFAULT_ALIAS = "whisper-int8", "champion"
+log = logging.getLogger("whisper-int8")
 
 
 def repo_mlflow(path: Path = PARAMS) -> dict[str, str]:
@@ -120,10 +121,20 @@ def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callabl
         model = WhisperPyfunc(**decode)
         model.load(model_dir)
         return lambda inputs: model.predict(None, inputs)
+    from .registry import logged_code_differs
+
     try:
-        loaded = mlflow.pyfunc.load_model(spec)
+        local = Path(spec) if Path(spec).is_dir() else Path(mlflow.artifacts.download_artifacts(spec))
+        loaded = mlflow.pyfunc.load_model(str(local))
     except MlflowException as e:
         raise RegistryError(f"--model {spec}: cannot be loaded ({e.message})") from None
+    if logged_code_differs(local):
+        log.warning(
+            "%s was logged with other whisper_int8 code than this install's, and runs this install's "
+            "here: its transcripts may differ from `mlflow models serve`'s; install the matching "
+            "version, or serve it",
+            spec,
+        )
     return loaded.predict
 
 

@@ -74,11 +74,27 @@ def package_digest() -> str:
     Part of the key under which a logged model is reused, so a fix to the served code is never
     hidden behind an older upload of the same weights.
     """
-    root = Path(whisper_int8.__file__).parent
     h = hashlib.sha256("\n".join(_requirements()).encode())
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    h.update(code_digest(Path(whisper_int8.__file__).parent).encode())
     return h.hexdigest()
+
+
+def code_digest(package: Path) -> str:
+    """sha256 over the ``.py`` files of a ``whisper_int8`` package folder (installed, or a model's code/)."""
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def logged_code_differs(model_path: Path) -> bool:
+    """Whether the package code logged with the pyfunc model at ``model_path`` is not this install's.
+
+    In a process that has imported ``whisper_int8`` already (the CLI), MLflow puts the model's code/
+    on sys.path but the imported modules stay: the model then runs this install's code, not its own.
+    """
+    logged = model_path / "code" / whisper_int8.__name__
+    return logged.is_dir() and code_digest(logged) != code_digest(Path(whisper_int8.__file__).parent)
 
 
 def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:

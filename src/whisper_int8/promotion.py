@@ -163,8 +163,9 @@ def promote(
     Returns what it writes to gate.json: the decision, its reasons and metrics, the version, the champion.
     """
     report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
-    # what the fleet will pull must load: a model directory missing a file is refused before any logging
-    load_model_dir(inputs.model_dirs[CANDIDATE])
+    # what the fleet will pull must load (on the device it was evaluated on): a model directory missing
+    # a file is refused before any logging
+    load_model_dir(inputs.model_dirs[CANDIDATE], report.get("config", {}).get("device", "cpu"))
     lock_digest = dvc_lock_digest(inputs.dvc_lock)
     deciding = {k: v for k, v in asdict(gate).items() if k != "fail_on_reject"}  # exit code only
     key = pipeline_key(

@@ -168,6 +168,12 @@ def test_damaged_weights_are_one_line_errors_naming_the_file_and_stage(tmp_path,
     """Not torch's multi-line RuntimeError or UnpicklingError (a traceback, exit 1)."""
     messages = {}
     for damage, copy in _damaged_copies(tmp_path, dirs[kind], name).items():
+        if kind == "int8":  # the digest quant_config.json keeps catches every damage first
+            with pytest.raises(ModelSourceError, match=f"{name}: not the weights quant_config.json was"):
+                load_model_dir(copy)
+            config = json.loads((copy / "quant_config.json").read_text())
+            del config["weights_sha256"]  # as written before the digest: torch's own checks follow
+            (copy / "quant_config.json").write_text(json.dumps(config))
         with pytest.raises(ModelSourceError) as info:
             load_model_dir(copy)
         messages[damage] = message = str(info.value)
@@ -177,6 +183,22 @@ def test_damaged_weights_are_one_line_errors_naming_the_file_and_stage(tmp_path,
     assert "corrupted)" in messages["middle"] and "miniz" not in messages["middle"]  # no advice paragraphs
     assert "unreadable (holds a fractions.Fraction, not only tensors" in messages["refused pickle"]
     assert "not a mapping of names to tensors" in messages["a list"]
+
+
+def test_a_config_from_another_conversion_is_refused(tmp_path, dirs):
+    """quant_config.json and int8.pt of different conversions: silently other numerics (per-token
+    against per-call ranges on the same tensors) or a state-dict traceback; now one line each."""
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    config = json.loads((bad / "quant_config.json").read_text())
+    (bad / "quant_config.json").write_text(json.dumps({**config, "weights_sha256": "0" * 64}))
+    with pytest.raises(ModelSourceError, match="int8.pt: not the weights quant_config.json was written"):
+        load_model_dir(bad)
+    del config["weights_sha256"]  # written before the digest: the structure is still checked
+    for broken in ({**config, "dims": {**config["dims"], "n_text_layer": 1}}, {**config, "config": {}}):
+        (bad / "quant_config.json").write_text(json.dumps(broken))
+        with pytest.raises(ModelSourceError, match=r"quant_config.json: does not describe int8.pt \("):
+            load_model_dir(bad)
 
 
 def test_damaged_json_is_a_one_line_error(tmp_path, dirs):
@@ -205,7 +227,7 @@ def test_cli_transcribe_with_a_truncated_int8_file_is_one_line(tmp_path, dirs, c
     wav.write_bytes(wav_bytes((np.sin(np.arange(16000) / 5) * 8000).astype(np.int16)))
     assert cli.main(["transcribe", "--model", str(bad), str(wav)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {bad / 'int8.pt'}: unreadable (truncated") and err.count("\n") == 1, err
+    assert err.startswith(f"error: {bad / 'int8.pt'}: not the weights") and err.count("\n") == 1, err
 
 
 def _resident_pages(t: torch.Tensor) -> int:

@@ -196,6 +196,19 @@ def test_auto_k_larger_than_layers():
         )
 
 
+def test_static_inputs_over_the_calibrated_maximum_are_clamped_to_7_bits():
+    """Above its calibrated maximum an input took codes 128-255: saturated by fbgemm's AVX2 kernel,
+    not by its VNNI one, so a model evaluated on one CPU answered otherwise on the other."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 8)
+    scale = torch.tensor(1 / 63.5)  # calibrated absmax 1.0
+    mod = StaticInt8Linear.from_float(lin, True, input_scale=scale, output_scale=torch.tensor(0.05))
+    top = torch.full((1, 64), 63 * float(scale))  # the largest 7-bit code
+    with torch.no_grad():
+        assert torch.equal(mod(torch.full((1, 64), 2.0)), mod(top))
+        assert torch.equal(mod(torch.full((1, 64), -2.0)), mod(torch.full((1, 64), -64 * float(scale))))
+
+
 @pytest.mark.parametrize(
     ("raw", "cls"),
     [

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from whisper.model import ModelDimensions, Whisper
 
+from .fsutil import sha256_file
 from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .heap import release_freed
 from .languages import model_languages
@@ -80,10 +81,23 @@ def _load(root: Path, device: str) -> Whisper:
         found = qcfg.get("format") if isinstance(qcfg, dict) else f"a JSON {type(qcfg).__name__}"
         if found != FORMAT:
             raise ModelSourceError(f"{root / QUANT_CONFIG}: format {found!r} is not {FORMAT!r}")
-        backend = resolve_backend(qcfg["config"]["backend"], device)
-        weights = root / qcfg.get("weights", "int8.pt")
-        state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
-        model = build_int8(qcfg, state, pack=backend != "torchao")
+        weights = root / str(qcfg.get("weights", "int8.pt"))
+        if "weights_sha256" in qcfg and weights.is_file() and sha256_file(weights) != qcfg["weights_sha256"]:
+            raise ModelSourceError(
+                f"{weights}: not the weights {QUANT_CONFIG} was written with (sha256 differs: damaged, "
+                f"or from another conversion); rerun {CONVERT_STAGE}"
+            )
+        try:
+            backend = resolve_backend(qcfg["config"]["backend"], device)
+            state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
+            model = build_int8(qcfg, state, pack=backend != "torchao")
+        except ModelSourceError:
+            raise
+        except (KeyError, TypeError, AttributeError, RuntimeError) as e:  # another conversion's layers
+            raise ModelSourceError(
+                f"{root / QUANT_CONFIG}: does not describe {weights.name} ({str(e).splitlines()[0][:200]}); "
+                f"rerun {CONVERT_STAGE}"
+            ) from None
         if backend == "torchao":
             from .quant.cuda import to_torchao
 

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 from whisper.model import Whisper
 
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, sha256_file
 from ..fuse import TiedEmbedding, fused_skeleton, materialize, set_cross_kv_dtype
+from ..model_sources import ModelSourceError
 from ..params import ParamError
 from .config import QuantConfig
 from .cpu import (
@@ -221,7 +222,10 @@ def quantize_model(
         if scheme == "static":
             # input scale from the calibrated absmax over the 7-bit range (not the clipping percentile)
             if f"{name}/out_absmax" not in stats:
-                raise QuantError(f"calibration statistics lack {name}; rerun calibrate on this fused model")
+                raise ModelSourceError(
+                    f"the calibration statistics lack {name}/out_absmax, which the static scheme needs; "
+                    "rerun calibrate on this fused model"
+                )
             extra = {
                 "input_scale": (in_absmax[name].max() / 63.5).clamp_min(1e-8).reshape(()),
                 "output_scale": (stats[f"{name}/out_absmax"].max() / 127.5).clamp_min(1e-8).reshape(()),
@@ -285,6 +289,9 @@ def save_int8_dir(
         {
             "format": FORMAT,
             "weights": INT8_WEIGHTS,
+            # ties the config to these weights: another conversion's config may load them silently
+            # wrong (per-token against per-call ranges: the same tensors, other numerics)
+            "weights_sha256": sha256_file(out / INT8_WEIGHTS),
             "config": cfg.to_dict(),
             "dims": asdict(model.dims),
             "alignment_heads": alignment_heads,
@@ -331,7 +338,7 @@ def build_int8(qcfg: dict, state: dict[str, Tensor], pack: bool = True) -> Whisp
         elif kind in LINEAR_CLASSES:
             _set(model, name, LINEAR_CLASSES[kind](*shape))
         else:
-            raise QuantError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
+            raise ModelSourceError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
     set_cross_kv_dtype(model, cfg.get("cross_kv_dtype", "float32"))  # float32: written before the key
     if not pack:
         with unpacked():

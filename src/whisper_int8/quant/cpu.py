@@ -292,8 +292,11 @@ class StaticInt8Linear(PackedInt8Linear):
         self.register_buffer("output_scale", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        # quint8 zero points: input 64 (7-bit range on every CPU: the saved scales fix it), output 128
-        xq = torch.quantize_per_tensor(x.contiguous(), float(self.input_scale), 64, torch.quint8)
+        # quint8 zero points: input 64 (7-bit range on every CPU: the saved scales fix it), output 128.
+        # Clamped to those 7 bits: an input over the calibrated maximum would otherwise take codes
+        # 128-255, which fbgemm's AVX2 kernel saturates and its VNNI kernel does not.
+        s = float(self.input_scale)
+        xq = torch.quantize_per_tensor(x.clamp(-64 * s, 63 * s).contiguous(), s, 64, torch.quint8)
         return torch.ops.quantized.linear(xq, self._packed, float(self.output_scale), 128).dequantize()
 
 

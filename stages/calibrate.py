@@ -1,9 +1,12 @@
 """Stage calibrate: activation statistics and per-layer INT8 sensitivity of models/fused."""
 
+from pathlib import Path
+
 from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.calibrate import calibrate, calibrate_settings
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.fsutil import atomic_dir
+from whisper_int8.fsutil import atomic_dir, sha256_file
+from whisper_int8.fuse import FUSED_WEIGHTS
 from whisper_int8.model_dir import load_fused_dir
 from whisper_int8.params import load_params
 
@@ -12,8 +15,9 @@ def main(args) -> None:
     n, percentile, per_language = calibrate_settings(load_params(args.params), args.params)
     clips = first_per_language(read_manifest(args.split), per_language)
     model = load_fused_dir(args.model)
+    digest = sha256_file(Path(args.model) / FUSED_WEIGHTS)
     with atomic_dir(args.out) as tmp:
-        calibrate(model, clips, tmp, n, percentile)
+        calibrate(model, clips, tmp, n, percentile, model_sha256=digest)
 
 
 if __name__ == "__main__":

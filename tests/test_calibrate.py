@@ -19,9 +19,11 @@ from whisper_int8.calibrate import (
     HIST_ROWS,
     calibrate,
     calibrate_settings,
+    check_calibrated_on,
     load_calibration,
     prepare,
 )
+from whisper_int8.fsutil import sha256_file
 from whisper_int8.fuse import fuse_model
 from whisper_int8.params import ParamError
 from whisper_int8.quant.convert import EMBEDDING, linear_names
@@ -56,10 +58,19 @@ def test_calibrate_writes_stats_sensitivity_coverage(tmp_path):
     fuse_model(model)
     out = tmp_path / "calibration"
     out.mkdir()
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    (fused / "fused.pt").write_bytes(b"the weights calibrated on")
+    clips = read_manifest(write_split(tmp_path / "split"))
     calibrate(
-        model, read_manifest(write_split(tmp_path / "split")), out, sensitivity_clips=2, percentile=99.9
+        model, clips, out, sensitivity_clips=2, percentile=99.9, model_sha256=sha256_file(fused / "fused.pt")
     )
     stats, sens = load_calibration(out)
+    # tied to the fused weights: another model of the same shapes (base.en for base) is refused
+    check_calibrated_on(out, fused)
+    (fused / "fused.pt").write_bytes(b"another model's weights")
+    with pytest.raises(ParamError, match=r"calibration: calibrated on another fused model than .*fused"):
+        check_calibrated_on(out, fused)
     names = linear_names(model)
     for n in names:
         amax = stats[f"{n}/in_absmax"]

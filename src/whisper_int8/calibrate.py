@@ -32,7 +32,8 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 
 from .audio import AudioInputError, Clip
 from .audio.wavio import load_audio
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, sha256_file
+from .fuse import FUSED_WEIGHTS
 from .model_dir import check_languages
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
@@ -43,6 +44,7 @@ from .stage_files import load_tensors, read_json
 log = logging.getLogger(__name__)
 
 STATS = "stats.pt"
+SENSITIVITY = "sensitivity.json"
 # |x| histogram: 2^-16 .. 2^12 in 1/32-octave bins (log2 domain); values outside go to the end bins.
 LOG2_MIN, LOG2_MAX, HIST_BINS = -16.0, 12.0, 28 * 32
 HIST_EDGES = torch.exp2(torch.linspace(LOG2_MIN, LOG2_MAX, HIST_BINS + 1))
@@ -203,8 +205,13 @@ def calibrate(
     sensitivity_clips: int,
     percentile: float,
     progress: bool = True,
+    model_sha256: str | None = None,
 ) -> dict:
-    """Write ``stats.pt``, ``sensitivity.json`` and ``coverage.json`` for ``model`` into ``out``."""
+    """Write ``stats.pt``, ``sensitivity.json`` and ``coverage.json`` for ``model`` into ``out``.
+
+    ``model_sha256``: the digest of the fused weights ``model`` was loaded from, recorded so that
+    convert refuses these statistics for another model (:func:`check_calibrated_on`).
+    """
     if not clips:
         raise AudioInputError("the calibration split has no clips: rerun fetch_audio (audio.calib_per_lang)")
     if not linear_names(model):
@@ -235,9 +242,10 @@ def calibrate(
                 chosen.append(pool.pop(0))
     sens = sensitivity(model, chosen, progress)
     atomic_write_json(
-        out / "sensitivity.json",
+        out / SENSITIVITY,
         {
             "metric": "relative L2 logit error vs FP32, teacher forcing, only this layer INT8 (dynamic)",
+            **({"model_sha256": model_sha256} if model_sha256 else {}),
             "clips": [s.clip.id for s in chosen],
             "layers": sens,
             "ranking": sorted(sens, key=lambda n: -sens[n]),
@@ -273,7 +281,7 @@ def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, f
 
 def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Read ``stats.pt`` and ``sensitivity.json`` of a calibration directory (a bad one: one-line error)."""
-    stats_file, sens_file = path / STATS, path / "sensitivity.json"
+    stats_file, sens_file = path / STATS, path / SENSITIVITY
     for f in (stats_file, sens_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing; run {CALIBRATE_STAGE}")
@@ -287,3 +295,14 @@ def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:
             f"{sens_file}: no 'layers' mapping of layer names to numbers; rerun {CALIBRATE_STAGE}"
         )
     return stats, layers
+
+
+def check_calibrated_on(calibration: Path, fused: Path) -> None:
+    """Refuse statistics measured on another fused model: one with the same layer shapes (base.en
+    against base, another seed) passes every shape check and sets other scales silently."""
+    recorded = read_json(calibration / SENSITIVITY, CALIBRATE_STAGE).get("model_sha256")
+    if recorded is not None and recorded != sha256_file(fused / FUSED_WEIGHTS):
+        raise ParamError(
+            f"{calibration}: calibrated on another fused model than {fused} ({FUSED_WEIGHTS} has changed "
+            f"since); rerun {CALIBRATE_STAGE}"
+        )

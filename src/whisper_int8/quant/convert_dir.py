@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..calibrate import load_calibration
+from ..calibrate import check_calibrated_on, load_calibration
 from ..fsutil import atomic_dir, dir_bytes
 from ..model_dir import load_fused_dir
 from .config import QuantConfig
@@ -25,6 +25,7 @@ def convert_dir(
     if not fp32_bytes:
         raise FileNotFoundError(f"{fp32}: no FP32 model directory there (its size sets the card's ratio)")
     stats, sensitivity = load_calibration(Path(calibration))
+    check_calibrated_on(Path(calibration), Path(fused))
     model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():

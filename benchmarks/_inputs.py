@@ -13,11 +13,13 @@ from whisper_int8.audio import Clip, first_per_language, read_manifest
 from whisper_int8.audio.errors import AudioInputError
 
 
-def require_model_dir(path: Path | str, option: str) -> Path:
-    """``path`` if it holds a model directory of this pipeline (fp32, fused or int8), by its files only.
+def require_model_dir(path: Path | str, option: str, kind: str = "any") -> Path:
+    """``path`` if it holds a model directory of this pipeline, by its files only: ``kind`` ``fp32``
+    (models/fp32), ``fused`` (models/fused) or ``any`` (those or an int8 one).
 
     The same files ``whisper_int8.model_dir.load_model_dir`` looks for; nothing is read, so a worker or
-    a later conversion that loads it cannot be the first to find a typo.
+    a later conversion that loads it cannot be the first to find a typo, and an INT8 directory given
+    as the FP32 reference cannot run under the FP32 row's name.
     """
     from whisper_int8.fuse import FUSED_WEIGHTS  # torch: only where a model path is checked
     from whisper_int8.quant.convert import QUANT_CONFIG
@@ -25,10 +27,24 @@ def require_model_dir(path: Path | str, option: str) -> Path:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{option} {path}: no such directory; give a model directory (models/...)")
-    names = (QUANT_CONFIG, FUSED_WEIGHTS, "model.pt")
+    names = {"fp32": ("model.pt",), "fused": (FUSED_WEIGHTS,)}.get(
+        kind, (QUANT_CONFIG, FUSED_WEIGHTS, "model.pt")
+    )
     if not any((root / name).is_file() for name in names):
-        raise FileNotFoundError(f"{option} {path}: not a model directory (no {', '.join(names)} in it)")
+        what = "a model directory" if kind == "any" else f"the {kind} model directory (models/{kind})"
+        raise FileNotFoundError(f"{option} {path}: not {what}: no {', '.join(names)} in it")
     return root
+
+
+def require_out_file(path: Path | str | None, option: str) -> None:
+    """Refuse an output path that cannot take a file (a folder) before the run, not after it."""
+    from whisper_int8.fsutil import OutputConflictError, check_file_output
+
+    if path is not None:
+        try:
+            check_file_output(path)
+        except OutputConflictError as e:
+            raise OutputConflictError(f"{option} {e}") from None
 
 
 def split_clips(split: Path | str, per_language: int | None = None, option: str = "--split") -> list[Clip]:

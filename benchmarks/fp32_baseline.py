@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _inputs import split_clips
+from _inputs import require_model_dir, require_out_file, split_clips
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import accuracy_metrics, decode_options, error_metric, transcribe_split
@@ -26,7 +26,11 @@ from whisper_int8.params import load_params, positive_int, section
 def main(args: argparse.Namespace) -> None:
     decode = decode_options(section(load_params(args.params), "evaluate", args.params), args.params)
     split_clips(args.split)  # a missing or empty split stops here, not after the model is loaded
-    model = load_checkpoint(Path(args.model)).model.eval()
+    require_out_file(args.json, "--json")
+    checkpoint = Path(args.model)
+    if checkpoint.is_dir():  # models/fp32 for models/fp32/model.pt
+        checkpoint = require_model_dir(checkpoint, "--model", "fp32") / "model.pt"
+    model = load_checkpoint(checkpoint).model.eval()
     start = time.perf_counter()
     results, _ = transcribe_split(model, Path(args.split), decode, 0, args.per_lang, desc="fp32")
     metrics = accuracy_metrics(results)
@@ -46,7 +50,9 @@ if __name__ == "__main__":
     parser = stage_parser(__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage example's layout
     parser.add_argument("--split", default="data/eval", help="split directory with manifest.jsonl")
-    parser.add_argument("--model", default="models/fp32/model.pt", help="openai-whisper checkpoint")
+    parser.add_argument(
+        "--model", default="models/fp32/model.pt", help="openai-whisper checkpoint (or its folder)"
+    )
     parser.add_argument("--per-lang", type=positive_int, default=None, help="at most N clips per language")
     parser.add_argument("--json", default=None, help="also write the metrics and per-clip results here")
     run(main, parser)

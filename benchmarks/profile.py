@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from _inputs import require_model_dir, split_clips
+from _inputs import require_model_dir, require_out_file, split_clips
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
+    require_out_file(args.out, "--out")
     report = profile_model(args.model, args.split, args.per_language, args.threads, args.ops)
     m = report["median"]
     print(f"{report['model']}: {report['clips']} clips, {report['threads']} threads, medians per clip")

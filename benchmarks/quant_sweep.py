@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from _inputs import require_model_dir, require_out_file
 
 from whisper_int8.audio import MANIFEST, AudioInputError, read_manifest
 from whisper_int8.calibrate import CALIBRATE_STAGE
@@ -107,6 +108,9 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     decode = decode_options(section(params, "evaluate", args.params), args.params)
     cfgs = value_configs(params, args.params, args.key, args.values)
+    require_model_dir(args.fp32, "--fp32", "fp32")  # before the conversions, not after them
+    require_model_dir(args.fused, "--fused", "fused")
+    require_out_file(args.out, "--out")
     coverage = calibrated_clips(args.calibration)
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
         held = Path(tmp) / "held_out"

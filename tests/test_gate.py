@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_int8.gate import check_against_champion, check_thresholds, gate_config
+from whisper_int8.gate import _over, check_against_champion, check_thresholds, gate_config
 from whisper_int8.params import ParamError
 
 from .eval_fixtures import report
@@ -34,6 +34,7 @@ def test_a_delta_just_over_its_limit_reads_as_over():
     """Spanish's one word in 199 is +0.5025 pp: '+0.50 pp over FP32 ..., limit 0.5 pp' read as a tie."""
     rep = report({"en": 10.0}, {"en": 10.503})
     assert check_thresholds(rep, gate_config({})).reasons[0].startswith("wer/en +0.503 pp over FP32")
+    assert _over(0.50004, 0.5) == "0.50004" and _over(0.75, 0.5) == "0.75"
 
 
 def test_refusal_counts_characters_for_cer_and_tolerate_older_reports():

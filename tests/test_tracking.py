@@ -234,15 +234,18 @@ def test_unreachable_server_is_a_clear_error(monkeypatch):
     ("uri", "message"),
     [("sqlite://mlflow.db", "a sqlite URI names its file after three slashes"),
      ("sqlite://", "a sqlite URI names its file after three slashes"),  # in memory: promoted into nothing
-     ("htp://mlflow:5000", "unknown scheme; use sqlite:///mlflow.db, an http"),
-     ("postgresql://u@127.0.0.1:1/db", "needs psycopg; pip install it")],
+     ("sqlite:////", "/ is a folder; name the database file"),
+     ("htp://mlflow:5000", "got unsupported URI 'htp://mlflow:5000'"),  # MLflow's message, one line
+     ("postgresql://u@127.0.0.1:1/db", "needs the database driver module psycopg")],
 )  # fmt: skip
 def test_a_mistyped_tracking_uri_is_one_line(uri, message):
     """They were tracebacks from SQLAlchemy or MLflow's store registry, or (in memory) a "promoted"
     champion that nothing kept."""
     if uri.startswith("postgresql") and importlib.util.find_spec("psycopg") is not None:
         pytest.skip("psycopg is installed here: the URI names a database, not a missing driver")
-    with pytest.raises(TrackingError, match=re.escape(f"MLflow tracking URI {uri}: {message}")):
+    with pytest.raises(
+        TrackingError, match=re.escape(f"MLflow tracking URI {uri}: ") + ".*" + re.escape(message)
+    ):
         open_experiment(uri, "x")
 
 

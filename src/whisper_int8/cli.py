@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING
 
 from .audio.errors import AudioInputError
 from .params import positive_int
-from .tracking_uri import RegistryError, TrackingError, check_reachable, resolve_tracking_uri
+from .tracking_uri import SQLITE, RegistryError, TrackingError, check_reachable, resolve_tracking_uri
 
 if TYPE_CHECKING:
     import numpy as np
 
 USER_ERRORS: tuple[type[BaseException], ...] = (TrackingError, RegistryError, FileNotFoundError, ValueError)
-SQLITE = "sqlite:///"
 PARAMS = Path("params.yaml")
 KEEP_DECODED_BYTES = 64 << 20  # about 17 minutes of 16 kHz float32 audio held between the two passes
 DEFAULT_NAME, DEFAULT_ALIAS = "whisper-int8", "champion"
@@ -150,8 +149,8 @@ def decode_audio(path: str) -> np.ndarray:
 
 def decode_all(paths: list[str], keep_bytes: int) -> list[np.ndarray | None]:
     """Decode every file now, so a bad one stops the command before the model loads; keep the samples
-    while they fit in ``keep_bytes``, and None for the rest (decoded again in turn), so a batch of long
-    recordings holds one file at a time rather than all of them."""
+    of the leading files that fit in ``keep_bytes`` together, and None for the rest (decoded again in
+    turn), so a batch of long recordings holds one file at a time rather than all of them."""
     clips: list[np.ndarray | None] = []
     kept = 0
     for path in paths:

@@ -143,11 +143,11 @@ def clip_cap(report: dict[str, Any]) -> int | None:
 
 def _over(delta: float, limit: float) -> str:
     """``delta`` with the decimals it takes to read as over ``limit``: 0.5025 is 0.503, not 0.50."""
-    for digits in (2, 3, 4):
+    for digits in range(2, 10):
         text = f"{delta:.{digits}f}"
         if float(text) > limit:
             return text
-    return f"{delta:.4f}"
+    return repr(delta)
 
 
 def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:

@@ -66,6 +66,14 @@ def load_fused_dir(path: Path | str) -> Whisper:
     return load_model_dir(root)
 
 
+def _not_describing(root: Path, weights: Path, error: Exception) -> ModelSourceError:
+    """quant_config.json and weights that do not fit together (written before ``weights_sha256``)."""
+    cause = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return ModelSourceError(
+        f"{root / QUANT_CONFIG}: does not describe {weights.name} ({cause}); rerun {CONVERT_STAGE}"
+    )
+
+
 def _load(root: Path, device: str) -> Whisper:
     """Load ``models/fp32`` (model.pt), ``models/fused`` (fused.pt) or ``models/int8`` (int8.pt + config).
 
@@ -89,15 +97,17 @@ def _load(root: Path, device: str) -> Whisper:
             )
         try:
             backend = resolve_backend(qcfg["config"]["backend"], device)
-            state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
+        except (KeyError, TypeError) as e:
+            raise _not_describing(root, weights, e) from None
+        state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
+        try:
             model = build_int8(qcfg, state, pack=backend != "torchao")
-        except ModelSourceError:
-            raise
-        except (KeyError, TypeError, AttributeError, RuntimeError) as e:  # another conversion's layers
-            raise ModelSourceError(
-                f"{root / QUANT_CONFIG}: does not describe {weights.name} ({str(e).splitlines()[0][:200]}); "
-                f"rerun {CONVERT_STAGE}"
-            ) from None
+        except (KeyError, TypeError, AttributeError) as e:  # keys or layers another conversion wrote
+            raise _not_describing(root, weights, e) from None
+        except RuntimeError as e:
+            if type(e) is not RuntimeError:  # out of memory, ModelSourceError...: their own message
+                raise
+            raise _not_describing(root, weights, e) from None  # load_state_dict: names or shapes
         if backend == "torchao":
             from .quant.cuda import to_torchao
 

@@ -21,8 +21,8 @@ from . import registry, scoring, tracking
 from .eval_report import BASELINE, CANDIDATE, deltas_for
 from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
-from .model_dir import load_model_dir
 from .params import ParamError, reject_unknown_keys
+from .pyfunc_model import WhisperPyfunc
 from .tracking_uri import artifact_location, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,9 @@ def promote(
     Returns what it writes to gate.json: the decision, its reasons and metrics, the version, the champion.
     """
     report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
-    # what the fleet will pull must load (on the device it was evaluated on): a model directory missing
-    # a file is refused before any logging
-    load_model_dir(inputs.model_dirs[CANDIDATE], report.get("config", {}).get("device", "cpu"))
+    # what the fleet will pull must load as the served pyfunc loads it: a model directory missing a file
+    # is refused before any logging
+    WhisperPyfunc().load(inputs.model_dirs[CANDIDATE])
     lock_digest = dvc_lock_digest(inputs.dvc_lock)
     deciding = {k: v for k, v in asdict(gate).items() if k != "fail_on_reject"}  # exit code only
     key = pipeline_key(

@@ -35,7 +35,7 @@ from .gate import Decision
 from .params import ParamError
 from .pyfunc_model import MODEL_DIR_ARTIFACT, SIGNATURE
 from .tracking import KEY_TAG
-from .tracking_uri import RegistryError, TrackingError
+from .tracking_uri import SQLITE, RegistryError, TrackingError
 
 # MLflow's rule for alias names: letters, digits, - and _; "latest" and v<digits> name versions.
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 
 EVAL_SET_TAG = "eval_set"
-SQLITE_PREFIX = "sqlite:///"
 
 
 @dataclass
@@ -193,10 +192,10 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
     is a file beside the database (``<db>.promote.lock``). A tracking server has no such lock (MLflow
     has no compare-and-set on aliases): promote against one server one run at a time.
     """
-    if not tracking_uri.startswith(SQLITE_PREFIX):
+    if not tracking_uri.startswith(SQLITE):
         yield
         return
-    lock = Path(tracking_uri[len(SQLITE_PREFIX) :] + ".promote.lock")
+    lock = Path(tracking_uri[len(SQLITE) :] + ".promote.lock")
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
         yield

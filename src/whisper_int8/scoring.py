@@ -131,15 +131,20 @@ def _number_words(match: re.Match, lang: str) -> str:
     return "".join(w + s for w, s in zip(spelled, [*seps, ""], strict=True))
 
 
+# Hebrew points and Arabic harakat: optional vowel marks, mostly left unwritten (like Spanish accents)
+_OPTIONAL_MARKS = re.compile("[\u0591-\u05c7\u064b-\u065f\u0670\u06d6-\u06ed]")
+
+
 def _strip_diacritics(text: str) -> str:
-    """Drop combining marks after Latin, Greek or Cyrillic letters (keeps Devanagari vowel signs, Thai
-    tone marks: :func:`_blank_symbols` keeps them too)."""
+    """Drop combining marks after Latin, Greek or Cyrillic letters, and Hebrew and Arabic vowel points
+    (keeps Devanagari vowel signs and Thai tone marks, which are letters: :func:`_blank_symbols` keeps
+    them too)."""
     out = []
     for ch in unicodedata.normalize("NFD", text):
         if unicodedata.category(ch) == "Mn" and out and ord(out[-1]) < 0x0530:
             continue
         out.append(ch)
-    return unicodedata.normalize("NFC", "".join(out))
+    return _OPTIONAL_MARKS.sub("", unicodedata.normalize("NFC", "".join(out)))
 
 
 def normalize(text: str, lang: str) -> str:

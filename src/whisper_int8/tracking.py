@@ -63,7 +63,10 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
     except MlflowException as e:
         raise TrackingError(f"MLflow tracking URI {uri}: {e.message}") from None
     except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql...)
-        raise TrackingError(f"MLflow tracking URI {uri}: needs {e.name or e}; pip install it") from None
+        raise TrackingError(
+            f"MLflow tracking URI {uri}: needs the database driver module {e.name or e}; install the "
+            "package that provides it"
+        ) from None
 
 
 def _param_name_ok(name: str) -> bool:

@@ -11,11 +11,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+SQLITE = "sqlite:///"
+DEFAULT_URI = SQLITE + "mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns"
 # A tracking server keeps its own artifact store: a client-side folder would strand the artifacts.
 REMOTE_SCHEMES = ("http://", "https://", "databricks")
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (+driver)
 
 
 class TrackingError(RuntimeError):
@@ -45,9 +45,8 @@ def resolve_tracking_uri(
     the CLI agree on one database file wherever they are started from.
     """
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str((repo_root(root) / uri[len(prefix) :]).resolve())
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        uri = SQLITE + str((repo_root(root) / uri[len(SQLITE) :]).resolve())
     return uri
 
 
@@ -86,22 +85,19 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 f"MLflow tracking server {uri} cannot be reached ({reason}); start it, fix "
                 f"MLFLOW_TRACKING_URI, or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
             ) from None
-    elif uri.startswith("sqlite:") and (not uri.startswith("sqlite:///") or uri == "sqlite:///"):
+    elif uri.startswith("sqlite:") and not uri.startswith(SQLITE):
         raise TrackingError(
             f"MLflow tracking URI {uri}: a sqlite URI names its file after three slashes: "
             f"{DEFAULT_URI} (relative to the repository) or sqlite:////abs/path/mlflow.db"
         )
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
+    elif uri.startswith(SQLITE):
+        db = Path(uri[len(SQLITE) :])
+        if db.is_dir():
+            raise TrackingError(f"MLflow tracking URI {uri}: {db} is a folder; name the database file")
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow tracking URI {uri}: folder {db.parent} does not exist; create it")
     elif uri.startswith("file:") or ("://" not in uri and not uri.startswith(REMOTE_SCHEMES)):
         raise TrackingError(
             f"MLflow tracking URI {uri}: a bare file store is refused by MLflow >= 3.13; "
             f"use {DEFAULT_URI} or an http(s):// server"
-        )
-    elif not uri.startswith("databricks") and uri.split("://")[0].split("+")[0] not in DATABASE_SCHEMES:
-        raise TrackingError(
-            f"MLflow tracking URI {uri}: unknown scheme; use {DEFAULT_URI}, an http(s):// server or a "
-            f"database URI ({', '.join(s + '://' for s in DATABASE_SCHEMES)})"
         )

@@ -7,10 +7,7 @@ evaluates both.
 """
 
 import logging
-import re
 from pathlib import Path
-
-import torch
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.cli_common import run, stage_parser
@@ -18,6 +15,7 @@ from whisper_int8.cpu import activation_bits, host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, decode_options, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output
+from whisper_int8.model_dir import resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.scoring import normalize
@@ -38,19 +36,7 @@ def options(params: dict, where: str) -> dict:
     per_language = null_or_count(
         ev.get("max_clips_per_language"), "evaluate.max_clips_per_language", "all clips", where
     )
-    device = ev.get("device", "auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device != "cpu":
-        cuda = re.fullmatch(r"cuda(?::(\d+))?", str(device))
-        if not cuda:
-            raise ParamError(f"{where}: evaluate.device={device!r} must be auto, cpu or cuda[:N]")
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if int(cuda.group(1) or 0) >= count:
-            raise ParamError(
-                f"{where}: evaluate.device={device!r}: this machine has {count} CUDA device(s) "
-                f"(torch {torch.__version__}); use auto or cpu"
-            )
+    device = resolve_device(ev.get("device", "auto"), f"{where}: evaluate.device")
     split = ev.get("split", "data/eval")
     if not isinstance(split, str) or not split:
         raise ParamError(f"{where}: evaluate.split={split!r} must be the path of a split (e.g. data/eval)")

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from whisper_int8 import cli, registry
 from whisper_int8.audio.wavio import wav_bytes
@@ -203,6 +204,23 @@ def test_cli_transcribe_bad_model_dir_is_one_line(registered, tmp_path, capsys):
     empty.mkdir()
     assert cli.main(["transcribe", "--model", str(empty), str(registered["wav"])]) == 2
     assert "not a model directory" in _one_line_error(capsys)
+
+
+def test_the_serving_host_chooses_the_device(registered, monkeypatch):
+    """WHISPER_INT8_DEVICE: a GPU fleet serves on its GPU (torchao), the default stays the CPU."""
+    from whisper_int8.params import ParamError
+    from whisper_int8.pyfunc_model import DEVICE_VARIABLE, WhisperPyfunc
+
+    for value, message in [("gpu", "must be auto, cpu or cuda"), ("cuda:7", "this machine has")]:
+        monkeypatch.setenv(DEVICE_VARIABLE, value)
+        with pytest.raises(ParamError, match=f"^{DEVICE_VARIABLE}={value!r}.*{message}"):
+            WhisperPyfunc().load(registered["int8"])
+    monkeypatch.setenv(DEVICE_VARIABLE, "auto")  # this machine: the CPU
+    model = WhisperPyfunc(**FAST)
+    model.load(registered["int8"])
+    assert next(model.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    wav, expected = str(registered["wav"]), registered["expected"]
+    assert model.predict(None, {"audio": wav, "language": "en"}) == [expected]
 
 
 def test_cli_transcribe_undecodable_audio_is_one_line(registered, tmp_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -40,6 +41,25 @@ def check_languages(model: Whisper, languages: set[str], split: Path | str) -> N
             f"({model.num_languages} languages; yue needs large-v3 or turbo): drop them from "
             "audio.languages or choose another model.source"
         )
+
+
+def resolve_device(device: object, name: str) -> str:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as torch takes it; anything else,
+    or a GPU this machine lacks, is an error naming ``name`` (the param or variable that gave it)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+    if not cuda:
+        raise ParamError(f"{name}={device!r} must be auto, cpu or cuda[:N]")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(cuda.group(1) or 0) >= count:
+        raise ParamError(
+            f"{name}={device!r}: this machine has {count} CUDA device(s) (torch {torch.__version__}); "
+            "use auto or cpu"
+        )
+    return str(device)
 
 
 def load_model_dir(path: Path | str, device: str = "cpu") -> Whisper:

@@ -15,6 +15,7 @@ A missing or empty language means auto-detect.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from mlflow.types import DataType
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 MODEL_DIR_ARTIFACT = "model_dir"
+DEVICE_VARIABLE = "WHISPER_INT8_DEVICE"  # cpu (default), auto, cuda or cuda:N where the model is served
 # Explicit: MLflow infers none from the predict type hints, and registries such as Unity Catalog refuse a
 # model without one. ``audio`` is Any because a path (string) and samples (float list) both serve.
 SIGNATURE = ModelSignature(
@@ -90,9 +92,11 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         self.load(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
 
     def load(self, model_dir: Path) -> None:
-        from whisper_int8.model_dir import load_model_dir
+        from whisper_int8.model_dir import load_model_dir, resolve_device
 
-        self.model = load_model_dir(model_dir, device="cpu")
+        # the serving host's choice, not the model's: CPU unless the fleet asks for its GPU
+        device = resolve_device(os.environ.get(DEVICE_VARIABLE, "cpu"), DEVICE_VARIABLE)
+        self.model = load_model_dir(model_dir, device=device)
 
     # Annotated as DataFrame (what serving passes); the schema is SIGNATURE, and direct callers may pass
     # any form listed in the module docstring.

@@ -117,12 +117,17 @@ def test_unreachable_server_exits_2_with_one_line(tmp_path, model_dirs):
     uri = f"http://127.0.0.1:{free_port()}"
     proc = run_promote(tmp_path, report({"en": 10.0}, {"en": 10.0}), model_dirs, uri)
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"error: MLflow tracking server {uri} cannot be reached")
-    )
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: MLflow tracking server {uri} cannot be reached")
+    fix = "start it, or fix MLFLOW_TRACKING_URI, or unset MLFLOW_TRACKING_URI to use the local sqlite"
+    assert line.endswith(f"{fix}:///mlflow.db")
     assert "Traceback" not in proc.stderr
+    # set in params.yaml (dvc exp run -S mlflow.tracking_uri=...): the message names that key
+    proc = run_promote(
+        tmp_path, report({"en": 10.0}, {"en": 10.0}), model_dirs, "", mlflow={"tracking_uri": uri}
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("start it, or fix params.yaml: mlflow.tracking_uri")
 
 
 def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):

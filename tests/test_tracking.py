@@ -81,7 +81,9 @@ def runs_of(cfg: MlflowConfig):
     return client, client.search_runs([exp.experiment_id])
 
 
-def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
+def test_parent_and_children_share_metric_keys(tmp_path, model_dirs, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "jaunty-lobe")  # as `dvc exp run` sets them for its stages
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
     cfg = mlflow_cfg(tmp_path)
     inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0, "zh": 20.0}, {"en": 10.2, "zh": 20.1}))
     assert promote(inputs, cfg, gate_config({}), decode={})["passed"]
@@ -100,6 +102,13 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs):
     assert children["int8"].data.metrics["wer_delta/en"] == pytest.approx(0.2)
     assert children["int8"].data.metrics["speedup"] == pytest.approx(2.0)
 
+    # the INT8 child carries the quant settings (children compare across experiments in the UI), and
+    # the runs lead back to the DVC experiment that made them
+    assert children["int8"].data.params["quant.scheme"] == "w8a8"
+    assert not any(k.startswith("quant.") for k in children["fp32"].data.params)
+    for run in (parent, children["int8"]):
+        assert run.data.tags["dvc_exp_name"] == "jaunty-lobe"
+        assert run.data.tags["dvc_exp_baseline_rev"] == "a" * 40
     params = parent.data.params
     assert params["model.source"] == "package:tiny" and params["quant.scheme"] == "w8a8"
     assert params["quant.calibration_clips"] == "16"

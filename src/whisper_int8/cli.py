@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 from .audio.errors import AudioInputError
 from .params import positive_int
-from .tracking_uri import SQLITE, RegistryError, TrackingError, check_reachable, resolve_tracking_uri
+from .tracking_uri import (
+    SQLITE,
+    RegistryError,
+    TrackingError,
+    check_reachable,
+    resolve_tracking_uri,
+    tracking_uri_source,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,14 +83,15 @@ def _connect(args: argparse.Namespace) -> str:
     create an empty one in whatever directory the command was started from."""
     import mlflow
 
-    uri = resolve_tracking_uri(repo_mlflow().get("tracking_uri"), explicit=args.tracking_uri)
+    configured = repo_mlflow().get("tracking_uri")
+    uri = resolve_tracking_uri(configured, explicit=args.tracking_uri)
     db = Path(uri.removeprefix(SQLITE))
     if uri.startswith(SQLITE) and not db.is_file():
         raise TrackingError(
             f"{db}: no MLflow database here; run from the repository root "
             "(where make repro wrote mlflow.db) or pass --tracking-uri"
         )
-    check_reachable(uri)
+    check_reachable(uri, source=tracking_uri_source(configured, args.tracking_uri))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

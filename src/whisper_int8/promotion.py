@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
 from .params import ParamError, reject_unknown_keys
 from .pyfunc_model import WhisperPyfunc
-from .tracking_uri import artifact_location, resolve_tracking_uri
+from .tracking_uri import artifact_location, resolve_tracking_uri, tracking_uri_source
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ class MlflowConfig:
     registered_model: str
     alias: str
     artifact_location: str | None = None
+    tracking_uri_source: str = "MLFLOW_TRACKING_URI"  # what an unreachable server's message says to fix
 
 
+DVC_EXPERIMENT_TAGS = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}
 MLFLOW_KEYS = {
     "tracking_uri",
     "artifact_root",
@@ -75,6 +78,7 @@ def mlflow_config(ml: dict[str, Any], where: str) -> MlflowConfig:
         registered_model=registry.check_model_name(ml.get("registered_model", "whisper-int8"), where),
         alias=registry.check_alias(ml.get("alias", "champion"), where),
         artifact_location=artifact_location(ml.get("artifact_root"), uri),
+        tracking_uri_source=tracking_uri_source(ml.get("tracking_uri"), where=where),
     )
 
 
@@ -174,7 +178,9 @@ def promote(
         {"gate": deciding, "decode": decode, "package": registry.package_digest()},
     )
     eval_set = eval_set_digest(report, inputs.eval_manifest)
-    client, exp_id = tracking.open_experiment(cfg.tracking_uri, cfg.experiment, cfg.artifact_location)
+    client, exp_id = tracking.open_experiment(
+        cfg.tracking_uri, cfg.experiment, cfg.artifact_location, cfg.tracking_uri_source
+    )
     runs = tracking.start_pipeline_runs(client, exp_id, key, [BASELINE, CANDIDATE], f"pipeline-{key[:8]}")
     log.info("MLflow %s: experiment %s, parent run %s", cfg.tracking_uri, cfg.experiment, runs.parent_id)
     ok = False
@@ -186,15 +192,21 @@ def promote(
             "dvc_lock_sha256": lock_digest,
         }
         tracking.log_values(client, runs.parent_id, params=params, metrics=report["comparison"])
+        # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`
+        exp_tags = {tag: os.environ[var] for var, tag in DVC_EXPERIMENT_TAGS.items() if os.environ.get(var)}
         upstream = [(p, upstream_folder(p)) for p in _existing(inputs.artifacts)]
         tracking.log_files(client, runs.parent_id, upstream)
         tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
         for variant, run_id in runs.children.items():
             model_dir = inputs.model_dirs[variant]
+            # the INT8 child carries the quant settings too: children compare across experiments in the UI
+            quant = (
+                tracking.flatten({"quant": inputs.params.get("quant") or {}}) if variant == CANDIDATE else {}
+            )
             tracking.log_values(
                 client,
                 run_id,
-                params={"variant": variant, "model_dir": str(model_dir), **report.get("config", {})},
+                params={"variant": variant, "model_dir": str(model_dir), **report.get("config", {}), **quant},
                 metrics=variant_metrics(report, variant),
             )
             cards = [
@@ -247,7 +259,7 @@ def promote(
             "tracking_uri": cfg.tracking_uri,
         }
         atomic_write_json(inputs.gate_json, result)
-        gate_tags = {"validation_status": decision.status, "model_version": version.version}
+        gate_tags = {"validation_status": decision.status, "model_version": version.version, **exp_tags}
         for run_id in (runs.parent_id, runs.children[CANDIDATE]):
             tracking.log_values(
                 client, run_id, metrics={"gate_passed": float(decision.passed)}, tags=gate_tags

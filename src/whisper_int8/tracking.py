@@ -47,9 +47,12 @@ class PipelineRuns:
     children: dict[str, str]  # variant -> run id
 
 
-def open_experiment(uri: str, name: str, artifact_location: str | None = None) -> tuple[MlflowClient, str]:
-    """Point MLflow at ``uri`` (after a fast reachability check) and return the experiment, created if new."""
-    check_reachable(uri)
+def open_experiment(
+    uri: str, name: str, artifact_location: str | None = None, source: str = "MLFLOW_TRACKING_URI"
+) -> tuple[MlflowClient, str]:
+    """Point MLflow at ``uri`` (after a fast reachability check; ``source``: what set it) and return the
+    experiment, created if new."""
+    check_reachable(uri, source=source)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 SQLITE = "sqlite:///"
+ENV_VARIABLE = "MLFLOW_TRACKING_URI"
 DEFAULT_URI = SQLITE + "mlflow.db"
 DEFAULT_ARTIFACT_ROOT = "mlruns"
 # A tracking server keeps its own artifact store: a client-side folder would strand the artifacts.
@@ -44,7 +45,7 @@ def resolve_tracking_uri(
     A relative sqlite path is made absolute against :func:`repo_root` so every stage, experiment and
     the CLI agree on one database file wherever they are started from.
     """
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    uri = explicit or os.environ.get(ENV_VARIABLE) or configured or DEFAULT_URI
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
         uri = SQLITE + str((repo_root(root) / uri[len(SQLITE) :]).resolve())
     return uri
@@ -63,8 +64,20 @@ def artifact_location(artifact_root: str | None, tracking_uri: str, root: Path |
     return (repo_root(root) / (artifact_root or DEFAULT_ARTIFACT_ROOT)).resolve().as_uri()
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with one clear line instead of MLflow's minutes of HTTP retries."""
+def tracking_uri_source(
+    configured: str | None, explicit: str | None = None, where: str = "params.yaml"
+) -> str:
+    """What gave the URI :func:`resolve_tracking_uri` returns for the same arguments: the thing to fix."""
+    if explicit:
+        return "--tracking-uri"
+    if os.environ.get(ENV_VARIABLE):
+        return ENV_VARIABLE
+    return f"{where}: mlflow.tracking_uri" if configured else "the default"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0, source: str = "MLFLOW_TRACKING_URI") -> None:
+    """Fail fast with one clear line instead of MLflow's minutes of HTTP retries; ``source``
+    (:func:`tracking_uri_source`) is what the message says to fix."""
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -81,9 +94,11 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
+            unset = (
+                f", or unset {ENV_VARIABLE} to use the local {DEFAULT_URI}" if source == ENV_VARIABLE else ""
+            )
             raise TrackingError(
-                f"MLflow tracking server {uri} cannot be reached ({reason}); start it, fix "
-                f"MLFLOW_TRACKING_URI, or unset MLFLOW_TRACKING_URI to use the local {DEFAULT_URI}"
+                f"MLflow tracking server {uri} cannot be reached ({reason}); start it, or fix {source}{unset}"
             ) from None
     elif uri.startswith("sqlite:") and not uri.startswith(SQLITE):
         raise TrackingError(

@@ -21,7 +21,7 @@ from whisper_int8.evaluate import evaluate_in_subprocess, evaluate_model_dir, mo
 from whisper_int8.params import ParamError
 from whisper_int8.scoring import score
 
-from .conftest import REPO, venv_env
+from .conftest import REPO, make_tiny_whisper, venv_env
 from .eval_fixtures import FAST, speech_split, tiny_int8_dir, tiny_model_dir
 
 CLIPS = [
@@ -127,6 +127,23 @@ def test_a_failing_chart_leaves_the_previous_report_whole(results, tmp_path, mon
     with pytest.raises(RuntimeError, match="matplotlib failed"):
         write_report(tmp_path, results["fp32"], swapped, config)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_first_call_leaves_out_the_identification_as_every_latency(setup, monkeypatch):
+    """first_call_s counted the warm-up's language identification (the cold tokenizer: 15 % of it on
+    the tiny model) while every other latency leaves it out."""
+    import time
+
+    from whisper_int8 import evaluate
+
+    def identified_slowly(model, audio, language, **kw) -> dict:
+        time.sleep(0.5)
+        return {"text": "x", "lid_s": 0.4, "detected_language": language, "temperature": 0.0}
+
+    monkeypatch.setattr(evaluate, "transcribe_clip", identified_slowly)
+    results, first_call = evaluate.transcribe_split(make_tiny_whisper(), setup["split"], FAST, 1, 1)
+    assert 0.1 <= first_call < 0.5  # 0.5 s of work, 0.4 of it identifying
+    assert all(0.1 <= r.latency_s < 0.5 for r in results)
 
 
 def test_subprocess_evaluation_matches_in_process(results, setup):

@@ -108,9 +108,9 @@ def transcribe_split(
     first_call = None
     for i in range(warmup):
         start = time.perf_counter()
-        transcribe_clip(model, first, clips[0].language, **decode, detect_language=True)
-        if i == 0:
-            first_call = time.perf_counter() - start
+        out = transcribe_clip(model, first, clips[0].language, **decode, detect_language=True)
+        if i == 0:  # as every latency: without the identification
+            first_call = time.perf_counter() - start - out["lid_s"]
     results = []
     for clip in tqdm(clips, desc=desc, unit="clip"):
         audio = load_audio(clip.audio)  # one clip at a time: memory stays the model's, not the split's
@@ -190,15 +190,14 @@ def evaluate_model_dir(
     """
     model_dir = Path(model_dir)
     torch.manual_seed(0)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     model = load_model_dir(model_dir, device=device)
     load_time = time.perf_counter() - start
-    load_peak = memory.peak_rss_mb()  # imports + loading (a checkpoint and the model it fills)
+    load_peak = {"load_peak_rss_mb": memory.peak_rss_mb()}  # imports + loading (checkpoint and model)
+    if device.startswith("cuda"):  # this fresh process's peak so far: the loading's
+        load_peak["load_vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
     result = evaluate_with_model(model, model_dir, split_dir, decode, device, warmup, per_language)
-    result["metrics"]["load_time_s"] = load_time
-    result["metrics"]["load_peak_rss_mb"] = load_peak
+    result["metrics"].update(load_time_s=load_time, **load_peak)
     return result
 
 
@@ -213,6 +212,8 @@ def evaluate_with_model(
 ) -> dict[str, Any]:
     """:func:`evaluate_model_dir` for a model already loaded (from ``model_dir``, whose size is reported)."""
     memory.reset_peak_rss()
+    if device.startswith("cuda"):  # as for RSS: the peaks while transcribing, not the loading's
+        torch.cuda.reset_peak_memory_stats(device)
     results, first_call = transcribe_split(
         model, Path(split_dir), decode, warmup, per_language, model_dir.name
     )

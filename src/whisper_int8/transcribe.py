@@ -198,6 +198,8 @@ def _transcribe_window(
     cross = _cross_cache(model, features)
     detected, lid_s = None, 0.0
     if language is None or detect:
+        if features.is_cuda:  # the encoder's queued kernels are transcription, not identification
+            torch.cuda.synchronize(features.device)
         start = time.perf_counter()
         detected = _identify(model, features, cross)
         lid_s = time.perf_counter() - start

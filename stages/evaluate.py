@@ -115,9 +115,9 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
 def main(args) -> None:
     opt = options(load_params(args.params), args.params)
     # where the results go, checked before minutes of transcription
-    if args.baseline_only and args.baseline is None:
-        raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")
     if args.baseline_only:
+        if args.baseline is None:
+            raise ParamError("--baseline-only needs --baseline PATH (where to write the FP32 evaluation)")
         check_file_output(args.baseline)
     else:
         check_dir_output(args.out)

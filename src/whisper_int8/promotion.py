@@ -24,7 +24,7 @@ from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
 from .params import ParamError, reject_unknown_keys
 from .pyfunc_model import WhisperPyfunc
-from .tracking_uri import artifact_location, resolve_tracking_uri, tracking_uri_source
+from .tracking_uri import ENV_VARIABLE, artifact_location, resolve_tracking_uri, tracking_uri_source
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class MlflowConfig:
     registered_model: str
     alias: str
     artifact_location: str | None = None
-    tracking_uri_source: str = "MLFLOW_TRACKING_URI"  # what an unreachable server's message says to fix
+    tracking_uri_source: str = ENV_VARIABLE  # what an unreachable server's message says to fix
 
 
 DVC_EXPERIMENT_TAGS = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}
@@ -192,8 +192,6 @@ def promote(
             "dvc_lock_sha256": lock_digest,
         }
         tracking.log_values(client, runs.parent_id, params=params, metrics=report["comparison"])
-        # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`
-        exp_tags = {tag: os.environ[var] for var, tag in DVC_EXPERIMENT_TAGS.items() if os.environ.get(var)}
         upstream = [(p, upstream_folder(p)) for p in _existing(inputs.artifacts)]
         tracking.log_files(client, runs.parent_id, upstream)
         tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
@@ -259,6 +257,8 @@ def promote(
             "tracking_uri": cfg.tracking_uri,
         }
         atomic_write_json(inputs.gate_json, result)
+        # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`
+        exp_tags = {tag: os.environ[var] for var, tag in DVC_EXPERIMENT_TAGS.items() if os.environ.get(var)}
         gate_tags = {"validation_status": decision.status, "model_version": version.version, **exp_tags}
         for run_id in (runs.parent_id, runs.children[CANDIDATE]):
             tracking.log_values(

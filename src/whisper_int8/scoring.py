@@ -60,12 +60,7 @@ def _normalizer(lang: str):
 # Numbers Whisper may write as digits where the text has a form that num2words / cn2an never produce:
 # Chinese "两" (two before a measure word; cn2an writes "二"), feminine "duas", "две". Folded on both
 # sides, so "两个小时" and "2个小时" score alike.
-_NUMBER_FORMS = {
-    "zh": {"两": "二"},
-    "yue": {"两": "二"},
-    "pt": {"duas": "dois"},
-    "ru": {"две": "два"},
-}
+_NUMBER_WORDS = {"pt": {"duas": "dois"}, "ru": {"две": "два"}}
 
 
 MAX_NUMBER_DIGITS = 15  # longer digit runs stay digits: a hallucination, not a number to spell
@@ -152,7 +147,7 @@ def normalize(text: str, lang: str) -> str:
     if lang in ("zh", "yue"):
         import zhconv
 
-        text = zhconv.convert(text, "zh-cn")
+        text = zhconv.convert(text, "zh-cn").replace("两", "二")  # see _NUMBER_WORDS
     # Whisper's English normalizer maps spoken and written numbers to one form itself ("five percent"
     # and "5%", "the nineteen nineties" and "the 1990s", "three point five" and "3.5"): spelling
     # English digits out first would only part them again.
@@ -161,11 +156,8 @@ def normalize(text: str, lang: str) -> str:
     text = _strip_diacritics(text)
     # Whisper's English normalizer keeps "." for decimals, so a trailing "..." would survive as a word.
     words = [w for w in _normalizer(lang)(text).split() if re.search(r"\w", w)]
-    forms = _NUMBER_FORMS.get(lang)
-    if forms and lang in ("zh", "yue"):
-        words = ["".join(forms.get(ch, ch) for ch in w) for w in words]
-    elif forms:
-        words = [forms.get(w, w) for w in words]
+    forms = _NUMBER_WORDS.get(lang, {})
+    words = [forms.get(w, w) for w in words]
     return ("" if uses_cer(lang) else " ").join(words)
 
 

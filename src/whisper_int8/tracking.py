@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from .tracking_uri import TrackingError, check_reachable
+from .tracking_uri import ENV_VARIABLE, TrackingError, check_reachable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class PipelineRuns:
 
 
 def open_experiment(
-    uri: str, name: str, artifact_location: str | None = None, source: str = "MLFLOW_TRACKING_URI"
+    uri: str, name: str, artifact_location: str | None = None, source: str = ENV_VARIABLE
 ) -> tuple[MlflowClient, str]:
     """Point MLflow at ``uri`` (after a fast reachability check; ``source``: what set it) and return the
     experiment, created if new."""

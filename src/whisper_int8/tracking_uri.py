@@ -75,7 +75,7 @@ def tracking_uri_source(
     return f"{where}: mlflow.tracking_uri" if configured else "the default"
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0, source: str = "MLFLOW_TRACKING_URI") -> None:
+def check_reachable(uri: str, timeout_s: float = 5.0, source: str = ENV_VARIABLE) -> None:
     """Fail fast with one clear line instead of MLflow's minutes of HTTP retries; ``source``
     (:func:`tracking_uri_source`) is what the message says to fix."""
     if uri.startswith(("http://", "https://")):

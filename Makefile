@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := ffmpeg espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt-deps repro test test-fast lint help
+.PHONY: setup apt-deps repro test test-fast lint lock help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,7 +34,7 @@ apt-deps:  ## install Debian packages (ffmpeg, espeak-ng; tcmalloc for the bench
 	  || echo "warning: tcmalloc not installed: speed.py --heap tcmalloc unavailable"; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	@# a venv that failed half-way (no ensurepip: Debian's python3.11-venv missing) has a python but no
 	@# pip: start again rather than skip creating it on the next run
@@ -50,7 +50,9 @@ $(STAMP): pyproject.toml
 	# create the venv and run `.venv/bin/pip install torch==2.13.0 --index-url
 	# https://download.pytorch.org/whl/cpu` first (this line then finds it installed).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# within constraints.txt: the versions the tests last passed with (`make lock` renews them); pip
+	# moves an installed package to its pinned version when the file changes
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 repro: setup  ## run the whole DVC pipeline on the embedded defaults
@@ -65,3 +67,18 @@ test-fast: setup  ## unit tests only (skip integration tests)
 lint: setup  ## ruff
 	$(BIN)/ruff check src stages tests benchmarks
 	$(BIN)/ruff format --check src stages tests benchmarks
+
+LOCK_VENV := .venv-lock
+
+lock:  ## re-resolve the newest releases into constraints.txt in a scratch venv (then make test, commit both)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found"; exit 1; }
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q torch==2.13.0
+	$(LOCK_VENV)/bin/pip install -q -e '.[dev]'
+	@# the header stays; torch without its build label (+cpu here), so a CUDA host's 2.13.0 matches too
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
+	@echo "constraints.txt renewed: run make test, then commit it"

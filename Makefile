@@ -76,9 +76,11 @@ lock:  ## re-resolve the newest releases into constraints.txt in a scratch venv 
 	$(LOCK_VENV)/bin/pip install -q --upgrade pip
 	$(LOCK_VENV)/bin/pip install -q torch==2.13.0
 	$(LOCK_VENV)/bin/pip install -q -e '.[dev]'
-	@# the header stays; torch without its build label (+cpu here), so a CUDA host's 2.13.0 matches too
+	@# the header stays; torch without its build label (+cpu here), so a CUDA host's 2.13.0 matches too;
+	@# triton and nvidia-* left to torch: its CUDA build pins them (triton 3.7.1), the CPU build does not
 	{ sed -n '/^#/p' constraints.txt; \
-	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt.tmp
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/' \
+	  | grep -v -i -E '^(triton|nvidia-[a-z0-9-]+)=='; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt
 	rm -rf $(LOCK_VENV)
 	@echo "constraints.txt renewed: run make test, then commit it"

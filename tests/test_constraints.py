@@ -42,6 +42,13 @@ def test_every_direct_dependency_is_pinned_within_its_range():
         )
 
 
+def test_torchs_cuda_companions_are_left_to_torch():
+    """PyPI's CUDA torch 2.13.0 pins triton==3.7.1; the CPU venv resolves openai-whisper's triton>=2 to
+    the newest, and that pin made a GPU host's `make setup` ResolutionImpossible."""
+    held = [n for n in pins() if n == "triton" or n.startswith("nvidia-")]
+    assert not held, f"constraints.txt pins {held}: leave them to torch (make lock drops them)"
+
+
 def test_the_installed_environment_is_the_pinned_one():
     """What `make setup` installed: a constraints.txt edited without reinstalling fails here."""
     differ = []

@@ -84,8 +84,13 @@ def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
     assert not list(local.rglob("*.pkl"))  # models-from-code: the model is built by code, not unpickled
     assert (local / "pyfunc_entry.py").is_file()
     # Pinned without the local label (torch 2.13.0+cpu here): a GPU host installs its own build.
-    reqs = (local / "requirements.txt").read_text().split()
+    reqs = (local / "requirements.txt").read_text().splitlines()
     assert f"torch=={version('torch').split('+')[0]}" in reqs and not [r for r in reqs if "+" in r]
+    # and what they pull in, pinned as evaluated; nothing the pipeline alone needs (DVC, pytest)
+    assert "-c constraints.txt" in reqs
+    pins = (local / "constraints.txt").read_text().split()
+    assert f"mlflow-skinny=={version('mlflow-skinny')}" in pins and f"tiktoken=={version('tiktoken')}" in pins
+    assert not [p for p in pins if p.startswith(("dvc", "pytest", "torch", "triton"))]
 
 
 def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from mlflow.exceptions import MlflowException
 
 import whisper_int8
 
+from . import serving_env
 from .fsutil import replace_dir, staging_dir
 from .gate import Decision
 from .params import ParamError
@@ -55,25 +57,13 @@ class Champion:
     key: str | None  # the pipeline state it was registered for
 
 
-def _requirements() -> list[str]:
-    """Pinned from what is installed, so MLflow need not load the model to infer them.
-
-    Without the local version label (torch ``2.13.0+cpu`` -> ``2.13.0``), as MLflow's own inference
-    does: a serving host installs the torch build for its hardware (CUDA on a GPU fleet).
-    """
-    from importlib.metadata import version
-
-    names = ("torch", "openai-whisper", "mlflow", "numpy", "pandas")
-    return [f"{d}=={version(d).split('+')[0]}" for d in names]  # PEP 440: the label follows a +
-
-
 def package_digest() -> str:
     """sha256 of what a logged model carries besides its weights: the package code and the pins.
 
     Part of the key under which a logged model is reused, so a fix to the served code is never
     hidden behind an older upload of the same weights.
     """
-    h = hashlib.sha256("\n".join(_requirements()).encode())
+    h = hashlib.sha256("\n".join(serving_env.requirements() + serving_env.constraints()).encode())
     h.update(code_digest(Path(whisper_int8.__file__).parent).encode())
     return h.hexdigest()
 
@@ -100,9 +90,16 @@ def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI.
 
     Models-from-code (:mod:`whisper_int8.pyfunc_entry`): no pickle in the logged model. No input
-    example: it would need audio, and MLflow would transcribe it to validate the example.
+    example: it would need audio, and MLflow would transcribe it to validate the example. The
+    environment: :mod:`whisper_int8.serving_env` (MLflow copies the constraints file into the model).
     """
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(run_id=run_id),
+        warnings.catch_warnings(),
+    ):
+        pins = Path(tmp, "constraints.txt")
+        pins.write_text("\n".join(serving_env.constraints()) + "\n", encoding="utf-8")
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -111,7 +108,7 @@ def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             signature=SIGNATURE,
             code_paths=[str(Path(whisper_int8.__file__).parent)],
-            pip_requirements=_requirements(),
+            pip_requirements=[*serving_env.requirements(), f"-c {pins}"],
         )
     return info.model_uri
 

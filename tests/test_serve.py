@@ -86,6 +86,7 @@ def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
     # Pinned without the local label (torch 2.13.0+cpu here): a GPU host installs its own build.
     reqs = (local / "requirements.txt").read_text().splitlines()
     assert f"torch=={version('torch').split('+')[0]}" in reqs and not [r for r in reqs if "+" in r]
+    assert "torchao==0.18.0" in reqs  # the gpu extra: WHISPER_INT8_DEVICE=cuda in an env MLflow built
     # and what they pull in, pinned as evaluated; nothing the pipeline alone needs (DVC, pytest)
     assert "-c constraints.txt" in reqs
     pins = (local / "constraints.txt").read_text().split()

@@ -1,6 +1,7 @@
 """The environment logged with the registered model: what a serving host installs to run it.
 
-Requirements: the packages the pyfunc imports, pinned to the versions installed here. Constraints:
+Requirements: the packages the pyfunc imports, pinned to the versions installed here, and torchao
+for a GPU host (pinned by this package's ``gpu`` extra). Constraints:
 every package those pull in, pinned the same way, so an environment MLflow builds for the model
 (``mlflow models serve`` without ``--env-manager local``, ``mlflow models build-docker``) runs the
 libraries the model was evaluated with, not whatever is newest that day. Only that closure, not the
@@ -10,7 +11,7 @@ loaded model against its environment, and DVC, pytest or Kokoro would each warn 
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, distribution
+from importlib.metadata import PackageNotFoundError, distribution, requires
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -27,9 +28,21 @@ def _pin(name: str) -> str:
     return f"{name}=={distribution(name).version.split('+')[0]}"
 
 
+def gpu_requirements() -> list[str]:
+    """This package's ``gpu`` extra (torchao, pinned in pyproject.toml): imported only where
+    ``WHISPER_INT8_DEVICE`` puts the model on a GPU, installed everywhere, so one logged environment
+    serves a CPU and a GPU fleet."""
+    declared = [Requirement(r) for r in requires(__package__.replace("_", "-")) or []]
+    return [
+        f"{r.name}{r.specifier}"
+        for r in declared
+        if r.marker and r.marker.evaluate({"extra": "gpu"}) and not r.marker.evaluate({"extra": ""})
+    ]
+
+
 def requirements() -> list[str]:
     """Pinned from what is installed, so MLflow need not load the model to infer them."""
-    return [_pin(name) for name in RUNTIME]
+    return [_pin(name) for name in RUNTIME] + gpu_requirements()
 
 
 def dependency_closure(names: tuple[str, ...]) -> list[str]:

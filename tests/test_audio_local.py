@@ -146,10 +146,88 @@ def test_a_file_in_a_language_the_source_does_not_list_is_a_bad_item(tmp_path):
     policy = ErrorPolicy()
     assert [it.language for it in local.items(str(manifest), ["en"], {"en", "am"}, policy)] == ["en"]
     assert policy.skipped[0]["cause"].startswith(
-        f"{manifest}:2: language am (from the manifest) is not listed"
+        f"{manifest}:3: language am (from the manifest) is not listed"  # the file's line
     )
 
 
 def test_a_missing_local_path_is_not_found(tmp_path):
     with pytest.raises(local.AudioInputError, match=r"local:nowhere/x\.csv: not found"):
         local.items("nowhere/x.csv", ["en"], {"en"}, ErrorPolicy())
+
+
+def test_a_bad_manifest_row_is_one_bad_item_named_by_its_file_line(tmp_path):
+    """Regression: one line of bad JSON (or one non-UTF-8 row) dropped every row of the manifest, and
+    a JSON list or number as language crashed the summary (TypeError) after every clip was decoded."""
+    write_audio(tmp_path)
+    good = [json.dumps(r) for r in ROWS]
+    x = '{"audio": "x.wav", '
+    lines = [good[0], "", x + "}", good[1], x + '"text": "t", "language": ["en"]}',
+             x + '"text": {"en": "t"}, "language": "en"}', '"just a string"', good[2]]  # fmt: skip
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(
+        "\n".join(lines).encode() + b'\n{"audio": "a.wav", "text": "caf\xe9", "language": "en"}\n'
+    )
+    policy = ErrorPolicy()
+    assert [it.id for it in local.from_manifest(manifest, policy)] == IDS
+    causes = [s["cause"].removeprefix(f"{manifest}:") for s in policy.skipped]
+    assert [c.split(":")[0] for c in causes] == ["3", "5", "6", "7", "9"]
+    assert (
+        "'language' must be a string, not list" in causes[1]
+        and "'text' must be a string, not dict" in causes[2]
+    )
+    assert "not UTF-8" in causes[4] and policy.counts() == {"?": 4, "en": 1}
+
+
+def test_a_csv_header_is_read_as_excel_users_write_it_and_a_wrong_one_is_named(tmp_path):
+    write_audio(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("Audio, Text ,LANGUAGE\n" + "".join(f"{r['audio']},{r['text']},en\n" for r in ROWS))
+    assert [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))] == IDS
+    manifest.write_text("audio;text;language\nspk1/001.wav;first;en\n")
+    with pytest.raises(
+        local.AudioInputError, match=r"no audio, text, language column \(found audio;text;language\)"
+    ):
+        local.from_manifest(manifest, ErrorPolicy())
+
+
+def test_a_long_file_name_gives_an_id_that_is_still_a_file_name(tmp_path):
+    """Regression: a clip named by its 78-character Chinese transcript crashed the build (ENAMETOOLONG)."""
+    name = "我们明天早上八点在火车站见面" * 5  # 210 bytes, 214 with .wav
+    write_tone(tmp_path / "zh" / f"{name}.wav")
+    (tmp_path / "zh" / f"{name}.txt").write_text("我们明天早上八点在火车站见面")
+    (item,) = local.from_folder(tmp_path, ["zh"], {"zh"}, ErrorPolicy("fail"))
+    assert (
+        len(item.id.encode()) <= 200 and item.id.startswith("zh-local-zh-我们") and ID_RE.fullmatch(item.id)
+    )
+
+
+def test_a_folder_reads_any_file_with_a_transcript_through_links_and_nested_language_folders(tmp_path):
+    """Regression: .aiff/.mp4 clips with transcripts and symlinked speaker folders were skipped without a
+    word, and nl/spk1/x.wav could not tell its language."""
+    root = tmp_path / "rec"
+    write_tone(root / "nl" / "spk1" / "a.wav")
+    (root / "nl" / "spk1" / "a.txt").write_text("een")
+    write_tone(root / "nl" / "b.aiff")  # WAV bytes: the suffix alone decides whether it is a candidate
+    (root / "nl" / "b.txt").write_text("twee")
+    (root / "nl" / "README.md").write_text("not a clip")
+    write_tone(tmp_path / "elsewhere" / "c.wav")
+    (tmp_path / "elsewhere" / "c.txt").write_text("drie")
+    (root / "nl" / "linked").symlink_to(tmp_path / "elsewhere")
+    (root / "nl" / "linked" / "loop").symlink_to(root)  # a cycle ends
+    items = local.from_folder(root, ["en", "nl"], {"en", "nl"}, ErrorPolicy("fail"))
+    assert sorted((it.id, it.language) for it in items) == [
+        ("nl-local-nl-b", "nl"), ("nl-local-nl-linked-c", "nl"), ("nl-local-nl-spk1-a", "nl")]  # fmt: skip
+
+
+def test_a_relative_source_missing_here_is_found_in_the_repository(tmp_path, monkeypatch):
+    """`dvc exp run --temp` works in a copy without untracked folders; DVC_ROOT names the repository."""
+    repo, work = tmp_path / "repo", tmp_path / "work"
+    write_tone(repo / "rec" / "en" / "a.wav")
+    (repo / "rec" / "en" / "a.txt").write_text("hello")
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(local.AudioInputError, match=f"not found \\(looked in {work} and {work}\\)"):
+        local.items("rec", ["en"], {"en"}, ErrorPolicy())
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    (item,) = local.items("rec", ["en"], {"en"}, ErrorPolicy())
+    assert item.source == "local:rec/en/a.wav"  # as configured: the same manifest bytes in both places

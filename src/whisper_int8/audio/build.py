@@ -39,7 +39,7 @@ from ..scoring import normalize
 from ..tracking_uri import repo_root
 from . import asterisk, hf, kokoro, local
 from .errors import AudioInputError, ErrorPolicy
-from .manifest import ID_RE, MANIFEST, Clip, Item
+from .manifest import ID_RE, MANIFEST, MAX_ID_BYTES, Clip, Item
 from .wavio import MAX_SECONDS, SAMPLE_RATE, wav_bytes
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,11 @@ def _check_id(it: Item, ids: dict[str, Item]) -> None:
     if not ID_RE.fullmatch(it.id):
         raise AudioInputError(
             f"{it.source}: id {it.id!r} cannot be a file name; use only letters, digits, '_', '.' and '-'"
+        )
+    if len(it.id.encode()) > MAX_ID_BYTES:
+        raise AudioInputError(
+            f"{it.source}: id {it.id[:40]!r}... is {len(it.id.encode())} bytes; at most {MAX_ID_BYTES} "
+            "(it names the clip's file)"
         )
     if it.id in ids:
         raise AudioInputError(f"{it.source}: duplicate id {it.id!r} (also {ids[it.id].source})")

@@ -4,44 +4,98 @@ Manifest columns: ``audio`` (path, relative to the manifest), ``text``, ``langua
 and ``license``. In a folder, a file's language is its parent folder's name when that is a language
 code (``recordings/de/x.wav``), otherwise the one language the source is configured with. Without an
 ``id``, a clip's id comes from its path relative to the manifest or folder (``spk1/001.wav`` ->
-``<language>-local-spk1-001``), so same-named files in different folders stay apart.
+``<language>-local-spk1-001``), so same-named files in different folders stay apart. A relative
+path is looked up in the current directory, then in the repository (``DVC_ROOT``: an untracked folder
+is not copied into a ``dvc exp run --temp``/``--queue`` workspace), and recorded as configured.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
 
+from ..tracking_uri import repo_root
 from .errors import AudioInputError, ErrorPolicy
-from .manifest import Item, safe_id
+from .manifest import MAX_ID_BYTES, Item, safe_id
 from .wavio import decode_file
 
+# a folder's clips: files with these suffixes, and any other file that has a same-named .txt (ffmpeg
+# decodes far more containers than this list, e.g. .aiff, .mp4, .wma)
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac"}
 LICENSE = "user-provided"
+COLUMNS = ("audio", "text", "language")  # required; id and license are optional
 
 
-def _rows(path: Path) -> list[dict]:
+def _not_utf8(values) -> bool:
+    """Whether text read with ``surrogateescape`` held bytes that are not UTF-8."""
+    return any(isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v) for v in values)
+
+
+def _csv_rows(path: Path, f) -> list[tuple[int, dict | AudioInputError]]:
+    reader = csv.DictReader(f)
+    found = reader.fieldnames or []
+    header = [(h or "").strip().lower() for h in found]  # "Audio", " text" as Excel users write them
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise AudioInputError(
+            f"{path}: the header has no {', '.join(missing)} column (found {', '.join(found) or 'nothing'}); "
+            "a comma-separated header: audio,text,language[,id,license]"
+        )
+    reader.fieldnames = header
+    rows: list[tuple[int, dict | AudioInputError]] = []
+    line = reader.line_num + 1  # the file line a row starts on (the header is line 1)
+    for row in reader:
+        rows.append((line, row))
+        line = reader.line_num + 1
+    return rows
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict | AudioInputError]]:
+    rows: list[tuple[int, dict | AudioInputError]] = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            rows.append((n, AudioInputError(f"{path}:{n}: not valid JSON ({e})")))
+    return rows
+
+
+def _rows(path: Path) -> list[tuple[int, dict | AudioInputError]]:
+    """``(file line, row)`` per row; a row that cannot be read is its error (a bad item, not the file)."""
     try:
         if path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel starts with a BOM
-                return list(csv.DictReader(f))
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise AudioInputError(f"{path}:{n}: not valid JSON ({e})") from None
-        return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+            # -sig: Excel starts with a BOM; surrogateescape: a non-UTF-8 row is a bad item below
+            with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+                rows = _csv_rows(path, f)
+        else:
+            rows = _jsonl_rows(path, path.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
+    except (OSError, csv.Error) as e:
         raise AudioInputError(f"{path}: cannot read the manifest ({e})") from None
+    bad = AudioInputError
+    return [
+        (n, bad(f"{path}:{n}: not UTF-8 text; save the manifest as UTF-8"))
+        if _not_utf8(row.values() if isinstance(row, dict) else [row])
+        else (n, row)
+        for n, row in rows
+    ]
 
 
 def _path_id(language: str, rel: str) -> str:
-    """``<language>-local-<rel without suffix, '/' -> '-'>``: unique per file of one manifest or folder."""
-    return safe_id(f"{language}-local-{os.path.splitext(rel)[0]}")
+    """``<language>-local-<rel without suffix, '/' -> '-'>``: unique per file of one manifest or folder.
+
+    A long one (a file named by its 80-character Chinese transcript) keeps its start and a digest of
+    the whole, so ``audio/<id>.wav`` stays a legal file name.
+    """
+    ident = safe_id(f"{language}-local-{os.path.splitext(rel)[0]}")
+    if len(ident.encode()) <= MAX_ID_BYTES:
+        return ident
+    head = ident.encode()[: MAX_ID_BYTES - 13].decode("utf-8", errors="ignore")
+    return f"{head}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
 def _item(
@@ -65,46 +119,98 @@ def _unlisted(file: Path | str, language: str, whence: str, spec: Path) -> Audio
     )
 
 
+def _field(row: dict, key: str, where: str, required: bool = True) -> str | None:
+    """A manifest field as text: a JSON number, list or object there is a bad item, not its repr."""
+    value = row.get(key)
+    if value is None or value == "":
+        if required:
+            raise AudioInputError(f"{where}: row has no {key!r}")
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and key == "id":
+        return str(value)
+    if not isinstance(value, str):
+        raise AudioInputError(f"{where}: {key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
 def from_manifest(
-    path: Path, policy: ErrorPolicy, languages: list[str] | None = None, known: set[str] | None = None
+    path: Path,
+    policy: ErrorPolicy,
+    languages: list[str] | None = None,
+    known: set[str] | None = None,
+    shown: Path | None = None,
 ) -> list[Item]:
     """Rows of a manifest; with ``languages`` / ``known``, a row in a language the source does not list
-    / Whisper does not know is a bad item."""
+    / Whisper does not know is a bad item. ``shown``: the manifest's path as configured (recorded)."""
+    shown = shown or path
     out = []
-    for n, row in enumerate(_rows(path), 1):
+    for n, row in _rows(path):
+        language = row.get("language") if isinstance(row, dict) else None
         try:
-            if not isinstance(row, dict) or not row.get("audio"):
-                raise AudioInputError(f"{path}:{n}: row has no 'audio' path")
-            if not row.get("language"):
-                raise AudioInputError(f"{path}:{n}: row has no 'language' code")
-            language = str(row["language"])
+            if isinstance(row, AudioInputError):
+                raise row
+            where = f"{path}:{n}"
+            if not isinstance(row, dict):
+                raise AudioInputError(f"{where}: a row is a JSON object, not {type(row).__name__}")
+            audio_field = _field(row, "audio", where)
+            language = _field(row, "language", where)
             if known is not None and language not in known:
-                raise AudioInputError(f"{path}:{n}: language {language!r} is not one Whisper knows")
+                raise AudioInputError(f"{where}: language {language!r} is not one Whisper knows")
             if languages is not None and language not in languages:
-                raise _unlisted(f"{path}:{n}", language, "from the manifest", path)
-            named = path.parent / str(row["audio"])  # as configured (recorded); resolved to read it
-            audio = named.resolve()
-            text = row.get("text")
-            if text is None or not str(text).strip():
-                raise AudioInputError(f"{path}:{n}: empty or missing transcript for {audio}")
+                raise _unlisted(where, language, "from the manifest", path)
+            audio = (path.parent / audio_field).resolve()
+            text = _field(row, "text", where, required=False)
+            if text is None or not text.strip():
+                raise AudioInputError(f"{where}: empty or missing transcript for {audio}")
+            item_id = _field(row, "id", where, required=False)
+            license = _field(row, "license", where, required=False) or LICENSE
         except AudioInputError as e:
-            policy.handle(e, row.get("language") if isinstance(row, dict) else None)
+            policy.handle(e, language if isinstance(language, str) else None)
             continue
-        rel = os.path.relpath(named, path.parent)  # also for an absolute path
-        item_id = str(row.get("id") or _path_id(str(row["language"]), rel))
-        license = str(row.get("license") or LICENSE)
-        out.append(_item(item_id, str(row["language"]), str(text), audio, license, named))
+        named = shown.parent / audio_field  # as configured (recorded); ``audio`` is read
+        rel = os.path.relpath(path.parent / audio_field, path.parent)  # also for an absolute path
+        out.append(_item(item_id or _path_id(language, rel), language, text, audio, license, named))
     return out
 
 
-def from_folder(folder: Path, languages: list[str], known: set[str], policy: ErrorPolicy) -> list[Item]:
+def _files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, through symlinked folders too (each real folder once: a link
+    cycle ends), sorted."""
+    seen: set[str] = set()
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(root, f) for f in files]
+    return sorted(found)
+
+
+def _folder_language(audio: Path, folder: Path, known: set[str]) -> str | None:
+    """The nearest folder between ``audio`` and ``folder`` (included) named by a language code."""
+    for parent in audio.parents:
+        if parent.name in known:
+            return parent.name
+        if parent == folder:
+            return None
+    return None
+
+
+def from_folder(
+    folder: Path, languages: list[str], known: set[str], policy: ErrorPolicy, shown: Path | None = None
+) -> list[Item]:
+    """Clips of a folder; ``shown``: the folder's path as configured (recorded as the source)."""
+    files = _files(folder)
+    texts = {f.with_suffix("") for f in files if f.suffix == ".txt"}
     out = []
-    for audio in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
-        language = (
-            audio.parent.name
-            if audio.parent.name in known
-            else (languages[0] if len(languages) == 1 else None)
-        )
+    for audio in files:
+        if audio.suffix == ".txt" or (
+            audio.suffix.lower() not in AUDIO_EXTENSIONS and audio.with_suffix("") not in texts
+        ):
+            continue
+        language = _folder_language(audio, folder, known) or (languages[0] if len(languages) == 1 else None)
         try:
             if language is None:
                 raise AudioInputError(
@@ -129,20 +235,31 @@ def from_folder(folder: Path, languages: list[str], known: set[str], policy: Err
         except AudioInputError as e:
             policy.handle(e, language)
             continue
-        item_id = _path_id(language, audio.relative_to(folder).as_posix())
-        out.append(_item(item_id, language, text, audio, LICENSE))
+        rel = audio.relative_to(folder)
+        item_id = _path_id(language, rel.as_posix())
+        out.append(_item(item_id, language, text, audio, LICENSE, (shown or folder) / rel))
     return out
+
+
+def _locate(path: Path) -> Path:
+    """``path``, or a relative one found in the repository when it is not in the current directory."""
+    if path.exists() or path.is_absolute():
+        return path
+    in_repo = repo_root() / path
+    return in_repo if in_repo.exists() else path
 
 
 def items(spec_path: str, languages: list[str], known: set[str], policy: ErrorPolicy) -> list[Item]:
     """Items from ``local:<spec_path>`` (manifest file or folder)."""
-    path = Path(spec_path).expanduser()
+    shown = Path(spec_path).expanduser()
+    path = _locate(shown)
     if path.is_dir():
-        return from_folder(path, languages, known, policy)
+        return from_folder(path, languages, known, policy, shown)
     if not path.exists():
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()} and {repo_root()})"
         raise AudioInputError(
-            f"local:{spec_path}: not found; give an existing folder or .csv/.jsonl manifest"
+            f"local:{spec_path}: not found{where}; give an existing folder or .csv/.jsonl manifest"
         )
     if path.is_file() and path.suffix.lower() in (".csv", ".jsonl", ".json"):
-        return from_manifest(path, policy, languages, known)
+        return from_manifest(path, policy, languages, known, shown)
     raise AudioInputError(f"local:{spec_path}: not a folder or a .csv/.jsonl manifest")

@@ -16,6 +16,8 @@ MANIFEST = "manifest.jsonl"
 FIELDS = ("id", "language", "audio", "text", "duration", "sha256", "source", "license")
 _ID_CHARS = r"\w.-"
 ID_RE = re.compile(f"[{_ID_CHARS}]+")  # an id is a file name (audio/<id>.wav): no separator, no path
+# and its temp names (a dot, a random part, .tmp) must stay under a file system's 255-byte name limit
+MAX_ID_BYTES = 200
 
 
 def safe_id(text: str) -> str:

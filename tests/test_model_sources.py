@@ -128,12 +128,60 @@ def test_openai_unknown_name():
         load_source("openai:gigantic")
 
 
-def test_file_source_round_trip(tiny_model, tmp_path):
+def test_file_source_round_trip(tiny_model, tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, path)
     loaded = load_source(f"file:{path}")
     assert torch.equal(logits(loaded.model), logits(tiny_model))
     assert loaded.provenance["files"][str(path)]
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ as in local: sources
+    assert torch.equal(logits(load_source("file:~/ckpt.pt").model), logits(tiny_model))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [(b'{"alignment_heads": [[5, 0], [7, 3]]}', r"config.json: alignment_heads \[5, 0\] outside the decoder"),
+     (b'{"alignment_heads": "1,0"}', r"config.json: alignment_heads must be a list of \[layer, head\]"),
+     (b"[1, 0]", "config.json: expected a JSON object, got list"),
+     ('{"lang": "fran\xe7ais"}'.encode("latin-1"), "config.json: not valid UTF-8 JSON")],
+)  # fmt: skip
+def test_a_ct2_config_that_does_not_fit_is_one_line(tiny_model, tmp_path, config, message):
+    """Regression: a config.json copied from another model size crashed fetch_model with an IndexError."""
+    export_ct2(tiny_model, tmp_path)
+    (tmp_path / "config.json").write_bytes(config)
+    with pytest.raises(ModelSourceError, match=message):
+        load_source(f"ct2:{tmp_path}")
+
+
+def test_a_checkpoint_damaged_in_the_middle_is_refused(tiny_model, tmp_path):
+    """Regression: bytes flipped inside a tensor record loaded (torch.load skips the zip CRCs)."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, path)
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+    path.write_bytes(raw)
+    with pytest.raises(ModelSourceError, match=r"ckpt.pt: damaged \(.* fails its CRC check\); copy it again"):
+        load_source(f"file:{path}")
+
+
+def test_a_checkpoint_in_torchs_legacy_format_loads(tiny_model, tmp_path):
+    path = tmp_path / "legacy.pt"
+    ckpt = {"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(logits(load_source(f"file:{path}").model), logits(tiny_model))
+
+
+def test_openai_whisper_downloads_get_its_alignment_heads_by_their_sha256():
+    """Its .pt files hold none (whisper.load_model adds them by name); file: would have recorded null."""
+    name = "tiny"
+    sha256 = whisper._MODELS[name].split("/")[-2]
+    dims = whisper.model.ModelDimensions(80, 1500, 384, 6, 4, 51865, 448, 384, 6, 4)
+    model = whisper.model.Whisper(dims)
+    model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])
+    expected = model.alignment_heads.to_dense().nonzero().tolist()
+    assert model_sources._official_heads(sha256, dims) == expected and expected
+    assert model_sources._official_heads("0" * 64, dims) is None
 
 
 class Evil:
@@ -156,17 +204,34 @@ def test_file_source_refuses_pickled_objects(tmp_path):
      ({"weights": 1}, "expected an openai-whisper checkpoint"),
      ({"dims": {}, "model_state_dict": 1}, "'model_state_dict' must map parameter names to tensors"),
      ({"dims": {}, "model_state_dict": [torch.zeros(1)]}, "'model_state_dict' must map parameter names"),
-     ({"dims": {"n_mels": 80}, "model_state_dict": {}}, r"does not match openai-whisper's Whisper \(.*"),
-     ("heads", r"does not match openai-whisper's Whisper \(index 5 is out of bounds")],
+     ({"dims": {"n_mels": 80}, "model_state_dict": {}}, r"'dims' are not openai-whisper's Model"),
+     ("heads", r"alignment_heads \[5, 0\] outside the decoder's 2 layers x 2 heads"),
+     ("heads-str", r"alignment_heads must be a list of \[layer, head\] pairs, got '1,0'"),
+     ({"n_mels": 64}, r"n_mels 64: Whisper's front end has 80 or 128 Mel bands"),
+     ({"n_vocab": 1000}, r"n_vocab 1000: Whisper's tokenizer needs 51864 tokens or more"),
+     ({"n_text_layer": 3}, r"do not fit the dims: 24 missing \(e.g. decoder.blocks.2.attn.query.weight\)$"),
+     ("nan", r"non-finite values \(NaN or inf\) in decoder.token_embedding.weight; a damaged export"),
+     ("folder", r"a folder; give the checkpoint file in it")],
 )  # fmt: skip
 def test_file_source_bad_files(tmp_path, tiny_model, content, message):
+    """Regression: dims Whisper cannot run (n_mels 64, n_vocab 1000) and NaN weights passed fetch_model
+    and crashed calibrate; heads of another model size and a dims/weights misfit were tracebacks."""
     path = tmp_path / "bad.pt"
-    if content == "heads":  # a layer the model does not have
-        content = {"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict(),
-                   "alignment_heads": [[5, 0]]}  # fmt: skip
+    ckpt = {"dims": dict(tiny_model.dims.__dict__), "model_state_dict": dict(tiny_model.state_dict())}
+    if content in ("heads", "heads-str"):  # a layer the model does not have; not a list of pairs
+        content = {**ckpt, "alignment_heads": [[5, 0]] if content == "heads" else "1,0"}
+    elif content == "nan":
+        weights = {**ckpt["model_state_dict"]}
+        weights["decoder.token_embedding.weight"] = weights["decoder.token_embedding.weight"].clone()
+        weights["decoder.token_embedding.weight"][3, 3] = float("nan")
+        content = {**ckpt, "model_state_dict": weights}
+    elif content == "folder":
+        path.mkdir()
+    elif isinstance(content, dict) and "dims" not in content and "weights" not in content:
+        content = {**ckpt, "dims": {**ckpt["dims"], **content}}
     if isinstance(content, bytes):
         path.write_bytes(content)
-    elif content is not None:
+    elif content is not None and content != "folder":
         torch.save(content, path)
     with pytest.raises(ModelSourceError, match=message):
         load_source(f"file:{Path(path)}")

@@ -11,6 +11,8 @@ with a message that names the source and what to do instead.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import importlib.metadata
 import importlib.util
 import json
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
@@ -108,14 +111,80 @@ def source_from_params(model: dict, where: str | Path = "params.yaml") -> str:
     return model["source"]
 
 
+MEL_BANDS = (80, 128)  # the log-Mel front ends openai-whisper has filters for
+MIN_VOCAB = 51864  # Whisper's tokenizer: English-only 51864, multilingual 51865, large-v3 51866
+
+
+def check_dims(dims: ModelDimensions, where: str | Path) -> None:
+    """Dimensions openai-whisper can run: any other fails later, deep in calibrate, as a traceback."""
+    if dims.n_mels not in MEL_BANDS:
+        raise ModelSourceError(f"{where}: n_mels {dims.n_mels}: Whisper's front end has 80 or 128 Mel bands")
+    if dims.n_vocab < MIN_VOCAB:
+        raise ModelSourceError(
+            f"{where}: n_vocab {dims.n_vocab}: Whisper's tokenizer needs {MIN_VOCAB} tokens or more"
+        )
+
+
+def _mismatch(model: Whisper, state_dict: dict) -> str:
+    """What differs between the weights and the model ``dims`` describe, in one line."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(found)} {what} (e.g. {found[0]})"
+        for what, found in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+        if found
+    ]
+    return "; ".join(parts)
+
+
+def _heads(heads: Any, dims: ModelDimensions, where: str | Path) -> list[list[int]] | None:
+    """[layer, head] pairs inside the decoder ``dims`` describe (a tensor of pairs is read as a list)."""
+    if heads is None:
+        return None
+    if isinstance(heads, torch.Tensor):
+        heads = heads.reshape(-1, 2).tolist()
+    ok = isinstance(heads, list) and all(
+        isinstance(h, list | tuple) and len(h) == 2 and all(isinstance(i, int) for i in h) for h in heads
+    )
+    if not ok:
+        raise ModelSourceError(
+            f"{where}: alignment_heads must be a list of [layer, head] pairs, got {heads!r:.80}"
+        )
+    outside = [h for h in heads if not (0 <= h[0] < dims.n_text_layer and 0 <= h[1] < dims.n_text_head)]
+    if outside:
+        raise ModelSourceError(
+            f"{where}: alignment_heads {list(outside[0])} outside the decoder's {dims.n_text_layer} layers x "
+            f"{dims.n_text_head} heads (copied from another model size?)"
+        )
+    return [list(h) for h in heads]
+
+
 def build_model(
-    dims: ModelDimensions, state_dict: dict, alignment_heads: list[list[int]] | None = None
+    dims: ModelDimensions,
+    state_dict: dict,
+    alignment_heads: list[list[int]] | None = None,
+    where: str | Path = "model",
 ) -> Whisper:
-    """Instantiate an FP32 Whisper, load its weights strictly and set the alignment heads."""
+    """Instantiate an FP32 Whisper, load its weights strictly and set the alignment heads; weights that
+    do not fit ``dims``, non-finite weights and heads outside the decoder are one line naming ``where``."""
+    check_dims(dims, where)
     model = Whisper(dims)
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
-    if alignment_heads:
-        set_alignment_heads(model, alignment_heads)
+    weights = {k: v.float() for k, v in state_dict.items()}
+    if differ := _mismatch(model, weights):
+        raise ModelSourceError(f"{where}: the weights do not fit the dims: {differ}")
+    broken = next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
+    if broken:
+        raise ModelSourceError(f"{where}: non-finite values (NaN or inf) in {broken}; a damaged export?")
+    model.load_state_dict(weights, strict=True)
+    heads = _heads(alignment_heads, dims, where)
+    if heads:
+        set_alignment_heads(model, heads)
     return model.eval()
 
 
@@ -138,16 +207,22 @@ def _load_ct2(
         state = to_openai_state_dict(ct2, dims, origin)
     except CT2FormatError as e:
         raise ModelSourceError(str(e)) from None
-    heads = None
+    heads, where = None, origin
     if config is not None and config.is_file():
+        where = config
         try:
-            heads = json.loads(config.read_text(encoding="utf-8")).get("alignment_heads")
-        except json.JSONDecodeError as e:
-            raise ModelSourceError(f"{config}: not valid JSON ({e})") from None
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelSourceError(f"{config}: not valid UTF-8 JSON ({e})") from None
+        if not isinstance(settings, dict):
+            raise ModelSourceError(f"{config}: expected a JSON object, got {type(settings).__name__}")
+        heads = settings.get("alignment_heads")
     elif "decoder/alignment_heads" in ct2.variables:
-        heads = ct2.variables["decoder/alignment_heads"].reshape(-1, 2).tolist()
+        heads = ct2.variables["decoder/alignment_heads"]
+    model = build_model(dims, state, heads, where)
+    heads = _heads(heads, dims, where)
     provenance["files"] = {n: sha256_file(p) for n, p in zip(names or map(str, bins), bins, strict=True)}
-    return LoadedModel(build_model(dims, state, heads), dims, heads, provenance)
+    return LoadedModel(model, dims, heads, provenance)
 
 
 def _load_package(name: str) -> LoadedModel:
@@ -189,7 +264,7 @@ def _load_package(name: str) -> LoadedModel:
 
 
 def _load_ct2_dir(arg: str) -> LoadedModel:
-    root = Path(arg)
+    root = Path(arg).expanduser()
     if not root.is_dir():
         raise ModelSourceError(f"model.source=ct2:{arg}: directory not found")
     bin_ = root / "model.bin"
@@ -249,20 +324,33 @@ def _load_failure(error: Exception) -> str:
 def torch_load_checked(path: Path, fix: str, mapped: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a truncated, foreign or refused file is one line naming it,
     the cause and ``fix`` (what to do), not torch's traceback. ``mapped``: tensors read on access."""
-    if not zipfile.is_zipfile(path):  # torch.save's format; a truncated file has lost its zip directory
-        raise ModelSourceError(
-            f"{path}: unreadable (truncated, or not a file torch.save wrote: no zip directory); {fix}"
-        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        refused = isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)
+        if not refused and not zipfile.is_zipfile(path):  # a truncated file has lost its zip directory
+            cause = "truncated, or not a file torch.save wrote: no zip directory"
+            raise ModelSourceError(f"{path}: unreadable ({cause}); {fix}") from None
         raise ModelSourceError(f"{path}: unreadable ({_load_failure(e)}); {fix}") from None
+
+
+def check_zip(path: Path, fix: str) -> None:
+    """torch.load does not check the zip CRCs: a file damaged in the middle loads with wrong weights.
+    (A file in torch's pre-1.6 format, no zip, has no CRCs to check.)"""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad:
+            raise ModelSourceError(f"{path}: damaged ({bad} fails its CRC check); {fix}")
 
 
 def load_checkpoint(path: Path) -> LoadedModel:
     """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling)."""
+    if path.is_dir():
+        raise ModelSourceError(f"{path}: a folder; give the checkpoint file in it (file:<path>/model.pt)")
     if not path.is_file():
         raise ModelSourceError(f"{path}: checkpoint file not found")
+    check_zip(path, "copy it again")
     ckpt = torch_load_checked(path, "save it as {'dims': dict, 'model_state_dict': state_dict} of tensors")
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ModelSourceError(
@@ -273,18 +361,33 @@ def load_checkpoint(path: Path) -> LoadedModel:
         raise ModelSourceError(f"{path}: 'model_state_dict' must map parameter names to tensors")
     try:
         dims = ModelDimensions(**ckpt["dims"])
-        model = build_model(dims, weights, ckpt.get("alignment_heads"))
-    except (TypeError, RuntimeError, IndexError, ValueError) as e:  # dims, shapes, alignment heads
-        raise ModelSourceError(f"{path}: checkpoint does not match openai-whisper's Whisper ({e})") from None
-    prov = {"source": f"file:{path.resolve()}", "files": {str(path): sha256_file(path)}}
-    return LoadedModel(model, dims, ckpt.get("alignment_heads"), prov)
+    except TypeError as e:  # missing or extra keys
+        raise ModelSourceError(f"{path}: 'dims' are not openai-whisper's ModelDimensions ({e})") from None
+    digest = sha256_file(path)
+    # openai-whisper's own downloads hold no alignment heads: whisper.load_model adds them by name,
+    # and its download addresses carry each file's sha256
+    heads = ckpt.get("alignment_heads") or _official_heads(digest, dims)
+    model = build_model(dims, weights, heads, path)
+    prov = {"source": f"file:{path.resolve()}", "files": {str(path): digest}}
+    return LoadedModel(model, dims, _heads(heads, dims, path), prov)
+
+
+def _official_heads(sha256: str, dims: ModelDimensions) -> list[list[int]] | None:
+    """The alignment heads openai-whisper gives the checkpoint with this sha256, if it is one of its own
+    (its ``_ALIGNMENT_HEADS``: a flat [layer, head] mask, base85 + gzip)."""
+    for name, url in whisper._MODELS.items():
+        if f"/{sha256}/" in url:
+            dump = gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[name]))
+            mask = np.frombuffer(dump, dtype=bool)
+            return [list(divmod(int(i), dims.n_text_head)) for i in np.flatnonzero(mask)]
+    return None
 
 
 def load_source(source: str) -> LoadedModel:
     """Load the FP32 model named by ``source`` (see the module docstring for the kinds)."""
     kind, arg = parse_source(source)
     loader = {"package": _load_package, "ct2": _load_ct2_dir, "openai": _load_openai}.get(kind)
-    result = loader(arg) if loader else load_checkpoint(Path(arg))
+    result = loader(arg) if loader else load_checkpoint(Path(arg).expanduser())
     result.provenance["source"] = source
     return result
 

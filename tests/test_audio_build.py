@@ -338,12 +338,21 @@ def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
 
 
 def test_an_id_that_is_a_path_writes_nothing_outside_the_split(tmp_path):
-    rows = [("en", "../../escaped", "one clip"), ("en", "ok", "two"), ("en", "cal", "three")]
+    """And one too long to be a file name (ENAMETOOLONG crashed the build after every clip was decoded)."""
+    long = "x" * 201
+    rows = [
+        ("en", "../../escaped", "one clip"),
+        ("en", "ok", "two"),
+        ("en", "cal", "three"),
+        ("en", long, "four"),
+    ]
     manifest = write_manifest(tmp_path / "m", rows)
     summary = run_build(tmp_path, params(f"local:{manifest}", ("en",), calib=1, evals=1))
     kept = [c.id for split in ("eval", "calibration") for c in read_manifest(tmp_path / "out" / split)]
     assert sorted(kept) == ["cal", "ok"]
-    assert "id '../../escaped' cannot be a file name" in summary["skipped"]["items"][0]["cause"]
+    causes = [item["cause"] for item in summary["skipped"]["items"]]
+    assert "id '../../escaped' cannot be a file name" in causes[0]
+    assert "is 201 bytes; at most 200 (it names the clip's file)" in causes[1]
     assert not list(tmp_path.rglob("escaped*"))
 
 

@@ -248,7 +248,13 @@ def _check_id(it: Item, ids: dict[str, Item]) -> None:
             "(it names the clip's file)"
         )
     if it.id in ids:
-        raise AudioInputError(f"{it.source}: duplicate id {it.id!r} (also {ids[it.id].source})")
+        hint = (
+            "; local: ids come from paths inside each source: merge the folders as subfolders of one, "
+            "or give ids in a manifest"
+            if it.source.startswith("local:") and ids[it.id].source.startswith("local:")
+            else ""
+        )
+        raise AudioInputError(f"{it.source}: duplicate id {it.id!r} (also {ids[it.id].source}){hint}")
 
 
 def _unique(items: list[Item], policy: ErrorPolicy, ids: dict[str, Item]) -> list[Item]:

@@ -158,7 +158,12 @@ def test_cli_says_when_a_registered_model_runs_this_installs_code(tracking, tmp_
 
 def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
     assert cli.main(["pull", "--model", NAME, "--alias", "nope", "--dest", str(tmp_path / "x")]) == 2
-    assert "models:/whisper-int8-serve@nope: cannot be pulled" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "models:/whisper-int8-serve@nope: cannot be pulled" in err
+    # after a refused gate the version exists but the alias does not: said so, not "register one"
+    assert "no version of whisper-int8-serve holds @nope: 1 registered, 0 refused by the gate" in err
+    assert cli.main(["pull", "--model", "nosuch", "--dest", str(tmp_path / "x")]) == 2
+    assert "no model nosuch is registered there; the promote stage" in capsys.readouterr().err
     assert cli.main(["transcribe", "--model", str(tracking["int8"]), str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav: audio file not found" in capsys.readouterr().err
     port = free_port()

@@ -113,6 +113,26 @@ def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     return info.model_uri
 
 
+def _why_not(uri: str) -> str:
+    """What the registry holds instead of ``models:/<name>@<alias>``: after a `make repro` whose gate
+    refused the model, the alias is missing although a version is registered."""
+    found = re.fullmatch(r"models:/([^/@]+)@(.+)", uri)
+    if not found:
+        return "check the model URI (`mlflow ui` lists the registered models)"
+    name, alias = found.groups()
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        versions = []
+    if not versions:
+        return f"no model {name} is registered there; the promote stage (`dvc repro`) registers one"
+    failed = sum(v.tags.get("validation_status") == "failed" for v in versions)
+    return (
+        f"no version of {name} holds @{alias}: {len(versions)} registered, {failed} refused by the gate "
+        "(their validation_reasons tag and metrics/gate.json say why; the alias moves only on a pass)"
+    )
+
+
 def logged_model_for_key(client: MlflowClient, name: str, key: str) -> str | None:
     """The model URI registered earlier for the same pipeline state, if any."""
     try:
@@ -253,8 +273,7 @@ def pull(uri: str, dest: Path) -> Path:
             replace_dir(got, dest)
     except MlflowException as e:
         raise RegistryError(
-            f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); check the model name "
-            "and alias (`mlflow ui` lists them) or run `make repro` to register one"
+            f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); {_why_not(uri)}"
         ) from None
     except OSError as e:
         raise TrackingError(f"{uri}: download from {mlflow.get_tracking_uri()} failed: {e}") from None

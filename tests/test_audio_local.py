@@ -183,6 +183,12 @@ def test_a_csv_header_is_read_as_excel_users_write_it_and_a_wrong_one_is_named(t
     manifest = tmp_path / "m.csv"
     manifest.write_text("Audio, Text ,LANGUAGE\n" + "".join(f"{r['audio']},{r['text']},en\n" for r in ROWS))
     assert [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))] == IDS
+    manifest.write_text("audio,text,language\n\nspk1/001.wav,first,en\n\n\nspk2/001.wav,,en\n")
+    policy = ErrorPolicy()
+    assert len(local.from_manifest(manifest, policy)) == 1
+    assert policy.skipped[0]["cause"].startswith(
+        f"{manifest}:6: empty or missing transcript"
+    )  # blank lines count
     manifest.write_text("audio;text;language\nspk1/001.wav;first;en\n")
     with pytest.raises(
         local.AudioInputError, match=r"no audio, text, language column \(found audio;text;language\)"
@@ -191,32 +197,46 @@ def test_a_csv_header_is_read_as_excel_users_write_it_and_a_wrong_one_is_named(t
 
 
 def test_a_long_file_name_gives_an_id_that_is_still_a_file_name(tmp_path):
-    """Regression: a clip named by its 78-character Chinese transcript crashed the build (ENAMETOOLONG)."""
-    name = "我们明天早上八点在火车站见面" * 5  # 210 bytes, 214 with .wav
+    """Regression: a clip named by its 80-character Chinese transcript crashed the build (ENAMETOOLONG)."""
+    name = ("我们明天早上八点在火车站见面" * 6)[:80]  # 240 bytes, 244 with .wav
     write_tone(tmp_path / "zh" / f"{name}.wav")
     (tmp_path / "zh" / f"{name}.txt").write_text("我们明天早上八点在火车站见面")
     (item,) = local.from_folder(tmp_path, ["zh"], {"zh"}, ErrorPolicy("fail"))
     assert (
-        len(item.id.encode()) <= 200 and item.id.startswith("zh-local-zh-我们") and ID_RE.fullmatch(item.id)
+        len(item.id.encode()) <= 237 and item.id.startswith("zh-local-zh-我们") and ID_RE.fullmatch(item.id)
     )
+    short = "我们明天早上八点在火车站见面" * 5  # an id of 222 bytes, as before
+    assert local._path_id("zh", f"zh/{short}.wav") == f"zh-local-zh-{short}"
 
 
-def test_a_folder_reads_any_file_with_a_transcript_through_links_and_nested_language_folders(tmp_path):
-    """Regression: .aiff/.mp4 clips with transcripts and symlinked speaker folders were skipped without a
-    word, and nl/spk1/x.wav could not tell its language."""
+def test_a_folder_reads_its_clips_through_links_and_nested_language_folders(tmp_path):
+    """Regression: .aiff/.mp4 clips and symlinked speaker folders were skipped without a word, and
+    nl/spk1/x.wav could not tell its language; sidecars (x.TextGrid) are not clips."""
     root = tmp_path / "rec"
     write_tone(root / "nl" / "spk1" / "a.wav")
     (root / "nl" / "spk1" / "a.txt").write_text("een")
-    write_tone(root / "nl" / "b.aiff")  # WAV bytes: the suffix alone decides whether it is a candidate
+    (root / "nl" / "spk1" / "a.TextGrid").write_text("an aligner's sidecar")
+    write_tone(root / "nl" / "b.aiff")  # WAV bytes: the suffix decides whether it is a candidate
     (root / "nl" / "b.txt").write_text("twee")
     (root / "nl" / "README.md").write_text("not a clip")
+    (root / "nl" / "d.xyz").write_text("?")
+    (root / "nl" / "d.txt").write_text("vier")
     write_tone(tmp_path / "elsewhere" / "c.wav")
     (tmp_path / "elsewhere" / "c.txt").write_text("drie")
     (root / "nl" / "linked").symlink_to(tmp_path / "elsewhere")
+    (root / "nl" / "latest").symlink_to(root / "nl" / "spk1")  # inside: listed under its real path
     (root / "nl" / "linked" / "loop").symlink_to(root)  # a cycle ends
-    items = local.from_folder(root, ["en", "nl"], {"en", "nl"}, ErrorPolicy("fail"))
+    policy = ErrorPolicy()
+    items = local.from_folder(root, ["en", "nl"], {"en", "nl", "it"}, policy)
     assert sorted((it.id, it.language) for it in items) == [
         ("nl-local-nl-b", "nl"), ("nl-local-nl-linked-c", "nl"), ("nl-local-nl-spk1-a", "nl")]  # fmt: skip
+    (skipped,) = policy.skipped
+    assert skipped["cause"].startswith(f"{root / 'nl' / 'd.xyz'}: has a transcript but .xyz is not an audio")
+    # one configured language: a higher folder named like another code ("it" department) is not a language
+    write_tone(tmp_path / "one" / "it" / "team" / "e.wav")
+    (tmp_path / "one" / "it" / "team" / "e.txt").write_text("vijf")
+    (item,) = local.from_folder(tmp_path / "one", ["nl"], {"nl", "it"}, ErrorPolicy("fail"))
+    assert item.language == "nl"
 
 
 def test_a_relative_source_missing_here_is_found_in_the_repository(tmp_path, monkeypatch):
@@ -226,8 +246,11 @@ def test_a_relative_source_missing_here_is_found_in_the_repository(tmp_path, mon
     (repo / "rec" / "en" / "a.txt").write_text("hello")
     work.mkdir()
     monkeypatch.chdir(work)
-    with pytest.raises(local.AudioInputError, match=f"not found \\(looked in {work} and {work}\\)"):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(local.AudioInputError, match=f"not found \\(looked in {work}\\); give"):
         local.items("rec", ["en"], {"en"}, ErrorPolicy())
     monkeypatch.setenv("DVC_ROOT", str(repo))
     (item,) = local.items("rec", ["en"], {"en"}, ErrorPolicy())
+    with pytest.raises(local.AudioInputError, match=f"looked in {work} and {repo}\\)"):
+        local.items("absent", ["en"], {"en"}, ErrorPolicy())
     assert item.source == "local:rec/en/a.wav"  # as configured: the same manifest bytes in both places

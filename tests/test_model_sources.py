@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import whisper
@@ -153,6 +157,35 @@ def test_a_ct2_config_that_does_not_fit_is_one_line(tiny_model, tmp_path, config
         load_source(f"ct2:{tmp_path}")
 
 
+def test_a_ct2_weight_error_names_the_weights_file(tiny_model, tmp_path):
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    state["decoder.token_embedding.weight"][0, 0] = float("inf")
+    (tmp_path / "model.bin").write_bytes(
+        write_ct2(from_openai_state_dict(state, tiny_model.dims, torch.float32))
+    )
+    (tmp_path / "config.json").write_text('{"alignment_heads": [[1, 0]]}')
+    with pytest.raises(
+        ModelSourceError, match=r"model.bin: non-finite values \(NaN or inf\) in decoder.token_emb"
+    ):
+        load_source(f"ct2:{tmp_path}")
+
+
+def test_an_openai_whisper_download_loads_with_its_heads(tiny_model, tmp_path, monkeypatch):
+    """The heads reach the loaded model and the card, not only _official_heads."""
+    path = tmp_path / "tiny.pt"
+    torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, path)
+    mask = np.zeros(tiny_model.dims.n_text_layer * tiny_model.dims.n_text_head, dtype=bool)
+    mask[[1, 3]] = True  # layer 0 head 1, layer 1 head 1
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(whisper._MODELS, "test-tiny", f"https://example/{sha256}/test-tiny.pt")
+    monkeypatch.setitem(
+        whisper._ALIGNMENT_HEADS, "test-tiny", base64.b85encode(gzip.compress(mask.tobytes()))
+    )
+    loaded = load_source(f"file:{path}")
+    assert loaded.alignment_heads == [[0, 1], [1, 1]]
+    assert loaded.model.alignment_heads.to_dense().nonzero().tolist() == [[0, 1], [1, 1]]
+
+
 def test_a_checkpoint_damaged_in_the_middle_is_refused(tiny_model, tmp_path):
     """Regression: bytes flipped inside a tensor record loaded (torch.load skips the zip CRCs)."""
     path = tmp_path / "ckpt.pt"
@@ -209,6 +242,7 @@ def test_file_source_refuses_pickled_objects(tmp_path):
      ("heads-str", r"alignment_heads must be a list of \[layer, head\] pairs, got '1,0'"),
      ({"n_mels": 64}, r"n_mels 64: Whisper's front end has 80 or 128 Mel bands"),
      ({"n_vocab": 1000}, r"n_vocab 1000: Whisper's tokenizer needs 51864 tokens or more"),
+     ({"n_audio_state": 64.0}, r"dims n_audio_state must be a positive integer, got 64.0"),
      ({"n_text_layer": 3}, r"do not fit the dims: 24 missing \(e.g. decoder.blocks.2.attn.query.weight\)$"),
      ("nan", r"non-finite values \(NaN or inf\) in decoder.token_embedding.weight; a damaged export"),
      ("folder", r"a folder; give the checkpoint file in it")],

@@ -91,7 +91,7 @@ def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
     assert "-c constraints.txt" in reqs
     pins = (local / "constraints.txt").read_text().split()
     assert f"mlflow-skinny=={version('mlflow-skinny')}" in pins and f"tiktoken=={version('tiktoken')}" in pins
-    assert not [p for p in pins if p.startswith(("dvc", "pytest", "torch", "triton"))]
+    assert not [p for p in pins if p.startswith(("dvc", "pytest", "torch", "triton", "setuptools"))]
 
 
 def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
@@ -164,6 +164,12 @@ def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
     assert "no version of whisper-int8-serve holds @nope: 1 registered, 0 refused by the gate" in err
     assert cli.main(["pull", "--model", "nosuch", "--dest", str(tmp_path / "x")]) == 2
     assert "no model nosuch is registered there; the promote stage" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:  # the alias exists, the artifact store fails
+        denied = mlflow.exceptions.MlflowException("403 != 200")
+        patch.setattr(mlflow.artifacts, "download_artifacts", lambda **_: (_ for _ in ()).throw(denied))
+        assert cli.main(["pull", "--model", NAME, "--dest", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "(403 != 200); the alias exists: the message above says what failed" in err and "holds" not in err
     assert cli.main(["transcribe", "--model", str(tracking["int8"]), str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav: audio file not found" in capsys.readouterr().err
     port = free_port()

@@ -24,8 +24,3 @@ def test_the_closure_follows_extras_and_markers(tmp_path, monkeypatch):
     # an extra asked for is followed, one not asked for is not; a marker false here drops its
     # package; a requirement not installed (optional on this platform) is left out; cycles end
     assert dependency_closure(("top_pkg",)) == ["fast-dep", "mid-pkg", "top-pkg"]
-
-
-def test_the_pipelines_own_tools_are_not_the_models():
-    closure = dependency_closure(("mlflow",))
-    assert "mlflow-skinny" in closure and "dvc" not in closure and "pytest" not in closure

@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ MIN_VOCAB = 51864  # Whisper's tokenizer: English-only 51864, multilingual 51865
 
 def check_dims(dims: ModelDimensions, where: str | Path) -> None:
     """Dimensions openai-whisper can run: any other fails later, deep in calibrate, as a traceback."""
+    for name, value in vars(dims).items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelSourceError(f"{where}: dims {name} must be a positive integer, got {value!r}")
     if dims.n_mels not in MEL_BANDS:
         raise ModelSourceError(f"{where}: n_mels {dims.n_mels}: Whisper's front end has 80 or 128 Mel bands")
     if dims.n_vocab < MIN_VOCAB:
@@ -168,24 +172,31 @@ def _heads(heads: Any, dims: ModelDimensions, where: str | Path) -> list[list[in
 def build_model(
     dims: ModelDimensions,
     state_dict: dict,
-    alignment_heads: list[list[int]] | None = None,
+    alignment_heads: Any = None,
     where: str | Path = "model",
-) -> Whisper:
-    """Instantiate an FP32 Whisper, load its weights strictly and set the alignment heads; weights that
-    do not fit ``dims``, non-finite weights and heads outside the decoder are one line naming ``where``."""
+    heads_from: str | Path | None = None,
+    check_values: bool = True,
+) -> tuple[Whisper, list[list[int]] | None]:
+    """An FP32 Whisper with its weights loaded strictly and its alignment heads set (returned as pairs).
+
+    Weights that do not fit ``dims`` and non-finite weights (``check_values``) are one line naming
+    ``where``; heads that are not pairs inside the decoder name ``heads_from`` (a ct2 config.json)."""
     check_dims(dims, where)
-    model = Whisper(dims)
+    heads = _heads(alignment_heads, dims, heads_from or where)
+    try:
+        model = Whisper(dims)
+    except (RuntimeError, ValueError, TypeError) as e:  # dims torch cannot build, e.g. heads not dividing
+        raise ModelSourceError(f"{where}: openai-whisper cannot build these dims ({e})") from None
     weights = {k: v.float() for k, v in state_dict.items()}
     if differ := _mismatch(model, weights):
         raise ModelSourceError(f"{where}: the weights do not fit the dims: {differ}")
-    broken = next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
+    broken = check_values and next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
     if broken:
         raise ModelSourceError(f"{where}: non-finite values (NaN or inf) in {broken}; a damaged export?")
     model.load_state_dict(weights, strict=True)
-    heads = _heads(alignment_heads, dims, where)
     if heads:
         set_alignment_heads(model, heads)
-    return model.eval()
+    return model.eval(), heads
 
 
 def set_alignment_heads(model: Whisper, heads: list[list[int]]) -> None:
@@ -207,9 +218,8 @@ def _load_ct2(
         state = to_openai_state_dict(ct2, dims, origin)
     except CT2FormatError as e:
         raise ModelSourceError(str(e)) from None
-    heads, where = None, origin
+    heads = None
     if config is not None and config.is_file():
-        where = config
         try:
             settings = json.loads(config.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -219,8 +229,7 @@ def _load_ct2(
         heads = settings.get("alignment_heads")
     elif "decoder/alignment_heads" in ct2.variables:
         heads = ct2.variables["decoder/alignment_heads"]
-    model = build_model(dims, state, heads, where)
-    heads = _heads(heads, dims, where)
+    model, heads = build_model(dims, state, heads, origin, heads_from=config if heads is not None else None)
     provenance["files"] = {n: sha256_file(p) for n, p in zip(names or map(str, bins), bins, strict=True)}
     return LoadedModel(model, dims, heads, provenance)
 
@@ -337,20 +346,29 @@ def torch_load_checked(path: Path, fix: str, mapped: bool = False) -> Any:
 def check_zip(path: Path, fix: str) -> None:
     """torch.load does not check the zip CRCs: a file damaged in the middle loads with wrong weights.
     (A file in torch's pre-1.6 format, no zip, has no CRCs to check.)"""
-    if zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(path):
+        return
+    try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-        if bad:
-            raise ModelSourceError(f"{path}: damaged ({bad} fails its CRC check); {fix}")
+    except (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, OSError, ValueError) as e:
+        raise ModelSourceError(f"{path}: damaged ({e}); {fix}") from None
+    if bad:
+        raise ModelSourceError(f"{path}: damaged ({bad} fails its CRC check); {fix}")
 
 
-def load_checkpoint(path: Path) -> LoadedModel:
-    """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling)."""
+def load_checkpoint(path: Path, verify: bool = False) -> LoadedModel:
+    """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling).
+
+    ``verify``: check the zip CRCs first (a ``file:`` source; the pipeline's own model.pt, loaded by
+    fuse and evaluate, was checked when fetch_model wrote it).
+    """
     if path.is_dir():
         raise ModelSourceError(f"{path}: a folder; give the checkpoint file in it (file:<path>/model.pt)")
     if not path.is_file():
         raise ModelSourceError(f"{path}: checkpoint file not found")
-    check_zip(path, "copy it again")
+    if verify:
+        check_zip(path, "copy it again")
     ckpt = torch_load_checked(path, "save it as {'dims': dict, 'model_state_dict': state_dict} of tensors")
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ModelSourceError(
@@ -366,10 +384,12 @@ def load_checkpoint(path: Path) -> LoadedModel:
     digest = sha256_file(path)
     # openai-whisper's own downloads hold no alignment heads: whisper.load_model adds them by name,
     # and its download addresses carry each file's sha256
-    heads = ckpt.get("alignment_heads") or _official_heads(digest, dims)
-    model = build_model(dims, weights, heads, path)
+    heads = ckpt.get("alignment_heads")
+    if heads is None and verify:
+        heads = _official_heads(digest, dims)
+    model, heads = build_model(dims, weights, heads, path, check_values=verify)
     prov = {"source": f"file:{path.resolve()}", "files": {str(path): digest}}
-    return LoadedModel(model, dims, _heads(heads, dims, path), prov)
+    return LoadedModel(model, dims, heads, prov)
 
 
 def _official_heads(sha256: str, dims: ModelDimensions) -> list[list[int]] | None:
@@ -387,7 +407,7 @@ def load_source(source: str) -> LoadedModel:
     """Load the FP32 model named by ``source`` (see the module docstring for the kinds)."""
     kind, arg = parse_source(source)
     loader = {"package": _load_package, "ct2": _load_ct2_dir, "openai": _load_openai}.get(kind)
-    result = loader(arg) if loader else load_checkpoint(Path(arg).expanduser())
+    result = loader(arg) if loader else load_checkpoint(Path(arg).expanduser(), verify=True)
     result.provenance["source"] = source
     return result
 

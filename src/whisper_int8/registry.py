@@ -120,8 +120,16 @@ def _why_not(uri: str) -> str:
     if not found:
         return "check the model URI (`mlflow ui` lists the registered models)"
     name, alias = found.groups()
+    client = MlflowClient()
     try:
-        versions = MlflowClient().search_model_versions(f"name='{name}'")
+        client.get_model_version_by_alias(name, alias)
+        return "the alias exists: the message above says what failed"
+    except MlflowException as e:
+        # a missing model: RESOURCE_DOES_NOT_EXIST; a missing alias of one: INVALID_PARAMETER_VALUE
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return "check the model name and alias (`mlflow ui` lists them)"
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         versions = []
     if not versions:

@@ -17,9 +17,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 RUNTIME = ("torch", "openai-whisper", "mlflow", "numpy", "pandas")
-# PyPI's CUDA torch pins these itself (triton 3.7.1 for 2.13.0); a pin taken from a CPU host would
-# make a GPU host's install impossible
-LEFT_TO_TORCH = ("triton", "nvidia-")
+# PyPI's CUDA torch pins triton and nvidia-* itself (triton 3.7.1 for 2.13.0): a pin taken from a CPU
+# host would make a GPU host's install impossible. setuptools: MLflow's python_env.yaml pins the
+# build tools, and the repository's constraints.txt does not lock it (pip freeze leaves it out).
+UNPINNED = ("triton", "nvidia-", "setuptools")
 
 
 def _pin(name: str) -> str:
@@ -75,5 +76,5 @@ def constraints() -> list[str]:
     return [
         _pin(name)
         for name in dependency_closure(RUNTIME)
-        if name not in direct and not name.startswith(LEFT_TO_TORCH)
+        if name not in direct and not name.startswith(UNPINNED)
     ]

@@ -249,8 +249,8 @@ def _check_id(it: Item, ids: dict[str, Item]) -> None:
         )
     if it.id in ids:
         hint = (
-            "; local: ids come from paths inside each source: merge the folders as subfolders of one, "
-            "or give ids in a manifest"
+            "; ids must be unique: a local: clip without an id is named by its path inside its source, "
+            "so two sources of the same layout collide (merge them as subfolders of one, or give ids)"
             if it.source.startswith("local:") and ids[it.id].source.startswith("local:")
             else ""
         )

@@ -22,9 +22,12 @@ from .errors import AudioInputError, ErrorPolicy
 from .manifest import MAX_ID_BYTES, Item, safe_id
 from .wavio import decode_file
 
-# a folder's clips: files with these suffixes, and any other file that has a same-named .txt (ffmpeg
-# decodes far more containers than this list, e.g. .aiff, .mp4, .wma)
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac"}
+# a folder's clips (ffmpeg decodes them all); a file with another suffix and a transcript, but no clip
+# of the same name beside it (x.TextGrid next to x.wav is a sidecar), is a bad item, not ignored
+AUDIO_EXTENSIONS = {
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".webm", ".aac", ".aif", ".aiff",
+    ".mp4", ".wma", ".amr", ".3gp", ".caf", ".mka", ".mkv", ".ac3", ".spx",
+}  # fmt: skip
 LICENSE = "user-provided"
 COLUMNS = ("audio", "text", "language")  # required; id and license are optional
 
@@ -35,20 +38,20 @@ def _not_utf8(values) -> bool:
 
 
 def _csv_rows(path: Path, f) -> list[tuple[int, dict | AudioInputError]]:
-    reader = csv.DictReader(f)
-    found = reader.fieldnames or []
-    header = [(h or "").strip().lower() for h in found]  # "Audio", " text" as Excel users write them
+    reader = csv.reader(f)
+    found = next(reader, [])
+    header = [h.strip().lower() for h in found]  # "Audio", " text" as Excel users write them
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise AudioInputError(
             f"{path}: the header has no {', '.join(missing)} column (found {', '.join(found) or 'nothing'}); "
             "a comma-separated header: audio,text,language[,id,license]"
         )
-    reader.fieldnames = header
     rows: list[tuple[int, dict | AudioInputError]] = []
-    line = reader.line_num + 1  # the file line a row starts on (the header is line 1)
-    for row in reader:
-        rows.append((line, row))
+    line = reader.line_num + 1  # the file line a row starts on (blank lines counted, as an editor does)
+    for cells in reader:
+        if cells:
+            rows.append((line, dict(zip(header, cells, strict=False))))
         line = reader.line_num + 1
     return rows
 
@@ -174,8 +177,9 @@ def from_manifest(
 
 
 def _files(folder: Path) -> list[Path]:
-    """Every file under ``folder``, through symlinked folders too (each real folder once: a link
-    cycle ends), sorted."""
+    """Every file under ``folder``, sorted, and under symlinked folders that lead outside it (one inside
+    is listed under its real path already; each real folder is read once, so a link cycle ends)."""
+    inside = os.path.realpath(folder)
     seen: set[str] = set()
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -184,18 +188,27 @@ def _files(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not os.path.islink(os.path.join(root, d))
+            or os.path.commonpath([inside, os.path.realpath(os.path.join(root, d))]) != inside
+        )
         found += [Path(root, f) for f in files]
     return sorted(found)
 
 
-def _folder_language(audio: Path, folder: Path, known: set[str]) -> str | None:
-    """The nearest folder between ``audio`` and ``folder`` (included) named by a language code."""
+def _folder_language(audio: Path, folder: Path, languages: list[str], known: set[str]) -> str | None:
+    """The nearest folder above ``audio`` (up to ``folder``) named by one of the source's languages
+    (``nl/spk1/x.wav``); else the direct parent's name when it is another code Whisper knows (a bad
+    item: a language the source does not list). A folder named ``it`` or ``no`` higher up is not read
+    as a language the source does not list."""
     for parent in audio.parents:
-        if parent.name in known:
+        if parent.name in languages:
             return parent.name
         if parent == folder:
-            return None
-    return None
+            break
+    return audio.parent.name if audio.parent.name in known else None
 
 
 def from_folder(
@@ -203,15 +216,23 @@ def from_folder(
 ) -> list[Item]:
     """Clips of a folder; ``shown``: the folder's path as configured (recorded as the source)."""
     files = _files(folder)
+    clips = {f.with_suffix("") for f in files if f.suffix.lower() in AUDIO_EXTENSIONS}
     texts = {f.with_suffix("") for f in files if f.suffix == ".txt"}
     out = []
     for audio in files:
-        if audio.suffix == ".txt" or (
-            audio.suffix.lower() not in AUDIO_EXTENSIONS and audio.with_suffix("") not in texts
-        ):
-            continue
-        language = _folder_language(audio, folder, known) or (languages[0] if len(languages) == 1 else None)
+        known_suffix = audio.suffix.lower() in AUDIO_EXTENSIONS
+        stem = audio.with_suffix("")
+        if not known_suffix and (audio.suffix == ".txt" or stem not in texts or stem in clips):
+            continue  # not audio, or a sidecar of a clip (x.TextGrid, x.json next to x.wav)
+        language = _folder_language(audio, folder, languages, known) or (
+            languages[0] if len(languages) == 1 else None
+        )
         try:
+            if not known_suffix:
+                raise AudioInputError(
+                    f"{audio}: has a transcript but {audio.suffix or 'no suffix'} is not an audio suffix "
+                    f"read here ({', '.join(sorted(AUDIO_EXTENSIONS))}); convert it, e.g. to .flac"
+                )
             if language is None:
                 raise AudioInputError(
                     f"{audio}: cannot tell the language; put it in a folder named by its code "
@@ -256,7 +277,8 @@ def items(spec_path: str, languages: list[str], known: set[str], policy: ErrorPo
     if path.is_dir():
         return from_folder(path, languages, known, policy, shown)
     if not path.exists():
-        where = "" if path.is_absolute() else f" (looked in {Path.cwd()} and {repo_root()})"
+        places = dict.fromkeys(str(p.resolve()) for p in (Path.cwd(), repo_root()))
+        where = "" if path.is_absolute() else f" (looked in {' and '.join(places)})"
         raise AudioInputError(
             f"local:{spec_path}: not found{where}; give an existing folder or .csv/.jsonl manifest"
         )

@@ -16,8 +16,9 @@ MANIFEST = "manifest.jsonl"
 FIELDS = ("id", "language", "audio", "text", "duration", "sha256", "source", "license")
 _ID_CHARS = r"\w.-"
 ID_RE = re.compile(f"[{_ID_CHARS}]+")  # an id is a file name (audio/<id>.wav): no separator, no path
-# and its temp names (a dot, a random part, .tmp) must stay under a file system's 255-byte name limit
-MAX_ID_BYTES = 200
+# <id>.wav and its temp name (fsutil.atomic_write_bytes: .<id>.wav.<8 random>.tmp, 18 bytes more)
+# must stay within a file system's 255-byte name limit
+MAX_ID_BYTES = 255 - 18
 
 
 def safe_id(text: str) -> str:

@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,19 @@ def test_a_checkpoint_damaged_in_the_middle_is_refused(tiny_model, tmp_path):
     raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
     path.write_bytes(raw)
     with pytest.raises(ModelSourceError, match=r"ckpt.pt: damaged \(.* fails its CRC check\); copy it again"):
+        load_source(f"file:{path}")
+
+
+def test_a_checkpoint_with_a_damaged_zip_directory_is_one_line(tiny_model, tmp_path):
+    """zipfile raises NotImplementedError for an unknown compression method: a traceback before."""
+    path = tmp_path / "ckpt.pt"
+    torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, path)
+    with zipfile.ZipFile(path) as z:
+        start = z.start_dir
+    raw = bytearray(path.read_bytes())
+    raw[start + 10 : start + 12] = (99).to_bytes(2, "little")  # the first entry's compression method
+    path.write_bytes(raw)
+    with pytest.raises(ModelSourceError, match=r"ckpt.pt: damaged \(.*compression method.*\); copy it again"):
         load_source(f"file:{path}")
 
 

@@ -171,6 +171,14 @@ def test_a_ct2_weight_error_names_the_weights_file(tiny_model, tmp_path):
         load_source(f"ct2:{tmp_path}")
 
 
+def test_heads_stored_in_model_bin_are_named_by_it_not_by_an_absent_config(tiny_model, tmp_path):
+    spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float16)
+    spec.variables["decoder/alignment_heads"] = torch.tensor([[5, 0]], dtype=torch.int32)
+    (tmp_path / "model.bin").write_bytes(write_ct2(spec))
+    with pytest.raises(ModelSourceError, match=r"model.bin: alignment_heads \[5, 0\] outside the decoder"):
+        load_source(f"ct2:{tmp_path}")
+
+
 def test_an_openai_whisper_download_loads_with_its_heads(tiny_model, tmp_path, monkeypatch):
     """The heads reach the loaded model and the card, not only _official_heads."""
     path = tmp_path / "tiny.pt"

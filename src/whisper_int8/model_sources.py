@@ -218,8 +218,9 @@ def _load_ct2(
         state = to_openai_state_dict(ct2, dims, origin)
     except CT2FormatError as e:
         raise ModelSourceError(str(e)) from None
-    heads = None
+    heads, heads_from = None, None  # where heads that do not fit came from: config.json, else the weights
     if config is not None and config.is_file():
+        heads_from = config
         try:
             settings = json.loads(config.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -229,7 +230,7 @@ def _load_ct2(
         heads = settings.get("alignment_heads")
     elif "decoder/alignment_heads" in ct2.variables:
         heads = ct2.variables["decoder/alignment_heads"]
-    model, heads = build_model(dims, state, heads, origin, heads_from=config if heads is not None else None)
+    model, heads = build_model(dims, state, heads, origin, heads_from=heads_from)
     provenance["files"] = {n: sha256_file(p) for n, p in zip(names or map(str, bins), bins, strict=True)}
     return LoadedModel(model, dims, heads, provenance)
 

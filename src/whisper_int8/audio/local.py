@@ -1,8 +1,9 @@
 """A user's own recordings: a CSV/JSONL manifest, or a folder of audio files with same-named ``.txt`` files.
 
 Manifest columns: ``audio`` (path, relative to the manifest), ``text``, ``language``; optional ``id``
-and ``license``. In a folder, a file's language is its parent folder's name when that is a language
-code (``recordings/de/x.wav``), otherwise the one language the source is configured with. Without an
+and ``license``. In a folder, a file's language is the nearest folder above it named by one of the
+source's languages (``recordings/de/spk1/x.wav``), otherwise the one language the source is configured
+with (a direct parent named by another code is a bad item). Without an
 ``id``, a clip's id comes from its path relative to the manifest or folder (``spk1/001.wav`` ->
 ``<language>-local-spk1-001``), so same-named files in different folders stay apart. A relative
 path is looked up in the current directory, then in the repository (``DVC_ROOT``: an untracked folder
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TextIO
 
 from ..tracking_uri import repo_root
 from .errors import AudioInputError, ErrorPolicy
@@ -37,7 +39,7 @@ def _not_utf8(values) -> bool:
     return any(isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v) for v in values)
 
 
-def _csv_rows(path: Path, f) -> list[tuple[int, dict | AudioInputError]]:
+def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]:
     reader = csv.reader(f)
     found = next(reader, [])
     header = [h.strip().lower() for h in found]  # "Audio", " text" as Excel users write them
@@ -79,9 +81,8 @@ def _rows(path: Path) -> list[tuple[int, dict | AudioInputError]]:
             rows = _jsonl_rows(path, path.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
     except (OSError, csv.Error) as e:
         raise AudioInputError(f"{path}: cannot read the manifest ({e})") from None
-    bad = AudioInputError
     return [
-        (n, bad(f"{path}:{n}: not UTF-8 text; save the manifest as UTF-8"))
+        (n, AudioInputError(f"{path}:{n}: not UTF-8 text; save the manifest as UTF-8"))
         if _not_utf8(row.values() if isinstance(row, dict) else [row])
         else (n, row)
         for n, row in rows

@@ -1,16 +1,13 @@
-"""Ids and manifests of the user's sources (local, hf): unique per file and dataset, safe as file names."""
+"""Ids and manifests of local: sources: unique per file, safe as file names."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
-from pathlib import Path
 
 import pytest
 
 from tests.test_audio_wavio import write_tone
-from whisper_int8.audio import ErrorPolicy, hf, local
+from whisper_int8.audio import ErrorPolicy, local
 from whisper_int8.audio.manifest import ID_RE
 
 ROWS = [{"audio": "spk1/001.wav", "text": "first speaker", "language": "en"},
@@ -53,48 +50,6 @@ def test_a_manifest_saved_with_a_bom_keeps_its_rows(tmp_path, suffix):
     manifest.write_text(text, encoding="utf-8-sig")
     items = local.from_manifest(manifest, ErrorPolicy("fail"))
     assert [it.text for it in items] == [r["text"] for r in ROWS]
-
-
-class FakeDataset:
-    """What hf.items uses of a ``datasets.Dataset``: column names, a text column, length, and rows
-    whose audio, once cast with ``decode=False``, is the encoded file (its bytes, or a path)."""
-
-    column_names = ["audio", "sentence"]
-
-    def __init__(self, files: list[Path]) -> None:
-        # one row holds the file's bytes, the other only its path: datasets gives either
-        self.audio = [{"bytes": files[0].read_bytes(), "path": None}, {"bytes": None, "path": str(files[1])}]
-        self.cast: list[tuple] = []
-
-    def cast_column(self, column: str, feature: tuple) -> FakeDataset:
-        self.cast.append((column, feature))
-        return self
-
-    def __getitem__(self, key: str | int):
-        if isinstance(key, str):
-            return ["hallo", "wereld"]
-        assert self.cast == [("audio", ("Audio", False))], "rows read before the audio was cast to files"
-        return {"audio": self.audio[key], "sentence": ["hallo", "wereld"][key]}
-
-    def __len__(self) -> int:
-        return 2
-
-
-def test_hf_ids_name_the_dataset_and_ffmpeg_decodes_its_files(tmp_path, monkeypatch):
-    """Regression: two datasets of one language both gave nl-hf-000000, ... (one was dropped); the
-    audio is decoded by ffmpeg from the encoded files (datasets' own decoding needs torchcodec)."""
-    files = [write_tone(tmp_path / "a.wav", rate=8000), write_tone(tmp_path / "b.wav", seconds=0.5)]
-    fake = types.SimpleNamespace(
-        load_dataset=lambda *args, **kwargs: FakeDataset(files), Audio=lambda decode=True: ("Audio", decode)
-    )
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "true")
-    fleurs = hf.items("google/fleurs", "nl", "nl_nl", tmp_path)
-    common_voice = [it.id for it in hf.items("mozilla-foundation/common_voice_17_0", "nl", "nl", tmp_path)]
-    assert [it.id for it in fleurs] == ["nl-hf-google-fleurs-000000", "nl-hf-google-fleurs-000001"]
-    assert common_voice[0] == "nl-hf-mozilla-foundation-common_voice_17_0-000000"
-    assert all(ID_RE.fullmatch(i) for i in [it.id for it in fleurs] + common_voice)
-    assert [len(it.load()) for it in fleurs] == [16000, 8000]  # 16 kHz mono from both forms
 
 
 def test_a_manifest_source_records_paths_as_configured_so_every_clone_writes_the_same_bytes(

@@ -1,22 +1,32 @@
 """``hf:<dataset>`` sources (e.g. ``google/fleurs``, Common Voice) through the optional ``datasets`` library.
 
-Needs network on first use (then the Hugging Face cache); offline it fails at once with a clear message
-instead of hanging on retries.
+A Hub dataset needs network on first use (then the Hugging Face cache); offline it fails at once with a
+clear message instead of hanging on retries. A local folder of parquet files (a snapshot of a Hub
+dataset's parquet export) needs no network.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..netcheck import unreachable
 from .errors import AudioInputError
+from .local import locate
 from .manifest import Item, safe_id
 from .wavio import decode_bytes, decode_file
 
+log = logging.getLogger(__name__)
+
 TEXT_COLUMNS = ("raw_transcription", "sentence", "text", "transcription", "normalized_text")
+# Where the Hub keeps a dataset converted to parquet (refs/convert/parquet, one folder per config and
+# split): what a dataset that ships a loading script is read from, since datasets 4 runs no scripts.
+PARQUET_EXPORT = "hf://datasets/{dataset}@refs%2Fconvert%2Fparquet/{config}/{split}/*.parquet"
+SCRIPT_REFUSED = "Dataset scripts are no longer supported"
 
 
 def _check_online(dataset: str) -> None:
@@ -31,19 +41,51 @@ def _check_online(dataset: str) -> None:
         )
 
 
+def _load_hub(datasets: Any, dataset: str, config: str | None, split: str, cache: str) -> Any:
+    """The Hub dataset's split; its parquet export when it ships a loading script."""
+    try:
+        return datasets.load_dataset(dataset, config, split=split, cache_dir=cache)
+    except RuntimeError as e:
+        if SCRIPT_REFUSED not in str(e):
+            raise
+    files = PARQUET_EXPORT.format(dataset=dataset, config=config or "default", split=split)
+    log.warning(
+        "hf:%s ships a loading script, which datasets %s does not run; reading the Hub's parquet "
+        "export of it: %s", dataset, datasets.__version__, files
+    )  # fmt: skip
+    try:
+        return datasets.load_dataset("parquet", data_files={split: files}, split=split, cache_dir=cache)
+    except Exception as e:  # as above: many types
+        raise AudioInputError(
+            f"hf:{dataset} ({config}, {split}): ships a loading script, which datasets "
+            f"{datasets.__version__} does not run, and its parquet export {files} cannot be read: {e}"
+        ) from None
+
+
 def items(dataset: str, language: str, config: str | None, cache: Path, split: str = "test") -> list[Item]:
-    """Rows of ``dataset`` (``config``, e.g. ``de_de`` for FLEURS) as items in ``language``."""
+    """Rows of ``dataset`` (``config``, e.g. ``de_de`` for FLEURS) as items in ``language``.
+
+    ``dataset`` is a Hub name, or a local folder (found like a ``local:`` path), whose subfolder
+    ``config`` is read when one is given: the layout of a Hub parquet export snapshot.
+    """
     try:
         import datasets
     except ImportError:
         raise AudioInputError(
             f"hf:{dataset}: the 'datasets' library is not installed; pip install 'whisper-int8[hf]'"
         ) from None
-    _check_online(dataset)
+    folder = locate(Path(dataset).expanduser())
     try:
-        ds = datasets.load_dataset(dataset, config, split=split, cache_dir=str(cache / "hf"))
+        if folder.is_dir():
+            ds = datasets.load_dataset(str(folder), data_dir=config, split=split, cache_dir=str(cache / "hf"))
+        else:
+            _check_online(dataset)
+            ds = _load_hub(datasets, dataset, config, split, str(cache / "hf"))
+    except AudioInputError:
+        raise
     except Exception as e:  # datasets raises many types (connection, missing config, gated dataset)
-        raise AudioInputError(f"hf:{dataset} ({config}, {split}): cannot load: {e}") from None
+        why = f" ({e.__cause__})" if e.__cause__ else ""  # "An error occurred while generating..."
+        raise AudioInputError(f"hf:{dataset} ({config}, {split}): cannot load: {e}{why}") from None
     column = next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
     if column is None or "audio" not in ds.column_names:
         raise AudioInputError(

@@ -263,7 +263,7 @@ def from_folder(
     return out
 
 
-def _locate(path: Path) -> Path:
+def locate(path: Path) -> Path:
     """``path``, or a relative one found in the repository when it is not in the current directory."""
     if path.exists() or path.is_absolute():
         return path
@@ -274,7 +274,7 @@ def _locate(path: Path) -> Path:
 def items(spec_path: str, languages: list[str], known: set[str], policy: ErrorPolicy) -> list[Item]:
     """Items from ``local:<spec_path>`` (manifest file or folder)."""
     shown = Path(spec_path).expanduser()
-    path = _locate(shown)
+    path = locate(shown)
     if path.is_dir():
         return from_folder(path, languages, known, policy, shown)
     if not path.exists():

@@ -1,0 +1,113 @@
+"""hf: sources read through the real ``datasets`` library, from local folders (no network here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_audio_wavio import write_tone
+from whisper_int8.audio import hf
+from whisper_int8.audio.errors import AudioInputError
+from whisper_int8.audio.manifest import ID_RE
+
+pytest.importorskip("datasets")  # the [hf] extra; in dev too, so CI runs these
+
+
+def write_parquet(path: Path, clips: list[Path], texts: list[str]) -> None:
+    """A split as the Hub's parquet export holds it: audio as {bytes, path}. The first clip's bytes
+    are in the file; the others only by path, the other form ``datasets`` gives."""
+    audio = [{"bytes": clips[0].read_bytes(), "path": clips[0].name}]
+    audio += [{"bytes": None, "path": str(c)} for c in clips[1:]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"audio": audio, "raw_transcription": texts}), path)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """A local folder must not ask for huggingface.co."""
+
+    def refuse(host: str, timeout_s: float) -> OSError:
+        raise AssertionError(f"{host} checked for a local dataset")
+
+    monkeypatch.setattr(hf, "unreachable", refuse)
+    for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+
+
+def test_a_local_snapshot_is_read_without_network_and_ffmpeg_decodes_both_audio_forms(
+    tmp_path, monkeypatch, no_network
+):
+    """Regression: a local folder was checked against huggingface.co (offline: refused unless
+    HF_DATASETS_OFFLINE was set). Ids name the dataset as configured: two datasets of one language
+    gave nl-hf-000000 twice."""
+    clips = [write_tone(tmp_path / "a.wav", rate=8000), write_tone(tmp_path / "b.wav", seconds=0.5)]
+    snapshot = tmp_path / "google" / "fleurs" / "nl_nl"
+    write_parquet(snapshot / "test" / "0000.parquet", clips, ["hallo", "wereld"])
+    write_parquet(snapshot / "train" / "0000.parquet", clips[:1], ["nee"])
+    monkeypatch.chdir(tmp_path)
+    items = hf.items("google/fleurs", "nl", "nl_nl", tmp_path / "cache")
+    assert [it.id for it in items] == ["nl-hf-google-fleurs-000000", "nl-hf-google-fleurs-000001"]
+    assert all(ID_RE.fullmatch(it.id) for it in items)
+    assert [it.text for it in items] == ["hallo", "wereld"]  # the test split only
+    assert [len(it.load()) for it in items] == [16000, 8000]  # 16 kHz mono from bytes and from a path
+
+
+def test_a_dataset_with_a_loading_script_is_read_from_its_parquet_export(tmp_path, monkeypatch):
+    """Regression: datasets 4 refuses loading scripts, so hf:google/fleurs (which ships fleurs.py)
+    could not be read at all. A folder holding a script stands in for the Hub dataset (datasets
+    raises the same error); the export's Hub address is replaced by a local folder of that layout."""
+    import datasets
+
+    (tmp_path / "fleurs").mkdir()
+    (tmp_path / "fleurs" / "fleurs.py").write_text("# a loading script\n")
+    clips = [write_tone(tmp_path / "a.wav")]
+    write_parquet(tmp_path / "export" / "de_de" / "test" / "0000.parquet", clips, ["guten Tag"])
+    monkeypatch.setattr(hf, "PARQUET_EXPORT", str(tmp_path / "export" / "{config}" / "{split}" / "*.parquet"))
+    cache = str(tmp_path / "cache")
+    ds = hf._load_hub(datasets, str(tmp_path / "fleurs"), "de_de", "test", cache)
+    assert ds["raw_transcription"][0] == "guten Tag"
+    with pytest.raises(AudioInputError, match=r"ships a loading script, .* export .*nl_nl.* cannot be read"):
+        hf._load_hub(datasets, str(tmp_path / "fleurs"), "nl_nl", "test", cache)
+
+
+def test_the_export_address_is_the_hubs_layout():
+    """refs/convert/parquet holds <config>/<split>/NNNN.parquet (the Hub's dataset viewer docs)."""
+    url = hf.PARQUET_EXPORT.format(dataset="google/fleurs", config="de_de", split="test")
+    assert url == "hf://datasets/google/fleurs@refs%2Fconvert%2Fparquet/de_de/test/*.parquet"
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [({"audio": None, "words": ["x"]}, r"needs an 'audio' column and one of .*has \['audio', 'words'\]"),
+     (None, r"hf:ds \(missing, test\): cannot load: .*missing")],
+)  # fmt: skip
+def test_a_dataset_it_cannot_use_is_one_clear_error(tmp_path, monkeypatch, no_network, columns, message):
+    clips = [write_tone(tmp_path / "a.wav")]
+    write_parquet(tmp_path / "ds" / "test.parquet", clips, ["x"])
+    if columns is not None:
+        table = pa.table({"audio": [{"bytes": clips[0].read_bytes(), "path": "a.wav"}], "words": ["x"]})
+        pq.write_table(table, tmp_path / "ds" / "test.parquet")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AudioInputError, match=message):
+        hf.items("ds", "en", None if columns else "missing", tmp_path / "cache")
+
+
+def test_a_generation_error_names_its_cause(tmp_path, monkeypatch, no_network):
+    """Regression: datasets wraps what failed ("install torchcodec" for an audio folder, a bad
+    file) as "An error occurred while generating the dataset", and only that was shown."""
+    import datasets
+
+    def fail(*args, **kwargs):
+        try:
+            raise ImportError("To support encoding audio data, please install 'torchcodec'.")
+        except ImportError as e:
+            raise datasets.exceptions.DatasetGenerationError("An error occurred while generating") from e
+
+    (tmp_path / "ds").mkdir()
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    cause = r"cannot load: An error occurred .* \(.*install 'torchcodec'\.\)"
+    with pytest.raises(AudioInputError, match=cause):
+        hf.items(str(tmp_path / "ds"), "en", None, tmp_path / "cache")

@@ -111,3 +111,19 @@ def test_a_generation_error_names_its_cause(tmp_path, monkeypatch, no_network):
     cause = r"cannot load: An error occurred .* \(.*install 'torchcodec'\.\)"
     with pytest.raises(AudioInputError, match=cause):
         hf.items(str(tmp_path / "ds"), "en", None, tmp_path / "cache")
+
+
+def test_an_hf_folder_feeds_the_splits_like_any_source(tmp_path, monkeypatch, no_network):
+    """audio.sources `hf:<folder>: {de: de_de}` end to end: the mapped config is the folder read."""
+    from tests.test_audio_build import params, run_build
+    from whisper_int8.audio.manifest import read_manifest
+
+    clips = [write_tone(tmp_path / f"{i}.wav", 200 + 40 * i, 0.5 + 0.1 * i) for i in range(3)]
+    texts = [f"das ist der satz nummer {i}" for i in range(3)]
+    write_parquet(tmp_path / "snap" / "de_de" / "test" / "0000.parquet", clips, texts)
+    p = {**params("x", ("de",), calib=1, evals=2, on_error="fail"), "sources": {"hf:snap": {"de": "de_de"}}}
+    monkeypatch.chdir(tmp_path)
+    run_build(tmp_path, p)
+    kept = [c for split in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / split)]
+    assert sorted(c.text for c in kept) == texts
+    assert {c.source for c in kept} == {f"hf:snap/de_de/test#{i}" for i in range(3)}

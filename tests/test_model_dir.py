@@ -201,6 +201,20 @@ def test_a_config_from_another_conversion_is_refused(tmp_path, dirs):
             load_model_dir(bad)
 
 
+def test_a_config_value_convert_would_refuse_is_refused_at_load(tmp_path, dirs):
+    """Regression: backend 'bogus' was a bare "quantized engine 'bogus' not available" that named no
+    file, and scheme 'bogus' loaded without a word."""
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    config = json.loads((bad / "quant_config.json").read_text())
+    for key in ("backend", "scheme"):
+        (bad / "quant_config.json").write_text(
+            json.dumps({**config, "config": {**config["config"], key: "bogus"}})
+        )
+        with pytest.raises(ModelSourceError, match=rf"quant_config.json: quant.{key}='bogus': choose one of"):
+            load_model_dir(bad)
+
+
 def test_damaged_json_is_a_one_line_error(tmp_path, dirs):
     bad = tmp_path / "int8"
     shutil.copytree(dirs["int8"], bad)

@@ -22,6 +22,7 @@ import torch
 from whisper_int8 import cli, registry
 from whisper_int8.audio.wavio import wav_bytes
 from whisper_int8.model_dir import load_model_dir
+from whisper_int8.pyfunc_model import InputError
 from whisper_int8.tracking import open_experiment
 from whisper_int8.transcribe import load_audio, transcribe_clip
 
@@ -66,12 +67,79 @@ def test_pyfunc_predict_every_input_form(tracking):
     assert model.predict(frame) == [expected, expected]
     # a dict of samples: MLflow makes it a DataFrame of one row per sample before predict sees it
     assert model.predict({"audio": samples.tolist(), "language": "en"}) == [expected]
-    with pytest.raises(FileNotFoundError, match="audio file not found"):
+    with pytest.raises(InputError, match="^audio file not found: /nonexistent.wav$") as refused:
         model.predict({"audio": "/nonexistent.wav"})
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # mlflow models serve: HTTP 400, this text
     # the registered signature documents the records (Unity Catalog, for one, requires a signature)
     sig = model.metadata.signature
-    assert sig.inputs.input_names() == ["audio", "language"] and not sig.inputs.inputs[1].required
+    assert sig.inputs.input_names() == ["audio", "language", "sample_rate"]
+    assert not sig.inputs.inputs[1].required and not sig.inputs.inputs[2].required
     assert [c.type for c in sig.outputs.inputs] == [mlflow.types.DataType.string]
+
+
+def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path):
+    """Regression (a serving review): int16 PCM samples came back as confident nonsense, NaN samples
+    as a quantization RuntimeError, a null audio as "must be 1-D", and an empty file as ''."""
+    model = mlflow.pyfunc.load_model(URI)
+    samples = load_audio(tracking["wav"])
+    pcm = (samples * 32767).astype(np.int16).tolist()
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(wav_bytes(np.zeros(0, np.int16)))
+    for request, message in [
+        ({"audio": pcm}, r"^audio samples must be floats in \[-1, 1\]; their peak is \d+, as in integer PCM"),
+        ({"audio": [0.1, float("nan"), 0.2]}, r"finite numbers; 1 of 3 are NaN or infinite"),
+        ({"audio": None}, r"the 'audio' field is missing \(null\)"),
+        ({"audio": str(empty)}, r"empty.wav: holds no audio \(0 samples\)"),
+        ({"audio": str(tracking["wav"]), "sample_rate": 8000}, r"sample_rate is for a list of samples"),
+        ({"audio": samples.tolist(), "sample_rate": 0}, r"sample_rate=0 must be the samples' rate in Hz"),
+        ({"audio": samples.tolist(), "language": "xx"}, r"language 'xx'"),
+        ([{"audio": str(tracking["wav"])}, {"audio": "/no.wav"}], r"^record 2 of 2: audio file not found"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            model.predict(request)
+
+
+def test_samples_at_another_rate_are_resampled(tracking, tmp_path):
+    """Regression: 8 kHz samples were read as 16 kHz (a transcript of audio at twice the speed); the
+    rate given with them is resampled by ffmpeg, as a file of that rate is."""
+    from whisper_int8.pyfunc_model import check_audio
+
+    narrow = tmp_path / "fox8k.wav"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(tracking["wav"]), "-ar", "8000", str(narrow)],
+        check=True,
+    )
+    with __import__("wave").open(str(narrow)) as w:
+        pcm8 = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    samples8 = pcm8.astype(np.float32) / 32768
+    resampled = check_audio(samples8.tolist(), 8000)
+    assert np.abs(resampled - check_audio(str(narrow))).max() <= 2 / 32768  # ffmpeg's resampling both
+    model = mlflow.pyfunc.load_model(URI)
+    mixed = pd.DataFrame({"audio": [samples8.tolist(), str(narrow)], "sample_rate": [8000, None]})
+    assert model.predict(mixed) == model.predict({"audio": str(narrow)}) * 2
+
+
+def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkeypatch):
+    """Regression: model_config={"beam_size": "2"} loaded, then every request failed with a TypeError."""
+    from whisper_int8.params import ParamError
+    from whisper_int8.pyfunc_model import MAX_SECONDS_VARIABLE
+
+    with pytest.raises(
+        ParamError, match=r"model_config: beam_size='2' must be null \(greedy\) or an integer"
+    ):
+        mlflow.pyfunc.load_model(URI, model_config={"beam_size": "2"})
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", '{"max_tokens": -5}')  # the serving host's
+    with pytest.raises(ParamError, match=r"model_config: max_tokens=-5 must be null"):
+        mlflow.pyfunc.load_model(URI)
+    monkeypatch.delenv("MLFLOW_PYFUNC_INFERENCE_CONFIG")
+    monkeypatch.setenv(MAX_SECONDS_VARIABLE, "ten")
+    with pytest.raises(ParamError, match=rf"{MAX_SECONDS_VARIABLE}='ten' must be a number of seconds"):
+        mlflow.pyfunc.load_model(URI)
+    monkeypatch.setenv(MAX_SECONDS_VARIABLE, "1.5")
+    model = mlflow.pyfunc.load_model(URI)
+    assert model.predict({"audio": np.zeros(16000, np.float32).tolist()}) == [""]  # 1 s: within
+    with pytest.raises(InputError, match=rf"\d s of audio, over this server's {MAX_SECONDS_VARIABLE}=1.5"):
+        model.predict({"audio": str(tracking["wav"])})
 
 
 def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):
@@ -164,6 +232,10 @@ def test_cli_errors_are_one_line(tracking, tmp_path, capsys):
     assert "no version of whisper-int8-serve holds @nope: 1 registered, 0 refused by the gate" in err
     assert cli.main(["pull", "--model", "nosuch", "--dest", str(tmp_path / "x")]) == 2
     assert "no model nosuch is registered there; the promote stage" in capsys.readouterr().err
+    assert cli.main(["transcribe", "--model", f"models:/{NAME}@nope", str(tracking["wav"])]) == 2
+    assert (
+        "cannot be loaded" in (err := capsys.readouterr().err) and f"no version of {NAME} holds @nope" in err
+    )
     with pytest.MonkeyPatch.context() as patch:  # the alias exists, the artifact store fails
         denied = mlflow.exceptions.MlflowException("403 != 200")
         patch.setattr(mlflow.artifacts, "download_artifacts", lambda **_: (_ for _ in ()).throw(denied))
@@ -381,6 +453,16 @@ def test_mlflow_models_serve_round_trip(tracking, tmp_path):
         by_path = _post(url, {"dataframe_records": [{"audio": str(tracking["wav"])}]})
         assert by_array == {"predictions": [tracking["expected"]]}
         assert by_path == {"predictions": [tracking["expected"]]}
+        # a request it cannot take: 400 with the reason, not "an unexpected error" and a stack trace
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _post(url, {"dataframe_records": [{"audio": "/nonexistent.wav"}]})
+        body = json.loads(refused.value.read())
+        assert refused.value.code == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", body
+        assert body["message"].endswith("Error: audio file not found: /nonexistent.wav"), body
+        # another rate, given with the samples, in a batch beside a record without one
+        halved = np.round(load_audio(tracking["wav"])[::2], 5).tolist()  # every other sample: 8 kHz
+        records = [{"audio": halved, "sample_rate": 8000}, {"audio": str(tracking["wav"])}]
+        assert len(_post(url, {"dataframe_records": records})["predictions"]) == 2
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -417,5 +499,5 @@ def test_a_list_of_numpy_samples_is_one_clip():
     from whisper_int8.pyfunc_model import as_requests
 
     samples = list(np.full(1600, 0.1, dtype=np.float32))  # numpy scalars, not Python floats
-    ((audio, language),) = as_requests(samples)
-    assert language is None and len(audio) == 1600
+    ((audio, language, rate),) = as_requests(samples)
+    assert language is None and rate is None and len(audio) == 1600

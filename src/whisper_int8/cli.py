@@ -128,13 +128,14 @@ def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callabl
         model = WhisperPyfunc(**decode)
         model.load(model_dir)
         return lambda inputs: model.predict(None, inputs)
-    from .registry import logged_code_differs
+    from .registry import logged_code_differs, why_not
 
     try:
         local = Path(spec) if Path(spec).is_dir() else Path(mlflow.artifacts.download_artifacts(spec))
         loaded = mlflow.pyfunc.load_model(str(local))
     except MlflowException as e:
-        raise RegistryError(f"--model {spec}: cannot be loaded ({e.message})") from None
+        hint = f"; {why_not(spec)}" if spec.startswith("models:/") else ""
+        raise RegistryError(f"--model {spec}: cannot be loaded ({e.message}){hint}") from None
     if logged_code_differs(local):
         log.warning(
             "%s was logged with other whisper_int8 code than this install's, and runs this install's "

@@ -55,10 +55,13 @@ class ClipResult:
     fallback_temperature: float  # 0.0 unless a window needed transcribe_clip's temperature fallback
 
 
-def decode_options(section: dict[str, Any], where: str = "params.yaml") -> dict[str, Any]:
-    """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with)."""
+def decode_options(
+    section: dict[str, Any], where: str = "params.yaml", prefix: str = "evaluate."
+) -> dict[str, Any]:
+    """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with,
+    its ``model_config``: no ``prefix``)."""
     return {
-        key: null_or_count(section.get(key), f"evaluate.{key}", meaning, where)
+        key: null_or_count(section.get(key), f"{prefix}{key}", meaning, where)
         for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
     }
 

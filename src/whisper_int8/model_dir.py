@@ -15,7 +15,7 @@ from .languages import model_languages
 from .mapped_pages import drop_table_pages_after_lookups, unmap_resident_pages
 from .model_sources import ModelSourceError, load_checkpoint
 from .params import ParamError
-from .quant.config import resolve_backend
+from .quant.config import DEFAULTS, parse_quant_config, resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
 from .stage_files import CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
@@ -115,10 +115,15 @@ def _load(root: Path, device: str) -> Whisper:
                 f"{weights}: not the weights {QUANT_CONFIG} was written with (sha256 differs: damaged, "
                 f"or from another conversion); rerun {CONVERT_STAGE}"
             )
-        try:
-            backend = resolve_backend(qcfg["config"]["backend"], device)
+        try:  # the values this load acts on, as convert checked them (keys of other versions: left be)
+            settings = qcfg["config"]
+            parse_quant_config({k: settings[k] for k in DEFAULTS if k in settings}, str(root / QUANT_CONFIG))
+            backend_name = settings["backend"]
         except (KeyError, TypeError) as e:
             raise _not_describing(root, weights, e) from None
+        except ParamError as e:
+            raise ModelSourceError(f"{e}; rerun {CONVERT_STAGE}") from None
+        backend = resolve_backend(backend_name, device)  # a ParamError: not on this device
         state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
         try:
             model = build_int8(qcfg, state, pack=backend != "torchao")

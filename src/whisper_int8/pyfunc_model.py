@@ -6,15 +6,19 @@ artifact (the INT8 state dict and its JSON configs) that :func:`whisper_int8.mod
 reads in ``load_context``, so loading a registered version unpickles nothing but plain tensors.
 
 The logged model's signature (:data:`SIGNATURE`) is records: ``audio`` (a path to an audio file that
-ffmpeg decodes, or 16 kHz mono samples as a list/array of floats) and an optional ``language``; the
+ffmpeg decodes, or mono samples as a list/array of floats in [-1, 1]), an optional ``language`` and an
+optional ``sample_rate`` of those samples (16000 when left out; others are resampled by ffmpeg); the
 output is one transcript string per record. So a loaded model (``mlflow.pyfunc.load_model``) and
 ``mlflow models serve`` take a dict ``{"audio": ..., "language": "en"}``, a list of them, or a DataFrame
 with those columns. ``WhisperPyfunc.predict`` itself, called directly, also takes a bare path or array.
-A missing or empty language means auto-detect.
+A missing or empty language means auto-detect. A request the model cannot take (a missing file,
+integer PCM, NaN samples, an unknown language) is an :class:`InputError`: ``mlflow models serve``
+answers it with HTTP 400 and its one-line message, where any other exception is a generic one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,30 +26,99 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import DataType
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 MODEL_DIR_ARTIFACT = "model_dir"
 DEVICE_VARIABLE = "WHISPER_INT8_DEVICE"  # cpu (default), auto, cuda or cuda:N where the model is served
+# Where the model is served: requests with longer audio are refused (unset: no limit). A REST client
+# times out (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60 s) while the worker goes on transcribing.
+MAX_SECONDS_VARIABLE = "WHISPER_INT8_MAX_AUDIO_SECONDS"
+SAMPLE_RATE = 16000
+# Float samples are in [-1, 1]; beyond this peak they are integer PCM (int16: up to 32767), which
+# Whisper reads as confident nonsense. Above 1 a little: resampling and gain overshoot.
+MAX_PEAK = 2.0
 # Explicit: MLflow infers none from the predict type hints, and registries such as Unity Catalog refuse a
 # model without one. ``audio`` is Any because a path (string) and samples (float list) both serve.
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec(AnyType(), "audio"), ColSpec(DataType.string, "language", required=False)]),
+    inputs=Schema(
+        [
+            ColSpec(AnyType(), "audio"),
+            ColSpec(DataType.string, "language", required=False),
+            # Any: MLflow refuses a long column holding the NaN of records without it, and an integer
+            # in a double column; :func:`check_audio` checks it
+            ColSpec(AnyType(), "sample_rate", required=False),
+        ]
+    ),
     outputs=Schema([ColSpec(DataType.string)]),
 )
 
 
-def check_audio(audio: Any) -> str | np.ndarray:
-    """A path (decoded later by ffmpeg at 16 kHz) or an array / list taken as 16 kHz mono samples."""
+class InputError(MlflowException, ValueError):
+    """A request the model cannot take. MLflow's scoring server answers an MlflowException with its
+    message and error code (HTTP 400 here) and any other exception with a generic "unexpected error";
+    a ValueError too, so the CLI reports it as one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _missing(value: Any) -> bool:
+    """None, or the NaN pandas puts in a column where a record lacks the field."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _rate(value: Any) -> int | None:
+    if _missing(value):
+        return None
+    value = value.item() if isinstance(value, np.generic) else value  # a DataFrame cell: numpy's
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1 or value % 1:
+        raise ValueError(f"sample_rate={value!r} must be the samples' rate in Hz, an integer such as 8000")
+    return int(value)
+
+
+def check_audio(audio: Any, sample_rate: Any = None) -> np.ndarray:
+    """One request's audio as 16 kHz mono float32: a path decoded by ffmpeg, or float samples in
+    [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg."""
+    from whisper_int8.audio.wavio import load_audio, resample
+
+    rate = _rate(sample_rate)
+    if _missing(audio):
+        raise ValueError("the 'audio' field is missing (null): give a file path or a list of samples")
     if isinstance(audio, str | Path):
+        if rate is not None:
+            raise ValueError(f"sample_rate is for a list of samples; {audio} is a file, which gives its own")
         if not Path(audio).is_file():
             raise FileNotFoundError(f"audio file not found: {audio}")
-        return str(audio)
-    array = np.asarray(audio, dtype=np.float32)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"audio array must be 1-D 16 kHz mono samples, got shape {array.shape}")
-    return array
+        samples, name = load_audio(audio), str(audio)
+    else:
+        try:
+            samples, name = np.asarray(audio, dtype=np.float32), "audio samples"
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"audio must be a file path or a list of numbers, got {type(audio).__name__}"
+            ) from None
+        if samples.ndim != 1:
+            raise ValueError(f"audio array must be 1-D mono samples, got shape {samples.shape}")
+        bad = int(samples.size - np.isfinite(samples).sum())
+        if bad:
+            raise ValueError(
+                f"audio samples must be finite numbers; {bad} of {samples.size} are NaN or infinite"
+            )
+        peak = float(np.abs(samples).max()) if samples.size else 0.0
+        if peak > MAX_PEAK:
+            raise ValueError(
+                f"audio samples must be floats in [-1, 1]; their peak is {peak:g}, as in integer PCM: "
+                "divide 16-bit samples by 32768"
+            )
+        if samples.size and rate not in (None, SAMPLE_RATE):
+            samples = resample(samples, rate, name).astype(np.float32) / 32768.0
+    if samples.size == 0:
+        raise ValueError(f"{name}: holds no audio (0 samples)")
+    return samples
 
 
 def _is_sample(value: Any) -> bool:
@@ -53,16 +126,24 @@ def _is_sample(value: Any) -> bool:
     return isinstance(value, int | float | np.number)
 
 
-def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
-    """Normalize every accepted input form to ``[(audio, language or None), ...]``."""
+def _first(frame: pd.DataFrame, column: str) -> Any:
+    values = frame[column].dropna().unique() if column in frame else []
+    return values[0] if len(values) else None
+
+
+def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
+    """Normalize every accepted input form to ``[(audio, language or None, sample_rate or None), ...]``."""
     if isinstance(model_input, pd.DataFrame):
         if "audio" not in model_input.columns:
             raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
         audio = model_input["audio"]
         if len(audio) and all(map(_is_sample, audio)):
             # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip
-            langs = model_input["language"].dropna().unique() if "language" in model_input else []
-            model_input = {"audio": audio.to_numpy(np.float32), "language": langs[0] if len(langs) else None}
+            model_input = {
+                "audio": audio.to_numpy(np.float32),
+                "language": _first(model_input, "language"),
+                "sample_rate": _first(model_input, "sample_rate"),
+            }
         else:
             model_input = model_input.to_dict(orient="records")
     single_array = isinstance(model_input, list) and model_input and _is_sample(model_input[0])
@@ -74,10 +155,28 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None]]:
             if "audio" not in item:
                 raise ValueError(f"each input record needs an 'audio' field, got {sorted(item)}")
             lang = item.get("language")
-            requests.append((item["audio"], lang if isinstance(lang, str) and lang else None))
+            requests.append(
+                (item["audio"], lang if isinstance(lang, str) and lang else None, item.get("sample_rate"))
+            )
         else:
-            requests.append((item, None))
+            requests.append((item, None, None))
     return requests
+
+
+def max_audio_seconds() -> float | None:
+    """:data:`MAX_SECONDS_VARIABLE` as a number of seconds, None when unset or empty."""
+    from whisper_int8.params import ParamError
+
+    value = os.environ.get(MAX_SECONDS_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ParamError(f"{MAX_SECONDS_VARIABLE}={value!r} must be a number of seconds > 0, or unset")
+    return seconds
 
 
 class WhisperPyfunc(mlflow.pyfunc.PythonModel):
@@ -87,16 +186,38 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         self.decode = {"beam_size": beam_size, "max_tokens": max_tokens}
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from whisper_int8.evaluate import decode_options
+
+        # the logged options, or what `load_model(..., model_config=...)` or the serving host's
+        # MLFLOW_PYFUNC_INFERENCE_CONFIG override (MLflow drops unknown keys with a warning): checked
+        # now, not as a TypeError at the first request
         config = context.model_config or {}
-        self.decode = {k: config.get(k, v) for k, v in self.decode.items()}
+        self.decode = decode_options({**self.decode, **config}, "the model's model_config", prefix="")
         self.load(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
 
     def load(self, model_dir: Path) -> None:
         from whisper_int8.model_dir import load_model_dir, resolve_device
 
-        # the serving host's choice, not the model's: CPU unless the fleet asks for its GPU
+        # the serving host's choices, not the model's: CPU unless the fleet asks for its GPU
         device = resolve_device(os.environ.get(DEVICE_VARIABLE, "cpu"), DEVICE_VARIABLE)
+        self.max_seconds = max_audio_seconds()
         self.model = load_model_dir(model_dir, device=device)
+
+    def _checked(self, index: int, count: int, audio: Any, language: str | None, rate: Any) -> np.ndarray:
+        """The request's samples, or an :class:`InputError` naming the record in a batch."""
+        from whisper_int8.languages import check_language
+
+        try:
+            check_language(self.model, language)
+            samples = check_audio(audio, rate)
+            if self.max_seconds is not None and len(samples) > self.max_seconds * SAMPLE_RATE:
+                raise ValueError(
+                    f"{len(samples) / SAMPLE_RATE:.0f} s of audio, over this server's "
+                    f"{MAX_SECONDS_VARIABLE}={self.max_seconds:g}; send shorter clips"
+                )
+        except (ValueError, FileNotFoundError) as e:
+            raise InputError(f"record {index} of {count}: {e}" if count > 1 else str(e)) from None
+        return samples
 
     # Annotated as DataFrame (what serving passes); the schema is SIGNATURE, and direct callers may pass
     # any form listed in the module docstring.
@@ -105,7 +226,13 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
     ) -> list[str]:
         from whisper_int8.transcribe import transcribe_clip
 
+        try:
+            requests = as_requests(model_input)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         return [
-            transcribe_clip(self.model, check_audio(audio), language, **self.decode)["text"]
-            for audio, language in as_requests(model_input)
+            transcribe_clip(self.model, self._checked(i, len(requests), *request), request[1], **self.decode)[
+                "text"
+            ]
+            for i, request in enumerate(requests, 1)
         ]

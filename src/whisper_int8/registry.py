@@ -113,7 +113,7 @@ def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     return info.model_uri
 
 
-def _why_not(uri: str) -> str:
+def why_not(uri: str) -> str:
     """What the registry holds instead of ``models:/<name>@<alias>``: after a `make repro` whose gate
     refused the model, the alias is missing although a version is registered."""
     found = re.fullmatch(r"models:/([^/@]+)@(.+)", uri)
@@ -281,7 +281,7 @@ def pull(uri: str, dest: Path) -> Path:
             replace_dir(got, dest)
     except MlflowException as e:
         raise RegistryError(
-            f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); {_why_not(uri)}"
+            f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); {why_not(uri)}"
         ) from None
     except OSError as e:
         raise TrackingError(f"{uri}: download from {mlflow.get_tracking_uri()} failed: {e}") from None

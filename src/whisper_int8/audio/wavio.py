@@ -78,12 +78,17 @@ def decode_bytes(data: bytes, name: str) -> np.ndarray:
     return check_pcm(_run_ffmpeg(["-i", "pipe:0"], name, stdin=data), name)
 
 
-def convert_array(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
-    """Resample a float waveform in [-1, 1] (mono, or shape (n, channels)) to 16 kHz mono int16."""
+def resample(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
+    """A float waveform in [-1, 1] (mono, or shape (n, channels)) as 16 kHz mono int16."""
     samples = np.asarray(samples, dtype="<f4")
     channels = 1 if samples.ndim == 1 else samples.shape[1]
     args = ["-f", "f32le", "-ar", str(int(sample_rate)), "-ac", str(channels), "-i", "pipe:0"]
-    return check_pcm(_run_ffmpeg(args, name, stdin=samples.tobytes()), name)
+    return _run_ffmpeg(args, name, stdin=samples.tobytes())
+
+
+def convert_array(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
+    """:func:`resample`, refusing an empty or silent result."""
+    return check_pcm(resample(samples, sample_rate, name), name)
 
 
 def check_pcm(pcm: np.ndarray, name: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from whisper_int8.params import load_params, positive_int, section
 def main(args: argparse.Namespace) -> None:
     decode = decode_options(section(load_params(args.params), "evaluate", args.params), args.params)
     split_clips(args.split)  # a missing or empty split stops here, not after the model is loaded
-    require_out_file(args.json, "--json")
+    require_out_file(args.json, "--out")
     checkpoint = Path(args.model)
     if checkpoint.is_dir():  # models/fp32 for models/fp32/model.pt
         checkpoint = require_model_dir(checkpoint, "--model", "fp32") / "model.pt"
@@ -53,6 +53,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--model", default="models/fp32/model.pt", help="openai-whisper checkpoint (or its folder)"
     )
-    parser.add_argument("--per-lang", type=positive_int, default=None, help="at most N clips per language")
-    parser.add_argument("--json", default=None, help="also write the metrics and per-clip results here")
+    # the names the other benchmarks use; --per-lang and --json as before
+    parser.add_argument(
+        "--per-language", "--per-lang", dest="per_lang", type=positive_int, default=None,
+        help="at most N clips per language",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", "--json", dest="json", default=None, help="also write the metrics and per-clip results here"
+    )
     run(main, parser)

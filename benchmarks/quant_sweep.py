@@ -30,6 +30,7 @@ from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert_dir import convert_dir
+from whisper_int8.scoring import check_references
 from whisper_int8.stage_files import read_json
 
 COVERAGE = "coverage.json"  # written by whisper_int8.calibrate.calibrate
@@ -77,7 +78,9 @@ def held_out_split(split: Path, coverage: dict[str, dict], dest: Path) -> int:
                 f"{seconds} s ({COVERAGE}); {redo}"
             )
     skip = {c.id for lang, have in by_lang.items() for c in have[: coverage[lang]["clips"]]}
-    rows = [c.to_json() for c in clips if c.id not in skip]
+    held = [c for c in clips if c.id not in skip]
+    check_references(held, split)  # before the conversions, not at the first score
+    rows = [c.to_json() for c in held]
     if not rows:
         raise AudioInputError(
             f"{split}: calibrate read every clip ({COVERAGE}), none is held out; set "
@@ -145,9 +148,12 @@ if __name__ == "__main__":
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage example's layout
     parser.add_argument("--key", required=True, help="a params.yaml quant key, e.g. smoothquant_alpha")
     parser.add_argument("--values", nargs="+", required=True, help="YAML values to try, e.g. null 0.5 0.8")
-    parser.add_argument("--split", default="data/calibration", type=Path)
-    parser.add_argument("--fp32", default="models/fp32")
-    parser.add_argument("--fused", default="models/fused")
-    parser.add_argument("--calibration", default="models/calibration")
+    for option, default, what in (
+        ("--split", "data/calibration", "the split calibrate read; its later clips are the held-out set"),
+        ("--fp32", "models/fp32", "FP32 model directory"),
+        ("--fused", "models/fused", "fused model directory"),
+        ("--calibration", "models/calibration", "calibration directory"),
+    ):
+        parser.add_argument(option, default=default, help=f"{what} (default: {default})")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     run(main, parser)

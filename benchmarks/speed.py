@@ -154,7 +154,7 @@ def _torch_runner(kind: str, path: str, threads: int) -> tuple[Run, int]:
 
 def worker(kind: str, path: str, threads: int) -> None:
     """Serve transcription requests (JSON lines on stdin) for one model variant."""
-    from whisper_int8.audio.wavio import read_wav  # numpy and the stdlib: no torch for faster-whisper
+    from whisper_int8.audio.wavio import load_audio  # numpy, the stdlib, ffmpeg: no torch for faster-whisper
 
     out = sys.stdout
     sys.stdout = sys.stderr  # keep library prints off the protocol channel
@@ -188,7 +188,7 @@ def worker(kind: str, path: str, threads: int) -> None:
             out.write(json.dumps(stats) + "\n")
             out.flush()
             continue
-        audio = read_wav(req["audio"])
+        audio = load_audio(req["audio"])  # as the evaluate stage reads it: any rate, channels, format
         if not warmed:  # first call pays one-off costs (allocations, fbgemm packing): untimed
             run(audio, req["language"])
             memory.reset_peak_rss()
@@ -332,13 +332,18 @@ def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="data/eval", help="evaluation split (manifest.jsonl)")
-    p.add_argument("--fp32", default="models/fp32")
-    p.add_argument("--fused", default="models/fused")
-    p.add_argument("--calibration", default="models/calibration")
+    p.add_argument("--fp32", default="models/fp32", help="FP32 model directory (default: models/fp32)")
+    p.add_argument("--fused", default="models/fused", help="fused model directory, converted for each scheme")
+    p.add_argument(
+        "--calibration", default="models/calibration", help="calibration directory the schemes use"
+    )
     p.add_argument("--params", default="params.yaml", help="quant settings for every INT8 variant")
-    p.add_argument("--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES)
-    p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument(
+        "--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES,
+        help=f"INT8 schemes to convert and time, each once (default: {' '.join(SCHEMES)}; none: FP32 only)",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=positive_int, default=5, help="passes over the clips (default: 5)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads per worker (default: 2)")
     p.add_argument(
         "--per-language", type=positive_int, default=None, help="first N clips of each language only"
     )
@@ -348,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         choices=sorted(HEAPS),
         help="also run stock FP32 and the first scheme with this heap (repeatable): "
-        + "; ".join(f"{k}: {v}" for k, v in HEAPS.items()),
+        + "; ".join(
+            f"{k}: {' '.join(f'{var}={val}' for var, val in env.items())}" for k, env in HEAPS.items()
+        ),
     )
     p.add_argument(
         "--isa",
@@ -368,6 +375,7 @@ def main(args: argparse.Namespace) -> None:
         worker(*args.worker, args.threads)
         return
     # every input checked before the first conversion or worker: a bad one stops in one line
+    args.schemes = list(dict.fromkeys(args.schemes))  # one row each: a repeated one merged two workers
     if args.heap and not args.schemes:
         raise ParamError("--heap runs the first of --schemes once more: give at least one scheme")
     # one row per heap (rows are keyed by name); a missing allocator fails now, not after the conversions
@@ -378,7 +386,11 @@ def main(args: argparse.Namespace) -> None:
         require_model_dir(args.fused, "--fused", "fused")
     require_out_file(args.out, "--out")
     clips = split_clips(args.split, args.per_language)
+    from whisper_int8.audio.wavio import load_audio
     from whisper_int8.scoring import score
+
+    for clip in clips:  # an undecodable clip stops here in one line, not in a worker after the conversions
+        load_audio(clip.audio)
 
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, cfgs, Path(tmp))
@@ -419,7 +431,7 @@ def main(args: argparse.Namespace) -> None:
             "bytes": size,
             "peak_rss": mem[name]["peak_rss"],
             "model_rss": mem[name]["peak_rss"] - mem[name]["imported_rss"],
-            "activation_bits": mem[name]["activation_bits"],
+            "activation_bits": mem[name]["activation_bits"] if name.startswith("int8") else None,
             "isa": mem[name]["isa"],
             "error_rate": per_lang,
         }

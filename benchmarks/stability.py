@@ -347,8 +347,8 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
             if kind == "noise-weights":
                 out += [
                     Variant(f"{kind} x{scale:g} seed {seed}{on}", kind, seed=seed, scale=scale, layers=layers)
-                    for scale in dict.fromkeys(args.noise_scale)  # a repeated value would repeat a name
-                    for seed in dict.fromkeys(args.seeds)
+                    for scale in dict.fromkeys(args.noise_scale or [1.0])  # a repeat would repeat a name
+                    for seed in dict.fromkeys(args.seeds or [0])
                 ]
             else:
                 out.append(Variant(kind + on, kind, layers=layers))
@@ -370,6 +370,10 @@ def check_inputs(args: argparse.Namespace) -> list[Variant]:
         raise ParamError("nothing to compare: give --perturb KIND or --model DIR")
     if args.layers and not args.perturb:
         raise ParamError("--layers selects what --perturb perturbs: give --perturb KIND too")
+    if (args.seeds or args.noise_scale) and "noise-weights" not in args.perturb:
+        raise ParamError(
+            "--seeds and --noise-scale shape the noise-weights perturbation: add it to --perturb"
+        )
     require_model_dir(args.fused, "--fused", "fused")  # perturb() finds its Linear layers fused
     for model_dir in args.model:
         require_model_dir(model_dir, "--model")
@@ -409,6 +413,28 @@ def main(args: argparse.Namespace) -> None:
         )
 
 
+def seed(text: str) -> int:
+    """argparse type: a seed torch.Generator takes (0 to 2**63 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from 0 to 2**63 - 1")
+    return value
+
+
+def noise_scale(text: str) -> float:
+    """argparse type: a finite multiple > 0 (nan gave a model of NaN weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser(__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the usage example's layout
@@ -418,13 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--perturb", nargs="*", default=list(PERTURBATIONS), choices=PERTURBATIONS, help="default: all"
     )
     parser.add_argument(
-        "--seeds", nargs="+", default=[0], type=int, help="noise-weights: one variant per seed (default: 0)"
+        "--seeds", nargs="+", type=seed, help="noise-weights: one variant per seed (default: 0)"
     )
     parser.add_argument(
         "--noise-scale",
         nargs="+",
-        default=[1.0],
-        type=float,
+        type=noise_scale,
         help="noise-weights: multiples of int8 rounding's RMS, one variant set each (default: 1)",
     )
     parser.add_argument(

@@ -18,7 +18,8 @@ from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_
 from whisper_int8.model_dir import resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
-from whisper_int8.scoring import normalize
+from whisper_int8.quant.convert import QUANT_CONFIG
+from whisper_int8.scoring import check_references
 from whisper_int8.stage_files import read_json
 
 log = logging.getLogger("evaluate")
@@ -76,6 +77,16 @@ def evaluate_variant(opt: dict, variant: str) -> dict:
         raise FileNotFoundError(
             f"{model_dir}: model directory for {variant} not found; run `dvc repro` first"
         )
+    # the candidate is what promote registers as the INT8 model, the baseline what it is measured against
+    int8 = (model_dir / QUANT_CONFIG).is_file()
+    if int8 != (variant == CANDIDATE):
+        found = "an INT8 model directory" if int8 else f"not an INT8 model directory (no {QUANT_CONFIG})"
+        wanted = (
+            "the convert stage's output (models/int8)"
+            if variant == CANDIDATE
+            else "an FP32 one (models/fp32)"
+        )
+        raise ParamError(f"evaluate.models.{variant}: {model_dir} is {found}; give {wanted}")
     log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
     return evaluate_in_subprocess(
         model_dir, opt["split"], opt["decode"], opt["device"], opt["warmup"], opt["max_clips_per_language"]
@@ -124,13 +135,7 @@ def main(args) -> None:
     clips = first_per_language(read_manifest(opt["split"]), opt["max_clips_per_language"])
     if not clips:
         raise AudioInputError(f"{opt['split']}: the evaluation manifest lists no clips; run fetch_audio")
-    # before any transcription: scoring refuses such a reference, minutes of FP32 work later
-    for clip in clips:
-        if not normalize(clip.text, clip.language):
-            raise AudioInputError(
-                f"{opt['split']}: clip {clip.id}: its transcript {clip.text!r} is empty once normalized for "
-                "scoring (bracketed or punctuation-only text); fix or drop it in the source"
-            )
+    check_references(clips, opt["split"])
     config = settings(opt, clips, int8=not args.baseline_only)
     if args.baseline_only:
         result = evaluate_variant(opt, BASELINE)

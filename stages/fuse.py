@@ -3,12 +3,13 @@
 from pathlib import Path
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.fsutil import atomic_dir
+from whisper_int8.fsutil import atomic_dir, check_dir_output
 from whisper_int8.fuse import fuse_model, save_fused_dir
 from whisper_int8.model_sources import load_checkpoint
 
 
 def main(args) -> None:
+    check_dir_output(args.out)  # before the work, not after it
     loaded = load_checkpoint(Path(args.model) / "model.pt")
     counts = fuse_model(loaded.model)
     with atomic_dir(args.out) as tmp:
@@ -16,7 +17,7 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    parser = stage_parser(__doc__)
+    parser = stage_parser(__doc__, params=False)  # fuse has no settings
     parser.add_argument("--model", default="models/fp32", help="FP32 model directory (default: models/fp32)")
     parser.add_argument("--out", default="models/fused", help="output directory (default: models/fused)")
     run(main, parser)

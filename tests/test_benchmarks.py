@@ -121,6 +121,18 @@ def test_held_out_split_refuses_when_calibrate_used_every_clip(tmp_path):
         sweep.held_out_split(calib, coverage({"en": 2, "de": 1}), tmp_path)
 
 
+def test_held_out_split_refuses_a_reference_scoring_cannot_use_before_any_conversion(tmp_path):
+    """Regression: a held-out transcript of punctuation only failed the scoring after every conversion."""
+    sweep = bench("quant_sweep")
+    calib = manifest(tmp_path / "calibration", ["en-0", "en-1"])
+    rows = (calib / "manifest.jsonl").read_text().replace('"text": "en-1"', '"text": "[...]"')
+    (calib / "manifest.jsonl").write_text(rows)
+    with pytest.raises(
+        AudioInputError, match=r"clip en-1: its transcript '\[...\]' is empty once normalized"
+    ):
+        sweep.held_out_split(calib, coverage({"en": 1}), tmp_path)
+
+
 def test_held_out_clips_follow_what_calibrate_read_not_what_params_say_now(tmp_path):
     """coverage.json records the clips per language calibrate read: the held-out clips start after
     those, whatever calibrate.max_clips_per_language says now (null here: all, none held out)."""
@@ -369,6 +381,18 @@ def speed_inputs(tmp_path: Path) -> dict[str, str]:
     return {"--params": "p.yaml", "--fp32": "fp32", "--fused": "fused", "--split": "split"}
 
 
+def test_speed_reads_every_clip_and_reference_before_any_conversion(tmp_path, speed_inputs):
+    """Regression: a reference that normalizes to nothing failed the scoring after every variant ran;
+    a clip the workers could not read (44.1 kHz stereo) was two tracebacks after the conversions."""
+    args = [a for kv in speed_inputs.items() for a in kv]
+    run = script("speed", *args, "--schemes", cwd=tmp_path)  # the split's audio files are empty
+    assert_user_error(run, "en-0.wav: unreadable or corrupt audio")
+    rows = (tmp_path / "split" / "manifest.jsonl").read_text().replace('"text": "en-0"', '"text": "..."')
+    (tmp_path / "split" / "manifest.jsonl").write_text(rows)
+    run = script("speed", *args, "--schemes", cwd=tmp_path)
+    assert_user_error(run, "--split split: clip en-0: its transcript '...' is empty once normalized")
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
@@ -461,8 +485,8 @@ def test_profile_stops_on_bad_input_in_one_line(tmp_path, args, message):
 
 
 def test_fp32_baseline_refuses_per_lang_below_one_when_parsing(tmp_path):
-    run = script("fp32_baseline", "--per-lang", "0", cwd=tmp_path)
-    assert_user_error(run, "argument --per-lang: '0': expected an integer >= 1")
+    run = script("fp32_baseline", "--per-language", "0", cwd=tmp_path)
+    assert_user_error(run, "argument --per-language/--per-lang: '0': expected an integer >= 1")
 
 
 def tiny_fused():
@@ -810,6 +834,13 @@ def test_layer_names_come_from_the_fused_skeleton_as_the_loaded_model_has_them(t
         (["--perturb", "int8-weights", "--model", "nosuch"], "--model nosuch: no such directory"),
         (["--fused", "nosuch"], "--fused nosuch: no such directory"),
         (["--perturb", "int8-weights", "--out", "."], "--out .: is a folder, not a file"),
+        # Regression: ignored, and nan gave a model of NaN weights, 2**64 a traceback after the reference
+        (["--perturb", "int8-weights", "--seeds", "1"], "--seeds and --noise-scale shape the noise-weights"),
+        (
+            ["--perturb", "noise-weights", "--noise-scale", "nan"],
+            "--noise-scale: 'nan': expected a number > 0",
+        ),
+        (["--perturb", "noise-weights", "--seeds", str(2**64)], "expected an integer from 0 to 2**63 - 1"),
     ],
 )
 def test_stability_stops_on_bad_input_before_transcribing_the_reference(tmp_path, args, message):

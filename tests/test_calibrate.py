@@ -253,3 +253,14 @@ def test_stage_exits_2_with_one_line(tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "quant.scheme" in proc.stderr
+
+
+def test_fuse_stage_checks_its_output_before_the_work_and_takes_no_params(tmp_path):
+    """Regression: fuse/convert/calibrate/fetch_model found an unwritable --out after the work (a
+    traceback); fuse accepted --params and ignored it."""
+    fuse = [sys.executable, str(REPO / "stages" / "fuse.py")]
+    args = ["--model", "nosuch", "--out", "/proc/fused"]
+    proc = subprocess.run([*fuse, *args], capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: /proc: cannot write there"), proc.stderr
+    proc = subprocess.run([*fuse, "--params", "p.yaml"], capture_output=True, text=True, env=venv_env())
+    assert proc.returncode == 2 and "unrecognized arguments: --params p.yaml" in proc.stderr

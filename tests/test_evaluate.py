@@ -370,3 +370,18 @@ def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, 
     monkeypatch.setattr(stage, "host_summary", lambda with_activation_bits: "another CPU")
     with pytest.raises(ParamError, match=r"made with other settings \(host\)"):
         stage.read_baseline(path, stage.settings(opt, []), Path("m"))
+
+
+def test_the_candidate_must_be_int8_and_the_baseline_not(tmp_path):
+    """Regression: evaluate.models.int8: models/fused was evaluated, and would be registered, as INT8."""
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    for folder, name in ((fp32, "model.pt"), (int8, "quant_config.json")):
+        folder.mkdir()
+        (folder / name).write_text("not read")
+    opt = {"models": {"fp32": int8, "int8": fp32}}
+    with pytest.raises(ParamError, match=r"evaluate.models.int8: .*fp32 is not an INT8 model directory"):
+        _stage_module().evaluate_variant(opt, "int8")
+    with pytest.raises(
+        ParamError, match=r"evaluate.models.fp32: .*int8 is an INT8 model directory; give an FP32"
+    ):
+        _stage_module().evaluate_variant(opt, "fp32")

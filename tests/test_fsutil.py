@@ -87,3 +87,14 @@ def test_a_stage_killed_with_sigterm_leaves_no_temp_output(tmp_path):
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (tmp_path / "out" / "half.bin").read_bytes() == b"earlier"
+
+
+def test_an_output_where_nothing_can_be_written_is_refused_before_the_work():
+    """Regression: the free-space-and-folder checks passed /sys/p.json (root may write anywhere by
+    its permission bits), and the write failed with a traceback after the run."""
+    from whisper_int8.fsutil import check_dir_output, check_file_output
+
+    with pytest.raises(OutputConflictError, match=r"^/proc: cannot write there \(.*\); give another path"):
+        check_file_output("/proc/p.json")
+    with pytest.raises(OutputConflictError, match=r"^/proc: cannot write there"):
+        check_dir_output("/proc/no/such/out")

@@ -170,16 +170,30 @@ def test_calibration_of_another_model_is_refused():
 
 
 def test_convert_dir_checks_the_fp32_path_before_converting(tmp_path):
+    from whisper_int8.model_sources import ModelSourceError
     from whisper_int8.quant.convert_dir import convert_dir
 
-    with pytest.raises(FileNotFoundError, match="fp32-typo: no FP32 model directory"):
+    def convert(fused: str, fp32: str) -> None:
         convert_dir(
-            tmp_path / "fused",
-            tmp_path / "cal",
-            tmp_path / "fp32-typo",
-            tmp_path / "int8",
-            parse_quant_config({}),
+            tmp_path / fused, tmp_path / "cal", tmp_path / fp32, tmp_path / "int8", parse_quant_config({})
         )
+
+    with pytest.raises(FileNotFoundError, match="fp32-typo: not the FP32 model directory"):
+        convert("fused", "fp32-typo")
+    # Regression: any non-empty folder passed (an INT8 one gave "100 % of FP32" in the model card)
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "quant_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="fp32: not the FP32 model directory .no model.pt"):
+        convert("fused", "fp32")
+    (tmp_path / "fp32" / "model.pt").write_bytes(b"only its size is read")
+    from .test_calibrate import _calibration_dir
+
+    _calibration_dir(tmp_path / "cal")
+    # Regression: a wrong --model was "[Errno 2] No such file or directory: '/nope/fused.pt'"
+    with pytest.raises(ModelSourceError, match="nope: model directory not found; give the fuse stage's"):
+        convert("nope", "fp32")
+    with pytest.raises(ModelSourceError, match=r"fp32: not a fused model directory \(an INT8 model\)"):
+        convert("fp32", "fp32")
     assert not (tmp_path / "int8").exists()
 
 

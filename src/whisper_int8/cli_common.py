@@ -31,9 +31,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
+def stage_parser(description: str, params: bool = True) -> argparse.ArgumentParser:
+    """The options every stage and benchmark shares; ``params``: it reads a parameter file."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    if params:
+        parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 

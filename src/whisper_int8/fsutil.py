@@ -146,9 +146,18 @@ def check_apart(*paths: Path | str) -> None:
 
 
 def _check_parents(path: Path) -> None:
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
+    """The nearest existing folder above ``path`` takes files: a write there is tried, since a
+    permission bit does not tell (root, a read-only or special file system)."""
+    parent = next((p for p in path.parents if p.exists()), Path.cwd())
+    if not parent.is_dir():
         raise OutputConflictError(f"{parent}: exists and is not a directory; cannot write {path}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise OutputConflictError(
+            f"{parent}: cannot write there ({e.strerror}); give another path for {path}"
+        ) from None
 
 
 def replace_dir(src: Path, dest: Path) -> None:

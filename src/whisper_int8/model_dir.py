@@ -76,14 +76,23 @@ def load_fused_dir(path: Path | str) -> Whisper:
     none (or only its float leftovers), which would surface as a bare QuantError or as calibration
     statistics "from another model".
     """
+    return load_model_dir(check_fused_dir(path))
+
+
+def check_fused_dir(path: Path | str) -> Path:
+    """``path`` if it holds the fuse stage's output (by its files; nothing is loaded)."""
     root = Path(path)
-    if root.is_dir() and not (root / FUSED_WEIGHTS).is_file():
+    if not root.is_dir():
+        raise ModelSourceError(
+            f"{root}: model directory not found; give the fuse stage's output (models/fused)"
+        )
+    if not (root / FUSED_WEIGHTS).is_file():
         found = "an INT8 model" if (root / QUANT_CONFIG).is_file() else f"no {FUSED_WEIGHTS}"
         raise ModelSourceError(
             f"{root}: not a fused model directory ({found}); give the fuse stage's output "
             "(models/fused: dvc repro fuse)"
         )
-    return load_model_dir(root)
+    return root
 
 
 def _not_describing(root: Path, weights: Path, error: Exception) -> ModelSourceError:

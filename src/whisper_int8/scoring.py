@@ -161,6 +161,19 @@ def normalize(text: str, lang: str) -> str:
     return ("" if uses_cer(lang) else " ").join(words)
 
 
+def check_references(clips: list, split: object) -> None:
+    """Refuse a clip whose transcript normalizes to nothing, before any transcription: :func:`score`
+    refuses such a reference, minutes of decoding later."""
+    from .audio.errors import AudioInputError
+
+    for clip in clips:
+        if not normalize(clip.text, clip.language):
+            raise AudioInputError(
+                f"{split}: clip {clip.id}: its transcript {clip.text!r} is empty once normalized for "
+                "scoring (bracketed or punctuation-only text); fix or drop it in the source"
+            )
+
+
 def score(refs: list[str], hyps: list[str], lang: str) -> dict:
     """Error counts summed over all pairs and the rate (WER, or CER for :func:`uses_cer` languages).
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ..calibrate import check_calibrated_on, load_calibration
-from ..fsutil import atomic_dir, dir_bytes
-from ..model_dir import load_fused_dir
+from ..fsutil import atomic_dir, check_dir_output, dir_bytes
+from ..model_dir import check_fused_dir, load_fused_dir
 from .config import QuantConfig
 from .convert import quantize_model, save_int8_dir
 
@@ -18,14 +18,19 @@ def convert_dir(
 ) -> dict:
     """``models/fused`` + ``models/calibration`` -> an INT8 directory at ``out`` (atomic); returns its card.
 
-    ``fp32`` is only measured, for the card's size ratio; it is checked first, so a wrong path
-    stops before the conversion's work, not after it.
+    ``fp32`` is only measured, for the card's size ratio. It, ``fused`` and ``out`` are checked first,
+    so a wrong path stops before the conversion's work, not after it.
     """
-    fp32_bytes = dir_bytes(fp32)
-    if not fp32_bytes:
-        raise FileNotFoundError(f"{fp32}: no FP32 model directory there (its size sets the card's ratio)")
+    if not (Path(fp32) / "model.pt").is_file():
+        raise FileNotFoundError(
+            f"{fp32}: not the FP32 model directory (no model.pt; its size sets the card's ratio): give "
+            "models/fp32"
+        )
+    check_dir_output(out)
     stats, sensitivity = load_calibration(Path(calibration))
+    check_fused_dir(fused)
     check_calibrated_on(Path(calibration), Path(fused))
+    fp32_bytes = dir_bytes(fp32)
     model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():

@@ -47,16 +47,19 @@ def require_out_file(path: Path | str | None, option: str) -> None:
             raise OutputConflictError(f"{option} {e}") from None
 
 
-def split_clips(split: Path | str, per_language: int | None = None, option: str = "--split") -> list[Clip]:
-    """The first ``per_language`` clips of each language of ``split``; a split with none, or a clip
-    whose transcript cannot be scored, is an error."""
+def split_clips(
+    split: Path | str, per_language: int | None = None, option: str = "--split", scored: bool = True
+) -> list[Clip]:
+    """The first ``per_language`` clips of each language of ``split``; a split with none is an error, and
+    so is a clip whose transcript cannot be scored when the caller scores them (``scored``)."""
     try:
         clips = first_per_language(read_manifest(split), per_language)
     except FileNotFoundError as e:  # its message names the manifest and the stage that writes it
         raise FileNotFoundError(f"{option}: {e}") from None
     if not clips:
         raise AudioInputError(f"{option} {split}: its manifest lists no clips; give a built split")
-    from whisper_int8.scoring import check_references  # torch (whisper's normalizers): only here
+    if scored:
+        from whisper_int8.scoring import check_references  # torch (whisper's normalizers): only here
 
-    check_references(clips, f"{option} {split}")
+        check_references(clips, f"{option} {split}")
     return clips

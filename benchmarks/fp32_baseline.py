@@ -4,7 +4,7 @@
 
 Transcribes and scores with the evaluate stage's own code (``whisper_int8.evaluate``) and decoding settings
 (``params.yaml`` ``evaluate.beam_size``, ``evaluate.max_tokens``), so its figures are the FP32 side of that
-stage's comparison. ``--per-lang N`` takes the first N clips of each language (for a quick run).
+stage's comparison. ``--per-language N`` takes the first N clips of each language (for a quick run).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from whisper_int8.params import load_params, positive_int, section
 
 def main(args: argparse.Namespace) -> None:
     decode = decode_options(section(load_params(args.params), "evaluate", args.params), args.params)
-    split_clips(args.split)  # a missing or empty split stops here, not after the model is loaded
+    split_clips(args.split, args.per_lang)  # a missing or empty split stops here, before the model loads
     require_out_file(args.json, "--out")
     checkpoint = Path(args.model)
     if checkpoint.is_dir():  # models/fp32 for models/fp32/model.pt

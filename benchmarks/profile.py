@@ -94,7 +94,7 @@ def profile_model(model_dir: Path, split: Path, per_language: int, threads: int,
     """Per-clip phase timings and the profiler's op tables (strings) for ``model_dir`` on ``split``."""
     torch.set_num_threads(threads)
     require_model_dir(model_dir, "--model")
-    clips = split_clips(split, per_language)
+    clips = split_clips(split, per_language, scored=False)  # timed, not scored
     model = load_model_dir(model_dir)
     audios = [(load_audio(c.audio), c.language) for c in clips]
     with torch.inference_mode():

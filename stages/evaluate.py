@@ -71,22 +71,23 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
     }
 
 
-def evaluate_variant(opt: dict, variant: str) -> dict:
+def check_model_dir(opt: dict, variant: str, where: str) -> None:
+    """``evaluate.models.<variant>`` exists and is of its kind: the candidate is what promote registers
+    as the INT8 model, the baseline what it is measured against. Checked before any transcription."""
     model_dir = opt["models"][variant]
     if not model_dir.is_dir():
         raise FileNotFoundError(
             f"{model_dir}: model directory for {variant} not found; run `dvc repro` first"
         )
-    # the candidate is what promote registers as the INT8 model, the baseline what it is measured against
     int8 = (model_dir / QUANT_CONFIG).is_file()
     if int8 != (variant == CANDIDATE):
         found = "an INT8 model directory" if int8 else f"not an INT8 model directory (no {QUANT_CONFIG})"
-        wanted = (
-            "the convert stage's output (models/int8)"
-            if variant == CANDIDATE
-            else "an FP32 one (models/fp32)"
-        )
-        raise ParamError(f"evaluate.models.{variant}: {model_dir} is {found}; give {wanted}")
+        wanted = "the convert stage's output (models/int8)" if not int8 else "an FP32 one (models/fp32)"
+        raise ParamError(f"{where}: evaluate.models.{variant}: {model_dir} is {found}; give {wanted}")
+
+
+def evaluate_variant(opt: dict, variant: str) -> dict:
+    model_dir = opt["models"][variant]
     log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
     return evaluate_in_subprocess(
         model_dir, opt["split"], opt["decode"], opt["device"], opt["warmup"], opt["max_clips_per_language"]
@@ -136,6 +137,13 @@ def main(args) -> None:
     if not clips:
         raise AudioInputError(f"{opt['split']}: the evaluation manifest lists no clips; run fetch_audio")
     check_references(clips, opt["split"])
+    # the model directories this run transcribes with, all checked before the first transcription
+    if args.baseline_only:
+        evaluated = [BASELINE]
+    else:
+        evaluated = [CANDIDATE] if args.baseline is not None else [BASELINE, CANDIDATE]
+    for variant in evaluated:
+        check_model_dir(opt, variant, args.params)
     config = settings(opt, clips, int8=not args.baseline_only)
     if args.baseline_only:
         result = evaluate_variant(opt, BASELINE)

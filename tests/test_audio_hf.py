@@ -55,6 +55,19 @@ def test_a_local_snapshot_is_read_without_network_and_ffmpeg_decodes_both_audio_
     assert [len(it.load()) for it in items] == [16000, 8000]  # 16 kHz mono from bytes and from a path
 
 
+def test_a_local_folder_takes_the_configs_its_readme_declares(tmp_path, no_network):
+    """Regression (a review of the folder rule): a downloaded parquet-native dataset whose README
+    declares its configs was read as if each config were a subfolder."""
+    clips = [write_tone(tmp_path / "a.wav")]
+    write_parquet(tmp_path / "ds" / "data" / "nl" / "test.parquet", clips, ["hallo"])
+    (tmp_path / "ds" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: nl_nl\n  data_files:\n"
+        "  - split: test\n    path: data/nl/*.parquet\n---\n"
+    )
+    (item,) = hf.items(str(tmp_path / "ds"), "nl", "nl_nl", tmp_path / "cache")
+    assert item.text == "hallo"
+
+
 def test_a_dataset_with_a_loading_script_is_read_from_its_parquet_export(tmp_path, monkeypatch):
     """Regression: datasets 4 refuses loading scripts, so hf:google/fleurs (which ships fleurs.py)
     could not be read at all. A folder holding a script stands in for the Hub dataset (datasets
@@ -71,12 +84,6 @@ def test_a_dataset_with_a_loading_script_is_read_from_its_parquet_export(tmp_pat
     assert ds["raw_transcription"][0] == "guten Tag"
     with pytest.raises(AudioInputError, match=r"ships a loading script, .* export .*nl_nl.* cannot be read"):
         hf._load_hub(datasets, str(tmp_path / "fleurs"), "nl_nl", "test", cache)
-
-
-def test_the_export_address_is_the_hubs_layout():
-    """refs/convert/parquet holds <config>/<split>/NNNN.parquet (the Hub's dataset viewer docs)."""
-    url = hf.PARQUET_EXPORT.format(dataset="google/fleurs", config="de_de", split="test")
-    assert url == "hf://datasets/google/fleurs@refs%2Fconvert%2Fparquet/de_de/test/*.parquet"
 
 
 @pytest.mark.parametrize(

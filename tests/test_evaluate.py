@@ -269,6 +269,8 @@ def _split_with(tmp: Path, wav: bytes) -> Path:
 def test_stage_with_a_truncated_baseline_or_an_undecodable_clip_exits_2_with_one_line(tmp_path):
     split = _split_with(tmp_path, b"RIFF\x24\x00\x00\x00WAVEfmt ")  # wave and ffmpeg both give up
     tiny_model_dir(tmp_path / "fp32")
+    (tmp_path / "int8").mkdir()  # checked for its kind before any work, never loaded here
+    (tmp_path / "int8" / "quant_config.json").write_text("{}")
     (tmp_path / "base.json").write_text('{"config": {"split": ')
     evaluate = {"split": str(split), "device": "cpu", "max_tokens": 4, "warmup": 0}
     models = {"fp32": str(tmp_path / "fp32"), "int8": str(tmp_path / "int8")}
@@ -290,6 +292,11 @@ def test_stage_with_a_truncated_baseline_or_an_undecodable_clip_exits_2_with_one
         assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), proc.stderr
         assert "evaluating" not in proc.stderr or extra == [], proc.stderr
     assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "mine"
+    # Regression: a candidate that is not INT8 was found after the whole FP32 evaluation
+    (tmp_path / "int8" / "quant_config.json").unlink()
+    proc = subprocess.run(stage, cwd=tmp_path, env=venv_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "evaluate.models.int8: " in proc.stderr, proc.stderr
+    assert "is not an INT8 model directory" in proc.stderr and "evaluating" not in proc.stderr
     # a clip of no samples: every reference word would count as deleted; refused, naming it
     (split / "audio" / "en-0.wav").write_bytes(wav_bytes(np.zeros(0, dtype=np.int16)))
     with pytest.raises(AudioInputError, match=r"clip en-0: .*en-0.wav holds no audio"):
@@ -379,9 +386,7 @@ def test_the_candidate_must_be_int8_and_the_baseline_not(tmp_path):
         folder.mkdir()
         (folder / name).write_text("not read")
     opt = {"models": {"fp32": int8, "int8": fp32}}
-    with pytest.raises(ParamError, match=r"evaluate.models.int8: .*fp32 is not an INT8 model directory"):
-        _stage_module().evaluate_variant(opt, "int8")
-    with pytest.raises(
-        ParamError, match=r"evaluate.models.fp32: .*int8 is an INT8 model directory; give an FP32"
-    ):
-        _stage_module().evaluate_variant(opt, "fp32")
+    with pytest.raises(ParamError, match=r"^p.yaml: evaluate.models.int8: .*fp32 is not an INT8 model"):
+        _stage_module().check_model_dir(opt, "int8", "p.yaml")
+    with pytest.raises(ParamError, match=r"evaluate.models.fp32: .*int8 is an INT8 model directory; give an"):
+        _stage_module().check_model_dir(opt, "fp32", "p.yaml")

@@ -77,7 +77,7 @@ def test_pyfunc_predict_every_input_form(tracking):
     assert [c.type for c in sig.outputs.inputs] == [mlflow.types.DataType.string]
 
 
-def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path):
+def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatch):
     """Regression (a serving review): int16 PCM samples came back as confident nonsense, NaN samples
     as a quantization RuntimeError, a null audio as "must be 1-D", and an empty file as ''."""
     model = mlflow.pyfunc.load_model(URI)
@@ -97,6 +97,14 @@ def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path):
     ]:
         with pytest.raises(InputError, match=message):
             model.predict(request)
+    # a batch is checked whole first: its good records were transcribed before the bad one was refused
+    import whisper_int8.transcribe
+
+    monkeypatch.setattr(
+        whisper_int8.transcribe, "transcribe_clip", lambda *a, **k: pytest.fail("transcribed")
+    )
+    with pytest.raises(InputError, match="record 2 of 2"):
+        model.predict([{"audio": str(tracking["wav"])}, {"audio": "/no.wav"}])
 
 
 def test_samples_at_another_rate_are_resampled(tracking, tmp_path):
@@ -138,7 +146,9 @@ def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkey
     monkeypatch.setenv(MAX_SECONDS_VARIABLE, "1.5")
     model = mlflow.pyfunc.load_model(URI)
     assert model.predict({"audio": np.zeros(16000, np.float32).tolist()}) == [""]  # 1 s: within
-    with pytest.raises(InputError, match=rf"\d s of audio, over this server's {MAX_SECONDS_VARIABLE}=1.5"):
+    with pytest.raises(
+        InputError, match=rf"\d\.\d s of audio, over this server's {MAX_SECONDS_VARIABLE}=1.5"
+    ):
         model.predict({"audio": str(tracking["wav"])})
 
 

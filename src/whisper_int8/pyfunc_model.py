@@ -212,7 +212,7 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
             samples = check_audio(audio, rate)
             if self.max_seconds is not None and len(samples) > self.max_seconds * SAMPLE_RATE:
                 raise ValueError(
-                    f"{len(samples) / SAMPLE_RATE:.0f} s of audio, over this server's "
+                    f"{len(samples) / SAMPLE_RATE:.1f} s of audio, over this server's "
                     f"{MAX_SECONDS_VARIABLE}={self.max_seconds:g}; send shorter clips"
                 )
         except (ValueError, FileNotFoundError) as e:
@@ -230,9 +230,9 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
             requests = as_requests(model_input)
         except ValueError as e:
             raise InputError(str(e)) from None
+        # every record checked (and decoded) before the first is transcribed: a bad one costs no work
+        clips = [self._checked(i, len(requests), *request) for i, request in enumerate(requests, 1)]
         return [
-            transcribe_clip(self.model, self._checked(i, len(requests), *request), request[1], **self.decode)[
-                "text"
-            ]
-            for i, request in enumerate(requests, 1)
+            transcribe_clip(self.model, samples, language, **self.decode)["text"]
+            for samples, (_, language, _) in zip(clips, requests, strict=True)
         ]

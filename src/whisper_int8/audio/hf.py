@@ -37,7 +37,8 @@ def _check_online(dataset: str) -> None:
     if error is not None:
         raise AudioInputError(
             f"hf:{dataset}: cannot reach huggingface.co ({error}); offline, set HF_DATASETS_OFFLINE=1 to use "
-            "a cached copy, or use the asterisk/kokoro/local sources"
+            "a cached copy (one that ships a loading script, such as FLEURS: a downloaded copy of its "
+            "parquet export, named as hf:<folder>; README), or use the asterisk/kokoro/local sources"
         )
 
 
@@ -65,8 +66,9 @@ def _load_hub(datasets: Any, dataset: str, config: str | None, split: str, cache
 def items(dataset: str, language: str, config: str | None, cache: Path, split: str = "test") -> list[Item]:
     """Rows of ``dataset`` (``config``, e.g. ``de_de`` for FLEURS) as items in ``language``.
 
-    ``dataset`` is a Hub name, or a local folder (found like a ``local:`` path), whose subfolder
-    ``config`` is read when one is given: the layout of a Hub parquet export snapshot.
+    ``dataset`` is a Hub name, or a local folder (found like a ``local:`` path): there ``config`` is a
+    subfolder when one has its name (the layout of a Hub parquet export snapshot), else a config the
+    folder's README declares.
     """
     try:
         import datasets
@@ -76,8 +78,10 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
         ) from None
     folder = locate(Path(dataset).expanduser())
     try:
-        if folder.is_dir():
+        if folder.is_dir() and config is not None and (folder / config).is_dir():
             ds = datasets.load_dataset(str(folder), data_dir=config, split=split, cache_dir=str(cache / "hf"))
+        elif folder.is_dir():
+            ds = datasets.load_dataset(str(folder), config, split=split, cache_dir=str(cache / "hf"))
         else:
             _check_online(dataset)
             ds = _load_hub(datasets, dataset, config, split, str(cache / "hf"))

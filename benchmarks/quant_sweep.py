@@ -15,6 +15,7 @@ all used); build a larger calibration split first:
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from pathlib import Path
 
@@ -123,7 +124,9 @@ def main(args: argparse.Namespace) -> None:
         print(f"{n} held-out clips (calibration clips after the first ones calibrate read: {used})")
         variants = {"fp32": args.fp32}
         for i, (raw, cfg) in enumerate(cfgs.items()):
-            out = Path(tmp) / f"value-{i}"  # a YAML value need not be a file name
+            # named for its progress bar; a YAML value need not be a file name
+            value = re.sub(r"[^\w.-]+", "_", raw)[:40]
+            out = Path(tmp) / f"{args.key}={value}-{i}"
             convert_dir(args.fused, args.calibration, args.fp32, out, cfg)
             variants[raw] = out
         rates = {}

@@ -32,6 +32,7 @@ import ctypes.util
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -485,7 +486,10 @@ if __name__ == "__main__":
     parser = build_parser()
     if sys.argv[1:2] == ["--worker"]:  # as Worker starts it: cli_common imports torch, which the
         worker_args = parser.parse_args()  # faster-whisper worker must not load
-        worker(*worker_args.worker, worker_args.threads)
+        try:
+            worker(*worker_args.worker, worker_args.threads)
+        except KeyboardInterrupt:  # Ctrl+C reaches every worker too: the parent says it, once
+            sys.exit(128 + signal.SIGINT)
     else:
         from whisper_int8.cli_common import run  # a user error: one line, exit 2
 

@@ -248,6 +248,30 @@ def test_a_worker_whose_model_does_not_load_says_why_in_one_line(tmp_path, capsy
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_ctrl_c_stops_a_worker_without_a_traceback(tmp_path):
+    """Ctrl+C reaches every worker of the process group: each printed a KeyboardInterrupt traceback."""
+    import signal
+
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "model.pt").write_text("not a checkpoint")
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "speed.py"),
+        "--worker",
+        "whisper-stock",
+        str(tmp_path / "fp32"),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdin.write('{"op": "stats"}\n')
+    proc.stdin.flush()
+    assert "error" in proc.stdout.readline()  # loaded as far as it gets, now waiting for requests
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    assert "Traceback" not in proc.stderr.read()
+
+
 def test_the_faster_whisper_row_runs_only_beside_its_own_weights(tmp_path, capsys):
     """Its row converts Whisper base from the default package: beside another --fp32 (tiny here) its
     ratio compared two different models."""

@@ -75,22 +75,27 @@ run(main, stage_parser("a stage killed while writing"))
 """
 
 
-def test_a_stage_killed_with_sigterm_leaves_no_temp_output(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stage_killed_with_sigterm_or_ctrl_c_leaves_no_temp_output(tmp_path, signum):
+    """Ctrl+C (SIGINT) too, and in one line: a KeyboardInterrupt traceback per process before."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "half.bin").write_bytes(b"earlier")
     proc = subprocess.Popen(
-        [sys.executable, "-c", STAGE], cwd=tmp_path, env=venv_env(), stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", STAGE], cwd=tmp_path, env=venv_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     assert proc.stdout.readline() == "writing\n"
     assert len(list(tmp_path.glob(".out.*.tmp"))) == 1
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    proc.send_signal(signum)
+    assert proc.wait(timeout=30) == 128 + signum
+    if signum == signal.SIGINT:
+        assert proc.stderr.read() == "interrupted\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (tmp_path / "out" / "half.bin").read_bytes() == b"earlier"
 
 
 def test_an_output_where_nothing_can_be_written_is_refused_before_the_work():
-    """Regression: the free-space-and-folder checks passed /sys/p.json (root may write anywhere by
+    """Regression: the folder checks passed /sys/p.json (root may write anywhere by
     its permission bits), and the write failed with a traceback after the run."""
     from whisper_int8.fsutil import check_dir_output, check_file_output
 

@@ -57,7 +57,8 @@ def exit_on_sigterm() -> None:
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
-    """Parse arguments, set up logging, run ``main``; user errors exit 2 with one clear line."""
+    """Parse arguments, set up logging, run ``main``; user errors exit 2 with one clear line, Ctrl+C
+    130 with one line."""
     args = parser.parse_args()
     exit_on_sigterm()
     logging.basicConfig(
@@ -70,3 +71,6 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl+C: the finally blocks have removed the temp outputs by now
+        print("interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

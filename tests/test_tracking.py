@@ -106,13 +106,16 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs, monkeypatch
     # the runs lead back to the DVC experiment that made them
     assert children["int8"].data.params["quant.scheme"] == "w8a8"
     assert not any(k.startswith("quant.") for k in children["fp32"].data.params)
-    for run in (parent, children["int8"]):
+    for run in (parent, *children.values()):
         assert run.data.tags["dvc_exp_name"] == "jaunty-lobe"
         assert run.data.tags["dvc_exp_baseline_rev"] == "a" * 40
     params = parent.data.params
     assert params["model.source"] == "package:tiny" and params["quant.scheme"] == "w8a8"
-    assert params["quant.calibration_clips"] == "16"
-    assert len(params["git_commit"]) == 40 and params["dvc_lock_sha256"] == "no-dvc-lock"
+    assert params["quant.calibration_clips"] == "16" and params["dvc_lock_sha256"] == "no-dvc-lock"
+    # what a rerun of the same state may change is a tag, which the rerun overwrites (a param kept
+    # the first value: the alias and commit of an earlier promote)
+    assert len(parent.data.tags["git_commit"]) == 40 and "git_commit" not in params
+    assert parent.data.tags["setting.gate.fail_on_reject"] == "False" and "gate.fail_on_reject" not in params
     parent_files = {f.path for f in client.list_artifacts(parent.info.run_id, "upstream")}
     assert parent_files == {"upstream/data", "upstream/models", "upstream/fp32", "upstream/int8"}
     # both model cards, each in its folder (one upstream/ folder kept only the last)
@@ -135,16 +138,22 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs, monkeypatch
     assert gate["promoted"] and gate["version"] == 1 and gate["parent_run_id"] == parent.info.run_id
 
 
-def test_rerun_updates_the_same_runs_and_keeps_the_champion(tmp_path, model_dirs):
+def test_rerun_updates_the_same_runs_and_keeps_the_champion(tmp_path, model_dirs, monkeypatch):
     cfg = mlflow_cfg(tmp_path)
     inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
+    monkeypatch.setenv("DVC_EXP_NAME", "jaunty-lobe")
     promote(inputs, cfg, gate_config({}), decode={})
     first = json.loads(inputs.gate_json.read_text())
-    promote(inputs, cfg, gate_config({}), decode={})
+    monkeypatch.delenv("DVC_EXP_NAME")  # then a plain `dvc repro` of the same state
+    promote(inputs, cfg, gate_config({"fail_on_reject": True}), decode={})
     second = json.loads(inputs.gate_json.read_text())
 
     client, runs = runs_of(cfg)
     assert len(runs) == 3
+    # Regression: the runs kept the experiment's tag and the first promote's settings as params
+    assert not [r for r in runs if "dvc_exp_name" in r.data.tags]
+    parent = client.get_run(second["parent_run_id"])
+    assert parent.data.tags["setting.gate.fail_on_reject"] == "True"
     assert second["parent_run_id"] == first["parent_run_id"]
     # The champion is this pipeline state already: no new version, the alias stays (a fleet watching
     # it would redeploy the same weights after every `dvc repro`).

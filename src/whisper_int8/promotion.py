@@ -52,6 +52,16 @@ class MlflowConfig:
 
 
 DVC_EXPERIMENT_TAGS = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}
+# Settings outside the pipeline key (where runs and models are logged, the exit code on a refusal): a
+# rerun that changes only them reuses its runs, whose params keep their first values. So they are
+# tags, which each promote overwrites, under this prefix ("mlflow." is MLflow's own tag namespace).
+SETTING_TAG_PREFIX = "setting."
+
+
+def _outside_key(name: str) -> bool:
+    return name.startswith("mlflow.") or name == "gate.fail_on_reject"
+
+
 MLFLOW_KEYS = {
     "tracking_uri",
     "artifact_root",
@@ -185,13 +195,16 @@ def promote(
     log.info("MLflow %s: experiment %s, parent run %s", cfg.tracking_uri, cfg.experiment, runs.parent_id)
     ok = False
     try:
-        params = {
+        settings = {
             **tracking.flatten(inputs.params),
             **tracking.flatten({"gate": asdict(gate)}),  # as applied (require_languages resolved)
-            "git_commit": git_commit(),
-            "dvc_lock_sha256": lock_digest,
         }
-        tracking.log_values(client, runs.parent_id, params=params, metrics=report["comparison"])
+        params = {k: v for k, v in settings.items() if not _outside_key(k)} | {"dvc_lock_sha256": lock_digest}
+        tags = {SETTING_TAG_PREFIX + k: v for k, v in settings.items() if _outside_key(k)}
+        tracking.log_values(
+            client, runs.parent_id, params=params, metrics=report["comparison"],
+            tags={**tags, "git_commit": git_commit()},  # the last commit this state was promoted from
+        )  # fmt: skip
         upstream = [(p, upstream_folder(p)) for p in _existing(inputs.artifacts)]
         tracking.log_files(client, runs.parent_id, upstream)
         tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
@@ -257,9 +270,12 @@ def promote(
             "tracking_uri": cfg.tracking_uri,
         }
         atomic_write_json(inputs.gate_json, result)
-        # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`
-        exp_tags = {tag: os.environ[var] for var, tag in DVC_EXPERIMENT_TAGS.items() if os.environ.get(var)}
-        gate_tags = {"validation_status": decision.status, "model_version": version.version, **exp_tags}
+        # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`;
+        # on every run of this state, and removed when the last promote was not an experiment's
+        exp_tags = {tag: os.environ.get(var) for var, tag in DVC_EXPERIMENT_TAGS.items()}
+        for run_id in (runs.parent_id, *runs.children.values()):
+            tracking.replace_tags(client, run_id, exp_tags)
+        gate_tags = {"validation_status": decision.status, "model_version": version.version}
         for run_id in (runs.parent_id, runs.children[CANDIDATE]):
             tracking.log_values(
                 client, run_id, metrics={"gate_passed": float(decision.passed)}, tags=gate_tags

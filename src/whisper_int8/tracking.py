@@ -149,6 +149,14 @@ def log_values(
         )
 
 
+def replace_tags(client: MlflowClient, run_id: str, tags: dict[str, str | None]) -> None:
+    """Set each tag to its value; one whose value is None is removed (where the run has it)."""
+    held = client.get_run(run_id).data.tags
+    log_values(client, run_id, tags={k: v for k, v in tags.items() if v is not None})
+    for key in [k for k, v in tags.items() if v is None and k in held]:
+        client.delete_tag(run_id, key)
+
+
 def log_files(client: MlflowClient, run_id: str, files: Iterable[tuple[Path, str]]) -> None:
     """Log ``(local path, artifact folder)`` pairs; a folder is logged whole. Same path again overwrites."""
     for path, folder in files:

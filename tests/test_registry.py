@@ -104,12 +104,13 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     # The stage's default artifact root is mlruns/ beside params.yaml, not MLflow's own default.
     assert (tmp_path / "mlruns").is_dir()
 
-    # CI mode: the same refusal exits 1; the re-run registers version 3 from version 2's logged model.
+    # CI mode: the same refusal exits 1. Regression: each rerun of a refused state registered another
+    # copy of it (a registry of identical versions); it judges version 2 again instead.
     ci = run_promote(tmp_path, rep_bad, model_dirs, uri, fail_on_reject=True)
     assert ci.returncode == 1 and "not promoted: wer/en +2.00 pp" in ci.stdout
-    assert len(client.search_model_versions(f"name='{MODEL}'")) == 3
-    assert client.get_model_version(MODEL, "3").source == v2.source
-    assert client.get_model_version(MODEL, "3").tags["validation_status"] == "failed"
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
+    assert json.loads((tmp_path / "metrics" / "gate.json").read_text())["version"] == 2
+    assert client.get_model_version(MODEL, "2").tags["validation_status"] == "failed"
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
 
 

@@ -240,7 +240,11 @@ def promote(
                 log.info("%s@%s is version %s already", cfg.registered_model, cfg.alias, current.version)
                 version = client.get_model_version(cfg.registered_model, current.version)
             else:
-                version = registry.register(client, cfg.registered_model, uri, key)
+                # one version per pipeline state: a rerun (a refused state, `dvc repro` by a teammate)
+                # judges and tags the version it registered before, instead of adding a copy
+                version = registry.version_for_key(client, cfg.registered_model, key) or registry.register(
+                    client, cfg.registered_model, uri, key
+                )
                 if decision.passed and current is not None:
                     decision.reasons += check_against_champion(
                         decision.metrics,

@@ -141,14 +141,20 @@ def why_not(uri: str) -> str:
     )
 
 
-def logged_model_for_key(client: MlflowClient, name: str, key: str) -> str | None:
-    """The model URI registered earlier for the same pipeline state, if any."""
+def version_for_key(client: MlflowClient, name: str, key: str) -> ModelVersion | None:
+    """The latest version registered for the same pipeline state, if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
     matches = [v for v in versions if v.tags.get(KEY_TAG) == key]
-    return max(matches, key=lambda v: int(v.version)).source if matches else None
+    return max(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def logged_model_for_key(client: MlflowClient, name: str, key: str) -> str | None:
+    """The model URI registered earlier for the same pipeline state, if any."""
+    version = version_for_key(client, name, key)
+    return version.source if version is not None else None
 
 
 def register(client: MlflowClient, name: str, model_uri: str, key: str) -> ModelVersion:

@@ -105,7 +105,14 @@ def test_parent_and_children_share_metric_keys(tmp_path, model_dirs, monkeypatch
     # the INT8 child carries the quant settings (children compare across experiments in the UI), and
     # the runs lead back to the DVC experiment that made them
     assert children["int8"].data.params["quant.scheme"] == "w8a8"
-    assert not any(k.startswith("quant.") for k in children["fp32"].data.params)
+    assert children["int8"].data.params["model.source"] == "package:tiny"  # calibrate.* too
+    assert not any(k.startswith(("quant.", "model.")) for k in children["fp32"].data.params)
+    # named for their pipeline state, as the parent: two INT8 runs in the Compare view were both "int8"
+    state = parent.info.run_name.removeprefix("pipeline-")
+    assert {v: c.info.run_name for v, c in children.items()} == {
+        "fp32": f"fp32-{state}",
+        "int8": f"int8-{state}",
+    }
     for run in (parent, *children.values()):
         assert run.data.tags["dvc_exp_name"] == "jaunty-lobe"
         assert run.data.tags["dvc_exp_baseline_rev"] == "a" * 40

@@ -210,10 +210,10 @@ def promote(
         tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
         for variant, run_id in runs.children.items():
             model_dir = inputs.model_dirs[variant]
-            # the INT8 child carries the quant settings too: children compare across experiments in the UI
-            quant = (
-                tracking.flatten({"quant": inputs.params.get("quant") or {}}) if variant == CANDIDATE else {}
-            )
+            # the INT8 child carries what shapes the INT8 model too (the model, its calibration and
+            # conversion settings): INT8 children compare across experiments in the UI
+            shaping = {k: inputs.params.get(k) or {} for k in ("model", "calibrate", "quant")}
+            quant = tracking.flatten(shaping) if variant == CANDIDATE else {}
             tracking.log_values(
                 client,
                 run_id,

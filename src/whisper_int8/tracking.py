@@ -169,9 +169,18 @@ def log_files(client: MlflowClient, run_id: str, files: Iterable[tuple[Path, str
 def start_pipeline_runs(
     client: MlflowClient, experiment_id: str, key: str, variants: Iterable[str], run_name: str
 ) -> PipelineRuns:
+    """The parent run ``run_name`` and a child per variant, ``<variant>-<run_name's suffix>``: two
+    pipeline states' INT8 runs side by side in MLflow's Compare view are told apart by name."""
     parent = upsert_run(client, experiment_id, run_name, {KEY_TAG: key, ROLE_TAG: "pipeline"})
+    suffix = run_name.rpartition("-")[2]
     children = {
-        v: upsert_run(client, experiment_id, v, {KEY_TAG: key, ROLE_TAG: "variant", VARIANT_TAG: v}, parent)
+        v: upsert_run(
+            client,
+            experiment_id,
+            f"{v}-{suffix}",
+            {KEY_TAG: key, ROLE_TAG: "variant", VARIANT_TAG: v},
+            parent,
+        )
         for v in variants
     }
     return PipelineRuns(experiment_id, parent, children)

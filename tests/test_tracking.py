@@ -363,3 +363,29 @@ def test_upstream_files_keep_their_folder():
     assert upstream_folder(Path("data/audio_summary.json")) == "upstream/data"
     assert upstream_folder(Path("/abs/int8/model_card.json")) == "upstream/int8"
     assert upstream_folder(Path("../elsewhere/x.json")) == "upstream/elsewhere"
+
+
+def test_a_failed_rerun_leaves_completed_runs_finished_and_their_gate_json(tmp_path, model_dirs, monkeypatch):
+    """Regression: a promote stopped in a rerun marked the runs an earlier promote had completed FAILED,
+    and had already rewritten gate.json with a version the runs did not name."""
+    from whisper_int8 import tracking
+
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 12.0}))  # refused
+    promote(inputs, cfg, gate_config({}), decode={})
+    written = inputs.gate_json.read_text()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "replace_tags", stop)
+    with pytest.raises(KeyboardInterrupt):
+        promote(inputs, cfg, gate_config({}), decode={})
+    _, runs = runs_of(cfg)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert inputs.gate_json.read_text() == written
+    # a new pipeline state that fails: its own runs are FAILED
+    with pytest.raises(KeyboardInterrupt):
+        promote(inputs, cfg, gate_config({"max_wer_delta_pp": 3.0}), decode={})
+    _, runs = runs_of(cfg)
+    assert sorted(r.info.status for r in runs) == ["FAILED"] * 3 + ["FINISHED"] * 3

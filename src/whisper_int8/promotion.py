@@ -273,7 +273,6 @@ def promote(
             "parent_run_id": runs.parent_id,
             "tracking_uri": cfg.tracking_uri,
         }
-        atomic_write_json(inputs.gate_json, result)
         # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`;
         # on every run of this state, and removed when the last promote was not an experiment's
         exp_tags = {tag: os.environ.get(var) for var, tag in DVC_EXPERIMENT_TAGS.items()}
@@ -284,6 +283,9 @@ def promote(
             tracking.log_values(
                 client, run_id, metrics={"gate_passed": float(decision.passed)}, tags=gate_tags
             )
+        # last: a promote stopped before this leaves the gate.json of the runs' last completed promote
+        atomic_write_json(inputs.gate_json, result)
+        for run_id in (runs.parent_id, runs.children[CANDIDATE]):
             tracking.log_files(client, run_id, [(inputs.gate_json, "gate")])
         ok = True
         return result

@@ -18,7 +18,7 @@ import posixpath
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class PipelineRuns:
     experiment_id: str
     parent_id: str
     children: dict[str, str]  # variant -> run id
+    finished: set[str] = field(default_factory=set)  # runs a promote of this state completed before
 
 
 def open_experiment(
@@ -105,8 +106,11 @@ def upsert_run(
     run_name: str,
     tags: dict[str, str],
     parent_id: str | None = None,
+    finished: set[str] | None = None,
 ) -> str:
-    """The one active run with all ``tags`` (and ``parent_id``), created if missing; extras are deleted."""
+    """The one active run with all ``tags`` (and ``parent_id``), created if missing; extras are deleted.
+    A found run that had FINISHED is added to ``finished``."""
+    finished = set() if finished is None else finished
     match = dict(tags)
     if parent_id:
         match[PARENT_TAG] = parent_id
@@ -119,6 +123,8 @@ def upsert_run(
         client.delete_run(extra.info.run_id)
     if runs:
         run_id = runs[0].info.run_id
+        if runs[0].info.status == "FINISHED":
+            finished.add(run_id)
         client.update_run(run_id, status="RUNNING")
         return run_id
     return client.create_run(experiment_id, run_name=run_name, tags=match).info.run_id
@@ -171,7 +177,8 @@ def start_pipeline_runs(
 ) -> PipelineRuns:
     """The parent run ``run_name`` and a child per variant, ``<variant>-<run_name's suffix>``: two
     pipeline states' INT8 runs side by side in MLflow's Compare view are told apart by name."""
-    parent = upsert_run(client, experiment_id, run_name, {KEY_TAG: key, ROLE_TAG: "pipeline"})
+    finished: set[str] = set()
+    parent = upsert_run(client, experiment_id, run_name, {KEY_TAG: key, ROLE_TAG: "pipeline"}, None, finished)
     suffix = run_name.rpartition("-")[2]
     children = {
         v: upsert_run(
@@ -180,13 +187,15 @@ def start_pipeline_runs(
             f"{v}-{suffix}",
             {KEY_TAG: key, ROLE_TAG: "variant", VARIANT_TAG: v},
             parent,
+            finished,
         )
         for v in variants
     }
-    return PipelineRuns(experiment_id, parent, children)
+    return PipelineRuns(experiment_id, parent, children, finished)
 
 
 def finish(client: MlflowClient, runs: PipelineRuns, ok: bool) -> None:
-    status = "FINISHED" if ok else "FAILED"
+    """FINISHED, or FAILED; a failed rerun of a state leaves the runs an earlier promote completed
+    FINISHED (their values are this state's: a rerun logs the same ones again)."""
     for run_id in [*runs.children.values(), runs.parent_id]:
-        client.set_terminated(run_id, status=status)
+        client.set_terminated(run_id, status="FINISHED" if ok or run_id in runs.finished else "FAILED")

@@ -226,9 +226,14 @@ def promote(
             # not "model": that name is the pyfunc's, and runs:/<id>/model would download both
             tracking.log_files(client, run_id, [(p, "model_card") for p in cards])
 
-        uri = registry.logged_model_for_key(client, cfg.registered_model, key)
-        if uri is None:
-            uri = registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], decode)
+        # one version per pipeline state: a rerun (a refused state, `dvc repro` by a teammate) judges and
+        # tags the version registered for it before, without logging or registering the model again
+        earlier = registry.version_for_key(client, cfg.registered_model, key)
+        uri = (
+            earlier.source
+            if earlier
+            else registry.log_pyfunc(runs.children[CANDIDATE], inputs.model_dirs[CANDIDATE], decode)
+        )
         decision = check_thresholds(report, gate)
         for note in decision.notes:
             log.warning("gate: %s", note)
@@ -240,10 +245,11 @@ def promote(
                 log.info("%s@%s is version %s already", cfg.registered_model, cfg.alias, current.version)
                 version = client.get_model_version(cfg.registered_model, current.version)
             else:
-                # one version per pipeline state: a rerun (a refused state, `dvc repro` by a teammate)
-                # judges and tags the version it registered before, instead of adding a copy
-                version = registry.version_for_key(client, cfg.registered_model, key) or registry.register(
-                    client, cfg.registered_model, uri, key
+                # looked up again when new: a promote of the same state may have registered it meanwhile
+                version = (
+                    earlier
+                    or registry.version_for_key(client, cfg.registered_model, key)
+                    or registry.register(client, cfg.registered_model, uri, key)
                 )
                 if decision.passed and current is not None:
                     decision.reasons += check_against_champion(

@@ -2,10 +2,9 @@
 
 A version carries the tags ``validation_status`` (passed|failed), ``validation_reasons`` (and
 ``validation_notes``), ``gate_metrics`` (JSON, read back when a later candidate is compared with the
-champion) and ``pipeline_key``. Every promote registers a new version, so the registry is the full
-record of gate decisions; a re-run of the same pipeline state registers the model already logged for
-that state (:func:`logged_model_for_key`) instead of logging its artifacts a second time, and none at
-all when the champion is that state already.
+champion) and ``pipeline_key``. One version per pipeline state, so the registry is the full record of
+gate decisions; a re-run of the same state judges and tags the version registered for it
+(:func:`version_for_key`) instead of logging and registering the model a second time.
 """
 
 from __future__ import annotations
@@ -149,12 +148,6 @@ def version_for_key(client: MlflowClient, name: str, key: str) -> ModelVersion |
         return None
     matches = [v for v in versions if v.tags.get(KEY_TAG) == key]
     return max(matches, key=lambda v: int(v.version)) if matches else None
-
-
-def logged_model_for_key(client: MlflowClient, name: str, key: str) -> str | None:
-    """The model URI registered earlier for the same pipeline state, if any."""
-    version = version_for_key(client, name, key)
-    return version.source if version is not None else None
 
 
 def register(client: MlflowClient, name: str, model_uri: str, key: str) -> ModelVersion:

@@ -18,7 +18,7 @@ import posixpath
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class PipelineRuns:
     experiment_id: str
     parent_id: str
     children: dict[str, str]  # variant -> run id
-    finished: set[str] = field(default_factory=set)  # runs a promote of this state completed before
+    finished: set[str]  # runs a promote of this state completed before
 
 
 def open_experiment(
@@ -106,11 +106,9 @@ def upsert_run(
     run_name: str,
     tags: dict[str, str],
     parent_id: str | None = None,
-    finished: set[str] | None = None,
-) -> str:
-    """The one active run with all ``tags`` (and ``parent_id``), created if missing; extras are deleted.
-    A found run that had FINISHED is added to ``finished``."""
-    finished = set() if finished is None else finished
+) -> tuple[str, bool]:
+    """The one active run with all ``tags`` (and ``parent_id``), created if missing, extras deleted; and
+    whether it had FINISHED (a promote of this state completed it before)."""
     match = dict(tags)
     if parent_id:
         match[PARENT_TAG] = parent_id
@@ -123,11 +121,9 @@ def upsert_run(
         client.delete_run(extra.info.run_id)
     if runs:
         run_id = runs[0].info.run_id
-        if runs[0].info.status == "FINISHED":
-            finished.add(run_id)
         client.update_run(run_id, status="RUNNING")
-        return run_id
-    return client.create_run(experiment_id, run_name=run_name, tags=match).info.run_id
+        return run_id, runs[0].info.status == "FINISHED"
+    return client.create_run(experiment_id, run_name=run_name, tags=match).info.run_id, False
 
 
 def log_values(
@@ -177,20 +173,22 @@ def start_pipeline_runs(
 ) -> PipelineRuns:
     """The parent run ``run_name`` and a child per variant, ``<variant>-<run_name's suffix>``: two
     pipeline states' INT8 runs side by side in MLflow's Compare view are told apart by name."""
-    finished: set[str] = set()
-    parent = upsert_run(client, experiment_id, run_name, {KEY_TAG: key, ROLE_TAG: "pipeline"}, None, finished)
+    parent, parent_finished = upsert_run(
+        client, experiment_id, run_name, {KEY_TAG: key, ROLE_TAG: "pipeline"}
+    )
     suffix = run_name.rpartition("-")[2]
-    children = {
+    found = {
         v: upsert_run(
             client,
             experiment_id,
             f"{v}-{suffix}",
             {KEY_TAG: key, ROLE_TAG: "variant", VARIANT_TAG: v},
             parent,
-            finished,
         )
         for v in variants
     }
+    children = {v: run_id for v, (run_id, _) in found.items()}
+    finished = {run_id for run_id, done in [(parent, parent_finished), *found.values()] if done}
     return PipelineRuns(experiment_id, parent, children, finished)
 
 

@@ -168,6 +168,10 @@ def test_rerun_updates_the_same_runs_and_keeps_the_champion(tmp_path, model_dirs
     assert second["champion_version"] == 1
     assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
     assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+    # Regression: each rerun appended an identical point to every metric's history
+    for run in runs:
+        for name in run.data.metrics:
+            assert len(client.get_metric_history(run.info.run_id, name)) == 1, name
 
 
 def test_promotes_sharing_a_sqlite_registry_take_turns(tmp_path, model_dirs, monkeypatch):
@@ -353,6 +357,24 @@ def test_every_params_yaml_mapping_is_logged_whatever_its_keys(tmp_path):
     run_id = client.create_run(exp_id).info.run_id
     log_values(client, run_id, params=flat)
     assert client.get_run(run_id).data.params == flat
+
+
+def test_a_moved_checkout_is_refused_before_artifacts_go_to_its_old_path(tmp_path, caplog):
+    """Regression: MLflow keeps an experiment's absolute artifact folder; a moved checkout recreated the
+    old folder and put new runs' artifacts (and registered models) there, apart from its mlruns/."""
+    uri = fresh_tracking_uri(tmp_path)
+    old, new = tmp_path / "old" / "mlruns", tmp_path / "new" / "mlruns"
+    old.mkdir(parents=True)
+    open_experiment(uri, "moved", old.as_uri())
+    open_experiment(uri, "moved", old.as_uri())  # the same folder: quiet
+    assert "keeps its artifacts" not in caplog.text
+    open_experiment(uri, "moved", new.as_uri())  # mlflow.artifact_root changed: the old one is used
+    assert f"keeps its artifacts in {old}" in caplog.text
+    old.rmdir()
+    message = f"keeps its artifacts in {old}, which does not exist.*ln -s {new} {old}"
+    with pytest.raises(TrackingError, match=message):
+        open_experiment(uri, "moved", new.as_uri())
+    assert not old.exists()
 
 
 def test_upstream_files_keep_their_folder():

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 from mlflow import MlflowClient
@@ -63,6 +65,7 @@ def open_experiment(
             return client, client.create_experiment(name, artifact_location=artifact_location)
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        _check_artifact_location(name, exp.artifact_location, artifact_location)
         return client, exp.experiment_id
     except MlflowException as e:
         raise TrackingError(f"MLflow tracking URI {uri}: {e.message}") from None
@@ -71,6 +74,26 @@ def open_experiment(
             f"MLflow tracking URI {uri}: needs the database driver module {e.name or e}; install the "
             "package that provides it"
         ) from None
+
+
+def _check_artifact_location(experiment: str, stored: str, wanted: str | None) -> None:
+    """MLflow keeps the artifact folder an experiment was created with, as an absolute path. A moved or
+    renamed checkout would write its runs' artifacts (and register models) under the old path, created
+    afresh, apart from the copied ``mlruns/``: refused. A changed ``mlflow.artifact_root`` only warns."""
+    if not (wanted and stored.startswith("file:") and wanted.startswith("file:")) or stored == wanted:
+        return
+    old = Path(url2pathname(urlparse(stored).path))
+    if not old.is_dir():
+        raise TrackingError(
+            f"MLflow experiment '{experiment}' keeps its artifacts in {old}, which does not exist (a moved "
+            f"checkout?). Move that folder back, link it there (ln -s {url2pathname(urlparse(wanted).path)} "
+            f"{old}), or log to a new experiment (params.yaml mlflow.experiment)"
+        )
+    log.warning(
+        "MLflow experiment '%s' keeps its artifacts in %s (set when it was created), not %s; a new "
+        "mlflow.experiment name would use the new folder",
+        experiment, old, wanted,
+    )  # fmt: skip
 
 
 def _param_name_ok(name: str) -> bool:
@@ -133,14 +156,19 @@ def log_values(
     metrics: dict[str, float] | None = None,
     tags: dict[str, Any] | None = None,
 ) -> None:
-    """Log in one batch. Params MLflow already holds are skipped (they are immutable), so a re-run is safe."""
-    existing = client.get_run(run_id).data.params
+    """Log in one batch; a re-run of a pipeline state is safe. Params MLflow already holds are skipped
+    (they are immutable), and so is a metric whose latest value is the same: a rerun would otherwise add
+    an identical point to its history each time (the UI's charts of a reused run)."""
+    held = client.get_run(run_id).data
+    existing = held.params
     new_params = [Param(k, str(v)) for k, v in (params or {}).items() if k not in existing]
     changed = {k: v for k, v in (params or {}).items() if k in existing and existing[k] != str(v)}
     if changed:
         log.warning("run %s keeps its first values for changed params %s", run_id, sorted(changed))
     now = int(time.time() * 1000)
-    batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    batch_metrics = [
+        Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if held.metrics.get(k) != float(v)
+    ]
     batch_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
     for i in range(0, max(len(new_params), len(batch_metrics), len(batch_tags)), 100):
         client.log_batch(

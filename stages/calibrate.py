@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from whisper_int8.audio import first_per_language, read_manifest
-from whisper_int8.calibrate import calibrate, calibrate_settings
+from whisper_int8.calibrate import CALIBRATION_FILES, calibrate, calibrate_settings
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fsutil import atomic_dir, check_dir_output, sha256_file
 from whisper_int8.fuse import FUSED_WEIGHTS
@@ -13,7 +13,7 @@ from whisper_int8.params import load_params
 
 def main(args) -> None:
     n, percentile, per_language = calibrate_settings(load_params(args.params), args.params)
-    check_dir_output(args.out)  # before the work, not after it
+    check_dir_output(args.out, CALIBRATION_FILES)  # before the work, not after it
     clips = first_per_language(read_manifest(args.split), per_language)
     model = load_fused_dir(args.model)
     digest = sha256_file(Path(args.model) / FUSED_WEIGHTS)

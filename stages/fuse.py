@@ -4,12 +4,12 @@ from pathlib import Path
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fsutil import atomic_dir, check_dir_output
-from whisper_int8.fuse import fuse_model, save_fused_dir
+from whisper_int8.fuse import FUSED_DIR_FILES, fuse_model, save_fused_dir
 from whisper_int8.model_sources import load_checkpoint
 
 
 def main(args) -> None:
-    check_dir_output(args.out)  # before the work, not after it
+    check_dir_output(args.out, FUSED_DIR_FILES)  # before the work, not after it
     loaded = load_checkpoint(Path(args.model) / "model.pt")
     counts = fuse_model(loaded.model)
     with atomic_dir(args.out) as tmp:

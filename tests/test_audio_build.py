@@ -9,8 +9,10 @@ import types
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from whisper.tokenizer import LANGUAGES
 
 from tests.conftest import REPO
 from tests.test_audio_wavio import write_tone
@@ -21,12 +23,16 @@ from whisper_int8.audio.build import build, parse_params
 from whisper_int8.fsutil import OutputConflictError, sha256_file
 from whisper_int8.params import ParamError, load_params, section
 
+CODES = sorted(LANGUAGES)
+
 
 def make_corpus(root: Path, langs=("en", "de"), n: int = 6) -> Path:
-    """``root/<lang>/clipNN.wav`` tones with ``.txt`` transcripts, distinct per clip."""
+    """``root/<lang>/clipNN.wav`` tones with ``.txt`` transcripts, distinct per clip (audio and text:
+    one recording under two transcripts is one clip)."""
     for lang in langs:
         for i in range(n):
-            write_tone(root / lang / f"clip{i:02d}.wav", 200 + 40 * i, 0.5 + 0.1 * i)
+            freq = 200 + 40 * i + 0.25 * CODES.index(lang)
+            write_tone(root / lang / f"clip{i:02d}.wav", freq, 0.5 + 0.1 * i)
             (root / lang / f"clip{i:02d}.txt").write_text(f"{lang} sentence number {i} for the test\n")
     return root
 
@@ -134,7 +140,8 @@ def test_skip_logs_and_counts_every_bad_input(tmp_path):
     manifest = bad_manifest(tmp_path)
     p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=3)
     p["sources"][f"local:{manifest}"] = ["en"]
-    p["sources"]["local:/no/such/recordings"] = ["en"]
+    (tmp_path / "empty").mkdir()
+    p["sources"][f"local:{tmp_path / 'empty'}"] = ["en"]
     summary = run_build(tmp_path, p)
     skipped = [s["cause"] for s in summary["skipped"]["items"]]
     for name, cause in causes.items():
@@ -142,7 +149,7 @@ def test_skip_logs_and_counts_every_bad_input(tmp_path):
     assert any("duplicate id 'dup'" in s for s in skipped)
     assert any("language 'xx' is not one Whisper knows" in s for s in skipped)
     assert any(f"{manifest}:4: empty or missing transcript" in s for s in skipped)
-    assert any("local:/no/such/recordings: not found" in s for s in skipped)
+    assert any(f"{tmp_path / 'empty'}: no audio files in the folder" in s for s in skipped)
     assert summary["skipped"]["count"] == len(skipped) == len(causes) + 4
     splits = [read_manifest(tmp_path / "out" / split) for split in ("eval", "calibration")]
     assert [len(clips) for clips in splits] == [3, 1]
@@ -150,6 +157,44 @@ def test_skip_logs_and_counts_every_bad_input(tmp_path):
     assert set(kept) == {"clip00.wav", "stereo.wav", "long.wav", "x.wav"}
     assert kept["long.wav"].duration == pytest.approx(31.0, abs=0.01)
     assert kept["stereo.wav"].duration == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_mistyped_or_empty_source_stops_before_any_clip_is_decoded(tmp_path, monkeypatch):
+    """Regression: a mistyped local: path was a warning (exit 0, the language silently lost its clips
+    whatever on_error said); a language with no usable source failed only after every earlier
+    language's clips were decoded or synthesized (minutes each with a cold cache)."""
+    good = make_corpus(tmp_path / "good", ("de",), 4)
+    run_build(tmp_path, params(f"local:{good}", ("de",), calib=1, evals=2))
+    before = outputs(tmp_path / "out")
+    decoded = []
+    monkeypatch.setattr(audio_build, "_decode", lambda item: decoded.append(item) or item.load())
+    typo = params(f"local:{good}", ("de",), calib=1, evals=2)
+    typo["sources"]["local:recordigs/"] = ["de"]
+    with pytest.raises(
+        ParamError, match=r"^params.yaml: audio.sources: local:recordigs/: not found \(looked in"
+    ):
+        run_build(tmp_path, typo)
+    (tmp_path / "empty").mkdir()
+    no_en = params(f"local:{good}", ("de", "en"), calib=1, evals=2)
+    no_en["sources"] = {f"local:{good}": ["de"], f"local:{tmp_path / 'empty'}": ["en"]}
+    with pytest.raises(
+        AudioInputError, match="no candidate clip for en: every source of it was skipped or empty"
+    ):
+        run_build(tmp_path, no_en)
+    assert decoded == [] and outputs(tmp_path / "out") == before
+
+
+def test_one_recording_under_two_transcripts_goes_in_one_split(tmp_path):
+    """Regression: splits were kept apart by text only; a copied file with an edited transcript could
+    be evaluated on the very audio it was calibrated on."""
+    rec = make_corpus(tmp_path / "rec", ("en",), 3)
+    for i in range(3):
+        (rec / "en" / f"copy{i}.wav").write_bytes((rec / "en" / f"clip{i:02d}.wav").read_bytes())
+        (rec / "en" / f"copy{i}.txt").write_text(f"another transcript {i} of the same recording")
+    for seed in range(4):
+        run_build(tmp_path, params(f"local:{rec}", ("en",), calib=3, evals=2, seed=seed))
+        clips = [c for s in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / s)]
+        assert len(clips) == 3 and len({c.sha256 for c in clips}) == 3, seed
 
 
 @pytest.mark.parametrize(
@@ -247,13 +292,14 @@ def test_a_file_in_an_unlisted_language_is_counted_once_and_stops_a_failing_buil
         run_build(tmp_path, {**p, "on_error": "fail"})
 
 
-def test_a_missing_local_source_is_not_found_and_counted_once(tmp_path):
+def test_an_empty_local_source_is_counted_once(tmp_path):
     corpus = make_corpus(tmp_path / "rec", ("en", "de"), 3)
     p = params(f"local:{corpus}", calib=1, evals=2)
-    p["sources"][f"local:{tmp_path / 'gone'}"] = ["en", "de"]
+    (tmp_path / "empty").mkdir()
+    p["sources"][f"local:{tmp_path / 'empty'}"] = ["en", "de"]
     summary = run_build(tmp_path, p)
     (cause,) = [s["cause"] for s in summary["skipped"]["items"]]
-    assert cause.startswith(f"local:{tmp_path / 'gone'}: not found")
+    assert cause.startswith(f"{tmp_path / 'empty'}: no audio files in the folder")
 
 
 def write_manifest(root: Path, rows: list[tuple[str, str, str]]) -> Path:
@@ -315,12 +361,15 @@ def test_a_language_without_evaluation_clips_stops_the_build(tmp_path):
     assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before
 
 
-def test_a_text_in_both_splits_is_an_error_naming_it():
-    def item(item_id: str, text: str) -> tuple:
-        return (audio_build.Item(item_id, "en", text, "test", "test", lambda: None), None)
+def test_a_text_or_recording_in_both_splits_is_an_error_naming_it():
+    def item(item_id: str, text: str, pcm: list[int]) -> tuple:
+        return (audio_build.Item(item_id, "en", text, "test", "test", lambda: None), np.array(pcm, "<i2"))
 
-    chosen = {"calibration": [item("en-1", "Hello, world")], "eval": [item("de-1", "hello world")]}
-    with pytest.raises(RuntimeError, match=r"text 'hello world' selected for both splits \(en-1 in calib"):
+    chosen = {"calibration": [item("en-1", "Hello, world", [1])], "eval": [item("de-1", "hello world", [2])]}
+    with pytest.raises(RuntimeError, match=r"the text of de-1 selected for both splits \(en-1 in calib"):
+        audio_build._check_disjoint(chosen)
+    chosen = {"calibration": [item("en-1", "Hello", [1, 2])], "eval": [item("de-1", "world", [1, 2])]}
+    with pytest.raises(RuntimeError, match=r"the audio of de-1 selected for both splits \(en-1 in calib"):
         audio_build._check_disjoint(chosen)
 
 

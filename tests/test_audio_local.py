@@ -9,6 +9,7 @@ import pytest
 from tests.test_audio_wavio import write_tone
 from whisper_int8.audio import ErrorPolicy, local
 from whisper_int8.audio.manifest import ID_RE
+from whisper_int8.params import ParamError
 
 ROWS = [{"audio": "spk1/001.wav", "text": "first speaker", "language": "en"},
         {"audio": "spk2/001.wav", "text": "second speaker", "language": "en"},
@@ -106,8 +107,21 @@ def test_a_file_in_a_language_the_source_does_not_list_is_a_bad_item(tmp_path):
 
 
 def test_a_missing_local_path_is_not_found(tmp_path):
-    with pytest.raises(local.AudioInputError, match=r"local:nowhere/x\.csv: not found"):
+    with pytest.raises(ParamError, match=r"audio.sources: local:nowhere/x\.csv: not found"):
         local.items("nowhere/x.csv", ["en"], {"en"}, ErrorPolicy())
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ParamError, match=r"notes.txt: not a folder or a .csv/.jsonl manifest"):
+        local.items(str(tmp_path / "notes.txt"), ["en"], {"en"}, ErrorPolicy())
+
+
+def test_a_json_array_is_refused_as_a_manifest(tmp_path):
+    """Regression: a pretty-printed JSON array gave 'not valid JSON' for each of its lines."""
+    write_audio(tmp_path)
+    (tmp_path / "m.json").write_text(json.dumps(ROWS, indent=2))
+    with pytest.raises(local.AudioInputError, match=r"m.json: a JSON array; a manifest is JSON Lines"):
+        local.from_manifest(tmp_path / "m.json", ErrorPolicy())
+    (tmp_path / "m.json").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert [it.id for it in local.from_manifest(tmp_path / "m.json", ErrorPolicy())] == IDS
 
 
 def test_a_bad_manifest_row_is_one_bad_item_named_by_its_file_line(tmp_path):
@@ -202,10 +216,10 @@ def test_a_relative_source_missing_here_is_found_in_the_repository(tmp_path, mon
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    with pytest.raises(local.AudioInputError, match=f"not found \\(looked in {work}\\); give"):
+    with pytest.raises(ParamError, match=f"not found \\(looked in {work}\\); give"):
         local.items("rec", ["en"], {"en"}, ErrorPolicy())
     monkeypatch.setenv("DVC_ROOT", str(repo))
     (item,) = local.items("rec", ["en"], {"en"}, ErrorPolicy())
-    with pytest.raises(local.AudioInputError, match=f"looked in {work} and {repo}\\)"):
+    with pytest.raises(ParamError, match=f"looked in {work} and {repo}\\)"):
         local.items("absent", ["en"], {"en"}, ErrorPolicy())
     assert item.source == "local:rec/en/a.wav"  # as configured: the same manifest bytes in both places

@@ -264,3 +264,23 @@ def test_fuse_stage_checks_its_output_before_the_work_and_takes_no_params(tmp_pa
     assert proc.returncode == 2 and proc.stderr.startswith("error: /proc: cannot write there"), proc.stderr
     proc = subprocess.run([*fuse, "--params", "p.yaml"], capture_output=True, text=True, env=venv_env())
     assert proc.returncode == 2 and "unrecognized arguments: --params p.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("stage", "its_own"),
+    [("fuse", "model_card.json"), ("calibrate", "sensitivity.json"), ("fetch_model", "model_card.json")],
+)
+def test_a_stage_refuses_a_folder_of_other_files_before_the_work(tmp_path, stage, its_own):
+    """Regression: a mistyped --out (a folder of someone else's files) was refused only after the work:
+    minutes of calibration lost. (convert: tests/test_quant.py; fetch_audio: tests/test_audio_build.py.)"""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / its_own).write_text("{}")  # one of the stage's own outputs: not the problem
+    cmd = [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--out", str(out)]
+    cmd += ["--params", str(REPO / "params.yaml")] if stage != "fuse" else []
+    cmd += ["--model", "nosuch"] if stage != "fetch_model" else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {out}: holds notes.txt, which this output does not"), proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([its_own, "notes.txt"])

@@ -14,7 +14,7 @@ import whisper
 from torch import nn
 
 from whisper_int8.calibrate import StatsCollector
-from whisper_int8.fsutil import dir_bytes
+from whisper_int8.fsutil import OutputConflictError, dir_bytes
 from whisper_int8.fuse import fuse_model
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import ParamError
@@ -195,6 +195,11 @@ def test_convert_dir_checks_the_fp32_path_before_converting(tmp_path):
     with pytest.raises(ModelSourceError, match=r"fp32: not a fused model directory \(an INT8 model\)"):
         convert("fp32", "fp32")
     assert not (tmp_path / "int8").exists()
+    # Regression: an --out holding other files was refused only after the conversion
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "int8" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputConflictError, match="int8: holds notes.txt, which this output does not"):
+        convert("nope", "fp32")
 
 
 def test_auto_k_larger_than_layers():

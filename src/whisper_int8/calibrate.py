@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 STATS = "stats.pt"
 SENSITIVITY = "sensitivity.json"
+COVERAGE = "coverage.json"
+CALIBRATION_FILES = (STATS, SENSITIVITY, COVERAGE)  # what models/calibration holds
 # |x| histogram: 2^-16 .. 2^12 in 1/32-octave bins (log2 domain); values outside go to the end bins.
 LOG2_MIN, LOG2_MAX, HIST_BINS = -16.0, 12.0, 28 * 32
 HIST_EDGES = torch.exp2(torch.linspace(LOG2_MIN, LOG2_MAX, HIST_BINS + 1))
@@ -252,7 +254,7 @@ def calibrate(
         },
     )
     cov = {lang: {**v, "seconds": round(v["seconds"], 2)} for lang, v in sorted(coverage.items())}
-    atomic_write_json(out / "coverage.json", cov)
+    atomic_write_json(out / COVERAGE, cov)
     log.info(
         "calibrated %d clips in %d languages; most sensitive: %s",
         len(clips),

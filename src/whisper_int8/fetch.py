@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "model.pt"
 CARD = "model_card.json"
+FP32_DIR_FILES = (CHECKPOINT, CARD)  # what models/fp32 holds
 
 
 def fetch_model(source: str, out_dir: Path | str) -> dict:

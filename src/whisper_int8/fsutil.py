@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +98,20 @@ def atomic_dirs(*dests: Path | str) -> Iterator[tuple[Path, ...]]:
         tmps = tuple(stack.enter_context(staging_dir(d)) for d in paths)
         yield tmps
         for dest, tmp in zip(paths, tmps, strict=True):
-            _check_replaceable(dest, tmp)
+            _check_replaceable(dest, {p.name for p in tmp.iterdir()})
         for dest, tmp in zip(paths, tmps, strict=True):
             replace_dir(tmp, dest)
 
 
-def _check_replaceable(dest: Path, new: Path) -> None:
-    """Raise unless ``dest`` is absent or a directory whose entries the output in ``new`` all has."""
+def _check_replaceable(dest: Path, names: Collection[str]) -> None:
+    """Raise unless ``dest`` is absent or a directory whose entries are all among the output's ``names``."""
     if not dest.exists():
         return
     if not dest.is_dir():
         raise OutputConflictError(
             f"{dest}: exists and is not a directory; not replaced. Give another output path"
         )
-    extra = sorted({p.name for p in dest.iterdir()} - {p.name for p in new.iterdir()})
+    extra = sorted({p.name for p in dest.iterdir()} - set(names))
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise OutputConflictError(
@@ -128,11 +128,17 @@ def check_file_output(path: Path | str) -> None:
     _check_parents(path)
 
 
-def check_dir_output(path: Path | str) -> None:
-    """Raise unless ``path`` can be a folder of outputs (absent or a folder): checked before the work."""
+def check_dir_output(path: Path | str, names: Collection[str] | None = None) -> None:
+    """Raise unless ``path`` can be a folder of outputs (absent or a folder): checked before the work.
+
+    ``names``: the entries the output will hold; a folder holding anything else (a mistyped ``--out``)
+    is refused now, as :func:`atomic_dir` would refuse it after the work.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputConflictError(f"{path}: exists and is not a directory; give a folder for the outputs")
+    if names is not None:
+        _check_replaceable(path, names)
     _check_parents(path)
 
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from whisper.model import AudioEncoder, ModelDimensions, MultiHeadAttention, TextDecoder, Whisper
 
+from .fetch import CARD
+
 log = logging.getLogger(__name__)
 
 # Frames of encoder output per part where frames are independent (encoder MLPs, cross-attention K/V
@@ -224,6 +226,7 @@ def fuse_model(model: Whisper) -> dict[str, int]:
 
 
 FUSED_WEIGHTS = "fused.pt"
+FUSED_DIR_FILES = (FUSED_WEIGHTS, CARD)  # what models/fused holds
 
 
 @contextmanager
@@ -310,4 +313,4 @@ def save_fused_dir(out: Path, model: Whisper, alignment_heads, counts: dict[str,
         "bytes": (out / FUSED_WEIGHTS).stat().st_size,
         **extra,
     }
-    atomic_write_json(out / "model_card.json", card)
+    atomic_write_json(out / CARD, card)

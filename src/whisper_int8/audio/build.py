@@ -10,6 +10,7 @@ or is taken in any language...) is skipped or stops the build according to ``on_
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..fsutil import (
     atomic_write_bytes,
     atomic_write_json,
     check_apart,
+    check_dir_output,
     check_file_output,
     sha256_file,
 )
@@ -45,6 +47,7 @@ from .wavio import MAX_SECONDS, SAMPLE_RATE, wav_bytes
 log = logging.getLogger(__name__)
 
 SPLITS = ("calibration", "eval")
+AUDIO_DIR = "audio"  # a split's clips; its manifest.jsonl names them audio/<id>.wav
 KNOWN_LANGUAGES = set(LANGUAGES)
 
 
@@ -232,8 +235,20 @@ def collect(params: AudioParams, policy: ErrorPolicy) -> dict[str, list[Item]]:
     return pooled
 
 
+@dataclass
+class Taken:
+    """What the splits hold so far: a text, or a recording, goes to one language and one split only."""
+
+    texts: set[str] = field(default_factory=set)
+    sounds: set[str] = field(default_factory=set)  # digests of the decoded samples
+
+
 def _text_key(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def _pcm_key(pcm: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pcm, dtype="<i2").tobytes()).hexdigest()
 
 
 def _check_id(it: Item, ids: dict[str, Item]) -> None:
@@ -315,15 +330,15 @@ def _take(
     params: AudioParams,
     policy: ErrorPolicy,
     bar: tqdm,
-    texts: set[str],
+    taken: Taken,
 ) -> tuple[list, list[Item]]:
-    """The first ``wanted`` items of ``order`` whose text is not in ``texts`` and that decode.
+    """The first ``wanted`` items of ``order`` that decode, whose text and audio are not ``taken``.
 
-    Returns ``([(item, pcm)], the items after the last one tried)``; the chosen texts join ``texts``.
+    Returns ``([(item, pcm)], the items after the last one tried)``; the chosen ones join ``taken``.
     Items decoded ahead but not tried are decoded again by the next call (a cached synthesis or one
     ffmpeg run each), so what is chosen never depends on the worker count.
     """
-    candidates = [it for it in order if _text_key(it.text) not in texts]
+    candidates = [it for it in order if _text_key(it.text) not in taken.texts]
     chosen: list = []
     tried = 0
     for it, future in _decoded(candidates, params.workers) if wanted else ():
@@ -340,8 +355,15 @@ def _take(
                 len(pcm) / SAMPLE_RATE,
                 MAX_SECONDS,
             )
+        sound = _pcm_key(pcm)
+        if sound in taken.sounds:  # one recording under two transcripts (a copied file)
+            log.info(
+                "%s: the same audio as a clip already chosen, not used (a recording goes in one split)", it.id
+            )
+            continue
         chosen.append((it, pcm))
-        texts.add(_text_key(it.text))
+        taken.texts.add(_text_key(it.text))
+        taken.sounds.add(sound)
         bar.update(1)
         if len(chosen) == wanted:
             break
@@ -358,15 +380,24 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
     calibration count never changes any language's evaluation set.
     """
     ids: dict[str, Item] = {}
-    texts: set[str] = set()
+    orders = {}
+    for language in params.languages:
+        orders[language] = _unique(pooled[language], policy, ids)
+        random.Random(f"{params.seed}:{language}").shuffle(orders[language])
+    lacking = [language for language, order in orders.items() if not order]
+    if params.eval_per_lang and lacking:  # before any clip is decoded or synthesized
+        raise AudioInputError(
+            f"audio.languages: no candidate clip for {', '.join(lacking)}: every source of "
+            f"{'it' if len(lacking) == 1 else 'them'} was skipped or empty (see the log); fix the source "
+            "under audio.sources or remove the language from audio.languages"
+        )
+    taken = Taken()
     chosen: dict[str, list] = {s: [] for s in SPLITS}
     rest: dict[str, list[Item]] = {}
     empty = []
-    for language in params.languages:
-        order = _unique(pooled[language], policy, ids)
-        random.Random(f"{params.seed}:{language}").shuffle(order)
+    for language, order in orders.items():
         picked, rest[language] = _take(
-            language, "eval", params.eval_per_lang, order, params, policy, bar, texts
+            language, "eval", params.eval_per_lang, order, params, policy, bar, taken
         )
         if params.eval_per_lang and not picked:
             empty.append(f"{language} ({len(order)} candidate texts)")
@@ -379,7 +410,7 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
         )
     for language in params.languages:
         picked, _ = _take(
-            language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, texts
+            language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, taken
         )
         chosen["calibration"] += picked
     if not chosen["calibration"]:  # calibrate needs clips: stop here, not one stage later
@@ -393,7 +424,7 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
 def _write_split(dest: Path, chosen: list[tuple[Item, Any]]) -> list[Clip]:
     clips = []
     for it, pcm in sorted(chosen, key=lambda c: c[0].id):
-        rel = f"audio/{it.id}.wav"
+        rel = f"{AUDIO_DIR}/{it.id}.wav"
         atomic_write_bytes(dest / rel, wav_bytes(pcm))
         clips.append(
             Clip(
@@ -412,21 +443,28 @@ def _write_split(dest: Path, chosen: list[tuple[Item, Any]]) -> list[Clip]:
 
 
 def _check_disjoint(chosen: dict[str, list]) -> None:
-    """No text in both splits: an evaluation text seen in calibration would flatter the INT8 model."""
-    calibration = {_text_key(it.text): it for it, _ in chosen["calibration"]}
-    for it, _ in chosen["eval"]:
-        other = calibration.get(_text_key(it.text))
-        if other is not None:
-            raise RuntimeError(
-                f"fetch_audio: text {it.text!r} selected for both splits ({other.id} in calibration, "
-                f"{it.id} in eval); a bug in the selection, please report it"
-            )
+    """No text or recording in both splits: an evaluation clip seen in calibration would flatter the
+    INT8 model."""
+    for key, what in ((lambda it, _: _text_key(it.text), "text"), (lambda _, pcm: _pcm_key(pcm), "audio")):
+        calibration = {key(it, pcm): it for it, pcm in chosen["calibration"]}
+        for it, pcm in chosen["eval"]:
+            other = calibration.get(key(it, pcm))
+            if other is not None:
+                raise RuntimeError(
+                    f"fetch_audio: the {what} of {it.id} selected for both splits ({other.id} in "
+                    "calibration); a bug in the selection, please report it"
+                )
 
 
 def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path) -> dict:
     """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
     check_apart(calib_dir, eval_dir, summary_path)  # before any work: one would replace the other
     check_file_output(summary_path)  # and so before either split is replaced
+    for split_dir in (calib_dir, eval_dir):
+        check_dir_output(split_dir, (MANIFEST, AUDIO_DIR))
+    for spec in params.sources:  # a mistyped path: before any source is fetched
+        if spec.startswith("local:"):
+            local.check_source(spec[len("local:") :])
     policy = ErrorPolicy(params.on_error)
     pooled = collect(params, policy)
     total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+from ..params import ParamError
 from ..tracking_uri import repo_root
 from .errors import AudioInputError, ErrorPolicy
 from .manifest import MAX_ID_BYTES, Item, safe_id
@@ -31,6 +32,7 @@ AUDIO_EXTENSIONS = {
     ".mp4", ".wma", ".amr", ".3gp", ".caf", ".mka", ".mkv", ".ac3", ".spx",
 }  # fmt: skip
 LICENSE = "user-provided"
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")  # .json: JSON Lines too, as datasets export it
 COLUMNS = ("audio", "text", "language")  # required; id and license are optional
 
 
@@ -78,7 +80,13 @@ def _rows(path: Path) -> list[tuple[int, dict | AudioInputError]]:
             with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
                 rows = _csv_rows(path, f)
         else:
-            rows = _jsonl_rows(path, path.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
+            text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+            if text.lstrip().startswith("["):
+                raise AudioInputError(
+                    f"{path}: a JSON array; a manifest is JSON Lines, one object per line "
+                    '({"audio": ..., "text": ..., "language": ...}), or a CSV'
+                )
+            rows = _jsonl_rows(path, text)
     except (OSError, csv.Error) as e:
         raise AudioInputError(f"{path}: cannot read the manifest ({e})") from None
     return [
@@ -219,6 +227,11 @@ def from_folder(
     files = _files(folder)
     clips = {f.with_suffix("") for f in files if f.suffix.lower() in AUDIO_EXTENSIONS}
     texts = {f.with_suffix("") for f in files if f.suffix == ".txt"}
+    if not clips and not texts:
+        raise AudioInputError(
+            f"{shown or folder}: no audio files in the folder (read: {', '.join(sorted(AUDIO_EXTENSIONS))}, "
+            "each with a same-named .txt transcript)"
+        )
     out = []
     for audio in files:
         known_suffix = audio.suffix.lower() in AUDIO_EXTENSIONS
@@ -271,18 +284,26 @@ def locate(path: Path) -> Path:
     return in_repo if in_repo.exists() else path
 
 
+def check_source(spec_path: str, where: str = "params.yaml") -> Path:
+    """The folder or manifest ``local:<spec_path>`` names. A wrong path is a mistake in the params, not a
+    bad item: refused before any work, whatever ``audio.on_error`` says."""
+    path = locate(Path(spec_path).expanduser())
+    if not path.exists():
+        places = dict.fromkeys(str(p.resolve()) for p in (Path.cwd(), repo_root()))
+        looked = "" if path.is_absolute() else f" (looked in {' and '.join(places)})"
+        raise ParamError(
+            f"{where}: audio.sources: local:{spec_path}: not found{looked}; give an existing folder or "
+            ".csv/.jsonl manifest"
+        )
+    if not path.is_dir() and not (path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES):
+        raise ParamError(f"{where}: audio.sources: local:{spec_path}: not a folder or a .csv/.jsonl manifest")
+    return path
+
+
 def items(spec_path: str, languages: list[str], known: set[str], policy: ErrorPolicy) -> list[Item]:
     """Items from ``local:<spec_path>`` (manifest file or folder)."""
     shown = Path(spec_path).expanduser()
-    path = locate(shown)
+    path = check_source(spec_path)
     if path.is_dir():
         return from_folder(path, languages, known, policy, shown)
-    if not path.exists():
-        places = dict.fromkeys(str(p.resolve()) for p in (Path.cwd(), repo_root()))
-        where = "" if path.is_absolute() else f" (looked in {' and '.join(places)})"
-        raise AudioInputError(
-            f"local:{spec_path}: not found{where}; give an existing folder or .csv/.jsonl manifest"
-        )
-    if path.is_file() and path.suffix.lower() in (".csv", ".jsonl", ".json"):
-        return from_manifest(path, policy, languages, known, shown)
-    raise AudioInputError(f"local:{spec_path}: not a folder or a .csv/.jsonl manifest")
+    return from_manifest(path, policy, languages, known, shown)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from whisper.model import Whisper
 
+from ..fetch import CARD
 from ..fsutil import atomic_write_json, sha256_file
 from ..fuse import TiedEmbedding, fused_skeleton, materialize, set_cross_kv_dtype
 from ..model_sources import ModelSourceError
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INT8_WEIGHTS = "int8.pt"
 QUANT_CONFIG = "quant_config.json"
+INT8_DIR_FILES = (INT8_WEIGHTS, QUANT_CONFIG, CARD)  # what models/int8 holds
 EMBEDDING = "decoder.token_embedding"
 FORMAT = "whisper-int8/int8"
 # Static scheme: the MLP output projection's input (after GELU) has outliers that one calibrated
@@ -307,7 +309,7 @@ def save_int8_dir(
         "ratio_to_fp32": round(size / fp32_bytes, 4),
         **{k: v for k, v in report.items() if k != "layers"},
     }
-    atomic_write_json(out / "model_card.json", card)
+    atomic_write_json(out / CARD, card)
     return card
 
 

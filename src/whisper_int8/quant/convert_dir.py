@@ -10,7 +10,7 @@ from ..calibrate import check_calibrated_on, load_calibration
 from ..fsutil import atomic_dir, check_dir_output, dir_bytes
 from ..model_dir import check_fused_dir, load_fused_dir
 from .config import QuantConfig
-from .convert import quantize_model, save_int8_dir
+from .convert import INT8_DIR_FILES, quantize_model, save_int8_dir
 
 
 def convert_dir(
@@ -26,7 +26,7 @@ def convert_dir(
             f"{fp32}: not the FP32 model directory (no model.pt; its size sets the card's ratio): give "
             "models/fp32"
         )
-    check_dir_output(out)
+    check_dir_output(out, INT8_DIR_FILES)
     stats, sensitivity = load_calibration(Path(calibration))
     check_fused_dir(fused)
     check_calibrated_on(Path(calibration), Path(fused))

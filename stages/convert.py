@@ -3,7 +3,7 @@
 import logging
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.params import load_params
+from whisper_int8.params import load_params, section
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert_dir import convert_dir
 
@@ -11,7 +11,7 @@ log = logging.getLogger("convert")
 
 
 def main(args) -> None:
-    cfg = parse_quant_config(load_params(args.params).get("quant"), args.params)
+    cfg = parse_quant_config(section(load_params(args.params), "quant", args.params), args.params)
     card = convert_dir(args.model, args.calibration, args.fp32, args.out, cfg)
     log.info("%s: %d bytes, %.1f%% of FP32, %d int8 / %d float Linear layers", args.out, card["bytes"],
              100 * card["ratio_to_fp32"], card["int8_linear"], card["float_linear"])  # fmt: skip

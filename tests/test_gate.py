@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from whisper_int8.gate import _over, check_against_champion, check_thresholds, gate_config
@@ -114,6 +116,25 @@ def test_champion_comparison_on_accuracy_only():
 def test_bad_params_name_the_key(section, key):
     with pytest.raises(ParamError, match=key.replace(".", r"\.")):
         gate_config(section)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"require_languages": ["en", "EN", "xx"]}, "gate.require_languages: EN, xx not a language Whisper "
+         "knows (codes are lower case: en)"),
+        ({"require_languages": ["en", "en"]}, "gate.require_languages: en listed more than once"),
+        ({"max_size_ratio": -1}, "gate.max_size_ratio=-1 must be above 0 (.inf: no limit)"),
+        ({"max_size_ratio": 0}, "gate.max_size_ratio=0 must be above 0"),
+        ({"min_speedup": -0.5}, "gate.min_speedup=-0.5 must be >= 0 (0: no limit)"),
+    ],
+)  # fmt: skip
+def test_a_gate_that_could_never_pass_is_refused_before_anything_is_registered(section, message):
+    """Regression: these passed validation; promote registered a version and then refused it
+    ("languages without results: EN, xx", "size ratio 0.294 above max_size_ratio -1.0")."""
+    with pytest.raises(ParamError, match=re.escape(f"params.yaml: {message}")):
+        gate_config(section)
+    assert gate_config({"max_size_ratio": float("inf"), "min_speedup": 0}).min_speedup == 0
 
 
 def test_a_language_too_small_for_its_limit_gets_a_note_that_decides_nothing():

@@ -50,7 +50,7 @@ def repo_mlflow(path: Path = PARAMS) -> dict[str, str]:
         return {}
     from .params import ParamError, load_params
 
-    ml = load_params(path).get("mlflow")
+    ml = load_params(path, sections=False).get("mlflow")  # perhaps another project's file
     if not isinstance(ml, dict):
         return {}
     keys = ("tracking_uri", "registered_model", "alias")

@@ -13,6 +13,7 @@ from typing import Any
 from whisper.tokenizer import LANGUAGES
 
 from .eval_report import BASELINE, CANDIDATE, error_key, languages
+from .languages import check_codes
 from .params import ParamError, reject_unknown_keys
 
 ACCURACY_PREFIXES = ("wer/", "cer/", "error_rate/")
@@ -44,6 +45,18 @@ def _number(section: dict, key: Any, default: float, where: str, name: str | Non
     return float(value)
 
 
+def _at_least(value: float, least: float, key: str, where: str) -> float:
+    if value < least:
+        raise ParamError(f"{where}: gate.{key}={value:g} must be >= {least:g} ({least:g}: no limit)")
+    return value
+
+
+def _positive(value: float, key: str, where: str) -> float:
+    if value <= 0:
+        raise ParamError(f"{where}: gate.{key}={value:g} must be above 0 (.inf: no limit)")
+    return value
+
+
 def _language_limits(by_lang: Any, where: str) -> dict[str, float]:
     """``max_wer_delta_pp_by_language``: Whisper language codes to numbers; an override that cannot
     apply (a typo, YAML's ``no`` read as false) is an error, not a limit silently left at the default."""
@@ -63,8 +76,10 @@ def gate_config(section: dict[str, Any], where: str = "params.yaml") -> GateConf
     d = GateConfig()
     by_lang = _language_limits(section.get("max_wer_delta_pp_by_language") or {}, where)
     req = section.get("require_languages", d.require_languages)
-    if not isinstance(req, bool) and not (isinstance(req, list) and all(isinstance(x, str) for x in req)):
+    if not isinstance(req, bool | list):
         raise ParamError(f"{where}: gate.require_languages must be true/false or a list of language codes")
+    if isinstance(req, list):
+        check_codes("gate.require_languages", req, where)
     fail = section.get("fail_on_reject", d.fail_on_reject)
     if not isinstance(fail, bool):
         raise ParamError(f"{where}: gate.fail_on_reject must be true or false")
@@ -74,8 +89,12 @@ def gate_config(section: dict[str, Any], where: str = "params.yaml") -> GateConf
         max_overall_wer_delta_pp=_number(
             section, "max_overall_wer_delta_pp", d.max_overall_wer_delta_pp, where
         ),
-        min_speedup=_number(section, "min_speedup", d.min_speedup, where),
-        max_size_ratio=_number(section, "max_size_ratio", d.max_size_ratio, where),
+        min_speedup=_at_least(
+            _number(section, "min_speedup", d.min_speedup, where), 0.0, "min_speedup", where
+        ),
+        max_size_ratio=_positive(
+            _number(section, "max_size_ratio", d.max_size_ratio, where), "max_size_ratio", where
+        ),
         require_languages=req,
         fail_on_reject=fail,
         champion_tolerance_pp=_number(section, "champion_tolerance_pp", d.champion_tolerance_pp, where),

@@ -6,8 +6,12 @@ do not depend on the decoding code.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+from .params import ParamError
 
 
 def language_code(language: str) -> str:
@@ -19,6 +23,28 @@ def language_code(language: str) -> str:
             "English); leave it out to detect the language"
         )
     return code
+
+
+def check_codes(key: str, languages: Any, path: str = "params.yaml") -> None:
+    """Whisper codes in a params list, each once: a wrong one is refused naming ``key``. YAML 1.1 reads
+    an unquoted ``no`` (Norwegian) as ``false``; codes are lower case."""
+    flags = [lang for lang in languages if isinstance(lang, bool)]
+    if flags:
+        raise ParamError(
+            f"{path}: {key}: {flags[0]} is not a language code; YAML reads an unquoted no (Norwegian) "
+            "as false: quote it, 'no'"
+        )
+    other = [lang for lang in languages if not isinstance(lang, str)]
+    if other:
+        raise ParamError(f"{path}: {key}: {other[0]!r} is not a language code; list codes such as en, de")
+    unknown = [lang for lang in languages if lang not in LANGUAGES]
+    if unknown:
+        lower = [lang.lower() for lang in unknown if lang.lower() in LANGUAGES]
+        hint = f" (codes are lower case: {', '.join(lower)})" if lower else ""
+        raise ParamError(f"{path}: {key}: {', '.join(map(str, unknown))} not a language Whisper knows{hint}")
+    twice = sorted({lang for lang in languages if list(languages).count(lang) > 1})
+    if twice:
+        raise ParamError(f"{path}: {key}: {', '.join(twice)} listed more than once; list each language once")
 
 
 def model_languages(model: nn.Module) -> list[str]:

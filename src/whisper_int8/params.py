@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +15,52 @@ class ParamError(ValueError):
     """A value in params.yaml is missing or invalid; the message names the key."""
 
 
-def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
+# the pipeline's sections; a params.yaml shared with other stages may hold more (DVC's convention)
+SECTIONS = ("model", "audio", "evaluate", "gate", "mlflow", "calibrate", "quant")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word: a second ``seed:`` or ``quant:`` block
+    pasted below the first would silently replace it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it below, with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: keep one of them", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_params(path: Path | str = "params.yaml", sections: bool = True) -> dict[str, Any]:
+    """The parameter file as a dict. ``sections``: refuse a top-level key that looks like a mistyped
+    section (``quantt:``), whose settings would otherwise be ignored for the defaults."""
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"{path}: parameter file not found; run from the repository root or pass --params")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ParamError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except yaml.MarkedYAMLError as e:  # one line, as an editor takes it: file:line:column
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(filter(None, (e.context, e.problem)))
+        raise ParamError(f"{where}: not valid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise ParamError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path}: expected a mapping of sections at the top level")
+    for key in data if sections else ():
+        near = difflib.get_close_matches(str(key), SECTIONS, n=1, cutoff=0.75)
+        if key not in SECTIONS and near:
+            known = ", ".join(SECTIONS)
+            raise ParamError(f"{path}: unknown section {key!r}; did you mean {near[0]!r}? ({known})")
     return data
 
 

@@ -36,6 +36,7 @@ from ..fsutil import (
     check_file_output,
     sha256_file,
 )
+from ..languages import check_codes
 from ..params import ParamError, reject_unknown_keys
 from ..scoring import normalize
 from ..tracking_uri import repo_root
@@ -67,25 +68,6 @@ class AudioParams:
     workers: int = 2
 
 
-def _check_languages(key: str, languages: Any, path: str) -> None:
-    """Whisper codes, each once; YAML 1.1 reads an unquoted ``no`` (Norwegian) as ``false``."""
-    flags = [lang for lang in languages if isinstance(lang, bool)]
-    if flags:
-        raise ParamError(
-            f"{path}: {key}: {flags[0]} is not a language code; YAML reads an unquoted no (Norwegian) "
-            "as false: quote it, 'no'"
-        )
-    other = [lang for lang in languages if not isinstance(lang, str)]
-    if other:
-        raise ParamError(f"{path}: {key}: {other[0]!r} is not a language code; list codes such as en, de")
-    unknown = [lang for lang in languages if lang not in KNOWN_LANGUAGES]
-    if unknown:
-        raise ParamError(f"{path}: {key}: {', '.join(map(str, unknown))} not a language Whisper knows")
-    twice = sorted({lang for lang in languages if list(languages).count(lang) > 1})
-    if twice:
-        raise ParamError(f"{path}: {key}: {', '.join(twice)} listed more than once; list each language once")
-
-
 # Source kinds; for one that takes an argument (``kind:<arg>``): what the argument is, an example.
 SOURCE_KINDS: dict[str, tuple[str, str] | None] = {
     "asterisk": None,
@@ -113,7 +95,7 @@ def _check_source(spec: Any, langs: Any, path: str) -> None:
     mapping = kind == "hf" and isinstance(langs, dict)  # hf: may map language -> dataset config
     if not (isinstance(langs, list) or mapping) or not langs:
         raise ParamError(f"{path}: audio.sources.{spec} must list the languages to take from it")
-    _check_languages(f"audio.sources.{spec}", langs, path)
+    check_codes(f"audio.sources.{spec}", langs, path)
     configs = [c for c in langs.values() if c is not None and not isinstance(c, str)] if mapping else []
     if configs:
         raise ParamError(
@@ -141,7 +123,7 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
     languages = need("languages")
     if not isinstance(languages, list) or not languages:
         raise ParamError(f"{path}: audio.languages must be a non-empty list of language codes")
-    _check_languages("audio.languages", languages, path)
+    check_codes("audio.languages", languages, path)
     sources = need("sources")
     if not isinstance(sources, dict) or not sources:
         raise ParamError(

@@ -1,0 +1,68 @@
+"""params.yaml reading: the mistakes YAML itself lets through are refused with the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, venv_env
+from whisper_int8.params import ParamError, load_params
+
+GOOD = (REPO / "params.yaml").read_text(encoding="utf-8")
+
+
+def test_the_repository_params_load(tmp_path):
+    assert {"audio", "quant", "gate"} <= set(load_params(REPO / "params.yaml"))
+
+
+def test_a_duplicate_key_is_refused_naming_it(tmp_path):
+    """Regression: a second `seed:` silently won (all Kokoro clips synthesized again); a second
+    `audio:` block gave 'audio.sources is missing'."""
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD.replace("  seed: 0 ", "  seed: 7\n  seed: 0 ", 1))
+    assert "  seed: 7\n  seed: 0" in path.read_text()
+    with pytest.raises(ParamError, match=r"params.yaml:16:3: not valid YAML: duplicate key 'seed': keep one"):
+        load_params(path)
+    path.write_text(GOOD + "audio:\n  seed: 1\n")
+    with pytest.raises(ParamError, match=r"params.yaml:\d+:1: not valid YAML: duplicate key 'audio'"):
+        load_params(path)
+    path.write_text("a: {x: 1, y: 2}\nb: [{x: 1}, {x: 2}]\n")  # equal keys in different mappings: fine
+    assert load_params(path, sections=False) == {"a": {"x": 1, "y": 2}, "b": [{"x": 1}, {"x": 2}]}
+
+
+def test_a_yaml_error_is_one_line_naming_the_place(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("audio:\n  seed: [0\n")
+    message = r"params.yaml:3:1: not valid YAML: while parsing a flow sequence"
+    with pytest.raises(ParamError, match=message) as e:
+        load_params(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"# caf\xe9\n" + GOOD.encode())
+    with pytest.raises(ParamError, match=r"params.yaml: not UTF-8 text \(byte 5\); save it as UTF-8"):
+        load_params(path)
+
+
+def test_a_mistyped_section_is_refused_and_other_sections_are_left_alone(tmp_path):
+    """Regression: `quantt:` was ignored and convert used the code's defaults (66 int8 layers, not 64)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD.replace("\nquant:", "\nquantt:", 1))
+    with pytest.raises(ParamError, match=r"unknown section 'quantt'; did you mean 'quant'\?"):
+        load_params(path)
+    assert "quantt" in load_params(path, sections=False)  # the CLI reads another project's file so
+    path.write_text(GOOD + "export:\n  format: onnx\n")  # a stage of the user's own
+    assert load_params(path)["export"] == {"format": "onnx"}
+
+
+def test_convert_needs_its_quant_section(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD.replace("\nquant:", "\nnot_quant:", 1))
+    cmd = [sys.executable, str(REPO / "stages" / "convert.py"), "--params", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: {path}: section 'quant' is missing or not a mapping"

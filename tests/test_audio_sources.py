@@ -81,6 +81,22 @@ def test_a_synthesis_setting_change_misses_the_clip_cache(monkeypatch, name, val
 
 
 @pytest.mark.integration
+def test_a_damaged_cached_synthesis_is_synthesized_again(tmp_path, monkeypatch, caplog):
+    """Regression: a cached clip cut short was trusted (a 0.09 s clip under a whole sentence's text)."""
+    synth = kokoro.Synthesizer(REPO / "cache", threads=1)
+    monkeypatch.setattr(kokoro, "_model_sha", lambda cache: "model-sha")
+    monkeypatch.setattr(kokoro, "_synthesizer", lambda cache, threads: synth)
+    args = (tmp_path, 1, "Guten Morgen, wie geht es dir heute?", "de", 1.0, "de-kokoro-000")
+    first = kokoro._cached_synthesis(*args)
+    (cached,) = (tmp_path / "tts").iterdir()
+    cached.write_bytes(cached.read_bytes()[:3000])
+    np.testing.assert_array_equal(kokoro._cached_synthesis(*args), first)
+    assert "de-kokoro-000: cached synthesis unreadable" in caplog.text and "truncated WAV" in caplog.text
+    cached.write_bytes(b"garbage")
+    np.testing.assert_array_equal(kokoro._cached_synthesis(*args), first)
+    assert cached.stat().st_size == 44 + 2 * len(first)  # written again whole
+
+
 def test_synthesis_is_deterministic_and_thread_independent():
     cache = REPO / "cache"
     phonemes = kokoro.phonemize("Guten Morgen, wie geht es dir heute?", "de")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from whisper_int8.audio import AudioInputError
-from whisper_int8.audio.wavio import SAMPLE_RATE, convert_array, decode_file, read_wav, wav_bytes
+from whisper_int8.audio.wavio import SAMPLE_RATE, convert_array, decode_file, load_audio, read_wav, wav_bytes
 
 
 def write_tone(
@@ -60,8 +60,19 @@ def test_wav_bytes_are_canonical_and_round_trip(tmp_path):
 
 
 def test_read_wav_rejects_other_formats(tmp_path):
-    with pytest.raises(AudioInputError, match=r"a\.wav: expected 16 kHz mono"):
+    with pytest.raises(AudioInputError, match=r"a\.wav: not a 16 kHz mono 16-bit PCM WAV"):
         read_wav(write_tone(tmp_path / "a.wav", rate=8000))
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_a_truncated_wav_is_refused_not_read_in_part(tmp_path, rate):
+    """Regression: a WAV cut short (a copy stopped part-way) was read, decoded and evaluated in part."""
+    path = write_tone(tmp_path / "a.wav", rate=rate, seconds=1.0)
+    path.write_bytes(path.read_bytes()[:3000])
+    message = rf"a\.wav: truncated WAV \(1478 of the {rate} frames its header declares\)"
+    for read in (decode_file, load_audio, *([read_wav] if rate == 16000 else [])):
+        with pytest.raises(AudioInputError, match=message):
+            read(path)
 
 
 @pytest.mark.parametrize(

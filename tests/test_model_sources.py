@@ -256,6 +256,8 @@ def test_file_source_refuses_pickled_objects(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, "checkpoint file not found"), (b"not a zip", r"unreadable \(truncated, or not a file torch"),
+     (b"e text file\n", r"unreadable \(truncated, or not a file torch"),  # was KeyError: 101
+     (b"RIFF\x24\x00\x00\x00WAVEfmt ", r"unreadable \(truncated, or not a file torch"),  # IndexError
      ({"weights": 1}, "expected an openai-whisper checkpoint"),
      ({"dims": {}, "model_state_dict": 1}, "'model_state_dict' must map parameter names to tensors"),
      ({"dims": {}, "model_state_dict": [torch.zeros(1)]}, "'model_state_dict' must map parameter names"),

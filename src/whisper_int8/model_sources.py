@@ -336,7 +336,8 @@ def torch_load_checked(path: Path, fix: str, mapped: bool = False) -> Any:
     the cause and ``fix`` (what to do), not torch's traceback. ``mapped``: tensors read on access."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    # KeyError, IndexError, ValueError: what the legacy (non-zip) unpickler makes of a text or audio file
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError) as e:
         refused = isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)
         if not refused and not zipfile.is_zipfile(path):  # a truncated file has lost its zip directory
             cause = "truncated, or not a file torch.save wrote: no zip directory"

@@ -216,7 +216,10 @@ def _cached_synthesis(cache: Path, threads: int, text: str, language: str, speed
     phonemes = phonemize(text, language)
     path = cache / "tts" / f"{_cache_key(_model_sha(cache), phonemes, speed)}.wav"
     if path.is_file():
-        return (read_wav(path) * 32768.0).astype(np.int16)
+        try:
+            return (read_wav(path) * 32768.0).astype(np.int16)
+        except (AudioInputError, OSError) as e:  # damaged outside this code: written atomically here
+            log.warning("%s: cached synthesis unreadable (%s); synthesizing it again", name, e)
     pcm = _synthesizer(cache, threads)(phonemes, speed, name)
     atomic_write_bytes(path, wav_bytes(pcm))
     return pcm

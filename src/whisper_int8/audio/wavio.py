@@ -67,6 +67,7 @@ def decode_file(path: Path | str, fmt: str | None = None) -> np.ndarray:
         raise AudioInputError(f"{path}: audio file not found")
     if path.stat().st_size == 0:
         raise AudioInputError(f"{path}: zero-length audio (empty file)")
+    _canonical_samples(path)  # a truncated WAV is refused, not decoded in part
     args = (["-f", fmt] if fmt else []) + ["-i", str(path)]
     return check_pcm(_run_ffmpeg(args, str(path)), str(path))
 
@@ -112,24 +113,37 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _canonical_samples(path: Path | str) -> np.ndarray | None:
+    """The int16 samples of a 16 kHz mono 16-bit PCM WAV, None for any other file. A PCM WAV cut short
+    (a copy or download stopped part-way) is an error: ffmpeg would decode the part that is there."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
+            frames, frame_bytes = w.getnframes(), w.getnchannels() * w.getsampwidth()
+            data = w.readframes(frames)
+    except (wave.Error, EOFError):
+        return None
+    if len(data) < frame_bytes * frames < 0xFFFFFFFE:  # a streamed WAV's header declares 0xFFFFFFFF bytes
+        raise AudioInputError(
+            f"{path}: truncated WAV ({len(data) // frame_bytes} of the {frames} frames its header declares); "
+            "copy or fetch it again"
+        )
+    return np.frombuffer(data, dtype="<i2") if layout == (1, 2, SAMPLE_RATE) else None
+
+
 def read_wav(path: Path | str) -> np.ndarray:
     """Read a 16 kHz mono 16-bit WAV written by :func:`wav_bytes` as float32 in [-1, 1]."""
-    with wave.open(str(path), "rb") as w:
-        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE):
-            raise AudioInputError(
-                f"{path}: expected 16 kHz mono 16-bit WAV, got {w.getframerate()} Hz, "
-                f"{w.getnchannels()} channel(s), {8 * w.getsampwidth()}-bit"
-            )
-        data = w.readframes(w.getnframes())
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    samples = _canonical_samples(path)
+    if samples is None:
+        raise AudioInputError(f"{path}: not a 16 kHz mono 16-bit PCM WAV")
+    return samples.astype(np.float32) / 32768.0
 
 
 def load_audio(path: Path | str) -> np.ndarray:
     """16 kHz mono float32 for the model: our WAVs are read directly, anything else is decoded by ffmpeg
     as ``whisper.load_audio`` does (the same resampling, int16 / 32768), except that an undecodable
     file is an :class:`AudioInputError` naming it and ffmpeg's reason, not ffmpeg's whole banner."""
-    try:
-        return read_wav(path)
-    except (wave.Error, EOFError, ValueError):
-        pass
+    samples = _canonical_samples(path)
+    if samples is not None:
+        return samples.astype(np.float32) / 32768.0
     return _run_ffmpeg(["-i", str(path)], str(path)).astype(np.float32) / 32768.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import types
 import wave
 from pathlib import Path
@@ -182,6 +183,23 @@ def test_a_mistyped_or_empty_source_stops_before_any_clip_is_decoded(tmp_path, m
     ):
         run_build(tmp_path, no_en)
     assert decoded == [] and outputs(tmp_path / "out") == before
+
+
+def test_the_decoding_threads_serve_every_language_and_split(tmp_path, monkeypatch):
+    """Regression: a pool per language and split started new threads each time, and each thread loads
+    its own Kokoro session: 6 session loads for 4 clips with a cold cache."""
+    rec = make_corpus(tmp_path / "rec", ("en", "de", "fr"), 4)
+    threads = []
+    local = threading.local()
+
+    def decode(item):
+        if not hasattr(local, "seen"):  # a new thread: it would load a new Kokoro session
+            local.seen = threads.append(threading.current_thread().name)
+        return item.load()
+
+    monkeypatch.setattr(audio_build, "_decode", decode)
+    run_build(tmp_path, params(f"local:{rec}", ("en", "de", "fr"), calib=2, evals=2, workers=2))
+    assert 1 <= len(threads) <= 2, threads
 
 
 def test_one_recording_under_two_transcripts_goes_in_one_split(tmp_path):

@@ -177,6 +177,16 @@ def test_decode_options_name_the_bad_key(key, value):
     assert decode_options({key: 2}) == {"beam_size": None, "max_tokens": None, key: 2}
 
 
+def test_a_token_cap_above_a_window_is_refused():
+    """Regression: max_tokens 1000 was accepted and silently decoded with 224."""
+    from whisper_int8.evaluate import decode_options
+    from whisper_int8.params import ParamError
+
+    assert decode_options({"max_tokens": 224})["max_tokens"] == 224
+    with pytest.raises(ParamError, match=r"evaluate.max_tokens=225: at most 224, the most a 30 s window"):
+        decode_options({"max_tokens": 225})
+
+
 def test_stage_options_refuse_unknown_keys_and_an_empty_split(tmp_path):
     """A misspelt key would silently evaluate with defaults; an empty split would fail after loading."""
     proc = run_stage(tmp_path, {"split": str(tmp_path), "beamsize": 5})

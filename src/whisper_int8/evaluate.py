@@ -37,7 +37,7 @@ from .fsutil import dir_bytes
 from .model_dir import check_languages, load_model_dir
 from .params import ParamError, null_or_count
 from .scoring import score, uses_cer
-from .transcribe import load_audio, transcribe_clip
+from .transcribe import WINDOW_TOKENS, load_audio, transcribe_clip
 
 log = logging.getLogger(__name__)
 MB = memory.MB
@@ -60,10 +60,16 @@ def decode_options(
 ) -> dict[str, Any]:
     """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with,
     its ``model_config``: no ``prefix``)."""
-    return {
+    options = {
         key: null_or_count(section.get(key), f"{prefix}{key}", meaning, where)
         for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
     }
+    if (options["max_tokens"] or 0) > WINDOW_TOKENS:  # capped there anyway: a larger value would mislead
+        raise ParamError(
+            f"{where}: {prefix}max_tokens={options['max_tokens']}: at most {WINDOW_TOKENS}, the most a 30 s "
+            "window decodes (half of Whisper's 448-token text context)"
+        )
+    return options
 
 
 def model_dirs(section: dict[str, Any], where: str = "params.yaml") -> dict[str, Path]:

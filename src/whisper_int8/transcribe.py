@@ -44,6 +44,7 @@ TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # reaches it (Malayalam needs about 38 tokens/s) is decoded again with the window's full budget.
 TOKENS_PER_SECOND = 15
 MIN_TOKENS = 32
+WINDOW_TOKENS = 224  # the most a 30 s window decodes: half of every Whisper model's 448-token context
 # openai-whisper's transcribe defaults: a retry when repetitive or unsure, unless it is silence.
 COMPRESSION_RATIO_MAX = 2.4
 LOGPROB_MIN = -1.0

@@ -18,7 +18,7 @@ import random
 import re
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,26 +282,28 @@ def _decode(item: Item) -> np.ndarray:
     return item.load()
 
 
-def _decoded(order: list[Item], workers: int) -> Iterator[tuple[Item, Future]]:
-    """``(item, future pcm)`` in ``order``, decoding up to ``workers`` items ahead on threads.
+def _decoded(order: list[Item], pool: ThreadPoolExecutor, ahead: int) -> Iterator[tuple[Item, Future]]:
+    """``(item, future pcm)`` in ``order``, decoding up to ``ahead`` items ahead on ``pool``'s threads.
 
     Synthesis (ONNX Runtime) and ffmpeg release the GIL, so two workers use both cores; what comes
-    out, and in which order, is the same for any worker count.
+    out, and in which order, is the same for any worker count. One pool serves the whole selection:
+    its threads keep their Kokoro sessions (one per thread) from one language and split to the next.
     """
     pending: deque[tuple[Item, Future]] = deque()
     items = iter(order)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch_audio") as pool:
-        try:
-            for item in itertools.islice(items, workers):
-                pending.append((item, pool.submit(_decode, item)))
-            while pending:
-                item, future = pending.popleft()
-                following = next(items, None)
-                if following is not None:
-                    pending.append((following, pool.submit(_decode, following)))
-                yield item, future
-        finally:  # the splits are full (or a failure stops the build): drop what has not started
-            pool.shutdown(wait=True, cancel_futures=True)
+    try:
+        for item in itertools.islice(items, ahead):
+            pending.append((item, pool.submit(_decode, item)))
+        while pending:
+            item, future = pending.popleft()
+            following = next(items, None)
+            if following is not None:
+                pending.append((following, pool.submit(_decode, following)))
+            yield item, future
+    finally:  # the split is full (or a failure stops the build): drop what has not started
+        for _, future in pending:
+            future.cancel()
+        wait([future for _, future in pending])
 
 
 def _take(
@@ -313,6 +315,7 @@ def _take(
     policy: ErrorPolicy,
     bar: tqdm,
     taken: Taken,
+    pool: ThreadPoolExecutor,
 ) -> tuple[list, list[Item]]:
     """The first ``wanted`` items of ``order`` that decode, whose text and audio are not ``taken``.
 
@@ -323,7 +326,7 @@ def _take(
     candidates = [it for it in order if _text_key(it.text) not in taken.texts]
     chosen: list = []
     tried = 0
-    for it, future in _decoded(candidates, params.workers) if wanted else ():
+    for it, future in _decoded(candidates, pool, params.workers) if wanted else ():
         tried += 1
         try:
             pcm = future.result()
@@ -373,13 +376,25 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
             f"{'it' if len(lacking) == 1 else 'them'} was skipped or empty (see the log); fix the source "
             "under audio.sources or remove the language from audio.languages"
         )
+    with ThreadPoolExecutor(max_workers=params.workers, thread_name_prefix="fetch_audio") as pool:
+        return _choose(orders, params, policy, bar, pool)
+
+
+def _choose(
+    orders: dict[str, list[Item]],
+    params: AudioParams,
+    policy: ErrorPolicy,
+    bar: tqdm,
+    pool: ThreadPoolExecutor,
+) -> dict:
+    """Evaluation clips of every language, then calibration clips: {split: [(item, pcm)]}."""
     taken = Taken()
     chosen: dict[str, list] = {s: [] for s in SPLITS}
     rest: dict[str, list[Item]] = {}
     empty = []
     for language, order in orders.items():
         picked, rest[language] = _take(
-            language, "eval", params.eval_per_lang, order, params, policy, bar, taken
+            language, "eval", params.eval_per_lang, order, params, policy, bar, taken, pool
         )
         if params.eval_per_lang and not picked:
             empty.append(f"{language} ({len(order)} candidate texts)")
@@ -392,7 +407,7 @@ def select(pooled: dict[str, list[Item]], params: AudioParams, policy: ErrorPoli
         )
     for language in params.languages:
         picked, _ = _take(
-            language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, taken
+            language, "calibration", params.calib_per_lang, rest[language], params, policy, bar, taken, pool
         )
         chosen["calibration"] += picked
     if not chosen["calibration"]:  # calibrate needs clips: stop here, not one stage later

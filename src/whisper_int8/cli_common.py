@@ -9,6 +9,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from .audio.errors import AudioInputError
 from .cpu import ActivationBitsError
 from .ct2 import CT2FormatError
@@ -67,7 +69,9 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         datefmt="%H:%M:%S",
     )
     try:
-        sys.exit(main(args) or 0)
+        with logging_redirect_tqdm():  # a log line printed above the progress bar, not through it
+            code = main(args)
+        sys.exit(code or 0)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -13,11 +13,11 @@ import whisper
 from . import __version__
 from .fsutil import atomic_dir, atomic_write_json, sha256_file
 from .model_sources import load_source, save_checkpoint
+from .stage_files import CARD
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "model.pt"
-CARD = "model_card.json"
 FP32_DIR_FILES = (CHECKPOINT, CARD)  # what models/fp32 holds
 
 

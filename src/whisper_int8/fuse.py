@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from whisper.model import AudioEncoder, ModelDimensions, MultiHeadAttention, TextDecoder, Whisper
 
-from .fetch import CARD
+from .stage_files import CARD
 
 log = logging.getLogger(__name__)
 

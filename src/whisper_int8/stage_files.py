@@ -15,6 +15,8 @@ import torch
 
 from .model_sources import ModelSourceError, torch_load_checked
 
+CARD = "model_card.json"  # every model directory's description: bytes, counts, where it came from
+
 # What to rerun when a file of this pipeline is unreadable (``rerun`` of the readers below).
 ANY_STAGE = "the stage that writes it"
 FUSE_STAGE = "the fuse stage (dvc repro fuse)"

@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 from whisper.model import Whisper
 
-from ..fetch import CARD
 from ..fsutil import atomic_write_json, sha256_file
 from ..fuse import TiedEmbedding, fused_skeleton, materialize, set_cross_kv_dtype
 from ..model_sources import ModelSourceError
 from ..params import ParamError
+from ..stage_files import CARD
 from .config import QuantConfig
 from .cpu import (
     LINEAR_CLASSES,

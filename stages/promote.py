@@ -58,7 +58,9 @@ def main(args) -> int:
     if result["passed"]:
         print(f"promoted: {cfg.registered_model}@{cfg.alias} -> version {result['version']}")
         return 0
-    print(f"not promoted: {'; '.join(result['reasons'])}")
+    held = result["champion_version"]
+    stays = f"version {held} stays @{cfg.alias}" if held else f"no version holds @{cfg.alias}"
+    print(f"not promoted: {'; '.join(result['reasons'])} ({stays})")
     return 1 if gate.fail_on_reject else 0
 
 

@@ -86,6 +86,7 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
         "not promoted: wer/en +2.00 pp over FP32 (10.00 -> 12.00; 100 -> 120 errors in 1000 words), "
         "limit 0.5 pp"
     ) in bad.stdout
+    assert bad.stdout.rstrip().endswith("(version 1 stays @champion)")
 
     client = client_for(uri)
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
@@ -112,6 +113,37 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     assert json.loads((tmp_path / "metrics" / "gate.json").read_text())["version"] == 2
     assert client.get_model_version(MODEL, "2").tags["validation_status"] == "failed"
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+
+
+def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, capsys):
+    """Regression: nothing but MLflow's API could move @champion back, or clear it, after a release."""
+    from whisper_int8 import cli
+
+    uri = fresh_tracking_uri(tmp_path)
+    good, bad = report({"en": 10.0}, {"en": 10.2}), report({"en": 10.0}, {"en": 12.0})
+    assert run_promote(tmp_path, good, model_dirs, uri).returncode == 0  # v1, @champion
+    assert run_promote(tmp_path, bad, model_dirs, uri).returncode == 0  # v2, refused
+    client = client_for(uri)
+
+    def alias(*args: str) -> tuple[int, str]:
+        code = cli.main(["--tracking-uri", uri, "alias", "--model", MODEL, *args])
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    code, out = alias()
+    assert code == 0 and out.splitlines()[0].startswith("v2    failed") and "wer/en +2.00 pp" in out
+    assert out.splitlines()[1].startswith("v1    passed   @champion  all gate thresholds met")
+    code, out = alias("--set", "2")
+    assert code == 2 and "version 2 did not pass the gate (failed: wer/en +2.00 pp" in out
+    assert "pass --force" in out and int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+    assert alias("--delete")[1].startswith(f"{MODEL}@champion removed (was version 1)")
+    assert cli.main(["--tracking-uri", uri, "pull", "--model", MODEL, "--dest", str(tmp_path / "d")]) == 2
+    assert "no version of" in capsys.readouterr().err
+    assert alias("--set", "1")[1].startswith(f"{MODEL}@champion -> version 1 (was unset)")
+    code, out = alias("--set", "2", "--force")
+    assert code == 0 and int(client.get_model_version_by_alias(MODEL, "champion").version) == 2
+    code, out = alias("--set", "9")
+    assert code == 2 and f"{MODEL} version 9:" in out
 
 
 def test_unreachable_server_exits_2_with_one_line(tmp_path, model_dirs):

@@ -1,6 +1,8 @@
-"""``whisper-int8``: pull the champion from the MLflow registry, and transcribe with it.
+"""whisper-int8: pull the champion from the MLflow registry, and transcribe with it.
 
     whisper-int8 pull --model whisper-int8 --alias champion --dest deploy/whisper-int8
+    whisper-int8 alias                 # versions, gate results, where @champion points
+    whisper-int8 alias --set 3         # roll @champion back to version 3 (one the gate passed)
     whisper-int8 transcribe --model models:/whisper-int8@champion clip.wav [more.wav ...]
     whisper-int8 transcribe --model deploy/whisper-int8 --language en clip.wav
 
@@ -104,6 +106,24 @@ def cmd_pull(args: argparse.Namespace) -> int:
     uri = registered_uri(args.model, args.alias)
     dest = pull(uri, Path(args.dest))
     print(f"pulled {uri} -> {dest}")
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from .registry import check_alias, check_model_name, move_alias, versions_table
+
+    uri = _connect(args)
+    repo = repo_mlflow()
+    name = check_model_name(args.model or repo.get("registered_model", DEFAULT_NAME), "--model")
+    alias = check_alias(args.alias or repo.get("alias", DEFAULT_ALIAS), "--alias")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if args.set is not None or args.delete:
+        left = move_alias(client, name, alias, None if args.delete else str(args.set), uri, args.force)
+        now = "removed" if args.delete else f"-> version {args.set}"
+        print(f"{name}@{alias} {now} (was {f'version {left}' if left else 'unset'})")
+    print("\n".join(versions_table(client, name, alias)))
     return 0
 
 
@@ -235,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest", required=True, help="destination directory: new, or an earlier pull (replaced whole)"
     )
     p.set_defaults(func=cmd_pull)
+    a = sub.add_parser(
+        "alias",
+        parents=[common],
+        help="list the registered versions and where the alias points; move it back (rollback) or remove it",
+    )
+    a.add_argument("--model", help="registered model name (default: as for pull)")
+    a.add_argument("--alias", help="alias (default: as for pull)")
+    move = a.add_mutually_exclusive_group()
+    move.add_argument("--set", type=positive_int, metavar="VERSION", help="point the alias at this version")
+    move.add_argument("--delete", action="store_true", help="remove the alias (a pull of it then fails)")
+    a.add_argument("--force", action="store_true", help="--set a version the gate did not pass")
+    a.set_defaults(func=cmd_alias)
     t = sub.add_parser(
         "transcribe", parents=[common], help="transcribe audio files with a registered or local model"
     )

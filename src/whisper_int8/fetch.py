@@ -12,6 +12,7 @@ import whisper
 
 from . import __version__
 from .fsutil import atomic_dir, atomic_write_json, sha256_file
+from .memory import MB
 from .model_sources import load_source, save_checkpoint
 from .stage_files import CARD
 
@@ -47,5 +48,5 @@ def fetch_model(source: str, out_dir: Path | str) -> dict:
             },
         }
         atomic_write_json(tmp / CARD, card)
-    log.info("wrote %s (%.1f MB)", Path(out_dir) / CHECKPOINT, card["bytes"] / 1e6)
+    log.info("wrote %s (%.1f MB)", Path(out_dir) / CHECKPOINT, card["bytes"] / MB)  # as evaluate reports it
     return card

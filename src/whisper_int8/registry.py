@@ -248,6 +248,53 @@ def apply_decision(
         client.set_registered_model_alias(name, alias, version)
 
 
+def versions_table(client: MlflowClient, name: str, alias: str) -> list[str]:
+    """One line per registered version, newest first: its gate status, the alias where it points, and
+    the gate's first reason; what to read before moving the alias by hand."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"])
+    except MlflowException as e:
+        raise TrackingError(f"registered model {name} cannot be read: {e.message}") from None
+    if not versions:
+        raise RegistryError(f"no model {name} is registered; the promote stage (`dvc repro`) registers one")
+    holder = champion(client, name, alias)
+    lines = []
+    for v in versions:
+        status = v.tags.get("validation_status", "unjudged")
+        mark = f"@{alias}" if holder and holder.version == v.version else ""
+        reason = v.tags.get("validation_reasons", "").split("; ")[0]
+        lines.append(f"v{v.version:<4} {status:<8} {mark:<{len(alias) + 1}}  {reason}".rstrip())
+    return lines
+
+
+def move_alias(
+    client: MlflowClient, name: str, alias: str, version: str | None, tracking_uri: str, force: bool = False
+) -> str | None:
+    """Point ``alias`` at ``version`` (a rollback), or remove it (None); returns the version it left.
+
+    Only a version the gate passed, unless ``force``: a fleet pulling ``@alias`` trusts that it did.
+    Under the promote lock, so a promote running meanwhile does not compare with a stale champion.
+    """
+    with promotion_lock(tracking_uri):
+        before = champion(client, name, alias)
+        if version is not None:
+            try:
+                mv = client.get_model_version(name, version)
+            except MlflowException as e:
+                raise RegistryError(f"{name} version {version}: {e.message}") from None
+            status = mv.tags.get("validation_status")
+            if status != "passed" and not force:
+                reasons = mv.tags.get("validation_reasons", "not judged by the gate")
+                raise RegistryError(
+                    f"{name} version {version} did not pass the gate ({status or 'unjudged'}: {reasons}); "
+                    f"pass --force to point @{alias} at it anyway"
+                )
+            client.set_registered_model_alias(name, alias, version)
+        elif before is not None:
+            client.delete_registered_model_alias(name, alias)
+    return before.version if before else None
+
+
 def model_uri(spec: str, alias: str | None = None) -> str:
     """``whisper-int8`` + alias -> ``models:/whisper-int8@champion``; a full ``models:/`` URI is kept."""
     if spec.startswith(("models:/", "runs:/")):

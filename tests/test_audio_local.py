@@ -223,3 +223,21 @@ def test_a_relative_source_missing_here_is_found_in_the_repository(tmp_path, mon
     with pytest.raises(ParamError, match=f"looked in {work} and {repo}\\)"):
         local.items("absent", ["en"], {"en"}, ErrorPolicy())
     assert item.source == "local:rec/en/a.wav"  # as configured: the same manifest bytes in both places
+
+
+def test_transcripts_without_audio_are_said_and_a_folder_of_only_them_has_no_audio(tmp_path, caplog):
+    """Regression: a transcript whose clip was not copied was ignored without a word, and a folder of
+    transcripts only gave no item and no message."""
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "a.txt").write_text("the clip of this transcript was not copied")
+    with caplog.at_level("INFO"), pytest.raises(local.AudioInputError, match="no audio files in the folder"):
+        local.from_folder(tmp_path, ["en"], {"en"}, ErrorPolicy())
+    assert (
+        f"{tmp_path}: 1 transcript(s) with no audio beside them, e.g. {tmp_path / 'en' / 'a'}.txt"
+        in caplog.text
+    )
+    write_tone(tmp_path / "en" / "b.wav")
+    (tmp_path / "en" / "b.txt").write_text("this one has its clip")
+    assert [it.text for it in local.from_folder(tmp_path, ["en"], {"en"}, ErrorPolicy())] == [
+        "this one has its clip"
+    ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TextIO
@@ -32,6 +33,7 @@ AUDIO_EXTENSIONS = {
     ".mp4", ".wma", ".amr", ".3gp", ".caf", ".mka", ".mkv", ".ac3", ".spx",
 }  # fmt: skip
 LICENSE = "user-provided"
+log = logging.getLogger(__name__)
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")  # .json: JSON Lines too, as datasets export it
 COLUMNS = ("audio", "text", "language")  # required; id and license are optional
 
@@ -227,7 +229,18 @@ def from_folder(
     files = _files(folder)
     clips = {f.with_suffix("") for f in files if f.suffix.lower() in AUDIO_EXTENSIONS}
     texts = {f.with_suffix("") for f in files if f.suffix == ".txt"}
-    if not clips and not texts:
+    others = {
+        f.with_suffix("") for f in files if f.suffix.lower() not in AUDIO_EXTENSIONS and f.suffix != ".txt"
+    }
+    orphans = sorted(texts - clips - others)
+    if orphans:  # a clip deleted or not copied: its transcript alone is no item
+        log.info(
+            "%s: %d transcript(s) with no audio beside them, e.g. %s.txt",
+            shown or folder,
+            len(orphans),
+            orphans[0],
+        )
+    if not clips and not texts & others:
         raise AudioInputError(
             f"{shown or folder}: no audio files in the folder (read: {', '.join(sorted(AUDIO_EXTENSIONS))}, "
             "each with a same-named .txt transcript)"

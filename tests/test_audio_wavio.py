@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import wave
 from pathlib import Path
 
@@ -62,6 +63,18 @@ def test_wav_bytes_are_canonical_and_round_trip(tmp_path):
 def test_read_wav_rejects_other_formats(tmp_path):
     with pytest.raises(AudioInputError, match=r"a\.wav: not a 16 kHz mono 16-bit PCM WAV"):
         read_wav(write_tone(tmp_path / "a.wav", rate=8000))
+
+
+@pytest.mark.parametrize("layout", [["-ac", "1"], ["-ac", "2", "-ar", "44100"]])
+def test_a_wav_written_to_a_pipe_is_not_taken_for_truncated(tmp_path, layout):
+    """Regression: the truncation check read ffmpeg's placeholder length (0xFFFFFFFF) of a WAV written
+    to a pipe as 1,073,741,823 missing frames, and refused a valid file."""
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=1:r=16000", *layout]
+    streamed = subprocess.run([*cmd, "-f", "wav", "-"], capture_output=True, check=True).stdout
+    assert streamed[4:8] == b"\xff\xff\xff\xff"  # the placeholder RIFF size: really streamed
+    path = tmp_path / "s.wav"
+    path.write_bytes(streamed)
+    assert len(decode_file(path)) == SAMPLE_RATE and len(load_audio(path)) == SAMPLE_RATE
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])

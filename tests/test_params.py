@@ -66,3 +66,14 @@ def test_convert_needs_its_quant_section(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=venv_env(), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"error: {path}: section 'quant' is missing or not a mapping"
+
+
+def test_yaml_merge_keys_and_sections_of_the_users_own_are_read(tmp_path):
+    """Regression: the duplicate-key loader refused `<<: *defaults` (safe_load and DVC take it), and a
+    section named like one of ours (`evaluation:` beside `evaluate:`) was taken for a typo."""
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD + "base: &b {seed: 3}\nevaluation: {<<: *b, split: other}\nmodels: [a, b]\n")
+    data = load_params(path)
+    assert data["evaluation"] == {"seed": 3, "split": "other"} and data["models"] == ["a", "b"]
+    path.write_text("base: &b {seed: 3}\nx: {<<: *b, seed: 4}\n")  # an override of a merged key: fine
+    assert load_params(path)["x"] == {"seed": 4}

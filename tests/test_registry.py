@@ -144,6 +144,31 @@ def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, c
     assert code == 0 and int(client.get_model_version_by_alias(MODEL, "champion").version) == 2
     code, out = alias("--set", "9")
     assert code == 2 and f"{MODEL} version 9:" in out
+    assert alias("--force") == (2, "error: --force goes with --set VERSION\n")
+
+
+def test_a_rollback_holds_when_promote_runs_again_and_a_damaged_champion_can_be_moved(
+    tmp_path, model_dirs, capsys
+):
+    """Regression: `dvc repro` after `alias --set 1` judged version 2's state again and moved the alias
+    back; a champion with a damaged gate_metrics tag could not be moved off by the command."""
+    from whisper_int8 import cli
+
+    uri = fresh_tracking_uri(tmp_path)
+    first, second = report({"en": 10.0}, {"en": 10.2}), report({"en": 10.0}, {"en": 10.1})
+    assert run_promote(tmp_path, first, model_dirs, uri).returncode == 0  # v1
+    assert run_promote(tmp_path, second, model_dirs, uri).returncode == 0  # v2, better: @champion
+    client = client_for(uri)
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 2
+    client.set_model_version_tag(MODEL, "2", "gate_metrics", "{not json")
+    assert cli.main(["--tracking-uri", uri, "alias", "--model", MODEL, "--set", "1"]) == 0
+    assert "@champion -> version 1 (was version 2)" in capsys.readouterr().out
+    client.set_model_version_tag(MODEL, "2", "gate_metrics", "{}")
+    again = run_promote(tmp_path, second, model_dirs, uri)  # `dvc repro`: version 2's state again
+    assert again.returncode == 0 and "version 2 was taken off @champion by hand" in again.stdout
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+    assert cli.main(["--tracking-uri", uri, "alias", "--model", MODEL, "--set", "2", "--force"]) == 0
+    assert "rolled_back" not in client.get_model_version(MODEL, "2").tags  # chosen by hand again
 
 
 def test_unreachable_server_exits_2_with_one_line(tmp_path, model_dirs):

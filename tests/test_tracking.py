@@ -371,7 +371,9 @@ def test_a_moved_checkout_is_refused_before_artifacts_go_to_its_old_path(tmp_pat
     open_experiment(uri, "moved", new.as_uri())  # mlflow.artifact_root changed: the old one is used
     assert f"keeps its artifacts in {old}" in caplog.text
     old.rmdir()
-    message = f"keeps its artifacts in {old}, which does not exist.*ln -s {new} {old}"
+    message = (
+        f"keeps its artifacts in {old}, which does not exist.*mkdir -p {old.parent} && ln -s {new} {old}"
+    )
     with pytest.raises(TrackingError, match=message):
         open_experiment(uri, "moved", new.as_uri())
     assert not old.exists()

@@ -119,6 +119,8 @@ def cmd_alias(args: argparse.Namespace) -> int:
     name = check_model_name(args.model or repo.get("registered_model", DEFAULT_NAME), "--model")
     alias = check_alias(args.alias or repo.get("alias", DEFAULT_ALIAS), "--alias")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if args.force and args.set is None:
+        raise ValueError("--force goes with --set VERSION")
     if args.set is not None or args.delete:
         left = move_alias(client, name, alias, None if args.delete else str(args.set), uri, args.force)
         now = "removed" if args.delete else f"-> version {args.set}"

@@ -26,6 +26,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged below, not a key
+                continue
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):
                 continue  # SafeLoader refuses it below, with its own message
@@ -35,6 +37,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One letter added, dropped, changed, or two neighbours swapped (quantt, quan, qaunt)."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return (
+        a[i + 1 :] == b[i + 1 :]
+        or a[i + 1 :] == b[i:]
+        or a[i:] == b[i + 1 :]
+        or (a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :])
+    )
 
 
 def load_params(path: Path | str = "params.yaml", sections: bool = True) -> dict[str, Any]:
@@ -57,8 +72,10 @@ def load_params(path: Path | str = "params.yaml", sections: bool = True) -> dict
     if not isinstance(data, dict):
         raise ParamError(f"{path}: expected a mapping of sections at the top level")
     for key in data if sections else ():
-        near = difflib.get_close_matches(str(key), SECTIONS, n=1, cutoff=0.75)
-        if key not in SECTIONS and near:
+        # a pipeline section missing and a key one letter away from it; `evaluation:` beside
+        # `evaluate:` is a section of the user's own
+        near = [s for s in difflib.get_close_matches(str(key), SECTIONS, n=1, cutoff=0.8) if s not in data]
+        if key not in SECTIONS and near and _one_edit_apart(str(key), near[0]):
             known = ", ".join(SECTIONS)
             raise ParamError(f"{path}: unknown section {key!r}; did you mean {near[0]!r}? ({known})")
     return data

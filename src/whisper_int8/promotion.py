@@ -251,6 +251,13 @@ def promote(
                     or registry.version_for_key(client, cfg.registered_model, key)
                     or registry.register(client, cfg.registered_model, uri, key)
                 )
+                rolled_back = version.tags.get(registry.ROLLED_BACK_TAG)
+                if decision.passed and rolled_back:
+                    decision.reasons.append(
+                        f"version {version.version} was {rolled_back} (whisper-int8 alias); "
+                        f"`whisper-int8 alias --set {version.version} --force` puts it back"
+                    )
+                    decision.passed = False
                 if decision.passed and current is not None:
                     decision.reasons += check_against_champion(
                         decision.metrics,

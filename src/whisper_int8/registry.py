@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 
 EVAL_SET_TAG = "eval_set"
+ROLLED_BACK_TAG = "rolled_back"  # `whisper-int8 alias` moved the alias off it: promote leaves it off
 
 
 @dataclass
@@ -188,15 +189,22 @@ def check_alias(alias: Any, where: str = "params.yaml") -> str:
     return alias
 
 
-def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
+def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version ``alias`` points to, or None when there is none yet. Other registry errors raise."""
     try:
-        mv = client.get_model_version_by_alias(name, alias)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
         # No such model: RESOURCE_DOES_NOT_EXIST; a model without that alias: INVALID_PARAMETER_VALUE.
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise TrackingError(f"champion {name}@{alias} cannot be read: {e.message}") from None
+        raise TrackingError(f"{name}@{alias} cannot be read: {e.message}") from None
+
+
+def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
+    """The version ``alias`` points to, with what the gate recorded on it; None when there is none."""
+    mv = _by_alias(client, name, alias)
+    if mv is None:
+        return None
     try:
         metrics = json.loads(mv.tags.get("gate_metrics", "{}"))
     except json.JSONDecodeError:
@@ -257,11 +265,11 @@ def versions_table(client: MlflowClient, name: str, alias: str) -> list[str]:
         raise TrackingError(f"registered model {name} cannot be read: {e.message}") from None
     if not versions:
         raise RegistryError(f"no model {name} is registered; the promote stage (`dvc repro`) registers one")
-    holder = champion(client, name, alias)
+    holder = _by_alias(client, name, alias)  # not champion(): a damaged tag must not stop a rollback
     lines = []
     for v in versions:
         status = v.tags.get("validation_status", "unjudged")
-        mark = f"@{alias}" if holder and holder.version == v.version else ""
+        mark = f"@{alias}" if holder and str(holder.version) == str(v.version) else ""
         reason = v.tags.get("validation_reasons", "").split("; ")[0]
         lines.append(f"v{v.version:<4} {status:<8} {mark:<{len(alias) + 1}}  {reason}".rstrip())
     return lines
@@ -276,7 +284,7 @@ def move_alias(
     Under the promote lock, so a promote running meanwhile does not compare with a stale champion.
     """
     with promotion_lock(tracking_uri):
-        before = champion(client, name, alias)
+        before = _by_alias(client, name, alias)
         if version is not None:
             try:
                 mv = client.get_model_version(name, version)
@@ -290,9 +298,14 @@ def move_alias(
                     f"pass --force to point @{alias} at it anyway"
                 )
             client.set_registered_model_alias(name, alias, version)
+            if ROLLED_BACK_TAG in mv.tags:  # chosen by hand again
+                client.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
         elif before is not None:
             client.delete_registered_model_alias(name, alias)
-    return before.version if before else None
+        if before is not None and str(before.version) != str(version):
+            # the next `dvc repro` of its pipeline state would judge it again and move the alias back
+            client.set_model_version_tag(name, before.version, ROLLED_BACK_TAG, f"taken off @{alias} by hand")
+    return str(before.version) if before else None
 
 
 def model_uri(spec: str, alias: str | None = None) -> str:

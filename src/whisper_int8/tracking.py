@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import posixpath
 import re
 import time
@@ -86,8 +87,9 @@ def _check_artifact_location(experiment: str, stored: str, wanted: str | None) -
     if not old.is_dir():
         raise TrackingError(
             f"MLflow experiment '{experiment}' keeps its artifacts in {old}, which does not exist (a moved "
-            f"checkout?). Move that folder back, link it there (ln -s {url2pathname(urlparse(wanted).path)} "
-            f"{old}), or log to a new experiment (params.yaml mlflow.experiment)"
+            f"checkout?). Move that folder back, link it there (mkdir -p {old.parent} && ln -s "
+            f"{url2pathname(urlparse(wanted).path)} {old}), or log to a new experiment (params.yaml "
+            "mlflow.experiment)"
         )
     log.warning(
         "MLflow experiment '%s' keeps its artifacts in %s (set when it was created), not %s; a new "
@@ -149,6 +151,11 @@ def upsert_run(
     return client.create_run(experiment_id, run_name=run_name, tags=match).info.run_id, False
 
 
+def _same(held: float | None, value: float) -> bool:
+    """``value`` is the metric's latest point already (NaN equals NaN here)."""
+    return held is not None and (held == value or (math.isnan(held) and math.isnan(value)))
+
+
 def log_values(
     client: MlflowClient,
     run_id: str,
@@ -167,7 +174,9 @@ def log_values(
         log.warning("run %s keeps its first values for changed params %s", run_id, sorted(changed))
     now = int(time.time() * 1000)
     batch_metrics = [
-        Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if held.metrics.get(k) != float(v)
+        Metric(k, float(v), now, 0)
+        for k, v in (metrics or {}).items()
+        if not _same(held.metrics.get(k), float(v))
     ]
     batch_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
     for i in range(0, max(len(new_params), len(batch_metrics), len(batch_tags)), 100):

@@ -113,6 +113,11 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# A WAV written to a pipe cannot seek back to its header: it declares a placeholder length there
+# (0xFFFFFFFF from ffmpeg, 0x7FFFF000 from sox, 0x7FFFFFFF from arecord); no length check for those.
+STREAMED_WAV_BYTES = 0x7FFFF000
+
+
 def _canonical_samples(path: Path | str) -> np.ndarray | None:
     """The int16 samples of a 16 kHz mono 16-bit PCM WAV, None for any other file. A PCM WAV cut short
     (a copy or download stopped part-way) is an error: ffmpeg would decode the part that is there."""
@@ -123,7 +128,7 @@ def _canonical_samples(path: Path | str) -> np.ndarray | None:
             data = w.readframes(frames)
     except (wave.Error, EOFError):
         return None
-    if len(data) < frame_bytes * frames < 0xFFFFFFFE:  # a streamed WAV's header declares 0xFFFFFFFF bytes
+    if len(data) < frame_bytes * frames < STREAMED_WAV_BYTES:
         raise AudioInputError(
             f"{path}: truncated WAV ({len(data) // frame_bytes} of the {frames} frames its header declares); "
             "copy or fetch it again"

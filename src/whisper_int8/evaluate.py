@@ -64,17 +64,17 @@ def decode_options(
         key: null_or_count(section.get(key), f"{prefix}{key}", meaning, where)
         for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
     }
-    if (options["max_tokens"] or 0) > WINDOW_TOKENS and not prefix:
+    if (options["max_tokens"] or 0) > WINDOW_TOKENS:  # capped there anyway: a larger value would mislead
+        if prefix:
+            raise ParamError(
+                f"{where}: {prefix}max_tokens={options['max_tokens']}: at most {WINDOW_TOKENS}, the most a "
+                "30 s window decodes (half of Whisper's 448-token text context)"
+            )
         # a registered model's config (versions registered before the bound) decodes as it always did
         log.warning(
             "%s: max_tokens=%d decodes as %d, a window's most", where, options["max_tokens"], WINDOW_TOKENS
         )
         options["max_tokens"] = WINDOW_TOKENS
-    if (options["max_tokens"] or 0) > WINDOW_TOKENS:  # capped there anyway: a larger value would mislead
-        raise ParamError(
-            f"{where}: {prefix}max_tokens={options['max_tokens']}: at most {WINDOW_TOKENS}, the most a 30 s "
-            "window decodes (half of Whisper's 448-token text context)"
-        )
     return options
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -74,8 +73,8 @@ def load_params(path: Path | str = "params.yaml", sections: bool = True) -> dict
     for key in data if sections else ():
         # a pipeline section missing and a key one letter away from it; `evaluation:` beside
         # `evaluate:` is a section of the user's own
-        near = [s for s in difflib.get_close_matches(str(key), SECTIONS, n=1, cutoff=0.8) if s not in data]
-        if key not in SECTIONS and near and _one_edit_apart(str(key), near[0]):
+        near = [s for s in SECTIONS if s not in data and _one_edit_apart(str(key), s)]
+        if key not in SECTIONS and near:
             known = ", ".join(SECTIONS)
             raise ParamError(f"{path}: unknown section {key!r}; did you mean {near[0]!r}? ({known})")
     return data

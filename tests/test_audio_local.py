@@ -241,3 +241,14 @@ def test_transcripts_without_audio_are_said_and_a_folder_of_only_them_has_no_aud
     assert [it.text for it in local.from_folder(tmp_path, ["en"], {"en"}, ErrorPolicy())] == [
         "this one has its clip"
     ]
+
+
+def test_an_upper_case_txt_transcript_is_read_and_a_lower_case_one_wins(tmp_path):
+    """Regression: x.wav beside x.TXT (as Windows tools save it) was 'transcript x.txt is missing'."""
+    write_tone(tmp_path / "en" / "a.wav")
+    (tmp_path / "en" / "a.TXT").write_text("written by a windows tool")
+    write_tone(tmp_path / "en" / "b.wav")
+    (tmp_path / "en" / "b.TXT").write_text("the upper case copy")
+    (tmp_path / "en" / "b.txt").write_text("the lower case one")
+    items = local.from_folder(tmp_path, ["en"], {"en"}, ErrorPolicy("fail"))
+    assert [it.text for it in items] == ["written by a windows tool", "the lower case one"]

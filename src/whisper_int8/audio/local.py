@@ -222,25 +222,28 @@ def _folder_language(audio: Path, folder: Path, languages: list[str], known: set
     return audio.parent.name if audio.parent.name in known else None
 
 
+def _is_text(path: Path) -> bool:
+    return path.suffix.lower() == ".txt"
+
+
 def from_folder(
     folder: Path, languages: list[str], known: set[str], policy: ErrorPolicy, shown: Path | None = None
 ) -> list[Item]:
     """Clips of a folder; ``shown``: the folder's path as configured (recorded as the source)."""
     files = _files(folder)
     clips = {f.with_suffix("") for f in files if f.suffix.lower() in AUDIO_EXTENSIONS}
-    texts = {f.with_suffix("") for f in files if f.suffix == ".txt"}
-    others = {
-        f.with_suffix("") for f in files if f.suffix.lower() not in AUDIO_EXTENSIONS and f.suffix != ".txt"
-    }
-    orphans = sorted(texts - clips - others)
+    # stem -> transcript; x.TXT (Windows tools) counts, x.txt wins when both are there
+    texts = {f.with_suffix(""): f for f in sorted(files, key=lambda f: f.suffix == ".txt") if _is_text(f)}
+    others = {f.with_suffix("") for f in files if not _is_text(f)} - clips
+    orphans = sorted(texts.keys() - clips - others)
     if orphans:  # a clip deleted or not copied: its transcript alone is no item
         log.info(
-            "%s: %d transcript(s) with no audio beside them, e.g. %s.txt",
+            "%s: %d transcript(s) with no audio beside them, e.g. %s",
             shown or folder,
             len(orphans),
-            orphans[0],
+            texts[orphans[0]],
         )
-    if not clips and not texts & others:
+    if not clips and not texts.keys() & others:
         raise AudioInputError(
             f"{shown or folder}: no audio files in the folder (read: {', '.join(sorted(AUDIO_EXTENSIONS))}, "
             "each with a same-named .txt transcript)"
@@ -249,7 +252,7 @@ def from_folder(
     for audio in files:
         known_suffix = audio.suffix.lower() in AUDIO_EXTENSIONS
         stem = audio.with_suffix("")
-        if not known_suffix and (audio.suffix == ".txt" or stem not in texts or stem in clips):
+        if not known_suffix and (_is_text(audio) or stem not in texts or stem in clips):
             continue  # not audio, or a sidecar of a clip (x.TextGrid, x.json next to x.wav)
         language = _folder_language(audio, folder, languages, known) or (
             languages[0] if len(languages) == 1 else None
@@ -267,9 +270,9 @@ def from_folder(
                 )
             if language not in languages:
                 raise _unlisted(audio, language, "from its folder", folder)
-            transcript = audio.with_suffix(".txt")
-            if not transcript.is_file():
-                raise AudioInputError(f"{audio}: transcript {transcript.name} is missing")
+            transcript = texts.get(stem)
+            if transcript is None:
+                raise AudioInputError(f"{audio}: transcript {stem.name}.txt is missing")
             try:
                 text = transcript.read_text(encoding="utf-8-sig").strip()  # -sig: Notepad's BOM
             except UnicodeDecodeError:

@@ -6,6 +6,7 @@ import gzip
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,25 @@ def test_only_a_fully_installed_package_is_read_in_place(monkeypatch, status, in
     done = subprocess.CompletedProcess([], 0, stdout=status, stderr="")
     monkeypatch.setattr(asterisk.subprocess, "run", lambda *args, **kwargs: done)
     assert asterisk._installed("asterisk-core-sounds-en") is installed
+
+
+def test_the_package_version_is_the_one_whose_files_are_read(tmp_path, monkeypatch):
+    """The audio summary records it: a Debian update of the prompts changes the corpus."""
+    package = "asterisk-core-sounds-xx-g722"
+    installed = {"flag": False}
+
+    def dpkg_query(cmd, **kwargs):
+        out = ("install ok installed" if installed["flag"] else "") if "-f=${Status}" in cmd else "2.0-1"
+        return subprocess.CompletedProcess(cmd, 0 if installed["flag"] else 1, stdout=out, stderr="")
+
+    monkeypatch.setattr(asterisk.subprocess, "run", dpkg_query)
+    assert asterisk.package_version(package, tmp_path) is None  # neither installed nor fetched
+    (tmp_path / "debian" / package).mkdir(parents=True)
+    (tmp_path / "debian" / package / ".complete").write_text(f"{package}_1%3a1.6.1-1_all.deb\n")
+    assert asterisk.package_version(package, tmp_path) == "1:1.6.1-1"
+    installed["flag"] = True  # ensure_package reads an installed package in place: its version wins
+    assert asterisk.package_version(package, tmp_path, probe="usr") == "2.0-1"
+    assert asterisk.ensure_package(package, tmp_path, probe="usr") == Path("/")
 
 
 def test_sentences_follow_the_rules():

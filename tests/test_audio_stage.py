@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -55,6 +56,9 @@ def test_dvc_repro_fetch_audio_small_and_deterministic(dvc_repo, monkeypatch):
         assert summary["splits"]["eval"]["languages"][lang]["clips"] == 2
         assert summary["splits"]["calibration"]["languages"][lang]["clips"] == 1
     assert summary["sources"] == {"de": ["kokoro"], "en": ["asterisk"], "ru": ["asterisk"]}
+    versions = summary["debian_packages"]
+    assert set(versions) == {"asterisk-core-sounds-en-g722", "asterisk-core-sounds-ru-g722"}
+    assert all(re.fullmatch(r"[\w.:+~-]+", v) for v in versions.values()), versions
     clips = read_manifest(dvc_repo / "data" / "eval")
     assert {c.source.split(":")[0] for c in clips} == {"asterisk", "kokoro"}
 

@@ -42,17 +42,25 @@ def _installed(package: str) -> bool:
     return proc.returncode == 0 and proc.stdout.split()[1:] == ["ok", "installed"]
 
 
+def _located(package: str, cache: Path, probe: str) -> Path | None:
+    """Where ``package``'s files lie already: ``/`` when installed, its unpacked copy in the cache, or
+    None (to be fetched)."""
+    if shutil.which("dpkg-query") and _installed(package) and (Path("/") / probe).exists():
+        return Path("/")
+    root = cache / "debian" / package
+    return root if (root / ".complete").is_file() else None
+
+
 def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
     """Return a root directory under which ``package``'s files lie; download and unpack it once.
 
     An installed package is used in place when ``probe`` exists under ``/`` (slim images often drop
     ``/usr/share/doc`` at install time; then the package is unpacked into the cache instead).
     """
-    if shutil.which("dpkg-query") and _installed(package) and (Path("/") / probe).exists():
-        return Path("/")
+    found = _located(package, cache, probe)
+    if found is not None:
+        return found
     root = cache / "debian" / package
-    if (root / ".complete").is_file():
-        return root
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise AudioInputError(
@@ -77,6 +85,22 @@ def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
         shutil.rmtree(root, ignore_errors=True)
         unpacked.rename(root)
     return root
+
+
+def package_version(package: str, cache: Path, probe: str = str(SOUNDS)) -> str | None:
+    """The version of ``package`` that :func:`ensure_package` reads (None: not fetched yet).
+
+    Recorded in the audio summary: a Debian update of the prompts changes the corpus, and each
+    machine's cache keeps the version it fetched first.
+    """
+    root = _located(package, cache, probe)
+    if root == Path("/"):
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+        return proc.stdout.strip() or None
+    if root is None:
+        return None
+    # "<name>_<version>_<arch>.deb"; apt writes an epoch's colon as %3a
+    return (root / ".complete").read_text().strip().split("_")[1].replace("%3a", ":")
 
 
 def parse_transcripts(path: Path) -> dict[str, str]:

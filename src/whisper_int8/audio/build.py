@@ -496,9 +496,14 @@ def _summary(params: AudioParams, written: dict[str, list[Clip]], policy: ErrorP
         lang: sorted({c.source.split(":")[0] for s in written.values() for c in s if c.language == lang})
         for lang in params.languages
     }
+    packages = sorted(
+        {c.source.partition(":")[2] for s in written.values() for c in s if c.source.startswith("asterisk:")}
+    )
     return {
         "splits": splits,
         "sources": sources,
+        # what a rerun on another machine must fetch to get the same clips
+        "debian_packages": {pkg: asterisk.package_version(pkg, params.cache_dir) for pkg in packages},
         "skipped": {"count": len(policy.skipped), "by_language": policy.counts(), "items": policy.skipped},
         "params": {
             "calib_per_lang": params.calib_per_lang,

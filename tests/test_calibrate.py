@@ -124,6 +124,44 @@ def test_calibration_stats_match_a_direct_measurement(tmp_path):
     assert float(got.sum()) == rows.numel() and float((got - want.hist).abs().sum()) <= 0.002 * rows.numel()
 
 
+def test_the_statistics_of_a_split_are_the_maxima_and_sums_over_its_clips_in_any_order(tmp_path):
+    """Each clip's maxima are merged into the running ones and its histogram added: a statistic kept
+    from the last clip only (order-dependent) passed every single-clip test."""
+    model = make_tiny_whisper()
+    fuse_model(model)
+    clips = read_manifest(write_split(tmp_path / "split"))
+
+    def stats_of(name: str, chosen: list) -> dict[str, torch.Tensor]:
+        (tmp_path / name).mkdir()
+        calibrate(model, chosen, tmp_path / name, sensitivity_clips=1, percentile=99.0, progress=False)
+        return load_calibration(tmp_path / name)[0]
+
+    every, backwards = stats_of("all", clips), stats_of("reversed", clips[::-1])
+    each = [stats_of(c.id, [c]) for c in clips]
+    assert every.keys() == backwards.keys() and all(torch.equal(every[k], backwards[k]) for k in every)
+    maxima = [k for k in every if k.endswith(("/in_absmax", "/out_absmax"))]
+    for key in maxima:
+        assert torch.equal(every[key], torch.stack([s[key] for s in each]).amax(0)), key
+    for one in (each[0], each[-1]):  # no clip alone gives them
+        assert any(not torch.equal(every[k], one[k]) for k in maxima)
+    for key in (k for k in every if k.endswith("/in_hist")):
+        assert torch.equal(every[key], sum(s[key] for s in each)), key
+
+
+def test_a_torch_without_x86_int8_kernels_stops_before_the_statistics_pass(tmp_path, monkeypatch):
+    """Regression: the engine was first asked for by the sensitivity pass, after the statistics."""
+    from whisper_int8.quant.cpu import BackendError
+
+    model = make_tiny_whisper()
+    fuse_model(model)
+    clips = read_manifest(write_split(tmp_path / "split"))
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", property(lambda _: ["qnnpack"]))
+    (tmp_path / "cal").mkdir()
+    with pytest.raises(BackendError, match="no 'x86' quantized engine"):
+        calibrate(model, clips, tmp_path / "cal", sensitivity_clips=1, percentile=99.0, progress=False)
+    assert not any((tmp_path / "cal").iterdir())
+
+
 def test_large_v3_front_end_and_tokens(tmp_path):
     """128 mels and the 100-language vocabulary: the mel and the task tokens follow the model."""
     model = make_tiny_whisper(dims=TINY_V3_DIMS)
@@ -175,6 +213,7 @@ def _calibration_dir(root: Path) -> Path:
         ("sensitivity.json", '{"metric": "no layers"}', "sensitivity.json: no 'layers' mapping"),
         ("sensitivity.json", '[{"layers": 1}]', "sensitivity.json: no 'layers' mapping"),
         ("sensitivity.json", '{"layers": {"x": "high"}}', "sensitivity.json: no 'layers' mapping"),
+        ("sensitivity.json", '{"layers": {"x": NaN}}', "sensitivity.json: no 'layers' mapping"),
     ],
 )
 def test_a_damaged_calibration_is_one_line_naming_the_file_and_the_stage(tmp_path, file, content, message):

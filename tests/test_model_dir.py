@@ -158,22 +158,25 @@ def _damaged_copies(tmp_path: Path, source: Path, name: str) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "name", "stage"),
+    ("kind", "name", "card", "stage"),
     [
-        ("int8", "int8.pt", r"the convert stage \(dvc repro convert\)"),
-        ("fused", "fused.pt", "the fuse stage"),
+        ("int8", "int8.pt", "quant_config.json", r"the convert stage \(dvc repro convert\)"),
+        ("fused", "fused.pt", "model_card.json", "the fuse stage"),
     ],
 )
-def test_damaged_weights_are_one_line_errors_naming_the_file_and_stage(tmp_path, dirs, kind, name, stage):
+def test_damaged_weights_are_one_line_errors_naming_the_file_and_stage(
+    tmp_path, dirs, kind, name, card, stage
+):
     """Not torch's multi-line RuntimeError or UnpicklingError (a traceback, exit 1)."""
     messages = {}
     for damage, copy in _damaged_copies(tmp_path, dirs[kind], name).items():
-        if kind == "int8":  # the digest quant_config.json keeps catches every damage first
-            with pytest.raises(ModelSourceError, match=f"{name}: not the weights quant_config.json was"):
-                load_model_dir(copy)
-            config = json.loads((copy / "quant_config.json").read_text())
-            del config["weights_sha256"]  # as written before the digest: torch's own checks follow
-            (copy / "quant_config.json").write_text(json.dumps(config))
+        # the digest the description keeps catches every damage first (a flipped byte in a tensor
+        # loaded silently into a fused model: logits off by 5e36)
+        with pytest.raises(ModelSourceError, match=f"{name}: not the weights {card} was written with"):
+            load_model_dir(copy)
+        config = json.loads((copy / card).read_text())
+        del config["weights_sha256"]  # as written before the digest: torch's own checks follow
+        (copy / card).write_text(json.dumps(config))
         with pytest.raises(ModelSourceError) as info:
             load_model_dir(copy)
         messages[damage] = message = str(info.value)
@@ -195,10 +198,70 @@ def test_a_config_from_another_conversion_is_refused(tmp_path, dirs):
     with pytest.raises(ModelSourceError, match="int8.pt: not the weights quant_config.json was written"):
         load_model_dir(bad)
     del config["weights_sha256"]  # written before the digest: the structure is still checked
-    for broken in ({**config, "dims": {**config["dims"], "n_text_layer": 1}}, {**config, "config": {}}):
+    for broken in ({**config, "dims": {**config["dims"], "n_audio_state": 128}}, {**config, "config": {}}):
         (bad / "quant_config.json").write_text(json.dumps(broken))
         with pytest.raises(ModelSourceError, match=r"quant_config.json: does not describe int8.pt \("):
             load_model_dir(bad)
+
+
+def test_a_fused_card_that_does_not_describe_its_weights_is_one_line(tmp_path, dirs):
+    """Regression: another size's dims, a card without dims and alignment heads outside the decoder
+    were load_state_dict's 98-line traceback, a KeyError and an IndexError (in calibrate, convert and
+    ``transcribe --model models/fused``)."""
+    bad = tmp_path / "fused"
+    shutil.copytree(dirs["fused"], bad)
+    card = json.loads((bad / "model_card.json").read_text())
+    no_dims = {k: v for k, v in card.items() if k != "dims"}
+    cases = [
+        ({**card, "dims": {**card["dims"], "n_audio_state": 128}}, r"does not describe fused.pt \(Error"),
+        (no_dims, r"does not describe fused.pt \('dims'\); rerun the fuse stage"),
+        ({**card, "alignment_heads": [[7, 0]]}, r"alignment_heads \[7, 0\] outside the decoder's"),
+    ]
+    for broken, message in cases:
+        (bad / "model_card.json").write_text(json.dumps(broken))
+        with pytest.raises(
+            ModelSourceError, match=rf"^{re.escape(str(bad / 'model_card.json'))}: .*{message}"
+        ):
+            load_model_dir(bad)
+
+
+def test_int8_alignment_heads_outside_the_decoder_are_one_line(tmp_path, dirs):
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    config = json.loads((bad / "quant_config.json").read_text())
+    (bad / "quant_config.json").write_text(json.dumps({**config, "alignment_heads": [[7, 0]]}))
+    with pytest.raises(ModelSourceError, match=r"quant_config.json: alignment_heads \[7, 0\] outside"):
+        load_model_dir(bad)
+
+
+def test_a_model_converted_for_the_gpu_names_its_config_and_the_fix_on_the_cpu(tmp_path, dirs):
+    """Regression: "quant.backend=torchao needs a CUDA device" named neither the directory nor that
+    the model must be converted again."""
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    config = json.loads((bad / "quant_config.json").read_text())
+    (bad / "quant_config.json").write_text(
+        json.dumps({**config, "config": {**config["config"], "backend": "torchao"}})
+    )
+    with pytest.raises(
+        ModelSourceError,
+        match=r"quant_config.json: quant.backend=torchao needs a CUDA device .*with quant.backend: auto",
+    ):
+        load_model_dir(bad)
+
+
+def test_a_torch_without_x86_int8_kernels_is_a_backend_error_not_a_bad_file(dirs, monkeypatch):
+    """Regression: on an ARM torch the INT8 load said quant_config.json "does not describe int8.pt" and
+    sent the user to rerun convert; convert and calibrate gave a traceback."""
+    from whisper_int8 import cli, cli_common
+    from whisper_int8.quant.cpu import BackendError
+
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", property(lambda _: ["qnnpack"]))
+    with pytest.raises(
+        BackendError, match=r"no 'x86' quantized engine \(it has qnnpack\): INT8 on the CPU needs"
+    ):
+        load_model_dir(dirs["int8"])
+    assert BackendError in cli_common.USER_ERRORS and BackendError in cli.user_errors()
 
 
 def test_a_config_value_convert_would_refuse_is_refused_at_load(tmp_path, dirs):

@@ -21,6 +21,7 @@ from whisper_int8.params import ParamError
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert import QuantError, count_layers, quantize_model, save_int8_dir, smooth
 from whisper_int8.quant.cpu import (
+    BackendError,
     DynamicInt8Linear,
     Int8TiedEmbedding,
     OutlierInt8Linear,
@@ -152,15 +153,16 @@ def test_calibration_of_another_model_is_refused():
     fuse_model(deeper)
     static = parse_quant_config({"scheme": "static"})
     with pytest.raises(
-        ParamError, match=r"come from another model \(.*: \(128,\) maxima, 64 inputs\); rerun calibrate"
+        ParamError,
+        match=r"^cal: statistics from another model \(.*: \(128,\) maxima, 64 inputs\); rerun calib",
     ):
-        quantize_model(_fused(), static, stats=_stats(wider))
+        quantize_model(_fused(), static, stats=_stats(wider), origin="cal")
     with pytest.raises(
-        ParamError, match=r"come from another model \(layers differ, e.g. \['encoder.blocks.2"
+        ParamError, match=r"statistics from another model \(layers differ, e.g. \['encoder.blocks.2"
     ):
         quantize_model(_fused(), static, stats=_stats(deeper))
     with pytest.raises(
-        ParamError, match=r"sensitivity.json comes from another model \(it ranks \['encoder.blocks.2"
+        ParamError, match=r"sensitivity.json from another model \(it ranks \['encoder.blocks.2"
     ):
         quantize_model(
             _fused(), parse_quant_config({"auto_keep_float_k": 1}), sensitivity={"encoder.blocks.2.mlp.2": 1}
@@ -413,6 +415,35 @@ def test_smoothquant_keeps_the_float_function():
     mel = _mel(7)
     with torch.no_grad():
         assert (model(mel, TOKENS) - ref(mel, TOKENS)).abs().max() < 1e-3
+    # and it does move the outliers: each smoothed layer's inputs are the measured ones over s
+    assert all(not torch.allclose(s, torch.ones_like(s)) for s in applied.values())
+    after = _stats(model)
+    for name, s in applied.items():
+        torch.testing.assert_close(after[f"{name}/in_absmax"], in_absmax[name] / s, rtol=1e-4, atol=1e-6)
+
+
+def test_a_refused_config_leaves_the_model_unchanged():
+    """Regression: outlier_channels wider than a layer was refused after SmoothQuant had rescaled the
+    model and some layers were INT8 already."""
+    model = _fused()
+    before = copy.deepcopy(model.state_dict())
+    cfg = parse_quant_config({"outlier_channels": 256, "smoothquant_alpha": 0.5})
+    with pytest.raises(ParamError, match="quant.outlier_channels=256: .* has only 256 input channels"):
+        quantize_model(model, cfg, _stats(model))
+    assert count_layers(model)["int8_linear"] == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_static_smoothquant_scales_the_smoothed_inputs():
+    """The static input scale of a smoothed layer comes from its maxima over s, not the raw ones."""
+    model = _fused()
+    stats = _stats(model)
+    name = "encoder.blocks.0.attn.qkv"
+    s = smooth(copy.deepcopy(model), {name: stats[f"{name}/in_absmax"]}, 0.5)[name]
+    quantize_model(model, parse_quant_config({"scheme": "static", "smoothquant_alpha": 0.5}), stats)
+    want = float((stats[f"{name}/in_absmax"] / s).max()) / 63.5
+    assert float(model.get_submodule(name).input_scale) == pytest.approx(want, rel=1e-6)
+    assert want != pytest.approx(float(stats[f"{name}/in_absmax"].max()) / 63.5, rel=1e-3)
 
 
 def test_int8_model_transcribes(tmp_path):
@@ -570,8 +601,8 @@ def test_torchao_missing_says_how_to_install(monkeypatch):
 
     model = _fused()
     quantize_model(model, parse_quant_config({}))
-    with pytest.raises(RuntimeError, match=re.escape("needs torchao: pip install -e '.[gpu]'")):
-        to_torchao(model, "dynamic", "cpu")
+    with pytest.raises(BackendError, match=re.escape("needs torchao: pip install -e '.[gpu]'")):
+        to_torchao(model, "dynamic", "cpu")  # a user error: one line, exit 2, not a traceback
 
 
 @pytest.mark.gpu

@@ -16,6 +16,7 @@ simulation), measured on a few clips: cheap enough for every run.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,6 +220,7 @@ def calibrate(
     if not linear_names(model):
         raise ModelSourceError("no nn.Linear layers to calibrate: give the fused model (models/fused)")
     check_languages(model, {c.language for c in clips}, "the calibration split")
+    set_engine("x86")  # a torch without x86 INT8 kernels stops here, not after the statistics pass
     collector = StatsCollector(model)
     coverage: dict[str, dict[str, float]] = defaultdict(lambda: {"clips": 0, "seconds": 0.0, "tokens": 0})
     per_language: dict[str, list[Sample]] = defaultdict(list)
@@ -291,10 +293,10 @@ def load_calibration(path: Path) -> tuple[dict[str, Tensor], dict[str, float]]:
     sens = read_json(sens_file, CALIBRATE_STAGE)
     layers = sens.get("layers") if isinstance(sens, dict) else None
     if not isinstance(layers, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in layers.values()
-    ):
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in layers.values()
+    ):  # NaN (JSON takes it) would rank auto_keep_float_k's layers arbitrarily
         raise ModelSourceError(
-            f"{sens_file}: no 'layers' mapping of layer names to numbers; rerun {CALIBRATE_STAGE}"
+            f"{sens_file}: no 'layers' mapping of layer names to finite numbers; rerun {CALIBRATE_STAGE}"
         )
     return stats, layers
 

@@ -73,11 +73,15 @@ def registered_uri(model: str | None, alias: str | None) -> str:
     )
 
 
+# (module, error) raised only once their module is loaded: importing one (torch, whisper) just to catch
+# its error would add seconds to every other error.
+LOADED_ERRORS = (("model_sources", "ModelSourceError"), ("quant.cpu", "BackendError"))
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
-    """:data:`USER_ERRORS`, plus ModelSourceError once its module is loaded: only then can one be raised,
-    and importing it (torch, whisper) just to catch it would add seconds to every other error."""
-    sources = sys.modules.get(f"{__package__}.model_sources")
-    return USER_ERRORS if sources is None else (*USER_ERRORS, sources.ModelSourceError)
+    """:data:`USER_ERRORS`, plus those of :data:`LOADED_ERRORS` whose module is loaded."""
+    loaded = (getattr(sys.modules.get(f"{__package__}.{m}"), name, None) for m, name in LOADED_ERRORS)
+    return (*USER_ERRORS, *(e for e in loaded if e is not None))
 
 
 def _connect(args: argparse.Namespace) -> str:

@@ -17,6 +17,7 @@ from .ct2 import CT2FormatError
 from .fsutil import OutputConflictError
 from .model_sources import ModelSourceError
 from .params import ParamError
+from .quant.cpu import BackendError
 from .tracking_uri import RegistryError, TrackingError
 
 # Errors whose message already says what went wrong and what to do: print it, no traceback.
@@ -30,6 +31,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     AudioInputError,
     OutputConflictError,
     ActivationBitsError,
+    BackendError,
 )
 
 

@@ -296,14 +296,22 @@ def materialize(model: Whisper, state: dict[str, Tensor], alignment_heads: list[
     return model.eval()
 
 
+def save_weights(path: Path, model: nn.Module) -> str:
+    """``model``'s state dict as plain tensors (loaded with ``weights_only=True``); returns its sha256,
+    which the description written beside it records so that a load can check it."""
+    from .fsutil import sha256_file
+
+    torch.save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
+    return sha256_file(path)
+
+
 def save_fused_dir(out: Path, model: Whisper, alignment_heads, counts: dict[str, int], extra: dict) -> None:
-    """Write ``fused.pt`` (plain tensors) and ``model_card.json`` into ``out`` (an atomic temp dir)."""
+    """Write ``fused.pt`` and ``model_card.json`` into ``out`` (an atomic temp dir)."""
     from dataclasses import asdict
 
     from .fsutil import atomic_write_json
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, out / FUSED_WEIGHTS)
+    digest = save_weights(out / FUSED_WEIGHTS, model)
     card = {
         "format": "whisper-int8/fused",
         "weights": FUSED_WEIGHTS,
@@ -311,6 +319,7 @@ def save_fused_dir(out: Path, model: Whisper, alignment_heads, counts: dict[str,
         "alignment_heads": alignment_heads,
         "fusions": counts,
         "bytes": (out / FUSED_WEIGHTS).stat().st_size,
+        "weights_sha256": digest,  # checked on load: a damaged byte would load silently
         **extra,
     }
     atomic_write_json(out / CARD, card)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,12 +14,12 @@ from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .heap import release_freed
 from .languages import model_languages
 from .mapped_pages import drop_table_pages_after_lookups, unmap_resident_pages
-from .model_sources import ModelSourceError, load_checkpoint
+from .model_sources import ModelSourceError, check_heads, load_checkpoint
 from .params import ParamError
 from .quant.config import DEFAULTS, parse_quant_config, resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
-from .stage_files import CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
+from .stage_files import CARD, CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
 
 
 def check_languages(model: Whisper, languages: set[str], split: Path | str) -> None:
@@ -95,12 +96,40 @@ def check_fused_dir(path: Path | str) -> Path:
     return root
 
 
-def _not_describing(root: Path, weights: Path, error: Exception) -> ModelSourceError:
-    """quant_config.json and weights that do not fit together (written before ``weights_sha256``)."""
+def _not_describing(card: Path, weights: Path, error: Exception, rerun: str) -> ModelSourceError:
+    """A description (quant_config.json, the fused model card) and weights that do not fit together."""
     cause = (str(error).splitlines() or [type(error).__name__])[0][:200]
-    return ModelSourceError(
-        f"{root / QUANT_CONFIG}: does not describe {weights.name} ({cause}); rerun {CONVERT_STAGE}"
-    )
+    return ModelSourceError(f"{card}: does not describe {weights.name} ({cause}); rerun {rerun}")
+
+
+def _described(card_path: Path, card: dict, weights: Path, rerun: str) -> ModelDimensions:
+    """The dimensions ``card`` gives, its alignment heads checked against them, and ``weights``' digest
+    when the card records one: a damaged or swapped file stops here, not in load_state_dict or as wrong
+    logits."""
+    if "weights_sha256" in card and weights.is_file() and sha256_file(weights) != card["weights_sha256"]:
+        raise ModelSourceError(
+            f"{weights}: not the weights {card_path.name} was written with (sha256 differs: damaged, "
+            f"or from another run); rerun {rerun}"
+        )
+    try:
+        dims = ModelDimensions(**card["dims"])
+    except (KeyError, TypeError) as e:
+        raise _not_describing(card_path, weights, e, rerun) from None
+    check_heads(card.get("alignment_heads"), dims, card_path)
+    return dims
+
+
+def _built(card: Path, weights: Path, rerun: str, build: Callable[[], Whisper]) -> Whisper:
+    """``build()``, its errors from weights that do not fit ``card`` (names, shapes, layers another
+    conversion wrote) turned into one line naming both files."""
+    try:
+        return build()
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _not_describing(card, weights, e, rerun) from None
+    except RuntimeError as e:
+        if type(e) is not RuntimeError:  # out of memory, ModelSourceError, BackendError: their own message
+            raise
+        raise _not_describing(card, weights, e, rerun) from None  # load_state_dict: names or shapes
 
 
 def _load(root: Path, device: str) -> Whisper:
@@ -114,34 +143,31 @@ def _load(root: Path, device: str) -> Whisper:
     if not root.is_dir():
         raise ModelSourceError(f"{root}: model directory not found")
     if (root / QUANT_CONFIG).is_file():
-        qcfg = read_json(root / QUANT_CONFIG, CONVERT_STAGE)
+        card_path = root / QUANT_CONFIG
+        qcfg = read_json(card_path, CONVERT_STAGE)
         found = qcfg.get("format") if isinstance(qcfg, dict) else f"a JSON {type(qcfg).__name__}"
         if found != FORMAT:
-            raise ModelSourceError(f"{root / QUANT_CONFIG}: format {found!r} is not {FORMAT!r}")
+            raise ModelSourceError(f"{card_path}: format {found!r} is not {FORMAT!r}")
         weights = root / str(qcfg.get("weights", "int8.pt"))
-        if "weights_sha256" in qcfg and weights.is_file() and sha256_file(weights) != qcfg["weights_sha256"]:
-            raise ModelSourceError(
-                f"{weights}: not the weights {QUANT_CONFIG} was written with (sha256 differs: damaged, "
-                f"or from another conversion); rerun {CONVERT_STAGE}"
-            )
+        _described(card_path, qcfg, weights, CONVERT_STAGE)
         try:  # the values this load acts on, as convert checked them (keys of other versions: left be)
             settings = qcfg["config"]
-            parse_quant_config({k: settings[k] for k in DEFAULTS if k in settings}, str(root / QUANT_CONFIG))
+            parse_quant_config({k: settings[k] for k in DEFAULTS if k in settings}, str(card_path))
             backend_name = settings["backend"]
         except (KeyError, TypeError) as e:
-            raise _not_describing(root, weights, e) from None
+            raise _not_describing(card_path, weights, e, CONVERT_STAGE) from None
         except ParamError as e:
             raise ModelSourceError(f"{e}; rerun {CONVERT_STAGE}") from None
-        backend = resolve_backend(backend_name, device)  # a ParamError: not on this device
-        state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
         try:
-            model = build_int8(qcfg, state, pack=backend != "torchao")
-        except (KeyError, TypeError, AttributeError) as e:  # keys or layers another conversion wrote
-            raise _not_describing(root, weights, e) from None
-        except RuntimeError as e:
-            if type(e) is not RuntimeError:  # out of memory, ModelSourceError...: their own message
-                raise
-            raise _not_describing(root, weights, e) from None  # load_state_dict: names or shapes
+            backend = resolve_backend(backend_name, device)
+        except ParamError as e:  # converted for the other kind of device
+            raise ModelSourceError(
+                f"{card_path}: {e}; or convert it again with quant.backend: auto (dvc repro convert)"
+            ) from None
+        state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
+        model = _built(
+            card_path, weights, CONVERT_STAGE, lambda: build_int8(qcfg, state, pack=backend != "torchao")
+        )
         if backend == "torchao":
             from .quant.cuda import to_torchao
 
@@ -153,11 +179,19 @@ def _load(root: Path, device: str) -> Whisper:
             drop_table_pages_after_lookups(emb, mapped)
         return model
     if (root / FUSED_WEIGHTS).is_file():
-        card = read_json(root / "model_card.json", FUSE_STAGE)
-        model = materialize(
-            fused_skeleton(ModelDimensions(**card["dims"])),
-            load_tensors(root / FUSED_WEIGHTS, FUSE_STAGE),
-            card["alignment_heads"],
+        card_path, weights = root / CARD, root / FUSED_WEIGHTS
+        card = read_json(card_path, FUSE_STAGE)
+        if not isinstance(card, dict):
+            raise ModelSourceError(
+                f"{card_path}: a JSON {type(card).__name__}, not a model card; rerun {FUSE_STAGE}"
+            )
+        dims = _described(card_path, card, weights, FUSE_STAGE)
+        state = load_tensors(weights, FUSE_STAGE)
+        model = _built(
+            card_path,
+            weights,
+            FUSE_STAGE,
+            lambda: materialize(fused_skeleton(dims), state, card.get("alignment_heads")),
         )
         return model.to(device)
     if (root / "model.pt").is_file():

@@ -147,7 +147,7 @@ def _mismatch(model: Whisper, state_dict: dict) -> str:
     return "; ".join(parts)
 
 
-def _heads(heads: Any, dims: ModelDimensions, where: str | Path) -> list[list[int]] | None:
+def check_heads(heads: Any, dims: ModelDimensions, where: str | Path) -> list[list[int]] | None:
     """[layer, head] pairs inside the decoder ``dims`` describe (a tensor of pairs is read as a list)."""
     if heads is None:
         return None
@@ -182,7 +182,7 @@ def build_model(
     Weights that do not fit ``dims`` and non-finite weights (``check_values``) are one line naming
     ``where``; heads that are not pairs inside the decoder name ``heads_from`` (a ct2 config.json)."""
     check_dims(dims, where)
-    heads = _heads(alignment_heads, dims, heads_from or where)
+    heads = check_heads(alignment_heads, dims, heads_from or where)
     try:
         model = Whisper(dims)
     except (RuntimeError, ValueError, TypeError) as e:  # dims torch cannot build, e.g. heads not dividing

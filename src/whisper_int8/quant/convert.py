@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 from whisper.model import Whisper
 
-from ..fsutil import atomic_write_json, sha256_file
-from ..fuse import TiedEmbedding, fused_skeleton, materialize, set_cross_kv_dtype
+from ..fsutil import atomic_write_json
+from ..fuse import TiedEmbedding, fused_skeleton, materialize, save_weights, set_cross_kv_dtype
 from ..model_sources import ModelSourceError
 from ..params import ParamError
 from ..stage_files import CARD
@@ -101,12 +101,17 @@ def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, floa
 
 
 def check_calibration(
-    model: nn.Module, names: list[str], stats: dict[str, Tensor] | None, sensitivity: dict | None
+    model: nn.Module,
+    names: list[str],
+    stats: dict[str, Tensor] | None,
+    sensitivity: dict | None,
+    origin: str = "calibration",
 ) -> None:
     """Refuse calibration statistics or a sensitivity ranking measured on another model.
 
     Nothing else ties ``models/calibration`` to the fused model: another model's maxima would set
-    static scales or SmoothQuant factors silently, or fail later with a bare shape error.
+    static scales or SmoothQuant factors silently, or fail later with a bare shape error. ``origin``:
+    the calibration directory, named in the errors.
     """
     rerun = "rerun calibrate on this fused model"
     if stats:
@@ -114,16 +119,16 @@ def check_calibration(
         if calibrated != set(names):
             odd = sorted(calibrated ^ set(names))
             raise ParamError(
-                f"the calibration statistics come from another model (layers differ, e.g. {odd[:3]}); {rerun}"
+                f"{origin}: statistics from another model (layers differ, e.g. {odd[:3]}); {rerun}"
             )
         for name in names:
             width, got = _get(model, name).in_features, tuple(stats[f"{name}/in_absmax"].shape)
             if got != (width,):
                 detail = f"{name}: {got} maxima, {width} inputs"
-                raise ParamError(f"the calibration statistics come from another model ({detail}); {rerun}")
+                raise ParamError(f"{origin}: statistics from another model ({detail}); {rerun}")
     foreign = sorted(set(sensitivity or {}) - {*names, EMBEDDING})
     if foreign:
-        raise ParamError(f"sensitivity.json comes from another model (it ranks {foreign[:3]}); {rerun}")
+        raise ParamError(f"{origin}: sensitivity.json from another model (it ranks {foreign[:3]}); {rerun}")
 
 
 def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
@@ -137,8 +142,8 @@ def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
     return set(matched) if cfg.outlier_channels else set()
 
 
-def _outlier_index(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor], where: str) -> Tensor:
-    """The ``k`` input channels of ``name`` with the largest calibrated absmax."""
+def _check_outliers(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor], where: str) -> None:
+    """``name`` can keep ``k`` input channels in float: calibrated, and wider than ``k``."""
     if name not in in_absmax:
         raise ParamError(
             f"{where}: quant.outlier_channels needs the calibrated input maxima of {name}; run calibrate "
@@ -149,7 +154,16 @@ def _outlier_index(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tenso
             f"{where}: quant.outlier_channels={k}: {name} has only {lin.in_features} input channels; "
             f"choose an integer from 0 to {lin.in_features - 1}"
         )
-    return torch.topk(in_absmax[name].float(), k).indices.sort().values
+
+
+def _layer_kind(name: str, cfg: QuantConfig, keep: list[str], outliers: set[str]) -> str:
+    """What ``name`` becomes: ``float``, a scheme, or :data:`OUTLIERS`."""
+    if name in keep:
+        return "float"
+    scheme = cfg.scheme
+    if scheme == "static" and (not name.startswith("encoder.") or name.endswith(STATIC_DYNAMIC_SUFFIX)):
+        scheme = "dynamic"  # see STATIC_DYNAMIC_SUFFIX; the decoder's inputs change every step
+    return OUTLIERS if scheme == "dynamic" and name in outliers else scheme
 
 
 def smooth(model: Whisper, in_absmax: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
@@ -182,14 +196,21 @@ def smooth(model: Whisper, in_absmax: dict[str, Tensor], alpha: float) -> dict[s
 
 
 def quantize_model(
-    model: Whisper, cfg: QuantConfig, stats: dict[str, Tensor] | None = None, sensitivity: dict | None = None
+    model: Whisper,
+    cfg: QuantConfig,
+    stats: dict[str, Tensor] | None = None,
+    sensitivity: dict | None = None,
+    origin: str = "calibration",
 ) -> dict:
-    """Quantize a fused ``model`` in place; return the layer map and counts (checked, fails loudly)."""
+    """Quantize a fused ``model`` in place; return the layer map and counts (checked, fails loudly).
+
+    ``stats``/``sensitivity``: read from the calibration directory ``origin`` (named in errors).
+    """
     set_engine("x86" if cfg.backend in ("auto", "torchao") else cfg.backend)  # convert runs on CPU
     names = linear_names(model)
     if not names:
         raise QuantError("no nn.Linear layers found: is this a fused model (fuse_model) ?")
-    check_calibration(model, names, stats, sensitivity)
+    check_calibration(model, names, stats, sensitivity, origin)
     keep = float_layers(names, cfg, sensitivity)
     needs = [
         key
@@ -206,49 +227,47 @@ def quantize_model(
             f"{cfg.where}: {' and '.join(needs)} {verb} the calibration statistics (models/calibration): "
             "run calibrate"
         )
-    split = outlier_layers(names, cfg)
+    outliers = outlier_layers(names, cfg)
     in_absmax = {n: stats[f"{n}/in_absmax"] for n in names if stats and f"{n}/in_absmax" in stats}
-    if cfg.smoothquant_alpha is not None:
-        factors = smooth(model, in_absmax, cfg.smoothquant_alpha)
-        in_absmax.update({n: in_absmax[n] / s for n, s in factors.items()})
-        log.info("SmoothQuant alpha=%s applied to %d layers", cfg.smoothquant_alpha, len(factors))
-    layers: dict[str, str] = {}
-    for name in names:
-        if name in keep:
-            layers[name] = "float"
-            continue
-        lin = _get(model, name)
-        scheme = cfg.scheme
-        if scheme == "static" and (not name.startswith("encoder.") or name.endswith(STATIC_DYNAMIC_SUFFIX)):
-            scheme = "dynamic"  # see STATIC_DYNAMIC_SUFFIX; the decoder's inputs change every step
-        if scheme == "static":
-            # input scale from the calibrated absmax over the 7-bit range (not the clipping percentile)
-            if f"{name}/out_absmax" not in stats:
-                raise ModelSourceError(
-                    f"the calibration statistics lack {name}/out_absmax, which the static scheme needs; "
-                    "rerun calibrate on this fused model"
-                )
-            extra = {
-                "input_scale": (in_absmax[name].max() / 63.5).clamp_min(1e-8).reshape(()),
-                "output_scale": (stats[f"{name}/out_absmax"].max() / 127.5).clamp_min(1e-8).reshape(()),
-            }
-            qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
-        elif scheme == "dynamic" and name in split:
-            index = _outlier_index(name, lin, cfg.outlier_channels, in_absmax, cfg.where)
-            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index, cfg.per_token)
-            scheme = OUTLIERS
-        elif scheme == "dynamic":
-            qmod = DynamicInt8Linear.from_float(lin, cfg.per_channel, cfg.per_token)
-        else:
-            qmod = LINEAR_CLASSES[scheme].from_float(lin, cfg.per_channel)
-        _set(model, name, qmod)
-        layers[name] = scheme
+    # every layer's kind decided and checked before the model is changed: a refused config leaves it whole
+    layers = {name: _layer_kind(name, cfg, keep, outliers) for name in names}
     if cfg.outlier_channels and OUTLIERS not in layers.values():
         raise ParamError(
             f"{cfg.where}: quant.outlier_channels={cfg.outlier_channels}: no layer matching "
             f"quant.outlier_layers={cfg.outlier_layers} runs dynamic INT8 (kept in float, static, or no "
             "pattern); set it to 0"
         )
+    for name, kind in layers.items():
+        if kind == OUTLIERS:
+            _check_outliers(name, _get(model, name), cfg.outlier_channels, in_absmax, cfg.where)
+        if kind == "static" and f"{name}/out_absmax" not in stats:
+            raise ModelSourceError(
+                f"{origin}: the statistics lack {name}/out_absmax, which the static scheme needs; "
+                "rerun calibrate on this fused model"
+            )
+    if cfg.smoothquant_alpha is not None:
+        factors = smooth(model, in_absmax, cfg.smoothquant_alpha)
+        in_absmax.update({n: in_absmax[n] / s for n, s in factors.items()})
+        log.info("SmoothQuant alpha=%s applied to %d layers", cfg.smoothquant_alpha, len(factors))
+    for name, kind in layers.items():
+        if kind == "float":
+            continue
+        lin = _get(model, name)
+        if kind == "static":
+            # input scale from the calibrated absmax over the 7-bit range (not the clipping percentile)
+            extra = {
+                "input_scale": (in_absmax[name].max() / 63.5).clamp_min(1e-8).reshape(()),
+                "output_scale": (stats[f"{name}/out_absmax"].max() / 127.5).clamp_min(1e-8).reshape(()),
+            }
+            qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
+        elif kind == OUTLIERS:  # the channels with the largest (smoothed) calibrated maxima stay float
+            index = torch.topk(in_absmax[name].float(), cfg.outlier_channels).indices.sort().values
+            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index, cfg.per_token)
+        elif kind == "dynamic":
+            qmod = DynamicInt8Linear.from_float(lin, cfg.per_channel, cfg.per_token)
+        else:
+            qmod = LINEAR_CLASSES[kind].from_float(lin, cfg.per_channel)
+        _set(model, name, qmod)
     emb = model.decoder.token_embedding
     if cfg.quantize_embedding and EMBEDDING not in keep:
         model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb, cfg.per_token)
@@ -284,8 +303,7 @@ def save_int8_dir(
 
     ``bytes`` counts the weights and the config, the two files the loader needs.
     """
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, out / INT8_WEIGHTS)
+    digest = save_weights(out / INT8_WEIGHTS, model)
     atomic_write_json(
         out / QUANT_CONFIG,
         {
@@ -293,7 +311,7 @@ def save_int8_dir(
             "weights": INT8_WEIGHTS,
             # ties the config to these weights: another conversion's config may load them silently
             # wrong (per-token against per-call ranges: the same tensors, other numerics)
-            "weights_sha256": sha256_file(out / INT8_WEIGHTS),
+            "weights_sha256": digest,
             "config": cfg.to_dict(),
             "dims": asdict(model.dims),
             "alignment_heads": alignment_heads,

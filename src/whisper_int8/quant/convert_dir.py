@@ -34,6 +34,6 @@ def convert_dir(
     model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():
-        report = quantize_model(model, cfg, stats, sensitivity)
+        report = quantize_model(model, cfg, stats, sensitivity, str(calibration))
     with atomic_dir(out) as tmp:
         return save_int8_dir(tmp, model, cfg, report, heads, fp32_bytes)

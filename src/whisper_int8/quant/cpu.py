@@ -66,11 +66,19 @@ def unpacked() -> Iterator[None]:
         _PACK = saved
 
 
+class BackendError(RuntimeError):
+    """This torch lacks what an INT8 backend runs on (CPU kernels of another architecture, no torchao):
+    a matter of the machine or its install, not of a file; the message says what to do."""
+
+
 def set_engine(name: str) -> None:
     """Select the quantized engine (``x86`` picks fbgemm/oneDNN per op; ``fbgemm`` forces fbgemm)."""
-    if name not in torch.backends.quantized.supported_engines:
-        raise RuntimeError(
-            f"quantized engine {name!r} not available; have {torch.backends.quantized.supported_engines}"
+    have = torch.backends.quantized.supported_engines
+    if name not in have:
+        raise BackendError(
+            f"this torch has no {name!r} quantized engine (it has {', '.join(have)}): INT8 on the CPU "
+            "needs an x86-64 machine and torch build; elsewhere run on a CUDA GPU (evaluate.device: "
+            "cuda, quant.backend: auto)"
         )
     torch.backends.quantized.engine = name
 

@@ -20,7 +20,7 @@ from whisper.model import Whisper
 
 from ..fuse import uninitialized
 from ..params import ParamError
-from .cpu import Int8TiedEmbedding, OutlierInt8Linear, dequantize_weight
+from .cpu import BackendError, Int8TiedEmbedding, OutlierInt8Linear, dequantize_weight
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _int8_weight(q: Tensor, scale: Tensor, dynamic: bool) -> Tensor:
         from torchao.quantization import Int8Tensor, PerRow
         from torchao.quantization.quantize_.workflows import QuantizeTensorToInt8Kwargs
     except ImportError as e:
-        raise RuntimeError(f"INT8 on CUDA needs torchao: pip install -e '.[gpu]' ({e})") from None
+        raise BackendError(f"INT8 on CUDA needs torchao: pip install -e '.[gpu]' ({e})") from None
     block = [1, q.shape[1]] if scale.numel() == q.shape[0] else list(q.shape)
     act = QuantizeTensorToInt8Kwargs(granularity=PerRow()) if dynamic else None
     return Int8Tensor(q, scale.float().reshape(-1, 1), block, torch.float32, act_quant_kwargs=act)

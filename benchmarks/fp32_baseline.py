@@ -17,10 +17,11 @@ from pathlib import Path
 from _inputs import require_model_dir, require_out_file, split_clips
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.evaluate import accuracy_metrics, decode_options, error_metric, transcribe_split
+from whisper_int8.evaluate import accuracy_metrics, error_metric, transcribe_split
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_sources import load_checkpoint
 from whisper_int8.params import load_params, positive_int, section
+from whisper_int8.transcribe import decode_options
 
 
 def main(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ from _inputs import require_model_dir, require_out_file
 from whisper_int8.audio import MANIFEST, AudioInputError, read_manifest
 from whisper_int8.calibrate import CALIBRATE_STAGE
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.evaluate import decode_options, evaluate_in_subprocess
+from whisper_int8.evaluate import evaluate_in_subprocess
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, section
@@ -33,6 +33,7 @@ from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert_dir import convert_dir
 from whisper_int8.scoring import check_references
 from whisper_int8.stage_files import read_json
+from whisper_int8.transcribe import decode_options
 
 COVERAGE = "coverage.json"  # written by whisper_int8.calibrate.calibrate
 

@@ -64,7 +64,7 @@ from whisper_int8.calibrate import Sample, prepare
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits
 from whisper_int8.eval_report import compare_results
-from whisper_int8.evaluate import decode_options, evaluate_model_dir, evaluate_with_model
+from whisper_int8.evaluate import evaluate_model_dir, evaluate_with_model
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.fuse import FUSED_WEIGHTS, fused_skeleton
 from whisper_int8.model_dir import load_model_dir
@@ -73,6 +73,7 @@ from whisper_int8.params import ParamError, load_params, positive_int, section
 from whisper_int8.quant.convert import EMBEDDING
 from whisper_int8.quant.cpu import dequantize_weight, quantize_weight, weight_scale
 from whisper_int8.stage_files import FUSE_STAGE, read_json
+from whisper_int8.transcribe import decode_options
 
 PERTURBATIONS = ("fp16-weights", "bf16-weights", "int8-weights", "noise-weights", "int8-activations")
 LIMIT_PP = 0.5

@@ -13,7 +13,7 @@ from whisper_int8.audio import AudioInputError, first_per_language, read_manifes
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits, host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
-from whisper_int8.evaluate import clips_digest, decode_options, evaluate_in_subprocess, model_dirs
+from whisper_int8.evaluate import clips_digest, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output
 from whisper_int8.model_dir import resolve_device
 from whisper_int8.model_sources import ModelSourceError
@@ -21,6 +21,7 @@ from whisper_int8.params import ParamError, load_params, null_or_count, reject_u
 from whisper_int8.quant.convert import QUANT_CONFIG
 from whisper_int8.scoring import check_references
 from whisper_int8.stage_files import read_json
+from whisper_int8.transcribe import decode_options
 
 log = logging.getLogger("evaluate")
 ACTIVATION_BITS = "int8_activation_bits"  # settings key: WHISPER_INT8_ACTIVATION_BITS or the CPU's

@@ -8,10 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.evaluate import decode_options, model_dirs
+from whisper_int8.evaluate import model_dirs
 from whisper_int8.gate import gate_config
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import PromoteInputs, mlflow_config, promote
+from whisper_int8.transcribe import decode_options
 
 
 def _paths(ml: dict, key: str, where: str) -> list[Path]:

@@ -167,8 +167,8 @@ def test_empty_manifest_is_a_clear_error(tmp_path, setup):
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
 @pytest.mark.parametrize("key", ["beam_size", "max_tokens"])
 def test_decode_options_name_the_bad_key(key, value):
-    from whisper_int8.evaluate import decode_options
     from whisper_int8.params import ParamError
+    from whisper_int8.transcribe import decode_options
 
     with pytest.raises(
         ParamError, match=rf"params.yaml: evaluate.{key}=.* must be null \(.*\) or an integer >= 1"
@@ -179,8 +179,8 @@ def test_decode_options_name_the_bad_key(key, value):
 
 def test_a_token_cap_above_a_window_is_refused():
     """Regression: max_tokens 1000 was accepted and silently decoded with 224."""
-    from whisper_int8.evaluate import decode_options
     from whisper_int8.params import ParamError
+    from whisper_int8.transcribe import decode_options
 
     assert decode_options({"max_tokens": 224})["max_tokens"] == 224
     with pytest.raises(ParamError, match=r"evaluate.max_tokens=225: at most 224, the most a 30 s window"):

@@ -77,6 +77,39 @@ def test_pyfunc_predict_every_input_form(tracking):
     assert [c.type for c in sig.outputs.inputs] == [mlflow.types.DataType.string]
 
 
+# Imports of a distribution outside the logged environment fail, as in one MLflow builds from the
+# model's requirements.txt and constraints.txt (argv: model URI, allowed distributions, a WAV).
+ONLY_LOGGED_ENVIRONMENT = r"""
+import importlib.abc, importlib.metadata, sys
+from packaging.utils import canonicalize_name
+allowed = set(sys.argv[2].split(","))
+owners = importlib.metadata.packages_distributions()
+class Outside(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        dists = {canonicalize_name(d) for d in owners.get(name.partition(".")[0], [])}
+        if dists and not dists & allowed:
+            raise ModuleNotFoundError(f"No module named {name!r} ({sorted(dists)}: not logged)")
+sys.meta_path.insert(0, Outside())
+import mlflow
+print(mlflow.pyfunc.load_model(sys.argv[1]).predict({"audio": sys.argv[3], "language": "en"}))
+"""
+
+
+def test_the_registered_model_runs_in_the_environment_logged_with_it(tracking):
+    """Regression: loading imported jiwer (through evaluate's scoring) while its requirements do not
+    list it: in the environment ``mlflow models serve``/``build-docker`` build, no model loaded."""
+    from whisper_int8.serving_env import RUNTIME, dependency_closure
+
+    allowed = {*dependency_closure(RUNTIME), "whisper-int8"}  # the package: logged as the model's code
+    assert "jiwer" not in allowed
+    proc = subprocess.run(
+        [sys.executable, "-c", ONLY_LOGGED_ENVIRONMENT, URI, ",".join(sorted(allowed)), str(tracking["wav"])],
+        capture_output=True, text=True, env=venv_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == repr([tracking["expected"]])
+
+
 def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatch):
     """Regression (a serving review): int16 PCM samples came back as confident nonsense, NaN samples
     as a quantization RuntimeError, a null audio as "must be 1-D", and an empty file as ''."""

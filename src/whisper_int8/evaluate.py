@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import logging
 import multiprocessing
 import statistics
 import time
@@ -35,11 +34,10 @@ from .audio import AudioInputError, Clip, first_per_language, read_manifest
 from .eval_report import BASELINE, CANDIDATE
 from .fsutil import dir_bytes
 from .model_dir import check_languages, load_model_dir
-from .params import ParamError, null_or_count
+from .params import ParamError
 from .scoring import score, uses_cer
-from .transcribe import WINDOW_TOKENS, load_audio, transcribe_clip
+from .transcribe import load_audio, transcribe_clip
 
-log = logging.getLogger(__name__)
 MB = memory.MB
 
 
@@ -53,29 +51,6 @@ class ClipResult:
     latency_s: float
     duration_s: float
     fallback_temperature: float  # 0.0 unless a window needed transcribe_clip's temperature fallback
-
-
-def decode_options(
-    section: dict[str, Any], where: str = "params.yaml", prefix: str = "evaluate."
-) -> dict[str, Any]:
-    """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with,
-    its ``model_config``: no ``prefix``)."""
-    options = {
-        key: null_or_count(section.get(key), f"{prefix}{key}", meaning, where)
-        for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
-    }
-    if (options["max_tokens"] or 0) > WINDOW_TOKENS:  # capped there anyway: a larger value would mislead
-        if prefix:
-            raise ParamError(
-                f"{where}: {prefix}max_tokens={options['max_tokens']}: at most {WINDOW_TOKENS}, the most a "
-                "30 s window decodes (half of Whisper's 448-token text context)"
-            )
-        # a registered model's config (versions registered before the bound) decodes as it always did
-        log.warning(
-            "%s: max_tokens=%d decodes as %d, a window's most", where, options["max_tokens"], WINDOW_TOKENS
-        )
-        options["max_tokens"] = WINDOW_TOKENS
-    return options
 
 
 def model_dirs(section: dict[str, Any], where: str = "params.yaml") -> dict[str, Path]:

@@ -186,7 +186,7 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         self.decode = {"beam_size": beam_size, "max_tokens": max_tokens}
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from whisper_int8.evaluate import decode_options
+        from whisper_int8.transcribe import decode_options
 
         # the logged options, or what `load_model(..., model_config=...)` or the serving host's
         # MLFLOW_PYFUNC_INFERENCE_CONFIG override (MLflow drops unknown keys with a warning): checked

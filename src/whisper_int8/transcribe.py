@@ -17,10 +17,12 @@ the encoder again for each of these, and ``whisper.decode`` the projections. Lon
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +38,11 @@ from .fuse import FusedAttention, head_major
 from .heap import release_freed
 from .languages import check_language
 from .mel import log_mel_window
+from .params import ParamError, null_or_count
 
-__all__ = ["Clip", "load_audio", "read_manifest", "transcribe_clip"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Clip", "decode_options", "load_audio", "read_manifest", "transcribe_clip"]
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # A loop hits this budget fast; the default split's transcripts use at most 30 % of it. Fluent text that
@@ -304,3 +309,26 @@ def transcribe_clip(
             lid_s = time.perf_counter() - start
         out = _transcribe_long(model, audio, language or detected, beam_size=beam_size, cap=cap)
     return {**out, "detected_language": detected, "lid_s": lid_s}
+
+
+def decode_options(
+    section: dict[str, Any], where: str = "params.yaml", prefix: str = "evaluate."
+) -> dict[str, Any]:
+    """``transcribe_clip`` options from params ``evaluate`` (also what the registered pyfunc decodes with,
+    its ``model_config``: no ``prefix``)."""
+    options = {
+        key: null_or_count(section.get(key), f"{prefix}{key}", meaning, where)
+        for key, meaning in (("beam_size", "greedy"), ("max_tokens", "the default cap per window"))
+    }
+    if (options["max_tokens"] or 0) > WINDOW_TOKENS:  # capped there anyway: a larger value would mislead
+        if prefix:
+            raise ParamError(
+                f"{where}: {prefix}max_tokens={options['max_tokens']}: at most {WINDOW_TOKENS}, the most a "
+                "30 s window decodes (half of Whisper's 448-token text context)"
+            )
+        # a registered model's config (versions registered before the bound) decodes as it always did
+        log.warning(
+            "%s: max_tokens=%d decodes as %d, a window's most", where, options["max_tokens"], WINDOW_TOKENS
+        )
+        options["max_tokens"] = WINDOW_TOKENS
+    return options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -26,7 +27,7 @@ def test_each_threshold_names_its_reason():
     assert not d.passed and d.status == "failed"
     text = " | ".join(d.reasons)
     assert "wer/en +1.00 pp over FP32 (10.00 -> 11.00; 100 -> 110 errors in 1000 words)" in text
-    assert "overall error rate +0.50 pp" not in text  # 0.5 is within the 0.5 limit
+    assert "overall error rate" not in text  # 0.5 is within the 0.5 limit
     assert "speedup 0.80x below" in text
     assert "size ratio 0.900 above" in text
     assert "cer/zh" not in text
@@ -36,7 +37,36 @@ def test_a_delta_just_over_its_limit_reads_as_over():
     """Spanish's one word in 199 is +0.5025 pp: '+0.50 pp over FP32 ..., limit 0.5 pp' read as a tie."""
     rep = report({"en": 10.0}, {"en": 10.503})
     assert check_thresholds(rep, gate_config({})).reasons[0].startswith("wer/en +0.503 pp over FP32")
-    assert _over(0.50004, 0.5) == "0.50004" and _over(0.75, 0.5) == "0.75"
+    assert _over(0.50004, 0.5) == "+0.50004" and _over(0.75, 0.5) == "+0.75"
+
+
+@pytest.mark.parametrize("limit", [0.5, 0.0, -0.5])
+def test_a_delta_exactly_at_its_limit_passes_and_one_just_over_fails(limit):
+    """The boundary, for every kind of limit (a negative one asks INT8 to improve on FP32)."""
+    cfg = gate_config({"max_wer_delta_pp": limit, "max_overall_wer_delta_pp": 100})
+    assert check_thresholds(report({"en": 10.0}, {"en": 10.0 + limit}), cfg).passed
+    refused = check_thresholds(report({"en": 10.0}, {"en": 10.0 + limit + 0.001}), cfg)
+    assert not refused.passed and refused.reasons[0].startswith(f"wer/en {limit + 0.001:+.3f} pp over FP32")
+    at = {"max_overall_wer_delta_pp": limit, "max_wer_delta_pp": 100}
+    assert check_thresholds(
+        report({"en": 10.0, "de": 10.0}, {"en": 10.0 + limit, "de": 10.0 + limit}), gate_config(at)
+    ).passed
+    over = report({"en": 10.0, "de": 10.0}, {"en": 10.0 + limit + 0.002, "de": 10.0 + limit + 0.002})
+    assert check_thresholds(over, gate_config(at)).reasons[0].startswith("overall error rate")
+
+
+@pytest.mark.parametrize("key", ["wer_delta/en", "error_rate_delta/overall", "speedup", "size_ratio"])
+def test_a_metric_that_is_not_a_number_fails_the_gate(key):
+    """Regression: every comparison with NaN is false, so a NaN passed every threshold and promote
+    moved the alias to it."""
+    rep = report({"en": 10.0}, {"en": 10.0})
+    rep["comparison"][key] = float("nan")
+    d = check_thresholds(rep, gate_config({}))
+    assert not d.passed and d.reasons == [
+        f"{key} is nan, not a measured number: rerun evaluate (dvc repro evaluate)"
+    ]
+    worse = check_against_champion({"wer/en": float("nan")}, {"wer/en": 10.0}, 0.0, "v1")
+    assert worse == ["wer/en is nan, not a measured number: rerun evaluate (dvc repro evaluate)"]
 
 
 def test_refusal_counts_characters_for_cer_and_tolerate_older_reports():
@@ -193,3 +223,27 @@ def test_every_threshold_set_in_params_is_the_one_applied():
     assert not check_against_champion(
         cand, champ, gate_config({"champion_tolerance_pp": 0.5}).champion_tolerance_pp, "v1"
     )
+
+
+def test_an_eval_json_the_gate_cannot_judge_is_one_line_naming_it(tmp_path):
+    from whisper_int8.eval_report import read_eval_report
+    from whisper_int8.model_sources import ModelSourceError
+
+    path = tmp_path / "eval.json"
+    good = report({"en": 10.0, "zh": 20.0}, {"en": 10.0, "zh": 20.0})
+    path.write_text(json.dumps(good))
+    assert read_eval_report(path) == good
+    no_zh = {**good, "comparison": {k: v for k, v in good["comparison"].items() if k != "cer_delta/zh"}}
+    cases = [
+        (json.dumps(good)[:300], r"unreadable \(.*\); rerun the evaluate stage"),
+        ("[1, 2]", r"not an evaluation report \(no fp32/int8/comparison\)"),
+        (
+            json.dumps({**good, "comparison": {"speedup": 2.0}}),
+            r"no error_rate_delta/overall, size_ratio, wer_delta/en",
+        ),
+        (json.dumps(no_zh), r"no cer_delta/zh in it; rerun the evaluate stage \(dvc repro evaluate\)$"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(ModelSourceError, match=rf"^{re.escape(str(path))}: {message}"):
+            read_eval_report(path)

@@ -188,6 +188,19 @@ def test_unreachable_server_exits_2_with_one_line(tmp_path, model_dirs):
     assert proc.stderr.strip().splitlines()[-1].endswith("start it, or fix params.yaml: mlflow.tracking_uri")
 
 
+def test_a_damaged_eval_json_exits_2_with_one_line_not_as_a_refusal(tmp_path, model_dirs):
+    """Regression: a hand-edited eval.json without a metric was a KeyError traceback, exit 1: what a
+    refusal under gate.fail_on_reject exits with."""
+    rep = report({"en": 10.0}, {"en": 10.0})
+    del rep["comparison"]["speedup"]
+    proc = run_promote(tmp_path, rep, model_dirs, fresh_tracking_uri(tmp_path), fail_on_reject=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.strip()
+        == "error: metrics/eval.json: no speedup in it; rerun the evaluate stage (dvc repro evaluate)"
+    )
+
+
 def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):
     cfg = mlflow_cfg(tmp_path)
     first = promote(

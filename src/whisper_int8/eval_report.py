@@ -35,6 +35,28 @@ def error_key(metrics: dict[str, float], lang: str) -> str:
     return next(k for k in (f"wer/{lang}", f"cer/{lang}") if k in metrics)
 
 
+def read_eval_report(path: Path) -> dict[str, Any]:
+    """``metrics/eval.json`` with what the gate judges; a truncated or hand-edited one is one line
+    naming it (not a JSONDecodeError or KeyError traceback, exit 1, which reads as a refusal)."""
+    from .model_sources import ModelSourceError
+    from .stage_files import read_json
+
+    rerun = "the evaluate stage (dvc repro evaluate)"
+    report = read_json(path, rerun)
+    parts = (BASELINE, CANDIDATE, "comparison")
+    if not isinstance(report, dict) or not all(isinstance(report.get(k), dict) for k in parts):
+        raise ModelSourceError(f"{path}: not an evaluation report (no {'/'.join(parts)}); rerun {rerun}")
+    base, cand, comp = (report[k] for k in parts)
+    missing = [k for k in ("error_rate_delta/overall", "speedup", "size_ratio") if k not in comp]
+    for lang in sorted(set(languages(base)) & set(languages(cand))):
+        key = next((k for k in (f"wer/{lang}", f"cer/{lang}") if k in base and k in cand), None)
+        if key is None or key.replace("/", "_delta/", 1) not in comp:
+            missing.append(f"wer/{lang}" if key is None else key.replace("/", "_delta/", 1))
+    if missing:
+        raise ModelSourceError(f"{path}: no {', '.join(missing[:3])} in it; rerun {rerun}")
+    return report
+
+
 def compare(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
     """Deltas in percentage points per language and overall, speedup and size ratio of the candidate."""
     out: dict[str, float] = {}

@@ -161,12 +161,23 @@ def clip_cap(report: dict[str, Any]) -> int | None:
 
 
 def _over(delta: float, limit: float) -> str:
-    """``delta`` with the decimals it takes to read as over ``limit``: 0.5025 is 0.503, not 0.50."""
+    """``delta``, signed, with the decimals it takes to read as over ``limit``: 0.5025 is +0.503, not
+    +0.50 (and -0.3 over a limit of -0.5 is -0.30, not +-0.30)."""
     for digits in range(2, 10):
-        text = f"{delta:.{digits}f}"
+        text = f"{delta:+.{digits}f}"
         if float(text) > limit:
             return text
-    return repr(delta)
+    return f"{delta:+}"
+
+
+def _not_numbers(values: dict[str, float]) -> list[str]:
+    """A reason for each judged value that is not a finite number: every comparison with NaN is
+    false, so it would pass each threshold (a damaged or hand-edited eval.json)."""
+    return [
+        f"{key} is {value!r}, not a measured number: rerun evaluate (dvc repro evaluate)"
+        for key, value in values.items()
+        if not (isinstance(value, int | float) and math.isfinite(value))
+    ]
 
 
 def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
@@ -183,19 +194,23 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         missing = sorted(set(expected) - evaluated)
         if missing:
             reasons.append(f"languages without results for both variants: {', '.join(missing)}")
+    deltas = [error_key(cand, lang).replace("/", "_delta/", 1) for lang in sorted(evaluated)]
+    reasons += _not_numbers(
+        {k: comp[k] for k in [*deltas, "error_rate_delta/overall", "speedup", "size_ratio"]}
+    )
     for lang in sorted(evaluated):
         key = error_key(cand, lang)
         delta = comp[key.replace("/", "_delta/", 1)]
         limit = cfg.limit(lang)
         if delta > limit + FLOAT_SLACK_PP:
             reasons.append(
-                f"{key} +{_over(delta, limit)} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}"
+                f"{key} {_over(delta, limit)} pp over FP32 ({base[key]:.2f} -> {cand[key]:.2f}"
                 f"{_counts(base, cand, key)}{_interval(comp, key)}), limit {limit} pp"
             )
     overall = comp["error_rate_delta/overall"]
     if overall > cfg.max_overall_wer_delta_pp + FLOAT_SLACK_PP:
         reasons.append(
-            f"overall error rate +{_over(overall, cfg.max_overall_wer_delta_pp)} pp over FP32, "
+            f"overall error rate {_over(overall, cfg.max_overall_wer_delta_pp)} pp over FP32, "
             f"limit {cfg.max_overall_wer_delta_pp} pp"
         )
     if comp["speedup"] < cfg.min_speedup:
@@ -247,7 +262,7 @@ def check_against_champion(
     another machine.
     """
     prefixes = ACCURACY_PREFIXES if same_eval_set else DELTA_PREFIXES
-    reasons = []
+    reasons = _not_numbers({k: v for k, v in sorted(candidate.items()) if k.startswith(prefixes)})
     for key in sorted(set(candidate) & set(champion)):
         if key.startswith(prefixes) and candidate[key] > champion[key] + tolerance_pp + FLOAT_SLACK_PP:
             reasons.append(

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import registry, scoring, tracking
-from .eval_report import BASELINE, CANDIDATE, deltas_for
+from .eval_report import BASELINE, CANDIDATE, deltas_for, read_eval_report
 from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
 from .params import ParamError, reject_unknown_keys
@@ -176,7 +176,7 @@ def promote(
 
     Returns what it writes to gate.json: the decision, its reasons and metrics, the version, the champion.
     """
-    report = json.loads(inputs.eval_json.read_text(encoding="utf-8"))
+    report = read_eval_report(inputs.eval_json)
     # what the fleet will pull must load as the served pyfunc loads it: a model directory missing a file
     # is refused before any logging
     WhisperPyfunc().load(inputs.model_dirs[CANDIDATE])

@@ -46,6 +46,16 @@ def test_resampling_keeps_the_pitch(tmp_path, rate, channels):
     assert np.abs(pcm).max() == pytest.approx(0.3 * 32767, rel=0.05)  # stereo downmix keeps the level
 
 
+@pytest.mark.parametrize("rate", [16000, 44100])  # read directly, decoded by ffmpeg
+def test_load_audio_reads_only_the_start_of_a_longer_file(tmp_path, rate):
+    """A server's bound on a request: a 2 h file was decoded whole (seconds, 1 GB) to be refused."""
+    path = write_tone(tmp_path / "long.wav", seconds=3.0, rate=rate)
+    assert len(load_audio(path)) == pytest.approx(3 * SAMPLE_RATE, abs=2)
+    start = load_audio(path, max_seconds=1.0)
+    assert len(start) == pytest.approx(SAMPLE_RATE, abs=2)
+    np.testing.assert_allclose(start[:15000], load_audio(path)[:15000], atol=1e-4)
+
+
 def test_convert_array_resamples_float_input():
     t = np.arange(24000) / 24000
     pcm = convert_array(0.5 * np.sin(2 * np.pi * 1000 * t), 24000, "tone")

@@ -127,6 +127,11 @@ def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatc
         ({"audio": samples.tolist(), "sample_rate": 0}, r"sample_rate=0 must be the samples' rate in Hz"),
         ({"audio": samples.tolist(), "language": "xx"}, r"language 'xx'"),
         ([{"audio": str(tracking["wav"])}, {"audio": "/no.wav"}], r"^record 2 of 2: audio file not found"),
+        # (a review) MLflow spreads these into rows, which were each taken for a clip and transcribed
+        ({"audio": True}, r"audio must be a file path or a list of numbers|1-D mono samples"),
+        ({"audio": 0.5}, r"audio samples: 1 sample\(s\), 0.06 ms at 16 kHz: too short for speech"),
+        ({"audio": [[0.1, 0.1], [0.2, 0.2], [0.1, 0.0]]}, r"3 records of 2 numbers each, as in the frames"),
+        ({"audio": samples.tolist(), "sample_rate": 16}, r"sample_rate=16 must be .* from 1000 to 384000"),
     ]:
         with pytest.raises(InputError, match=message):
             model.predict(request)
@@ -180,9 +185,41 @@ def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkey
     model = mlflow.pyfunc.load_model(URI)
     assert model.predict({"audio": np.zeros(16000, np.float32).tolist()}) == [""]  # 1 s: within
     with pytest.raises(
-        InputError, match=rf"\d\.\d s of audio, over this server's {MAX_SECONDS_VARIABLE}=1.5"
+        InputError, match=rf"^1.5 s of audio or more, over this server's {MAX_SECONDS_VARIABLE}=1.5"
     ):
-        model.predict({"audio": str(tracking["wav"])})
+        model.predict({"audio": str(tracking["wav"])})  # decoded up to the limit only
+    # samples: refused by their count and rate, before ffmpeg resamples them (16 s to 16 kHz: 1000-fold)
+    import whisper_int8.audio.wavio
+
+    monkeypatch.setattr(whisper_int8.audio.wavio, "resample", lambda *a: pytest.fail("resampled"))
+    two_seconds = pd.DataFrame({"audio": [np.full(16000, 0.1, np.float32)], "sample_rate": [8000]})
+    with pytest.raises(InputError, match=rf"^2.0 s of audio, over this server's {MAX_SECONDS_VARIABLE}=1.5"):
+        model.predict(two_seconds)
+
+
+def test_without_ffmpeg_a_request_that_needs_it_is_the_servers_error(tracking, tmp_path, monkeypatch, caplog):
+    """Regression: an image without ffmpeg (mlflow models build-docker) answered HTTP 400, blaming the
+    client; now the load warns and the request is an internal error (HTTP 500) naming the fix."""
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
+
+    narrow = tmp_path / "fox8k.wav"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(tracking["wav"]), "-ar", "8000", str(narrow)],
+        check=True,
+    )
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with caplog.at_level("WARNING"):
+        model = mlflow.pyfunc.load_model(URI)
+    assert "ffmpeg not found on PATH: only 16 kHz mono WAV files and 16 kHz samples" in caplog.text
+    assert model.predict({"audio": str(tracking["wav"]), "language": "en"}) == [
+        tracking["expected"]
+    ]  # ours: no ffmpeg
+    with pytest.raises(
+        mlflow.exceptions.MlflowException, match="^ffmpeg not found on PATH; install it"
+    ) as failed:
+        model.predict({"audio": str(narrow)})
+    assert not isinstance(failed.value, InputError)
+    assert failed.value.error_code == ErrorCode.Name(INTERNAL_ERROR)
 
 
 def test_version_tags_and_artifacts_hold_no_pickled_weights(tracking):

@@ -36,6 +36,7 @@ from .tracking_uri import (
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
 USER_ERRORS: tuple[type[BaseException], ...] = (TrackingError, RegistryError, FileNotFoundError, ValueError)
 PARAMS = Path("params.yaml")
@@ -143,7 +144,7 @@ def model_dir_of(spec: str) -> Path | None:
     return None
 
 
-def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callable[[list[dict]], list[str]]:
+def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callable[[pd.DataFrame], list[str]]:
     """The raw model directory ``model_dir`` decoding with ``decode``, else the MLflow model ``spec``."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -215,12 +216,16 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: audio file not found")
     clips = decode_all(args.audio, KEEP_DECODED_BYTES)  # an undecodable file: before any transcript
+    import pandas  # here: the other commands do without it
+
     if args.model.startswith(("models:/", "runs:/")):
         _connect(args)
     predict = load_transcriber(args.model, model_dir, decode)
     for audio, samples in zip(args.audio, clips, strict=True):
         samples = decode_audio(audio) if samples is None else samples
-        text = predict([{"audio": samples, "language": args.language}])[0]
+        # one row holding the array: a dict or record of samples is spread by MLflow into a row per
+        # sample (seconds and hundreds of MB per 10 minutes of audio, to gather them again)
+        text = predict(pandas.DataFrame({"audio": [samples], "language": [args.language]}))[0]
         print(
             json.dumps({"audio": audio, "text": text}, ensure_ascii=False)
             if args.json

@@ -18,8 +18,10 @@ answers it with HTTP 400 and its one-line message, where any other exception is 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,11 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import DataType
 from mlflow.types.schema import AnyType, ColSpec, Schema
+
+log = logging.getLogger(__name__)
 
 MODEL_DIR_ARTIFACT = "model_dir"
 DEVICE_VARIABLE = "WHISPER_INT8_DEVICE"  # cpu (default), auto, cuda or cuda:N where the model is served
@@ -41,6 +45,9 @@ SAMPLE_RATE = 16000
 # Float samples are in [-1, 1]; beyond this peak they are integer PCM (int16: up to 32767), which
 # Whisper reads as confident nonsense. Above 1 a little: resampling and gain overshoot.
 MAX_PEAK = 2.0
+MIN_SAMPLES = SAMPLE_RATE // 100  # 10 ms: one number, or a few, is no clip (Whisper would make up words)
+MIN_RATE, MAX_RATE = 1000, 384000  # Hz: what sample_rate can be
+MAX_CHANNELS = 8  # records of this many numbers or fewer, all alike: the frames of multi-channel audio
 # Explicit: MLflow infers none from the predict type hints, and registries such as Unity Catalog refuse a
 # model without one. ``audio`` is Any because a path (string) and samples (float list) both serve.
 SIGNATURE = ModelSignature(
@@ -75,14 +82,19 @@ def _rate(value: Any) -> int | None:
     if _missing(value):
         return None
     value = value.item() if isinstance(value, np.generic) else value  # a DataFrame cell: numpy's
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1 or value % 1:
-        raise ValueError(f"sample_rate={value!r} must be the samples' rate in Hz, an integer such as 8000")
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or value % 1 or not MIN_RATE <= value <= MAX_RATE:  # 16 (kHz): resampled 1000-fold
+        raise ValueError(
+            f"sample_rate={value!r} must be the samples' rate in Hz, an integer from {MIN_RATE} to "
+            f"{MAX_RATE} such as 8000"
+        )
     return int(value)
 
 
-def check_audio(audio: Any, sample_rate: Any = None) -> np.ndarray:
+def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None = None) -> np.ndarray:
     """One request's audio as 16 kHz mono float32: a path decoded by ffmpeg, or float samples in
-    [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg."""
+    [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg. Longer than ``max_seconds``:
+    refused before any decoding or resampling (a file: ffmpeg stops just past the limit)."""
     from whisper_int8.audio.wavio import load_audio, resample
 
     rate = _rate(sample_rate)
@@ -93,7 +105,9 @@ def check_audio(audio: Any, sample_rate: Any = None) -> np.ndarray:
             raise ValueError(f"sample_rate is for a list of samples; {audio} is a file, which gives its own")
         if not Path(audio).is_file():
             raise FileNotFoundError(f"audio file not found: {audio}")
-        samples, name = load_audio(audio), str(audio)
+        cap = None if max_seconds is None else max_seconds + 1 / SAMPLE_RATE  # one sample over: refused
+        samples, name = load_audio(audio, max_seconds=cap), str(audio)
+        _check_length(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more")
     else:
         try:
             samples, name = np.asarray(audio, dtype=np.float32), "audio samples"
@@ -108,6 +122,7 @@ def check_audio(audio: Any, sample_rate: Any = None) -> np.ndarray:
             raise ValueError(
                 f"audio samples must be finite numbers; {bad} of {samples.size} are NaN or infinite"
             )
+        _check_length(samples.size / (rate or SAMPLE_RATE), max_seconds, "s of audio")
         peak = float(np.abs(samples).max()) if samples.size else 0.0
         if peak > MAX_PEAK:
             raise ValueError(
@@ -118,12 +133,25 @@ def check_audio(audio: Any, sample_rate: Any = None) -> np.ndarray:
             samples = resample(samples, rate, name).astype(np.float32) / 32768.0
     if samples.size == 0:
         raise ValueError(f"{name}: holds no audio (0 samples)")
+    if samples.size < MIN_SAMPLES:
+        raise ValueError(
+            f"{name}: {samples.size} sample(s), {1000 * samples.size / SAMPLE_RATE:.2f} ms at 16 kHz: too "
+            f"short for speech (at least {1000 * MIN_SAMPLES // SAMPLE_RATE} ms); a clip is a list of samples"
+        )
     return samples
 
 
+def _check_length(seconds: float, max_seconds: float | None, what: str) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise ValueError(
+            f"{seconds:.1f} {what}, over this server's {MAX_SECONDS_VARIABLE}={max_seconds:g}; "
+            "send shorter clips"
+        )
+
+
 def _is_sample(value: Any) -> bool:
-    """One number: a sample of a waveform, not a clip (a path, an array, a record)."""
-    return isinstance(value, int | float | np.number)
+    """One number: a sample of a waveform, not a clip (a path, an array, a record; True is no sample)."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
 
 
 def _first(frame: pd.DataFrame, column: str) -> Any:
@@ -137,6 +165,13 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
         if "audio" not in model_input.columns:
             raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
         audio = model_input["audio"]
+        widths = {np.size(a) for a in audio if isinstance(a, list | np.ndarray)}
+        if len(audio) > 1 and len(widths) == 1 and 1 < widths.pop() <= MAX_CHANNELS:
+            # MLflow spreads {"audio": frames x channels} into one row per frame
+            raise ValueError(
+                f"audio: {len(audio)} records of {np.size(audio.iloc[0])} numbers each, as in the frames of "
+                "multi-channel audio: send mono samples (average the channels), or a file path"
+            )
         if len(audio) and all(map(_is_sample, audio)):
             # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip
             model_input = {
@@ -201,20 +236,23 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         # the serving host's choices, not the model's: CPU unless the fleet asks for its GPU
         device = resolve_device(os.environ.get(DEVICE_VARIABLE, "cpu"), DEVICE_VARIABLE)
         self.max_seconds = max_audio_seconds()
+        if shutil.which("ffmpeg") is None:  # mlflow models build-docker images have none
+            log.warning(
+                "ffmpeg not found on PATH: only 16 kHz mono WAV files and 16 kHz samples can be "
+                "transcribed here (other requests fail with HTTP 500); install ffmpeg where the model runs"
+            )
         self.model = load_model_dir(model_dir, device=device)
 
     def _checked(self, index: int, count: int, audio: Any, language: str | None, rate: Any) -> np.ndarray:
         """The request's samples, or an :class:`InputError` naming the record in a batch."""
+        from whisper_int8.audio.errors import FfmpegMissingError
         from whisper_int8.languages import check_language
 
         try:
             check_language(self.model, language)
-            samples = check_audio(audio, rate)
-            if self.max_seconds is not None and len(samples) > self.max_seconds * SAMPLE_RATE:
-                raise ValueError(
-                    f"{len(samples) / SAMPLE_RATE:.1f} s of audio, over this server's "
-                    f"{MAX_SECONDS_VARIABLE}={self.max_seconds:g}; send shorter clips"
-                )
+            samples = check_audio(audio, rate, self.max_seconds)
+        except FfmpegMissingError as e:  # the server's fault, not the request's: HTTP 500 with the fix
+            raise MlflowException(str(e), error_code=INTERNAL_ERROR) from None
         except (ValueError, FileNotFoundError) as e:
             raise InputError(f"record {index} of {count}: {e}" if count > 1 else str(e)) from None
         return samples

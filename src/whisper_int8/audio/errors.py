@@ -13,6 +13,10 @@ class AudioInputError(ValueError):
     """An input clip, transcript, manifest row or source cannot be used; the message names it and why."""
 
 
+class FfmpegMissingError(AudioInputError):
+    """No ffmpeg to decode with: the machine's fault, not the clip's (a server answers HTTP 500)."""
+
+
 @dataclass
 class ErrorPolicy:
     """``skip`` logs the problem and counts it per language; ``fail`` raises it at once."""

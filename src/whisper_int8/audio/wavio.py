@@ -8,6 +8,7 @@ result is byte-identical from run to run.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import subprocess
 import wave
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AudioInputError
+from .errors import AudioInputError, FfmpegMissingError
 
 SAMPLE_RATE = 16000
 # A clip whose loudest sample is below -50 dBFS carries no speech.
@@ -26,13 +27,15 @@ MAX_SECONDS = 30.0  # Whisper's window; longer clips are kept (evaluation handle
 def _ffmpeg() -> str:
     exe = shutil.which("ffmpeg")
     if exe is None:
-        raise AudioInputError(
+        raise FfmpegMissingError(
             "ffmpeg not found on PATH; install it (Debian: apt-get install ffmpeg, or `make setup`)"
         )
     return exe
 
 
-def _run_ffmpeg(input_args: list[str], name: str, stdin: bytes | None = None) -> np.ndarray:
+def _run_ffmpeg(
+    input_args: list[str], name: str, stdin: bytes | None = None, max_seconds: float | None = None
+) -> np.ndarray:
     cmd = [
         _ffmpeg(),
         *([] if stdin is not None else ["-nostdin"]),
@@ -42,6 +45,7 @@ def _run_ffmpeg(input_args: list[str], name: str, stdin: bytes | None = None) ->
         "-threads",
         "1",
         *input_args,
+        *([] if max_seconds is None else ["-t", f"{max_seconds:.6f}"]),
         "-ac",
         "1",
         "-ar",
@@ -118,13 +122,16 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
 STREAMED_WAV_BYTES = 0x7FFFF000
 
 
-def _canonical_samples(path: Path | str) -> np.ndarray | None:
-    """The int16 samples of a 16 kHz mono 16-bit PCM WAV, None for any other file. A PCM WAV cut short
-    (a copy or download stopped part-way) is an error: ffmpeg would decode the part that is there."""
+def _canonical_samples(path: Path | str, max_seconds: float | None = None) -> np.ndarray | None:
+    """The int16 samples of a 16 kHz mono 16-bit PCM WAV (its first ``max_seconds``), None for any
+    other file. A PCM WAV cut short (a copy or download stopped part-way) is an error: ffmpeg would
+    decode the part that is there."""
     try:
         with wave.open(str(path), "rb") as w:
             layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
             frames, frame_bytes = w.getnframes(), w.getnchannels() * w.getsampwidth()
+            if max_seconds is not None:
+                frames = min(frames, math.ceil(max_seconds * w.getframerate()))
             data = w.readframes(frames)
     except (wave.Error, EOFError):
         return None
@@ -144,11 +151,12 @@ def read_wav(path: Path | str) -> np.ndarray:
     return samples.astype(np.float32) / 32768.0
 
 
-def load_audio(path: Path | str) -> np.ndarray:
+def load_audio(path: Path | str, max_seconds: float | None = None) -> np.ndarray:
     """16 kHz mono float32 for the model: our WAVs are read directly, anything else is decoded by ffmpeg
     as ``whisper.load_audio`` does (the same resampling, int16 / 32768), except that an undecodable
-    file is an :class:`AudioInputError` naming it and ffmpeg's reason, not ffmpeg's whole banner."""
-    samples = _canonical_samples(path)
-    if samples is not None:
-        return samples.astype(np.float32) / 32768.0
-    return _run_ffmpeg(["-i", str(path)], str(path)).astype(np.float32) / 32768.0
+    file is an :class:`AudioInputError` naming it and ffmpeg's reason, not ffmpeg's whole banner.
+    ``max_seconds``: only the start of a longer file is read (a server's bound on a request's work)."""
+    samples = _canonical_samples(path, max_seconds)
+    if samples is None:
+        samples = _run_ffmpeg(["-i", str(path)], str(path), max_seconds=max_seconds)
+    return samples.astype(np.float32) / 32768.0

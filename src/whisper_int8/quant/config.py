@@ -10,19 +10,6 @@ from ..params import ParamError, reject_unknown_keys
 SCHEMES = ("dynamic", "static", "weight_only")
 BACKENDS = ("auto", "x86", "fbgemm", "torchao")
 CROSS_KV_DTYPES = ("float16", "float32")
-DEFAULTS: dict[str, Any] = {
-    "scheme": "dynamic",
-    "per_channel": True,
-    "per_token": True,
-    "smoothquant_alpha": None,
-    "keep_float": [],
-    "auto_keep_float_k": 0,
-    "outlier_channels": 0,
-    "outlier_layers": ["*.mlp.2"],
-    "quantize_embedding": True,
-    "backend": "auto",
-    "cross_kv_dtype": "float16",
-}
 
 
 @dataclass(frozen=True)
@@ -44,6 +31,9 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         """The settings (``quant_config.json`` ``config``), without :attr:`where`."""
         return {k: v for k, v in asdict(self).items() if k != "where"}
+
+
+DEFAULTS: dict[str, Any] = QuantConfig().to_dict()  # what a key left out of params.yaml quant: takes
 
 
 def _bool(where: str, key: str, value: Any) -> bool:

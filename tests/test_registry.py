@@ -137,6 +137,7 @@ def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, c
     assert code == 2 and "version 2 did not pass the gate (failed: wer/en +2.00 pp" in out
     assert "pass --force" in out and int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
     assert alias("--delete")[1].startswith(f"{MODEL}@champion removed (was version 1)")
+    assert alias("--delete")[1].startswith(f"{MODEL}@champion points at no version: nothing to remove")
     assert cli.main(["--tracking-uri", uri, "pull", "--model", MODEL, "--dest", str(tmp_path / "d")]) == 2
     assert "no version of" in capsys.readouterr().err
     assert alias("--set", "1")[1].startswith(f"{MODEL}@champion -> version 1 (was unset)")

@@ -581,3 +581,20 @@ def test_a_list_of_numpy_samples_is_one_clip():
     samples = list(np.full(1600, 0.1, dtype=np.float32))  # numpy scalars, not Python floats
     ((audio, language, rate),) = as_requests(samples)
     assert language is None and rate is None and len(audio) == 1600
+
+
+def test_cli_refuses_an_alias_beside_a_uri_and_says_interrupted(registered, capsys, monkeypatch):
+    """Regression: ``pull --model runs:/... --alias champion`` ignored the alias without a word, and
+    Ctrl+C during a transcription printed a traceback."""
+    assert cli.main(["pull", "--model", "runs:/abc/model", "--alias", "champion", "--dest", "d"]) == 2
+    assert (
+        "--alias champion: for a registered model name; --model runs:/abc/model is a URI"
+        in capsys.readouterr().err
+    )
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_transcribe", interrupted)
+    assert cli.main(["transcribe", str(registered["wav"])]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -68,6 +68,8 @@ def registered_uri(model: str | None, alias: str | None) -> str:
     in the repository, else whisper-int8 / champion."""
     from .registry import model_uri
 
+    if alias is not None and model is not None and model.startswith(("models:/", "runs:/")):
+        raise ValueError(f"--alias {alias}: for a registered model name; --model {model} is a URI already")
     repo = repo_mlflow()
     return model_uri(
         model or repo.get("registered_model", DEFAULT_NAME), alias or repo.get("alias", DEFAULT_ALIAS)
@@ -128,8 +130,11 @@ def cmd_alias(args: argparse.Namespace) -> int:
         raise ValueError("--force goes with --set VERSION")
     if args.set is not None or args.delete:
         left = move_alias(client, name, alias, None if args.delete else str(args.set), uri, args.force)
-        now = "removed" if args.delete else f"-> version {args.set}"
-        print(f"{name}@{alias} {now} (was {f'version {left}' if left else 'unset'})")
+        if args.delete and left is None:
+            print(f"{name}@{alias} points at no version: nothing to remove")
+        else:
+            now = "removed" if args.delete else f"-> version {args.set}"
+            print(f"{name}@{alias} {now} (was {f'version {left}' if left else 'unset'})")
     print("\n".join(versions_table(client, name, alias)))
     return 0
 
@@ -313,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C in a long transcription: one line, as the stages say it
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

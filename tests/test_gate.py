@@ -234,14 +234,28 @@ def test_an_eval_json_the_gate_cannot_judge_is_one_line_naming_it(tmp_path):
     path.write_text(json.dumps(good))
     assert read_eval_report(path) == good
     no_zh = {**good, "comparison": {k: v for k, v in good["comparison"].items() if k != "cer_delta/zh"}}
+    int8 = good["int8"]
+    no_cer = {**good, "int8": {k: v for k, v in int8.items() if k != "cer/zh"}}
+    no_size = {**good, "int8": {k: v for k, v in int8.items() if k != "model_size_mb"}}
     cases = [
         (json.dumps(good)[:300], r"unreadable \(.*\); rerun the evaluate stage"),
         ("[1, 2]", r"not an evaluation report \(no fp32/int8/comparison\)"),
         (
             json.dumps({**good, "comparison": {"speedup": 2.0}}),
-            r"no error_rate_delta/overall, size_ratio, wer_delta/en",
+            r"no comparison.wer_delta/en, comparison.cer_del",
         ),
-        (json.dumps(no_zh), r"no cer_delta/zh in it; rerun the evaluate stage \(dvc repro evaluate\)$"),
+        (
+            json.dumps(no_zh),
+            r"no comparison.cer_delta/zh in it; rerun the evaluate stage \(dvc repro evaluate\)$",
+        ),
+        (json.dumps(no_cer), r"no int8.cer/zh in it"),
+        (json.dumps(no_size), r"no int8.model_size_mb in it"),
+        # jq writes NaN as null: every comparison and MLflow log of it was a TypeError traceback
+        (
+            json.dumps({**good, "comparison": {**good["comparison"], "speedup": None}}),
+            r"comparison.speedup=None: not a",
+        ),
+        (json.dumps({**good, "fp32": {**good["fp32"], "wer/en": "10"}}), r"fp32.wer/en='10': not a number"),
     ]
     for text, message in cases:
         path.write_text(text)

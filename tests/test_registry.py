@@ -196,10 +196,8 @@ def test_a_damaged_eval_json_exits_2_with_one_line_not_as_a_refusal(tmp_path, mo
     del rep["comparison"]["speedup"]
     proc = run_promote(tmp_path, rep, model_dirs, fresh_tracking_uri(tmp_path), fail_on_reject=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert (
-        proc.stderr.strip()
-        == "error: metrics/eval.json: no speedup in it; rerun the evaluate stage (dvc repro evaluate)"
-    )
+    fix = "rerun the evaluate stage (dvc repro evaluate)"
+    assert proc.stderr.strip() == f"error: metrics/eval.json: no comparison.speedup in it; {fix}"
 
 
 def test_not_promoted_when_worse_than_champion(tmp_path, model_dirs):

@@ -35,9 +35,29 @@ def error_key(metrics: dict[str, float], lang: str) -> str:
     return next(k for k in (f"wer/{lang}", f"cer/{lang}") if k in metrics)
 
 
+def delta_key(key: str) -> str:
+    """``wer/en`` -> ``wer_delta/en``: the comparison's name for the change of a variant's metric."""
+    return key.replace("/", "_delta/", 1)
+
+
+def shared_languages(base: dict[str, float], cand: dict[str, float]) -> list[str]:
+    return sorted(set(languages(base)) & set(languages(cand)))
+
+
+def judged_keys(base: dict[str, float], cand: dict[str, float]) -> list[str]:
+    """The comparison's values the gate's thresholds apply to."""
+    deltas = [delta_key(error_key(cand, lang)) for lang in shared_languages(base, cand)]
+    return [*deltas, "error_rate_delta/overall", "speedup", "size_ratio"]
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # NaN: the gate refuses it
+
+
 def read_eval_report(path: Path) -> dict[str, Any]:
     """``metrics/eval.json`` with what the gate judges; a truncated or hand-edited one is one line
-    naming it (not a JSONDecodeError or KeyError traceback, exit 1, which reads as a refusal)."""
+    naming it (not a JSONDecodeError, KeyError or TypeError traceback, exit 1, which reads as a
+    refusal)."""
     from .model_sources import ModelSourceError
     from .stage_files import read_json
 
@@ -47,22 +67,26 @@ def read_eval_report(path: Path) -> dict[str, Any]:
     if not isinstance(report, dict) or not all(isinstance(report.get(k), dict) for k in parts):
         raise ModelSourceError(f"{path}: not an evaluation report (no {'/'.join(parts)}); rerun {rerun}")
     base, cand, comp = (report[k] for k in parts)
-    missing = [k for k in ("error_rate_delta/overall", "speedup", "size_ratio") if k not in comp]
-    for lang in sorted(set(languages(base)) & set(languages(cand))):
-        key = next((k for k in (f"wer/{lang}", f"cer/{lang}") if k in base and k in cand), None)
-        if key is None or key.replace("/", "_delta/", 1) not in comp:
-            missing.append(f"wer/{lang}" if key is None else key.replace("/", "_delta/", 1))
+    missing = [f"{CANDIDATE}.model_size_mb"] if "model_size_mb" not in cand else []
+    for lang in shared_languages(base, cand):
+        key = next((k for k in (f"wer/{lang}", f"cer/{lang}") if k in base or k in cand), f"wer/{lang}")
+        missing += [f"{name}.{key}" for name, m in ((BASELINE, base), (CANDIDATE, cand)) if key not in m]
+    if not missing:
+        missing = [f"comparison.{k}" for k in judged_keys(base, cand) if k not in comp]
     if missing:
         raise ModelSourceError(f"{path}: no {', '.join(missing[:3])} in it; rerun {rerun}")
+    odd = [f"{name}.{k}={v!r}" for name in parts for k, v in report[name].items() if not _real(v)]
+    if odd:  # a metric written as null or text: every later comparison or log of it would fail
+        raise ModelSourceError(f"{path}: {', '.join(odd[:3])}: not a number; rerun {rerun}")
     return report
 
 
 def compare(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
     """Deltas in percentage points per language and overall, speedup and size ratio of the candidate."""
     out: dict[str, float] = {}
-    for lang in sorted(set(languages(base)) & set(languages(cand))):
+    for lang in shared_languages(base, cand):
         key = error_key(cand, lang)
-        out[key.replace("/", "_delta/", 1)] = cand[key] - base[key]
+        out[delta_key(key)] = cand[key] - base[key]
     out["error_rate_delta/overall"] = cand["error_rate/overall"] - base["error_rate/overall"]
     out["speedup"] = base["latency_p50_s"] / cand["latency_p50_s"]
     out["size_ratio"] = cand["model_size_mb"] / base["model_size_mb"]

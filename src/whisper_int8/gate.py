@@ -12,7 +12,7 @@ from typing import Any
 
 from whisper.tokenizer import LANGUAGES
 
-from .eval_report import BASELINE, CANDIDATE, error_key, languages
+from .eval_report import BASELINE, CANDIDATE, delta_key, error_key, judged_keys, languages
 from .languages import check_codes
 from .params import ParamError, reject_unknown_keys
 
@@ -194,13 +194,10 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
         missing = sorted(set(expected) - evaluated)
         if missing:
             reasons.append(f"languages without results for both variants: {', '.join(missing)}")
-    deltas = [error_key(cand, lang).replace("/", "_delta/", 1) for lang in sorted(evaluated)]
-    reasons += _not_numbers(
-        {k: comp[k] for k in [*deltas, "error_rate_delta/overall", "speedup", "size_ratio"]}
-    )
+    reasons += _not_numbers({k: comp[k] for k in judged_keys(base, cand)})
     for lang in sorted(evaluated):
         key = error_key(cand, lang)
-        delta = comp[key.replace("/", "_delta/", 1)]
+        delta = comp[delta_key(key)]
         limit = cfg.limit(lang)
         if delta > limit + FLOAT_SLACK_PP:
             reasons.append(

@@ -1,13 +1,10 @@
 """Stage calibrate: activation statistics and per-layer INT8 sensitivity of models/fused."""
 
-from pathlib import Path
-
 from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.calibrate import CALIBRATION_FILES, calibrate, calibrate_settings
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.fsutil import atomic_dir, check_dir_output, sha256_file
-from whisper_int8.fuse import FUSED_WEIGHTS
-from whisper_int8.model_dir import load_fused_dir
+from whisper_int8.fsutil import atomic_dir, check_dir_output
+from whisper_int8.model_dir import fused_digest, load_fused_dir
 from whisper_int8.params import load_params
 
 
@@ -16,7 +13,7 @@ def main(args) -> None:
     check_dir_output(args.out, CALIBRATION_FILES)  # before the work, not after it
     clips = first_per_language(read_manifest(args.split), per_language)
     model = load_fused_dir(args.model)
-    digest = sha256_file(Path(args.model) / FUSED_WEIGHTS)
+    digest = fused_digest(args.model)  # the one load_fused_dir checked the file against
     with atomic_dir(args.out) as tmp:
         calibrate(model, clips, tmp, n, percentile, model_sha256=digest)
 

@@ -56,6 +56,9 @@ def test_the_package_version_is_the_one_whose_files_are_read(tmp_path, monkeypat
     (tmp_path / "debian" / package).mkdir(parents=True)
     (tmp_path / "debian" / package / ".complete").write_text(f"{package}_1%3a1.6.1-1_all.deb\n")
     assert asterisk.package_version(package, tmp_path) == "1:1.6.1-1"
+    (tmp_path / "debian" / package / ".complete").write_text("hand-made\n")
+    assert asterisk.package_version(package, tmp_path) is None  # not apt's name: no version to tell
+    assert asterisk.versions(package, tmp_path) == {"asterisk-core-sounds-xx": None, package: None}
     installed["flag"] = True  # ensure_package reads an installed package in place: its version wins
     assert asterisk.package_version(package, tmp_path, probe="usr") == "2.0-1"
     assert asterisk.ensure_package(package, tmp_path, probe="usr") == Path("/")

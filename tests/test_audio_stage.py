@@ -57,7 +57,8 @@ def test_dvc_repro_fetch_audio_small_and_deterministic(dvc_repo, monkeypatch):
         assert summary["splits"]["calibration"]["languages"][lang]["clips"] == 1
     assert summary["sources"] == {"de": ["kokoro"], "en": ["asterisk"], "ru": ["asterisk"]}
     versions = summary["debian_packages"]
-    assert set(versions) == {"asterisk-core-sounds-en-g722", "asterisk-core-sounds-ru-g722"}
+    want = {f"asterisk-core-sounds-{lang}{codec}" for lang in ("en", "ru") for codec in ("", "-g722")}
+    assert set(versions) == want  # the audio and the transcripts
     assert all(re.fullmatch(r"[\w.:+~-]+", v) for v in versions.values()), versions
     clips = read_manifest(dvc_repo / "data" / "eval")
     assert {c.source.split(":")[0] for c in clips} == {"asterisk", "kokoro"}

@@ -54,6 +54,10 @@ def test_load_audio_reads_only_the_start_of_a_longer_file(tmp_path, rate):
     start = load_audio(path, max_seconds=1.0)
     assert len(start) == pytest.approx(SAMPLE_RATE, abs=2)
     np.testing.assert_allclose(start[:15000], load_audio(path)[:15000], atol=1e-4)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(path.read_bytes()[: 44 + 2 * rate])  # the header declares 3 s, 1 s is there
+    with pytest.raises(AudioInputError, match=rf"\({rate} of the {3 * rate} frames its header declares\)"):
+        load_audio(cut, max_seconds=1.5)  # the header's count, not the part asked for
 
 
 def test_convert_array_resamples_float_input():

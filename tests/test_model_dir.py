@@ -245,7 +245,7 @@ def test_a_model_converted_for_the_gpu_names_its_config_and_the_fix_on_the_cpu(t
     )
     with pytest.raises(
         ModelSourceError,
-        match=r"quant_config.json: quant.backend=torchao needs a CUDA device .*with quant.backend: auto",
+        match=r"quant_config.json: converted for a CUDA GPU \(quant.backend: torchao\), loaded on cpu",
     ):
         load_model_dir(bad)
 
@@ -437,3 +437,20 @@ def test_a_split_in_a_language_the_model_lacks_is_refused():
         ParamError, match=r"^data/eval: holds yue clips, which this model has no language token"
     ):
         check_languages(model, {"en", "yue"}, "data/eval")
+
+
+def test_the_fused_digest_is_the_one_its_card_records(tmp_path, dirs):
+    """Calibrate and convert take fused.pt's digest from its card (every load checks the file against
+    it) instead of reading a large-v3 fused.pt twice more; an older card without one: computed."""
+    from whisper_int8.fsutil import sha256_file
+    from whisper_int8.model_dir import fused_digest
+
+    fused = tmp_path / "fused"
+    shutil.copytree(dirs["fused"], fused)
+    card = json.loads((fused / "model_card.json").read_text())
+    assert fused_digest(fused) == card["weights_sha256"] == sha256_file(fused / "fused.pt")
+    (fused / "model_card.json").write_text(json.dumps({**card, "weights_sha256": "recorded"}))
+    assert fused_digest(fused) == "recorded"
+    del card["weights_sha256"]
+    (fused / "model_card.json").write_text(json.dumps(card))
+    assert fused_digest(fused) == sha256_file(fused / "fused.pt")

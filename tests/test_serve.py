@@ -350,6 +350,12 @@ def test_cli_transcribe_checks_every_audio_file_before_loading(registered, tmp_p
     for model in (str(registered["int8"]), URI):
         assert cli.main(["transcribe", "--model", model, str(registered["wav"]), *missing]) == 2
         assert _one_line_error(capsys) == f"{missing[0]}, {missing[1]}: audio file not found"
+    # a file too short for speech (diff review: refused by predict, after earlier files' transcripts)
+    short = tmp_path / "short.wav"
+    short.write_bytes(wav_bytes(np.full(80, 3000, np.int16)))
+    assert cli.main(["transcribe", "--model", URI, str(registered["wav"]), str(short)]) == 2
+    too_short = "80 sample(s), 5.00 ms at 16 kHz: too short for speech (at least 10 ms)"
+    assert _one_line_error(capsys) == f"{short}: {too_short}"  # no hint about lists: it is a file
     # an unknown --language too ("auto" is what leaving it out does)
     assert cli.main(["transcribe", "--model", URI, "--language", "auto", str(registered["wav"])]) == 2
     assert _one_line_error(capsys).startswith("language 'auto': not a language Whisper knows")
@@ -604,3 +610,14 @@ def test_cli_refuses_an_alias_beside_a_uri_and_says_interrupted(registered, caps
     monkeypatch.setattr(cli, "cmd_transcribe", interrupted)
     assert cli.main(["transcribe", str(registered["wav"])]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_only_a_batch_of_frame_sized_lists_is_taken_for_multi_channel_audio():
+    from whisper_int8.pyfunc_model import as_requests
+
+    with pytest.raises(ValueError, match="^audio: 3 records of 2 numbers each, as in the frames"):
+        as_requests(pd.DataFrame({"audio": [[0.1, 0.1], [0.2, 0.2], [0.1, 0.0]]}))
+    mixed = pd.DataFrame({"audio": ["/x.wav", [0.1, 0.2, 0.3]]})  # a path beside a (short) clip: two records
+    assert [audio for audio, _, _ in as_requests(mixed)] == ["/x.wav", [0.1, 0.2, 0.3]]
+    clips = [np.full(1600, 0.1 * i, np.float32) for i in (1, 2)]  # equal lengths: two clips
+    assert len(as_requests(pd.DataFrame({"audio": clips}))) == 2

@@ -33,9 +33,9 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 
 from .audio import AudioInputError, Clip
 from .audio.wavio import load_audio
-from .fsutil import atomic_write_json, sha256_file
+from .fsutil import atomic_write_json
 from .fuse import FUSED_WEIGHTS
-from .model_dir import check_languages
+from .model_dir import check_languages, fused_digest
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
 from .quant.convert import EMBEDDING, linear_names
@@ -305,7 +305,7 @@ def check_calibrated_on(calibration: Path, fused: Path) -> None:
     """Refuse statistics measured on another fused model: one with the same layer shapes (base.en
     against base, another seed) passes every shape check and sets other scales silently."""
     recorded = read_json(calibration / SENSITIVITY, CALIBRATE_STAGE).get("model_sha256")
-    if recorded is not None and recorded != sha256_file(fused / FUSED_WEIGHTS):
+    if recorded is not None and recorded != fused_digest(fused):
         raise ParamError(
             f"{calibration}: calibrated on another fused model than {fused} ({FUSED_WEIGHTS} has changed "
             f"since); rerun {CALIBRATE_STAGE}"

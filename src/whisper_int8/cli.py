@@ -179,12 +179,14 @@ def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callabl
 
 
 def decode_audio(path: str) -> np.ndarray:
-    """16 kHz mono samples; an undecodable or empty file is a user error naming it (and ffmpeg's reason)."""
-    from .audio.wavio import load_audio
+    """16 kHz mono samples; an undecodable, empty or too short file is a user error naming it (and
+    ffmpeg's reason), found before the model loads or any transcript is printed."""
+    from .audio.wavio import check_length, load_audio
 
     samples = load_audio(path)
     if samples.size == 0:
         raise AudioInputError(f"{path}: holds no audio (0 samples)")
+    check_length(samples, path)
     return samples
 
 

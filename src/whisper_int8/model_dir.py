@@ -96,6 +96,15 @@ def check_fused_dir(path: Path | str) -> Path:
     return root
 
 
+def fused_digest(root: Path | str) -> str:
+    """The sha256 of ``root``'s fused.pt: the one its model card records (every load checks the file
+    against it: a large-v3 fused.pt is read once, not three times), else computed (an older card)."""
+    root = Path(root)
+    card = read_json(root / CARD, FUSE_STAGE) if (root / CARD).is_file() else None
+    recorded = card.get("weights_sha256") if isinstance(card, dict) else None
+    return recorded if isinstance(recorded, str) else sha256_file(root / FUSED_WEIGHTS)
+
+
 def _not_describing(card: Path, weights: Path, error: Exception, rerun: str) -> ModelSourceError:
     """A description (quant_config.json, the fused model card) and weights that do not fit together."""
     cause = (str(error).splitlines() or [type(error).__name__])[0][:200]
@@ -160,9 +169,12 @@ def _load(root: Path, device: str) -> Whisper:
             raise ModelSourceError(f"{e}; rerun {CONVERT_STAGE}") from None
         try:
             backend = resolve_backend(backend_name, device)
-        except ParamError as e:  # converted for the other kind of device
+        except ParamError:  # converted for the other kind of device
+            kind = "a CUDA GPU" if backend_name == "torchao" else "the CPU"
             raise ModelSourceError(
-                f"{card_path}: {e}; or convert it again with quant.backend: auto (dvc repro convert)"
+                f"{card_path}: converted for {kind} (quant.backend: {backend_name}), loaded on {device}: "
+                f"load it on {kind} (evaluate.device, or WHISPER_INT8_DEVICE where it is served), or convert "
+                "it again with quant.backend: auto (dvc repro convert), which runs on either"
             ) from None
         state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
         model = _built(

@@ -45,7 +45,6 @@ SAMPLE_RATE = 16000
 # Float samples are in [-1, 1]; beyond this peak they are integer PCM (int16: up to 32767), which
 # Whisper reads as confident nonsense. Above 1 a little: resampling and gain overshoot.
 MAX_PEAK = 2.0
-MIN_SAMPLES = SAMPLE_RATE // 100  # 10 ms: one number, or a few, is no clip (Whisper would make up words)
 MIN_RATE, MAX_RATE = 1000, 384000  # Hz: what sample_rate can be
 MAX_CHANNELS = 8  # records of this many numbers or fewer, all alike: the frames of multi-channel audio
 # Explicit: MLflow infers none from the predict type hints, and registries such as Unity Catalog refuse a
@@ -95,7 +94,7 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
     """One request's audio as 16 kHz mono float32: a path decoded by ffmpeg, or float samples in
     [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg. Longer than ``max_seconds``:
     refused before any decoding or resampling (a file: ffmpeg stops just past the limit)."""
-    from whisper_int8.audio.wavio import load_audio, resample
+    from whisper_int8.audio.wavio import check_length, load_audio, resample
 
     rate = _rate(sample_rate)
     if _missing(audio):
@@ -133,11 +132,7 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
             samples = resample(samples, rate, name).astype(np.float32) / 32768.0
     if samples.size == 0:
         raise ValueError(f"{name}: holds no audio (0 samples)")
-    if samples.size < MIN_SAMPLES:
-        raise ValueError(
-            f"{name}: {samples.size} sample(s), {1000 * samples.size / SAMPLE_RATE:.2f} ms at 16 kHz: too "
-            f"short for speech (at least {1000 * MIN_SAMPLES // SAMPLE_RATE} ms); a clip is a list of samples"
-        )
+    check_length(samples, name, "" if isinstance(audio, str | Path) else "; a clip is a list of samples")
     return samples
 
 
@@ -165,12 +160,13 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
         if "audio" not in model_input.columns:
             raise ValueError(f"input DataFrame needs an 'audio' column, got {list(model_input.columns)}")
         audio = model_input["audio"]
-        widths = {np.size(a) for a in audio if isinstance(a, list | np.ndarray)}
-        if len(audio) > 1 and len(widths) == 1 and 1 < widths.pop() <= MAX_CHANNELS:
+        lists = len(audio) > 1 and all(isinstance(a, list | np.ndarray) for a in audio)
+        widths = {len(a) for a in audio} if lists else set()
+        if len(widths) == 1 and 1 < (width := widths.pop()) <= MAX_CHANNELS:
             # MLflow spreads {"audio": frames x channels} into one row per frame
             raise ValueError(
-                f"audio: {len(audio)} records of {np.size(audio.iloc[0])} numbers each, as in the frames of "
-                "multi-channel audio: send mono samples (average the channels), or a file path"
+                f"audio: {len(audio)} records of {width} numbers each, as in the frames of multi-channel "
+                "audio: send mono samples (average the channels), or a file path"
             )
         if len(audio) and all(map(_is_sample, audio)):
             # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip

@@ -100,7 +100,24 @@ def package_version(package: str, cache: Path, probe: str = str(SOUNDS)) -> str 
     if root is None:
         return None
     # "<name>_<version>_<arch>.deb"; apt writes an epoch's colon as %3a
-    return (root / ".complete").read_text().strip().split("_")[1].replace("%3a", ":")
+    parts = (root / ".complete").read_text().strip().split("_")
+    return parts[1].replace("%3a", ":") if len(parts) == 3 else None
+
+
+def versions(sound_package: str, cache: Path) -> dict[str, str | None]:
+    """The versions of ``asterisk-core-sounds-LANG-CODEC`` (the audio) and ``asterisk-core-sounds-LANG``
+    (the transcripts) that the clips of that source came from."""
+    text_package = sound_package.rsplit("-", 1)[0]
+    language = text_package.rsplit("-", 1)[1]
+    return {
+        text_package: package_version(text_package, cache, _doc(text_package, language)),
+        sound_package: package_version(sound_package, cache),
+    }
+
+
+def _doc(text_package: str, language: str) -> str:
+    """Where ``text_package`` keeps its transcripts."""
+    return f"usr/share/doc/{text_package}/core-sounds-{language}.txt.gz"
 
 
 def parse_transcripts(path: Path) -> dict[str, str]:
@@ -132,7 +149,7 @@ def items(
     if codec not in CODECS:
         raise AudioInputError(f"asterisk: codec must be one of {CODECS}, got {codec!r}")
     text_pkg = f"asterisk-core-sounds-{language}"
-    doc_rel = f"usr/share/doc/{text_pkg}/core-sounds-{language}.txt.gz"
+    doc_rel = _doc(text_pkg, language)
     doc = ensure_package(text_pkg, cache, doc_rel) / doc_rel
     if not doc.is_file():
         raise AudioInputError(f"{doc}: transcript file missing from package {text_pkg}")

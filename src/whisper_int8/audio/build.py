@@ -496,14 +496,14 @@ def _summary(params: AudioParams, written: dict[str, list[Clip]], policy: ErrorP
         lang: sorted({c.source.split(":")[0] for s in written.values() for c in s if c.language == lang})
         for lang in params.languages
     }
-    packages = sorted(
-        {c.source.partition(":")[2] for s in written.values() for c in s if c.source.startswith("asterisk:")}
-    )
+    kinds = {c.source.partition(":") for clips in written.values() for c in clips}
+    sounds = {package for kind, _, package in kinds if kind == "asterisk"}
+    packages = {k: v for pkg in sorted(sounds) for k, v in asterisk.versions(pkg, params.cache_dir).items()}
     return {
         "splits": splits,
         "sources": sources,
         # what a rerun on another machine must fetch to get the same clips
-        "debian_packages": {pkg: asterisk.package_version(pkg, params.cache_dir) for pkg in packages},
+        "debian_packages": packages,
         "skipped": {"count": len(policy.skipped), "by_language": policy.counts(), "items": policy.skipped},
         "params": {
             "calib_per_lang": params.calib_per_lang,

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import AudioInputError, FfmpegMissingError
 
 SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE // 100  # 10 ms: one number, or a few, is no clip
 # A clip whose loudest sample is below -50 dBFS carries no speech.
 SILENCE_PEAK = 0.003
 MAX_SECONDS = 30.0  # Whisper's window; longer clips are kept (evaluation handles long audio) but logged
@@ -96,6 +97,15 @@ def convert_array(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarra
     return check_pcm(resample(samples, sample_rate, name), name)
 
 
+def check_length(samples: np.ndarray, name: str, hint: str = "") -> None:
+    """Refuse 16 kHz samples under :data:`MIN_SAMPLES`: for a few, Whisper makes up words."""
+    if samples.size < MIN_SAMPLES:
+        raise AudioInputError(
+            f"{name}: {samples.size} sample(s), {1000 * samples.size / SAMPLE_RATE:.2f} ms at 16 kHz: too "
+            f"short for speech (at least {1000 * MIN_SAMPLES // SAMPLE_RATE} ms){hint}"
+        )
+
+
 def check_pcm(pcm: np.ndarray, name: str) -> np.ndarray:
     """Reject empty and silent clips with a message naming ``name``."""
     if pcm.size == 0:
@@ -130,12 +140,11 @@ def _canonical_samples(path: Path | str, max_seconds: float | None = None) -> np
         with wave.open(str(path), "rb") as w:
             layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
             frames, frame_bytes = w.getnframes(), w.getnchannels() * w.getsampwidth()
-            if max_seconds is not None:
-                frames = min(frames, math.ceil(max_seconds * w.getframerate()))
-            data = w.readframes(frames)
+            wanted = frames if max_seconds is None else min(frames, math.ceil(max_seconds * w.getframerate()))
+            data = w.readframes(wanted)
     except (wave.Error, EOFError):
         return None
-    if len(data) < frame_bytes * frames < STREAMED_WAV_BYTES:
+    if len(data) < frame_bytes * wanted and frame_bytes * frames < STREAMED_WAV_BYTES:
         raise AudioInputError(
             f"{path}: truncated WAV ({len(data) // frame_bytes} of the {frames} frames its header declares); "
             "copy or fetch it again"

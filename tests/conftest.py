@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -51,6 +52,12 @@ def base_fp32(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_model() -> Whisper:
     return make_tiny_whisper()
+
+
+def sigint_as_a_terminal_sends_it() -> None:
+    """``preexec_fn`` of a child a test sends Ctrl+C: a shell starts background jobs (``cmd &``, CI
+    runners' too) with SIGINT ignored, which Python keeps, so the child would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def venv_env() -> dict[str, str]:

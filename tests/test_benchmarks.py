@@ -21,7 +21,7 @@ from whisper_int8.audio import AudioInputError, first_per_language, read_manifes
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError
 
-from .conftest import REPO, make_tiny_whisper
+from .conftest import REPO, make_tiny_whisper, sigint_as_a_terminal_sends_it
 
 BENCHMARKS = REPO / "benchmarks"
 
@@ -262,8 +262,9 @@ def test_ctrl_c_stops_a_worker_without_a_traceback(tmp_path):
         str(tmp_path / "fp32"),
     ]
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_as_a_terminal_sends_it,
+    )  # fmt: skip
     proc.stdin.write('{"op": "stats"}\n')
     proc.stdin.flush()
     assert "error" in proc.stdout.readline()  # loaded as far as it gets, now waiting for requests

@@ -10,7 +10,7 @@ import pytest
 
 from whisper_int8.fsutil import OutputConflictError, atomic_dir, atomic_dirs
 
-from .conftest import venv_env
+from .conftest import sigint_as_a_terminal_sends_it, venv_env
 
 
 def _write(dest, **files: str) -> None:
@@ -82,7 +82,7 @@ def test_a_stage_killed_with_sigterm_or_ctrl_c_leaves_no_temp_output(tmp_path, s
     (tmp_path / "out" / "half.bin").write_bytes(b"earlier")
     proc = subprocess.Popen(
         [sys.executable, "-c", STAGE], cwd=tmp_path, env=venv_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_a_terminal_sends_it,
     )  # fmt: skip
     assert proc.stdout.readline() == "writing\n"
     assert len(list(tmp_path.glob(".out.*.tmp"))) == 1

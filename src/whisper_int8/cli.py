@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .audio.errors import AudioInputError
 from .params import positive_int
 from .tracking_uri import (
     SQLITE,
@@ -184,8 +183,6 @@ def decode_audio(path: str) -> np.ndarray:
     from .audio.wavio import check_length, load_audio
 
     samples = load_audio(path)
-    if samples.size == 0:
-        raise AudioInputError(f"{path}: holds no audio (0 samples)")
     check_length(samples, path)
     return samples
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from whisper.tokenizer import LANGUAGES
 
-from .eval_report import BASELINE, CANDIDATE, delta_key, error_key, judged_keys, languages
+from .eval_report import BASELINE, CANDIDATE, delta_key, error_key, judged_keys, shared_languages
 from .languages import check_codes
 from .params import ParamError, reject_unknown_keys
 
@@ -184,18 +184,18 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
     """Apply the thresholds of ``cfg`` to an eval.json report."""
     reasons: list[str] = []
     base, cand, comp = report[BASELINE], report[CANDIDATE], report["comparison"]
-    evaluated = set(languages(base)) & set(languages(cand))
+    evaluated = shared_languages(base, cand)
     if cfg.require_languages:
         expected = (
             cfg.require_languages
             if isinstance(cfg.require_languages, list)
-            else report.get("config", {}).get("languages", sorted(evaluated))
+            else report.get("config", {}).get("languages", evaluated)
         )
-        missing = sorted(set(expected) - evaluated)
+        missing = sorted(set(expected) - set(evaluated))
         if missing:
             reasons.append(f"languages without results for both variants: {', '.join(missing)}")
     reasons += _not_numbers({k: comp[k] for k in judged_keys(base, cand)})
-    for lang in sorted(evaluated):
+    for lang in evaluated:
         key = error_key(cand, lang)
         delta = comp[delta_key(key)]
         limit = cfg.limit(lang)
@@ -233,7 +233,7 @@ def coarse_languages(report: dict[str, Any], cfg: GateConfig) -> list[str]:
     base, cand = report[BASELINE], report[CANDIDATE]
     more = "evaluate.max_clips_per_language: null" if clip_cap(report) is not None else "audio.eval_per_lang"
     notes = []
-    for lang in sorted(set(languages(base)) & set(languages(cand))):
+    for lang in shared_languages(base, cand):
         key, length, limit = error_key(cand, lang), base.get(f"ref_length/{lang}"), cfg.limit(lang)
         if length and 0 < limit < 100 / length - FLOAT_SLACK_PP:  # a limit of 0: no split resolves it
             notes.append(

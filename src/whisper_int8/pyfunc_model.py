@@ -106,7 +106,7 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
             raise FileNotFoundError(f"audio file not found: {audio}")
         cap = None if max_seconds is None else max_seconds + 1 / SAMPLE_RATE  # one sample over: refused
         samples, name = load_audio(audio, max_seconds=cap), str(audio)
-        _check_length(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more")
+        _check_max_seconds(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more")
     else:
         try:
             samples, name = np.asarray(audio, dtype=np.float32), "audio samples"
@@ -121,7 +121,7 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
             raise ValueError(
                 f"audio samples must be finite numbers; {bad} of {samples.size} are NaN or infinite"
             )
-        _check_length(samples.size / (rate or SAMPLE_RATE), max_seconds, "s of audio")
+        _check_max_seconds(samples.size / (rate or SAMPLE_RATE), max_seconds, "s of audio")
         peak = float(np.abs(samples).max()) if samples.size else 0.0
         if peak > MAX_PEAK:
             raise ValueError(
@@ -130,13 +130,11 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
             )
         if samples.size and rate not in (None, SAMPLE_RATE):
             samples = resample(samples, rate, name).astype(np.float32) / 32768.0
-    if samples.size == 0:
-        raise ValueError(f"{name}: holds no audio (0 samples)")
     check_length(samples, name, "" if isinstance(audio, str | Path) else "; a clip is a list of samples")
     return samples
 
 
-def _check_length(seconds: float, max_seconds: float | None, what: str) -> None:
+def _check_max_seconds(seconds: float, max_seconds: float | None, what: str) -> None:
     if max_seconds is not None and seconds > max_seconds:
         raise ValueError(
             f"{seconds:.1f} {what}, over this server's {MAX_SECONDS_VARIABLE}={max_seconds:g}; "

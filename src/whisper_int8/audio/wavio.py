@@ -98,7 +98,9 @@ def convert_array(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarra
 
 
 def check_length(samples: np.ndarray, name: str, hint: str = "") -> None:
-    """Refuse 16 kHz samples under :data:`MIN_SAMPLES`: for a few, Whisper makes up words."""
+    """Refuse no 16 kHz samples, or fewer than :data:`MIN_SAMPLES`: for a few, Whisper makes up words."""
+    if samples.size == 0:
+        raise AudioInputError(f"{name}: holds no audio (0 samples)")
     if samples.size < MIN_SAMPLES:
         raise AudioInputError(
             f"{name}: {samples.size} sample(s), {1000 * samples.size / SAMPLE_RATE:.2f} ms at 16 kHz: too "

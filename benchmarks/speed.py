@@ -48,7 +48,7 @@ from _inputs import require_model_dir, require_out_file, split_clips
 from tqdm import tqdm
 
 from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
-from whisper_int8.cpu import ISA_CAPS, activation_bits, cpu_extensions, cpu_model
+from whisper_int8.cpu import ISA_CAPS, cpu_extensions, cpu_model
 from whisper_int8.params import ParamError, positive_int
 
 SCHEMES = ("dynamic", "static", "weight_only")
@@ -178,13 +178,15 @@ def worker(kind: str, path: str, threads: int) -> None:
         req = json.loads(line)
         if req["op"] == "stats":
             isa = _torch_isa()
+            if isa:  # torch is loaded (not for faster-whisper)
+                from whisper_int8.model_dir import activation_bits_of
             stats = {
                 "peak_rss": _bytes(memory.peak_rss_mb()),
                 "rss": _bytes(memory.rss_mb()),
                 "imported_rss": imported_rss,
                 "preloaded": _preloaded(),
                 "isa": isa,
-                "activation_bits": activation_bits() if isa else None,  # of its int8 layers
+                "activation_bits": activation_bits_of(path) if isa else None,  # of its int8 layers
             }
             out.write(json.dumps(stats) + "\n")
             out.flush()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.cpu import activation_bits, host_summary
+from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output
-from whisper_int8.model_dir import resolve_device
+from whisper_int8.model_dir import activation_bits_of, resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.quant.convert import QUANT_CONFIG
@@ -24,7 +24,7 @@ from whisper_int8.stage_files import read_json
 from whisper_int8.transcribe import decode_options
 
 log = logging.getLogger("evaluate")
-ACTIVATION_BITS = "int8_activation_bits"  # settings key: WHISPER_INT8_ACTIVATION_BITS or the CPU's
+ACTIVATION_BITS = "int8_activation_bits"  # settings key: from the INT8 weights' bits, the CPU and the env
 KEYS = {"split", "beam_size", "max_tokens", "warmup", "max_clips_per_language", "device", "models"}
 
 
@@ -58,7 +58,7 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
     ``int8``: an INT8 model is evaluated, so the activation bits are read (FP32 alone: not recorded,
     and a WHISPER_INT8_ACTIVATION_BITS this CPU cannot run does not stop the FP32 baseline).
     """
-    bits = {ACTIVATION_BITS: activation_bits()} if int8 else {}
+    bits = {ACTIVATION_BITS: activation_bits_of(opt["models"][CANDIDATE])} if int8 else {}
     return {
         "split": str(opt["split"]),
         "clips": clips_digest(clips),
@@ -66,7 +66,7 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
         "device": opt["device"],
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
-        "host": host_summary(with_activation_bits=False),
+        "host": host_summary(),
         # apart from host: they move INT8 transcripts only, so an FP32 baseline made with others is kept
         **bits,
     }

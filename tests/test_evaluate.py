@@ -332,6 +332,7 @@ def test_settings_record_the_clip_cap_the_gate_reads():
     from whisper_int8.gate import clip_cap
 
     opt = {"split": "s", "decode": {}, "device": "cpu", "warmup": 0, "max_clips_per_language": 3}
+    opt["models"] = {"int8": Path("absent")}  # no quant_config.json: no bits read
     assert clip_cap({"config": _stage_module().settings(opt, [])}) == 3
     assert clip_cap({"config": _stage_module().settings({**opt, "max_clips_per_language": None}, [])}) is None
 
@@ -368,25 +369,27 @@ def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, 
     """WHISPER_INT8_ACTIVATION_BITS=7 on a VNNI machine changes the INT8 evaluation only: the FP32 one is
     reused; another host (its ISA sets FP32 timings) still refuses it."""
     stage = _stage_module()
+    int8 = tmp_path / "int8"
+    int8.mkdir()
+    (int8 / "quant_config.json").write_text(json.dumps({"config": {"weight_bits": 7}}))
+    models = {"int8": int8}
     opt = {"split": "s", "decode": {}, "device": "cpu", "warmup": 0, "max_clips_per_language": None}
+    opt["models"] = models
     path = tmp_path / "base.json"
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "7")
     config = stage.settings(opt, [])
     assert config["int8_activation_bits"] == 7 and "int8 activations" not in config["host"]
     path.write_text(json.dumps({"config": config, "model_dir": "m", "metrics": {}, "clips": []}))
-    monkeypatch.setattr(stage, "activation_bits", lambda: 8)
-    assert stage.settings(opt, [])["int8_activation_bits"] == 8
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "auto")
+    assert stage.settings(opt, [])["int8_activation_bits"] == 8  # 7-bit weights: 8 on every CPU
     assert stage.read_baseline(path, stage.settings(opt, []), Path("m"))["metrics"] == {}
     # the FP32-only stage does not read them: a value this CPU cannot run does not stop it
-    from whisper_int8.cpu import activation_bits
-
-    monkeypatch.setattr(stage, "activation_bits", activation_bits)
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
     assert "int8_activation_bits" not in stage.settings(opt, [], int8=False)
     with pytest.raises(ValueError, match="'9': use auto, 7 or 8"):
         stage.settings(opt, [])
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "7")
-    monkeypatch.setattr(stage, "host_summary", lambda with_activation_bits: "another CPU")
+    monkeypatch.setattr(stage, "host_summary", lambda: "another CPU")
     with pytest.raises(ParamError, match=r"made with other settings \(host\)"):
         stage.read_baseline(path, stage.settings(opt, []), Path("m"))
 

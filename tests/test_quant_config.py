@@ -42,6 +42,10 @@ def test_defaults():
         ("backend", "tensorrt"),
         ("cross_kv_dtype", "bfloat16"),
         ("cross_kv_dtype", None),
+        ("weight_bits", 6),
+        ("weight_bits", "7"),
+        ("weight_bits", True),
+        ("weight_bits", 7.5),
     ],
 )
 def test_bad_values_name_the_file_and_the_key(key, value):

@@ -39,7 +39,7 @@ from .model_dir import check_languages, fused_digest
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
 from .quant.convert import EMBEDDING, linear_names
-from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, portable_activations, set_engine
+from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, set_engine
 from .stage_files import load_tensors, read_json
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,10 @@ def sensitivity(model: Whisper, samples: list[Sample], progress: bool = True) ->
     """Relative logit error (L2) vs FP32 when only one layer (or the embedding/logits) is INT8.
 
     Encoder layers re-run the encoder from their own block on (cached FP32 inputs), decoder layers
-    reuse the FP32 audio features: the cost is a fraction of full passes. Activations are 7-bit
-    (``portable_activations``) even where VNNI allows 8, so the layers ``auto_keep_float_k`` keeps in
-    float do not depend on the machine that ran ``dvc repro``.
+    reuse the FP32 audio features: the cost is a fraction of full passes. Weights are 7-bit and
+    activations 8-bit (``quant.weight_bits``' default): no fbgemm kernel saturates then, so every x86
+    CPU computes the same ranking, and the layers ``auto_keep_float_k`` keeps in float do not depend on
+    the machine that ran ``dvc repro`` (unless WHISPER_INT8_ACTIVATION_BITS pins 7 bits).
     """
     set_engine("x86")
     states = [_encoder_states(model, s.mel) for s in samples]
@@ -177,26 +178,25 @@ def sensitivity(model: Whisper, samples: list[Sample], progress: bool = True) ->
     ref = [model.logits(s.tokens, f) for s, f in zip(samples, feats, strict=True)]
     names = [*linear_names(model), EMBEDDING]
     result = {}
-    with portable_activations():  # the same ranking, and so the same int8.pt, on every CPU
-        for name in tqdm(names, desc="sensitivity", unit="layer", disable=not progress):
-            parent, _, child = name.rpartition(".")
-            owner = model.get_submodule(parent)
-            float_mod = getattr(owner, child)
-            if name == EMBEDDING:
-                q: nn.Module = Int8TiedEmbedding.from_float(float_mod)
+    for name in tqdm(names, desc="sensitivity", unit="layer", disable=not progress):
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        float_mod = getattr(owner, child)
+        if name == EMBEDDING:
+            q: nn.Module = Int8TiedEmbedding.from_float(float_mod, bits=7)
+        else:
+            q = DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7)
+        setattr(owner, child, q)
+        try:
+            if name.startswith("encoder.blocks."):
+                block = int(name.split(".")[2])
+                feats_q = [_encode_from(model, st, block) for st in states]
             else:
-                q = DynamicInt8Linear.from_float(float_mod, per_channel=True)
-            setattr(owner, child, q)
-            try:
-                if name.startswith("encoder.blocks."):
-                    block = int(name.split(".")[2])
-                    feats_q = [_encode_from(model, st, block) for st in states]
-                else:
-                    feats_q = feats
-                got = [model.logits(s.tokens, f) for s, f in zip(samples, feats_q, strict=True)]
-            finally:
-                setattr(owner, child, float_mod)
-            result[name] = _rel_error(got, ref)
+                feats_q = feats
+            got = [model.logits(s.tokens, f) for s, f in zip(samples, feats_q, strict=True)]
+        finally:
+            setattr(owner, child, float_mod)
+        result[name] = _rel_error(got, ref)
     return result
 
 

@@ -9,7 +9,8 @@ not tell it: :func:`host_summary` names the one torch dispatches to and the int8
 :data:`ISA_CAPS` holds, per cap, the environment that makes each library use no newer kernels than
 that ISA (torch's ATen, fbgemm, oneDNN, MKL, CTranslate2). Each reads it once, when it loads: set it
 before the process starts (``benchmarks/speed.py --isa avx2`` does so for its workers), never after.
-:func:`activation_bits` decides, from the same facts, how many bits the dynamic int8 activations use.
+:func:`activation_bits` decides, from the same facts and the weights' bits, how many bits the dynamic
+int8 activations use.
 """
 
 from __future__ import annotations
@@ -66,43 +67,48 @@ class ActivationBitsError(ValueError):
     """``WHISPER_INT8_ACTIVATION_BITS`` holds a value this CPU cannot run; the message says which work."""
 
 
-def activation_bits() -> int:
-    """Bits of the dynamically quantized int8 activations: 8 with fbgemm's VNNI kernels, else 7.
+def activation_bits(weight_bits: int = 8) -> int:
+    """Bits of the dynamically quantized int8 activations of a layer whose weights take ``weight_bits``.
 
-    Without VNNI fbgemm multiplies u8 activations by s8 weights with ``vpmaddubsw``, whose int16 pair
-    sums saturate unless the activations keep to 7 bits (``reduce_range``). With VNNI, ``vpdpbusd``
-    accumulates in int32 and the full 8 bits are safe: relative logit error against FP32 on the 45
-    calibration clips 0.115 -> 0.065 (top-1 agreement 96.9 -> 97.8 %); 8 bits on the AVX2 kernels
-    saturate (0.179, 92.4 %). ``WHISPER_INT8_ACTIVATION_BITS`` = ``7`` pins the portable setting (a
-    machine without VNNI gets the accuracy measured with it); ``8`` is refused where it saturates.
+    Without VNNI fbgemm multiplies u8 activations by s8 weights with ``vpmaddubsw``, whose int16 sums
+    of two products saturate when both are near their maxima: 255 x 127 x 2 > 32767. So 8-bit weights
+    (-127..127) take 8-bit activations only with VNNI (``vpdpbusd`` accumulates in int32), else 7 bits
+    (``reduce_range``); 7-bit weights (-64..64, ``quant.weight_bits: 7``) keep every sum in range and
+    take 8-bit activations on every x86 CPU. Relative logit error against FP32 on the 45 calibration
+    clips, fbgemm capped at AVX2: 8-bit weights with 7-bit activations 0.068 (top-1 agreement 96.9 %),
+    with 8-bit activations 0.179 (saturated, 92.4 %); 7-bit weights with 8-bit activations 0.052
+    (98.3 %). With VNNI, 8 and 8 bits: 0.040 (98.9 %).
+
+    ``WHISPER_INT8_ACTIVATION_BITS`` = ``7`` pins 7 bits for every layer; ``8`` is refused where it
+    would saturate (8-bit weights without VNNI).
     """
+    safe8 = weight_bits <= 7 or fbgemm_vnni()
     wanted = os.environ.get(ACTIVATION_BITS_ENV, "auto")
     if wanted == "auto":
-        return 8 if fbgemm_vnni() else 7
+        return 8 if safe8 else 7
     if wanted == "7":
         return 7
     if wanted == "8":
-        if not fbgemm_vnni():
+        if not safe8:
             raise ActivationBitsError(
-                f"{ACTIVATION_BITS_ENV}=8: 8-bit int8 activations need fbgemm's AVX-512 VNNI kernels, which "
-                "this CPU (or FBGEMM_ENABLE_INSTRUCTIONS) does not give: the products would saturate. "
-                "Use auto or 7."
+                f"{ACTIVATION_BITS_ENV}=8: 8-bit int8 activations beside 8-bit weights need fbgemm's AVX-512 "
+                "VNNI kernels, which this CPU (or FBGEMM_ENABLE_INSTRUCTIONS) does not give: the products "
+                "would saturate. Use auto or 7, or convert with quant.weight_bits: 7."
             )
         return 8
     raise ActivationBitsError(f"{ACTIVATION_BITS_ENV}={wanted!r}: use auto, 7 or 8")
 
 
-def host_summary(with_activation_bits: bool = True) -> str:
-    """One line for reports: model, cores, torch's threads and kernel ISA, the int8/bf16 extensions,
-    the int8 activation bits (unless ``with_activation_bits`` is False: a caller recording them apart).
+def host_summary() -> str:
+    """One line for reports: model, cores, torch's threads and kernel ISA, the int8/bf16 extensions.
 
-    The ISA is the one torch dispatches to in this process (``ATEN_CPU_CAPABILITY`` lowers it).
+    The ISA is the one torch dispatches to in this process (``ATEN_CPU_CAPABILITY`` lowers it). The
+    int8 activation bits are recorded apart: they depend on the model's weights too (:func:`activation_bits`).
     """
     import torch
 
     extensions = ", ".join(cpu_extensions()) or "unknown"
-    line = (
+    return (
         f"{cpu_model()}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; "
         f"torch {torch.__version__} ISA {torch.backends.cpu.get_cpu_capability()} (CPU: {extensions})"
     )
-    return f"{line}; int8 activations {activation_bits()}-bit" if with_activation_bits else line

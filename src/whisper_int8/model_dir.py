@@ -96,6 +96,21 @@ def check_fused_dir(path: Path | str) -> Path:
     return root
 
 
+def activation_bits_of(path: Path | str) -> int | None:
+    """Bits this CPU gives the per-call int8 activations of the model in ``path`` (None: not INT8).
+
+    They follow the weights' bits (``quant.weight_bits``; 8 in a config written before the key):
+    :func:`whisper_int8.cpu.activation_bits`.
+    """
+    from .cpu import activation_bits
+
+    qcfg = Path(path) / QUANT_CONFIG
+    if not qcfg.is_file():
+        return None
+    config = read_json(qcfg, CONVERT_STAGE).get("config")
+    return activation_bits(config.get("weight_bits", 8) if isinstance(config, dict) else 8)
+
+
 def fused_digest(root: Path | str) -> str:
     """The sha256 of ``root``'s fused.pt: the one its model card records (every load checks the file
     against it: a large-v3 fused.pt is read once, not three times), else computed (an older card)."""

@@ -10,6 +10,7 @@ from ..params import ParamError, reject_unknown_keys
 SCHEMES = ("dynamic", "static", "weight_only")
 BACKENDS = ("auto", "x86", "fbgemm", "torchao")
 CROSS_KV_DTYPES = ("float16", "float32")
+WEIGHT_BITS = (7, 8)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class QuantConfig:
     outlier_channels: int = 0
     outlier_layers: list[str] = field(default_factory=lambda: ["*.mlp.2"])
     quantize_embedding: bool = True
+    # of the layers whose activations are quantized per call (dynamic, outliers, the logits): 7 lets
+    # them take 8-bit activations on every x86 CPU (whisper_int8.cpu.activation_bits); static and
+    # weight_only layers keep 8-bit weights
+    weight_bits: int = 7
     backend: str = "auto"
     cross_kv_dtype: str = "float16"
     # the parameter file it was read from, named by the conversion's errors; not a setting: not saved
@@ -81,6 +86,11 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
     keep = _patterns(where, "keep_float", v["keep_float"])
     outlier_layers = _patterns(where, "outlier_layers", v["outlier_layers"])
     k = _count(where, "auto_keep_float_k", v["auto_keep_float_k"])
+    if isinstance(v["weight_bits"], bool) or v["weight_bits"] not in WEIGHT_BITS:
+        raise ParamError(
+            f"{where}: quant.weight_bits={v['weight_bits']!r}: choose 7 (8-bit activations on every CPU) "
+            "or 8 (finer weights; 8-bit activations only where fbgemm runs VNNI kernels)"
+        )
     outliers = _count(where, "outlier_channels", v["outlier_channels"])
     if outliers and v["scheme"] == "weight_only":
         raise ParamError(
@@ -97,6 +107,7 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
         outlier_channels=outliers,
         outlier_layers=outlier_layers,
         quantize_embedding=_bool(where, "quantize_embedding", v["quantize_embedding"]),
+        weight_bits=v["weight_bits"],
         backend=v["backend"],
         cross_kv_dtype=v["cross_kv_dtype"],
         where=where,

@@ -262,15 +262,15 @@ def quantize_model(
             qmod = StaticInt8Linear.from_float(lin, cfg.per_channel, **extra)
         elif kind == OUTLIERS:  # the channels with the largest (smoothed) calibrated maxima stay float
             index = torch.topk(in_absmax[name].float(), cfg.outlier_channels).indices.sort().values
-            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index, cfg.per_token)
+            qmod = OutlierInt8Linear.from_float(lin, cfg.per_channel, index, cfg.per_token, cfg.weight_bits)
         elif kind == "dynamic":
-            qmod = DynamicInt8Linear.from_float(lin, cfg.per_channel, cfg.per_token)
+            qmod = DynamicInt8Linear.from_float(lin, cfg.per_channel, cfg.per_token, cfg.weight_bits)
         else:
             qmod = LINEAR_CLASSES[kind].from_float(lin, cfg.per_channel)
         _set(model, name, qmod)
     emb = model.decoder.token_embedding
     if cfg.quantize_embedding and EMBEDDING not in keep:
-        model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb, cfg.per_token)
+        model.decoder.token_embedding = Int8TiedEmbedding.from_float(emb, cfg.per_token, cfg.weight_bits)
         layers[EMBEDDING] = "int8_tied"
     else:
         layers[EMBEDDING] = "float"

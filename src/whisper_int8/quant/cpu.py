@@ -23,28 +23,27 @@ from ..cpu import activation_bits
 warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
 
-# 7-bit dynamic activations unless fbgemm runs VNNI kernels (whisper_int8.cpu.activation_bits), read on
+# quant.weight_bits -> the largest |int8 code| of a weight: 7-bit weights keep fbgemm's AVX2 int16 sums
+# of two u8 x s8 products in range (255 x 64 x 2 = 32640 <= 32767) beside 8-bit activations
+WEIGHT_LEVELS = {8: 127, 7: 64}
+
+# weight bits -> whether dynamic activations keep to 7 bits (whisper_int8.cpu.activation_bits), read on
 # the first INT8 call (a bad WHISPER_INT8_ACTIVATION_BITS is then a user error, not an import traceback
-# even for FP32 work); the forward passes read it at call time, so portable_activations() can pin it
-REDUCE_RANGE: bool | None = None
+# even for FP32 work)
+_REDUCE_RANGE: dict[int, bool] = {}
 
 
-def _reduce_range() -> bool:
-    global REDUCE_RANGE
-    if REDUCE_RANGE is None:
-        REDUCE_RANGE = activation_bits() == 7
-    return REDUCE_RANGE
+def _reduce_range(weight_bits: int) -> bool:
+    if weight_bits not in _REDUCE_RANGE:
+        _REDUCE_RANGE[weight_bits] = activation_bits(weight_bits) == 7
+    return _REDUCE_RANGE[weight_bits]
 
 
-@contextmanager
-def portable_activations() -> Iterator[None]:
-    """7-bit dynamic activations inside, as on every CPU: measurements that must not depend on VNNI."""
-    global REDUCE_RANGE
-    saved, REDUCE_RANGE = REDUCE_RANGE, True
-    try:
-        yield
-    finally:
-        REDUCE_RANGE = saved
+def code_bits(q: Tensor) -> int:
+    """7 when int8 weight codes keep within +-64 (:data:`WEIGHT_LEVELS`), else 8: read from the codes
+    themselves, so a model converted with either ``quant.weight_bits`` runs right on every CPU."""
+    levels = WEIGHT_LEVELS[7]
+    return 7 if q.numel() == 0 or (int(q.amax()) <= levels and int(q.amin()) >= -levels) else 8
 
 
 _PACK = True  # False inside unpacked()
@@ -83,18 +82,19 @@ def set_engine(name: str) -> None:
     torch.backends.quantized.engine = name
 
 
-def weight_scale(weight: Tensor, per_channel: bool) -> Tensor:
-    """The int8 step of ``weight``: its absmax / 127 per output row (or one for the whole matrix)."""
+def weight_scale(weight: Tensor, per_channel: bool, bits: int = 8) -> Tensor:
+    """The int8 step of ``weight``: its absmax / 127 (64 for 7 ``bits``) per output row, or one in all."""
     w = weight.detach().float()
     amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
-    return (amax / 127.0).clamp_min(1e-12)
+    return (amax / WEIGHT_LEVELS[bits]).clamp_min(1e-12)
 
 
-def quantize_weight(weight: Tensor, per_channel: bool) -> tuple[Tensor, Tensor]:
-    """Symmetric int8 (-127..127) with one scale per output row, or one for the whole matrix."""
+def quantize_weight(weight: Tensor, per_channel: bool, bits: int = 8) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 (-127..127, or -64..64 for 7 ``bits``) with one scale per output row, or one in all."""
     w = weight.detach().float()
-    scale = weight_scale(w, per_channel)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    scale = weight_scale(w, per_channel, bits)
+    levels = WEIGHT_LEVELS[bits]
+    q = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8)
     return q, scale
 
 
@@ -111,8 +111,11 @@ def _pack(q: Tensor, scale: Tensor, bias: Tensor | None):
     return torch.ops.quantized.linear_prepack(qw, bias)
 
 
-def linear_dynamic(x: Tensor, packed, bias: Tensor | None = None, per_token: bool = False) -> Tensor:
-    """fbgemm's dynamic int8 GEMM: ``x`` quantized with one range per call, or per row (``per_token``).
+def linear_dynamic(
+    x: Tensor, packed, bias: Tensor | None = None, per_token: bool = False, weight_bits: int = 8
+) -> Tensor:
+    """fbgemm's dynamic int8 GEMM: ``x`` quantized with one range per call, or per row (``per_token``),
+    in the bits :func:`whisper_int8.cpu.activation_bits` gives for ``weight_bits`` on this CPU.
 
     fbgemm quantizes its whole input with one range, so in a 500-frame encoder part every frame gets
     the levels left over by the loudest one. ``per_token`` divides each row by its absmax first: every
@@ -121,13 +124,14 @@ def linear_dynamic(x: Tensor, packed, bias: Tensor | None = None, per_token: boo
     added after that scaling. A single row (a decoding step) is per-token either way and skips it.
     """
     x = x.contiguous()
+    reduce_range = _reduce_range(weight_bits)
     if not per_token or x.numel() == x.shape[-1]:
-        y = torch.ops.quantized.linear_dynamic(x, packed, _reduce_range())
+        y = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
         return y if bias is None else y.add_(bias)
     # amax and amin over the last dim: 17x faster here than torch.aminmax's one pass (0.05 vs 0.8 ms for
     # 1500 x 512), which made per-token 15 % slower end to end
     s = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).clamp_min_(1e-12)
-    y = torch.ops.quantized.linear_dynamic(x / s, packed, _reduce_range())
+    y = torch.ops.quantized.linear_dynamic(x / s, packed, reduce_range)
     return y.mul_(s) if bias is None else torch.addcmul(bias, y, s, out=y)
 
 
@@ -144,7 +148,8 @@ class PackedInt8Linear(nn.Module):
     """Base: an int8 Linear held as fbgemm packed weights, (de)serialised as plain tensors.
 
     ``per_token`` (dynamic kinds): activations quantized per row (:func:`linear_dynamic`); the bias
-    is then kept beside the packed weights, not in them.
+    is then kept beside the packed weights, not in them. ``weight_bits``: 7 when the codes keep within
+    +-64 (:func:`code_bits`), which lets the dynamic kinds take 8-bit activations on every CPU.
     """
 
     kind = "int8"
@@ -156,15 +161,16 @@ class PackedInt8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.has_bias, self.per_channel, self.per_token = bias, per_channel, per_token
         self._packed = None
+        self.weight_bits = 8
         self._bias: Tensor | None = None
         self._plain: tuple[Tensor, Tensor, Tensor | None] | None = None  # set instead of _packed, unpacked()
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, per_channel: bool, per_token: bool = False, **extra: Tensor
+        cls, linear: nn.Linear, per_channel: bool, per_token: bool = False, bits: int = 8, **extra: Tensor
     ) -> PackedInt8Linear:
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel, per_token)
-        q, scale = quantize_weight(linear.weight, per_channel)
+        q, scale = quantize_weight(linear.weight, per_channel, bits)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         mod.set_weight(q, scale, bias)
         for name, value in extra.items():
@@ -173,6 +179,7 @@ class PackedInt8Linear(nn.Module):
 
     def set_weight(self, q: Tensor, scale: Tensor, bias: Tensor | None) -> None:
         self._bias = bias if self.per_token else None
+        self.weight_bits = code_bits(q)
         if not _PACK:
             self._plain = (q, scale, bias)
             return
@@ -227,7 +234,7 @@ class DynamicInt8Linear(PackedInt8Linear):
     """INT8 weights, activations quantized per call or per token from their own range (no calibration)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear_dynamic(x, self._packed, self._bias, self.per_token)
+        return linear_dynamic(x, self._packed, self._bias, self.per_token, self.weight_bits)
 
 
 class OutlierInt8Linear(DynamicInt8Linear):
@@ -257,7 +264,7 @@ class OutlierInt8Linear(DynamicInt8Linear):
 
     @classmethod
     def from_float(  # type: ignore[override]
-        cls, linear: nn.Linear, per_channel: bool, index: Tensor, per_token: bool = False
+        cls, linear: nn.Linear, per_channel: bool, index: Tensor, per_token: bool = False, bits: int = 8
     ) -> OutlierInt8Linear:
         shape = (linear.in_features, linear.out_features, linear.bias is not None)
         mod = cls(*shape, per_channel, per_token, len(index))
@@ -265,7 +272,7 @@ class OutlierInt8Linear(DynamicInt8Linear):
         mod.outlier_index = index.to(torch.long).clone()
         mod.outlier_weight = weight[:, mod.outlier_index].clone()
         weight[:, mod.outlier_index] = 0
-        q, scale = quantize_weight(weight, per_channel)
+        q, scale = quantize_weight(weight, per_channel, bits)
         mod.set_weight(q, scale, None if linear.bias is None else linear.bias.detach().float().clone())
         return mod
 
@@ -274,11 +281,11 @@ class OutlierInt8Linear(DynamicInt8Linear):
         kept = x.index_select(-1, self.outlier_index)
         if x.requires_grad or (x.is_inference() and not torch.is_inference_mode_enabled()):
             masked = x.index_fill(-1, self.outlier_index, 0.0)
-            y = linear_dynamic(masked, self._packed, self._bias, self.per_token)
+            y = linear_dynamic(masked, self._packed, self._bias, self.per_token, self.weight_bits)
         else:  # zeroed in place, then restored: an encoder MLP's input is 12 MB, a copy would add to the peak
             x.index_fill_(-1, self.outlier_index, 0.0)
             try:
-                y = linear_dynamic(x, self._packed, self._bias, self.per_token)
+                y = linear_dynamic(x, self._packed, self._bias, self.per_token, self.weight_bits)
             finally:
                 x.index_copy_(-1, self.outlier_index, kept)
         return y.add_(kept @ self.outlier_weight.T)
@@ -351,17 +358,22 @@ class Int8TiedEmbedding(nn.Module):
         self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(num_embeddings))
         self._packed = None
+        self.weight_bits = 8
 
     @classmethod
-    def from_float(cls, emb: nn.Embedding, per_token: bool = False) -> Int8TiedEmbedding:
+    def from_float(cls, emb: nn.Embedding, per_token: bool = False, bits: int = 8) -> Int8TiedEmbedding:
         mod = cls(emb.num_embeddings, emb.embedding_dim, per_token)
-        mod.weight_int8, mod.weight_scale = quantize_weight(emb.weight, per_channel=True)
-        mod._packed = _pack(mod.weight_int8, mod.weight_scale, None)
+        mod.weight_int8, mod.weight_scale = quantize_weight(emb.weight, per_channel=True, bits=bits)
+        mod._repack()
         return mod
+
+    def _repack(self) -> None:
+        self.weight_bits = code_bits(self.weight_int8)
+        self._packed = _pack(self.weight_int8, self.weight_scale, None) if _PACK else None
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._packed = _pack(self.weight_int8, self.weight_scale, None) if _PACK else None
+        self._repack()
 
     def int8_weight(self) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.weight_int8, self.weight_scale, None
@@ -370,7 +382,7 @@ class Int8TiedEmbedding(nn.Module):
         return F.embedding(tokens, self.weight_int8).float() * self.weight_scale[tokens].unsqueeze(-1)
 
     def project(self, x: Tensor) -> Tensor:
-        return linear_dynamic(x, self._packed, per_token=self.per_token)
+        return linear_dynamic(x, self._packed, per_token=self.per_token, weight_bits=self.weight_bits)
 
 
 LINEAR_CLASSES: dict[str, type[nn.Module]] = {

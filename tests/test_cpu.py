@@ -56,7 +56,7 @@ def test_activation_bits_follow_fbgemm_vnni_and_the_override(monkeypatch):
     assert cpu.activation_bits(weight_bits=7) == 8
     with pytest.raises(
         cpu.ActivationBitsError,
-        match="WHISPER_INT8_ACTIVATION_BITS=8: .* beside 8-bit weights need fbgemm's AVX-512 VNNI.*weight_bits: 7",
+        match="ACTIVATION_BITS=8: .* beside 8-bit weights need fbgemm's AVX-512 VNNI.*weight_bits: 7",
     ):
         cpu.activation_bits()
     monkeypatch.setenv(cpu.ACTIVATION_BITS_ENV, "16")

@@ -9,15 +9,17 @@ delta per language (percentage points, with the change in errors) and the langua
 
 - ``fp16-weights`` / ``bf16-weights``: every Linear weight and the token embedding rounded to that
   float format (relative rounding at most 4.9e-4 / 3.9e-3), computed in FP32;
-- ``int8-weights``: the same weights rounded to int8 with one scale per output row, as every INT8
-  scheme stores them, computed in FP32 (weight rounding alone);
+- ``int8-weights``: the same weights rounded to int8 with one scale per output row, as the INT8
+  schemes store them (``--weight-bits``: 8, -127..127, as the figures in docs/performance.md were
+  measured; 7, -64..64, as ``quant.weight_bits``' default), computed in FP32 (weight rounding alone);
 - ``noise-weights``: the same weights plus Gaussian noise as large as that rounding (standard
   deviation one int8 step / sqrt(12) per row, the root mean square of a rounding error), times
   ``--noise-scale``, one draw per ``--seeds`` value: a perturbation of int8's size in no particular
   direction, and how the deltas grow with its size;
 - ``int8-activations``: FP32 weights, the input of every Linear and of the logits projection
   rounded as the dynamic scheme's per-token path does (each row divided by its absmax, then one
-  asymmetric range, ``whisper_int8.cpu.activation_bits()`` bits: activation rounding alone);
+  asymmetric range, the bits ``whisper_int8.cpu.activation_bits`` gives beside ``--weight-bits``
+  weights on this CPU: activation rounding alone);
 
 plus any ``--model`` directory (e.g. ``models/int8``), compared with the same reference.
 
@@ -92,9 +94,10 @@ def fake_quant_per_token(x: Tensor, bits: int) -> Tensor:
     return torch.quantize_per_tensor(u, scale, zero, torch.quint8).dequantize() * s
 
 
-def int8_noise(weight: Tensor, scale: float, generator: torch.Generator) -> Tensor:
-    """Gaussian noise with ``scale`` times the RMS of int8 rounding (one step / sqrt(12) per row)."""
-    step = weight_scale(weight, per_channel=True)[:, None]
+def int8_noise(weight: Tensor, scale: float, generator: torch.Generator, bits: int = 8) -> Tensor:
+    """Gaussian noise with ``scale`` times the RMS of int8 rounding (one step / sqrt(12) per row), for
+    weights of ``bits`` bits."""
+    step = weight_scale(weight, per_channel=True, bits=bits)[:, None]
     return torch.randn(weight.shape, generator=generator) * step * (scale / 12**0.5)
 
 
@@ -147,17 +150,23 @@ def selected(model: nn.Module, layers: tuple[str, ...] = ()) -> tuple[list[nn.Li
 
 
 def perturb(
-    model: nn.Module, kind: str, seed: int = 0, scale: float = 1.0, layers: tuple[str, ...] = ()
+    model: nn.Module,
+    kind: str,
+    seed: int = 0,
+    scale: float = 1.0,
+    layers: tuple[str, ...] = (),
+    weight_bits: int = 8,
 ) -> int:
     """Apply ``kind`` to ``model`` (a fused FP32 Whisper) in place; returns how many layers it touched.
 
     ``layers``: glob patterns of the layers to perturb (:func:`selected`; none: every one). ``seed``
-    and ``scale`` are for ``noise-weights`` only.
+    and ``scale`` are for ``noise-weights`` only; ``weight_bits`` sets the int8 step of the weight
+    perturbations and, through :func:`activation_bits`, the activation bits.
     """
     linears, with_embedding = selected(model, layers)
     embedding = model.decoder.token_embedding
     if kind == "int8-activations":
-        bits = activation_bits()
+        bits = activation_bits(weight_bits)
         for m in linears:
             m.register_forward_pre_hook(lambda _m, args: (fake_quant_per_token(args[0], bits),))
         if with_embedding:
@@ -169,9 +178,9 @@ def perturb(
         for m in [*linears, embedding] if with_embedding else linears:
             w = m.weight
             if kind == "noise-weights":
-                w.add_(int8_noise(w, scale, generator))
+                w.add_(int8_noise(w, scale, generator, weight_bits))
             elif kind == "int8-weights":
-                w.copy_(dequantize_weight(*quantize_weight(w, per_channel=True)))
+                w.copy_(dequantize_weight(*quantize_weight(w, per_channel=True, bits=weight_bits)))
             elif kind in ("fp16-weights", "bf16-weights"):
                 w.copy_(w.to(torch.float16 if kind == "fp16-weights" else torch.bfloat16).float())
             else:
@@ -326,6 +335,7 @@ class Variant:
     seed: int = 0
     scale: float = 1.0
     layers: tuple[str, ...] = ()  # glob patterns of the perturbed layers (none: all)
+    weight_bits: int = 8
 
     def load(self, fused: str) -> nn.Module:
         if self.model_dir:
@@ -333,7 +343,7 @@ class Variant:
         if not self.kind:
             raise ValueError(f"variant {self.name!r}: give a perturbation kind or a model directory")
         model = load_model_dir(fused)
-        perturb(model, self.kind, self.seed, self.scale, self.layers)
+        perturb(model, self.kind, self.seed, self.scale, self.layers, self.weight_bits)
         return model
 
 
@@ -347,12 +357,19 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
             on = f" on {','.join(layers)}" if layers else ""
             if kind == "noise-weights":
                 out += [
-                    Variant(f"{kind} x{scale:g} seed {seed}{on}", kind, seed=seed, scale=scale, layers=layers)
+                    Variant(
+                        f"{kind} x{scale:g} seed {seed}{on}",
+                        kind,
+                        seed=seed,
+                        scale=scale,
+                        layers=layers,
+                        weight_bits=args.weight_bits,
+                    )
                     for scale in dict.fromkeys(args.noise_scale or [1.0])  # a repeat would repeat a name
                     for seed in dict.fromkeys(args.seeds or [0])
                 ]
             else:
-                out.append(Variant(kind + on, kind, layers=layers))
+                out.append(Variant(kind + on, kind, layers=layers, weight_bits=args.weight_bits))
     return out + [Variant(str(d), model_dir=str(d)) for d in args.model]
 
 
@@ -461,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="perturb only these layers: each argument is one group of comma-separated glob patterns of "
         "module names (decoder.token_embedding: the embedding and the logits projection), and every "
         "perturbation is run once per group (default: every layer at once)",
+    )
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=(7, 8),
+        default=8,
+        help="int8 weight step of the weight perturbations and the activation bits beside them (default: 8, "
+        "as docs/performance.md measured; 7: quant.weight_bits' default)",
     )
     parser.add_argument("--model", nargs="*", default=[], type=Path, help="model directories to compare too")
     parser.add_argument(

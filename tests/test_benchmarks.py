@@ -4,6 +4,7 @@ bad input stopping in one line (exit 2) before any model is loaded."""
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes.util
 import importlib.util
 import json
@@ -534,8 +535,10 @@ def test_weight_perturbations_round_every_linear_and_the_embedding_and_nothing_e
     before = {k: v.clone() for k, v in model.state_dict().items()}
     weights = [n + ".weight" for n, m in model.named_modules() if type(m) is nn.Linear]
     weights.append("decoder.token_embedding.weight")
+    seven = copy.deepcopy(model)
 
     assert stability.perturb(model, kind) == len(weights)
+    stability.perturb(seven, kind, weight_bits=7)
 
     after = model.state_dict()
     for name, old in before.items():
@@ -544,6 +547,8 @@ def test_weight_perturbations_round_every_linear_and_the_embedding_and_nothing_e
             assert torch.equal(new, old), name  # biases, layer norms, positions untouched
         elif kind == "int8-weights":
             assert torch.equal(new, dequantize_weight(*quantize_weight(old, per_channel=True))), name
+            rounded = dequantize_weight(*quantize_weight(old, per_channel=True, bits=7))
+            assert torch.equal(seven.state_dict()[name], rounded), name  # --weight-bits 7
         else:
             dtype = torch.float16 if kind == "fp16-weights" else torch.bfloat16
             assert torch.equal(new, old.to(dtype).float()) and not torch.equal(new, old), name
@@ -748,9 +753,11 @@ def test_variants_expand_noise_per_scale_and_seed_then_models():
         seeds=[0, 1],
         layers=[],
         model=[Path("m")],
+        weight_bits=7,
     )
 
     got = [(v.name, v.kind, v.seed, v.scale, v.model_dir) for v in stability.variants_of(args)]
+    assert {v.weight_bits for v in stability.variants_of(args) if v.kind} == {7}
 
     assert got == [
         ("int8-weights", "int8-weights", 0, 1.0, None),
@@ -770,6 +777,7 @@ def test_layer_groups_repeat_every_perturbation_per_group():
         seeds=[0],
         layers=["encoder.*", "decoder.blocks.*.mlp.0,decoder.token_embedding", "encoder.*"],
         model=[],
+        weight_bits=8,
     )
 
     got = [(v.name, v.layers) for v in stability.variants_of(args)]

@@ -22,6 +22,7 @@ from whisper_int8.calibrate import (
     check_calibrated_on,
     load_calibration,
     prepare,
+    sensitivity,
 )
 from whisper_int8.fsutil import sha256_file
 from whisper_int8.fuse import fuse_model
@@ -323,3 +324,25 @@ def test_a_stage_refuses_a_folder_of_other_files_before_the_work(tmp_path, stage
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: {out}: holds notes.txt, which this output does not"), proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted([its_own, "notes.txt"])
+
+
+def test_sensitivity_is_pinned_to_8_bit_activations_whatever_the_environment(tmp_path, monkeypatch):
+    """WHISPER_INT8_ACTIVATION_BITS=7 (or a CPU's choice) must not move sensitivity.json: DVC does not
+    see it, and auto_keep_float_k would keep other layers in float, a different int8.pt."""
+    from whisper_int8.quant import cpu as qcpu
+
+    model = make_tiny_whisper()
+    fuse_model(model)
+    samples = list(prepare(read_manifest(write_split(tmp_path / "split"))[:1], model))
+    pinned = sensitivity(model, samples, progress=False)
+    monkeypatch.setitem(qcpu._REDUCE_RANGE, 7, True)  # 7-bit activations, as WHISPER_INT8_ACTIVATION_BITS=7
+    assert sensitivity(model, samples, progress=False) == pinned
+    assert qcpu._REDUCE_RANGE[7] is True  # restored after the ranking
+    with qcpu.activations_pinned(weight_bits=7, bits=7):  # what the pin prevents: other values
+        q = qcpu.DynamicInt8Linear.from_float(model.decoder.blocks[0].mlp[0], per_channel=True, bits=7)
+        x = torch.randn(4, q.in_features)
+        seven = q(x)
+    with qcpu.activations_pinned(weight_bits=7, bits=8):
+        assert not torch.equal(q(x), seven)
+    with pytest.raises(ValueError, match="beside 7-bit weights only"):
+        qcpu.activations_pinned(weight_bits=8, bits=8).__enter__()

@@ -128,7 +128,7 @@ def test_7_bit_weights_take_8_bit_activations_and_compute_the_same_with_or_witho
 
 @pytest.mark.skipif(not cpu.fbgemm_vnni(), reason="needs fbgemm's AVX-512 VNNI kernels")
 def test_8_bit_activations_are_closer_to_float_where_vnni_runs_them():
-    """The reason for the default: on VNNI the 8th bit halves the activation rounding, no saturation."""
+    """Why 8-bit weights take 8-bit activations on VNNI: the 8th bit halves the activation rounding."""
     from whisper_int8.quant import cpu as qcpu
 
     torch.manual_seed(0)

@@ -454,3 +454,19 @@ def test_the_fused_digest_is_the_one_its_card_records(tmp_path, dirs):
     del card["weights_sha256"]
     (fused / "model_card.json").write_text(json.dumps(card))
     assert fused_digest(fused) == sha256_file(fused / "fused.pt")
+
+
+def test_activation_bits_of_follow_the_saved_weight_bits_and_a_damaged_config_is_one_line(tmp_path):
+    from whisper_int8.cpu import activation_bits
+    from whisper_int8.model_dir import activation_bits_of
+
+    assert activation_bits_of(tmp_path) is None  # no quant_config.json: not INT8
+    saved = tmp_path / "quant_config.json"
+    saved.write_text(json.dumps({"config": {"weight_bits": 7}}))
+    assert activation_bits_of(tmp_path) == activation_bits(7) == 8  # on every CPU
+    saved.write_text(json.dumps({"config": {}}))  # written before the key: 8-bit weights
+    assert activation_bits_of(tmp_path) == activation_bits(8)
+    for damaged in ([1], {"config": {"weight_bits": "7"}}, {"config": {"weight_bits": True}}):
+        saved.write_text(json.dumps(damaged))
+        with pytest.raises(ModelSourceError, match=r"quant_config.json: .*config.weight_bits: 7 or 8.*rerun"):
+            activation_bits_of(tmp_path)

@@ -39,7 +39,7 @@ from .model_dir import check_languages, fused_digest
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
 from .quant.convert import EMBEDDING, linear_names
-from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, set_engine
+from .quant.cpu import DynamicInt8Linear, Int8TiedEmbedding, activations_pinned, set_engine
 from .stage_files import load_tensors, read_json
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,10 @@ def sensitivity(model: Whisper, samples: list[Sample], progress: bool = True) ->
 
     Encoder layers re-run the encoder from their own block on (cached FP32 inputs), decoder layers
     reuse the FP32 audio features: the cost is a fraction of full passes. Weights are 7-bit and
-    activations 8-bit (``quant.weight_bits``' default): no fbgemm kernel saturates then, so every x86
-    CPU computes the same ranking, and the layers ``auto_keep_float_k`` keeps in float do not depend on
-    the machine that ran ``dvc repro`` (unless WHISPER_INT8_ACTIVATION_BITS pins 7 bits).
+    activations 8-bit (``quant.weight_bits``' default), pinned: no fbgemm kernel saturates then, so
+    every x86 CPU computes the same ranking, and the layers ``auto_keep_float_k`` keeps in float depend
+    neither on the machine that ran ``dvc repro`` nor on WHISPER_INT8_ACTIVATION_BITS, which DVC does
+    not see.
     """
     set_engine("x86")
     states = [_encoder_states(model, s.mel) for s in samples]
@@ -178,26 +179,34 @@ def sensitivity(model: Whisper, samples: list[Sample], progress: bool = True) ->
     ref = [model.logits(s.tokens, f) for s, f in zip(samples, feats, strict=True)]
     names = [*linear_names(model), EMBEDDING]
     result = {}
-    for name in tqdm(names, desc="sensitivity", unit="layer", disable=not progress):
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent)
-        float_mod = getattr(owner, child)
-        if name == EMBEDDING:
-            q: nn.Module = Int8TiedEmbedding.from_float(float_mod, bits=7)
-        else:
-            q = DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7)
-        setattr(owner, child, q)
-        try:
-            if name.startswith("encoder.blocks."):
-                block = int(name.split(".")[2])
-                feats_q = [_encode_from(model, st, block) for st in states]
-            else:
-                feats_q = feats
-            got = [model.logits(s.tokens, f) for s, f in zip(samples, feats_q, strict=True)]
-        finally:
-            setattr(owner, child, float_mod)
-        result[name] = _rel_error(got, ref)
+    with activations_pinned(weight_bits=7, bits=8):
+        for name in tqdm(names, desc="sensitivity", unit="layer", disable=not progress):
+            result[name] = _one_layer_error(model, name, samples, states, feats, ref)
     return result
+
+
+def _one_layer_error(
+    model: Whisper, name: str, samples: list[Sample], states: list, feats: list, ref: list
+) -> float:
+    """Relative logit error with only ``name`` INT8 (7-bit weights), the rest of ``model`` float."""
+    parent, _, child = name.rpartition(".")
+    owner = model.get_submodule(parent)
+    float_mod = getattr(owner, child)
+    if name == EMBEDDING:
+        q: nn.Module = Int8TiedEmbedding.from_float(float_mod, bits=7)
+    else:
+        q = DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7)
+    setattr(owner, child, q)
+    try:
+        if name.startswith("encoder.blocks."):
+            block = int(name.split(".")[2])
+            feats_q = [_encode_from(model, st, block) for st in states]
+        else:
+            feats_q = feats
+        got = [model.logits(s.tokens, f) for s, f in zip(samples, feats_q, strict=True)]
+    finally:
+        setattr(owner, child, float_mod)
+    return _rel_error(got, ref)
 
 
 @torch.no_grad()

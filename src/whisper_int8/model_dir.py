@@ -16,7 +16,7 @@ from .languages import model_languages
 from .mapped_pages import drop_table_pages_after_lookups, unmap_resident_pages
 from .model_sources import ModelSourceError, check_heads, load_checkpoint
 from .params import ParamError
-from .quant.config import DEFAULTS, parse_quant_config, resolve_backend
+from .quant.config import DEFAULTS, WEIGHT_BITS, parse_quant_config, resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
 from .stage_files import CARD, CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
@@ -107,8 +107,15 @@ def activation_bits_of(path: Path | str) -> int | None:
     qcfg = Path(path) / QUANT_CONFIG
     if not qcfg.is_file():
         return None
-    config = read_json(qcfg, CONVERT_STAGE).get("config")
-    return activation_bits(config.get("weight_bits", 8) if isinstance(config, dict) else 8)
+    saved = read_json(qcfg, CONVERT_STAGE)
+    config = saved.get("config") if isinstance(saved, dict) else None
+    bits = config.get("weight_bits", 8) if isinstance(config, dict) else None
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        raise ModelSourceError(
+            f"{qcfg}: not a quant_config.json this version reads (config.weight_bits: 7 or 8); "
+            f"rerun {CONVERT_STAGE}"
+        )
+    return activation_bits(bits)
 
 
 def fused_digest(root: Path | str) -> str:

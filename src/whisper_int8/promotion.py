@@ -118,9 +118,10 @@ def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
 
     Two models' error rates are comparable only when this matches (see ``check_against_champion``).
     ``warmup`` changes timings only. The ``host`` and ``int8_activation_bits`` do not: the CPU's
-    kernels and the INT8 activation bits (7 or 8) move transcripts, so a candidate evaluated on another
-    machine than the champion is compared by its increase over FP32 instead. So is one scored by another
-    ``scoring.py``.
+    kernels and the INT8 activation bits (7 or 8: from the CPU, WHISPER_INT8_ACTIVATION_BITS and the
+    model's ``quant.weight_bits``) move transcripts, so a candidate evaluated on another machine than
+    the champion, or with other activation bits, is compared by its increase over FP32 instead. So is
+    one scored by another ``scoring.py``.
     """
     config = {k: v for k, v in report.get("config", {}).items() if k != "warmup"}
     clips = sha256_file(manifest) if manifest is not None and manifest.is_file() else "unknown"

@@ -39,11 +39,31 @@ def _reduce_range(weight_bits: int) -> bool:
     return _REDUCE_RANGE[weight_bits]
 
 
+@contextmanager
+def activations_pinned(weight_bits: int, bits: int) -> Iterator[None]:
+    """Layers with ``weight_bits`` weights take ``bits``-bit activations inside, whatever the CPU and
+    WHISPER_INT8_ACTIVATION_BITS say: for results that must not depend on them (the sensitivity
+    ranking). Only combinations that cannot saturate: 8-bit activations need 7-bit weights."""
+    if bits == 8 and weight_bits != 7:
+        raise ValueError("8-bit activations are safe on every CPU beside 7-bit weights only")
+    saved = _REDUCE_RANGE.get(weight_bits)
+    _REDUCE_RANGE[weight_bits] = bits == 7
+    try:
+        yield
+    finally:
+        if saved is None:
+            del _REDUCE_RANGE[weight_bits]
+        else:
+            _REDUCE_RANGE[weight_bits] = saved
+
+
 def code_bits(q: Tensor) -> int:
     """7 when int8 weight codes keep within +-64 (:data:`WEIGHT_LEVELS`), else 8: read from the codes
     themselves, so a model converted with either ``quant.weight_bits`` runs right on every CPU."""
-    levels = WEIGHT_LEVELS[7]
-    return 7 if q.numel() == 0 or (int(q.amax()) <= levels and int(q.amin()) >= -levels) else 8
+    if q.numel() == 0:
+        return 7
+    low, high = torch.aminmax(q)
+    return 7 if -WEIGHT_LEVELS[7] <= int(low) and int(high) <= WEIGHT_LEVELS[7] else 8
 
 
 _PACK = True  # False inside unpacked()
@@ -242,7 +262,7 @@ class OutlierInt8Linear(DynamicInt8Linear):
 
     The input of an MLP's output projection (after GELU) holds a few channels tens of times larger
     than the rest; one per-call activation range stretched over them leaves the other channels a few
-    7-bit levels. Here the ``outliers`` channels where calibration saw the largest |x| multiply a float
+    levels. Here the ``outliers`` channels where calibration saw the largest |x| multiply a float
     copy of their weight columns, and the int8 GEMM sees the input with those channels zeroed (its
     range set by the others) against weights whose columns there are zero. Measured on Whisper base
     (relative logit error, that layer alone INT8, 9 calibration clips): decoder.blocks.2.mlp.2 0.276

@@ -2,11 +2,12 @@
 logits GEMM of the tied embedding) becomes an ``nn.Linear`` whose weight is a torchao ``Int8Tensor``.
 
 The ``Int8Tensor`` is built from the saved int8 weights and scales themselves, not re-quantized:
-torchao's own quantizer would pick absmax / 127.5 where the saved scale is absmax / 127, changing
-both ``q`` and ``scale``. Per-channel and per-tensor weight scales both carry over. What differs from
-CPU is the activations: ``dynamic`` quantizes them per token (symmetric, 8 bit) where fbgemm uses one
-7-bit range per call; ``weight_only`` multiplies float activations by the int8 weight (the logits
-too, which CPU runs dynamic). ``static`` is CPU-only: its calibrated activation scales are fbgemm
+torchao's own quantizer would pick absmax / 127.5 where the saved scale is absmax / 127 (absmax / 64
+with ``quant.weight_bits: 7``), changing both ``q`` and ``scale``. Per-channel and per-tensor weight
+scales both carry over. What differs from CPU is the activations: ``dynamic`` quantizes them per
+token (symmetric, 8 bit) where fbgemm uses an asymmetric 7- or 8-bit range per token or per call;
+``weight_only`` multiplies float activations by the int8 weight (the logits too, which CPU runs
+dynamic). ``static`` is CPU-only: its calibrated activation scales are fbgemm
 quint8 ranges that torchao's kernels do not reproduce.
 """
 

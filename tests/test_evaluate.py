@@ -282,7 +282,7 @@ def test_stage_with_a_truncated_baseline_or_an_undecodable_clip_exits_2_with_one
     split = _split_with(tmp_path, b"RIFF\x24\x00\x00\x00WAVEfmt ")  # wave and ffmpeg both give up
     tiny_model_dir(tmp_path / "fp32")
     (tmp_path / "int8").mkdir()  # checked for its kind before any work, never loaded here
-    (tmp_path / "int8" / "quant_config.json").write_text("{}")
+    (tmp_path / "int8" / "quant_config.json").write_text('{"config": {"weight_bits": 7}}')
     (tmp_path / "base.json").write_text('{"config": {"split": ')
     evaluate = {"split": str(split), "device": "cpu", "max_tokens": 4, "warmup": 0}
     models = {"fp32": str(tmp_path / "fp32"), "int8": str(tmp_path / "int8")}

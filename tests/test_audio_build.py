@@ -536,3 +536,28 @@ def test_no_calibration_clip_in_any_language_stops_the_build(tmp_path):
     with pytest.raises(AudioInputError, match="audio.calib_per_lang: no calibration clip in any language"):
         run_build(tmp_path, {**p, "eval_per_lang": 2})
     assert {f: f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()} == before
+
+
+def test_processes_sharing_the_cache_fetch_a_package_once(tmp_path, monkeypatch):
+    """A second process (parallel `dvc exp run` jobs, test workers) waits for the first one's fetch
+    and reads its copy, instead of downloading again and replacing it under the first one's readers."""
+    import fcntl
+
+    from whisper_int8.audio import asterisk
+
+    package = "asterisk-core-sounds-zz"
+    fetched = []
+    monkeypatch.setattr(asterisk, "_fetch", lambda name, root: fetched.append(name))
+    (tmp_path / "debian").mkdir()
+    found = []
+    with open(tmp_path / "debian" / f".{package}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first process, fetching
+        waiter = threading.Thread(target=lambda: found.append(ensure_package(package, tmp_path)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not found  # waits for the lock
+        root = tmp_path / "debian" / package
+        root.mkdir()
+        (root / ".complete").write_text("asterisk-core-sounds-zz_1.0_all.deb\n")
+    waiter.join(timeout=10)
+    assert found == [root] and fetched == []  # the first one's copy, no second download

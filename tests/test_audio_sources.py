@@ -16,6 +16,9 @@ from whisper_int8.audio import asterisk, kokoro
 from whisper_int8.audio.sentences import SENTENCES
 from whisper_int8.audio.wavio import SAMPLE_RATE
 
+# downloads and synthesized clips in the repository's cache/: one xdist worker at a time (Makefile)
+pytestmark = pytest.mark.xdist_group("repo-cache")
+
 
 def test_parse_transcripts_drops_comments_and_bracketed_notes(tmp_path):
     path = tmp_path / "core-sounds-xx.txt.gz"

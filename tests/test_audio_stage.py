@@ -13,6 +13,9 @@ import yaml
 from tests.conftest import REPO, run_dvc
 from whisper_int8.audio import read_manifest
 
+# downloads and synthesized clips in the repository's cache/: one xdist worker at a time (Makefile)
+pytestmark = pytest.mark.xdist_group("repo-cache")
+
 STAGE = [sys.executable, str(REPO / "stages" / "fetch_audio.py")]
 
 

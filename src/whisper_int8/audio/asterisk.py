@@ -8,6 +8,7 @@ installed.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import logging
 import re
@@ -56,6 +57,8 @@ def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
 
     An installed package is used in place when ``probe`` exists under ``/`` (slim images often drop
     ``/usr/share/doc`` at install time; then the package is unpacked into the cache instead).
+    Processes sharing the cache (parallel ``dvc exp run`` jobs, test workers) take turns on a lock file
+    per package: the second finds the first one's copy instead of replacing it under its readers.
     """
     found = _located(package, cache, probe)
     if found is not None:
@@ -67,6 +70,17 @@ def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
                 f"{package}: cannot fetch the Debian package: {tool} not found (needs a Debian system)"
             )
     root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{package}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        found = _located(package, cache, probe)
+        if found is not None:  # another process fetched it while this one waited
+            return found
+        _fetch(package, root)
+    return root
+
+
+def _fetch(package: str, root: Path) -> None:
+    """Download ``package`` and unpack it into ``root`` (marked complete), replacing any partial copy."""
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{package}.") as tmp:
         log.info("downloading Debian package %s", package)
         proc = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, capture_output=True, text=True)
@@ -82,9 +96,8 @@ def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
         if proc.returncode != 0:
             raise AudioInputError(f"{debs[0].name}: cannot unpack ({proc.stderr.strip()})")
         (unpacked / ".complete").write_text(debs[0].name + "\n")
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)  # a copy whose unpacking was interrupted
         unpacked.rename(root)
-    return root
 
 
 def package_version(package: str, cache: Path, probe: str = str(SOUNDS)) -> str | None:

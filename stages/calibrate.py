@@ -1,5 +1,7 @@
 """Stage calibrate: activation statistics and per-layer INT8 sensitivity of models/fused."""
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.audio import first_per_language, read_manifest
 from whisper_int8.calibrate import CALIBRATION_FILES, calibrate, calibrate_settings
 from whisper_int8.cli_common import run, stage_parser

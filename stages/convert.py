@@ -2,6 +2,8 @@
 
 import logging
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.params import load_params, section
 from whisper_int8.quant.config import parse_quant_config

@@ -9,6 +9,8 @@ evaluates both.
 import logging
 from pathlib import Path
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import host_summary

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.audio.build import build, parse_params
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.params import load_params, section

@@ -1,5 +1,7 @@
 """Stage fetch_model: resolve params.yaml model.source into an FP32 openai-whisper checkpoint."""
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fetch import FP32_DIR_FILES, fetch_model
 from whisper_int8.fsutil import check_dir_output

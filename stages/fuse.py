@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fsutil import atomic_dir, check_dir_output
 from whisper_int8.fuse import FUSED_DIR_FILES, fuse_model, save_fused_dir

@@ -7,6 +7,8 @@ A refusal exits 0 and prints ``not promoted: <reasons>`` unless ``gate.fail_on_r
 from dataclasses import replace
 from pathlib import Path
 
+import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
+
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import model_dirs
 from whisper_int8.gate import gate_config

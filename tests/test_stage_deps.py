@@ -135,3 +135,29 @@ def test_evaluate_stages_watch_the_split_and_models_params_yaml_names(dvc_repo, 
     assert "models/int8_sq" not in deps["evaluate_fp32"] and "data/eval" not in deps["evaluate_fp32"]
     assert {"data/eval_large", "models/int8_sq"} <= deps["evaluate"] and "models/int8" not in deps["evaluate"]
     assert "models/fp32" in deps["convert"]  # convert measures it for the card's size ratio
+
+
+def test_every_stage_script_checks_its_environment_before_the_projects_imports():
+    """Run by a Python without the venv (dvc repro with the wrong PATH), a stage says so in one line."""
+    for script in sorted((REPO / "stages").glob("[!_]*.py")):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = [n.names[0].name if isinstance(n, ast.Import) else n.module for n in imports]
+        assert "_preflight" in names, script.name
+        project = [i for i, name in enumerate(names) if name and name.split(".")[0] == "whisper_int8"]
+        assert names.index("_preflight") < min(project), script.name
+
+
+def test_a_stage_run_without_the_venv_says_how_to_get_it():
+    import subprocess
+    import sys
+
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    probe = "import importlib.util as u; print(u.find_spec('whisper_int8') is None)"
+    bare = base.is_file() and subprocess.run([base, "-c", probe], capture_output=True, text=True).stdout
+    if bare != "True\n":
+        pytest.skip("no Python without the project's packages here")
+    proc = subprocess.run([base, str(REPO / "stages" / "fuse.py")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {base} cannot import whisper_int8")
+    assert "PATH=$PWD/.venv/bin:$PATH dvc repro" in proc.stderr

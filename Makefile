@@ -58,8 +58,9 @@ $(STAMP): pyproject.toml constraints.txt
 repro: setup  ## run the whole DVC pipeline on the embedded defaults
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# pytest-xdist workers (make test TEST_WORKERS=auto: one per core; 0: in this process). Two halve the
-# suite's time on 2 cores (8.5 -> 5.3 min): many tests wait on subprocesses (dvc, MLflow, stages).
+# pytest-xdist workers (make test TEST_WORKERS=auto: one per core; 0: in this process). Two cut the
+# suite's time on 2 cores by a third or more (README "Tests"): many tests wait on subprocesses (dvc,
+# MLflow, stages).
 # Tests sharing the repository's download cache run on one worker (xdist_group "repo-cache").
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup

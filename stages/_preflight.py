@@ -2,7 +2,9 @@
 
 DVC runs ``python stages/...`` with whichever ``python`` PATH finds first. Outside the project's venv
 that Python lacks its packages, and the first import would end in a ModuleNotFoundError traceback
-naming a module, not the fix. (Only looked up, not imported: no cost when they are there.)
+naming a module, not the fix. (Only looked up, not imported: no cost when they are there.) Found
+as the script's neighbour: run the stages as ``python stages/<name>.py`` (``python -P`` or ``-I``
+leave the script's folder off ``sys.path``).
 """
 
 import importlib.util

@@ -548,11 +548,19 @@ def test_processes_sharing_the_cache_fetch_a_package_once(tmp_path, monkeypatch)
     package = "asterisk-core-sounds-zz"
     fetched = []
     monkeypatch.setattr(asterisk, "_fetch", lambda name, root: fetched.append(name))
+    monkeypatch.setattr(asterisk.shutil, "which", lambda tool: f"/usr/bin/{tool}")  # apt-get, dpkg-deb
     (tmp_path / "debian").mkdir()
-    found = []
+    found: list = []
+
+    def second_process() -> None:
+        try:
+            found.append(ensure_package(package, tmp_path))
+        except Exception as e:  # shown by the assertion below, not lost in the thread
+            found.append(e)
+
     with open(tmp_path / "debian" / f".{package}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first process, fetching
-        waiter = threading.Thread(target=lambda: found.append(ensure_package(package, tmp_path)))
+        waiter = threading.Thread(target=second_process)
         waiter.start()
         waiter.join(timeout=1.0)
         assert waiter.is_alive() and not found  # waits for the lock

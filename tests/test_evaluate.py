@@ -241,6 +241,12 @@ def _stage_module():
     """stages/evaluate.py as a module (its ``__main__`` block does not run)."""
     import importlib.util
 
+    if "_preflight" not in sys.modules:
+        # what `import _preflight` finds when the script runs (its directory first on sys.path); not by
+        # putting stages/ on sys.path here: its evaluate.py would shadow the `evaluate` package
+        pre = importlib.util.spec_from_file_location("_preflight", REPO / "stages" / "_preflight.py")
+        sys.modules["_preflight"] = importlib.util.module_from_spec(pre)
+        pre.loader.exec_module(sys.modules["_preflight"])
     spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "stages" / "evaluate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -103,3 +103,33 @@ def test_an_output_where_nothing_can_be_written_is_refused_before_the_work():
         check_file_output("/proc/p.json")
     with pytest.raises(OutputConflictError, match=r"^/proc: cannot write there"):
         check_dir_output("/proc/no/such/out")
+
+
+def test_file_lock_makes_the_second_holder_wait_and_works_on_a_read_only_lock_file(tmp_path, caplog):
+    """Processes sharing a cache take turns (flock, so threads with their own descriptor too); a lock
+    file another user created (not writable here) still locks."""
+    import logging
+    import os
+    import threading
+
+    from whisper_int8.fsutil import file_lock
+
+    path = tmp_path / ".work.lock"
+    order: list[str] = []
+
+    def second_holder() -> None:
+        with file_lock(path, "waiting for the first"):
+            order.append("second")
+
+    with caplog.at_level(logging.INFO, logger="whisper_int8.fsutil"):
+        with file_lock(path):
+            second = threading.Thread(target=second_holder)
+            second.start()
+            second.join(timeout=0.5)
+            assert second.is_alive()  # waits
+            order.append("first")
+        second.join(timeout=10)
+    assert order == ["first", "second"] and "waiting for the first" in caplog.text
+    os.chmod(path, 0o444)
+    with file_lock(path):  # read access suffices
+        pass

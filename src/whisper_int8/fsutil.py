@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` against other processes and threads (each opens its own).
+
+    For work on a cache that several processes share (parallel ``dvc exp run`` jobs, test workers):
+    the second waits and then finds the first one's result. The file is created when missing and left
+    behind (removing it would race with a waiter); read access is enough, so a cache another user
+    created works too. ``waiting``: logged when another holder makes this one wait.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.info("%s", waiting)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:

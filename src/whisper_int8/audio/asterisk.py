@@ -8,7 +8,6 @@ installed.
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import logging
 import re
@@ -17,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..fsutil import file_lock
 from .errors import AudioInputError
 from .manifest import Item
 from .wavio import decode_file
@@ -70,8 +70,7 @@ def ensure_package(package: str, cache: Path, probe: str = "usr/share") -> Path:
                 f"{package}: cannot fetch the Debian package: {tool} not found (needs a Debian system)"
             )
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{package}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with file_lock(root.parent / f".{package}.lock", f"waiting for another process fetching {package}"):
         found = _located(package, cache, probe)
         if found is not None:  # another process fetched it while this one waited
             return found

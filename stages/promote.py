@@ -1,7 +1,8 @@
 """Stage promote: log the pipeline to MLflow, register the INT8 model, move the alias if the gate passes.
 
 Always runs (``always_changed`` in dvc.yaml): DVC's run cache must never skip the logging or the gate.
-A refusal exits 0 and prints ``not promoted: <reasons>`` unless ``gate.fail_on_reject`` is true.
+A refusal exits 0 and prints ``not promoted: <reasons>``; with ``gate.fail_on_reject`` it exits 3
+(:data:`~whisper_int8.gate.REFUSED_EXIT`), which a CI job can tell from a bad input (2) and a crash (1).
 """
 
 from dataclasses import replace
@@ -11,7 +12,7 @@ import _preflight  # noqa: F401  (without the venv: one line saying how, not a t
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import model_dirs
-from whisper_int8.gate import gate_config
+from whisper_int8.gate import REFUSED_EXIT, gate_config
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import PromoteInputs, mlflow_config, promote
 from whisper_int8.transcribe import decode_options
@@ -64,7 +65,7 @@ def main(args) -> int:
     held = result["champion_version"]
     stays = f"version {held} stays @{cfg.alias}" if held else f"no version holds @{cfg.alias}"
     print(f"not promoted: {'; '.join(result['reasons'])} ({stays})")
-    return 1 if gate.fail_on_reject else 0
+    return REFUSED_EXIT if gate.fail_on_reject else 0
 
 
 if __name__ == "__main__":

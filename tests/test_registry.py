@@ -105,10 +105,10 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     # The stage's default artifact root is mlruns/ beside params.yaml, not MLflow's own default.
     assert (tmp_path / "mlruns").is_dir()
 
-    # CI mode: the same refusal exits 1. Regression: each rerun of a refused state registered another
+    # CI mode: the same refusal exits 3 (not a crash's 1 or a bad input's 2). Regression: each rerun of a refused state registered another
     # copy of it (a registry of identical versions); it judges version 2 again instead.
     ci = run_promote(tmp_path, rep_bad, model_dirs, uri, fail_on_reject=True)
-    assert ci.returncode == 1 and "not promoted: wer/en +2.00 pp" in ci.stdout
+    assert ci.returncode == 3 and "not promoted: wer/en +2.00 pp" in ci.stdout
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
     assert json.loads((tmp_path / "metrics" / "gate.json").read_text())["version"] == 2
     assert client.get_model_version(MODEL, "2").tags["validation_status"] == "failed"
@@ -190,8 +190,8 @@ def test_unreachable_server_exits_2_with_one_line(tmp_path, model_dirs):
 
 
 def test_a_damaged_eval_json_exits_2_with_one_line_not_as_a_refusal(tmp_path, model_dirs):
-    """Regression: a hand-edited eval.json without a metric was a KeyError traceback, exit 1: what a
-    refusal under gate.fail_on_reject exits with."""
+    """Regression: a hand-edited eval.json without a metric was a KeyError traceback, exit 1; a user
+    error exits 2, a refusal under gate.fail_on_reject 3."""
     rep = report({"en": 10.0}, {"en": 10.0})
     del rep["comparison"]["speedup"]
     proc = run_promote(tmp_path, rep, model_dirs, fresh_tracking_uri(tmp_path), fail_on_reject=True)

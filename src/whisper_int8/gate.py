@@ -20,6 +20,9 @@ ACCURACY_PREFIXES = ("wer/", "cer/", "error_rate/")
 DELTA_PREFIXES = ("wer_delta/", "cer_delta/", "error_rate_delta/")
 # Rates are 100 * errors / words: a delta of exactly 0.5 pp can come out as 0.5000000000000004.
 FLOAT_SLACK_PP = 1e-9
+# The promote stage's exit status for a refusal under ``fail_on_reject``: not 1 (a crash, a Python
+# traceback) nor 2 (a bad input or param, cli_common), so CI can tell "the model is worse" from both.
+REFUSED_EXIT = 3
 
 
 @dataclass(frozen=True)

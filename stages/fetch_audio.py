@@ -11,7 +11,7 @@ from whisper_int8.params import load_params, section
 
 def main(args) -> None:
     params = parse_params(section(load_params(args.params), "audio", args.params), args.params)
-    summary = build(params, Path(args.calibration), Path(args.eval), Path(args.summary))
+    summary = build(params, Path(args.calibration), Path(args.eval), Path(args.summary), args.params)
     for split, s in summary["splits"].items():
         print(f"{split}: {s['clips']} clips, {s['minutes']:.1f} min")
     if summary["skipped"]["count"]:

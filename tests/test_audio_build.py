@@ -175,6 +175,8 @@ def test_a_mistyped_or_empty_source_stops_before_any_clip_is_decoded(tmp_path, m
         ParamError, match=r"^params.yaml: audio.sources: local:recordigs/: not found \(looked in"
     ):
         run_build(tmp_path, typo)
+    with pytest.raises(ParamError, match=r"^/tmp/p.yaml: audio.sources: local:recordigs/: not found"):
+        build(parse_params(typo), tmp_path / "c", tmp_path / "e", tmp_path / "s.json", "/tmp/p.yaml")
     (tmp_path / "empty").mkdir()
     no_en = params(f"local:{good}", ("de", "en"), calib=1, evals=2)
     no_en["sources"] = {f"local:{good}": ["de"], f"local:{tmp_path / 'empty'}": ["en"]}

@@ -453,15 +453,18 @@ def _check_disjoint(chosen: dict[str, list]) -> None:
                 )
 
 
-def build(params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path) -> dict:
-    """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched."""
+def build(
+    params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path, where: str = "params.yaml"
+) -> dict:
+    """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched.
+    ``where``: the parameter file ``params`` came from, named by an error in them."""
     check_apart(calib_dir, eval_dir, summary_path)  # before any work: one would replace the other
     check_file_output(summary_path)  # and so before either split is replaced
     for split_dir in (calib_dir, eval_dir):
         check_dir_output(split_dir, (MANIFEST, AUDIO_DIR))
     for spec in params.sources:  # a mistyped path: before any source is fetched
         if spec.startswith("local:"):
-            local.check_source(spec[len("local:") :])
+            local.check_source(spec[len("local:") :], where)
     policy = ErrorPolicy(params.on_error)
     pooled = collect(params, policy)
     total = len(params.languages) * (params.calib_per_lang + params.eval_per_lang)

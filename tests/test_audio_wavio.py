@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import wave
 from pathlib import Path
@@ -89,6 +90,28 @@ def test_a_wav_written_to_a_pipe_is_not_taken_for_truncated(tmp_path, layout):
     path = tmp_path / "s.wav"
     path.write_bytes(streamed)
     assert len(decode_file(path)) == SAMPLE_RATE and len(load_audio(path)) == SAMPLE_RATE
+
+
+def test_a_recording_stopped_mid_write_reads_its_whole_frames(tmp_path):
+    """Regression: a streamed WAV (placeholder length) ending mid-sample was numpy's "buffer size must be
+    a multiple of element size", naming no file; one whose writer left 0 as the length read as empty."""
+    pcm = (0.3 * 32767 * np.sin(np.arange(16000) / 5)).astype("<i2")
+    head = wav_bytes(pcm)[:44]  # the canonical 44-byte header, then the samples
+    for size, tail, frames in ((0xFFFFFFFF, b"\x01", 16000), (0, b"", 16000), (0, b"\x01", 16000)):
+        path = tmp_path / f"s{size}-{len(tail)}.wav"
+        path.write_bytes(head[:40] + size.to_bytes(4, "little") + pcm.tobytes() + tail)
+        np.testing.assert_array_equal(read_wav(path), pcm.astype(np.float32) / 32768.0)
+        assert len(load_audio(path)) == frames == len(decode_file(path))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(head[:40] + bytes(4))  # a header and no sample: empty, not streamed
+    assert read_wav(empty).size == 0
+
+
+def test_a_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
+    """Regression: a folder (or a file without read permission) was an IsADirectoryError or
+    PermissionError traceback in the CLI and a generic HTTP 500 from a server."""
+    with pytest.raises(AudioInputError, match=rf"^{re.escape(str(tmp_path))}: cannot be read \(Is a directory\)$"):
+        load_audio(tmp_path)
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import shutil
 import subprocess
 import wave
@@ -130,23 +131,34 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
 
 
 # A WAV written to a pipe cannot seek back to its header: it declares a placeholder length there
-# (0xFFFFFFFF from ffmpeg, 0x7FFFF000 from sox, 0x7FFFFFFF from arecord); no length check for those.
+# (0xFFFFFFFF from ffmpeg, 0x7FFFF000 from sox, 0x7FFFFFFF from arecord, 0 from some streaming
+# writers); for those, every whole frame the file holds is read and nothing is checked against it.
 STREAMED_WAV_BYTES = 0x7FFFF000
 
 
 def _canonical_samples(path: Path | str, max_seconds: float | None = None) -> np.ndarray | None:
     """The int16 samples of a 16 kHz mono 16-bit PCM WAV (its first ``max_seconds``), None for any
     other file. A PCM WAV cut short (a copy or download stopped part-way) is an error: ffmpeg would
-    decode the part that is there."""
+    decode the part that is there. A file that cannot be opened (permissions, a folder) is one too."""
     try:
-        with wave.open(str(path), "rb") as w:
+        with open(path, "rb") as f:
+            try:
+                w = wave.open(f, "rb")  # reads the header; ``f`` is then at the first sample
+            except (wave.Error, EOFError):
+                return None
             layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
             frames, frame_bytes = w.getnframes(), w.getnchannels() * w.getsampwidth()
+            held = os.fstat(f.fileno()).st_size - f.tell()
+            streamed = frames * frame_bytes >= STREAMED_WAV_BYTES or (frames == 0 and held > 0)
+            if streamed:  # a recording stopped mid-sample: its whole frames
+                frames = held // frame_bytes
             wanted = frames if max_seconds is None else min(frames, math.ceil(max_seconds * w.getframerate()))
-            data = w.readframes(wanted)
-    except (wave.Error, EOFError):
-        return None
-    if len(data) < frame_bytes * wanted and frame_bytes * frames < STREAMED_WAV_BYTES:
+            data = f.read(frame_bytes * wanted)
+    except (FileNotFoundError, AudioInputError):
+        raise
+    except OSError as e:
+        raise AudioInputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(data) < frame_bytes * wanted:
         raise AudioInputError(
             f"{path}: truncated WAV ({len(data) // frame_bytes} of the {frames} frames its header declares); "
             "copy or fetch it again"

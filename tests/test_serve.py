@@ -132,6 +132,11 @@ def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatc
         ({"audio": 0.5}, r"audio samples: 1 sample\(s\), 0.06 ms at 16 kHz: too short for speech"),
         ({"audio": [[0.1, 0.1], [0.2, 0.2], [0.1, 0.0]]}, r"3 records of 2 numbers each, as in the frames"),
         ({"audio": samples.tolist(), "sample_rate": 16}, r"sample_rate=16 must be .* from 1000 to 384000"),
+        # (a review) base64 sent for a path was an OSError (name too long), echoed whole; a folder an
+        # IsADirectoryError; a language of another type was dropped (detected instead)
+        ({"audio": "UklGR" * 400}, r"^audio: UklGR.*\.\.\. \(2000 characters\) is no file path \(File name too long\)"),
+        ({"audio": str(tmp_path)}, r"audio file not found"),
+        ({"audio": str(tracking["wav"]), "language": ["de"]}, r"^language must be a code or name .* got \[.de.\]$"),
     ]:
         with pytest.raises(InputError, match=message):
             model.predict(request)
@@ -201,6 +206,20 @@ def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkey
     two_seconds = pd.DataFrame({"audio": [np.full(16000, 0.1, np.float32)], "sample_rate": [8000]})
     with pytest.raises(InputError, match=rf"^2.0 s of audio, over this server's {MAX_SECONDS_VARIABLE}=1.5"):
         model.predict(two_seconds)
+    # (a review) the limit is the request's: a batch of clips each within it was transcribed whole
+    second = {"audio": np.full(16000, 0.1, np.float32).tolist()}
+    over = rf"^record 2 of 3: 2.0 s of audio with the 1.0 s of the records before it, over this server's {MAX_SECONDS_VARIABLE}=1.5; send shorter clips or fewer records$"
+    with pytest.raises(InputError, match=over):
+        model.predict([second, second, second])
+    with pytest.raises(InputError, match=r"^record 3 of 3: the records before it hold 1.5 s of audio"):
+        model.predict([{"audio": [0.1] * 12000}, {"audio": [0.1] * 12000}, second])
+    with pytest.raises(InputError, match=r"^record 2 of 2: 1.5 s of audio or more with the 1.0 s"):
+        model.predict([second, {"audio": str(tracking["wav"])}])
+    monkeypatch.delenv(MAX_SECONDS_VARIABLE)
+    # (a review) a bad WHISPER_INT8_ACTIVATION_BITS loaded, then failed every request as a server error
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
+    with pytest.raises(ValueError, match="WHISPER_INT8_ACTIVATION_BITS"):
+        mlflow.pyfunc.load_model(URI)
 
 
 def test_without_ffmpeg_a_request_that_needs_it_is_the_servers_error(tracking, tmp_path, monkeypatch, caplog):

@@ -90,23 +90,39 @@ def _rate(value: Any) -> int | None:
     return int(value)
 
 
-def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None = None) -> np.ndarray:
-    """One request's audio as 16 kHz mono float32: a path decoded by ffmpeg, or float samples in
-    [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg. Longer than ``max_seconds``:
-    refused before any decoding or resampling (a file: ffmpeg stops just past the limit)."""
+def check_audio(
+    audio: Any, sample_rate: Any = None, max_seconds: float | None = None, used: float = 0.0
+) -> np.ndarray:
+    """One record's audio as 16 kHz mono float32: a path decoded by ffmpeg, or float samples in
+    [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg. Longer than ``max_seconds``
+    less the ``used`` seconds of the request's records before it: refused before any decoding or
+    resampling (a file: ffmpeg stops just past the limit)."""
     from whisper_int8.audio.wavio import check_length, load_audio, resample
 
     rate = _rate(sample_rate)
+    if max_seconds is not None and used >= max_seconds:
+        raise ValueError(
+            f"the records before it hold {used:.1f} s of audio, this server's {MAX_SECONDS_VARIABLE}="
+            f"{max_seconds:g}: send fewer records"
+        )
     if _missing(audio):
         raise ValueError("the 'audio' field is missing (null): give a file path or a list of samples")
     if isinstance(audio, str | Path):
+        shown = _shown(audio)
         if rate is not None:
-            raise ValueError(f"sample_rate is for a list of samples; {audio} is a file, which gives its own")
-        if not Path(audio).is_file():
-            raise FileNotFoundError(f"audio file not found: {audio}")
-        cap = None if max_seconds is None else max_seconds + 1 / SAMPLE_RATE  # one sample over: refused
+            raise ValueError(f"sample_rate is for a list of samples; {shown} is a file, which gives its own")
+        try:
+            is_file = Path(audio).is_file()
+        except OSError as e:  # a name too long for a path: base64 audio, most likely
+            raise ValueError(
+                f"audio: {shown} is no file path ({e.strerror}); send a path on the server or the "
+                "samples as a list of floats (encoded audio in a string is not read)"
+            ) from None
+        if not is_file:
+            raise FileNotFoundError(f"audio file not found: {shown}")
+        cap = None if max_seconds is None else max_seconds - used + 1 / SAMPLE_RATE  # one sample over: refused
         samples, name = load_audio(audio, max_seconds=cap), str(audio)
-        _check_max_seconds(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more")
+        _check_max_seconds(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more", used)
     else:
         try:
             samples, name = np.asarray(audio, dtype=np.float32), "audio samples"
@@ -121,7 +137,7 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
             raise ValueError(
                 f"audio samples must be finite numbers; {bad} of {samples.size} are NaN or infinite"
             )
-        _check_max_seconds(samples.size / (rate or SAMPLE_RATE), max_seconds, "s of audio")
+        _check_max_seconds(samples.size / (rate or SAMPLE_RATE), max_seconds, "s of audio", used)
         peak = float(np.abs(samples).max()) if samples.size else 0.0
         if peak > MAX_PEAK:
             raise ValueError(
@@ -134,11 +150,18 @@ def check_audio(audio: Any, sample_rate: Any = None, max_seconds: float | None =
     return samples
 
 
-def _check_max_seconds(seconds: float, max_seconds: float | None, what: str) -> None:
-    if max_seconds is not None and seconds > max_seconds:
+def _shown(path: str | Path, most: int = 120) -> str:
+    """``path`` for a message: a long string (base64 audio sent for a path) cut, not echoed whole."""
+    text = str(path)
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
+
+
+def _check_max_seconds(seconds: float, max_seconds: float | None, what: str, used: float) -> None:
+    if max_seconds is not None and used + seconds > max_seconds:
+        total = f" with the {used:.1f} s of the records before it" if used else ""
         raise ValueError(
-            f"{seconds:.1f} {what}, over this server's {MAX_SECONDS_VARIABLE}={max_seconds:g}; "
-            "send shorter clips"
+            f"{used + seconds:.1f} {what}{total}, over this server's {MAX_SECONDS_VARIABLE}="
+            f"{max_seconds:g}; send shorter clips{' or fewer records' if used else ''}"
         )
 
 
@@ -184,9 +207,9 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
             if "audio" not in item:
                 raise ValueError(f"each input record needs an 'audio' field, got {sorted(item)}")
             lang = item.get("language")
-            requests.append(
-                (item["audio"], lang if isinstance(lang, str) and lang else None, item.get("sample_rate"))
-            )
+            if not (_missing(lang) or isinstance(lang, str)):
+                raise ValueError(f"language must be a code or name such as 'en' or 'English', got {lang!r}")
+            requests.append((item["audio"], lang or None, item.get("sample_rate")))
         else:
             requests.append((item, None, None))
     return requests
@@ -225,7 +248,7 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         self.load(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
 
     def load(self, model_dir: Path) -> None:
-        from whisper_int8.model_dir import load_model_dir, resolve_device
+        from whisper_int8.model_dir import activation_bits_of, load_model_dir, resolve_device
 
         # the serving host's choices, not the model's: CPU unless the fleet asks for its GPU
         device = resolve_device(os.environ.get(DEVICE_VARIABLE, "cpu"), DEVICE_VARIABLE)
@@ -235,16 +258,21 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
                 "ffmpeg not found on PATH: only 16 kHz mono WAV files and 16 kHz samples can be "
                 "transcribed here (other requests fail with HTTP 500); install ffmpeg where the model runs"
             )
+        if device == "cpu":  # a bad WHISPER_INT8_ACTIVATION_BITS: the server does not start, no request fails
+            activation_bits_of(model_dir)
         self.model = load_model_dir(model_dir, device=device)
 
-    def _checked(self, index: int, count: int, audio: Any, language: str | None, rate: Any) -> np.ndarray:
-        """The request's samples, or an :class:`InputError` naming the record in a batch."""
+    def _checked(
+        self, index: int, count: int, audio: Any, language: str | None, rate: Any, used: float
+    ) -> np.ndarray:
+        """The record's samples, or an :class:`InputError` naming it in a batch. ``used``: seconds of
+        the records before it, which count against the server's limit too."""
         from whisper_int8.audio.errors import FfmpegMissingError
         from whisper_int8.languages import check_language
 
         try:
             check_language(self.model, language)
-            samples = check_audio(audio, rate, self.max_seconds)
+            samples = check_audio(audio, rate, self.max_seconds, used)
         except FfmpegMissingError as e:  # the server's fault, not the request's: HTTP 500 with the fix
             raise MlflowException(str(e), error_code=INTERNAL_ERROR) from None
         except (ValueError, FileNotFoundError) as e:
@@ -262,8 +290,12 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
             requests = as_requests(model_input)
         except ValueError as e:
             raise InputError(str(e)) from None
-        # every record checked (and decoded) before the first is transcribed: a bad one costs no work
-        clips = [self._checked(i, len(requests), *request) for i, request in enumerate(requests, 1)]
+        # every record checked (and decoded) before the first is transcribed: a bad one costs no work;
+        # the server's limit bounds the request's audio, all records together
+        clips: list[np.ndarray] = []
+        for i, request in enumerate(requests, 1):
+            used = sum(c.size for c in clips) / SAMPLE_RATE
+            clips.append(self._checked(i, len(requests), *request, used))
         return [
             transcribe_clip(self.model, samples, language, **self.decode)["text"]
             for samples, (_, language, _) in zip(clips, requests, strict=True)

@@ -110,7 +110,9 @@ def test_a_recording_stopped_mid_write_reads_its_whole_frames(tmp_path):
 def test_a_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
     """Regression: a folder (or a file without read permission) was an IsADirectoryError or
     PermissionError traceback in the CLI and a generic HTTP 500 from a server."""
-    with pytest.raises(AudioInputError, match=rf"^{re.escape(str(tmp_path))}: cannot be read \(Is a directory\)$"):
+    with pytest.raises(
+        AudioInputError, match=rf"^{re.escape(str(tmp_path))}: cannot be read \(Is a directory\)$"
+    ):
         load_audio(tmp_path)
 
 

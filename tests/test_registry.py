@@ -105,8 +105,9 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     # The stage's default artifact root is mlruns/ beside params.yaml, not MLflow's own default.
     assert (tmp_path / "mlruns").is_dir()
 
-    # CI mode: the same refusal exits 3 (not a crash's 1 or a bad input's 2). Regression: each rerun of a refused state registered another
-    # copy of it (a registry of identical versions); it judges version 2 again instead.
+    # CI mode: the same refusal exits 3 (not a crash's 1 or a bad input's 2). Regression: each rerun
+    # of a refused state registered another copy of it (a registry of identical versions); it judges
+    # version 2 again instead.
     ci = run_promote(tmp_path, rep_bad, model_dirs, uri, fail_on_reject=True)
     assert ci.returncode == 3 and "not promoted: wer/en +2.00 pp" in ci.stdout
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 2

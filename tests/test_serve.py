@@ -134,9 +134,15 @@ def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatc
         ({"audio": samples.tolist(), "sample_rate": 16}, r"sample_rate=16 must be .* from 1000 to 384000"),
         # (a review) base64 sent for a path was an OSError (name too long), echoed whole; a folder an
         # IsADirectoryError; a language of another type was dropped (detected instead)
-        ({"audio": "UklGR" * 400}, r"^audio: UklGR.*\.\.\. \(2000 characters\) is no file path \(File name too long\)"),
+        (
+            {"audio": "UklGR" * 400},
+            r"^audio: UklGR.*\.\.\. \(2000 characters\) is no file path \(File name too long\)",
+        ),
         ({"audio": str(tmp_path)}, r"audio file not found"),
-        ({"audio": str(tracking["wav"]), "language": ["de"]}, r"^language must be a code or name .* got \[.de.\]$"),
+        (
+            {"audio": str(tracking["wav"]), "language": ["de"]},
+            r"^language must be a code or name .* got \[.de.\]$",
+        ),
     ]:
         with pytest.raises(InputError, match=message):
             model.predict(request)
@@ -208,7 +214,10 @@ def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkey
         model.predict(two_seconds)
     # (a review) the limit is the request's: a batch of clips each within it was transcribed whole
     second = {"audio": np.full(16000, 0.1, np.float32).tolist()}
-    over = rf"^record 2 of 3: 2.0 s of audio with the 1.0 s of the records before it, over this server's {MAX_SECONDS_VARIABLE}=1.5; send shorter clips or fewer records$"
+    over = (
+        r"^record 2 of 3: 2.0 s of audio with the 1.0 s of the records before it, over this server's "
+        rf"{MAX_SECONDS_VARIABLE}=1.5; send shorter clips or fewer records$"
+    )
     with pytest.raises(InputError, match=over):
         model.predict([second, second, second])
     with pytest.raises(InputError, match=r"^record 3 of 3: the records before it hold 1.5 s of audio"):

@@ -120,7 +120,8 @@ def check_audio(
             ) from None
         if not is_file:
             raise FileNotFoundError(f"audio file not found: {shown}")
-        cap = None if max_seconds is None else max_seconds - used + 1 / SAMPLE_RATE  # one sample over: refused
+        # one sample over the time left: refused
+        cap = None if max_seconds is None else max_seconds - used + 1 / SAMPLE_RATE
         samples, name = load_audio(audio, max_seconds=cap), str(audio)
         _check_max_seconds(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more", used)
     else:

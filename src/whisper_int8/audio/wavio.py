@@ -136,15 +136,22 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
 STREAMED_WAV_BYTES = 0x7FFFF000
 
 
+def _wav_header(f: io.BufferedReader) -> wave.Wave_read | None:
+    """The WAV header read from ``f`` (which stays open), None when ``f`` holds no PCM WAV."""
+    try:
+        return wave.open(f, "rb")
+    except (wave.Error, EOFError):
+        return None
+
+
 def _canonical_samples(path: Path | str, max_seconds: float | None = None) -> np.ndarray | None:
     """The int16 samples of a 16 kHz mono 16-bit PCM WAV (its first ``max_seconds``), None for any
     other file. A PCM WAV cut short (a copy or download stopped part-way) is an error: ffmpeg would
     decode the part that is there. A file that cannot be opened (permissions, a folder) is one too."""
     try:
         with open(path, "rb") as f:
-            try:
-                w = wave.open(f, "rb")  # reads the header; ``f`` is then at the first sample
-            except (wave.Error, EOFError):
+            w = _wav_header(f)  # ``f`` is then at the first sample
+            if w is None:
                 return None
             layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
             frames, frame_bytes = w.getnframes(), w.getnchannels() * w.getsampwidth()

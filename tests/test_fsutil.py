@@ -26,6 +26,18 @@ def test_an_earlier_output_is_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_a_linked_output_keeps_its_link_and_replaces_the_target(tmp_path):
+    """Regression (a review): the first write replaced the link itself with a folder and left a
+    `.out.old` link that rmtree could not remove; every later write then failed (Not a directory)."""
+    (tmp_path / "releases" / "v1").mkdir(parents=True)
+    (tmp_path / "out").symlink_to(tmp_path / "releases" / "v1", target_is_directory=True)
+    for n in ("1", "2"):
+        _write(tmp_path / "out", a=n)
+        assert (tmp_path / "out").is_symlink() and (tmp_path / "releases" / "v1" / "a").read_text() == n
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "releases"]
+    assert [p.name for p in (tmp_path / "releases").iterdir()] == ["v1"]  # no temp or .old left
+
+
 def test_a_folder_of_other_files_is_refused_and_kept(tmp_path):
     """A mistyped --out (models instead of models/int8) must not delete the other stages' outputs."""
     (tmp_path / "models" / "fp32").mkdir(parents=True)

@@ -292,6 +292,13 @@ def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
         assert cli.main(["pull", "--model", NAME, "--dest", str(tmp_path / other)]) == 2
         assert "exists and is not a pulled model (no MLmodel file)" in _one_line_error(capsys)
     assert (tmp_path / "mine" / "notes.txt").read_text() == (tmp_path / "notes.txt").read_text() == "mine"
+    # (a review) a deployment's link (current -> releases/v1) stays; the folder it points to is replaced
+    (tmp_path / "releases" / "v1").mkdir(parents=True)
+    (tmp_path / "current").symlink_to(tmp_path / "releases" / "v1")
+    for _ in range(2):
+        assert cli.main(["pull", "--model", NAME, "--dest", str(tmp_path / "current")]) == 0
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "releases" / "v1" / "MLmodel").is_file()
+    assert not list(tmp_path.glob(".current*")) and not list((tmp_path / "releases").glob(".*"))
     # A run's model (runs:/<id>/model downloads into a folder of that name) pulls as the registered one.
     runs_dest = tmp_path / "from-run"
     assert cli.main(["pull", "--model", f"runs:/{tracking['run_id']}/model", "--dest", str(runs_dest)]) == 0

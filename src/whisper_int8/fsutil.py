@@ -86,7 +86,7 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 def staging_dir(dest: Path | str) -> Iterator[Path]:
     """Yield a new temp directory beside ``dest`` (same filesystem, so a rename is atomic); it is
     removed on exit, whatever is left in it."""
-    dest = Path(dest)
+    dest = resolved(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
@@ -192,15 +192,31 @@ def _check_parents(path: Path) -> None:
         ) from None
 
 
+def resolved(dest: Path | str) -> Path:
+    """``dest``, or the path a symlink there points to: the link stays and its target is replaced (a
+    deployment's ``current -> releases/v3``, an output folder linked to another disk)."""
+    dest = Path(dest)
+    return Path(os.path.realpath(dest)) if dest.is_symlink() else dest
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink():  # left by a version that replaced a link itself: rmtree refuses links
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_dir(src: Path, dest: Path) -> None:
-    """Put the directory ``src`` at ``dest`` (a sibling path), replacing a directory there whole."""
+    """Put the directory ``src`` at ``dest`` (a sibling path, or of the path a link at ``dest`` points
+    to: :func:`resolved`), replacing a directory there whole."""
     os.chmod(src, 0o777 & ~_umask())
+    dest = resolved(dest)
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         os.replace(dest, old)
         os.replace(src, dest)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     else:
         os.replace(src, dest)
 

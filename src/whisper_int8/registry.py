@@ -320,10 +320,12 @@ def pull(uri: str, dest: Path) -> Path:
 
     Atomic: ``dest`` is replaced whole once the download is complete, so a failed or interrupted pull
     leaves the previously pulled model as it was, never a mix of two versions. Only a previous pull
-    (a directory with an MLmodel file) is replaced: anything else at ``dest`` is refused, not deleted.
+    (a directory with an MLmodel file) or an empty directory is replaced: anything else at ``dest`` is
+    refused, not deleted. A symlink at ``dest`` stays, and the directory it points to is replaced.
     """
     dest = Path(os.path.abspath(dest))  # "." names no directory to stage a download beside
-    if dest.exists() and not (dest / "MLmodel").is_file():
+    empty = dest.is_dir() and not any(dest.iterdir())
+    if dest.exists() and not (dest / "MLmodel").is_file() and not empty:
         raise RegistryError(
             f"{dest}: exists and is not a pulled model (no MLmodel file); pull into a new directory "
             "or one an earlier pull wrote, which is replaced"

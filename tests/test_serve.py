@@ -329,6 +329,24 @@ def test_cli_transcribe_holds_a_bounded_amount_of_audio(registered, capsys, monk
     assert lines == [registered["expected"]] * 2
 
 
+def test_cli_transcribe_leaves_no_downloaded_model_behind(tracking, capsys, monkeypatch):
+    """Regression (a review): from a remote artifact store, MLflow downloads a models:/ URI given no
+    destination into a temp folder that nothing removes: a model's copy left at every call."""
+    import mlflow.artifacts
+
+    real, dests = mlflow.artifacts.download_artifacts, []
+
+    def download(*args, **kwargs):
+        dests.append(kwargs.get("dst_path"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
+    assert cli.main(["transcribe", "--model", URI, "--language", "en", str(tracking["wav"])]) == 0
+    assert capsys.readouterr().out.endswith(f"\t{tracking['expected']}\n")
+    (dest,) = dests
+    assert dest is not None and not Path(dest).exists()
+
+
 def test_cli_says_when_a_registered_model_runs_this_installs_code(tracking, tmp_path, capsys, caplog):
     """In the CLI's process whisper_int8 is imported already, so a model logged with other code runs
     this install's (mlflow models serve runs its own): said, not silently transcribed differently."""

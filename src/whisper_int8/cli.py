@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -148,8 +149,12 @@ def model_dir_of(spec: str) -> Path | None:
     return None
 
 
-def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callable[[pd.DataFrame], list[str]]:
-    """The raw model directory ``model_dir`` decoding with ``decode``, else the MLflow model ``spec``."""
+def load_transcriber(
+    spec: str, model_dir: Path | None, decode: dict, scratch: Path
+) -> Callable[[pd.DataFrame], list[str]]:
+    """The raw model directory ``model_dir`` decoding with ``decode``, else the MLflow model ``spec``,
+    downloaded into ``scratch`` (from a remote artifact store MLflow would otherwise leave a copy of
+    the model in a temp folder at every call)."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
@@ -162,7 +167,11 @@ def load_transcriber(spec: str, model_dir: Path | None, decode: dict) -> Callabl
     from .registry import logged_code_differs, why_not
 
     try:
-        local = Path(spec) if Path(spec).is_dir() else Path(mlflow.artifacts.download_artifacts(spec))
+        local = (
+            Path(spec)
+            if Path(spec).is_dir()
+            else Path(mlflow.artifacts.download_artifacts(spec, dst_path=str(scratch)))
+        )
         loaded = mlflow.pyfunc.load_model(str(local))
     except MlflowException as e:
         hint = f"; {why_not(spec)}" if spec.startswith("models:/") else ""
@@ -224,17 +233,18 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     if args.model.startswith(("models:/", "runs:/")):
         _connect(args)
-    predict = load_transcriber(args.model, model_dir, decode)
-    for audio, samples in zip(args.audio, clips, strict=True):
-        samples = decode_audio(audio) if samples is None else samples
-        # one row holding the array: a dict or record of samples is spread by MLflow into a row per
-        # sample (seconds and hundreds of MB per 10 minutes of audio, to gather them again)
-        text = predict(pandas.DataFrame({"audio": [samples], "language": [args.language]}))[0]
-        print(
-            json.dumps({"audio": audio, "text": text}, ensure_ascii=False)
-            if args.json
-            else f"{audio}\t{text}"
-        )
+    with tempfile.TemporaryDirectory(prefix="whisper-int8-") as scratch:
+        predict = load_transcriber(args.model, model_dir, decode, Path(scratch))
+        for audio, samples in zip(args.audio, clips, strict=True):
+            samples = decode_audio(audio) if samples is None else samples
+            # one row holding the array: a dict or record of samples is spread by MLflow into a row per
+            # sample (seconds and hundreds of MB per 10 minutes of audio, to gather them again)
+            text = predict(pandas.DataFrame({"audio": [samples], "language": [args.language]}))[0]
+            print(
+                json.dumps({"audio": audio, "text": text}, ensure_ascii=False)
+                if args.json
+                else f"{audio}\t{text}"
+            )
     return 0
 
 

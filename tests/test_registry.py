@@ -274,9 +274,43 @@ def test_unreadable_champion_metrics_are_a_clear_error(tmp_path, model_dirs):
         cfg.registered_model, str(first["version"]), "gate_metrics", json.dumps(many)
     )
     assert champion(client, cfg.registered_model, "champion").metrics == many  # stored whole
-    client.set_model_version_tag(cfg.registered_model, str(first["version"]), "gate_metrics", '{"wer/en": 1')
-    with pytest.raises(RegistryError, match="tag gate_metrics is not valid JSON"):
-        champion(client, cfg.registered_model, "champion")
+    for damaged in ('{"wer/en": 1', "[]"):  # (a review) valid JSON of another kind failed later
+        client.set_model_version_tag(cfg.registered_model, str(first["version"]), "gate_metrics", damaged)
+        with pytest.raises(RegistryError, match="tag gate_metrics is not a JSON object"):
+            champion(client, cfg.registered_model, "champion")
+
+
+def test_a_registry_that_fails_to_answer_is_an_error_not_an_empty_registry(tmp_path, model_dirs, monkeypatch):
+    """Regression (a review): any error searching the versions read as "none of this state", so a
+    promote registered a duplicate version; a refused alias change was a traceback in `alias`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
+
+    from whisper_int8 import registry
+    from whisper_int8.tracking_uri import TrackingError
+
+    cfg = mlflow_cfg(tmp_path)
+    promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0})), cfg, gate_config({}), {}
+    )
+    client = client_for(cfg.tracking_uri)
+    name = cfg.registered_model
+    assert registry.version_for_key(client, "never-registered", "k") is None
+
+    def unavailable(*args, **kwargs):
+        raise MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(client, "search_model_versions", unavailable)
+    with pytest.raises(TrackingError, match=f"^{name}: the registry's versions cannot be read: busy$"):
+        registry.version_for_key(client, name, "k")
+
+    def denied(*args, **kwargs):
+        raise MlflowException("no permission", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(client, "delete_registered_model_alias", denied)
+    with pytest.raises(RegistryError, match=f"^{name}@champion: the registry refused the change: no perm"):
+        registry.move_alias(client, name, "champion", None, cfg.tracking_uri)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
 @pytest.mark.parametrize("alias", ["v1", "V12", "latest", "Latest", "prod alias", "", None, 3, "a/b"])

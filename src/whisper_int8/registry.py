@@ -145,8 +145,11 @@ def version_for_key(client: MlflowClient, name: str, key: str) -> ModelVersion |
     """The latest version registered for the same pipeline state, if any."""
     try:
         versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        # not "none": a registry that failed to answer would get a duplicate version of this state
+        raise TrackingError(f"{name}: the registry's versions cannot be read: {e.message}") from None
     matches = [v for v in versions if v.tags.get(KEY_TAG) == key]
     return max(matches, key=lambda v: int(v.version)) if matches else None
 
@@ -207,9 +210,11 @@ def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
         return None
     try:
         metrics = json.loads(mv.tags.get("gate_metrics", "{}"))
+        if not isinstance(metrics, dict):
+            raise json.JSONDecodeError("not an object", "", 0)
     except json.JSONDecodeError:
         raise RegistryError(
-            f"{name} version {mv.version} (@{alias}): tag gate_metrics is not valid JSON; fix or delete "
+            f"{name} version {mv.version} (@{alias}): tag gate_metrics is not a JSON object; fix or delete "
             f"the tag, or move the alias (`mlflow ui`) to a version promoted by this pipeline"
         ) from None
     return Champion(mv.version, metrics, mv.tags.get(EVAL_SET_TAG), mv.tags.get(KEY_TAG))
@@ -285,27 +290,37 @@ def move_alias(
     """
     with promotion_lock(tracking_uri):
         before = _by_alias(client, name, alias)
-        if version is not None:
-            try:
-                mv = client.get_model_version(name, version)
-            except MlflowException as e:
-                raise RegistryError(f"{name} version {version}: {e.message}") from None
-            status = mv.tags.get("validation_status")
-            if status != "passed" and not force:
-                reasons = mv.tags.get("validation_reasons", "not judged by the gate")
-                raise RegistryError(
-                    f"{name} version {version} did not pass the gate ({status or 'unjudged'}: {reasons}); "
-                    f"pass --force to point @{alias} at it anyway"
-                )
-            client.set_registered_model_alias(name, alias, version)
-            if ROLLED_BACK_TAG in mv.tags:  # chosen by hand again
-                client.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
-        elif before is not None:
-            client.delete_registered_model_alias(name, alias)
-        if before is not None and str(before.version) != str(version):
-            # the next `dvc repro` of its pipeline state would judge it again and move the alias back
-            client.set_model_version_tag(name, before.version, ROLLED_BACK_TAG, f"taken off @{alias} by hand")
+        try:
+            _move(client, name, alias, version, before, force)
+        except MlflowException as e:  # a server's 403 or 5xx: one line, not a traceback
+            raise RegistryError(f"{name}@{alias}: the registry refused the change: {e.message}") from None
     return str(before.version) if before else None
+
+
+def _move(
+    client: MlflowClient, name: str, alias: str, version: str | None, before: ModelVersion | None, force: bool
+) -> None:
+    """:func:`move_alias`'s change, the promote lock held."""
+    if version is not None:
+        try:
+            mv = client.get_model_version(name, version)
+        except MlflowException as e:
+            raise RegistryError(f"{name} version {version}: {e.message}") from None
+        status = mv.tags.get("validation_status")
+        if status != "passed" and not force:
+            reasons = mv.tags.get("validation_reasons", "not judged by the gate")
+            raise RegistryError(
+                f"{name} version {version} did not pass the gate ({status or 'unjudged'}: {reasons}); "
+                f"pass --force to point @{alias} at it anyway"
+            )
+        client.set_registered_model_alias(name, alias, version)
+        if ROLLED_BACK_TAG in mv.tags:  # chosen by hand again
+            client.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
+    elif before is not None:
+        client.delete_registered_model_alias(name, alias)
+    if before is not None and str(before.version) != str(version):
+        # the next `dvc repro` of its pipeline state would judge it again and move the alias back
+        client.set_model_version_tag(name, before.version, ROLLED_BACK_TAG, f"taken off @{alias} by hand")
 
 
 def model_uri(spec: str, alias: str | None = None) -> str:

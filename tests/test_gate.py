@@ -225,6 +225,23 @@ def test_every_threshold_set_in_params_is_the_one_applied():
     )
 
 
+def test_a_refusal_never_prints_a_number_that_looks_within_the_limit():
+    """Regression (a review): a speedup of 0.998 read "1.00x below min_speedup 1.0x", a size ratio of
+    0.6004 "0.600 above max_size_ratio 0.6", and a champion comparison "11.79 worse than (11.79)"."""
+    rep = report({"en": 10.0}, {"en": 10.0}, speedup=0.998, size_ratio=0.6004)
+    d = check_thresholds(rep, gate_config({"max_size_ratio": 0.6}))
+    assert d.reasons == [
+        "speedup 0.998x below min_speedup 1.0x",
+        "size ratio 0.6004 above max_size_ratio 0.6",
+    ]
+    (reason,) = check_against_champion(
+        {"error_rate/overall": 11.7912}, {"error_rate/overall": 11.7895}, 0.0, "v3"
+    )
+    assert reason.startswith("error_rate/overall 11.791 worse than champion v3 (11.790)"), reason
+    (reason,) = check_against_champion({"wer/en": 10.8}, {"wer/en": 10.5}, 0.0, "v1")
+    assert reason.startswith("wer/en 10.80 worse than champion v1 (10.50)"), reason
+
+
 def test_an_eval_json_the_gate_cannot_judge_is_one_line_naming_it(tmp_path):
     from whisper_int8.eval_report import read_eval_report
     from whisper_int8.model_sources import ModelSourceError

@@ -163,14 +163,20 @@ def clip_cap(report: dict[str, Any]) -> int | None:
     return report.get("config", {}).get("max_clips_per_language")
 
 
-def _over(delta: float, limit: float) -> str:
-    """``delta``, signed, with the decimals it takes to read as over ``limit``: 0.5025 is +0.503, not
-    +0.50 (and -0.3 over a limit of -0.5 is -0.30, not +-0.30)."""
-    for digits in range(2, 10):
-        text = f"{delta:+.{digits}f}"
-        if float(text) > limit:
+def _beyond(value: float, limit: float, below: bool = False, digits: int = 2, sign: str = "") -> str:
+    """``value`` with the decimals it takes to read as over ``limit`` (under it with ``below``): a
+    refusal must not print a number that looks like it met the limit (0.5025 is 0.503, not 0.50;
+    a speedup of 0.998 is 0.998x, not 1.00x)."""
+    for d in range(digits, 10):
+        text = f"{value:{sign}.{d}f}"
+        if (float(text) < limit) if below else (float(text) > limit):
             return text
-    return f"{delta:+}"
+    return f"{value:{sign}}"
+
+
+def _over(delta: float, limit: float) -> str:
+    """``delta``, signed, as :func:`_beyond` shows it: -0.3 over a limit of -0.5 is -0.30."""
+    return _beyond(delta, limit, sign="+")
 
 
 def _not_numbers(values: dict[str, float]) -> list[str]:
@@ -214,9 +220,15 @@ def check_thresholds(report: dict[str, Any], cfg: GateConfig) -> Decision:
             f"limit {cfg.max_overall_wer_delta_pp} pp"
         )
     if comp["speedup"] < cfg.min_speedup:
-        reasons.append(f"speedup {comp['speedup']:.2f}x below min_speedup {cfg.min_speedup}x")
+        reasons.append(
+            f"speedup {_beyond(comp['speedup'], cfg.min_speedup, below=True)}x below min_speedup "
+            f"{cfg.min_speedup}x"
+        )
     if comp["size_ratio"] > cfg.max_size_ratio:
-        reasons.append(f"size ratio {comp['size_ratio']:.3f} above max_size_ratio {cfg.max_size_ratio}")
+        reasons.append(
+            f"size ratio {_beyond(comp['size_ratio'], cfg.max_size_ratio, digits=3)} above "
+            f"max_size_ratio {cfg.max_size_ratio}"
+        )
     capped = clip_cap(report)
     if capped is not None:  # a quick look must not become what the serving fleet pulls
         reasons.append(
@@ -265,8 +277,18 @@ def check_against_champion(
     reasons = _not_numbers({k: v for k, v in sorted(candidate.items()) if k.startswith(prefixes)})
     for key in sorted(set(candidate) & set(champion)):
         if key.startswith(prefixes) and candidate[key] > champion[key] + tolerance_pp + FLOAT_SLACK_PP:
+            # the decimals it takes for the two printed numbers to differ by more than the tolerance
+            d = next(
+                (
+                    d
+                    for d in range(2, 10)
+                    if round(candidate[key], d) > round(champion[key], d) + tolerance_pp
+                ),
+                10,
+            )
+            ours, theirs = f"{candidate[key]:.{d}f}", f"{champion[key]:.{d}f}"
             reasons.append(
-                f"{key} {candidate[key]:.2f} worse than champion {champion_label} ({champion[key]:.2f}"
+                f"{key} {ours} worse than champion {champion_label} ({theirs}"
                 f"{'' if same_eval_set else ', measured on another evaluation set'}), "
                 f"tolerance {tolerance_pp} pp"
             )

@@ -5,8 +5,9 @@ numbers out and use Simplified characters; Spanish references carry no accents. 
 removes those differences by applying one function to both sides: digits become words
 (``num2words``, ``cn2an`` for Chinese; decimals read with the language's separator, "2,5" as "dos
 coma cinco"; English digits are left to Whisper's English normalizer, which maps "5%" and "five
-percent" to one form), Traditional folds to Simplified (``zhconv``), diacritics on Latin, Greek and
-Cyrillic letters are dropped, then Whisper's own normalizer runs (English, or basic keeping the
+percent" to one form), Traditional folds to Simplified (``zhconv``), accents on Latin, Greek and
+Cyrillic letters are dropped (not the marks that make another letter: й, German umlauts, Spanish ñ,
+Vietnamese tones), then Whisper's own normalizer runs (English, or basic keeping the
 marks of other scripts). :func:`score` adds up the error counts over all clips so a language's rate
 weighs every word equally, not every clip.
 """
@@ -120,8 +121,8 @@ def _number_words(match: re.Match, lang: str) -> str:
             wrong, right = _DECIMAL_WORD_FIX[lang]
             words = re.sub(rf"\b{wrong}\b", right, words)
         return pad + words + pad
-    if number and "." not in number:  # an integer too long, or a language num2words lacks: as written
-        return f" {token} "
+    if number and "." not in number:  # an integer too long, or a language num2words lacks: its digits
+        return f" {number} "  # ("1,000" and "1000" alike; the comma would part it into two words)
     spelled = [pad + (_spell(g, lang) or g) + pad for g in groups]
     return "".join(w + s for w, s in zip(spelled, [*seps, ""], strict=True))
 
@@ -130,20 +131,38 @@ def _number_words(match: re.Match, lang: str) -> str:
 _OPTIONAL_MARKS = re.compile("[\u0591-\u05c7\u064b-\u065f\u0670\u06d6-\u06ed]")
 
 
-def _strip_diacritics(text: str) -> str:
-    """Drop combining marks after Latin, Greek or Cyrillic letters, and Hebrew and Arabic vowel points
-    (keeps Devanagari vowel signs and Thai tone marks, which are letters: :func:`_blank_symbols` keeps
-    them too)."""
-    out = []
-    for ch in unicodedata.normalize("NFD", text):
-        if unicodedata.category(ch) == "Mn" and out and ord(out[-1]) < 0x0530:
+# Letters whose mark makes another letter, not an optional accent: Cyrillic й, ў, ї ("мой" is not
+# "мои"; ё folds to е, which Russian texts write for it as often as not), and per language German
+# umlauts and Spanish ñ. Other alphabets' lettered marks (Polish, Czech, Turkish, Nordic) still fold.
+_MARKED_LETTERS = frozenset("йЙўЎїЇ")
+_MARKED_LETTERS_BY_LANGUAGE = {"de": frozenset("äöüÄÖÜ"), "es": frozenset("ñÑ")}
+# Latin script whose marks are tones (Vietnamese "ma", "má", "mà": three words): nothing folds
+_TONE_MARKED = frozenset({"vi"})
+
+
+def _strip_diacritics(text: str, lang: str) -> str:
+    """Drop accents (combining marks after Latin, Greek or Cyrillic letters: references often omit
+    them, Spanish "codigo", Russian ё written е) except where they make another letter, and Hebrew
+    and Arabic vowel points (keeps Devanagari vowel signs and Thai tone marks, which are letters:
+    :func:`_blank_symbols` keeps them too)."""
+    if lang in _TONE_MARKED:
+        return text
+    keep = _MARKED_LETTERS | _MARKED_LETTERS_BY_LANGUAGE.get(lang, frozenset())
+    out: list[str] = []
+    for letter in unicodedata.normalize("NFC", text):
+        if letter in keep:
+            out.append(letter)
             continue
-        out.append(ch)
+        for ch in unicodedata.normalize("NFD", letter):
+            if unicodedata.category(ch) == "Mn" and out and ord(out[-1]) < 0x0530:
+                continue
+            out.append(ch)
     return _OPTIONAL_MARKS.sub("", unicodedata.normalize("NFC", "".join(out)))
 
 
 def normalize(text: str, lang: str) -> str:
     """Canonical form of ``text`` in ``lang`` for scoring (apply it to references and hypotheses alike)."""
+    text = unicodedata.normalize("NFKC", text)  # before the digits are read: "m²" as "m2", "①" as "1"
     if lang in ("zh", "yue"):
         import zhconv
 
@@ -153,7 +172,7 @@ def normalize(text: str, lang: str) -> str:
     # English digits out first would only part them again.
     if lang != "en":
         text = _NUMBER.sub(lambda m: _number_words(m, lang), text)
-    text = _strip_diacritics(text)
+    text = _strip_diacritics(text, lang)
     # Whisper's English normalizer keeps "." for decimals, so a trailing "..." would survive as a word.
     words = [w for w in _normalizer(lang)(text).split() if re.search(r"\w", w)]
     forms = _NUMBER_WORDS.get(lang, {})

@@ -427,6 +427,17 @@ def test_outlier_channels_in_float_recover_the_precision():
     assert torch.equal(split(leaf).detach(), got_split) and torch.equal(leaf.detach(), before)
 
 
+def test_static_with_every_static_layer_kept_float_is_refused():
+    """Regression (a review): it converted into a model of dynamic layers labelled static, which a
+    CUDA host then refused to load (static runs on CPU only)."""
+    model = _fused()
+    cfg = parse_quant_config({"scheme": "static", "keep_float": ["encoder.*"]}, "p.yaml")
+    with pytest.raises(
+        ParamError, match=r"^p.yaml: quant.scheme=static: the encoder Linears .* use scheme dyn"
+    ):
+        quantize_model(model, cfg, _stats(model))
+
+
 def test_static_uses_calibrated_scales_on_encoder_only():
     model = _fused()
     stats = _stats(model)

@@ -46,6 +46,7 @@ def test_defaults():
         ("weight_bits", "7"),
         ("weight_bits", True),
         ("weight_bits", 7.5),
+        ("weight_bits", 8.0),  # (a review) passed, and was written into quant_config.json as 8.0
     ],
 )
 def test_bad_values_name_the_file_and_the_key(key, value):

@@ -86,7 +86,7 @@ def parse_quant_config(raw: dict[str, Any] | None, where: str = "params.yaml") -
     keep = _patterns(where, "keep_float", v["keep_float"])
     outlier_layers = _patterns(where, "outlier_layers", v["outlier_layers"])
     k = _count(where, "auto_keep_float_k", v["auto_keep_float_k"])
-    if isinstance(v["weight_bits"], bool) or v["weight_bits"] not in WEIGHT_BITS:
+    if type(v["weight_bits"]) is not int or v["weight_bits"] not in WEIGHT_BITS:  # not True, not 8.0
         raise ParamError(
             f"{where}: quant.weight_bits={v['weight_bits']!r}: choose 7 (8-bit activations on every CPU) "
             "or 8 (finer weights; 8-bit activations only where fbgemm runs VNNI kernels)"

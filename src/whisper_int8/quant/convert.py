@@ -237,6 +237,11 @@ def quantize_model(
             f"quant.outlier_layers={cfg.outlier_layers} runs dynamic INT8 (kept in float, static, or no "
             "pattern); set it to 0"
         )
+    if cfg.scheme == "static" and "static" not in layers.values():
+        raise ParamError(
+            f"{cfg.where}: quant.scheme=static: the encoder Linears that take calibrated scales are all "
+            "kept in float (keep_float, auto_keep_float_k), so none would use them; use scheme dynamic"
+        )
     for name, kind in layers.items():
         if kind == OUTLIERS:
             _check_outliers(name, _get(model, name), cfg.outlier_channels, in_absmax, cfg.where)

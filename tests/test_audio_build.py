@@ -571,3 +571,13 @@ def test_processes_sharing_the_cache_fetch_a_package_once(tmp_path, monkeypatch)
         (root / ".complete").write_text("asterisk-core-sounds-zz_1.0_all.deb\n")
     waiter.join(timeout=10)
     assert found == [root] and fetched == []  # the first one's copy, no second download
+
+
+def test_the_same_text_written_in_nfd_or_with_spaces_between_cjk_characters_is_one_text():
+    """Regression (a review): a sentence saved once in NFC and once in NFD (macOS), or Chinese with
+    and without spaces between words, went to both splits (an evaluation text seen in calibration)."""
+    import unicodedata
+
+    key = audio_build._text_key
+    assert key("Ça coûte combien ?") == key(unicodedata.normalize("NFD", "ça coûte combien"))
+    assert key("我们明天见面。") == key("我们 明天 见面") and key("ice cream") != key("icecream")

@@ -252,3 +252,54 @@ def test_an_upper_case_txt_transcript_is_read_and_a_lower_case_one_wins(tmp_path
     (tmp_path / "en" / "b.txt").write_text("the lower case one")
     items = local.from_folder(tmp_path, ["en"], {"en"}, ErrorPolicy("fail"))
     assert [it.text for it in items] == ["written by a windows tool", "the lower case one"]
+
+
+def test_csv_rows_excel_and_editors_write_are_read_or_named_never_cut(tmp_path):
+    """Regression (a review): an unquoted comma cut a transcript at it ("Hallo, hoe gaat het" read as
+    "Hallo"); a quote left open swallowed every later row into one transcript; Excel's empty rows
+    (",,") were bad items; a language written as a name or in capitals was "not one Whisper knows"."""
+    write_audio(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "audio,language,text\n"
+        "spk1/001.wav,en,Hallo, hoe gaat het\n"
+        ",,\n"
+        'spk2/001.wav,EN,"quoted, with a comma"\n'
+        "spk2/my take.wav,English,plain\n"
+    )
+    policy = ErrorPolicy()
+    got = local.from_manifest(manifest, policy, ["en"], {"en", "nl"})
+    assert [(it.id, it.language, it.text) for it in got] == [
+        (IDS[1], "en", "quoted, with a comma"),
+        (IDS[2], "en", "plain"),
+    ]
+    (skipped,) = policy.skipped
+    assert skipped["cause"].startswith(f"{manifest}:2: 4 fields for the header's 3 columns; put a field")
+    manifest.write_text('audio,language,text\nspk1/001.wav,en,"Go\nspk2/001.wav,en,second\n')
+    with pytest.raises(local.AudioInputError, match=rf"^{manifest}:2: .*a double quote opened in this row"):
+        local.from_manifest(manifest, ErrorPolicy())
+
+
+def test_jsonl_keys_and_folder_names_in_any_case_and_hidden_files_skipped(tmp_path):
+    """Regression (a review): {"Audio": ...} rows had "no 'audio'"; a folder DE/ under a source of [nl]
+    was labelled nl without a word; a source folder named hi/ made every clip directly in it Hindi;
+    macOS's ._x.wav / ._x.txt beside x.wav became clips of NUL bytes."""
+    write_audio(tmp_path)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({k.title(): v for k, v in r.items()}) + "\n" for r in ROWS))
+    assert [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))] == IDS
+    source = tmp_path / "hi"
+    for rel, text in (("a.wav", "in the source folder"), ("DE/b.wav", "ein deutscher Satz")):
+        write_tone(source / rel)
+        (source / rel).with_suffix(".txt").write_text(text)
+    (source / "._a.wav").write_bytes(b"\0" * 64)
+    (source / "._a.txt").write_bytes(b"\0" * 64)
+    policy = ErrorPolicy()
+    got = local.items(str(source), ["en"], {"en", "de", "hi"}, policy)
+    assert [(it.language, it.text) for it in got] == [("en", "in the source folder")]
+    assert [s["language"] for s in policy.skipped] == ["de"]
+    policy = ErrorPolicy()
+    got = local.items(str(source), ["en", "de"], {"en", "de", "hi"}, policy)
+    assert [(it.language, it.text) for it in got] == [("de", "ein deutscher Satz")]
+    (skipped,) = policy.skipped
+    assert skipped["cause"].startswith(f"{source / 'a.wav'}: cannot tell the language; put it in a folder")

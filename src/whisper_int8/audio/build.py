@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import re
+import unicodedata
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -225,8 +226,17 @@ class Taken:
     sounds: set[str] = field(default_factory=set)  # digests of the decoded samples
 
 
+# spaces between two characters of scripts written without them ("我们 明天" is "我们明天")
+_CJK_GAP = re.compile(
+    r"(?<=[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af])\s+(?=[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af])"
+)
+
+
 def _text_key(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+    """What makes two transcripts the same text (never in both splits): NFKC (macOS writes NFD), case,
+    punctuation, spacing."""
+    words = re.sub(r"[^\w\s]", " ", unicodedata.normalize("NFKC", text).casefold())
+    return " ".join(_CJK_GAP.sub("", words).split())
 
 
 def _pcm_key(pcm: np.ndarray) -> str:

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+from whisper.tokenizer import TO_LANGUAGE_CODE
+
 from ..params import ParamError
 from ..tracking_uri import repo_root
 from .errors import AudioInputError, ErrorPolicy
@@ -44,7 +46,8 @@ def _not_utf8(values) -> bool:
 
 
 def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]:
-    reader = csv.reader(f)
+    # strict: a quote left open is an error at its row, not the rest of the file read as one transcript
+    reader = csv.reader(f, strict=True)
     found = next(reader, [])
     header = [h.strip().lower() for h in found]  # "Audio", " text" as Excel users write them
     missing = [c for c in COLUMNS if c not in header]
@@ -55,10 +58,21 @@ def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]
         )
     rows: list[tuple[int, dict | AudioInputError]] = []
     line = reader.line_num + 1  # the file line a row starts on (blank lines counted, as an editor does)
-    for cells in reader:
-        if cells:
-            rows.append((line, dict(zip(header, cells, strict=False))))
-        line = reader.line_num + 1
+    try:
+        for cells in reader:
+            if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
+                # a transcript with an unquoted comma: its words after the comma would be lost
+                rows.append((line, AudioInputError(
+                    f"{path}:{line}: {len(cells)} fields for the header's {len(header)} columns; put a "
+                    'field that holds a comma in double quotes ("Hallo, hoe gaat het")'
+                )))  # fmt: skip
+            elif any(c.strip() for c in cells):  # not a blank or all-empty row (",,", as Excel saves)
+                rows.append((line, dict(zip(header, cells, strict=False))))
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise AudioInputError(
+            f"{path}:{line}: {e}: a double quote opened in this row is not closed where it should be"
+        ) from None
     return rows
 
 
@@ -68,7 +82,11 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict | AudioInputError
         if not line.strip():
             continue
         try:
-            rows.append((n, json.loads(line)))
+            row = json.loads(line)
+            # keys in any case, as the CSV header's ("Audio", "Text")
+            rows.append(
+                (n, {str(k).strip().lower(): v for k, v in row.items()} if isinstance(row, dict) else row)
+            )
         except json.JSONDecodeError as e:
             rows.append((n, AudioInputError(f"{path}:{n}: not valid JSON ({e})")))
     return rows
@@ -147,6 +165,16 @@ def _field(row: dict, key: str, where: str, required: bool = True) -> str | None
     return value
 
 
+def _language(value: str, known: set[str] | None, where: str) -> str:
+    """A manifest's language as Whisper's code: also a name or in capitals ("Dutch", "NL" -> "nl")."""
+    if known is None:
+        return value
+    code = TO_LANGUAGE_CODE.get(value.strip().lower(), value.strip().lower())
+    if code not in known:
+        raise AudioInputError(f"{where}: language {value!r} is not one Whisper knows (a code or a name)")
+    return code
+
+
 def from_manifest(
     path: Path,
     policy: ErrorPolicy,
@@ -167,9 +195,7 @@ def from_manifest(
             if not isinstance(row, dict):
                 raise AudioInputError(f"{where}: a row is a JSON object, not {type(row).__name__}")
             audio_field = _field(row, "audio", where)
-            language = _field(row, "language", where)
-            if known is not None and language not in known:
-                raise AudioInputError(f"{where}: language {language!r} is not one Whisper knows")
+            language = _language(_field(row, "language", where), known, where)
             if languages is not None and language not in languages:
                 raise _unlisted(where, language, "from the manifest", path)
             audio = (path.parent / audio_field).resolve()
@@ -205,7 +231,9 @@ def _files(folder: Path) -> list[Path]:
             if not os.path.islink(os.path.join(root, d))
             or os.path.commonpath([inside, os.path.realpath(os.path.join(root, d))]) != inside
         )
-        found += [Path(root, f) for f in files]
+        # hidden files and folders are no clips: macOS's ._x.wav beside x.wav on a copied volume
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root, f) for f in files if not f.startswith(".")]
     return sorted(found)
 
 
@@ -215,11 +243,12 @@ def _folder_language(audio: Path, folder: Path, languages: list[str], known: set
     item: a language the source does not list). A folder named ``it`` or ``no`` higher up is not read
     as a language the source does not list."""
     for parent in audio.parents:
-        if parent.name in languages:
-            return parent.name
-        if parent == folder:
+        if parent == folder:  # the source folder's own name is no language (local:/data/hi: [en])
             break
-    return audio.parent.name if audio.parent.name in known else None
+        if parent.name.lower() in languages:  # NL/ as nl/
+            return parent.name.lower()
+    direct = audio.parent.name.lower()
+    return direct if audio.parent != folder and direct in known else None
 
 
 def _is_text(path: Path) -> bool:

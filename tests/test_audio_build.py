@@ -402,7 +402,7 @@ def test_an_id_in_two_languages_is_a_duplicate(tmp_path):
     assert sorted(clips) == ["own", "same", "spare"] and clips["same"].language == "en"
     (skipped,) = summary["skipped"]["items"]
     assert skipped["language"] == "de" and "duplicate id 'same'" in skipped["cause"]
-    assert skipped["cause"].endswith("(merge them as subfolders of one, or give ids)")
+    assert skipped["cause"].endswith("drop the repeated row, or give ids)")
     with pytest.raises(AudioInputError, match="duplicate id 'same'"):
         run_build(tmp_path, params(f"local:{manifest}", calib=1, evals=1, on_error="fail"))
 

@@ -303,3 +303,21 @@ def test_jsonl_keys_and_folder_names_in_any_case_and_hidden_files_skipped(tmp_pa
     assert [(it.language, it.text) for it in got] == [("de", "ein deutscher Satz")]
     (skipped,) = policy.skipped
     assert skipped["cause"].startswith(f"{source / 'a.wav'}: cannot tell the language; put it in a folder")
+
+
+def test_paths_that_name_one_id_get_distinct_ids(tmp_path):
+    """Regression (a review): `take 1.wav` and `take-1.wav` (or x.wav and x.flac) in one source gave
+    one id, so the second clip was dropped as a duplicate, with a hint about two sources."""
+    for name, text in (("take 1.wav", "first take"), ("take-1.wav", "second take"), ("solo.wav", "alone")):
+        write_tone(tmp_path / name)
+        (tmp_path / name).with_suffix(".txt").write_text(text)
+    got = {it.text: it.id for it in local.items(str(tmp_path), ["en"], {"en"}, ErrorPolicy("fail"))}
+    assert got["alone"] == "en-local-solo" and len(set(got.values())) == 3
+    assert all(ID_RE.fullmatch(i) and i.startswith("en-local-take-1-") for t, i in got.items() if "take" in t)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "audio,language,text\ntake 1.wav,en,first\ntake-1.wav,en,second\ntake 1.wav,en,again\n"
+    )
+    ids = [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))]
+    assert ids[0] == ids[2] != ids[1]  # the same path twice stays one id: a duplicate, refused later
+    assert ids == [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))]  # the same every run

@@ -257,7 +257,8 @@ def _check_id(it: Item, ids: dict[str, Item]) -> None:
     if it.id in ids:
         hint = (
             "; ids must be unique: a local: clip without an id is named by its path inside its source, "
-            "so two sources of the same layout collide (merge them as subfolders of one, or give ids)"
+            "so the same path in two sources collides, or one listed twice in a manifest (merge the "
+            "sources as subfolders of one, drop the repeated row, or give ids)"
             if it.source.startswith("local:") and ids[it.id].source.startswith("local:")
             else ""
         )

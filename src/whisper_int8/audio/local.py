@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -130,6 +131,23 @@ def _path_id(language: str, rel: str) -> str:
     return f"{head}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
+def _apart(found: list[tuple[Item, str | None]]) -> list[Item]:
+    """The items, ids named by paths (``str``: the path inside the source) made distinct: ``take 1.wav``
+    and ``take-1.wav``, or ``x.wav`` and ``x.flac``, give one id, and each such item gets a digest of
+    its own path. The same path given twice stays one id (a duplicate, refused later)."""
+    paths: dict[str, set[str]] = {}
+    for item, rel in found:
+        if rel is not None:
+            paths.setdefault(item.id, set()).add(rel)
+    out = []
+    for item, rel in found:
+        if rel is not None and len(paths[item.id]) > 1:
+            head = item.id.encode()[: MAX_ID_BYTES - 9].decode("utf-8", errors="ignore")
+            item = replace(item, id=f"{head}-{hashlib.sha256(rel.encode()).hexdigest()[:8]}")
+        out.append(item)
+    return out
+
+
 def _item(
     item_id: str, language: str, text: str, audio: Path, license: str, named: Path | None = None
 ) -> Item:
@@ -185,7 +203,7 @@ def from_manifest(
     """Rows of a manifest; with ``languages`` / ``known``, a row in a language the source does not list
     / Whisper does not know is a bad item. ``shown``: the manifest's path as configured (recorded)."""
     shown = shown or path
-    out = []
+    out: list[tuple[Item, str | None]] = []
     for n, row in _rows(path):
         language = row.get("language") if isinstance(row, dict) else None
         try:
@@ -209,8 +227,9 @@ def from_manifest(
             continue
         named = shown.parent / audio_field  # as configured (recorded); ``audio`` is read
         rel = os.path.relpath(path.parent / audio_field, path.parent)  # also for an absolute path
-        out.append(_item(item_id or _path_id(language, rel), language, text, audio, license, named))
-    return out
+        item = _item(item_id or _path_id(language, rel), language, text, audio, license, named)
+        out.append((item, None if item_id else rel))
+    return _apart(out)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -277,7 +296,7 @@ def from_folder(
             f"{shown or folder}: no audio files in the folder (read: {', '.join(sorted(AUDIO_EXTENSIONS))}, "
             "each with a same-named .txt transcript)"
         )
-    out = []
+    out: list[tuple[Item, str | None]] = []
     for audio in files:
         known_suffix = audio.suffix.lower() in AUDIO_EXTENSIONS
         stem = audio.with_suffix("")
@@ -317,8 +336,8 @@ def from_folder(
             continue
         rel = audio.relative_to(folder)
         item_id = _path_id(language, rel.as_posix())
-        out.append(_item(item_id, language, text, audio, LICENSE, (shown or folder) / rel))
-    return out
+        out.append((_item(item_id, language, text, audio, LICENSE, (shown or folder) / rel), rel.as_posix()))
+    return _apart(out)
 
 
 def locate(path: Path) -> Path:

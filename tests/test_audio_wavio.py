@@ -107,6 +107,21 @@ def test_a_recording_stopped_mid_write_reads_its_whole_frames(tmp_path):
     assert read_wav(empty).size == 0
 
 
+@pytest.mark.parametrize("codec", ["pcm_s24le", "pcm_f32le"])
+def test_a_truncated_wav_of_any_sample_format_is_refused(tmp_path, codec):
+    """Regression (a review): Python's wave refuses WAVE_FORMAT_EXTENSIBLE (24-bit, float, as
+    recorders write them), so a copy of one cut short skipped the check and ffmpeg decoded its part."""
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=2:r=48000", "-ac", "2"]
+    path = tmp_path / "rec.wav"
+    subprocess.run([*cmd, "-c:a", codec, str(path)], check=True)
+    assert path.read_bytes()[20:22] == b"\xfe\xff"  # WAVE_FORMAT_EXTENSIBLE: what the fix is for
+    assert len(decode_file(path)) == 2 * SAMPLE_RATE  # whole: decoded by ffmpeg
+    path.write_bytes(path.read_bytes()[: 48000 * 2 * 3 // 2])
+    for read in (decode_file, load_audio):
+        with pytest.raises(AudioInputError, match=r"rec\.wav: truncated WAV \(\d+ of the 96000 frames"):
+            read(path)
+
+
 def test_a_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
     """Regression: a folder (or a file without read permission) was an IsADirectoryError or
     PermissionError traceback in the CLI and a generic HTTP 500 from a server."""

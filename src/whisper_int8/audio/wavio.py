@@ -11,8 +11,10 @@ import io
 import math
 import os
 import shutil
+import struct
 import subprocess
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,41 +138,70 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
 STREAMED_WAV_BYTES = 0x7FFFF000
 
 
-def _wav_header(f: io.BufferedReader) -> wave.Wave_read | None:
-    """The WAV header read from ``f`` (which stays open), None when ``f`` holds no PCM WAV."""
-    try:
-        return wave.open(f, "rb")
-    except (wave.Error, EOFError):
+@dataclass(frozen=True)
+class _WavHeader:
+    canonical: bool  # 16 kHz mono 16-bit PCM: read here, not by ffmpeg
+    block: int  # bytes per frame
+    rate: int
+    data_at: int  # file offset of the first sample
+    declared: int  # data bytes the header declares
+
+
+def _wav_header(f: io.BufferedReader) -> _WavHeader | None:
+    """The RIFF/WAVE header of ``f`` in any sample format (also WAVE_FORMAT_EXTENSIBLE and float, as
+    24-bit and multichannel recorders write, which Python's ``wave`` refuses); None for another file.
+    ``f`` is then at the first sample."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
         return None
+    fmt = None
+    while len(chunk := f.read(8)) == 8:
+        name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if name == b"data":
+            if fmt is None or not fmt[3]:
+                return None
+            tag, channels, rate, block, bits = fmt
+            canonical = (tag, channels, rate, bits) == (1, 1, SAMPLE_RATE, 16)
+            return _WavHeader(canonical, block, rate, f.tell(), size)
+        if name == b"fmt " and 16 <= size <= 4096:
+            body = f.read(size + size % 2)
+            tag, channels, rate, _, block, bits = struct.unpack_from("<HHIIHH", body)
+            if tag == 0xFFFE and size >= 26:  # EXTENSIBLE: the format is its SubFormat's first two bytes
+                tag = struct.unpack_from("<H", body, 24)[0]
+            fmt = (tag, channels, rate, block, bits)
+        else:
+            f.seek(size + size % 2, os.SEEK_CUR)
+    return None
 
 
 def _canonical_samples(path: Path | str, max_seconds: float | None = None) -> np.ndarray | None:
     """The int16 samples of a 16 kHz mono 16-bit PCM WAV (its first ``max_seconds``), None for any
-    other file. A PCM WAV cut short (a copy or download stopped part-way) is an error: ffmpeg would
-    decode the part that is there. A file that cannot be opened (permissions, a folder) is one too."""
+    other file. A WAV of any sample format cut short (a copy or download stopped part-way) is an error:
+    ffmpeg would decode the part that is there. A file that cannot be opened (permissions, a folder)
+    is one too. Only the samples of a canonical WAV are read, never a whole recording's."""
     try:
         with open(path, "rb") as f:
-            w = _wav_header(f)  # ``f`` is then at the first sample
-            if w is None:
+            header = _wav_header(f)
+            if header is None:
                 return None
-            layout = (w.getnchannels(), w.getsampwidth(), w.getframerate())
-            frames, frame_bytes = w.getnframes(), w.getnchannels() * w.getsampwidth()
-            held = os.fstat(f.fileno()).st_size - f.tell()
-            streamed = frames * frame_bytes >= STREAMED_WAV_BYTES or (frames == 0 and held > 0)
-            if streamed:  # a recording stopped mid-sample: its whole frames
-                frames = held // frame_bytes
-            wanted = frames if max_seconds is None else min(frames, math.ceil(max_seconds * w.getframerate()))
-            data = f.read(frame_bytes * wanted)
+            held = os.fstat(f.fileno()).st_size - header.data_at
+            streamed = header.declared >= STREAMED_WAV_BYTES or (header.declared == 0 and held > 0)
+            frames = (held if streamed else header.declared) // header.block  # streamed: whole frames
+            if held < header.declared and not streamed:
+                raise AudioInputError(
+                    f"{path}: truncated WAV ({held // header.block} of the {frames} frames its header "
+                    "declares); copy or fetch it again"
+                )
+            if not header.canonical:
+                return None
+            if max_seconds is not None:
+                frames = min(frames, math.ceil(max_seconds * header.rate))
+            data = f.read(header.block * frames)
     except (FileNotFoundError, AudioInputError):
         raise
     except OSError as e:
         raise AudioInputError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if len(data) < frame_bytes * wanted:
-        raise AudioInputError(
-            f"{path}: truncated WAV ({len(data) // frame_bytes} of the {frames} frames its header declares); "
-            "copy or fetch it again"
-        )
-    return np.frombuffer(data, dtype="<i2") if layout == (1, 2, SAMPLE_RATE) else None
+    return np.frombuffer(data, dtype="<i2")
 
 
 def read_wav(path: Path | str) -> np.ndarray:

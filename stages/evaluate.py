@@ -21,7 +21,7 @@ from whisper_int8.model_dir import activation_bits_of, resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.quant.convert import QUANT_CONFIG
-from whisper_int8.scoring import check_references
+from whisper_int8.scoring import check_references, scorer_versions
 from whisper_int8.stage_files import read_json
 from whisper_int8.transcribe import decode_options
 
@@ -69,6 +69,7 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
         "host": host_summary(),
+        "scorer": scorer_versions(),  # the rates' normalizers: a new num2words spells numbers anew
         # apart from host: they move INT8 transcripts only, so an FP32 baseline made with others is kept
         **bits,
     }

@@ -581,3 +581,4 @@ def test_the_same_text_written_in_nfd_or_with_spaces_between_cjk_characters_is_o
     key = audio_build._text_key
     assert key("Ça coûte combien ?") == key(unicodedata.normalize("NFD", "ça coûte combien"))
     assert key("我们明天见面。") == key("我们 明天 见面") and key("ice cream") != key("icecream")
+    assert key("아버지가 방에 들어가신다") != key("아버지 가방에 들어가신다")  # Korean has spaces

@@ -265,18 +265,20 @@ def test_csv_rows_excel_and_editors_write_are_read_or_named_never_cut(tmp_path):
         "spk1/001.wav,en,Hallo, hoe gaat het\n"
         ",,\n"
         'spk2/001.wav,EN,"quoted, with a comma"\n'
-        "spk2/my take.wav,English,plain\n"
+        'spk2/my take.wav,English,"Moby Dick" is a novel\n'
     )
     policy = ErrorPolicy()
     got = local.from_manifest(manifest, policy, ["en"], {"en", "nl"})
     assert [(it.id, it.language, it.text) for it in got] == [
         (IDS[1], "en", "quoted, with a comma"),
-        (IDS[2], "en", "plain"),
+        (IDS[2], "en", "Moby Dick is a novel"),  # text after a closing quote: read, as always
     ]
     (skipped,) = policy.skipped
     assert skipped["cause"].startswith(f"{manifest}:2: 4 fields for the header's 3 columns; put a field")
     manifest.write_text('audio,language,text\nspk1/001.wav,en,"Go\nspk2/001.wav,en,second\n')
-    with pytest.raises(local.AudioInputError, match=rf"^{manifest}:2: .*a double quote opened in this row"):
+    with pytest.raises(
+        local.AudioInputError, match=rf"^{manifest}:2: a double quote opened in this row is never"
+    ):
         local.from_manifest(manifest, ErrorPolicy())
 
 
@@ -303,6 +305,13 @@ def test_jsonl_keys_and_folder_names_in_any_case_and_hidden_files_skipped(tmp_pa
     assert [(it.language, it.text) for it in got] == [("de", "ein deutscher Satz")]
     (skipped,) = policy.skipped
     assert skipped["cause"].startswith(f"{source / 'a.wav'}: cannot tell the language; put it in a folder")
+    # a folder named like a language code in capitals (UK/ for British English) says how it was read
+    write_tone(tmp_path / "en_clips" / "UK" / "c.wav")
+    (tmp_path / "en_clips" / "UK" / "c.txt").write_text("a british clip")
+    with pytest.raises(
+        local.AudioInputError, match=r"c\.wav: language uk \(from its folder UK/: ukrainian\)"
+    ):
+        local.items(str(tmp_path / "en_clips"), ["en"], {"en", "uk"}, ErrorPolicy("fail"))
 
 
 def test_paths_that_name_one_id_get_distinct_ids(tmp_path):

@@ -99,7 +99,8 @@ def test_a_recording_stopped_mid_write_reads_its_whole_frames(tmp_path):
     head = wav_bytes(pcm)[:44]  # the canonical 44-byte header, then the samples
     for size, tail, frames in ((0xFFFFFFFF, b"\x01", 16000), (0, b"", 16000), (0, b"\x01", 16000)):
         path = tmp_path / f"s{size}-{len(tail)}.wav"
-        path.write_bytes(head[:40] + size.to_bytes(4, "little") + pcm.tobytes() + tail)
+        riff = size.to_bytes(4, "little") if size == 0 else head[4:8]  # a 0 placeholder is in both
+        path.write_bytes(head[:4] + riff + head[8:40] + size.to_bytes(4, "little") + pcm.tobytes() + tail)
         np.testing.assert_array_equal(read_wav(path), pcm.astype(np.float32) / 32768.0)
         assert len(load_audio(path)) == frames == len(decode_file(path))
     empty = tmp_path / "empty.wav"
@@ -120,6 +121,28 @@ def test_a_truncated_wav_of_any_sample_format_is_refused(tmp_path, codec):
     for read in (decode_file, load_audio):
         with pytest.raises(AudioInputError, match=r"rec\.wav: truncated WAV \(\d+ of the 96000 frames"):
             read(path)
+
+
+def test_odd_wav_headers_are_read_or_refused_as_before(tmp_path):
+    """Regression (a review of the RIFF reader): a file cut inside its header raised struct.error; a
+    0-byte data chunk followed by metadata gave the metadata as samples; a data size that is no
+    whole number of frames was "truncated" with every whole frame there."""
+    pcm = (0.3 * 32767 * np.sin(np.arange(16000) / 5)).astype("<i2")
+    whole = wav_bytes(pcm)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[:30])
+    with pytest.raises(AudioInputError, match=r"cut\.wav: unreadable or corrupt audio"):
+        load_audio(cut)
+    tagged = tmp_path / "tagged.wav"
+    info = (
+        b"LIST" + (26).to_bytes(4, "little") + b"INFOISFT" + (14).to_bytes(4, "little") + b"some encoder\0\0"
+    )
+    body = whole[12:36] + b"data" + bytes(4) + info
+    tagged.write_bytes(b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WAVE" + body)
+    assert read_wav(tagged).size == 0
+    odd = tmp_path / "odd.wav"
+    odd.write_bytes(whole[:40] + (len(pcm) * 2 + 1).to_bytes(4, "little") + pcm.tobytes())
+    assert len(read_wav(odd)) == len(pcm)
 
 
 def test_a_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):

@@ -385,6 +385,8 @@ def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, 
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "7")
     config = stage.settings(opt, [])
     assert config["int8_activation_bits"] == 7 and "int8 activations" not in config["host"]
+    # (a review) the scoring libraries' versions, recorded when the rates are scored (promote ran later)
+    assert config["scorer"].startswith("openai-whisper ") and "; num2words " in config["scorer"]
     path.write_text(json.dumps({"config": config, "model_dir": "m", "metrics": {}, "clips": []}))
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "auto")
     assert stage.settings(opt, [])["int8_activation_bits"] == 8  # 7-bit weights: 8 on every CPU

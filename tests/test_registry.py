@@ -284,7 +284,11 @@ def test_a_registry_that_fails_to_answer_is_an_error_not_an_empty_registry(tmp_p
     """Regression (a review): any error searching the versions read as "none of this state", so a
     promote registered a duplicate version; a refused alias change was a traceback in `alias`."""
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
+    from mlflow.protos.databricks_pb2 import (
+        PERMISSION_DENIED,
+        RESOURCE_DOES_NOT_EXIST,
+        TEMPORARILY_UNAVAILABLE,
+    )
 
     from whisper_int8 import registry
     from whisper_int8.tracking_uri import TrackingError
@@ -296,6 +300,12 @@ def test_a_registry_that_fails_to_answer_is_an_error_not_an_empty_registry(tmp_p
     client = client_for(cfg.tracking_uri)
     name = cfg.registered_model
     assert registry.version_for_key(client, "never-registered", "k") is None
+
+    def missing(*args, **kwargs):
+        raise MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.setattr(client, "search_model_versions", missing)  # a store that says so
+    assert registry.version_for_key(client, name, "k") is None
 
     def unavailable(*args, **kwargs):
         raise MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)
@@ -367,9 +377,6 @@ def test_eval_set_digest_separates_hosts_and_scorers_but_not_warmup(tmp_path, mo
     monkeypatch.setattr(promotion.scoring, "__file__", str(scorer))
     other_scorer = promotion.eval_set_digest(rep, manifest)
     assert other_scorer != digest
-    # (a review) so do the libraries it normalizes with: a new num2words spells numbers anew
-    real = promotion.importlib.metadata.version
-    monkeypatch.setattr(
-        promotion.importlib.metadata, "version", lambda p: "99.0" if p == "num2words" else real(p)
-    )
-    assert promotion.eval_set_digest(rep, manifest) not in (digest, other_scorer)
+    # (a review) so do the libraries it normalizes with, as the evaluate stage recorded them when it scored
+    newer = {"config": {**rep["config"], "scorer": "num2words 99.0"}}
+    assert promotion.eval_set_digest(newer, manifest) not in (digest, other_scorer)

@@ -30,7 +30,9 @@ def test_uses_cer():
      # such language the comma of "1,000" parted it into two words
      ("es", "cinco metros dos", "5 metros²"),
      ("ja", "一番", "①番"),
-     ("sw", "1000 km", "1,000 km")],
+     ("sw", "1000 km", "1,000 km"),
+     ("fr", "trois un deux", "3½"),  # not "31⁄2": thirty-one
+     ("vi", "hoà bình", "hòa bình")],  # two places of one tone mark
 )  # fmt: skip
 def test_format_differences_score_zero(lang, reference, hypothesis):
     assert normalize(reference, lang) == normalize(hypothesis, lang)

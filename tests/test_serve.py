@@ -215,16 +215,20 @@ def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkey
     # (a review) the limit is the request's: a batch of clips each within it was transcribed whole
     second = {"audio": np.full(16000, 0.1, np.float32).tolist()}
     over = (
-        r"^record 2 of 3: 2.0 s of audio with the 1.0 s of the records before it, over this server's "
+        r"^record 2 of 3: 1.0 s of audio, 2.0 s with the records before it, over this server's "
         rf"{MAX_SECONDS_VARIABLE}=1.5; send shorter clips or fewer records$"
     )
     with pytest.raises(InputError, match=over):
         model.predict([second, second, second])
     with pytest.raises(InputError, match=r"^record 3 of 3: the records before it hold 1.5 s of audio"):
         model.predict([{"audio": [0.1] * 12000}, {"audio": [0.1] * 12000}, second])
-    with pytest.raises(InputError, match=r"^record 2 of 2: 1.5 s of audio or more with the 1.0 s"):
+    with pytest.raises(InputError, match=r"^record 2 of 2: 0.5 s of audio or more, 1.5 s with the rec"):
         model.predict([second, {"audio": str(tracking["wav"])}])
     monkeypatch.delenv(MAX_SECONDS_VARIABLE)
+    # (a review) a batch where only some records give a language: pandas' NaN in the others was taken
+    # for a language (an AttributeError, HTTP 500)
+    mixed = pd.DataFrame([{"audio": str(tracking["wav"]), "language": "en"}, {"audio": str(tracking["wav"])}])
+    assert len(mlflow.pyfunc.load_model(URI).predict(mixed)) == 2
     # (a review) a bad WHISPER_INT8_ACTIVATION_BITS loaded, then failed every request as a server error
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
     with pytest.raises(ValueError, match="WHISPER_INT8_ACTIVATION_BITS"):
@@ -311,6 +315,16 @@ def test_cli_pull_then_transcribe(tracking, tmp_path, capsys):
         assert cli.main([*args, str(tracking["wav"])]) == 0
         line = json.loads(capsys.readouterr().out.strip())
         assert line == {"audio": str(tracking["wav"]), "text": tracking["expected"]}
+
+
+def test_pull_into_the_empty_folder_a_shell_stands_in_is_refused(tracking, tmp_path, capsys, monkeypatch):
+    """Regression (a review): an empty folder is replaced by a pull, and `pull --dest .` in one renamed
+    the directory the caller stood in (the shell left in an unlinked one)."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert cli.main(["pull", "--model", NAME, "--dest", "."]) == 2
+    assert "exists and is not a pulled model" in _one_line_error(capsys)
+    assert Path.cwd() == tmp_path / "here" and not any(Path.cwd().iterdir())
 
 
 def test_cli_transcribe_holds_a_bounded_amount_of_audio(registered, capsys, monkeypatch):

@@ -8,7 +8,6 @@ alias moves last, only after the version is fully tagged. A crash before that le
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -113,17 +112,6 @@ def pipeline_key(lock_digest: str, eval_json: Path, promote_inputs: dict[str, An
     return hashlib.sha256(f"{lock_digest}:{sha256_file(eval_json)}:{inputs}".encode()).hexdigest()[:32]
 
 
-# What scoring.py normalizes and aligns with: a new release can move every error rate.
-SCORING_PACKAGES = ("openai-whisper", "jiwer", "num2words", "cn2an", "zhconv")
-
-
-def _version(package: str) -> str:
-    try:
-        return f"{package} {importlib.metadata.version(package)}"
-    except importlib.metadata.PackageNotFoundError:
-        return f"{package} missing"
-
-
 def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
     """What the error rates were measured on: the split's clips, the evaluation settings, the machine
     and the scorer.
@@ -133,11 +121,12 @@ def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
     kernels and the INT8 activation bits (7 or 8: from the CPU, WHISPER_INT8_ACTIVATION_BITS and the
     model's ``quant.weight_bits``) move transcripts, so a candidate evaluated on another machine than
     the champion, or with other activation bits, is compared by its increase over FP32 instead. So is
-    one scored by another ``scoring.py`` or other versions of the libraries it normalizes with.
+    one scored by another ``scoring.py``, or by other versions of the libraries it normalizes with
+    (the evaluate stage records them in ``config.scorer`` when it scores, not when promote runs).
     """
     config = {k: v for k, v in report.get("config", {}).items() if k != "warmup"}
     clips = sha256_file(manifest) if manifest is not None and manifest.is_file() else "unknown"
-    scorer = [sha256_file(Path(scoring.__file__)), *(_version(p) for p in SCORING_PACKAGES)]
+    scorer = sha256_file(Path(scoring.__file__))
     return hashlib.sha256(json.dumps([config, clips, scorer], sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -119,7 +119,12 @@ def check_audio(
                 "samples as a list of floats (encoded audio in a string is not read)"
             ) from None
         if not is_file:
-            raise FileNotFoundError(f"audio file not found: {shown}")
+            encoded = (
+                " (a path on the server: encoded audio in a string is not read)"
+                if len(str(audio)) > 255
+                else ""
+            )
+            raise FileNotFoundError(f"audio file not found: {shown}{encoded}")
         # one sample over the time left: refused
         cap = None if max_seconds is None else max_seconds - used + 1 / SAMPLE_RATE
         samples, name = load_audio(audio, max_seconds=cap), str(audio)
@@ -159,9 +164,9 @@ def _shown(path: str | Path, most: int = 120) -> str:
 
 def _check_max_seconds(seconds: float, max_seconds: float | None, what: str, used: float) -> None:
     if max_seconds is not None and used + seconds > max_seconds:
-        total = f" with the {used:.1f} s of the records before it" if used else ""
+        total = f", {used + seconds:.1f} s with the records before it" if used else ""
         raise ValueError(
-            f"{used + seconds:.1f} {what}{total}, over this server's {MAX_SECONDS_VARIABLE}="
+            f"{seconds:.1f} {what}{total}, over this server's {MAX_SECONDS_VARIABLE}="
             f"{max_seconds:g}; send shorter clips{' or fewer records' if used else ''}"
         )
 
@@ -210,7 +215,9 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
             lang = item.get("language")
             if not (_missing(lang) or isinstance(lang, str)):
                 raise ValueError(f"language must be a code or name such as 'en' or 'English', got {lang!r}")
-            requests.append((item["audio"], lang or None, item.get("sample_rate")))
+            requests.append(
+                (item["audio"], None if _missing(lang) or not lang else lang, item.get("sample_rate"))
+            )
         else:
             requests.append((item, None, None))
     return requests

@@ -339,7 +339,9 @@ def pull(uri: str, dest: Path) -> Path:
     refused, not deleted. A symlink at ``dest`` stays, and the directory it points to is replaced.
     """
     dest = Path(os.path.abspath(dest))  # "." names no directory to stage a download beside
-    empty = dest.is_dir() and not any(dest.iterdir())
+    # an empty folder is replaced too, but not the one a shell stands in, nor a mount point
+    empty = dest.is_dir() and not any(dest.iterdir()) and not os.path.ismount(dest)
+    empty = empty and not Path.cwd().resolve().is_relative_to(dest.resolve())
     if dest.exists() and not (dest / "MLmodel").is_file() and not empty:
         raise RegistryError(
             f"{dest}: exists and is not a pulled model (no MLmodel file); pull into a new directory "

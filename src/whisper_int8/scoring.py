@@ -36,6 +36,24 @@ DECIMAL_COMMA_LANGUAGES = frozenset({
 })  # fmt: skip
 
 
+# What normalize and score depend on besides this file: a new release can move every error rate.
+SCORING_PACKAGES = ("openai-whisper", "jiwer", "num2words", "cn2an", "zhconv")
+
+
+def scorer_versions() -> str:
+    """``openai-whisper 20250625; jiwer 4.0.0; ...``: recorded with every evaluation (the evaluate
+    stage's settings), so rates scored by other versions are not compared as equals."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(package: str) -> str:
+        try:
+            return f"{package} {version(package)}"
+        except PackageNotFoundError:
+            return f"{package} missing"
+
+    return "; ".join(one(p) for p in SCORING_PACKAGES)
+
+
 def uses_cer(lang: str) -> bool:
     """True for languages scored by CER (written without spaces between words)."""
     return lang in CER_LANGUAGES
@@ -146,7 +164,7 @@ def _strip_diacritics(text: str, lang: str) -> str:
     and Arabic vowel points (keeps Devanagari vowel signs and Thai tone marks, which are letters:
     :func:`_blank_symbols` keeps them too)."""
     if lang in _TONE_MARKED:
-        return text
+        return _tone_last(text)
     keep = _MARKED_LETTERS | _MARKED_LETTERS_BY_LANGUAGE.get(lang, frozenset())
     out: list[str] = []
     for letter in unicodedata.normalize("NFC", text):
@@ -160,9 +178,30 @@ def _strip_diacritics(text: str, lang: str) -> str:
     return _OPTIONAL_MARKS.sub("", unicodedata.normalize("NFC", "".join(out)))
 
 
+def _compatible(text: str) -> str:
+    """NFKC, before the digits are read: "m²" as "m 2", "①" as "1", full-width "１２" as "12". A
+    superscript, fraction or circled number stands apart ("3½" is "3 1⁄2", not "31⁄2"; "10²" "10 2")."""
+    spaced = (f" {c} " if unicodedata.category(c) == "No" else c for c in text)
+    return unicodedata.normalize("NFKC", "".join(spaced))
+
+
+# Vietnamese tone marks (grave, acute, tilde, hook above, dot below), which two spellings place on
+# different vowels of a syllable ("hoà" and "hòa"): moved to the syllable's end before comparing
+_VI_TONES = frozenset("\u0300\u0301\u0303\u0309\u0323")
+
+
+def _tone_last(text: str) -> str:
+    def word(w: str) -> str:
+        parts = unicodedata.normalize("NFD", w)
+        tones = "".join(c for c in parts if c in _VI_TONES)
+        return unicodedata.normalize("NFC", "".join(c for c in parts if c not in _VI_TONES) + tones)
+
+    return " ".join(word(w) for w in text.split(" "))
+
+
 def normalize(text: str, lang: str) -> str:
     """Canonical form of ``text`` in ``lang`` for scoring (apply it to references and hypotheses alike)."""
-    text = unicodedata.normalize("NFKC", text)  # before the digits are read: "m²" as "m2", "①" as "1"
+    text = _compatible(text)
     if lang in ("zh", "yue"):
         import zhconv
 

@@ -226,10 +226,9 @@ class Taken:
     sounds: set[str] = field(default_factory=set)  # digests of the decoded samples
 
 
-# spaces between two characters of scripts written without them ("我们 明天" is "我们明天")
-_CJK_GAP = re.compile(
-    r"(?<=[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af])\s+(?=[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af])"
-)
+# spaces between two characters of scripts written without them ("我们 明天" is "我们明天"; not
+# Korean, written with spaces)
+_CJK_GAP = re.compile(r"(?<=[\u3040-\u30ff\u3400-\u9fff])\s+(?=[\u3040-\u30ff\u3400-\u9fff])")
 
 
 def _text_key(text: str) -> str:

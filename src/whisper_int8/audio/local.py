@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from whisper.tokenizer import TO_LANGUAGE_CODE
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from ..params import ParamError
 from ..tracking_uri import repo_root
@@ -47,8 +47,7 @@ def _not_utf8(values) -> bool:
 
 
 def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]:
-    # strict: a quote left open is an error at its row, not the rest of the file read as one transcript
-    reader = csv.reader(f, strict=True)
+    reader = csv.reader(f)
     found = next(reader, [])
     header = [h.strip().lower() for h in found]  # "Audio", " text" as Excel users write them
     missing = [c for c in COLUMNS if c not in header]
@@ -58,22 +57,26 @@ def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]
             "a comma-separated header: audio,text,language[,id,license]"
         )
     rows: list[tuple[int, dict | AudioInputError]] = []
-    line = reader.line_num + 1  # the file line a row starts on (blank lines counted, as an editor does)
-    try:
-        for cells in reader:
-            if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
-                # a transcript with an unquoted comma: its words after the comma would be lost
-                rows.append((line, AudioInputError(
-                    f"{path}:{line}: {len(cells)} fields for the header's {len(header)} columns; put a "
-                    'field that holds a comma in double quotes ("Hallo, hoe gaat het")'
-                )))  # fmt: skip
-            elif any(c.strip() for c in cells):  # not a blank or all-empty row (",,", as Excel saves)
-                rows.append((line, dict(zip(header, cells, strict=False))))
-            line = reader.line_num + 1
-    except csv.Error as e:
-        raise AudioInputError(
-            f"{path}:{line}: {e}: a double quote opened in this row is not closed where it should be"
-        ) from None
+    line = last = (
+        reader.line_num + 1
+    )  # the file line a row starts on (blank lines counted, as an editor does)
+    for cells in reader:
+        if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
+            # a transcript with an unquoted comma: its words after the comma would be lost
+            rows.append((line, AudioInputError(
+                f"{path}:{line}: {len(cells)} fields for the header's {len(header)} columns; put a "
+                'field that holds a comma in double quotes ("Hallo, hoe gaat het")'
+            )))  # fmt: skip
+        elif any(c.strip() for c in cells):  # not a blank or all-empty row (",,", as Excel saves)
+            rows.append((line, dict(zip(header, cells, strict=False))))
+        last, line = line, reader.line_num + 1
+    if reader.line_num > last:  # the last row runs over lines: a quoted newline, or a quote never closed
+        f.seek(0)
+        if "".join(f.readlines()[last - 1 :]).count('"') % 2:
+            raise AudioInputError(
+                f"{path}:{last}: a double quote opened in this row is never closed, so every later row "
+                "would be read into its transcript; close it"
+            )
     return rows
 
 
@@ -266,6 +269,8 @@ def _folder_language(audio: Path, folder: Path, languages: list[str], known: set
             break
         if parent.name.lower() in languages:  # NL/ as nl/
             return parent.name.lower()
+    # another language's code, in any case: a bad item that says how it was read (UK/ as Ukrainian),
+    # never a clip labelled with the source's one language (DE/ under a source of [nl])
     direct = audio.parent.name.lower()
     return direct if audio.parent != folder and direct in known else None
 
@@ -317,7 +322,13 @@ def from_folder(
                     "or configure one language for this source"
                 )
             if language not in languages:
-                raise _unlisted(audio, language, "from its folder", folder)
+                named = audio.parent.name
+                whence = (
+                    "from its folder"
+                    if named == language
+                    else f"from its folder {named}/: {LANGUAGES[language]}"
+                )
+                raise _unlisted(audio, language, whence, folder)
             transcript = texts.get(stem)
             if transcript is None:
                 raise AudioInputError(f"{audio}: transcript {stem.name}.txt is missing")

@@ -145,6 +145,7 @@ class _WavHeader:
     rate: int
     data_at: int  # file offset of the first sample
     declared: int  # data bytes the header declares
+    placeholder: bool  # the RIFF size is a pipe's placeholder (0 or ~4 GB): the data runs to the end
 
 
 def _wav_header(f: io.BufferedReader) -> _WavHeader | None:
@@ -154,6 +155,7 @@ def _wav_header(f: io.BufferedReader) -> _WavHeader | None:
     head = f.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
         return None
+    riff = int.from_bytes(head[4:8], "little")
     fmt = None
     while len(chunk := f.read(8)) == 8:
         name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
@@ -162,9 +164,12 @@ def _wav_header(f: io.BufferedReader) -> _WavHeader | None:
                 return None
             tag, channels, rate, block, bits = fmt
             canonical = (tag, channels, rate, bits) == (1, 1, SAMPLE_RATE, 16)
-            return _WavHeader(canonical, block, rate, f.tell(), size)
+            placeholder = riff == 0 or riff >= STREAMED_WAV_BYTES
+            return _WavHeader(canonical, block, rate, f.tell(), size, placeholder)
         if name == b"fmt " and 16 <= size <= 4096:
             body = f.read(size + size % 2)
+            if len(body) < size:  # the file ends inside its header
+                return None
             tag, channels, rate, _, block, bits = struct.unpack_from("<HHIIHH", body)
             if tag == 0xFFFE and size >= 26:  # EXTENSIBLE: the format is its SubFormat's first two bytes
                 tag = struct.unpack_from("<H", body, 24)[0]
@@ -185,9 +190,12 @@ def _canonical_samples(path: Path | str, max_seconds: float | None = None) -> np
             if header is None:
                 return None
             held = os.fstat(f.fileno()).st_size - header.data_at
-            streamed = header.declared >= STREAMED_WAV_BYTES or (header.declared == 0 and held > 0)
+            # a 0-byte data chunk is a placeholder only beside a placeholder RIFF size (else: no audio,
+            # and what follows is metadata, not samples)
+            zero = header.declared == 0 and held > 0 and header.placeholder
+            streamed = header.declared >= STREAMED_WAV_BYTES or zero
             frames = (held if streamed else header.declared) // header.block  # streamed: whole frames
-            if held < header.declared and not streamed:
+            if held // header.block < frames:
                 raise AudioInputError(
                     f"{path}: truncated WAV ({held // header.block} of the {frames} frames its header "
                     "declares); copy or fetch it again"

@@ -171,12 +171,46 @@ def test_a_ct2_weight_error_names_the_weights_file(tiny_model, tmp_path):
         load_source(f"ct2:{tmp_path}")
 
 
-def test_heads_stored_in_model_bin_are_named_by_it_not_by_an_absent_config(tiny_model, tmp_path):
+def test_a_ct2_model_without_config_json_loads_with_the_default_heads(tiny_model, tmp_path):
+    """Regression (a review): CTranslate2's model.bin holds decoder/alignment_heads as a number (the
+    heads of its guided alignment, 1 by default), which was read as [layer, head] pairs: a traceback."""
     spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float16)
-    spec.variables["decoder/alignment_heads"] = torch.tensor([[5, 0]], dtype=torch.int32)
+    assert spec.variables["decoder/alignment_heads"].shape == ()  # as the converter writes it
     (tmp_path / "model.bin").write_bytes(write_ct2(spec))
-    with pytest.raises(ModelSourceError, match=r"model.bin: alignment_heads \[5, 0\] outside the decoder"):
-        load_source(f"ct2:{tmp_path}")
+    loaded = load_source(f"ct2:{tmp_path}")
+    assert loaded.alignment_heads is None
+
+
+def test_heads_kept_as_openai_whisper_keeps_them_are_read_as_pairs(tiny_model, tmp_path):
+    """Regression (a review): a checkpoint saved with model.alignment_heads (a sparse bool mask) was a
+    traceback; its dense form flattened into "pairs" of booleans, and [] recorded no heads while the
+    model kept the default ones."""
+    from whisper_int8.model_sources import check_heads
+
+    dims = tiny_model.dims
+    mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+    mask[1, 0] = mask[0, 1] = True
+    for heads in (mask, mask.to_sparse(), torch.tensor([[0, 1], [1, 0]]), [[0, 1], [1, 0]]):
+        assert check_heads(heads, dims, "ckpt") == [[0, 1], [1, 0]]
+    assert check_heads([], dims, "ckpt") is None
+    with pytest.raises(ModelSourceError, match=r"ckpt: alignment_heads must be a list of \[layer, head\]"):
+        check_heads([[True, False]], dims, "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"n_audio_ctx": 750}, r"n_audio_ctx 750: openai-whisper pads audio to 30 s, 1500 frames"),
+     ({"n_audio_head": 3}, r"n_audio_state 64 is no multiple of n_audio_head 3")],
+)  # fmt: skip
+def test_dims_openai_whisper_cannot_run_are_refused_at_fetch(tiny_model, change, match):
+    """Regression (a review): both loaded, then failed at the first forward pass (calibrate)."""
+    from dataclasses import replace
+
+    from whisper_int8.model_sources import check_dims
+
+    dims = replace(tiny_model.dims, **change)
+    with pytest.raises(ModelSourceError, match=match):
+        check_dims(dims, "ckpt")
 
 
 def test_an_openai_whisper_download_loads_with_its_heads(tiny_model, tmp_path, monkeypatch):

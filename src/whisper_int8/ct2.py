@@ -262,6 +262,8 @@ def from_openai_state_dict(
     variables: dict[str, torch.Tensor] = {
         "encoder/num_heads": torch.tensor(dims.n_audio_head, dtype=torch.int16),
         "decoder/num_heads": torch.tensor(dims.n_text_head, dtype=torch.int16),
+        # what CTranslate2's converter writes there: the number of heads of its guided alignment
+        "decoder/alignment_heads": torch.tensor(1, dtype=torch.int16),
     }
     for ct2_name, parts in name_table(dims.n_audio_layer, dims.n_text_layer):
         like = next(state[n] for n in parts if n is not None)

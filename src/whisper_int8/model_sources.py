@@ -114,6 +114,7 @@ def source_from_params(model: dict, where: str | Path = "params.yaml") -> str:
 
 MEL_BANDS = (80, 128)  # the log-Mel front ends openai-whisper has filters for
 MIN_VOCAB = 51864  # Whisper's tokenizer: English-only 51864, multilingual 51865, large-v3 51866
+AUDIO_CTX = 1500  # encoder frames of one 30 s window: the only input length openai-whisper feeds
 
 
 def check_dims(dims: ModelDimensions, where: str | Path) -> None:
@@ -127,6 +128,14 @@ def check_dims(dims: ModelDimensions, where: str | Path) -> None:
         raise ModelSourceError(
             f"{where}: n_vocab {dims.n_vocab}: Whisper's tokenizer needs {MIN_VOCAB} tokens or more"
         )
+    if dims.n_audio_ctx != AUDIO_CTX:
+        raise ModelSourceError(
+            f"{where}: n_audio_ctx {dims.n_audio_ctx}: openai-whisper pads audio to 30 s, {AUDIO_CTX} frames"
+        )
+    for part in ("audio", "text"):
+        state, heads = getattr(dims, f"n_{part}_state"), getattr(dims, f"n_{part}_head")
+        if state % heads:
+            raise ModelSourceError(f"{where}: n_{part}_state {state} is no multiple of n_{part}_head {heads}")
 
 
 def _mismatch(model: Whisper, state_dict: dict) -> str:
@@ -148,13 +157,21 @@ def _mismatch(model: Whisper, state_dict: dict) -> str:
 
 
 def check_heads(heads: Any, dims: ModelDimensions, where: str | Path) -> list[list[int]] | None:
-    """[layer, head] pairs inside the decoder ``dims`` describe (a tensor of pairs is read as a list)."""
+    """[layer, head] pairs inside the decoder ``dims`` describe; None (openai-whisper's default heads)
+    for None or none at all. A tensor is read as pairs, or as openai-whisper keeps them: a (sparse)
+    boolean mask of layers x heads."""
     if heads is None:
         return None
     if isinstance(heads, torch.Tensor):
-        heads = heads.reshape(-1, 2).tolist()
+        dense = heads.to_dense() if heads.is_sparse else heads
+        if dense.dtype == torch.bool and tuple(dense.shape) == (dims.n_text_layer, dims.n_text_head):
+            heads = dense.nonzero().tolist()
+        elif not dense.dtype.is_floating_point and dense.dtype != torch.bool and dense.numel() % 2 == 0:
+            heads = dense.reshape(-1, 2).tolist()
+    if isinstance(heads, list) and not heads:
+        return None  # the model keeps openai-whisper's default heads: record that, not []
     ok = isinstance(heads, list) and all(
-        isinstance(h, list | tuple) and len(h) == 2 and all(isinstance(i, int) for i in h) for h in heads
+        isinstance(h, list | tuple) and len(h) == 2 and all(type(i) is int for i in h) for h in heads
     )
     if not ok:
         raise ModelSourceError(
@@ -228,8 +245,8 @@ def _load_ct2(
         if not isinstance(settings, dict):
             raise ModelSourceError(f"{config}: expected a JSON object, got {type(settings).__name__}")
         heads = settings.get("alignment_heads")
-    elif "decoder/alignment_heads" in ct2.variables:
-        heads = ct2.variables["decoder/alignment_heads"]
+    # (CTranslate2's model.bin holds decoder/alignment_heads too, but as the number of heads its
+    # guided alignment uses, not Whisper's pairs: those are in config.json only)
     model, heads = build_model(dims, state, heads, origin, heads_from=heads_from)
     provenance["files"] = {n: sha256_file(p) for n, p in zip(names or map(str, bins), bins, strict=True)}
     return LoadedModel(model, dims, heads, provenance)

@@ -128,6 +128,24 @@ def test_openai_source_with_a_partial_download_offline_fails_fast_too(monkeypatc
         load_source("openai:tiny")
 
 
+def test_an_openai_download_cut_mid_transfer_is_one_line(monkeypatch, tmp_path):
+    """Regression (a review): only OSError and RuntimeError were caught; a connection cut mid-download
+    raises http.client.IncompleteRead, a traceback."""
+    import http.client
+
+    from whisper_int8 import model_sources
+
+    monkeypatch.setattr(model_sources, "unreachable", lambda host, timeout_s: None)  # "online"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def cut(*args, **kwargs):
+        raise http.client.IncompleteRead(b"partial", 1000)
+
+    monkeypatch.setattr(whisper, "load_model", cut)
+    with pytest.raises(ModelSourceError, match=r"^model.source=openai:tiny: download or load failed"):
+        load_source("openai:tiny")
+
+
 def test_openai_unknown_name():
     with pytest.raises(ModelSourceError, match="unknown model; choose one of tiny"):
         load_source("openai:gigantic")

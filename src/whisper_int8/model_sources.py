@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import importlib.metadata
 import importlib.util
 import json
@@ -328,7 +329,9 @@ def _load_openai(name: str) -> LoadedModel:
     log.info("loading openai:%s (cache %s)", name, root)
     try:
         model = whisper.load_model(name, device="cpu", download_root=str(root)).float().eval()
-    except (OSError, RuntimeError) as e:  # urllib's URLError is an OSError; a hash mismatch a RuntimeError
+    # urllib's URLError is an OSError; a hash mismatch a RuntimeError; a connection cut mid-download
+    # an http.client.IncompleteRead (HTTPException)
+    except (OSError, RuntimeError, http.client.HTTPException) as e:
         raise ModelSourceError(f"model.source=openai:{name}: download or load failed ({e})") from None
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     # whisper.load_model checked the file against ``expected`` (or downloaded it so): no third hash

@@ -220,6 +220,8 @@ def _transcribe_window(
             break
     silent = _silent(result)
     return {
+        # the window's whole budget was text, not a loop: more may follow
+        "cut": _cut_short(result, full_cap),
         "text": "" if silent else result.text.strip(),
         "language": language or detected,
         "detected_language": detected,
@@ -297,7 +299,13 @@ def transcribe_clip(
     with _ONE_AT_A_TIME, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if len(audio) <= N_SAMPLES:
-            return _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)
+            out = _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)
+            if not out.pop("cut") or max_tokens:  # a cap the caller set is a hard one
+                return out
+            # as whisper.transcribe does with such a window: with timestamps, on from the last one
+            # (dense speech, or a script of many tokens a second, over 224 tokens in 30 s)
+            long = _transcribe_long(model, audio, out["language"], beam_size=beam_size, cap=full_cap)
+            return {**out, **long}
         detected, lid_s = None, 0.0
         if language is None or detect_language:
             # here, not inside whisper.transcribe (which would identify the same first 30 s), so

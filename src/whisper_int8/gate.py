@@ -7,6 +7,7 @@ Pure functions over ``metrics/eval.json`` (see :mod:`whisper_int8.eval_report`);
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,15 +164,22 @@ def clip_cap(report: dict[str, Any]) -> int | None:
     return report.get("config", {}).get("max_clips_per_language")
 
 
+def _decimals(apart: Callable[[int], bool], least: int = 2) -> int | None:
+    """The fewest decimals (``least`` to 9) at which ``apart(decimals)`` holds, None if none: a
+    refusal must not print numbers that look like they met the limit."""
+    return next((d for d in range(least, 10) if apart(d)), None)
+
+
 def _beyond(value: float, limit: float, below: bool = False, digits: int = 2, sign: str = "") -> str:
-    """``value`` with the decimals it takes to read as over ``limit`` (under it with ``below``): a
-    refusal must not print a number that looks like it met the limit (0.5025 is 0.503, not 0.50;
-    a speedup of 0.998 is 0.998x, not 1.00x)."""
-    for d in range(digits, 10):
-        text = f"{value:{sign}.{d}f}"
-        if (float(text) < limit) if below else (float(text) > limit):
-            return text
-    return f"{value:{sign}}"
+    """``value`` with the decimals it takes to read as over ``limit`` (under it with ``below``):
+    0.5025 is 0.503, not 0.50; a speedup of 0.998 is 0.998x, not 1.00x."""
+
+    def apart(d: int) -> bool:
+        shown = float(f"{value:{sign}.{d}f}")
+        return shown < limit if below else shown > limit
+
+    d = _decimals(apart, digits)
+    return f"{value:{sign}}" if d is None else f"{value:{sign}.{d}f}"
 
 
 def _over(delta: float, limit: float) -> str:
@@ -278,15 +286,9 @@ def check_against_champion(
     for key in sorted(set(candidate) & set(champion)):
         if key.startswith(prefixes) and candidate[key] > champion[key] + tolerance_pp + FLOAT_SLACK_PP:
             # the decimals it takes for the two printed numbers to differ by more than the tolerance
-            d = next(
-                (
-                    d
-                    for d in range(2, 10)
-                    if round(candidate[key], d) > round(champion[key], d) + tolerance_pp
-                ),
-                10,
-            )
-            ours, theirs = f"{candidate[key]:.{d}f}", f"{champion[key]:.{d}f}"
+            cand, champ = candidate[key], champion[key]
+            d = _decimals(lambda d, a=cand, b=champ: round(a, d) > round(b, d) + tolerance_pp) or 10
+            ours, theirs = f"{cand:.{d}f}", f"{champ:.{d}f}"
             reasons.append(
                 f"{key} {ours} worse than champion {champion_label} ({theirs}"
                 f"{'' if same_eval_set else ', measured on another evaluation set'}), "

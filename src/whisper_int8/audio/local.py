@@ -21,8 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+from whisper.tokenizer import LANGUAGES
 
+from ..languages import language_code
 from ..params import ParamError
 from ..tracking_uri import repo_root
 from .errors import AudioInputError, ErrorPolicy
@@ -57,9 +58,8 @@ def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]
             "a comma-separated header: audio,text,language[,id,license]"
         )
     rows: list[tuple[int, dict | AudioInputError]] = []
-    line = last = (
-        reader.line_num + 1
-    )  # the file line a row starts on (blank lines counted, as an editor does)
+    # the file line a row starts on (blank lines counted, as an editor does), and the last row's
+    line = last = reader.line_num + 1
     for cells in reader:
         if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
             # a transcript with an unquoted comma: its words after the comma would be lost
@@ -190,7 +190,10 @@ def _language(value: str, known: set[str] | None, where: str) -> str:
     """A manifest's language as Whisper's code: also a name or in capitals ("Dutch", "NL" -> "nl")."""
     if known is None:
         return value
-    code = TO_LANGUAGE_CODE.get(value.strip().lower(), value.strip().lower())
+    try:
+        code = language_code(value.strip())
+    except ValueError:
+        code = None
     if code not in known:
         raise AudioInputError(f"{where}: language {value!r} is not one Whisper knows (a code or a name)")
     return code

@@ -7,8 +7,8 @@ removes those differences by applying one function to both sides: digits become 
 coma cinco"; English digits are left to Whisper's English normalizer, which maps "5%" and "five
 percent" to one form), Traditional folds to Simplified (``zhconv``), accents on Latin, Greek and
 Cyrillic letters are dropped (not the marks that make another letter: й, German umlauts, Spanish ñ,
-Vietnamese tones), then Whisper's own normalizer runs (English, or basic keeping the
-marks of other scripts). :func:`score` adds up the error counts over all clips so a language's rate
+Polish ą, Czech ř and the other letters of a language's alphabet, Vietnamese tones), then Whisper's
+own normalizer runs (English, or basic keeping the marks of other scripts). :func:`score` adds up the error counts over all clips so a language's rate
 weighs every word equally, not every clip.
 """
 
@@ -150,10 +150,19 @@ _OPTIONAL_MARKS = re.compile("[\u0591-\u05c7\u064b-\u065f\u0670\u06d6-\u06ed]")
 
 
 # Letters whose mark makes another letter, not an optional accent: Cyrillic й, ў, ї ("мой" is not
-# "мои"; ё folds to е, which Russian texts write for it as often as not), and per language German
-# umlauts and Spanish ñ. Other alphabets' lettered marks (Polish, Czech, Turkish, Nordic) still fold.
+# "мои"; ё folds to е, which Russian texts write for it as often as not), and per language the
+# letters of its alphabet ("być" and "byc", "být" and "byt" are not one word; their texts always
+# write them). French, Italian, Portuguese, Catalan and Turkish dotted İ accents still fold.
 _MARKED_LETTERS = frozenset("йЙўЎїЇ")
-_MARKED_LETTERS_BY_LANGUAGE = {"de": frozenset("äöüÄÖÜ"), "es": frozenset("ñÑ")}
+_LETTERS_BY_LANGUAGE = {
+    "de": "äöü", "es": "ñ", "pl": "ąćęńóśźż", "cs": "áčďéěíňóřšťúůýž", "sk": "áäčďéíĺľňóôŕšťúýž",
+    "hu": "áéíóöőúüű", "ro": "ăâîșț", "tr": "çğöşü", "da": "åæø", "no": "åæø", "nn": "åæø",
+    "sv": "åäö", "fi": "åäö", "et": "äöõüšž", "is": "áéíóúýö", "lv": "āčēģīķļņšūž",
+    "lt": "ąčęėįšųūž", "hr": "čćđšž", "bs": "čćđšž", "sr": "čćđšž", "sl": "čšž",
+}  # fmt: skip
+_MARKED_LETTERS_BY_LANGUAGE = {k: frozenset(v + v.upper()) for k, v in _LETTERS_BY_LANGUAGE.items()}
+# Romanian ș and ț, often typed with a cedilla (ş, ţ, the Turkish letters): one spelling
+_ONE_SPELLING = {"ro": str.maketrans("şţŞŢ", "șțȘȚ")}
 # Latin script whose marks are tones (Vietnamese "ma", "má", "mà": three words): nothing folds
 _TONE_MARKED = frozenset({"vi"})
 
@@ -167,7 +176,7 @@ def _strip_diacritics(text: str, lang: str) -> str:
         return _tone_last(text)
     keep = _MARKED_LETTERS | _MARKED_LETTERS_BY_LANGUAGE.get(lang, frozenset())
     out: list[str] = []
-    for letter in unicodedata.normalize("NFC", text):
+    for letter in unicodedata.normalize("NFC", text).translate(_ONE_SPELLING.get(lang, {})):
         if letter in keep:
             out.append(letter)
             continue

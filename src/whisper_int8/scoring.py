@@ -8,8 +8,8 @@ coma cinco"; English digits are left to Whisper's English normalizer, which maps
 percent" to one form), Traditional folds to Simplified (``zhconv``), accents on Latin, Greek and
 Cyrillic letters are dropped (not the marks that make another letter: й, German umlauts, Spanish ñ,
 Polish ą, Czech ř and the other letters of a language's alphabet, Vietnamese tones), then Whisper's
-own normalizer runs (English, or basic keeping the marks of other scripts). :func:`score` adds up the error counts over all clips so a language's rate
-weighs every word equally, not every clip.
+own normalizer runs (English, or basic keeping the marks of other scripts). :func:`score` adds up the
+error counts over all clips so a language's rate weighs every word equally, not every clip.
 """
 
 from __future__ import annotations

@@ -88,17 +88,23 @@ def test_calibrate_writes_stats_sensitivity_coverage(tmp_path):
 
 
 def test_coverage_counts_the_30_s_the_model_hears(tmp_path):
-    """A clip longer than Whisper's window is calibrated on its first 30 s: coverage says 30, not 45."""
+    """A clip longer than Whisper's window is calibrated on its first 30 s: coverage says 30, not 45,
+    and (a review) it teacher-forces the first 2/3 of its text, not words the model never heard."""
     model = make_tiny_whisper()
     fuse_model(model)
     split = write_split(tmp_path / "split")
     rows = [json.loads(line) for line in (split / "manifest.jsonl").read_text().splitlines()]
     rows[0]["duration"] = 45.0  # en-0: as a long recording's manifest row says
+    rows[0]["text"] = " ".join(["word"] * 30)
     (split / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "calibration"
     out.mkdir()
-    calibrate(model, read_manifest(split), out, sensitivity_clips=1, percentile=99.9, progress=False)
+    clips = read_manifest(split)
+    calibrate(model, clips, out, sensitivity_clips=1, percentile=99.9, progress=False)
     assert json.loads((out / "coverage.json").read_text())["en"]["seconds"] == pytest.approx(30.0 + 4.0)
+    tok = get_tokenizer(True, language="en", task="transcribe")
+    sot = list(tok.sot_sequence_including_notimestamps)
+    assert next(prepare(clips, model)).tokens[0].tolist() == [*sot, *tok.encode(" word" * 20), tok.eot]
 
 
 def test_calibration_stats_match_a_direct_measurement(tmp_path):
@@ -346,3 +352,29 @@ def test_sensitivity_is_pinned_to_8_bit_activations_whatever_the_environment(tmp
         assert not torch.equal(q(x), seven)
     with pytest.raises(ValueError, match="beside 7-bit weights only"):
         qcpu.activations_pinned(weight_bits=8, bits=8).__enter__()
+
+
+def test_encoder_sensitivity_is_the_error_of_the_encoder_as_it_runs(tmp_path):
+    """Regression: sensitivity re-ran encoder blocks through their own forward, one activation range
+    over all 1500 frames, while the fused encoder (and so the INT8 model) quantizes each PART_FRAMES
+    part with its own: on base, encoder.blocks.3.mlp.2 was ranked at 0.070 against 0.039 as it runs."""
+    from whisper_int8.calibrate import _rel_error
+    from whisper_int8.quant import cpu as qcpu
+
+    model = make_tiny_whisper()
+    fuse_model(model)
+    samples = list(prepare(read_manifest(write_split(tmp_path / "split"))[:2], model))
+    sens = sensitivity(model, samples, progress=False)
+    with torch.no_grad():
+        ref = [model.logits(s.tokens, model.embed_audio(s.mel)) for s in samples]
+        for name in ("encoder.blocks.0.mlp.0", "encoder.blocks.0.mlp.2", "encoder.blocks.1.attn.qkv"):
+            parent, _, child = name.rpartition(".")
+            owner = model.get_submodule(parent)
+            float_mod = getattr(owner, child)
+            with qcpu.activations_pinned(weight_bits=7, bits=8):
+                setattr(owner, child, qcpu.DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7))
+                try:
+                    got = [model.logits(s.tokens, model.embed_audio(s.mel)) for s in samples]
+                finally:
+                    setattr(owner, child, float_mod)
+            assert sens[name] == pytest.approx(_rel_error(got, ref), rel=1e-5), name

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import whisper
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -34,7 +33,7 @@ from whisper.tokenizer import LANGUAGES, get_tokenizer
 from .audio import AudioInputError, Clip
 from .audio.wavio import load_audio
 from .fsutil import atomic_write_json
-from .fuse import FUSED_WEIGHTS
+from .fuse import FUSED_WEIGHTS, encoder_block_, encoder_frames
 from .model_dir import check_languages, fused_digest
 from .model_sources import ModelSourceError
 from .params import ParamError, null_or_count, reject_unknown_keys, section
@@ -67,6 +66,8 @@ class Sample:
 def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
     """Load each clip (first 30 s) and tokenize its reference text in its own language.
 
+    A clip longer than 30 s keeps the same share of its text as of its audio (speech taken as even):
+    teacher-forcing words the model never heard would calibrate the decoder on text it invents.
     The mel bins and the tokenizer follow ``model``, as in ``transcribe``: large-v3 and turbo take 128
     mels, and their 100th language shifts the task and no-timestamps tokens by one.
     """
@@ -81,7 +82,10 @@ def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
             language=clip.language,
             task="transcribe",
         )
-        ids = [*tok.sot_sequence_including_notimestamps, *tok.encode(" " + clip.text.strip()), tok.eot]
+        text = tok.encode(" " + clip.text.strip())
+        if clip.duration > CHUNK_LENGTH:
+            text = text[: max(1, round(len(text) * CHUNK_LENGTH / clip.duration))]
+        ids = [*tok.sot_sequence_including_notimestamps, *text, tok.eot]
         audio = whisper.pad_or_trim(load_audio(clip.audio))
         mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels)[None]
         yield Sample(clip, mel, torch.tensor([ids[: model.dims.n_text_ctx]]))
@@ -139,20 +143,25 @@ class StatsCollector:
 
 
 def _encoder_states(model: Whisper, mel: Tensor) -> list[Tensor]:
-    """Hidden states entering each encoder block, then the encoder output (for partial re-runs)."""
+    """Hidden states entering each encoder block, then the encoder output (for partial re-runs).
+
+    Computed as the fused encoder runs (:func:`encoder_block_`: MLPs in parts), not by each block's
+    own forward, which would give an INT8 MLP one activation range over 1500 frames instead of one
+    per part: another error than the converted model's.
+    """
     enc = model.encoder
-    x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1) + enc.positional_embedding
-    states = [x]
+    x = encoder_frames(enc, mel)
+    states = []
     for block in enc.blocks:
-        x = block(x)
-        states.append(x)
-    return [*states[:-1], enc.ln_post(x)]
+        states.append(x.clone())
+        encoder_block_(block, x)
+    return [*states, enc.ln_post(x)]
 
 
 def _encode_from(model: Whisper, states: list[Tensor], block: int) -> Tensor:
-    x = states[block]
+    x = states[block].clone()  # the blocks write over their input
     for b in model.encoder.blocks[block:]:
-        x = b(x)
+        encoder_block_(b, x)
     return model.encoder.ln_post(x)
 
 
@@ -246,7 +255,8 @@ def calibrate(
     finally:
         collector.remove()
     torch.save(collector.tensors(percentile), out / STATS)
-    # sensitivity clips: round-robin over languages so every language weighs in
+    # sensitivity clips: round-robin over languages, one clip of each before a second of any (fewer
+    # clips than languages: the first languages of the manifest only)
     chosen: list[Sample] = []
     pools = [list(v) for v in per_language.values()]
     while len(chosen) < sensitivity_clips and any(pools):

@@ -147,23 +147,39 @@ class FusedAudioEncoder(AudioEncoder):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        x = gelu_(self.conv1(x))
-        # frames x channels in memory too: openai-whisper's `x + positional_embedding` keeps the conv's
-        # channels-first strides, so every layer norm copied its input and every residual add was strided
-        x = gelu_(self.conv2(x)).permute(0, 2, 1).contiguous()
-        if x.shape[1:] != self.positional_embedding.shape:
-            raise ValueError(
-                f"encoder input gives {tuple(x.shape[1:])} frames x channels, the model "
-                f"takes {tuple(self.positional_embedding.shape)} (pad or trim to 30 s)"
-            )
-        x += self.positional_embedding
+        x = encoder_frames(self, x)
         for block in self.blocks:
-            x += block.attn(block.attn_ln(x))[0]
-            fc1, _, fc2 = block.mlp
-            for start in range(0, x.shape[1], PART_FRAMES):
-                part = x[:, start : start + PART_FRAMES]  # a slice: split()'s views refuse in-place adds
-                part += fc2(gelu_(fc1(block.mlp_ln(part))))
+            encoder_block_(block, x)
         return self.ln_post(x)
+
+
+def encoder_frames(encoder: AudioEncoder, mel: Tensor) -> Tensor:
+    """The first block's input: convolutions, GELUs and positions, frames x channels in memory."""
+    x = gelu_(encoder.conv1(mel))
+    # frames x channels in memory too: openai-whisper's `x + positional_embedding` keeps the conv's
+    # channels-first strides, so every layer norm copied its input and every residual add was strided
+    x = gelu_(encoder.conv2(x)).permute(0, 2, 1).contiguous()
+    if x.shape[1:] != encoder.positional_embedding.shape:
+        raise ValueError(
+            f"encoder input gives {tuple(x.shape[1:])} frames x channels, the model "
+            f"takes {tuple(encoder.positional_embedding.shape)} (pad or trim to 30 s)"
+        )
+    x += encoder.positional_embedding
+    return x
+
+
+def encoder_block_(block: nn.Module, x: Tensor) -> Tensor:
+    """One encoder block written over ``x``, its MLP :data:`PART_FRAMES` frames at a time.
+
+    The one place that says how an encoder block runs: calibrate's sensitivity re-runs blocks with it,
+    so an INT8 MLP layer is measured with the per-part activation ranges the model uses.
+    """
+    x += block.attn(block.attn_ln(x))[0]
+    fc1, _, fc2 = block.mlp
+    for start in range(0, x.shape[1], PART_FRAMES):
+        part = x[:, start : start + PART_FRAMES]  # a slice: split()'s views refuse in-place adds
+        part += fc2(gelu_(fc1(block.mlp_ln(part))))
+    return x
 
 
 def set_cross_kv_dtype(model: Whisper, dtype: str) -> None:

@@ -189,8 +189,9 @@ def test_damaged_weights_are_one_line_errors_naming_the_file_and_stage(
 
 
 def test_a_config_from_another_conversion_is_refused(tmp_path, dirs):
-    """quant_config.json and int8.pt of different conversions: silently other numerics (per-token
-    against per-call ranges on the same tensors) or a state-dict traceback; now one line each."""
+    """quant_config.json and int8.pt of conversions with different tensors: silently other weights or a
+    state-dict traceback; now one line each. (Conversions that write the same tensors, per-token against
+    per-call ranges, write the same int8.pt: the digest cannot and need not tell them apart.)"""
     bad = tmp_path / "int8"
     shutil.copytree(dirs["int8"], bad)
     config = json.loads((bad / "quant_config.json").read_text())
@@ -276,6 +277,22 @@ def test_a_config_value_convert_would_refuse_is_refused_at_load(tmp_path, dirs):
         )
         with pytest.raises(ModelSourceError, match=rf"quant_config.json: quant.{key}='bogus': choose one of"):
             load_model_dir(bad)
+
+
+def test_a_layer_kind_this_version_does_not_know_names_the_config_and_the_fix(tmp_path, dirs):
+    """Regression: a kind from another version (or an edit) was "quant_config.json: layer ... has unknown
+    kind" with no directory (which of the FP32 and INT8 models?) and no fix, unlike every other load error."""
+    bad = tmp_path / "int8"
+    shutil.copytree(dirs["int8"], bad)
+    config = json.loads((bad / "quant_config.json").read_text())
+    config["layers"]["encoder.blocks.0.attn.qkv"] = "dynamic_v2"
+    (bad / "quant_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSourceError) as info:
+        load_model_dir(bad)
+    message = str(info.value)
+    config_path = bad / "quant_config.json"
+    assert message.startswith(f"{config_path}: layer encoder.blocks.0.attn.qkv has kind "), message
+    assert "'dynamic_v2'" in message and "; rerun the convert stage (dvc repro convert)" in message, message
 
 
 def test_damaged_json_is_a_one_line_error(tmp_path, dirs):

@@ -200,7 +200,10 @@ def _load(root: Path, device: str) -> Whisper:
             ) from None
         state = load_tensors(weights, CONVERT_STAGE, mapped=backend != "torchao")
         model = _built(
-            card_path, weights, CONVERT_STAGE, lambda: build_int8(qcfg, state, pack=backend != "torchao")
+            card_path,
+            weights,
+            CONVERT_STAGE,
+            lambda: build_int8(qcfg, state, pack=backend != "torchao", origin=str(card_path)),
         )
         if backend == "torchao":
             from .quant.cuda import to_torchao

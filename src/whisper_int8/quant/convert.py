@@ -15,7 +15,7 @@ from ..fsutil import atomic_write_json
 from ..fuse import TiedEmbedding, fused_skeleton, materialize, save_weights, set_cross_kv_dtype
 from ..model_sources import ModelSourceError
 from ..params import ParamError
-from ..stage_files import CARD
+from ..stage_files import CARD, CONVERT_STAGE
 from .config import QuantConfig
 from .cpu import (
     LINEAR_CLASSES,
@@ -314,8 +314,10 @@ def save_int8_dir(
         {
             "format": FORMAT,
             "weights": INT8_WEIGHTS,
-            # ties the config to these weights: another conversion's config may load them silently
-            # wrong (per-token against per-call ranges: the same tensors, other numerics)
+            # ties the config to these weights: a damaged file, or another conversion's tensors, would load
+            # silently wrong. It cannot tell conversions that write the same tensors apart (per_token,
+            # cross_kv_dtype, or weight_only against dynamic at weight_bits 8: the same int8.pt), so such
+            # a config loads them as its own conversion would have
             "weights_sha256": digest,
             "config": cfg.to_dict(),
             "dims": asdict(model.dims),
@@ -336,11 +338,14 @@ def save_int8_dir(
     return card
 
 
-def build_int8(qcfg: dict, state: dict[str, Tensor], pack: bool = True) -> Whisper:
+def build_int8(
+    qcfg: dict, state: dict[str, Tensor], pack: bool = True, origin: str = QUANT_CONFIG
+) -> Whisper:
     """Rebuild the quantized structure described by ``quant_config.json`` and load ``state`` into it.
 
     ``pack=False``: the int8 modules keep plain tensors (``quant.cpu.unpacked``) for the torchao backend,
-    which rebuilds them; no CPU quantized engine is needed then.
+    which rebuilds them; no CPU quantized engine is needed then. ``origin``: the config's path, named in
+    the errors (one of several model directories may be the bad one).
     """
     from whisper.model import ModelDimensions
 
@@ -363,7 +368,10 @@ def build_int8(qcfg: dict, state: dict[str, Tensor], pack: bool = True) -> Whisp
         elif kind in LINEAR_CLASSES:
             _set(model, name, LINEAR_CLASSES[kind](*shape))
         else:
-            raise ModelSourceError(f"{QUANT_CONFIG}: layer {name} has unknown kind {kind!r}")
+            raise ModelSourceError(
+                f"{origin}: layer {name} has kind {kind!r}, which this version does not know (written by "
+                f"another version, or edited); rerun {CONVERT_STAGE}"
+            )
     set_cross_kv_dtype(model, cfg.get("cross_kv_dtype", "float32"))  # float32: written before the key
     if not pack:
         with unpacked():

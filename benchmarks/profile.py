@@ -32,7 +32,7 @@ from tqdm import tqdm
 from whisper_int8 import memory
 from whisper_int8.cli_common import run
 from whisper_int8.fsutil import atomic_write_json
-from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_dir import check_languages, load_model_dir
 from whisper_int8.params import positive_int
 from whisper_int8.transcribe import (
     _cross_cache,
@@ -68,7 +68,8 @@ def _clip(model: torch.nn.Module, audio: np.ndarray, language: str) -> dict[str,
     projected = time.perf_counter()
     peaks["cross_kv_peak_mb"] = memory.peak_rss_mb()
     memory.reset_peak_rss()
-    result = _decode(model, features, cross, _options(model, audio, language))
+    options = _options(model, audio, language)
+    result = _decode(model, features, cross, options)
     done = time.perf_counter()
     peaks["decode_peak_mb"] = memory.peak_rss_mb()
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -76,7 +77,8 @@ def _clip(model: torch.nn.Module, audio: np.ndarray, language: str) -> dict[str,
         "encoder_s": encoded - start,
         "cross_kv_s": projected - encoded,
         "decode_s": done - projected,
-        "steps": len(result.tokens) + 1,
+        # a pass per token, and one for the end of text, which a decode stopped at its cap never ran
+        "steps": min(len(result.tokens) + 1, options.sample_len),
         "total_s": done - start,
         "page_faults": after.ru_minflt - before.ru_minflt,
         "system_s": after.ru_stime - before.ru_stime,
@@ -96,6 +98,7 @@ def profile_model(model_dir: Path, split: Path, per_language: int, threads: int,
     require_model_dir(model_dir, "--model")
     clips = split_clips(split, per_language, scored=False)  # timed, not scored
     model = load_model_dir(model_dir)
+    check_languages(model, {c.language for c in clips}, f"--split {split}")  # not whisper's obscure error
     audios = [(load_audio(c.audio), c.language) for c in clips]
     with torch.inference_mode():
         _clip(model, *audios[0])  # warm-up: first-call allocations, tokenizer, thread pools
@@ -137,8 +140,9 @@ def main(args: argparse.Namespace) -> None:
     m = report["median"]
     print(f"{report['model']}: {report['clips']} clips, {report['threads']} threads, medians per clip")
     print(
-        f"total {m['total_s']:.3f} s = encoder {m['encoder_s']:.3f} + cross K/V {m['cross_kv_s']:.3f} "
-        f"+ decode {m['decode_s']:.3f} ({m['steps']:.0f} steps, {report['decode_ms_per_step']:.1f} ms/step); "
+        # each a median of its own: the parts need not add up to the total
+        f"total {m['total_s']:.3f} s; encoder {m['encoder_s']:.3f}, cross K/V {m['cross_kv_s']:.3f}, "
+        f"decode {m['decode_s']:.3f} ({m['steps']:.0f} steps, {report['decode_ms_per_step']:.1f} ms/step); "
         f"{m['page_faults']:.0f} page faults, {m['system_s']:.3f} s system CPU"
     )
     print(

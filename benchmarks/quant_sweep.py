@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 from _inputs import require_model_dir, require_out_file
+from whisper.audio import CHUNK_LENGTH
 
 from whisper_int8.audio import MANIFEST, AudioInputError, read_manifest
 from whisper_int8.calibrate import CALIBRATE_STAGE
@@ -73,7 +74,8 @@ def held_out_split(split: Path, coverage: dict[str, dict], dest: Path) -> int:
                 f"{split}: {len(have)} {lang} clip(s), calibrate read {read} ({COVERAGE}); {redo}"
             )
         seconds = cov.get("seconds")
-        used = sum(float(c.duration) for c in have[: cov["clips"]])  # calibrate's own sum, in its order
+        # calibrate's own sum, in its order: what the model heard, the first 30 s of a longer clip
+        used = sum(min(float(c.duration), CHUNK_LENGTH) for c in have[: cov["clips"]])
         if isinstance(seconds, int | float) and abs(used - seconds) > 0.011:
             raise AudioInputError(
                 f"{split}: its first {cov['clips']} {lang} clip(s) last {used:.2f} s, those calibrate read "

@@ -292,6 +292,15 @@ def scheme_configs(params: str, schemes: list[str]) -> dict:
     return {scheme: parse_quant_config({**(raw or {}), "scheme": scheme}, params) for scheme in schemes}
 
 
+def check_split_languages(fp32: str, clips: list, split: str) -> None:
+    """Refuse clips in a language the FP32 model has no token for (yue on a 99-language model, de on an
+    English-only one), before any conversion: a worker met it at the first such clip, in two tracebacks.
+    Every row runs that model or one converted from it."""
+    from whisper_int8.model_dir import check_languages, load_model_dir
+
+    check_languages(load_model_dir(fp32), {c.language for c in clips}, f"--split {split}")
+
+
 def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
     """FP32 (stock and one-pass), each INT8 scheme (``cfgs``: :func:`scheme_configs`), the rows of each
     --heap, faster-whisper."""
@@ -394,6 +403,7 @@ def main(args: argparse.Namespace) -> None:
 
     for clip in clips:  # an undecodable clip stops here in one line, not in a worker after the conversions
         load_audio(clip.audio)
+    check_split_languages(args.fp32, clips, args.split)
 
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
         variants = build_variants(args, cfgs, Path(tmp))

@@ -178,6 +178,27 @@ def test_held_out_split_refuses_a_split_calibrate_did_not_read(tmp_path, ids, du
         sweep.held_out_split(calib, coverage(counts), tmp_path)
 
 
+def test_held_out_split_accepts_the_split_calibrate_read_when_a_clip_is_longer_than_30_s(tmp_path):
+    """Regression: calibrate counts the 30 s of a longer clip the model hears; the sweep summed whole
+    durations and refused the very split calibrate had read (clips over 30 s are kept, README)."""
+    from whisper_int8.audio.wavio import wav_bytes
+    from whisper_int8.calibrate import calibrate
+
+    sweep = bench("quant_sweep")
+    calib = manifest(tmp_path / "calibration", ["en-0", "en-1", "en-2"], duration=40.0)
+    tone = (3000 * np.sin(np.arange(40 * 16000) / 5)).astype(np.int16)
+    for clip in ("en-0", "en-1", "en-2"):
+        (calib / "audio" / f"{clip}.wav").write_bytes(wav_bytes(tone))
+    model, _ = tiny_fused()
+    (tmp_path / "cal").mkdir()
+    calibrate(model, read_manifest(calib)[:2], tmp_path / "cal", 1, 99.0, progress=False)
+    held = tmp_path / "held"
+    held.mkdir()
+
+    assert sweep.held_out_split(calib, sweep.calibrated_clips(tmp_path / "cal"), held) == 1
+    assert [c.id for c in read_manifest(held)] == ["en-2"]
+
+
 def test_calibrated_clips_reads_coverage_and_names_a_bad_one(tmp_path):
     sweep = bench("quant_sweep")
     with pytest.raises(FileNotFoundError, match="coverage.json: missing; run the calibrate stage"):
@@ -447,6 +468,21 @@ def test_speed_stops_on_bad_input_in_one_line_before_any_conversion(
     assert_user_error(script("speed", *args, cwd=tmp_path), message)
 
 
+@pytest.mark.parametrize("name", ["speed", "profile"])
+def test_a_clip_language_the_model_lacks_stops_in_one_line_before_any_work(tmp_path, name):
+    """Regression: speed.py's worker met a yue clip (no token in a 99-language model) at its first round,
+    in two tracebacks, after the conversions; profile.py failed inside whisper's tokenizer."""
+    fp32, wav = tiny_fp32_and_silence(tmp_path)
+    split = manifest(tmp_path / "split", ["en-0", "yue-0"])
+    for clip in ("en-0", "yue-0"):
+        (split / "audio" / f"{clip}.wav").write_bytes(wav.read_bytes())
+    (tmp_path / "p.yaml").write_text("quant: {}\n")
+    args = ["--params", "p.yaml", "--fp32", fp32, "--schemes"] if name == "speed" else ["--model", fp32]
+    run = script(name, *args, "--split", "split", cwd=tmp_path)
+    assert_user_error(run, "--split split: holds yue clips", "no language token for")
+    assert "variants" not in run.stderr  # no worker was timed
+
+
 def test_speed_records_the_isa_torch_dispatches_to_and_the_cap_asked_for():
     speed = bench("speed")
     stats = {"fp32": {"isa": "AVX2"}, "int8-dynamic": {"isa": "AVX2"}, "faster-whisper-int8": {"isa": None}}
@@ -493,6 +529,24 @@ def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         prof.build_parser().parse_args([*argv, "--threads", "0"])
+
+
+def test_profile_counts_the_decoding_steps_that_ran(tmp_path):
+    """Regression: a decode stopped at its token cap (no end of text) was counted one step too many,
+    so its ms/step came out low."""
+    import torch
+
+    from whisper_int8.model_dir import load_model_dir
+
+    prof = bench("profile")
+    fp32, _ = tiny_fp32_and_silence(tmp_path)
+    model = load_model_dir(fp32)
+    passes = []
+    model.decoder.register_forward_hook(lambda *_: passes.append(1))
+    tone = (3000 * np.sin(np.arange(16000) / 5)).astype(np.float32) / 32768
+    with torch.inference_mode():
+        clip = prof._clip(model, tone, "en")
+    assert clip["steps"] == len(passes) == prof._options(model, tone, "en").sample_len  # random: to the cap
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from whisper_int8.gate import gate_config
+from whisper_int8.gate import check_against_champion, gate_config
 from whisper_int8.params import ParamError
 from whisper_int8.promotion import mlflow_config, promote
 from whisper_int8.registry import champion, check_alias
@@ -380,3 +380,111 @@ def test_eval_set_digest_separates_hosts_and_scorers_but_not_warmup(tmp_path, mo
     # (a review) so do the libraries it normalizes with, as the evaluate stage recorded them when it scored
     newer = {"config": {**rep["config"], "scorer": "num2words 99.0"}}
     assert promotion.eval_set_digest(newer, manifest) not in (digest, other_scorer)
+
+
+def _waiting_on(lock: Path) -> bool:
+    """Whether some process or thread is blocked in flock() on ``lock`` (Linux: ``->`` in /proc/locks)."""
+    inode = lock.stat().st_ino
+    return any("->" in line and f":{inode} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux /proc/locks")
+def test_a_rollback_made_while_promote_waits_for_the_lock_holds(tmp_path, model_dirs):
+    """Regression (a review): promote read its version's tags before taking the promote lock, so a
+    `whisper-int8 alias --set 1` it waited for (tagging version 2 rolled_back) was undone by the
+    promote of version 2's state moving the alias back with the stale tags."""
+    import fcntl
+    import threading
+    import time
+
+    from whisper_int8 import registry
+
+    cfg = mlflow_cfg(tmp_path)
+    first = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.2}), "a")
+    second = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "b")
+    assert promote(first, cfg, gate_config({}), {})["passed"]
+    assert promote(second, cfg, gate_config({}), {})["passed"]  # better: version 2 @champion
+    client = client_for(cfg.tracking_uri)
+    lock = Path(cfg.tracking_uri.removeprefix("sqlite:///") + ".promote.lock")
+    result: dict = {}
+    with open(lock, "a") as held:  # the alias command holds the lock...
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rerun = threading.Thread(  # ...while `dvc repro` promotes version 2's state again
+            target=lambda: result.update(promote(second, cfg, gate_config({}), {}))
+        )
+        rerun.start()
+        deadline = time.monotonic() + 120
+        while not _waiting_on(lock):
+            assert rerun.is_alive() and time.monotonic() < deadline, "promote never waited for the lock"
+            time.sleep(0.05)
+        before = client.get_model_version_by_alias(cfg.registered_model, "champion")
+        registry._move(client, cfg.registered_model, "champion", "1", before, force=False)  # the rollback
+    rerun.join()
+    assert not result["passed"] and "version 2 was taken off @champion by hand" in result["reasons"][0]
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+
+
+def test_a_champion_whose_gate_metrics_are_not_numbers_is_a_clear_error(tmp_path, model_dirs):
+    """Regression (a review): a gate_metrics tag edited to hold a string or null crashed promote with a
+    TypeError traceback (exit 1) when the candidate was compared with it."""
+    cfg = mlflow_cfg(tmp_path)
+    first = promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0}), "a"),
+        cfg,
+        gate_config({}),
+        {},
+    )
+    client = client_for(cfg.tracking_uri)
+    for i, damaged in enumerate(('{"wer/en": "10.0"}', '{"wer/en": null}', '{"wer/en": true}')):
+        client.set_model_version_tag(cfg.registered_model, str(first["version"]), "gate_metrics", damaged)
+        inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), f"b{i}")
+        with pytest.raises(RegistryError, match="tag gate_metrics is not a JSON object of numbers"):
+            promote(inputs, cfg, gate_config({}), {})
+    assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1  # nothing registered
+
+
+def test_a_champion_the_gate_never_judged_is_not_replaced_unchecked(tmp_path, model_dirs):
+    """Regression (a review): a version registered by another tool (no gate_metrics tag) holding
+    @champion was replaced by any candidate within the thresholds, the comparison with the champion
+    silently empty; the candidate is refused, saying what to do, and the alias stays."""
+    cfg = mlflow_cfg(tmp_path)
+    client = client_for(cfg.tracking_uri)
+    client.create_registered_model(cfg.registered_model)
+    exp = client.create_experiment("another-tool", artifact_location=(tmp_path / "other").as_uri())
+    run = client.create_run(exp)
+    client.log_artifact(run.info.run_id, str(model_dirs["int8"] / "model_card.json"), "model")
+    foreign = client.create_model_version(
+        cfg.registered_model, f"runs:/{run.info.run_id}/model", run.info.run_id
+    )
+    client.set_registered_model_alias(cfg.registered_model, "champion", foreign.version)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.4}), "a")
+    result = promote(inputs, cfg, gate_config({}), {})
+    assert not result["passed"] and result["champion_version"] == 1
+    assert result["reasons"][0].startswith("champion v1 records no gate metrics to compare with")
+    assert "whisper-int8 alias --delete" in result["reasons"][0]
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 1
+    assert check_against_champion({"wer/en": 10.4, "error_rate/overall": 10.4}, {}, 0.0, "v1")
+
+
+def test_a_rerun_of_the_champions_state_tags_it_as_judged(tmp_path, model_dirs):
+    """Regression (a review): a version forced onto @champion (`alias --set N --force`) after the gate
+    refused it kept validation_status=failed when a rerun of its state passed ("promoted: ...
+    -> version 2" and gate.json passed, while `whisper-int8 alias` listed it failed)."""
+    from whisper_int8 import registry
+
+    cfg = mlflow_cfg(tmp_path)
+    client = client_for(cfg.tracking_uri)
+    assert promote(
+        setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.0}), "a"),
+        cfg,
+        gate_config({}),
+        {},
+    )["passed"]
+    second = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.3}), "b")
+    assert not promote(second, cfg, gate_config({}), {})["passed"]  # worse than version 1
+    registry.move_alias(client, cfg.registered_model, "champion", "2", cfg.tracking_uri, force=True)
+    again = promote(second, cfg, gate_config({}), {})
+    assert again["passed"] and again["version"] == 2
+    tags = client.get_model_version(cfg.registered_model, "2").tags
+    assert (tags["validation_status"], tags["validation_reasons"]) == ("passed", "all gate thresholds met")
+    assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 2

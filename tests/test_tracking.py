@@ -413,3 +413,51 @@ def test_a_failed_rerun_leaves_completed_runs_finished_and_their_gate_json(tmp_p
         promote(inputs, cfg, gate_config({"max_wer_delta_pp": 3.0}), decode={})
     _, runs = runs_of(cfg)
     assert sorted(r.info.status for r in runs) == ["FAILED"] * 3 + ["FINISHED"] * 3
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_an_https_server_with_a_private_ca_is_reachable_with_mlflows_tls_settings(tmp_path, monkeypatch):
+    """Regression (a review): the /health probe verified TLS against the system CAs only, so a server
+    MLflow itself reaches (MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS,
+    REQUESTS_CA_BUNDLE) was refused as "cannot be reached ... start it"."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"https://127.0.0.1:{server.server_port}"
+    settings = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS", "REQUESTS_CA_BUNDLE")
+    try:
+        for name in (*settings, "CURL_CA_BUNDLE", "MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(TrackingError, match="cannot be reached .*CERTIFICATE_VERIFY_FAILED"):
+            check_reachable(uri)  # a private CA nobody named: refused, saying why
+        for name, value in zip(settings, (str(cert), "true", str(cert)), strict=True):
+            with monkeypatch.context() as env:
+                env.setenv(name, value)
+                check_reachable(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "missing.pem"))
+        with pytest.raises(TrackingError, match=r"^TLS certificate .*missing\.pem unusable .*; fix MLFLOW_"):
+            check_reachable(uri)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -283,6 +283,14 @@ def check_against_champion(
     """
     prefixes = ACCURACY_PREFIXES if same_eval_set else DELTA_PREFIXES
     reasons = _not_numbers({k: v for k, v in sorted(candidate.items()) if k.startswith(prefixes)})
+    if not any(k.startswith(prefixes) and k in champion for k in candidate):
+        # a version this gate never judged (registered by hand or by another tool): without a figure in
+        # common "not less accurate than the champion" cannot be checked, and must not pass unchecked
+        reasons.append(
+            f"champion {champion_label} records no gate metrics to compare with (no gate_metrics tag: "
+            "not judged by this pipeline's gate); point the alias at a version it judged "
+            "(`whisper-int8 alias --set N`) or remove it (`whisper-int8 alias --delete`), then promote again"
+        )
     for key in sorted(set(candidate) & set(champion)):
         if key.startswith(prefixes) and candidate[key] > champion[key] + tolerance_pp + FLOAT_SLACK_PP:
             # the decimals it takes for the two printed numbers to differ by more than the tolerance

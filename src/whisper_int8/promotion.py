@@ -246,13 +246,15 @@ def promote(
                 # (a fleet watching it would otherwise redeploy the same weights after every repro)
                 log.info("%s@%s is version %s already", cfg.registered_model, cfg.alias, current.version)
                 version = client.get_model_version(cfg.registered_model, current.version)
+                # judged again like any rerun: a version put there by `alias --set --force` keeps no
+                # "failed" tag from its first judgement while gate.json says it passed
+                registry.tag_decision(client, cfg.registered_model, version.version, decision, eval_set)
             else:
-                # looked up again when new: a promote of the same state may have registered it meanwhile
-                version = (
-                    earlier
-                    or registry.version_for_key(client, cfg.registered_model, key)
-                    or registry.register(client, cfg.registered_model, uri, key)
-                )
+                # looked up again under the lock, not `earlier`: a promote of the same state may have
+                # registered it meanwhile, and `whisper-int8 alias` (which this lock waited for) may have
+                # tagged it rolled_back; stale tags would move the alias back over a rollback
+                version = registry.version_for_key(client, cfg.registered_model, key)
+                version = version or registry.register(client, cfg.registered_model, uri, key)
                 rolled_back = version.tags.get(registry.ROLLED_BACK_TAG)
                 if decision.passed and rolled_back:
                     decision.reasons.append(

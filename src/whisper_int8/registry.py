@@ -210,12 +210,15 @@ def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
         return None
     try:
         metrics = json.loads(mv.tags.get("gate_metrics", "{}"))
-        if not isinstance(metrics, dict):
-            raise json.JSONDecodeError("not an object", "", 0)
+        # the values are compared with the candidate's: a string or null would be a TypeError there
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
+        ):
+            raise json.JSONDecodeError("not an object of numbers", "", 0)
     except json.JSONDecodeError:
         raise RegistryError(
-            f"{name} version {mv.version} (@{alias}): tag gate_metrics is not a JSON object; fix or delete "
-            f"the tag, or move the alias (`mlflow ui`) to a version promoted by this pipeline"
+            f"{name} version {mv.version} (@{alias}): tag gate_metrics is not a JSON object of numbers; fix "
+            f"or delete the tag, or move the alias (`mlflow ui`) to a version promoted by this pipeline"
         ) from None
     return Champion(mv.version, metrics, mv.tags.get(EVAL_SET_TAG), mv.tags.get(KEY_TAG))
 
@@ -247,6 +250,13 @@ def apply_decision(
     client: MlflowClient, name: str, alias: str, version: str, decision: Decision, eval_set: str
 ) -> None:
     """Tag the version with the gate result; move ``alias`` to it only when it passed."""
+    tag_decision(client, name, version, decision, eval_set)
+    if decision.passed:
+        client.set_registered_model_alias(name, alias, version)
+
+
+def tag_decision(client: MlflowClient, name: str, version: str, decision: Decision, eval_set: str) -> None:
+    """Tag the version with the gate result (``validation_status``, reasons, notes, metrics, eval set)."""
     tags = {
         "validation_status": decision.status,
         "validation_reasons": ("; ".join(decision.reasons) or "all gate thresholds met")[:REASONS_MAX_CHARS],
@@ -257,8 +267,6 @@ def apply_decision(
         tags["validation_notes"] = "; ".join(decision.notes)[:REASONS_MAX_CHARS]
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
-    if decision.passed:
-        client.set_registered_model_alias(name, alias, version)
 
 
 def versions_table(client: MlflowClient, name: str, alias: str) -> list[str]:

@@ -7,6 +7,7 @@ without paying for the MLflow import.
 from __future__ import annotations
 
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -75,13 +76,39 @@ def tracking_uri_source(
     return f"{where}: mlflow.tracking_uri" if configured else "the default"
 
 
+def _tls_context() -> ssl.SSLContext:
+    """The TLS checks MLflow's own client makes (``requests``): its ``MLFLOW_TRACKING_INSECURE_TLS``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` and ``MLFLOW_TRACKING_CLIENT_CERT_PATH``, else requests'
+    ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``. A server with a private CA, which MLflow reaches
+    with them, must not be called unreachable here."""
+    env = os.environ.get
+    ca = env("MLFLOW_TRACKING_SERVER_CERT_PATH") or env("REQUESTS_CA_BUNDLE") or env("CURL_CA_BUNDLE")
+    client = env("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    try:
+        if env("MLFLOW_TRACKING_INSECURE_TLS", "").strip().lower() in ("true", "1"):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        else:
+            folder = ca is not None and os.path.isdir(ca)
+            ctx = ssl.create_default_context(cafile=None if folder else ca, capath=ca if folder else None)
+        if client:
+            ctx.load_cert_chain(client)
+    except OSError as e:  # ssl.SSLError too: a missing or unreadable certificate file
+        raise TrackingError(
+            f"TLS certificate {' / '.join(c for c in (ca, client) if c)} unusable ({e}); fix "
+            "MLFLOW_TRACKING_SERVER_CERT_PATH / REQUESTS_CA_BUNDLE / MLFLOW_TRACKING_CLIENT_CERT_PATH"
+        ) from None
+    return ctx
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0, source: str = ENV_VARIABLE) -> None:
     """Fail fast with one clear line instead of MLflow's minutes of HTTP retries; ``source``
     (:func:`tracking_uri_source`) is what the message says to fix."""
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
+        context = _tls_context() if url.startswith("https://") else None
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:
                 if resp.status != 200:
                     raise TrackingError(
                         f"MLflow tracking server {uri} answered HTTP {resp.status} on /health"

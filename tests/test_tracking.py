@@ -22,6 +22,7 @@ from whisper_int8.tracking_uri import (
     TrackingError,
     artifact_location,
     check_reachable,
+    masked_uri,
     resolve_tracking_uri,
 )
 
@@ -461,3 +462,29 @@ def test_an_https_server_with_a_private_ca_is_reachable_with_mlflows_tls_setting
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_password_in_the_tracking_uri_is_masked_in_messages():
+    """Regression (a review): ``https://user:password@host`` went verbatim into error lines, the log and
+    gate.json, a DVC metrics file that is pushed beside the results."""
+    uri = f"http://bob:s3cret@127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError) as info:
+        check_reachable(uri)
+    assert "bob:***@127.0.0.1" in str(info.value) and "s3cret" not in str(info.value)
+    assert masked_uri("postgresql://u:p@db/mlflow") == "postgresql://u:***@db/mlflow"
+    for plain in ("https://host:5000", "https://token@host", "databricks", "sqlite:////a/mlflow.db"):
+        assert masked_uri(plain) == plain
+
+
+def test_a_sqlite_uri_with_options_names_its_file(tmp_path, monkeypatch):
+    """Regression (a review): SQLAlchemy's ``?timeout=30`` became part of the lock file's name (two
+    promotes of one database took different locks) and of the relative path made absolute."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert (
+        resolve_tracking_uri("sqlite:///m.db?timeout=30", root=tmp_path)
+        == f"sqlite:///{tmp_path}/m.db?timeout=30"
+    )
+    with registry.promotion_lock(f"sqlite:///{tmp_path}/m.db?timeout=30"):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["m.db.promote.lock"]
+    check_reachable(f"sqlite:///{tmp_path}/m.db?timeout=30")

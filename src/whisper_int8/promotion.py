@@ -24,7 +24,13 @@ from .fsutil import atomic_write_json, sha256_file
 from .gate import GateConfig, check_against_champion, check_thresholds
 from .params import ParamError, reject_unknown_keys
 from .pyfunc_model import WhisperPyfunc
-from .tracking_uri import ENV_VARIABLE, artifact_location, resolve_tracking_uri, tracking_uri_source
+from .tracking_uri import (
+    ENV_VARIABLE,
+    artifact_location,
+    masked_uri,
+    resolve_tracking_uri,
+    tracking_uri_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +200,12 @@ def promote(
         cfg.tracking_uri, cfg.experiment, cfg.artifact_location, cfg.tracking_uri_source
     )
     runs = tracking.start_pipeline_runs(client, exp_id, key, [BASELINE, CANDIDATE], f"pipeline-{key[:8]}")
-    log.info("MLflow %s: experiment %s, parent run %s", cfg.tracking_uri, cfg.experiment, runs.parent_id)
+    log.info(
+        "MLflow %s: experiment %s, parent run %s",
+        masked_uri(cfg.tracking_uri),
+        cfg.experiment,
+        runs.parent_id,
+    )
     ok = False
     try:
         settings = {
@@ -288,7 +299,7 @@ def promote(
             "eval_set": eval_set,
             "gate_config": asdict(gate),
             "parent_run_id": runs.parent_id,
-            "tracking_uri": cfg.tracking_uri,
+            "tracking_uri": masked_uri(cfg.tracking_uri),
         }
         # `dvc exp run`: the experiment's name and baseline commit, so a run leads back to `dvc exp show`;
         # on every run of this state, and removed when the last promote was not an experiment's

@@ -36,7 +36,7 @@ from .gate import Decision
 from .params import ParamError
 from .pyfunc_model import MODEL_DIR_ARTIFACT, SIGNATURE
 from .tracking import KEY_TAG
-from .tracking_uri import SQLITE, RegistryError, TrackingError
+from .tracking_uri import SQLITE, RegistryError, TrackingError, masked_uri, sqlite_file
 
 # MLflow's rule for alias names: letters, digits, - and _; "latest" and v<digits> name versions.
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -235,7 +235,8 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith(SQLITE):
         yield
         return
-    lock = Path(tracking_uri[len(SQLITE) :] + ".promote.lock")
+    db = sqlite_file(tracking_uri)
+    lock = db.with_name(db.name + ".promote.lock")
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
         yield
@@ -355,20 +356,18 @@ def pull(uri: str, dest: Path) -> Path:
             f"{dest}: exists and is not a pulled model (no MLmodel file); pull into a new directory "
             "or one an earlier pull wrote, which is replaced"
         )
+    store = masked_uri(mlflow.get_tracking_uri())
     try:
         with staging_dir(dest) as tmp:
             # runs:/<id>/model lands in tmp/model, models:/ in tmp itself: use the path MLflow returns.
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
                 raise RegistryError(
-                    f"{uri}: downloaded from {mlflow.get_tracking_uri()} but has no MLmodel file; "
-                    "not a pyfunc model"
+                    f"{uri}: downloaded from {store} but has no MLmodel file; not a pyfunc model"
                 )
             replace_dir(got, dest)
     except MlflowException as e:
-        raise RegistryError(
-            f"{uri}: cannot be pulled from {mlflow.get_tracking_uri()} ({e.message}); {why_not(uri)}"
-        ) from None
+        raise RegistryError(f"{uri}: cannot be pulled from {store} ({e.message}); {why_not(uri)}") from None
     except OSError as e:
-        raise TrackingError(f"{uri}: download from {mlflow.get_tracking_uri()} failed: {e}") from None
+        raise TrackingError(f"{uri}: download from {store} failed: {e}") from None
     return dest

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from .tracking_uri import ENV_VARIABLE, TrackingError, check_reachable
+from .tracking_uri import ENV_VARIABLE, TrackingError, check_reachable, masked_uri
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ def open_experiment(
         _check_artifact_location(name, exp.artifact_location, artifact_location)
         return client, exp.experiment_id
     except MlflowException as e:
-        raise TrackingError(f"MLflow tracking URI {uri}: {e.message}") from None
+        raise TrackingError(f"MLflow tracking URI {masked_uri(uri)}: {e.message}") from None
     except ImportError as e:  # a database URI whose driver is not installed (psycopg, pymysql...)
         raise TrackingError(
-            f"MLflow tracking URI {uri}: needs the database driver module {e.name or e}; install the "
-            "package that provides it"
+            f"MLflow tracking URI {masked_uri(uri)}: needs the database driver module {e.name or e}; "
+            "install the package that provides it"
         ) from None
 
 

@@ -11,6 +11,7 @@ import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 SQLITE = "sqlite:///"
 ENV_VARIABLE = "MLFLOW_TRACKING_URI"
@@ -48,8 +49,24 @@ def resolve_tracking_uri(
     """
     uri = explicit or os.environ.get(ENV_VARIABLE) or configured or DEFAULT_URI
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
-        uri = SQLITE + str((repo_root(root) / uri[len(SQLITE) :]).resolve())
+        path, query, options = uri[len(SQLITE) :].partition("?")
+        uri = SQLITE + str((repo_root(root) / path).resolve()) + query + options
     return uri
+
+
+def sqlite_file(uri: str) -> Path:
+    """The database file of a ``sqlite:///`` URI, without SQLAlchemy's options (``?timeout=30``)."""
+    return Path(uri[len(SQLITE) :].partition("?")[0])
+
+
+def masked_uri(uri: str) -> str:
+    """``uri`` with the password of ``https://user:password@host`` masked: for logs and gate.json, which
+    DVC pushes beside the metrics."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def artifact_location(artifact_root: str | None, tracking_uri: str, root: Path | None = None) -> str | None:
@@ -105,18 +122,18 @@ def check_reachable(uri: str, timeout_s: float = 5.0, source: str = ENV_VARIABLE
     """Fail fast with one clear line instead of MLflow's minutes of HTTP retries; ``source``
     (:func:`tracking_uri_source`) is what the message says to fix."""
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+        url, server = uri.rstrip("/") + "/health", masked_uri(uri)
         context = _tls_context() if url.startswith("https://") else None
         try:
             with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:
                 if resp.status != 200:
                     raise TrackingError(
-                        f"MLflow tracking server {uri} answered HTTP {resp.status} on /health"
+                        f"MLflow tracking server {server} answered HTTP {resp.status} on /health"
                     )
         except urllib.error.HTTPError as e:
             if e.code not in (401, 403):  # a server that wants credentials is there: MLflow sends them
                 raise TrackingError(
-                    f"MLflow tracking server {uri} answered HTTP {e.code} ({e.reason}) on /health; "
+                    f"MLflow tracking server {server} answered HTTP {e.code} ({e.reason}) on /health; "
                     "is it an MLflow server?"
                 ) from None
         except (urllib.error.URLError, OSError) as e:
@@ -125,7 +142,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0, source: str = ENV_VARIABLE
                 f", or unset {ENV_VARIABLE} to use the local {DEFAULT_URI}" if source == ENV_VARIABLE else ""
             )
             raise TrackingError(
-                f"MLflow tracking server {uri} cannot be reached ({reason}); start it, or fix {source}{unset}"
+                f"MLflow tracking server {server} cannot be reached ({reason}); start it, or fix "
+                f"{source}{unset}"
             ) from None
     elif uri.startswith("sqlite:") and not uri.startswith(SQLITE):
         raise TrackingError(
@@ -133,7 +151,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0, source: str = ENV_VARIABLE
             f"{DEFAULT_URI} (relative to the repository) or sqlite:////abs/path/mlflow.db"
         )
     elif uri.startswith(SQLITE):
-        db = Path(uri[len(SQLITE) :])
+        db = sqlite_file(uri)
         if db.is_dir():
             raise TrackingError(f"MLflow tracking URI {uri}: {db} is a folder; name the database file")
         if not db.parent.is_dir():

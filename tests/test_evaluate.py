@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +150,22 @@ def test_first_call_leaves_out_the_identification_as_every_latency(setup, monkey
     assert all(0.1 <= r.latency_s < 0.5 for r in results)
 
 
+def test_peak_memory_is_read_before_scoring(setup, monkeypatch):
+    """Regression: peak_rss_mb was read after the scoring, whose normalizers' imports (cn2an, zhconv,
+    num2words) raised the high-water mark by 6 MB on 18 real clips of the INT8 model: memory that is
+    the scorer's, in a figure said to be the transcription's."""
+    from whisper_int8 import evaluate
+
+    scored = []
+    monkeypatch.setattr(evaluate, "transcribe_clip", lambda model, audio, language, **kw: {
+        "text": "x", "lid_s": 0.0, "detected_language": language, "temperature": 0.0})  # fmt: skip
+    monkeypatch.setattr(evaluate, "score", lambda *a: scored.append(1) or {
+        "error_rate": 0.0, "errors": 0, "reference_length": 1})  # fmt: skip
+    monkeypatch.setattr(memory, "peak_rss_mb", lambda: 200.0 if scored else 100.0)
+    out = evaluate.evaluate_with_model(make_tiny_whisper(), setup["fp32"], setup["split"], FAST, warmup=0)
+    assert scored and out["metrics"]["peak_rss_mb"] == 100.0
+
+
 def test_subprocess_evaluation_matches_in_process(results, setup):
     held = np.ones(80_000_000)  # 640 MB touched in this process: none of it is the child's memory
     parent_peak = memory.peak_rss_mb()
@@ -156,6 +176,53 @@ def test_subprocess_evaluation_matches_in_process(results, setup):
     here = {c["id"]: c["hypothesis"] for c in results["int8"]["clips"]}
     assert [c["hypothesis"] for c in sub["clips"]] == [here[c["id"]] for c in sub["clips"]]
     assert sub["metrics"]["clips/en"] == 1 and sub["metrics"]["peak_rss_mb"] > 50
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie stays where no init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+def test_sigterm_stops_the_evaluating_child_too(setup, tmp_path):
+    """Regression: SIGTERM (a CI timeout, `kill`) left the stage waiting in the executor's exit for its
+    child to finish the whole split: 121 s after the signal on 27 real clips, minutes on 180."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "from whisper_int8.cli_common import exit_on_sigterm\n"
+        "from whisper_int8.evaluate import evaluate_in_subprocess\n"
+        "if __name__ == '__main__':\n"
+        "    exit_on_sigterm()\n"
+        f"    evaluate_in_subprocess({str(setup['fp32'])!r}, {str(setup['split'])!r}, "
+        "{'beam_size': None, 'max_tokens': 4}, warmup=100_000)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], env=venv_env(), start_new_session=True,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert workers, "the evaluation never started its child"
+        time.sleep(3)  # the child is loading or transcribing
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + 15
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_running, workers)), "the child runs on"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_empty_manifest_is_a_clear_error(tmp_path, setup):
@@ -369,6 +436,27 @@ def test_a_baseline_made_on_other_clips_is_refused(tmp_path):
     with pytest.raises(ParamError, match=r"base.json: FP32 evaluation made with other settings \(clips\)"):
         _stage_module().read_baseline(path, {"clips": clips_digest([clip, second])}, Path("m"))
     assert _stage_module().read_baseline(path, {"clips": clips_digest([clip])}, Path("m"))["metrics"] == {}
+
+
+def test_a_baseline_of_other_weights_in_the_same_directory_is_refused(tmp_path):
+    """Regression: only the FP32 directory's name was compared, so after another model was fetched
+    into models/fp32 (stages run by hand), INT8 was compared with the old model's rates and latency."""
+    split = speech_split(tmp_path / "split", [("en", "good morning")])
+    tiny_model_dir(tmp_path / "fp32", seed=0)
+    tiny_int8_dir(tmp_path / "int8")
+    evaluate = {"split": str(split), "device": "cpu", "max_tokens": 4, "warmup": 0}
+    models = {"fp32": str(tmp_path / "fp32"), "int8": str(tmp_path / "int8")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**evaluate, "models": models}}))
+    stage = [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
+             "--baseline", str(tmp_path / "base.json")]  # fmt: skip
+    made = subprocess.run([*stage, "--baseline-only"], cwd=tmp_path, env=venv_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    tiny_model_dir(tmp_path / "fp32", seed=1)  # another checkpoint, same directory
+    proc = subprocess.run([*stage, "--out", str(tmp_path / "out")], cwd=tmp_path, env=venv_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "made with other settings (model_weights)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, monkeypatch):

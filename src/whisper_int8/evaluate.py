@@ -207,12 +207,15 @@ def evaluate_with_model(
     results, first_call = transcribe_split(
         model, Path(split_dir), decode, warmup, per_language, model_dir.name
     )
+    # read before scoring: the normalizers' imports (cn2an, zhconv, num2words) and their work add
+    # several MB to the RSS after the last clip, which is at its peak then
+    peaks = {"peak_rss_mb": memory.peak_rss_mb()}  # while transcribing: warm-up and every clip
+    if device.startswith("cuda"):
+        peaks["vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
+        peaks["vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MB
     metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
     metrics["model_size_mb"] = dir_bytes(model_dir) / MB
-    metrics["peak_rss_mb"] = memory.peak_rss_mb()  # while transcribing: warm-up and every clip
-    if device.startswith("cuda"):
-        metrics["vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
-        metrics["vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MB
+    metrics.update(peaks)
     return {"metrics": metrics, "clips": [asdict(r) for r in results]}
 
 
@@ -224,9 +227,30 @@ def evaluate_in_subprocess(
     warmup: int = 1,
     per_language: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own."""
+    """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own.
+
+    Stopped (SIGTERM, a CI timeout, or any exception here) while the child transcribes, the child is
+    terminated too: the executor's own exit would wait for it to finish the split, minutes on.
+    """
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+    try:
         return pool.submit(
             evaluate_model_dir, str(model_dir), str(split_dir), decode, device, warmup, per_language
         ).result()
+    except BaseException:
+        _terminate_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop ``pool``'s worker processes now (Python 3.14 has ``terminate_workers``; before, the
+    executor keeps them in ``_processes``)."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()

@@ -47,9 +47,7 @@ the texts ``models/int8`` was calibrated on: drop those before comparing.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import fnmatch
-import multiprocessing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +64,7 @@ from whisper_int8.calibrate import Sample, prepare
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import activation_bits
 from whisper_int8.eval_report import compare_results
-from whisper_int8.evaluate import evaluate_model_dir, evaluate_with_model
+from whisper_int8.evaluate import evaluate_model_dir, evaluate_with_model, in_fresh_process
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.fuse import FUSED_WEIGHTS, fused_skeleton
 from whisper_int8.model_dir import load_model_dir
@@ -261,12 +259,6 @@ def tf_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _in_worker(func, *args: Any) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(func, *args).result()
-
-
 def row(name: str, ref: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
     """Identical transcripts, per-language deltas, error counts, intervals and the languages over the limit.
 
@@ -416,11 +408,11 @@ def main(args: argparse.Namespace) -> None:
             atomic_write_json(args.out, {"split": split, "reference": fused, "teacher_forced": rows})
         return
     print(f"reference: {fused} on {split}", flush=True)
-    ref = _in_worker(evaluate_variant, Variant("reference", model_dir=fused), fused, split, decode)
+    ref = in_fresh_process(evaluate_variant, Variant("reference", model_dir=fused), fused, split, decode)
     rows, transcripts = [], {"reference": ref["clips"]}
     for variant in variants:
         print(f"{variant.name} ...", flush=True)
-        res = _in_worker(evaluate_variant, variant, fused, split, decode)
+        res = in_fresh_process(evaluate_variant, variant, fused, split, decode)
         rows.append(row(variant.name, ref, res))
         transcripts[variant.name] = res["clips"]
     print(table(rows))

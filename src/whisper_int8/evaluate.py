@@ -20,9 +20,10 @@ import json
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from .model_dir import check_languages, load_model_dir
 from .params import ParamError
 from .scoring import score, uses_cer
 from .transcribe import load_audio, transcribe_clip
+
+T = TypeVar("T")
 
 MB = memory.MB
 
@@ -227,17 +230,21 @@ def evaluate_in_subprocess(
     warmup: int = 1,
     per_language: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own.
+    """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own."""
+    args = (str(model_dir), str(split_dir), decode, device, warmup, per_language)
+    return in_fresh_process(evaluate_model_dir, *args)
 
-    Stopped (SIGTERM, a CI timeout, or any exception here) while the child transcribes, the child is
-    terminated too: the executor's own exit would wait for it to finish the split, minutes on.
+
+def in_fresh_process(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a freshly spawned process (its own memory, imports and cold start).
+
+    Stopped (SIGTERM, a CI timeout, or any exception here) while the child works, the child is
+    terminated too: the executor's own exit would wait for it to finish, minutes on.
     """
     ctx = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
     try:
-        return pool.submit(
-            evaluate_model_dir, str(model_dir), str(split_dir), decode, device, warmup, per_language
-        ).result()
+        return pool.submit(func, *args).result()
     except BaseException:
         _terminate_workers(pool)
         raise

@@ -12,6 +12,7 @@ import _preflight  # noqa: F401  (without the venv: one line saying how, not a t
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import model_dirs
+from whisper_int8.fsutil import check_file_output
 from whisper_int8.gate import REFUSED_EXIT, gate_config
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import PromoteInputs, mlflow_config, promote
@@ -39,6 +40,8 @@ def main(args) -> int:
     eval_json = Path(args.metrics) / "eval.json"
     if not eval_json.is_file():
         raise FileNotFoundError(f"{eval_json}: not found; run the evaluate stage first (dvc repro evaluate)")
+    gate_json = Path(args.metrics) / "gate.json"
+    check_file_output(gate_json)  # before a version is registered and the alias moved, not after
     inputs = PromoteInputs(
         eval_json=eval_json,
         model_dirs=model_dirs(ev, args.params),
@@ -54,7 +57,7 @@ def main(args) -> int:
                 "transcripts.json",
             )
         ],
-        gate_json=Path(args.metrics) / "gate.json",
+        gate_json=gate_json,
         params=params,
         eval_manifest=Path(ev.get("split", "data/eval")) / "manifest.jsonl",
     )

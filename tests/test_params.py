@@ -77,3 +77,22 @@ def test_yaml_merge_keys_and_sections_of_the_users_own_are_read(tmp_path):
     assert data["evaluation"] == {"seed": 3, "split": "other"} and data["models"] == ["a", "b"]
     path.write_text("base: &b {seed: 3}\nx: {<<: *b, seed: 4}\n")  # an override of a merged key: fine
     assert load_params(path)["x"] == {"seed": 4}
+
+
+def test_a_quoted_no_that_dvc_exp_run_set_rewrote_is_still_norwegian(tmp_path):
+    """Regression: `dvc exp run -S <any key>` writes params.yaml back with 'no' unquoted (YAML 1.2, where
+    only true/false are booleans); the stages read it as YAML 1.1's false, so fetch_audio refused the
+    quoted code and promote refused the model for "languages without results: False"."""
+    from dvc.utils.serialize import modify_yaml, parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD.replace("languages: [en, es,", "languages: [en, 'no', es,", 1))
+    with modify_yaml(path) as data:  # what `dvc exp run -S audio.seed=1` does to the file
+        data["audio"]["seed"] = 1
+    assert "languages: [en, no, es," in path.read_text()  # unquoted
+    languages = load_params(path)["audio"]["languages"]
+    assert (
+        languages[:2] == ["en", "no"]
+        and languages == parse_yaml(path.read_text(), path)["audio"]["languages"]
+    )
+    assert load_params(path)["quant"]["per_token"] is True  # true/false stay booleans

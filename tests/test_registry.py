@@ -116,6 +116,17 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
 
 
+def test_a_gate_json_that_cannot_be_written_is_refused_before_registering(tmp_path, model_dirs):
+    """Regression: promote registered a version and moved the alias, then crashed writing gate.json
+    (a traceback, exit 1; the README: an unwritable output is refused before the work)."""
+    uri = fresh_tracking_uri(tmp_path)
+    (tmp_path / "metrics" / "gate.json").mkdir(parents=True)  # a folder where the file goes
+    proc = run_promote(tmp_path, report({"en": 10.0}, {"en": 10.1}), model_dirs, uri)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().endswith("gate.json: is a folder, not a file; not replaced. Give a file path")
+    assert client_for(uri).search_model_versions(f"name='{MODEL}'") == []
+
+
 def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, capsys):
     """Regression: nothing but MLflow's API could move @champion back, or clear it, after a release."""
     from whisper_int8 import cli

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import REPO, venv_env
 
 SRC = REPO / "src" / "whisper_int8"
 # Modules that parse params, name errors, print a CLI's messages, write files atomically or resolve
@@ -161,3 +161,22 @@ def test_a_stage_run_without_the_venv_says_how_to_get_it():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"error: {base} cannot import whisper_int8")
     assert "PATH=$PWD/.venv/bin:$PATH dvc repro" in proc.stderr
+
+
+def test_a_stage_runs_the_package_of_its_own_checkout(tmp_path):
+    """Regression: `dvc exp run --queue/--temp` runs the stages in a copy under .dvc/tmp/exps/, whose
+    src/ DVC hashes into the experiment's lock; the venv's editable install imported the workspace's
+    package instead (an edit made after queueing ran under a lock recording the queued code)."""
+    import shutil
+    import subprocess
+
+    copy = tmp_path / "exp-copy"
+    for folder in ("stages", "src/whisper_int8"):
+        shutil.copytree(REPO / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    common = copy / "src" / "whisper_int8" / "cli_common.py"
+    common.write_text(common.read_text().replace('"debug logging"', '"debug logging, this checkout"'))
+    proc = subprocess.run(
+        [sys.executable, "stages/fuse.py", "--help"], cwd=copy, env=venv_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "debug logging, this checkout" in " ".join(proc.stdout.split())

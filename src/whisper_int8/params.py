@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# Booleans as YAML 1.2 has them (true/false), the way DVC reads, diffs and rewrites this file: PyYAML's
+# YAML 1.1 also takes yes/no/on/off, and `dvc exp run -S <any key>` writes the file back with a quoted
+# 'no' (Norwegian) unquoted, which the stages then read as false while DVC records "no".
+_BOOL = "tag:yaml.org,2002:bool"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _one_edit_apart(a: str, b: str) -> bool:

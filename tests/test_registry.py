@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from whisper_int8.gate import check_against_champion, gate_config
+from whisper_int8.gate import check_against_champion, check_thresholds, gate_config
 from whisper_int8.params import ParamError
 from whisper_int8.promotion import mlflow_config, promote
-from whisper_int8.registry import champion, check_alias
+from whisper_int8.registry import champion, check_alias, first_reason
 from whisper_int8.tracking_uri import RegistryError
 
 from .conftest import REPO, venv_env
@@ -127,6 +127,23 @@ def test_a_gate_json_that_cannot_be_written_is_refused_before_registering(tmp_pa
     assert client_for(uri).search_model_versions(f"name='{MODEL}'") == []
 
 
+def test_the_listing_shows_the_gates_first_reason_whole():
+    """Regression: `whisper-int8 alias` cut the first reason at the "; " inside its parentheses
+    ("wer/fr +2.86 pp over FP32 (18.29 -> 21.14"), the README promising "the gate's first reason"."""
+    decision = check_thresholds(
+        report({"en": 10.0, "fr": 10.0}, {"en": 12.0, "fr": 13.0}),
+        gate_config({"max_overall_wer_delta_pp": 9}),
+    )
+    first, second = decision.reasons
+    assert "; " in first and first.endswith("limit 0.5 pp")
+    assert first_reason("; ".join(decision.reasons)) == first
+    assert first_reason(second) == second
+    assert first_reason("all gate thresholds met") == "all gate thresholds met"
+    # a separator outside parentheses ends a reason even where the reason goes on after it
+    capped = "evaluated on the first 5 clip(s) of each language only (x); set it to null to promote"
+    assert first_reason(capped) == "evaluated on the first 5 clip(s) of each language only (x)"
+
+
 def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, capsys):
     """Regression: nothing but MLflow's API could move @champion back, or clear it, after a release."""
     from whisper_int8 import cli
@@ -143,7 +160,13 @@ def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, c
         return code, out.out + out.err
 
     code, out = alias()
-    assert code == 0 and out.splitlines()[0].startswith("v2    failed") and "wer/en +2.00 pp" in out
+    assert (
+        code == 0
+        and out.splitlines()[0].startswith("v2    failed")
+        and out.splitlines()[0].endswith(
+            "wer/en +2.00 pp over FP32 (10.00 -> 12.00; 100 -> 120 errors in 1000 words), limit 0.5 pp"
+        )
+    )
     assert out.splitlines()[1].startswith("v1    passed   @champion  all gate thresholds met")
     code, out = alias("--set", "2")
     assert code == 2 and "version 2 did not pass the gate (failed: wer/en +2.00 pp" in out

@@ -270,6 +270,18 @@ def tag_decision(client: MlflowClient, name: str, version: str, decision: Decisi
         client.set_model_version_tag(name, version, k, v)
 
 
+def first_reason(reasons: str) -> str:
+    """The first of the gate's reasons joined by ``"; "``. A reason holds ``"; "`` itself, inside its
+    parentheses (``wer/fr +2.86 pp over FP32 (18.29 -> 21.14; 32 -> 37 errors ...), limit 0.5 pp``):
+    only a separator outside them ends it, so the listing does not cut a reason mid-figure."""
+    depth = 0
+    for i, char in enumerate(reasons):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth <= 0 and reasons.startswith("; ", i):
+            return reasons[:i]
+    return reasons
+
+
 def versions_table(client: MlflowClient, name: str, alias: str) -> list[str]:
     """One line per registered version, newest first: its gate status, the alias where it points, and
     the gate's first reason; what to read before moving the alias by hand."""
@@ -284,7 +296,7 @@ def versions_table(client: MlflowClient, name: str, alias: str) -> list[str]:
     for v in versions:
         status = v.tags.get("validation_status", "unjudged")
         mark = f"@{alias}" if holder and str(holder.version) == str(v.version) else ""
-        reason = v.tags.get("validation_reasons", "").split("; ")[0]
+        reason = first_reason(v.tags.get("validation_reasons", ""))
         lines.append(f"v{v.version:<4} {status:<8} {mark:<{len(alias) + 1}}  {reason}".rstrip())
     return lines
 

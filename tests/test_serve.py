@@ -323,8 +323,15 @@ def test_pull_into_the_empty_folder_a_shell_stands_in_is_refused(tracking, tmp_p
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     assert cli.main(["pull", "--model", NAME, "--dest", "."]) == 2
-    assert "exists and is not a pulled model" in _one_line_error(capsys)
+    assert "here: is or holds the current directory; pull into a new directory" in _one_line_error(capsys)
     assert Path.cwd() == tmp_path / "here" and not any(Path.cwd().iterdir())
+    # (a review) nor one an earlier pull wrote, which was replaced under the shell
+    assert cli.main(["pull", "--model", NAME, "--dest", str(tmp_path / "pulled")]) == 0
+    capsys.readouterr()  # its progress
+    monkeypatch.chdir(tmp_path / "pulled")
+    assert cli.main(["pull", "--model", NAME, "--dest", "."]) == 2
+    assert "is or holds the current directory" in _one_line_error(capsys)
+    assert Path.cwd() == tmp_path / "pulled" and (Path.cwd() / "MLmodel").is_file()
 
 
 def test_cli_transcribe_holds_a_bounded_amount_of_audio(registered, capsys, monkeypatch):

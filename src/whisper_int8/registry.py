@@ -362,11 +362,13 @@ def pull(uri: str, dest: Path) -> Path:
     dest = Path(os.path.abspath(dest))  # "." names no directory to stage a download beside
     # an empty folder is replaced too, but not the one a shell stands in, nor a mount point
     empty = dest.is_dir() and not any(dest.iterdir()) and not os.path.ismount(dest)
-    empty = empty and not Path.cwd().resolve().is_relative_to(dest.resolve())
-    if dest.exists() and not (dest / "MLmodel").is_file() and not empty:
+    here = dest.is_dir() and Path.cwd().resolve().is_relative_to(dest.resolve())
+    # the current directory is never replaced, even a pulled one: the shell would stand in an unlinked one
+    if here or (dest.exists() and not (dest / "MLmodel").is_file() and not empty):
+        why = "exists and is not a pulled model (no MLmodel file)"
+        why = "is or holds the current directory" if here else why
         raise RegistryError(
-            f"{dest}: exists and is not a pulled model (no MLmodel file); pull into a new directory "
-            "or one an earlier pull wrote, which is replaced"
+            f"{dest}: {why}; pull into a new directory or one an earlier pull wrote, which is replaced"
         )
     store = masked_uri(mlflow.get_tracking_uri())
     try:

@@ -29,7 +29,7 @@ from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import evaluate_in_subprocess
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_sources import ModelSourceError
-from whisper_int8.params import ParamError, load_params, section
+from whisper_int8.params import ParamError, load_params, section, yaml_value
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert_dir import convert_dir
 from whisper_int8.scoring import check_references
@@ -104,7 +104,7 @@ def value_configs(params: dict, where: str, key: str, values: list[str]) -> dict
     for raw in values:
         opt = f"--key {key} --values {raw}"
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_value(raw)  # as the convert stage reads params.yaml: on/off are no booleans
         except yaml.YAMLError as e:
             raise ParamError(f"{opt}: not a YAML value ({getattr(e, 'problem', None) or e})") from None
         cfgs[raw] = parse_quant_config({**(base or {}), key: value}, opt)

@@ -20,7 +20,7 @@ import yaml
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
 from whisper_int8.model_sources import ModelSourceError
-from whisper_int8.params import ParamError
+from whisper_int8.params import ParamError, load_params
 
 from .conftest import REPO, make_tiny_whisper, sigint_as_a_terminal_sends_it
 
@@ -216,6 +216,15 @@ def test_quant_sweep_names_the_values_option_for_a_bad_value_before_any_work(tmp
                  cwd=tmp_path)  # fmt: skip
     line = assert_user_error(run, "--key smoothquant_alpha --values 7: quant.smoothquant_alpha=7")
     assert "params.yaml" not in line and not run.stdout  # no held-out split read yet
+
+
+def test_quant_sweep_reads_a_value_as_the_convert_stage_reads_params_yaml():
+    """(a review) ``on`` was YAML 1.1's true here while params.yaml, read as DVC reads it, refuses it."""
+    sweep = bench("quant_sweep")
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(ParamError, match="--key per_token --values on: .*per_token"):
+        sweep.value_configs(params, "p.yaml", "per_token", ["on"])
+    assert sweep.value_configs(params, "p.yaml", "per_token", ["false"])["false"].per_token is False
 
 
 def test_speed_constants_match_the_libraries_they_stand_for():

@@ -191,7 +191,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+@pytest.mark.skipif(
+    not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+    reason="reads child processes from /proc/<pid>/task/<pid>/children (CONFIG_PROC_CHILDREN)",
+)
 def test_sigterm_stops_the_evaluating_child_too(setup, tmp_path):
     """Regression: SIGTERM (a CI timeout, `kill`) left the stage waiting in the executor's exit for its
     child to finish the whole split: 121 s after the signal on 27 real clips, minutes on 180."""

@@ -100,7 +100,7 @@ def test_per_language_override_and_overall_limit():
 @pytest.mark.parametrize(
     ("by_lang", "match"),
     [
-        ({False: 1.5}, r"False is not a Whisper language code \(YAML reads no as false: quote 'no'\)"),
+        ({False: 1.5}, r"False is not a Whisper language code \(a YAML boolean; Norwegian is no"),
         ({"russian": 1.5}, "'russian' is not a Whisper language code"),
         ({"ru": None}, r"gate\.max_wer_delta_pp_by_language\.ru=None must be a number"),
         (["ru"], "must map language codes to numbers"),

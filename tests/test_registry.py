@@ -522,3 +522,17 @@ def test_a_rerun_of_the_champions_state_tags_it_as_judged(tmp_path, model_dirs):
     tags = client.get_model_version(cfg.registered_model, "2").tags
     assert (tags["validation_status"], tags["validation_reasons"]) == ("passed", "all gate thresholds met")
     assert int(client.get_model_version_by_alias(cfg.registered_model, "champion").version) == 2
+
+
+def test_the_alias_command_reads_a_sqlite_uri_with_options(tmp_path, model_dirs, capsys):
+    """Regression (review of 19ebe04): promote took ``sqlite:///mlflow.db?timeout=30`` (README: options
+    kept), but `whisper-int8 alias` / `pull` looked for a file named ``mlflow.db?timeout=30`` and said
+    "no MLflow database here"."""
+    from whisper_int8 import cli
+
+    uri = fresh_tracking_uri(tmp_path)
+    assert run_promote(tmp_path, report({"en": 10.0}, {"en": 10.2}), model_dirs, uri).returncode == 0
+    code = cli.main(["--tracking-uri", f"{uri}?timeout=30", "alias", "--model", MODEL])
+    out = capsys.readouterr()
+    assert code == 0 and "no MLflow database here" not in out.err, out.err
+    assert out.out.splitlines()[0].startswith("v1    passed   @champion")

@@ -31,6 +31,7 @@ from .tracking_uri import (
     TrackingError,
     check_reachable,
     resolve_tracking_uri,
+    sqlite_file,
     tracking_uri_source,
 )
 
@@ -94,7 +95,7 @@ def _connect(args: argparse.Namespace) -> str:
 
     configured = repo_mlflow().get("tracking_uri")
     uri = resolve_tracking_uri(configured, explicit=args.tracking_uri)
-    db = Path(uri.removeprefix(SQLITE))
+    db = sqlite_file(uri)  # without SQLAlchemy's ?options, which promote accepts
     if uri.startswith(SQLITE) and not db.is_file():
         raise TrackingError(
             f"{db}: no MLflow database here; run from the repository root "

@@ -69,7 +69,7 @@ def _language_limits(by_lang: Any, where: str) -> dict[str, float]:
         raise ParamError(f"{where}: gate.{key} must map language codes to numbers")
     for lang in by_lang:
         if not isinstance(lang, str) or lang not in LANGUAGES:
-            hint = " (YAML reads no as false: quote 'no')" if isinstance(lang, bool) else ""
+            hint = " (a YAML boolean; Norwegian is no: quote it, 'no')" if isinstance(lang, bool) else ""
             raise ParamError(f"{where}: gate.{key}: {lang!r} is not a Whisper language code{hint}")
     return {lang: _number(by_lang, lang, 0.0, where, f"{key}.{lang}") for lang in by_lang}
 

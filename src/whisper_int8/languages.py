@@ -26,13 +26,14 @@ def language_code(language: str) -> str:
 
 
 def check_codes(key: str, languages: Any, path: str = "params.yaml") -> None:
-    """Whisper codes in a params list, each once: a wrong one is refused naming ``key``. YAML 1.1 reads
-    an unquoted ``no`` (Norwegian) as ``false``; codes are lower case."""
+    """Whisper codes in a params list, each once: a wrong one is refused naming ``key``. A boolean is
+    refused too (params are read with YAML 1.2 booleans, as DVC reads them, so ``no`` is Norwegian, but a
+    YAML 1.1 reader such as ``yaml.safe_load`` gives ``false``); codes are lower case."""
     flags = [lang for lang in languages if isinstance(lang, bool)]
     if flags:
         raise ParamError(
-            f"{path}: {key}: {flags[0]} is not a language code; YAML reads an unquoted no (Norwegian) "
-            "as false: quote it, 'no'"
+            f"{path}: {key}: {flags[0]} is not a language code (a YAML boolean; Norwegian is no, "
+            "which YAML 1.1 readers take for false: quote it, 'no')"
         )
     other = [lang for lang in languages if not isinstance(lang, str)]
     if other:

@@ -65,6 +65,11 @@ def _one_edit_apart(a: str, b: str) -> bool:
     )
 
 
+def yaml_value(text: str) -> Any:
+    """One value written on a command line (``--values 7 8``, ``true``), read as params.yaml is read."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_params(path: Path | str = "params.yaml", sections: bool = True) -> dict[str, Any]:
     """The parameter file as a dict. ``sections``: refuse a top-level key that looks like a mistyped
     section (``quantt:``), whose settings would otherwise be ignored for the defaults."""

@@ -60,13 +60,14 @@ def sqlite_file(uri: str) -> Path:
 
 
 def masked_uri(uri: str) -> str:
-    """``uri`` with the password of ``https://user:password@host`` masked: for logs and gate.json, which
-    DVC pushes beside the metrics."""
+    """``uri`` with the password of ``https://user:password@host`` masked, and a lone user part (often a
+    token: ``https://<token>@host``): for logs and gate.json, which DVC pushes beside the metrics."""
     parts = urlsplit(uri)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return uri
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def artifact_location(artifact_root: str | None, tracking_uri: str, root: Path | None = None) -> str | None:

@@ -661,6 +661,20 @@ def test_cli_refuses_a_beam_of_zero_and_a_token_cap_below_one(capsys):
         assert f"argument {flag}: '{value}': expected an integer >= 1" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_token_cap_above_a_windows_budget(capsys):
+    """Regression (a review): --max-tokens 1000 decoded 224 tokens a window without a word, where
+    params.yaml's evaluate.max_tokens refuses more than 224; now the same usage error as a cap of 0."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["transcribe", "--max-tokens", "1000", "clip.wav"])
+    assert exit_.value.code == 2
+    assert (
+        "argument --max-tokens: '1000': at most 224, the most a 30 s window decodes"
+        in capsys.readouterr().err
+    )
+    args = cli.build_parser().parse_args(["transcribe", "--max-tokens", "224", "clip.wav"])
+    assert args.max_tokens == 224
+
+
 def test_a_list_of_numpy_samples_is_one_clip():
     from whisper_int8.pyfunc_model import as_requests
 

@@ -348,3 +348,23 @@ def test_a_fluent_decode_at_the_length_budget_gets_the_full_one(
     monkeypatch.setattr(tr, "_decode", decode)
     out = transcribe_clip(tiny_model, np.full(16000, 0.01, dtype=np.float32), "ml", max_tokens=max_tokens)
     assert out["tokens"] == tokens
+
+
+def test_one_window_is_padded_as_whisper_decode_pads_it_not_whisper_transcribe(tiny_model):
+    """The direct path's input is whisper.decode's (zero samples to 30 s, then the log-Mel), not
+    whisper.transcribe's (the clip's log-Mel padded with zeros): a third of the default split's
+    transcripts differ between the two, which README and the module docstring now say. Pinned so that a
+    change of front end changes the documentation with it."""
+    from whisper.audio import N_FRAMES, N_SAMPLES
+
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * 4) / 16000)).astype(np.float32)
+    samples = torch.from_numpy(audio)
+    padded_samples = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), tiny_model.dims.n_mels)
+    mel = whisper.log_mel_spectrogram(samples, tiny_model.dims.n_mels, padding=N_SAMPLES)
+    padded_mel = whisper.pad_or_trim(mel[:, : mel.shape[-1] - N_FRAMES], N_FRAMES)  # whisper.transcribe's
+    with torch.inference_mode():
+        got = _features(tiny_model, audio, fp16=False)
+        as_decode = tiny_model.embed_audio(padded_samples[None])
+        as_transcribe = tiny_model.embed_audio(padded_mel[None])
+    assert torch.allclose(got, as_decode, atol=1e-5)
+    assert not torch.allclose(got, as_transcribe, atol=1e-2)

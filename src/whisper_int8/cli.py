@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .params import positive_int
+from .params import positive_int, window_token_cap
 from .tracking_uri import (
     SQLITE,
     RegistryError,
@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         "decodes with the options it was registered with",
     )
     t.add_argument(
-        "--max-tokens", type=positive_int, help="token cap per 30 s window, for a local model directory only"
+        "--max-tokens",
+        type=window_token_cap,
+        help="token cap per 30 s window (1-224), for a local model directory only",
     )
     t.add_argument("--json", action="store_true", help="print one JSON object per file")
     t.add_argument("audio", nargs="+", help="audio files (anything ffmpeg decodes)")

@@ -1,6 +1,8 @@
 """The log-Mel spectrogram of one 30 s window, without transforming its zero padding.
 
-openai-whisper pads a clip to 30 s, then runs the STFT over all 3000 frames: a 4 s clip spends 85 % of
+``whisper.decode`` and ``whisper.detect_language`` take a clip padded with zero samples to 30 s, the STFT
+run over all 3000 frames (``whisper.transcribe`` pads the clip's log-Mel with zeros instead, another input:
+see :mod:`whisper_int8.transcribe`): a 4 s clip spends 85 % of
 that work (and 20 MB of fresh buffers) on frames of zeros, whose value is known: a Mel energy of 0,
 clamped to 1e-10, is -10 after log10. :func:`log_mel_window` transforms only the frames whose 400-sample
 window touches the audio and writes -10 into the rest before Whisper's normalisation (clamp to the

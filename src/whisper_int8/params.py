@@ -124,6 +124,11 @@ def section(params: dict[str, Any], name: str, path: Path | str = "params.yaml")
     return value
 
 
+# the most one 30 s window decodes: half of every Whisper model's 448-token text context (here, not in
+# transcribe.py, so the CLI checks --max-tokens without importing torch)
+WINDOW_TOKENS = 224
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a beam of 0 or a negative cap is a usage error, not a crash)."""
     try:
@@ -132,4 +137,16 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
+
+
+def window_token_cap(text: str) -> int:
+    """argparse type of ``--max-tokens``: 1 to :data:`WINDOW_TOKENS`, as ``evaluate.max_tokens`` takes it
+    (a larger cap decoded as 224 without a word)."""
+    value = positive_int(text)
+    if value > WINDOW_TOKENS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: at most {WINDOW_TOKENS}, the most a 30 s window decodes (half of Whisper's 448-token "
+            "text context)"
+        )
     return value

@@ -473,7 +473,7 @@ def test_a_password_in_the_tracking_uri_is_masked_in_messages():
     assert "bob:***@127.0.0.1" in str(info.value) and "s3cret" not in str(info.value)
     assert masked_uri("postgresql://u:p@db/mlflow") == "postgresql://u:***@db/mlflow"
     assert masked_uri("https://ghp_token@host/x") == "https://***@host/x"  # a token as the user part
-    for plain in ("https://host:5000", "databricks", "sqlite:////a/mlflow.db"):
+    for plain in ("https://host:5000", "databricks", "sqlite:////a/mlflow.db", "postgresql://u@db/mlflow"):
         assert masked_uri(plain) == plain
 
 

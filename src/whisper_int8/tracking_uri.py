@@ -60,13 +60,15 @@ def sqlite_file(uri: str) -> Path:
 
 
 def masked_uri(uri: str) -> str:
-    """``uri`` with the password of ``https://user:password@host`` masked, and a lone user part (often a
-    token: ``https://<token>@host``): for logs and gate.json, which DVC pushes beside the metrics."""
+    """``uri`` with the password of ``https://user:password@host`` masked, and an http(s) server's lone
+    user part (a token: ``https://<token>@host``; a database's is its user name): for logs and
+    gate.json, which DVC pushes beside the metrics."""
     parts = urlsplit(uri)
-    if "@" not in parts.netloc:
+    token = parts.password is None and parts.scheme in ("http", "https")
+    if "@" not in parts.netloc or not (token or parts.password is not None):
         return uri
     host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***" if parts.password is not None else "***"
+    user = "***" if token else f"{parts.username}:***"
     return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 

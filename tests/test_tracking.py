@@ -489,3 +489,22 @@ def test_a_sqlite_uri_with_options_names_its_file(tmp_path, monkeypatch):
         pass
     assert [p.name for p in tmp_path.iterdir()] == ["m.db.promote.lock"]
     check_reachable(f"sqlite:///{tmp_path}/m.db?timeout=30")
+
+
+def test_opening_a_new_sqlite_store_waits_for_another_process_setting_it_up(tmp_path):
+    """Regression (a review): two promotes opening a new mlflow.db at once (``dvc queue start -j 2``)
+    both ran MLflow's schema migrations and one failed (sqlite ``duplicate column name: step``, or an
+    alembic error); two creating one new experiment, the second failed with ``already exists``. Now
+    the store's setup and the experiment's creation take turns on ``<db>.setup.lock``."""
+    from whisper_int8.fsutil import file_lock
+
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    got: list[str] = []
+    with file_lock(tmp_path / "m.db.setup.lock"):  # another process is setting the store up
+        worker = threading.Thread(target=lambda: got.append(open_experiment(uri, "exp")[1]))
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive() and not db.exists()  # waits: no migrations on a half-made store
+    worker.join(60)
+    assert got and open_experiment(uri, "exp")[1] == got[0]

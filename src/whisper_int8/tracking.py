@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from .tracking_uri import ENV_VARIABLE, TrackingError, check_reachable, masked_uri
+from .tracking_uri import ENV_VARIABLE, TrackingError, check_reachable, masked_uri, setup_lock
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,11 @@ def open_experiment(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            return client, client.create_experiment(name, artifact_location=artifact_location)
+        with setup_lock(uri):  # the client creates a new sqlite store's tables
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                return client, client.create_experiment(name, artifact_location=artifact_location)
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         _check_artifact_location(name, exp.artifact_location, artifact_location)

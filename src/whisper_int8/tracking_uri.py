@@ -6,12 +6,16 @@ without paying for the MLflow import.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from .fsutil import file_lock
 
 SQLITE = "sqlite:///"
 ENV_VARIABLE = "MLFLOW_TRACKING_URI"
@@ -57,6 +61,23 @@ def resolve_tracking_uri(
 def sqlite_file(uri: str) -> Path:
     """The database file of a ``sqlite:///`` URI, without SQLAlchemy's options (``?timeout=30``)."""
     return Path(uri[len(SQLITE) :].partition("?")[0])
+
+
+@contextlib.contextmanager
+def setup_lock(uri: str) -> Iterator[None]:
+    """One process at a time creating a sqlite store's tables or an experiment in it (``<db>.setup.lock``).
+
+    Two promotes opening a new ``mlflow.db`` at once (``dvc queue start -j 2``) each ran MLflow's schema
+    migrations on it, and one failed (``duplicate column name``, an alembic error); two creating one new
+    experiment, the second failed (``already exists``). The promote lock is not used: a promote holds it
+    while it compares and moves the alias, and this lock only covers the store's setup.
+    """
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    db = sqlite_file(uri)
+    with file_lock(db.with_name(db.name + ".setup.lock"), f"waiting for another process setting up {db}"):
+        yield
 
 
 def masked_uri(uri: str) -> str:

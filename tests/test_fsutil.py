@@ -145,3 +145,39 @@ def test_file_lock_makes_the_second_holder_wait_and_works_on_a_read_only_lock_fi
     os.chmod(path, 0o444)
     with file_lock(path):  # read access suffices
         pass
+
+
+STOPPED_BETWEEN_THE_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+from whisper_int8 import fsutil
+from whisper_int8.cli_common import exit_on_sigterm
+
+exit_on_sigterm()
+root = Path(sys.argv[1])
+replace = os.replace
+calls = []
+
+def replace_then_stopped(a, b):
+    replace(a, b)
+    calls.append(1)
+    if len(calls) == 1:  # dest moved aside, the new output not yet in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+os.replace = replace_then_stopped
+fsutil.replace_dir(root / "new", root / "out")
+"""
+
+
+def test_a_stage_stopped_between_the_two_renames_still_has_its_output(tmp_path):
+    """Regression (a review): SIGTERM or Ctrl+C after replace_dir moved the old output aside and before
+    it put the new one in place left no output at dest (the old one in .out.old)."""
+    for name, text in (("out", "old"), ("new", "new")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f.txt").write_text(text)
+    script = tmp_path / "stop.py"
+    script.write_text(STOPPED_BETWEEN_THE_RENAMES)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          env=venv_env())  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert (tmp_path / "out" / "f.txt").read_text() == "new"

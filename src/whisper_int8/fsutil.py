@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,11 +216,26 @@ def replace_dir(src: Path, dest: Path) -> None:
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old")
         _remove(old)
-        os.replace(dest, old)
-        os.replace(src, dest)
+        with _signals_held():  # Ctrl+C or SIGTERM between the renames would leave no output at dest
+            os.replace(dest, old)
+            os.replace(src, dest)
         _remove(old)
     else:
         os.replace(src, dest)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back in the main thread (where Python runs their handlers) until the block
+    is done, then delivered: a stage stopped there exits after it, not half-way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def dir_bytes(path: Path | str) -> int:

@@ -10,7 +10,6 @@ gate decisions; a re-run of the same state judges and tags the version registere
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,7 +17,6 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from .gate import Decision
 from .params import ParamError
 from .pyfunc_model import MODEL_DIR_ARTIFACT, SIGNATURE
 from .tracking import KEY_TAG
-from .tracking_uri import SQLITE, RegistryError, TrackingError, masked_uri, sqlite_file
+from .tracking_uri import RegistryError, TrackingError, masked_uri, store_lock
 
 # MLflow's rule for alias names: letters, digits, - and _; "latest" and v<digits> name versions.
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -223,8 +221,7 @@ def champion(client: MlflowClient, name: str, alias: str) -> Champion | None:
     return Champion(mv.version, metrics, mv.tags.get(EVAL_SET_TAG), mv.tags.get(KEY_TAG))
 
 
-@contextlib.contextmanager
-def promotion_lock(tracking_uri: str) -> Iterator[None]:
+def promotion_lock(tracking_uri: str) -> contextlib.AbstractContextManager[None]:
     """One promote at a time from reading the champion to moving the alias, for a sqlite registry.
 
     Two promotes sharing ``mlflow.db`` (``dvc queue start -j 2``) would each compare with the same old
@@ -232,14 +229,8 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
     is a file beside the database (``<db>.promote.lock``). A tracking server has no such lock (MLflow
     has no compare-and-set on aliases): promote against one server one run at a time.
     """
-    if not tracking_uri.startswith(SQLITE):
-        yield
-        return
-    db = sqlite_file(tracking_uri)
-    lock = db.with_name(db.name + ".promote.lock")
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
-        yield
+    # released when the file closes, also if the process dies
+    return store_lock(tracking_uri, "promote", "waiting for another promote on this registry")
 
 
 # Human-readable tags are cut to fit any store; gate_metrics and eval_set are read back, never cut

@@ -64,7 +64,18 @@ def sqlite_file(uri: str) -> Path:
 
 
 @contextlib.contextmanager
-def setup_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str, purpose: str, waiting: str) -> Iterator[None]:
+    """Hold ``<db>.<purpose>.lock`` beside a sqlite store against other processes (``waiting``: logged
+    when one makes this one wait); nothing for a tracking server, which has no such file."""
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    db = sqlite_file(uri)
+    with file_lock(db.with_name(f"{db.name}.{purpose}.lock"), waiting):
+        yield
+
+
+def setup_lock(uri: str) -> contextlib.AbstractContextManager[None]:
     """One process at a time creating a sqlite store's tables or an experiment in it (``<db>.setup.lock``).
 
     Two promotes opening a new ``mlflow.db`` at once (``dvc queue start -j 2``) each ran MLflow's schema
@@ -72,12 +83,7 @@ def setup_lock(uri: str) -> Iterator[None]:
     experiment, the second failed (``already exists``). The promote lock is not used: a promote holds it
     while it compares and moves the alias, and this lock only covers the store's setup.
     """
-    if not uri.startswith(SQLITE):
-        yield
-        return
-    db = sqlite_file(uri)
-    with file_lock(db.with_name(db.name + ".setup.lock"), f"waiting for another process setting up {db}"):
-        yield
+    return store_lock(uri, "setup", f"waiting for another process setting up {sqlite_file(uri)}")
 
 
 def masked_uri(uri: str) -> str:

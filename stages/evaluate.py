@@ -6,8 +6,6 @@ settings change; ``evaluate`` then transcribes with INT8 alone and compares. Wit
 evaluates both.
 """
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, evaluate_in_subprocess, model_dirs
-from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output, sha256_file
+from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output, dir_digest
 from whisper_int8.model_dir import activation_bits_of, resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
@@ -92,18 +90,6 @@ def check_model_dir(opt: dict, variant: str, where: str) -> None:
         raise ParamError(f"{where}: evaluate.models.{variant}: {model_dir} is {found}; give {wanted}")
 
 
-def weights_digest(model_dir: Path) -> str | None:
-    """What the model directory holds (every file's path and sha256), stored with the FP32 evaluation:
-    a baseline is refused once the directory holds another model (a new model.source fetched into
-    models/fp32 by hand), not only once another directory is named. About 0.3 s for Whisper base.
-    None for a directory that is not there (main checks it first: :func:`check_model_dir`)."""
-    if not model_dir.is_dir():
-        return None
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    rows = [(p.relative_to(model_dir).as_posix(), sha256_file(p)) for p in files]
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-
 def evaluate_variant(opt: dict, variant: str) -> dict:
     model_dir = opt["models"][variant]
     log.info("evaluating %s (%s) on %s, device %s", variant, model_dir, opt["split"], opt["device"])
@@ -114,7 +100,7 @@ def evaluate_variant(opt: dict, variant: str) -> dict:
 
 def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
     """The stored FP32 evaluation, refused when it was made with other settings or another model
-    (another directory, or other weights in it: :func:`weights_digest`)."""
+    (another directory, or other weights in it: ``model_weights``, :func:`fsutil.dir_digest`)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FP32 evaluation missing; run `dvc repro evaluate_fp32`")
     rerun = "the evaluate_fp32 stage (dvc repro evaluate_fp32)"
@@ -134,7 +120,7 @@ def read_baseline(path: Path, config: dict, model_dir: Path) -> dict:
         "model_dir": stored.get("model_dir"),
         "model_weights": stored.get("model_weights"),
     }
-    wanted = {**config, "model_dir": str(model_dir), "model_weights": weights_digest(model_dir)}
+    wanted = {**config, "model_dir": str(model_dir), "model_weights": dir_digest(model_dir)}
     for fp32_agnostic in (made_with, wanted):  # FP32 has no int8 activations
         fp32_agnostic.pop(ACTIVATION_BITS, None)
     if made_with != wanted:
@@ -170,7 +156,7 @@ def main(args) -> None:
     config = settings(opt, clips, int8=not args.baseline_only)
     if args.baseline_only:
         model_dir = opt["models"][BASELINE]
-        weights = weights_digest(model_dir)  # before: what the evaluation loads
+        weights = dir_digest(model_dir)  # before: what the evaluation loads
         result = evaluate_variant(opt, BASELINE)
         stored = {"config": config, "model_dir": str(model_dir), "model_weights": weights, **result}
         atomic_write_json(args.baseline, stored)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 import sys
@@ -565,6 +566,36 @@ def test_torchao_conversion_mechanics_on_cpu(raw):
     if raw["scheme"] == "dynamic" and not _torchao_cpu_int_mm_is_exact():
         return  # its CPU kernel saturates on this host (oneDNN u8s8 without VNNI); cuBLAS does not
     assert (got - want).norm() / want.norm() < 0.05
+
+
+def test_torchao_dynamic_pads_a_decoding_step_to_int_mm_rows(monkeypatch):
+    """torch's CUDA ``_int_mm`` refuses 16 rows or fewer and torchao then multiplies in float32: a decoding
+    step's rows (1 a beam) are padded with zero rows up to INT_MM_MIN_ROWS, the result the unpadded one's
+    (each row is quantized alone). Checked on CPU tensors, recording the rows the int8 GEMM gets."""
+    pytest.importorskip("torchao")
+    # (``torchao.quantization.quantize_`` is also a function's name: import the module by its full name)
+    int8_tensor = importlib.import_module("torchao.quantization.quantize_.workflows.int8.int8_tensor")
+    from whisper_int8.quant.cuda import INT_MM_MIN_ROWS, RowPaddedLinear, to_torchao
+
+    model = _fused()
+    quantize_model(model, parse_quant_config({"scheme": "dynamic"}))
+    model = to_torchao(model, "dynamic", "cpu")
+    layer = model.get_submodule("decoder.blocks.0.mlp.0")
+    assert isinstance(layer, RowPaddedLinear)
+    assert isinstance(model.decoder.token_embedding.logits, RowPaddedLinear)
+    rows: list[int] = []
+    matmul = int8_tensor.int_scaled_matmul
+    monkeypatch.setattr(int8_tensor, "int_scaled_matmul", lambda a, *r: rows.append(len(a)) or matmul(a, *r))
+    x = torch.randn(INT_MM_MIN_ROWS + 6, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        step = layer(x[:3].reshape(1, 3, -1))  # a first step: 3 prompt tokens
+        many = layer(x)  # more rows than the minimum: not padded
+    assert rows == [INT_MM_MIN_ROWS, len(x)]
+    assert step.shape == (1, 3, layer.out_features)
+    torch.testing.assert_close(step[0], many[:3], rtol=0, atol=0)
+    with torch.no_grad():
+        logits = model.decoder(TOKENS[:1, :1], model.encoder(_mel(1)))  # greedy: one row
+    assert rows[-1] == INT_MM_MIN_ROWS and logits.shape[-1] == model.dims.n_vocab and logits.isfinite().all()
 
 
 def _torchao_cpu_int_mm_is_exact() -> bool:

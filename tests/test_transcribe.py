@@ -49,6 +49,27 @@ def test_result_shape_determinism_and_token_cap(tiny_model, tmp_path):
     assert again[0] == again[1]  # temperature fallback samples, seeded
 
 
+def test_the_callers_rng_is_restored(tiny_model):
+    """The fallback's sampling is seeded for the call and the caller's sequence goes on after it."""
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    transcribe_clip(tiny_model, np.full(16000, 0.1, dtype=np.float32), "en", max_tokens=4)
+    assert torch.equal(torch.rand(3), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_callers_cuda_rng_is_restored():
+    """``torch.manual_seed`` reseeds every GPU too: their state is restored after the call as well."""
+    model = make_tiny_whisper().cuda()  # (seeds the RNGs itself)
+    torch.cuda.manual_seed(123)
+    want = torch.rand(3, device="cuda")
+    torch.cuda.manual_seed(123)
+    transcribe_clip(model, np.full(16000, 0.1, dtype=np.float32), "en", max_tokens=4)
+    assert torch.equal(torch.rand(3, device="cuda"), want)
+
+
 @pytest.mark.parametrize("max_tokens", [None, 224])
 def test_a_window_whose_whole_budget_is_text_goes_on_with_timestamps(tiny_model, monkeypatch, max_tokens):
     """Regression (a review): a clip of 30 s or less whose text needs more than 224 tokens (dense

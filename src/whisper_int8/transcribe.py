@@ -75,6 +75,13 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _seeded_cuda_devices() -> list[int]:
+    """The GPUs whose RNG ``torch.manual_seed`` resets, so their state is restored after as the CPU's is:
+    a caller sampling on CUDA keeps its own sequence. None before CUDA is initialized (the seed is then
+    only queued for its start)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+
+
 def _fp16(model: torch.nn.Module) -> bool:
     """Decode in fp16 only when every floating-point weight is half, whatever the device.
 
@@ -305,7 +312,7 @@ def transcribe_clip(
                 "segments": 0}  # fmt: skip
     cap = token_cap(model, len(audio), max_tokens)
     full_cap = cap if max_tokens else token_cap(model, N_SAMPLES)  # an explicit cap is a hard one
-    with _ONE_AT_A_TIME, torch.random.fork_rng(devices=[]):
+    with _ONE_AT_A_TIME, torch.random.fork_rng(devices=_seeded_cuda_devices()):
         torch.manual_seed(0)
         if len(audio) <= N_SAMPLES:
             out = _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # torchao's int8 GEMM (``safe_int_mm``) runs on cuBLAS only when both K and N are multiples of 8; any
 # other shape takes its fallback, an int32 matmul on the *CPU* (weights copied off the GPU every call).
 CUBLAS_MULTIPLE = 8
+# torch's CUDA ``_int_mm`` also refuses 16 rows or fewer ("self.size(0) needs to be greater than 16"):
+# safe_int_mm catches that and multiplies in float32, converting the whole int8 weight every call. A
+# decoding step has 1 row a beam, so the dynamic scheme's activations are padded up to this many rows.
+INT_MM_MIN_ROWS = 24  # > 16, and a multiple of CUBLAS_MULTIPLE
 
 
 class TorchaoTiedEmbedding(nn.Module):
@@ -79,6 +83,20 @@ class TorchaoOutlierLinear(nn.Module):
         return self.rest(x.index_fill(-1, self.outlier_index, 0.0)) + kept @ self.outlier_weight.T
 
 
+class RowPaddedLinear(nn.Linear):
+    """A torchao dynamic int8 ``nn.Linear`` whose input is padded with zero rows up to
+    :data:`INT_MM_MIN_ROWS`, the result cut back: so one decoding step's few rows reach cuBLAS's int8
+    GEMM instead of torchao's float fallback. Zero rows change no other row (each is quantized alone)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        extra = INT_MM_MIN_ROWS - len(rows)
+        if extra <= 0:
+            return super().forward(x)
+        y = super().forward(torch.cat([rows, rows.new_zeros(extra, rows.shape[1])]))
+        return y[: len(rows)].reshape(*x.shape[:-1], y.shape[-1])
+
+
 def _int8_weight(q: Tensor, scale: Tensor, dynamic: bool) -> Tensor:
     """torchao's int8 weight holding exactly ``q`` and ``scale`` (one scale per row, or one in all)."""
     try:
@@ -97,7 +115,7 @@ def _int8_linear(q: Tensor, scale: Tensor, bias: Tensor | None, dynamic: bool, d
         log.warning("int8 weight %s: not multiples of %d, torchao multiplies it on the CPU", tuple(q.shape),
                     CUBLAS_MULTIPLE)  # fmt: skip
     with uninitialized():  # no float weight allocated only to be replaced
-        lin = nn.Linear(q.shape[1], q.shape[0], bias=bias is not None)
+        lin = (RowPaddedLinear if dynamic else nn.Linear)(q.shape[1], q.shape[0], bias=bias is not None)
     lin.weight = nn.Parameter(_int8_weight(q.to(device), scale.to(device), dynamic), requires_grad=False)
     if bias is not None:
         lin.bias = nn.Parameter(bias.to(device), requires_grad=False)

@@ -147,6 +147,46 @@ def test_file_lock_makes_the_second_holder_wait_and_works_on_a_read_only_lock_fi
         pass
 
 
+def test_two_writers_of_one_output_take_turns(tmp_path, monkeypatch):
+    """Regression (left by a review): two `pull`s into one folder at once shared replace_dir's .old name,
+    and the second failed renaming a dest the first had moved aside (FileNotFoundError, ENOTEMPTY)."""
+    import os
+    import threading
+    import time
+
+    from whisper_int8 import fsutil
+
+    (tmp_path / "out").mkdir()
+    replace = os.replace
+
+    def slow_replace(a, b) -> None:  # widens the window between a writer's two renames
+        replace(a, b)
+        time.sleep(0.2)
+
+    monkeypatch.setattr(os, "replace", slow_replace)
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            with fsutil.staging_dir(tmp_path / "out") as tmp:
+                (tmp / "new").mkdir()
+                (tmp / "new" / "f.txt").write_text(text)
+                fsutil.replace_dir(tmp / "new", tmp_path / "out")
+        except BaseException as e:  # noqa: BLE001 (reported by the assert below)
+            errors.append(e)
+
+    writers = [threading.Thread(target=write, args=(text,)) for text in ("a", "b")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=30)
+    assert not errors, errors
+    assert (tmp_path / "out" / "f.txt").read_text() in ("a", "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock file, no .old left
+    with fsutil.file_lock(tmp_path):  # a directory is locked as it is
+        pass
+
+
 STOPPED_BETWEEN_THE_RENAMES = """
 import os, signal, sys
 from pathlib import Path

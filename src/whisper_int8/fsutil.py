@@ -26,9 +26,10 @@ def file_lock(path: Path | str, waiting: str = "") -> Iterator[None]:
     For work on a cache that several processes share (parallel ``dvc exp run`` jobs, test workers):
     the second waits and then finds the first one's result. The file is created when missing and left
     behind (removing it would race with a waiter); read access is enough, so a cache another user
-    created works too. ``waiting``: logged when another holder makes this one wait.
+    created works too. An existing directory is locked as it is (nothing left in it or beside it).
+    ``waiting``: logged when another holder makes this one wait.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDONLY | (0 if os.path.isdir(path) else os.O_CREAT), 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,15 +214,18 @@ def replace_dir(src: Path, dest: Path) -> None:
     to: :func:`resolved`), replacing a directory there whole."""
     os.chmod(src, 0o777 & ~_umask())
     dest = resolved(dest)
-    if dest.exists():
+    # Two writers of one dest (two `whisper-int8 pull`s of a fleet's host) take turns: they would share
+    # the .old name, and the second's rename of a dest the first had just moved aside failed.
+    with file_lock(dest.parent):
+        if not dest.exists():
+            os.replace(src, dest)
+            return
         old = dest.with_name(f".{dest.name}.old")
         _remove(old)
         with _signals_held():  # Ctrl+C or SIGTERM between the renames would leave no output at dest
             os.replace(dest, old)
             os.replace(src, dest)
         _remove(old)
-    else:
-        os.replace(src, dest)
 
 
 @contextlib.contextmanager

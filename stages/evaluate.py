@@ -17,7 +17,7 @@ from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output, dir_digest
-from whisper_int8.model_dir import activation_bits_of, resolve_device
+from whisper_int8.model_dir import activation_bits_of, check_made_from, resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.quant.convert import QUANT_CONFIG
@@ -153,6 +153,8 @@ def main(args) -> None:
         evaluated = [CANDIDATE] if args.baseline is not None else [BASELINE, CANDIDATE]
     for variant in dict.fromkeys([*evaluated, BASELINE]):  # a stored baseline: its weights are compared
         check_model_dir(opt, variant, args.params)
+    if not args.baseline_only:  # INT8 measured against the FP32 model it was converted from, no other
+        check_made_from(opt["models"][CANDIDATE], opt["models"][BASELINE], f"{args.params} evaluate.models")
     config = settings(opt, clips, int8=not args.baseline_only)
     if args.baseline_only:
         model_dir = opt["models"][BASELINE]

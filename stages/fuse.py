@@ -5,17 +5,20 @@ from pathlib import Path
 import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
 
 from whisper_int8.cli_common import run, stage_parser
+from whisper_int8.fetch import CHECKPOINT
 from whisper_int8.fsutil import atomic_dir, check_dir_output
 from whisper_int8.fuse import FUSED_DIR_FILES, fuse_model, save_fused_dir
+from whisper_int8.model_dir import FP32_SHA256, fp32_digest
 from whisper_int8.model_sources import load_checkpoint
 
 
 def main(args) -> None:
     check_dir_output(args.out, FUSED_DIR_FILES)  # before the work, not after it
-    loaded = load_checkpoint(Path(args.model) / "model.pt")
+    loaded = load_checkpoint(Path(args.model) / CHECKPOINT)
     counts = fuse_model(loaded.model)
+    source = {"source_dir": str(args.model), FP32_SHA256: fp32_digest(args.model)}
     with atomic_dir(args.out) as tmp:
-        save_fused_dir(tmp, loaded.model, loaded.alignment_heads, counts, {"source_dir": str(args.model)})
+        save_fused_dir(tmp, loaded.model, loaded.alignment_heads, counts, source)
 
 
 if __name__ == "__main__":

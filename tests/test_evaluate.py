@@ -504,3 +504,23 @@ def test_the_candidate_must_be_int8_and_the_baseline_not(tmp_path):
         _stage_module().check_model_dir(opt, "int8", "p.yaml")
     with pytest.raises(ParamError, match=r"evaluate.models.fp32: .*int8 is an INT8 model directory; give an"):
         _stage_module().check_model_dir(opt, "fp32", "p.yaml")
+
+
+def test_an_int8_model_of_another_fp32_model_is_refused(tmp_path):
+    """INT8 is measured against the FP32 model it was converted from: a candidate whose card names another
+    checkpoint (models/fp32 fetched again, `dvc repro -s evaluate`) stops before any transcription."""
+    split = speech_split(tmp_path / "split", [("en", "good morning")])
+    tiny_model_dir(tmp_path / "fp32", seed=0)
+    card = tiny_int8_dir(tmp_path / "int8") / "model_card.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "fp32_sha256": "0" * 64}))
+    evaluate = {"split": str(split), "device": "cpu", "max_tokens": 4, "warmup": 0}
+    models = {"fp32": str(tmp_path / "fp32"), "int8": str(tmp_path / "int8")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**evaluate, "models": models}}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
+         "--out", str(tmp_path / "out")], cwd=tmp_path, env=venv_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"{tmp_path}/int8 was made from another FP32 model than {tmp_path}/fp32 holds" in proc.stderr
+    assert "params.yaml evaluate.models must name one model's directories" in proc.stderr
+    assert "transcrib" not in proc.stderr and not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from whisper_int8.fsutil import sha256_file
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.model_sources import LoadedModel, save_checkpoint
 
@@ -33,6 +34,21 @@ def test_dvc_repro_fuse_calibrate_convert(dvc_repo):
     assert load_model_dir(dvc_repo / "models" / "int8").dims == model.dims
     status = run_dvc(dvc_repo, "status", "fuse", "calibrate", "convert").stdout
     assert "changed" not in status, status
+    # the FP32 checkpoint each model was made from, recorded on the way; another one in models/fp32
+    # (fetched again by hand) stops the conversion instead of giving it the wrong FP32 size
+    fp32 = dvc_repo / "models" / "fp32" / "model.pt"
+    digest = sha256_file(fp32)
+    for stage in ("fused", "int8"):
+        assert json.loads((dvc_repo / f"models/{stage}/model_card.json").read_text())["fp32_sha256"] == digest
+    kept = fp32.read_bytes()
+    other = make_tiny_whisper(seed=1)
+    save_checkpoint(fp32, LoadedModel(other, other.dims, None))
+    proc = subprocess.run(
+        [sys.executable, "stages/convert.py"], cwd=dvc_repo, env=venv_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "models/fused was made from another FP32 model than models/fp32" in proc.stderr
+    fp32.write_bytes(kept)
     # a bad quant param: the stage script exits 2 with one clear line and leaves models/int8 intact
     params = (dvc_repo / "params.yaml").read_text().replace("scheme: dynamic", "scheme: int4")
     (dvc_repo / "params.yaml").write_text(params)

@@ -302,11 +302,18 @@ def count_layers(model: nn.Module) -> dict[str, int]:
 
 
 def save_int8_dir(
-    out: Path, model: Whisper, cfg: QuantConfig, report: dict, alignment_heads, fp32_bytes: int
+    out: Path,
+    model: Whisper,
+    cfg: QuantConfig,
+    report: dict,
+    alignment_heads,
+    fp32_bytes: int,
+    extra: dict | None = None,
 ) -> dict:
     """Write ``int8.pt`` (plain tensors), ``quant_config.json`` and ``model_card.json``; return the card.
 
-    ``bytes`` counts the weights and the config, the two files the loader needs.
+    ``bytes`` counts the weights and the config, the two files the loader needs. ``extra``: more card
+    entries (where the model came from).
     """
     digest = save_weights(out / INT8_WEIGHTS, model)
     atomic_write_json(
@@ -333,6 +340,7 @@ def save_int8_dir(
         "fp32_bytes": fp32_bytes,
         "ratio_to_fp32": round(size / fp32_bytes, 4),
         **{k: v for k, v in report.items() if k != "layers"},
+        **(extra or {}),
     }
     atomic_write_json(out / CARD, card)
     return card

@@ -8,7 +8,7 @@ import torch
 
 from ..calibrate import check_calibrated_on, load_calibration
 from ..fsutil import atomic_dir, check_dir_output, dir_bytes
-from ..model_dir import check_fused_dir, load_fused_dir
+from ..model_dir import FP32_SHA256, check_fused_dir, check_made_from, load_fused_dir
 from .config import QuantConfig
 from .convert import INT8_DIR_FILES, quantize_model, save_int8_dir
 
@@ -18,8 +18,9 @@ def convert_dir(
 ) -> dict:
     """``models/fused`` + ``models/calibration`` -> an INT8 directory at ``out`` (atomic); returns its card.
 
-    ``fp32`` is only measured, for the card's size ratio. It, ``fused`` and ``out`` are checked first,
-    so a wrong path stops before the conversion's work, not after it.
+    ``fp32`` is measured, for the card's size ratio, and must hold the model ``fused`` was made from
+    (its card's ``fp32_sha256``, passed on to the INT8 card). It, ``fused`` and ``out`` are checked
+    first, so a wrong path stops before the conversion's work, not after it.
     """
     if not (Path(fp32) / "model.pt").is_file():
         raise FileNotFoundError(
@@ -30,10 +31,12 @@ def convert_dir(
     stats, sensitivity = load_calibration(Path(calibration))
     check_fused_dir(fused)
     check_calibrated_on(Path(calibration), Path(fused))
+    source = check_made_from(fused, fp32, "the fused and FP32 model directories")
     fp32_bytes = dir_bytes(fp32)
     model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():
         report = quantize_model(model, cfg, stats, sensitivity, str(calibration))
     with atomic_dir(out) as tmp:
-        return save_int8_dir(tmp, model, cfg, report, heads, fp32_bytes)
+        lineage = {FP32_SHA256: source} if source else {}
+        return save_int8_dir(tmp, model, cfg, report, heads, fp32_bytes, lineage)

@@ -709,3 +709,35 @@ def test_only_a_batch_of_frame_sized_lists_is_taken_for_multi_channel_audio():
     assert [audio for audio, _, _ in as_requests(mixed)] == ["/x.wav", [0.1, 0.2, 0.3]]
     clips = [np.full(1600, 0.1 * i, np.float32) for i in (1, 2)]  # equal lengths: two clips
     assert len(as_requests(pd.DataFrame({"audio": clips}))) == 2
+
+
+def test_integer_pcm_of_a_quiet_clip_is_refused_like_a_loud_one():
+    """Regression: 16-bit PCM sent unscaled was refused only above a peak of 2, so near-silence (dither
+    of a few LSB, a gap between utterances) was heard at full scale, 16384 times too loud: seconds of
+    decoding and a made-up "you" where the same samples / 32768 are silence (an empty transcript)."""
+    from whisper_int8.pyfunc_model import as_requests, check_audio
+
+    hush = np.random.default_rng(0).integers(-2, 3, 16000).astype(np.int16)
+    integer_pcm = r"^audio samples must be floats in \[-1, 1\]; they are integers \(peak 2\), as in integ"
+    for sent in (hush, hush.tolist()):  # numpy, and JSON's integers
+        with pytest.raises(ValueError, match=integer_pcm):
+            check_audio(sent)
+    # MLflow spreads {"audio": samples} into one row per sample: their type survives the gathering
+    ((gathered, _, _),) = as_requests(pd.DataFrame({"audio": hush}))
+    with pytest.raises(ValueError, match=integer_pcm):
+        check_audio(gathered)
+    assert check_audio((hush / 32768).tolist()).dtype == np.float32  # scaled: taken
+    assert not check_audio([0] * 1600).any()  # integer zeros are silence in any scale: taken
+
+
+def test_a_record_holding_a_list_of_paths_says_one_record_per_file():
+    """Regression: ``{"inputs": {"audio": [a, b]}}`` (MLflow keeps it one record) was refused as "audio
+    must be a file path or a list of numbers, got list": a list it was, and of what was not said."""
+    from whisper_int8.pyfunc_model import check_audio
+
+    one_each = r"^audio: a list of 2 file paths in one record \('/a.wav', ...\); send one record per file"
+    with pytest.raises(ValueError, match=one_each):
+        check_audio(["/a.wav", "/b.wav"])
+    mixed = r"^audio must be a file path or a list of numbers, got a list holding dict$"
+    with pytest.raises(ValueError, match=mixed):
+        check_audio([0.1, {"x": 1}])

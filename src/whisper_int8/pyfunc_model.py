@@ -131,11 +131,10 @@ def check_audio(
         _check_max_seconds(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more", used)
     else:
         try:
-            samples, name = np.asarray(audio, dtype=np.float32), "audio samples"
+            sent = np.asarray(audio)  # its own type first: integers are PCM whatever their peak
+            samples, name = sent.astype(np.float32, copy=False), "audio samples"
         except (TypeError, ValueError):
-            raise ValueError(
-                f"audio must be a file path or a list of numbers, got {type(audio).__name__}"
-            ) from None
+            raise ValueError(_not_samples(audio)) from None
         if samples.ndim != 1:
             raise ValueError(f"audio array must be 1-D mono samples, got shape {samples.shape}")
         bad = int(samples.size - np.isfinite(samples).sum())
@@ -145,15 +144,33 @@ def check_audio(
             )
         _check_max_seconds(samples.size / (rate or SAMPLE_RATE), max_seconds, "s of audio", used)
         peak = float(np.abs(samples).max()) if samples.size else 0.0
-        if peak > MAX_PEAK:
+        # integers (numpy's, or JSON numbers without a point), not all 0: integer PCM, which a peak of
+        # 2 LSB or less (dither, a pause) does not give away; heard 16384 times too loud, it is decoded
+        integers = sent.dtype.kind in "iu" and peak > 0
+        if peak > MAX_PEAK or integers:
+            found = f"their peak is {peak:g}" if peak > MAX_PEAK else f"they are integers (peak {peak:g})"
             raise ValueError(
-                f"audio samples must be floats in [-1, 1]; their peak is {peak:g}, as in integer PCM: "
-                "divide 16-bit samples by 32768"
+                f"audio samples must be floats in [-1, 1]; {found}, as in integer PCM: divide 16-bit "
+                "samples by 32768"
             )
         if samples.size and rate not in (None, SAMPLE_RATE):
             samples = resample(samples, rate, name).astype(np.float32) / 32768.0
     check_length(samples, name, "" if isinstance(audio, str | Path) else "; a clip is a list of samples")
     return samples
+
+
+def _not_samples(audio: Any) -> str:
+    """Why ``audio`` is neither a path nor samples: a list names what it holds (a list of paths: a
+    batch sent as one record, which MLflow keeps whole for ``{"inputs": {"audio": [a, b]}}``)."""
+    if isinstance(audio, list | tuple) and audio:
+        if all(isinstance(a, str | Path) for a in audio):
+            return (
+                f"audio: a list of {len(audio)} file paths in one record ({_shown(audio[0])!r}, ...); send "
+                'one record per file ({"dataframe_records": [{"audio": path}, ...]})'
+            )
+        odd = next((a for a in audio if not _is_sample(a)), audio[0])
+        return f"audio must be a file path or a list of numbers, got a list holding {type(odd).__name__}"
+    return f"audio must be a file path or a list of numbers, got {type(audio).__name__}"
 
 
 def _shown(path: str | Path, most: int = 120) -> str:
@@ -198,7 +215,7 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
         if len(audio) and all(map(_is_sample, audio)):
             # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip
             model_input = {
-                "audio": audio.to_numpy(np.float32),
+                "audio": audio.to_numpy(),  # its dtype kept: integers are PCM (check_audio)
                 "language": _first(model_input, "language"),
                 "sample_rate": _first(model_input, "sample_rate"),
             }

@@ -69,10 +69,26 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
         "host": host_summary(),
-        "scorer": scorer_versions(),  # the rates' normalizers: a new num2words spells numbers anew
+        # the rates' normalizers and scoring.py itself: a new num2words spells numbers anew, an edited
+        # scoring.py counts other errors (a stored FP32 baseline would be compared by other rules)
+        "scorer": scorer_versions(),
         # apart from host: they move INT8 transcripts only, so an FP32 baseline made with others is kept
         **bits,
     }
+
+
+def without_idle_cap(opt: dict, split_clips: int, kept: int) -> dict:
+    """``opt`` with no clip cap when ``evaluate.max_clips_per_language`` keeps every clip of the split.
+
+    The gate refuses a capped evaluation as a quick look ("evaluated on the first N clip(s) of each
+    language only"); a cap at or above every language's clip count evaluated the whole split, so it is
+    recorded as none, and a baseline made with or without it (the same clips) is the same evaluation.
+    """
+    cap = opt["max_clips_per_language"]
+    if cap is None or kept < split_clips:
+        return opt
+    log.info("evaluate.max_clips_per_language=%d keeps all %d clips of the split: no cap", cap, kept)
+    return {**opt, "max_clips_per_language": None}
 
 
 def check_model_dir(opt: dict, variant: str, where: str) -> None:
@@ -142,9 +158,11 @@ def main(args) -> None:
         check_file_output(args.baseline)
     else:
         check_dir_output(args.out)
-    clips = first_per_language(read_manifest(opt["split"]), opt["max_clips_per_language"])
+    every = read_manifest(opt["split"])
+    clips = first_per_language(every, opt["max_clips_per_language"])
     if not clips:
         raise AudioInputError(f"{opt['split']}: the evaluation manifest lists no clips; run fetch_audio")
+    opt = without_idle_cap(opt, len(every), len(clips))
     check_references(clips, opt["split"])
     # the model directories this run transcribes with, all checked before the first transcription
     if args.baseline_only:

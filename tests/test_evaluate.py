@@ -493,6 +493,48 @@ def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, 
         stage.read_baseline(path, stage.settings(opt, []), Path("m"))
 
 
+def test_a_baseline_scored_by_another_scoring_py_is_refused(tmp_path, monkeypatch):
+    """Regression (a review): scoring.py edited after evaluate_fp32, the stage then run by hand: the
+    stored FP32 rates (counted by the old rules) were compared with INT8 rates counted by the new ones,
+    and eval.json read "11 -> 7 errors" for identical transcripts."""
+    from whisper_int8 import scoring
+
+    stage = _stage_module()
+    opt = {"split": "s", "decode": {}, "device": "cpu", "warmup": 0, "max_clips_per_language": None}
+    opt["models"] = {"int8": tmp_path / "absent"}  # no quant_config.json: no bits read
+    path = tmp_path / "base.json"
+    stored = {"config": stage.settings(opt, [], int8=False), "model_dir": "m", "metrics": {}, "clips": []}
+    path.write_text(json.dumps(stored))
+    assert stage.read_baseline(path, stage.settings(opt, []), Path("m"))["metrics"] == {}
+    edited = tmp_path / "scoring.py"
+    edited.write_bytes(Path(scoring.__file__).read_bytes() + b"# another normalizer\n")
+    monkeypatch.setattr(scoring, "__file__", str(edited))
+    with pytest.raises(ParamError, match=r"made with other settings \(scorer\)"):
+        stage.read_baseline(path, stage.settings(opt, []), Path("m"))
+
+
+def test_a_cap_that_keeps_every_clip_is_no_cap(tmp_path):
+    """Regression (a review): evaluate.max_clips_per_language at or above every language's clip count
+    evaluated the whole split, yet the gate refused the model as "evaluated on the first 20 clip(s) of
+    each language only"; a cap that drops a clip still makes a quick look."""
+    from whisper_int8.gate import clip_cap
+
+    split = speech_split(tmp_path / "split", [("en", "good morning")])
+    tiny_model_dir(tmp_path / "fp32")
+    evaluate = {"split": str(split), "device": "cpu", "max_tokens": 4, "warmup": 0}
+    evaluate["max_clips_per_language"] = 20  # the split holds 1
+    evaluate["models"] = {"fp32": str(tmp_path / "fp32"), "int8": str(tmp_path / "int8")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate}))
+    stage = [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
+             "--baseline-only", "--baseline", str(tmp_path / "base.json")]  # fmt: skip
+    proc = subprocess.run(stage, cwd=tmp_path, env=venv_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert clip_cap(json.loads((tmp_path / "base.json").read_text())) is None
+    assert "max_clips_per_language=20 keeps all 1 clips of the split: no cap" in proc.stderr
+    opt = {"max_clips_per_language": 1}
+    assert _stage_module().without_idle_cap(opt, 2, 1) is opt  # one clip of two: a quick look
+
+
 def test_the_candidate_must_be_int8_and_the_baseline_not(tmp_path):
     """Regression: evaluate.models.int8: models/fused was evaluated, and would be registered, as INT8."""
     fp32, int8 = tmp_path / "fp32", tmp_path / "int8"

@@ -15,8 +15,10 @@ error counts over all clips so a language's rate weighs every word equally, not 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import unicodedata
+from pathlib import Path
 
 import jiwer
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
@@ -41,8 +43,9 @@ SCORING_PACKAGES = ("openai-whisper", "jiwer", "num2words", "cn2an", "zhconv")
 
 
 def scorer_versions() -> str:
-    """``openai-whisper 20250625; jiwer 4.0.0; ...``: recorded with every evaluation (the evaluate
-    stage's settings), so rates scored by other versions are not compared as equals."""
+    """``openai-whisper 20250625; jiwer 4.0.0; ...; scoring.py 1a2b3c4d5e6f``: recorded with every
+    evaluation (the evaluate stage's settings), so rates scored by other versions, or by an edited
+    copy of this file (a stored FP32 baseline, stages run by hand), are not compared as equals."""
     from importlib.metadata import PackageNotFoundError, version
 
     def one(package: str) -> str:
@@ -51,7 +54,8 @@ def scorer_versions() -> str:
         except PackageNotFoundError:
             return f"{package} missing"
 
-    return "; ".join(one(p) for p in SCORING_PACKAGES)
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return "; ".join([*(one(p) for p in SCORING_PACKAGES), f"scoring.py {code}"])
 
 
 def uses_cer(lang: str) -> bool:

@@ -276,12 +276,14 @@ def _torch_isa() -> str | None:
 
 
 def _preloaded() -> bool:
-    """Whether every library in LD_PRELOAD is mapped into this process (Linux; else assumed)."""
+    """Whether every library in LD_PRELOAD is mapped into this process (Linux; else assumed). ld.so
+    takes the list separated by spaces or colons: split on both, or "a.so:b.so" is one name never mapped."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return True
-    return all(Path(lib).name in maps for lib in os.environ.get("LD_PRELOAD", "").split())
+    libs = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+    return all(Path(lib).name in maps for lib in libs)
 
 
 def scheme_configs(params: str, schemes: list[str]) -> dict:

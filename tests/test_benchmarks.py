@@ -524,6 +524,20 @@ def test_preloaded_tells_whether_the_ld_preload_libraries_are_mapped(monkeypatch
     assert speed._preloaded()
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_preloaded_reads_a_colon_separated_ld_preload(monkeypatch):
+    """Regression: ld.so takes LD_PRELOAD separated by colons too; "libc.so.6:libm.so.6" was read as one
+    library that no process maps, and speed.py stopped every row as "its LD_PRELOAD library did not load"."""
+    import ctypes
+
+    ctypes.CDLL("libm.so.6")  # mapped here, as a preloaded library would be
+    speed = bench("speed")
+    monkeypatch.setenv("LD_PRELOAD", "libc.so.6:libm.so.6")
+    assert speed._preloaded()
+    monkeypatch.setenv("LD_PRELOAD", "libc.so.6:libnothere_at_all.so.1")
+    assert not speed._preloaded()
+
+
 def test_profile_splits_a_clip_into_phases_and_tables(tmp_path, capsys):
     from whisper_int8.audio.wavio import wav_bytes
     from whisper_int8.model_sources import LoadedModel, save_checkpoint

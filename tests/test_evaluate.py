@@ -166,6 +166,22 @@ def test_peak_memory_is_read_before_scoring(setup, monkeypatch):
     assert scored and out["metrics"]["peak_rss_mb"] == 100.0
 
 
+def test_the_process_evaluating_a_model_leaves_the_chart_library_out():
+    """Regression: the process evaluate spawns per model re-imports the stage script (as spawn runs
+    ``__mp_main__``) and whisper_int8.evaluate, and both imported eval_report, which imported
+    matplotlib.pyplot: about 30 MB of the parent's chart library in every FP32 and INT8 peak_rss_mb."""
+    code = (  # the stage's folder on sys.path: spawn's child gets the parent's
+        "import runpy, sys\nsys.path.insert(0, 'stages')\n"
+        "runpy.run_path('stages/evaluate.py', run_name='__mp_main__')\n"
+        "import whisper_int8.evaluate\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')[:3])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=venv_env(), capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
 def test_subprocess_evaluation_matches_in_process(results, setup):
     held = np.ones(80_000_000)  # 640 MB touched in this process: none of it is the child's memory
     parent_peak = memory.peak_rss_mb()

@@ -31,3 +31,14 @@ def test_the_peak_rss_restarts_from_the_current_rss():
     if not memory.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs cannot be written here")
     assert memory.peak_rss_mb() < memory.rss_mb() + 50
+
+
+def test_the_memory_figures_survive_a_process_name_that_is_not_utf8(tmp_path, monkeypatch):
+    """Regression: /proc/self/status was read as UTF-8 text, but its Name: is the program's name cut
+    at 15 bytes, possibly inside a character (a script "aоценка-модели" run by its shebang): every
+    rss_mb and peak_rss_mb then failed with a UnicodeDecodeError, after the whole evaluation."""
+    status = tmp_path / "status"
+    name = "aоценка-модели".encode()[:15]  # as the kernel cuts it: mid-character
+    status.write_bytes(b"Name:\t" + name + b"\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n")
+    monkeypatch.setattr(memory, "_STATUS", status)
+    assert memory.peak_rss_mb() == 200.0 and memory.rss_mb() == 100.0

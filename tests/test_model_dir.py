@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import re
 import shutil
 import struct
@@ -322,6 +323,29 @@ def test_cli_transcribe_with_a_truncated_int8_file_is_one_line(tmp_path, dirs, c
     assert cli.main(["transcribe", "--model", str(bad), str(wav)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad / 'int8.pt'}: not the weights") and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_int8_loads_beside_a_mapped_file_whose_name_is_not_utf8(tmp_path, dirs, monkeypatch):
+    """Regression: /proc/self/maps was read as UTF-8 text, so one file mapped anywhere in the process
+    under a name that is not UTF-8 (latin-1 "données", say) failed every INT8 load with a
+    UnicodeDecodeError. Its own mapping is still found and advised."""
+    from whisper_int8 import model_dir
+
+    advised = []
+
+    def spy(path: Path, state: dict) -> list:
+        advised.extend(ranges := unmap(path, state))
+        return ranges
+
+    unmap = model_dir.unmap_resident_pages
+    monkeypatch.setattr(model_dir, "unmap_resident_pages", spy)
+    other = tmp_path / os.fsdecode(b"donn\xe9es.bin")
+    other.write_bytes(bytes(mmap.PAGESIZE))
+    shutil.copytree(dirs["int8"], tmp_path / "int8")  # a path no other test has mapped
+    with open(other, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ):
+        model = load_model_dir(tmp_path / "int8")
+    assert advised and isinstance(model.decoder.token_embedding, Int8TiedEmbedding)
 
 
 def _resident_pages(t: torch.Tensor) -> int:

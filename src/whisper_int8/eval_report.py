@@ -14,15 +14,14 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from .fsutil import atomic_write_bytes, json_text
+from .significance import delta_intervals
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .fsutil import atomic_write_bytes, json_text  # noqa: E402
-from .significance import delta_intervals  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 BASELINE, CANDIDATE = "fp32", "int8"
 
@@ -175,15 +174,27 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot (headless), imported on the first chart, not with this module: the process
+    that evaluate spawns per model imports this module too (``BASELINE``, ``CANDIDATE``), and pyplot's
+    30 MB would sit in every ``peak_rss_mb`` it measures, FP32's and INT8's, though only the parent draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
 def error_rate_chart(rows: list[dict[str, Any]]) -> bytes:
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.5))
+    fig, ax = _pyplot().subplots(figsize=(max(5, 1.1 * len(rows) + 2), 3.5))
     xs = range(len(rows))
     for offset, variant in ((-0.2, BASELINE), (0.2, CANDIDATE)):
         ax.bar([x + offset for x in xs], [r[variant] for r in rows], width=0.4, label=variant.upper())
@@ -195,7 +206,7 @@ def error_rate_chart(rows: list[dict[str, Any]]) -> bytes:
 
 
 def latency_chart(rows: list[dict[str, Any]]) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _pyplot().subplots(figsize=(6, 3.5))
     for variant in (BASELINE, CANDIDATE):
         values = [r[variant] for r in rows if r[variant] != ""]
         ax.plot(range(len(values)), values, marker="o", label=variant.upper())

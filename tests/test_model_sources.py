@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import os
@@ -71,6 +72,55 @@ def test_missing_directory_and_missing_model_bin(tmp_path):
         load_source(f"ct2:{tmp_path}")
 
 
+def test_a_model_under_the_wrong_source_kind_names_the_right_one(tiny_model, tmp_path):
+    """Regression (a review): ct2:<a model.bin or .pt file> said "directory not found" for a path that
+    exists, file:<a CTranslate2 folder> asked for <path>/model.pt, file:<its model.bin> called it
+    truncated and asked to save it again, and openai:<path> (whisper.load_model takes paths) did not
+    say that file: reads one."""
+    ct2 = export_ct2(tiny_model, tmp_path / "faster-whisper-tiny")
+    pt = tmp_path / "tiny.pt"
+    torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, pt)
+    cases = {
+        f"ct2:{ct2 / 'model.bin'}": f"a file; ct2: takes the folder holding it: ct2:{ct2}",
+        f"ct2:{pt}": f"not a CTranslate2 folder (an openai-whisper checkpoint is read with file:{pt})",
+        "ct2:Systran/faster-whisper-base": "directory not found (ct2: reads a folder on this machine",
+        f"file:{ct2}": f"{ct2}: a CTranslate2 folder (model.bin); read it with ct2:{ct2}",
+        f"file:{ct2 / 'model.bin'}": f"a CTranslate2 WhisperSpec file, not a checkpoint; use ct2:{ct2}",
+        f"openai:{pt}": "unknown model; choose one of tiny.en, ",
+    }
+    for source, message in cases.items():
+        with pytest.raises(ModelSourceError) as err:
+            load_source(source)
+        assert message in str(err.value), source
+    assert str(err.value).endswith(f" (a checkpoint file is read with file:{pt})")
+
+
+@pytest.mark.parametrize("kind", ["file", "ct2"])
+def test_a_relative_model_path_is_found_in_the_repository(tiny_model, tmp_path, monkeypatch, kind):
+    """Regression (a review): `dvc exp run --temp`/`--queue` run fetch_model in a copy without untracked
+    files; file:/ct2: did not look in the repository (DVC_ROOT), as local: audio sources do."""
+    repo, work = tmp_path / "repo", tmp_path / "work"
+    if kind == "file":
+        (repo / "ckpt").mkdir(parents=True)
+        rel = "ckpt/tiny.pt"
+        ckpt = {"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}
+        torch.save(ckpt, repo / rel)
+        recorded = rel
+    else:
+        rel = "ckpt/ct2"
+        export_ct2(tiny_model, repo / rel)
+        recorded = f"{rel}/model.bin"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(ModelSourceError, match="not found"):
+        load_source(f"{kind}:{rel}")
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    loaded = load_source(f"{kind}:{rel}")
+    assert torch.equal(logits(loaded.model), logits(tiny_model))
+    assert list(loaded.provenance["files"]) == [recorded]  # as written: the same card in the copy
+
+
 def test_ct2_aliases_resolve_to_the_tensor_they_name(tiny_model, tmp_path):
     # CTranslate2 writes a tensor that occurs twice once (e.g. the identical layer norms of an untrained
     # model): the second name is an alias
@@ -84,6 +134,33 @@ def test_ct2_aliases_resolve_to_the_tensor_they_name(tiny_model, tmp_path):
     (tmp_path / "model.bin").write_bytes(write_ct2(spec))
     state = load_source(f"ct2:{tmp_path}").model.state_dict()
     assert torch.equal(state["encoder.blocks.1.attn_ln.weight"], state["encoder.blocks.0.attn_ln.weight"])
+
+
+@pytest.mark.parametrize("store", ["untied", "bias"])
+def test_an_untied_ct2_output_projection_is_refused(tiny_model, tmp_path, store):
+    """Regression (a review): CTranslate2 stores decoder/projection apart from the embedding (an alias
+    when tied); a fine-tune with its own proj_out loaded with that projection silently dropped."""
+    spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float16)
+    emb = spec.variables["decoder/embeddings/weight"]
+    del spec.aliases["decoder/projection/weight"]
+    if store == "untied":
+        spec.variables["decoder/projection/weight"] = (emb.float() * 1.5).half()
+    else:  # tied, but with a bias openai-whisper's logits do not have
+        spec.variables["decoder/projection/weight"] = emb.clone()
+        spec.variables["decoder/projection/bias"] = torch.ones(emb.shape[0], dtype=torch.float16)
+    (tmp_path / "model.bin").write_bytes(write_ct2(spec))
+    match = "differs from decoder/embeddings/weight" if store == "untied" else "projection/bias present"
+    with pytest.raises(ModelSourceError, match=rf"model.bin: .*{match}"):
+        load_source(f"ct2:{tmp_path}")
+
+
+def test_a_tied_ct2_projection_stored_apart_loads(tiny_model, tmp_path):
+    """An equal projection written as its own variable (no alias) is the tied model: it loads."""
+    spec = from_openai_state_dict(tiny_model.state_dict(), tiny_model.dims, torch.float32)
+    del spec.aliases["decoder/projection/weight"]
+    spec.variables["decoder/projection/weight"] = spec.variables["decoder/embeddings/weight"].clone()
+    (tmp_path / "model.bin").write_bytes(write_ct2(spec))
+    assert torch.equal(logits(load_source(f"ct2:{tmp_path}").model), logits(tiny_model))
 
 
 def test_int8_ct2_directory_is_refused(tiny_model, tmp_path):
@@ -289,6 +366,38 @@ def test_openai_whisper_downloads_get_its_alignment_heads_by_their_sha256():
     expected = model.alignment_heads.to_dense().nonzero().tolist()
     assert model_sources._official_heads(sha256, dims) == expected and expected
     assert model_sources._official_heads("0" * 64, dims) is None
+
+
+def _denied(path):
+    """What the OS raises for a file of another user (the tests may run as root, which reads it)."""
+
+    def deny(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    return deny
+
+
+@pytest.mark.parametrize("kind", ["file", "ct2"])
+def test_a_model_file_the_os_will_not_read_says_so(tiny_model, tmp_path, monkeypatch, kind):
+    """Regression (a review): a checkpoint without read permission was "truncated, or not a file
+    torch.save wrote" with advice to save it again, and a ct2: model.bin a PermissionError traceback."""
+    if kind == "file":
+        path = tmp_path / "ckpt.pt"
+        torch.save({"dims": tiny_model.dims.__dict__, "model_state_dict": tiny_model.state_dict()}, path)
+        monkeypatch.setattr(torch, "load", _denied(path))
+    else:
+        path = export_ct2(tiny_model, tmp_path) / "model.bin"
+        monkeypatch.setattr(Path, "read_bytes", _denied(path))
+    with pytest.raises(ModelSourceError) as err:
+        load_source(f"{kind}:{tmp_path if kind == 'ct2' else path}")
+    assert str(err.value) == f"{path}: cannot be read (Permission denied)"
+
+
+def test_torch_load_checked_names_an_os_error_not_damage(tmp_path):
+    from whisper_int8.model_sources import torch_load_checked
+
+    with pytest.raises(ModelSourceError, match=rf"^{tmp_path}: cannot be read \(Is a directory\)$"):
+        torch_load_checked(tmp_path, "rerun fuse")
 
 
 class Evil:

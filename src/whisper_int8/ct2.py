@@ -231,10 +231,38 @@ def dims_of(ct2: CT2Model, origin: str = "model.bin") -> ModelDimensions:
         ) from None
 
 
+PROJECTION = "decoder/projection"
+EMBEDDING = "decoder/embeddings/weight"
+
+
+def _check_tied_projection(v: dict[str, torch.Tensor], origin: str) -> None:
+    """openai-whisper computes the logits with the token embedding (tied weights); CTranslate2 stores the
+    output projection apart (an alias of the embedding when equal). A fine-tune with an untied
+    ``proj_out`` would load with its projection silently replaced by the embedding: refuse it."""
+    proj, emb = v.get(f"{PROJECTION}/weight"), v.get(EMBEDDING)
+    if f"{PROJECTION}/bias" in v:
+        raise CT2FormatError(
+            f"{origin}: {PROJECTION}/bias present; openai-whisper's output projection (the token "
+            "embedding) has no bias, so this is not a Whisper model it can run"
+        )
+    if proj is None or emb is None:
+        return
+    same = proj.shape == emb.shape and (
+        torch.equal(proj, emb) if proj.dtype == emb.dtype else torch.equal(proj.float(), emb.float())
+    )
+    if not same:
+        raise CT2FormatError(
+            f"{origin}: {PROJECTION}/weight differs from {EMBEDDING} (an untied output projection); "
+            "openai-whisper ties them, so the model would lose its own projection. Export a model with "
+            "tied embeddings (tie_word_embeddings=True), or use another model source"
+        )
+
+
 def to_openai_state_dict(ct2: CT2Model, dims: ModelDimensions, origin: str = "model.bin") -> dict:
     """Convert CT2 variables to an FP32 openai-whisper state dict.
 
-    Raises :class:`CT2FormatError` for int8 (already quantized) weights: those are not an FP32 baseline.
+    Raises :class:`CT2FormatError` for int8 (already quantized) weights: those are not an FP32 baseline,
+    and for an output projection that is not the token embedding (see :func:`_check_tied_projection`).
     """
     v = ct2.tensors()
     quantized = sorted(n for n, t in v.items() if n.endswith("/weight") and t.dtype not in FLOAT_DTYPES)
@@ -244,6 +272,7 @@ def to_openai_state_dict(ct2: CT2Model, dims: ModelDimensions, origin: str = "mo
             "an INT8 CTranslate2 model is not an FP32 baseline. Export it with --quantization float16 "
             "or float32 (ct2-transformers-converter), or use the default package model."
         )
+    _check_tied_projection(v, origin)
     state: dict[str, torch.Tensor] = {}
     for ct2_name, parts in name_table(dims.n_audio_layer, dims.n_text_layer):
         if ct2_name not in v:
@@ -272,6 +301,24 @@ def from_openai_state_dict(
     return CT2Model(
         6, "WhisperSpec", 3, variables, {"decoder/projection/weight": "decoder/embeddings/weight"}
     )
+
+
+def ct2_spec(path: Path) -> str | None:
+    """The spec name in the header of a CTranslate2 model file (``WhisperSpec``), None for another file:
+    tells a model.bin given where a checkpoint was expected from a damaged checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(70)
+    except OSError:
+        return None
+    if len(head) < 6:
+        return None
+    version, length = struct.unpack_from("<IH", head)
+    name = head[6 : 6 + length]
+    if not 3 <= version <= 6 or len(name) != length or not name.endswith(b"\0"):
+        return None
+    spec = name[:-1].decode("ascii", errors="replace")
+    return spec if spec.isidentifier() else None
 
 
 def read_ct2_files(paths: list[Path]) -> CT2Model:

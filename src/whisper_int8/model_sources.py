@@ -33,10 +33,11 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from .ct2 import CT2FormatError, dims_of, read_ct2_files, to_openai_state_dict
+from .ct2 import CT2FormatError, ct2_spec, dims_of, read_ct2_files, to_openai_state_dict
 from .fsutil import sha256_file
 from .netcheck import unreachable
 from .params import ParamError, reject_unknown_keys
+from .tracking_uri import repo_root
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,10 @@ def _load_ct2(
         state = to_openai_state_dict(ct2, dims, origin)
     except CT2FormatError as e:
         raise ModelSourceError(str(e)) from None
+    except FileNotFoundError:
+        raise  # a package's missing part: _load_package names what to reinstall
+    except OSError as e:
+        raise unreadable(e.filename, e) from None
     heads, heads_from = None, None  # where heads that do not fit came from: config.json, else the weights
     if config is not None and config.is_file():
         heads_from = config
@@ -243,6 +248,8 @@ def _load_ct2(
             settings = json.loads(config.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelSourceError(f"{config}: not valid UTF-8 JSON ({e})") from None
+        except OSError as e:
+            raise unreadable(config, e) from None
         if not isinstance(settings, dict):
             raise ModelSourceError(f"{config}: expected a JSON object, got {type(settings).__name__}")
         heads = settings.get("alignment_heads")
@@ -291,14 +298,37 @@ def _load_package(name: str) -> LoadedModel:
         ) from None
 
 
+def in_repository(path: Path) -> Path:
+    """``path``, or a relative one found in the repository when it is not here: ``dvc exp run --temp`` /
+    ``--queue`` run fetch_model in a copy without untracked files (``DVC_ROOT`` names the repository),
+    and a ``local:`` audio source is found the same way."""
+    if path.exists() or path.is_absolute():
+        return path
+    found = repo_root() / path
+    return found if found.exists() else path
+
+
 def _load_ct2_dir(arg: str) -> LoadedModel:
-    root = Path(arg).expanduser()
+    written = Path(arg).expanduser()
+    root = in_repository(written)
     if not root.is_dir():
-        raise ModelSourceError(f"model.source=ct2:{arg}: directory not found")
+        raise ModelSourceError(f"model.source=ct2:{arg}: {_no_ct2_dir(root)}")
     bin_ = root / "model.bin"
     if not bin_.is_file():
         raise ModelSourceError(f"model.source=ct2:{arg}: no model.bin inside; is this a CTranslate2 export?")
-    return _load_ct2([bin_], root / "config.json", {"source": f"ct2:{root.resolve()}"})
+    # recorded as written: the card (models/fp32's DVC hash) is the same from the repository or its copy
+    prov = {"source": f"ct2:{root.resolve()}"}
+    return _load_ct2([bin_], root / "config.json", prov, [str(written / "model.bin")])
+
+
+def _no_ct2_dir(root: Path) -> str:
+    """Why ``root`` is no ct2: folder, naming the source that reads what is there: "directory not found"
+    for a file that exists sent users looking for a missing path."""
+    if root.name == "model.bin" and root.is_file():
+        return f"a file; ct2: takes the folder holding it: ct2:{root.parent}"
+    if root.is_file():
+        return f"a file, not a CTranslate2 folder (an openai-whisper checkpoint is read with file:{root})"
+    return "directory not found (ct2: reads a folder on this machine; it downloads no hub names)"
 
 
 def _whisper_cache() -> Path:
@@ -309,7 +339,11 @@ def _whisper_cache() -> Path:
 def _load_openai(name: str) -> LoadedModel:
     names = whisper.available_models()
     if name not in names:
-        raise ModelSourceError(f"model.source=openai:{name}: unknown model; choose one of {', '.join(names)}")
+        path = Path(name).expanduser()  # whisper.load_model also takes a path: our source for one is file:
+        hint = f" (a checkpoint file is read with file:{name})" if path.is_file() else ""
+        raise ModelSourceError(
+            f"model.source=openai:{name}: unknown model; choose one of {', '.join(names)}{hint}"
+        )
     url = whisper._MODELS[name]
     root = _whisper_cache()
     cached = root / os.path.basename(url)
@@ -351,6 +385,12 @@ def _load_failure(error: Exception) -> str:
     return first.split(". ")[0].rstrip(".")  # the sentence that says what failed, not the advice after
 
 
+def unreadable(path: str | Path | None, error: OSError) -> ModelSourceError:
+    """A file the OS would not read (permissions, an I/O error) named with that cause: not a traceback,
+    nor "truncated" and advice to save it again, which a file owned by another user does not need."""
+    return ModelSourceError(f"{path}: cannot be read ({error.strerror or error})")
+
+
 def torch_load_checked(path: Path, fix: str, mapped: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a truncated, foreign or refused file is one line naming it,
     the cause and ``fix`` (what to do), not torch's traceback. ``mapped``: tensors read on access."""
@@ -358,6 +398,8 @@ def torch_load_checked(path: Path, fix: str, mapped: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     # KeyError, IndexError, ValueError: what the legacy (non-zip) unpickler makes of a text or audio file
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # the OS refused it: the file may be fine
+            raise unreadable(path, e) from None
         refused = isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)
         if not refused and not zipfile.is_zipfile(path):  # a truncated file has lost its zip directory
             cause = "truncated, or not a file torch.save wrote: no zip directory"
@@ -379,16 +421,21 @@ def check_zip(path: Path, fix: str) -> None:
         raise ModelSourceError(f"{path}: damaged ({bad} fails its CRC check); {fix}")
 
 
-def load_checkpoint(path: Path, verify: bool = False) -> LoadedModel:
+def load_checkpoint(path: Path, verify: bool = False, shown: Path | None = None) -> LoadedModel:
     """Load an openai-whisper checkpoint safely (``weights_only=True``: no arbitrary unpickling).
 
     ``verify``: check the zip CRCs first (a ``file:`` source; the pipeline's own model.pt, loaded by
-    fuse and evaluate, was checked when fetch_model wrote it).
+    fuse and evaluate, was checked when fetch_model wrote it). ``shown``: the path the provenance
+    records (as the source wrote it), default ``path``.
     """
     if path.is_dir():
+        if (path / "model.bin").is_file():
+            raise ModelSourceError(f"{path}: a CTranslate2 folder (model.bin); read it with ct2:{path}")
         raise ModelSourceError(f"{path}: a folder; give the checkpoint file in it (file:<path>/model.pt)")
     if not path.is_file():
         raise ModelSourceError(f"{path}: checkpoint file not found")
+    if verify and (spec := ct2_spec(path)):
+        raise ModelSourceError(f"{path}: a CTranslate2 {spec} file, not a checkpoint; use ct2:{path.parent}")
     if verify:
         check_zip(path, "copy it again")
     ckpt = torch_load_checked(path, "save it as {'dims': dict, 'model_state_dict': state_dict} of tensors")
@@ -410,7 +457,7 @@ def load_checkpoint(path: Path, verify: bool = False) -> LoadedModel:
     if heads is None and verify:
         heads = _official_heads(digest, dims)
     model, heads = build_model(dims, weights, heads, path, check_values=verify)
-    prov = {"source": f"file:{path.resolve()}", "files": {str(path): digest}}
+    prov = {"source": f"file:{path.resolve()}", "files": {str(shown or path): digest}}
     return LoadedModel(model, dims, heads, prov)
 
 
@@ -429,7 +476,11 @@ def load_source(source: str) -> LoadedModel:
     """Load the FP32 model named by ``source`` (see the module docstring for the kinds)."""
     kind, arg = parse_source(source)
     loader = {"package": _load_package, "ct2": _load_ct2_dir, "openai": _load_openai}.get(kind)
-    result = loader(arg) if loader else load_checkpoint(Path(arg).expanduser(), verify=True)
+    if loader:
+        result = loader(arg)
+    else:
+        written = Path(arg).expanduser()
+        result = load_checkpoint(in_repository(written), verify=True, shown=written)
     result.provenance["source"] = source
     return result
 

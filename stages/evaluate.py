@@ -17,12 +17,12 @@ from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
 from whisper_int8.evaluate import clips_digest, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output, dir_digest
-from whisper_int8.model_dir import activation_bits_of, check_made_from, resolve_device
+from whisper_int8.model_dir import activation_bits_of, resolve_device
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, null_or_count, reject_unknown_keys, section
 from whisper_int8.quant.convert import QUANT_CONFIG
 from whisper_int8.scoring import check_references, scorer_versions
-from whisper_int8.stage_files import read_json
+from whisper_int8.stage_files import check_made_from, read_json
 from whisper_int8.transcribe import decode_options
 
 log = logging.getLogger("evaluate")

@@ -5,11 +5,10 @@ from pathlib import Path
 import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.fetch import CHECKPOINT
 from whisper_int8.fsutil import atomic_dir, check_dir_output
 from whisper_int8.fuse import FUSED_DIR_FILES, fuse_model, save_fused_dir
-from whisper_int8.model_dir import FP32_SHA256, fp32_digest
 from whisper_int8.model_sources import load_checkpoint
+from whisper_int8.stage_files import CHECKPOINT, FP32_SHA256, fp32_digest
 
 
 def main(args) -> None:

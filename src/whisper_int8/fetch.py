@@ -14,11 +14,10 @@ from . import __version__
 from .fsutil import atomic_dir, atomic_write_json, sha256_file
 from .memory import MB
 from .model_sources import load_source, save_checkpoint
-from .stage_files import CARD
+from .stage_files import CARD, CHECKPOINT
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "model.pt"
 FP32_DIR_FILES = (CHECKPOINT, CARD)  # what models/fp32 holds
 
 

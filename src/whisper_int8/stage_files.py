@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from .fsutil import sha256_file
 from .model_sources import ModelSourceError, torch_load_checked
 
+CHECKPOINT = "model.pt"  # models/fp32's weights: an openai-whisper checkpoint
 CARD = "model_card.json"  # every model directory's description: bytes, counts, where it came from
 
 # What to rerun when a file of this pipeline is unreadable (``rerun`` of the readers below).
@@ -43,3 +45,35 @@ def load_tensors(path: Path, rerun: str = ANY_STAGE, mapped: bool = False) -> di
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelSourceError(f"{path}: not a mapping of names to tensors; rerun {rerun}")
     return state
+
+
+# In the fused and INT8 model cards: the sha256 of the FP32 checkpoint they were made from, so that a
+# conversion or an evaluation refuses an FP32 directory holding another model (`dvc repro -s`, a
+# benchmark's --fp32) instead of measuring one model against another.
+FP32_SHA256 = "fp32_sha256"
+
+
+def fp32_digest(root: Path | str) -> str | None:
+    """The sha256 of the FP32 checkpoint ``root`` holds (models/fp32: as its card records it, else
+    computed) or was made from (a fused or INT8 card's :data:`FP32_SHA256`; None in a card older than it)."""
+    root = Path(root)
+    card = read_json(root / CARD) if (root / CARD).is_file() else {}
+    card = card if isinstance(card, dict) else {}
+    if (root / CHECKPOINT).is_file():
+        recorded = card.get("checkpoint_sha256")
+        return recorded if isinstance(recorded, str) else sha256_file(root / CHECKPOINT)
+    recorded = card.get(FP32_SHA256)
+    return recorded if isinstance(recorded, str) else None
+
+
+def check_made_from(made: Path | str, fp32: Path | str, what: str) -> str | None:
+    """Raise unless the model in ``made`` came from the FP32 checkpoint of ``fp32`` (unknown for a card
+    older than :data:`FP32_SHA256`: allowed); returns that checkpoint's sha256. ``what``: the params or
+    options that named the two, for the message."""
+    got, want = fp32_digest(made), fp32_digest(fp32)
+    if got is not None and want is not None and got != want:
+        raise ModelSourceError(
+            f"{made} was made from another FP32 model than {fp32} holds (sha256 {got[:12]}..., not "
+            f"{want[:12]}...): {what} must name one model's directories; run `dvc repro` to remake them"
+        )
+    return got or want

@@ -8,7 +8,8 @@ import torch
 
 from ..calibrate import check_calibrated_on, load_calibration
 from ..fsutil import atomic_dir, check_dir_output, dir_bytes
-from ..model_dir import FP32_SHA256, check_fused_dir, check_made_from, load_fused_dir
+from ..model_dir import check_fused_dir, load_fused_dir
+from ..stage_files import FP32_SHA256, check_made_from
 from .config import QuantConfig
 from .convert import INT8_DIR_FILES, quantize_model, save_int8_dir
 

@@ -96,3 +96,22 @@ def test_a_quoted_no_that_dvc_exp_run_set_rewrote_is_still_norwegian(tmp_path):
         and languages == parse_yaml(path.read_text(), path)["audio"]["languages"]
     )
     assert load_params(path)["quant"]["per_token"] is True  # true/false stay booleans
+
+
+def test_numbers_are_read_as_dvc_reads_them(tmp_path):
+    """Regression: the stages read numbers by YAML 1.1, DVC (and `dvc exp show`, `dvc params diff`) by
+    YAML 1.2: `auto_keep_float_k: 010` converted with 8 float layers while DVC recorded 10,
+    `smoothquant_alpha: 5e-1` was refused as "expected ... a number", and a quoted '1:30' that
+    `dvc exp run -S` wrote back unquoted became 90."""
+    from dvc.utils.serialize import modify_yaml, parse_yaml
+
+    scalars = ["010", "-010", "0o17", "0x1F", "0b101", "1_000", "5e-1", "1e3", "1.0e3", "+.5", "-.5",
+               "9.999e1", ".inf", "-.inf", "0", "7", "0.5", "'1:30'", "1:30", "2"]  # fmt: skip
+    path = tmp_path / "params.yaml"
+    path.write_text("x:\n" + "".join(f"  k{i}: {s}\n" for i, s in enumerate(scalars)))
+    with modify_yaml(path) as data:  # what `dvc exp run -S x.k19=3` does to the file
+        data["x"]["k19"] = 3
+    ours, dvc = load_params(path, sections=False)["x"], parse_yaml(path.read_text(), path)["x"]
+    assert ours == dvc
+    assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in dvc.items()}
+    assert (ours["k0"], ours["k6"], ours["k17"]) == (10, 0.5, "1:30")

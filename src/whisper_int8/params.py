@@ -42,14 +42,45 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 # Booleans as YAML 1.2 has them (true/false), the way DVC reads, diffs and rewrites this file: PyYAML's
 # YAML 1.1 also takes yes/no/on/off, and `dvc exp run -S <any key>` writes the file back with a quoted
 # 'no' (Norwegian) unquoted, which the stages then read as false while DVC records "no".
-_BOOL = "tag:yaml.org,2002:bool"
+# Numbers too: YAML 1.1 reads `010` as eight (DVC: ten) and `1:30` as 90 (DVC: a string, which
+# `dvc exp run -S` writes back unquoted), and takes neither `5e-1` nor `1e3` for a number. The patterns
+# are ruamel.yaml's for YAML 1.2, the parser DVC reads params.yaml with.
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
 _UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _UniqueKeyLoader.add_implicit_resolver(
     _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+_UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+_UniqueKeyLoader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0o?[0-7_]+|[-+]?[0-9_]+|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 integer: a leading zero is no octal (``010`` is ten), ``0o`` is."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign, digits = (-1 if text.startswith("-") else 1), text.lstrip("+-")
+    base = {"0b": 2, "0o": 8, "0x": 16}.get(digits[:2])
+    return sign * (int(digits[2:], base) if base else int(digits))
+
+
+_UniqueKeyLoader.add_constructor(_INT, _construct_int)
 
 
 def _one_edit_apart(a: str, b: str) -> bool:

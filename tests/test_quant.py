@@ -118,6 +118,14 @@ def test_keep_float_embedding_and_quantize_embedding_false():
             {"scheme": "static", "smoothquant_alpha": 0.5},
             r"^p.yaml: quant.scheme=static and quant.smoothquant_alpha=0.5 need the calibration",
         ),
+        (  # (a review) an "INT8" model with no INT8 layer was written, caught only by the gate's size
+            {"keep_float": ["*"], "quantize_embedding": False},
+            r"^p.yaml: every Linear layer is kept in float .*: nothing would be INT8; keep fewer in float$",
+        ),
+        (
+            {"keep_float": ["*", "decoder.token_embedding"]},
+            r"^p.yaml: every Linear layer is kept in float .*: nothing would be INT8",
+        ),
     ],
 )
 def test_config_needs_are_checked(raw, match):

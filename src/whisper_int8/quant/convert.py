@@ -231,6 +231,11 @@ def quantize_model(
     in_absmax = {n: stats[f"{n}/in_absmax"] for n in names if stats and f"{n}/in_absmax" in stats}
     # every layer's kind decided and checked before the model is changed: a refused config leaves it whole
     layers = {name: _layer_kind(name, cfg, keep, outliers) for name in names}
+    if set(layers.values()) == {"float"} and not (cfg.quantize_embedding and EMBEDDING not in keep):
+        raise ParamError(
+            f"{cfg.where}: every Linear layer is kept in float (quant.keep_float, quant.auto_keep_float_k) "
+            "and so is the embedding (quant.quantize_embedding): nothing would be INT8; keep fewer in float"
+        )
     if cfg.outlier_channels and OUTLIERS not in layers.values():
         raise ParamError(
             f"{cfg.where}: quant.outlier_channels={cfg.outlier_channels}: no layer matching "

@@ -17,10 +17,12 @@ from whisper.tokenizer import LANGUAGES
 
 from tests.conftest import REPO
 from tests.test_audio_wavio import write_tone
-from whisper_int8.audio import AudioInputError, read_manifest
+from whisper_int8.audio import AudioInputError, read_manifest, wavio
 from whisper_int8.audio import build as audio_build
 from whisper_int8.audio.asterisk import ensure_package
 from whisper_int8.audio.build import build, parse_params
+from whisper_int8.audio.errors import FfmpegMissingError
+from whisper_int8.audio.wavio import wav_bytes
 from whisper_int8.fsutil import OutputConflictError, sha256_file
 from whisper_int8.params import ParamError, load_params, section
 
@@ -598,3 +600,28 @@ def test_two_takes_of_a_sentence_that_score_as_one_text_go_in_one_split(tmp_path
     run_build(tmp_path, {**params(f"local:{manifest}", ("fr",), calib=3, evals=1), "seed": seed})
     ids = [c.id for s in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / s)]
     assert len(ids) == 2 and "fr-d" in ids, ids
+
+
+def test_a_clip_too_short_for_speech_is_a_bad_item_as_serving_refuses_it(tmp_path):
+    """Regression: a 1-sample or 2.5 ms clip (a recording cut off at its start) went into the splits
+    (evaluated, and calibrated on), though transcribe and the server refuse clips under 10 ms."""
+    root = make_corpus(tmp_path / "rec", ("en",), 2)
+    for name, n in (("one", 1), ("few", 40)):
+        (root / "en" / f"{name}.wav").write_bytes(wav_bytes(np.full(n, 20000, np.int16)))
+        (root / "en" / f"{name}.txt").write_text(f"a clip of {name} samples")
+    summary = run_build(tmp_path, params(f"local:{root}", ("en",), calib=3, evals=1))
+    causes = sorted(s["cause"] for s in summary["skipped"]["items"])
+    assert [c.split(": ", 1)[0] for c in causes] == [str(root / "en" / f) for f in ("few.wav", "one.wav")]
+    assert all("too short for speech (at least 10 ms)" in c for c in causes)
+    clips = [c for split in ("eval", "calibration") for c in read_manifest(tmp_path / "out" / split)]
+    assert sorted(Path(c.source).name for c in clips) == ["clip00.wav", "clip01.wav"]
+
+
+def test_no_ffmpeg_stops_the_build_with_its_fix_not_a_skip_per_clip(tmp_path, monkeypatch):
+    """Regression: with on_error: skip, a missing ffmpeg was one skipped item per clip (Kokoro
+    synthesized each sentence first), then "no evaluation clip ... add a source for each"."""
+    monkeypatch.setattr(wavio.shutil, "which", lambda name: None)
+    p = params(f"local:{make_corpus(tmp_path / 'rec', ('en',), 3)}", ("en",), calib=1, evals=1)
+    with pytest.raises(FfmpegMissingError, match="ffmpeg not found on PATH; install it"):
+        run_build(tmp_path, p)
+    assert not (tmp_path / "out").exists()

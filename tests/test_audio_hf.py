@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -134,3 +135,12 @@ def test_an_hf_folder_feeds_the_splits_like_any_source(tmp_path, monkeypatch, no
     kept = [c for split in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / split)]
     assert sorted(c.text for c in kept) == texts
     assert {c.source for c in kept} == {f"hf:snap/de_de/test#{i}" for i in range(3)}
+
+
+@pytest.mark.parametrize("dataset", ["/no/such/fleurs", "./fleurs", "data/hf/fleurs"])
+def test_a_missing_folder_is_said_not_fetched_from_the_hub(tmp_path, monkeypatch, no_network, dataset):
+    """Regression: hf:<a folder that is not there> was looked up on the Hub; offline the message was
+    "cannot reach huggingface.co ... named as hf:<folder>", which is what the user had written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AudioInputError, match=rf"^hf:{re.escape(dataset)}: folder not found \("):
+        hf.items(dataset, "nl", "nl_nl", tmp_path / "cache")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 
 import pytest
 
@@ -330,3 +331,60 @@ def test_paths_that_name_one_id_get_distinct_ids(tmp_path):
     ids = [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))]
     assert ids[0] == ids[2] != ids[1]  # the same path twice stays one id: a duplicate, refused later
     assert ids == [it.id for it in local.from_manifest(manifest, ErrorPolicy("fail"))]  # the same every run
+
+
+def test_csv_cells_typed_after_a_comma_and_space_are_read_like_the_header(tmp_path):
+    """Regression: the header " text, audio" was read, but a row's " a.wav" was a file not found and
+    ', "Hallo, daar"' two fields (the message asked to quote the already quoted transcript)."""
+    write_tone(tmp_path / "a.wav")
+    write_tone(tmp_path / "b.wav", 500)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        'text, audio, language, id\n"Hallo, daar", a.wav, nl, one\ngoede dag, b.wav, nl, two\n'
+    )
+    policy = ErrorPolicy("fail")
+    items = local.from_manifest(manifest, policy, ["nl"], {"nl"})
+    assert [(it.id, it.text) for it in items] == [("one", "Hallo, daar"), ("two", "goede dag")]
+    assert [len(it.load()) for it in items] == [16000, 16000]
+
+
+@pytest.mark.parametrize(("tag", "code"), [("en-US", "en"), ("pt_BR", "pt"), ("zh-Hans-CN", "zh")])
+def test_a_locale_tag_is_refused_with_the_code_to_write(tmp_path, tag, code):
+    """Common Voice and FLEURS name languages by locale ("en-US", "nl_nl"): the message said only "not
+    one Whisper knows", though the language is one; it now says which code to write."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"audio,text,language\na.wav,hello there,{tag}\nb.wav,hi there,xx-YY\n")
+    policy = ErrorPolicy()
+    assert local.from_manifest(manifest, policy, None, {"en", "pt", "zh"}) == []
+    causes = [s["cause"] for s in policy.skipped]
+    assert causes[0].endswith(f"language {tag!r} is not one Whisper knows (a code or a name); Whisper's "
+                              f"codes name no region or script: write {code}")  # fmt: skip
+    assert causes[1].endswith("language 'xx-YY' is not one Whisper knows (a code or a name)")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_utf16_manifest_is_refused_as_not_utf8(tmp_path, suffix):
+    """Regression: a manifest PowerShell's ``>`` wrote (UTF-16) was a header of garbled characters (CSV)
+    or one "not valid JSON" per line (JSONL), never naming the encoding."""
+    manifest = tmp_path / f"manifest{suffix}"
+    text = (
+        "audio,text,language\na.wav,hello there,en\n"
+        if suffix == ".csv"
+        else json.dumps({"audio": "a.wav", "text": "hello there", "language": "en"}) + "\n"
+    )
+    manifest.write_text(text, encoding="utf-16")
+    with pytest.raises(local.AudioInputError, match=r"UTF-16 text, not UTF-8; save the manifest as UTF-8"):
+        local.from_manifest(manifest, ErrorPolicy(), None, {"en"})
+
+
+@pytest.mark.parametrize(("on_disk", "typed"), [("NFD", "NFC"), ("NFC", "NFD")])
+def test_a_manifest_finds_a_file_whose_name_is_in_the_other_unicode_form(tmp_path, on_disk, typed):
+    """Regression: "één café.wav" copied from a Mac (decomposed accents) and typed in the manifest
+    (composed) was "audio file not found", naming a path that prints as the file's own name."""
+    name = "één café.wav"
+    write_tone(tmp_path / unicodedata.normalize(on_disk, name))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"audio,text,language\n{unicodedata.normalize(typed, name)},hallo daar,nl\n")
+    (item,) = local.from_manifest(manifest, ErrorPolicy("fail"), ["nl"], {"nl"})
+    assert len(item.load()) == 16000
+    assert item.source == f"local:{tmp_path / unicodedata.normalize(typed, name)}"  # as typed

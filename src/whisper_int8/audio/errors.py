@@ -19,7 +19,8 @@ class FfmpegMissingError(AudioInputError):
 
 @dataclass
 class ErrorPolicy:
-    """``skip`` logs the problem and counts it per language; ``fail`` raises it at once."""
+    """``skip`` logs the problem and counts it per language; ``fail`` raises it at once (and so does
+    ``skip`` for a missing ffmpeg, which no other clip gets past)."""
 
     mode: str = "skip"
     skipped: list[dict] = field(default_factory=list)
@@ -29,7 +30,9 @@ class ErrorPolicy:
             raise ValueError(f"on_error must be 'skip' or 'fail', got {self.mode!r}")
 
     def handle(self, error: AudioInputError, language: str | None = None) -> None:
-        if self.mode == "fail":
+        # no ffmpeg is the machine's fault, not the clip's: skipped, it failed every clip in turn (Kokoro
+        # synthesizing each first) and the build then blamed the sources ("add a source for each")
+        if self.mode == "fail" or isinstance(error, FfmpegMissingError):
             raise error
         log.warning("skipped: %s", error)
         self.skipped.append({"language": language, "cause": str(error)})

@@ -36,6 +36,13 @@ def _hub_address() -> tuple[str, int]:
     return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
+def _is_path(dataset: str) -> bool:
+    """Whether ``dataset`` can only be a folder: a Hub id is ``name`` or ``owner/name``, so a missing
+    ``/data/fleurs`` or ``./fleurs`` is a wrong path, not a dataset to fetch (offline: "cannot reach
+    huggingface.co", which sent the user to the folder they had named)."""
+    return dataset.startswith(("/", ".", "~")) or "\\" in dataset or dataset.count("/") > 1
+
+
 def _check_online(dataset: str) -> None:
     offline = ("1", "true", "yes", "on")
     if any(os.environ.get(v, "").lower() in offline for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
@@ -91,6 +98,11 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
             ds = datasets.load_dataset(str(folder), data_dir=config, split=split, cache_dir=str(cache / "hf"))
         elif folder.is_dir():
             ds = datasets.load_dataset(str(folder), config, split=split, cache_dir=str(cache / "hf"))
+        elif _is_path(dataset):
+            raise AudioInputError(
+                f"hf:{dataset}: folder not found ({folder.resolve()}); name an existing folder of "
+                "parquet files, or a Hub dataset as name or owner/name (google/fleurs)"
+            )
         else:
             _check_online(dataset)
             ds = _load_hub(datasets, dataset, config, split, str(cache / "hf"))

@@ -12,11 +12,13 @@ is not copied into a ``dvc exp run --temp``/``--queue`` workspace), and recorded
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
 import logging
 import os
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -48,7 +50,9 @@ def _not_utf8(values) -> bool:
 
 
 def _csv_rows(path: Path, f: TextIO) -> list[tuple[int, dict | AudioInputError]]:
-    reader = csv.reader(f)
+    # skipinitialspace: "a.wav, hello" as people type it; the header's names are stripped, so are the
+    # cells (a path " a.wav" is not found, and ', "Hallo, daar"' would not be read as quoted)
+    reader = csv.reader(f, skipinitialspace=True)
     found = next(reader, [])
     header = [h.strip().lower() for h in found]  # "Audio", " text" as Excel users write them
     missing = [c for c in COLUMNS if c not in header]
@@ -96,9 +100,18 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict | AudioInputError
     return rows
 
 
+def _check_not_utf16(path: Path) -> None:
+    """Refuse a UTF-16 manifest (PowerShell's ``>`` and Excel's "Unicode Text" write it): read as UTF-8,
+    its header is garbage and every JSON line "not valid JSON", which hides the cause."""
+    with open(path, "rb") as f:
+        if f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise AudioInputError(f"{path}: UTF-16 text, not UTF-8; save the manifest as UTF-8")
+
+
 def _rows(path: Path) -> list[tuple[int, dict | AudioInputError]]:
     """``(file line, row)`` per row; a row that cannot be read is its error (a bad item, not the file)."""
     try:
+        _check_not_utf16(path)
         if path.suffix.lower() == ".csv":
             # -sig: Excel starts with a BOM; surrogateescape: a non-UTF-8 row is a bad item below
             with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -195,8 +208,27 @@ def _language(value: str, known: set[str] | None, where: str) -> str:
     except ValueError:
         code = None
     if code not in known:
-        raise AudioInputError(f"{where}: language {value!r} is not one Whisper knows (a code or a name)")
+        raise AudioInputError(
+            f"{where}: language {value!r} is not one Whisper knows (a code or a name){_region_hint(value)}"
+        )
     return code
+
+
+def _region_hint(value: str) -> str:
+    """What to write for a locale tag ("en-US", "zh_CN", as Common Voice and FLEURS name languages):
+    Whisper's codes have no region, and which one a tag means ("zh-HK": zh or yue?) is the user's call."""
+    base = value.strip().replace("_", "-").partition("-")[0].lower()
+    return f"; Whisper's codes name no region or script: write {base}" if base in LANGUAGES else ""
+
+
+def _on_disk(audio: Path) -> Path:
+    """``audio``, or its name in the other Unicode form when only that one exists: macOS (and its zip
+    archives) write "é" decomposed (NFD), a typed manifest composed (NFC), and the two print alike, so
+    "audio file not found" named a file the user could see."""
+    if audio.exists():
+        return audio
+    forms = (Path(unicodedata.normalize(form, str(audio))) for form in ("NFC", "NFD"))
+    return next((other for other in forms if other.exists()), audio)
 
 
 def from_manifest(
@@ -222,7 +254,7 @@ def from_manifest(
             language = _language(_field(row, "language", where), known, where)
             if languages is not None and language not in languages:
                 raise _unlisted(where, language, "from the manifest", path)
-            audio = (path.parent / audio_field).resolve()
+            audio = _on_disk((path.parent / audio_field).resolve())
             text = _field(row, "text", where, required=False)
             if text is None or not text.strip():
                 raise AudioInputError(f"{where}: empty or missing transcript for {audio}")

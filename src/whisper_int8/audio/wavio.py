@@ -112,9 +112,11 @@ def check_length(samples: np.ndarray, name: str, hint: str = "") -> None:
 
 
 def check_pcm(pcm: np.ndarray, name: str) -> np.ndarray:
-    """Reject empty and silent clips with a message naming ``name``."""
+    """Reject empty, too short (:func:`check_length`: what serving refuses is no corpus clip either)
+    and silent clips with a message naming ``name``."""
     if pcm.size == 0:
         raise AudioInputError(f"{name}: zero-length audio (no samples after decoding)")
+    check_length(pcm, name)
     peak = float(np.abs(pcm.astype(np.int32)).max()) / 32768.0
     if peak < SILENCE_PEAK:
         raise AudioInputError(f"{name}: silent clip (peak {20 * np.log10(max(peak, 1e-9)):.0f} dBFS)")

@@ -15,7 +15,7 @@ from whisper_int8.audio import AudioInputError, first_per_language, read_manifes
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
-from whisper_int8.evaluate import clips_digest, evaluate_in_subprocess, model_dirs
+from whisper_int8.evaluate import clips_digest, device_summary, evaluate_in_subprocess, model_dirs
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output, dir_digest
 from whisper_int8.model_dir import activation_bits_of, resolve_device
 from whisper_int8.model_sources import ModelSourceError
@@ -61,6 +61,9 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
     and a WHISPER_INT8_ACTIVATION_BITS this CPU cannot run does not stop the FP32 baseline).
     """
     bits = {ACTIVATION_BITS: activation_bits_of(opt["models"][CANDIDATE])} if int8 else {}
+    # on CUDA the card sets the latencies (the speedup of a reused FP32 baseline) and its kernels the
+    # transcripts; host names the CPU only, which cloud machines share across cards
+    gpu = device_summary(opt["device"])
     return {
         "split": str(opt["split"]),
         "clips": clips_digest(clips),
@@ -69,6 +72,7 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
         "warmup": opt["warmup"],
         "max_clips_per_language": opt["max_clips_per_language"],
         "host": host_summary(),
+        **({"gpu": gpu} if gpu else {}),
         # the rates' normalizers and scoring.py itself: a new num2words spells numbers anew, an edited
         # scoring.py counts other errors (a stored FP32 baseline would be compared by other rules)
         "scorer": scorer_versions(),

@@ -509,6 +509,61 @@ def test_a_baseline_is_kept_across_int8_activation_bits_but_not_hosts(tmp_path, 
         stage.read_baseline(path, stage.settings(opt, []), Path("m"))
 
 
+def test_a_cuda_baseline_timed_on_another_gpu_is_refused(tmp_path, monkeypatch):
+    """Regression (a review): on evaluate.device: cuda the settings named the CPU only (``host``), so an
+    FP32 evaluation timed on one card (a T4) was reused beside INT8 timed on another (an A100) with the
+    same CPU, and the gate's speedup divided one GPU's latency by the other's. A CPU evaluation records
+    no GPU (asking for one would start CUDA)."""
+    stage = _stage_module()
+    opt = {"split": "s", "decode": {}, "device": "cuda:0", "warmup": 0, "max_clips_per_language": None}
+    opt["models"] = {"int8": tmp_path / "absent"}  # no quant_config.json: no bits read
+    gpu = {"card": "NVIDIA T4; sm_75; 15095 MiB; CUDA 12.8"}
+    summary = lambda device: gpu["card"] if device != "cpu" else None  # noqa: E731
+    monkeypatch.setattr(stage, "device_summary", summary, raising=False)
+    path = tmp_path / "base.json"
+    stored = {"config": stage.settings(opt, [], int8=False), "model_dir": "m", "metrics": {}, "clips": []}
+    path.write_text(json.dumps(stored))
+    assert stored["config"]["gpu"] == gpu["card"]
+    assert stage.read_baseline(path, stage.settings(opt, []), Path("m"))["metrics"] == {}
+    gpu["card"] = "NVIDIA A100-SXM4-40GB; sm_80; 40326 MiB; CUDA 12.8"
+    with pytest.raises(ParamError, match=r"made with other settings \(gpu\)"):
+        stage.read_baseline(path, stage.settings(opt, []), Path("m"))
+    assert "gpu" not in stage.settings({**opt, "device": "cpu"}, [], int8=False)
+
+
+def test_device_summary_starts_no_cuda_for_the_cpu(monkeypatch):
+    from whisper_int8 import evaluate
+
+    monkeypatch.setattr(evaluate, "in_fresh_process", lambda *a: pytest.fail("a process for the CPU"))
+    assert evaluate.device_summary("cpu") is None
+
+
+def test_gpu_summary_names_the_card(monkeypatch):
+    """What the ``gpu`` setting holds (the properties faked: no GPU here)."""
+    import types
+
+    import torch
+
+    from whisper_int8.cpu import gpu_summary
+
+    props = types.SimpleNamespace(name="NVIDIA T4", major=7, minor=5, total_memory=15095 * 2**20)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert gpu_summary("cuda:0") == "NVIDIA T4; sm_75; 15095 MiB; CUDA 12.8"
+
+
+@pytest.mark.gpu
+def test_device_summary_on_a_gpu():
+    """Unverified: not run on a GPU yet (skipped without one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from whisper_int8.evaluate import device_summary
+
+    assert device_summary("cuda:0").startswith(torch.cuda.get_device_name(0) + "; sm_")
+
+
 def test_a_baseline_scored_by_another_scoring_py_is_refused(tmp_path, monkeypatch):
     """Regression (a review): scoring.py edited after evaluate_fp32, the stage then run by hand: the
     stored FP32 rates (counted by the old rules) were compared with INT8 rates counted by the new ones,

@@ -58,6 +58,19 @@ def test_the_callers_rng_is_restored(tiny_model):
     assert torch.equal(torch.rand(3), want)
 
 
+def test_a_cpu_transcription_leaves_the_seed_queued_for_cuda(tiny_model):
+    """Regression (a review): before CUDA starts, ``torch.manual_seed`` only queues its seed for the GPUs.
+    The call's own ``manual_seed(0)`` replaced the one a caller had queued, which fork_rng cannot
+    restore: the caller's first sampling on a GPU after a CPU transcription ran from seed 0."""
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA already started: nothing is queued")
+    torch.manual_seed(123)  # the caller's; for CUDA, queued until it starts
+    queued = torch.cuda._lazy_seed_tracker.manual_seed_all_cb
+    assert queued is not None
+    transcribe_clip(tiny_model, np.full(16000, 0.1, dtype=np.float32), "en", max_tokens=4)
+    assert torch.cuda._lazy_seed_tracker.manual_seed_all_cb is queued
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_callers_cuda_rng_is_restored():

@@ -114,3 +114,18 @@ def host_summary() -> str:
         f"{cpu_model()}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; "
         f"torch {torch.__version__} ISA {torch.backends.cpu.get_cpu_capability()} (CPU: {extensions})"
     )
+
+
+def gpu_summary(device: str) -> str:
+    """One line naming the GPU of a CUDA ``device``: name, compute capability, memory, torch's CUDA.
+
+    :func:`host_summary` names the CPU, which sets CPU timings; on a GPU the card sets them (and its
+    kernels the transcripts), and one CPU model comes with several cards (cloud machine types).
+    """
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return (
+        f"{props.name}; sm_{props.major}{props.minor}; {props.total_memory // 2**20} MiB; "
+        f"CUDA {torch.version.cuda}"
+    )

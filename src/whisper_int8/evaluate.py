@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from . import memory
 from .audio import AudioInputError, Clip, first_per_language, read_manifest
+from .cpu import gpu_summary
 from .eval_report import BASELINE, CANDIDATE
 from .fsutil import dir_bytes
 from .model_dir import check_languages, load_model_dir
@@ -233,6 +234,12 @@ def evaluate_in_subprocess(
     """:func:`evaluate_model_dir` in a fresh spawned process, so memory and cold-start figures are its own."""
     args = (str(model_dir), str(split_dir), decode, device, warmup, per_language)
     return in_fresh_process(evaluate_model_dir, *args)
+
+
+def device_summary(device: str) -> str | None:
+    """:func:`whisper_int8.cpu.gpu_summary` of a CUDA ``device`` (None for the CPU: ``host`` names it),
+    asked in a fresh process: a CUDA context in the caller would hold GPU memory while it evaluates."""
+    return None if device == "cpu" else in_fresh_process(gpu_summary, device)
 
 
 def in_fresh_process(func: Callable[..., T], *args: Any) -> T:

@@ -123,10 +123,11 @@ def eval_set_digest(report: dict[str, Any], manifest: Path | None) -> str:
     and the scorer.
 
     Two models' error rates are comparable only when this matches (see ``check_against_champion``).
-    ``warmup`` changes timings only. The ``host`` and ``int8_activation_bits`` do not: the CPU's
-    kernels and the INT8 activation bits (7 or 8: from the CPU, WHISPER_INT8_ACTIVATION_BITS and the
-    model's ``quant.weight_bits``) move transcripts, so a candidate evaluated on another machine than
-    the champion, or with other activation bits, is compared by its increase over FP32 instead. So is
+    ``warmup`` changes timings only. The ``host`` (on CUDA also the ``gpu``) and
+    ``int8_activation_bits`` do not: the CPU's (the GPU's) kernels and the INT8 activation bits (7 or
+    8: from the CPU, WHISPER_INT8_ACTIVATION_BITS and the model's ``quant.weight_bits``) move
+    transcripts, so a candidate evaluated on another machine than the champion, or with other
+    activation bits, is compared by its increase over FP32 instead. So is
     one scored by another ``scoring.py``, or by other versions of the libraries it normalizes with
     (the evaluate stage records them in ``config.scorer`` when it scores, not when promote runs).
     """

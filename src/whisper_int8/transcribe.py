@@ -75,11 +75,20 @@ def _device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _seeded_cuda_devices() -> list[int]:
-    """The GPUs whose RNG ``torch.manual_seed`` resets, so their state is restored after as the CPU's is:
-    a caller sampling on CUDA keeps its own sequence. None before CUDA is initialized (the seed is then
-    only queued for its start)."""
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+def _rng_devices(device: torch.device) -> list[int]:
+    """The GPU whose RNG the fallback samples from (the model's), forked and seeded for the call; none
+    for a model on the CPU. Not every GPU (``torch.manual_seed``): before CUDA starts, that only queues
+    the seed for its start, replacing the one a caller queued, who would then sample from 0."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _seed(cuda_devices: list[int]) -> None:
+    """Seed the CPU's RNG and those of ``cuda_devices`` (each forked by the caller) with 0."""
+    torch.random.default_generator.manual_seed(0)
+    for index in cuda_devices:
+        torch.cuda.default_generators[index].manual_seed(0)
 
 
 def _fp16(model: torch.nn.Module) -> bool:
@@ -312,8 +321,9 @@ def transcribe_clip(
                 "segments": 0}  # fmt: skip
     cap = token_cap(model, len(audio), max_tokens)
     full_cap = cap if max_tokens else token_cap(model, N_SAMPLES)  # an explicit cap is a hard one
-    with _ONE_AT_A_TIME, torch.random.fork_rng(devices=_seeded_cuda_devices()):
-        torch.manual_seed(0)
+    cuda_devices = _rng_devices(_device(model))
+    with _ONE_AT_A_TIME, torch.random.fork_rng(devices=cuda_devices):
+        _seed(cuda_devices)
         if len(audio) <= N_SAMPLES:
             out = _transcribe_window(model, audio, language, detect_language, beam_size, cap, full_cap)
             if not out.pop("cut") or max_tokens:  # a cap the caller set is a hard one

@@ -11,6 +11,7 @@ import socket
 import threading
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from whisper_int8 import promotion, registry
@@ -475,6 +476,60 @@ def test_a_password_in_the_tracking_uri_is_masked_in_messages():
     assert masked_uri("https://ghp_token@host/x") == "https://***@host/x"  # a token as the user part
     for plain in ("https://host:5000", "databricks", "sqlite:////a/mlflow.db", "postgresql://u@db/mlflow"):
         assert masked_uri(plain) == plain
+
+
+def test_a_password_in_params_tracking_uri_is_masked_in_the_runs_tags(tmp_path, model_dirs):
+    """Regression (a review): params.yaml ``mlflow.tracking_uri`` went verbatim into the parent run's
+    ``setting.mlflow.tracking_uri`` tag, which everyone reading the tracking server sees."""
+    cfg = mlflow_cfg(tmp_path)  # where it logs: MLFLOW_TRACKING_URI overrode params.yaml's server
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
+    inputs.params["mlflow"] = {
+        "tracking_uri": "https://alice:s3cret@mlflow.example.com",
+        "artifact_root": "s3://ak:sk-s3cret@bucket/mlruns",
+        "experiment": cfg.experiment,
+    }
+    parent_id = promote(inputs, cfg, gate_config({}), decode={})["parent_run_id"]
+
+    tags = client_for(cfg.tracking_uri).get_run(parent_id).data.tags
+    assert tags["setting.mlflow.tracking_uri"] == "https://alice:***@mlflow.example.com"
+    assert tags["setting.mlflow.artifact_root"] == "s3://ak:***@bucket/mlruns"
+    assert tags["setting.mlflow.experiment"] == cfg.experiment
+    assert not [k for k, v in tags.items() if "s3cret" in v]
+
+
+def test_a_model_folder_of_links_is_registered_with_the_linked_files(tmp_path, model_dirs):
+    """Regression (a review): with DVC's ``cache.type: symlink`` every file of models/int8 is a link into
+    .dvc/cache, and MLflow refused to log the model ("resolved path is outside the artifact
+    directory"): promote crashed after logging the runs, nothing registered."""
+    linked = tmp_path / "checkout" / "models" / "int8"
+    linked.mkdir(parents=True)
+    for f in model_dirs["int8"].iterdir():
+        (linked / f.name).symlink_to(f)
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, {**model_dirs, "int8": linked}, report({"en": 10.0}, {"en": 10.1}))
+    result = promote(inputs, cfg, gate_config({}), decode={})
+
+    assert result["promoted"] and result["version"] == 1
+    uri = f"models:/{cfg.registered_model}/1"
+    got = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl"))) / "artifacts" / "int8"
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in model_dirs["int8"].iterdir())
+    assert not any(p.is_symlink() for p in got.iterdir())
+    assert (got / "model.pt").read_bytes() == (model_dirs["int8"] / "model.pt").read_bytes()
+
+
+def test_the_parent_run_keeps_the_dvc_lock_it_was_promoted_from(tmp_path, model_dirs):
+    """Regression (a review): only a digest of dvc.lock and the HEAD commit were logged; after `dvc
+    repro` the new dvc.lock is not committed yet, so neither led back to the outputs judged."""
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}))
+    lock = "schema: '2.0'\nstages:\n  convert:\n    outs:\n    - path: models/int8\n      md5: 0123.dir\n"
+    inputs.dvc_lock.write_text(lock, encoding="utf-8")
+    parent_id = promote(inputs, cfg, gate_config({}), decode={})["parent_run_id"]
+
+    client = client_for(cfg.tracking_uri)
+    assert [f.path for f in client.list_artifacts(parent_id, "pipeline")] == ["pipeline/dvc.lock"]
+    local = client.download_artifacts(parent_id, "pipeline/dvc.lock", str(tmp_path))
+    assert Path(local).read_text(encoding="utf-8") == lock
 
 
 def test_a_sqlite_uri_with_options_names_its_file(tmp_path, monkeypatch):

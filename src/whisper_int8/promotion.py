@@ -68,6 +68,20 @@ def _outside_key(name: str) -> bool:
     return name.startswith("mlflow.") or name == "gate.fail_on_reject"
 
 
+# settings that may hold a URI with a password or token (https://user:password@host)
+URI_SETTINGS = ("mlflow.tracking_uri", "mlflow.artifact_root")
+
+
+def setting_tags(settings: dict[str, str]) -> dict[str, str]:
+    """The ``setting.<key>`` tags of the settings outside the pipeline key, a credential in a URI
+    masked: everyone who can read the tracking server reads its runs' tags."""
+    return {
+        SETTING_TAG_PREFIX + k: masked_uri(v) if k in URI_SETTINGS else v
+        for k, v in settings.items()
+        if _outside_key(k)
+    }
+
+
 MLFLOW_KEYS = {
     "tracking_uri",
     "artifact_root",
@@ -214,7 +228,7 @@ def promote(
             **tracking.flatten({"gate": asdict(gate)}),  # as applied (require_languages resolved)
         }
         params = {k: v for k, v in settings.items() if not _outside_key(k)} | {"dvc_lock_sha256": lock_digest}
-        tags = {SETTING_TAG_PREFIX + k: v for k, v in settings.items() if _outside_key(k)}
+        tags = setting_tags(settings)
         tracking.log_values(
             client, runs.parent_id, params=params, metrics=report["comparison"],
             tags={**tags, "git_commit": git_commit()},  # the last commit this state was promoted from
@@ -222,6 +236,9 @@ def promote(
         upstream = [(p, upstream_folder(p)) for p in _existing(inputs.artifacts)]
         tracking.log_files(client, runs.parent_id, upstream)
         tracking.log_files(client, runs.parent_id, [(p, "evaluation") for p in _existing(inputs.eval_files)])
+        # the hashes of every stage's inputs and outputs (`dvc checkout` restores them): git_commit is
+        # HEAD, which holds this state only once the dvc.lock that `dvc repro` just wrote is committed
+        tracking.log_files(client, runs.parent_id, [(p, "pipeline") for p in _existing([inputs.dvc_lock])])
         for variant, run_id in runs.children.items():
             model_dir = inputs.model_dirs[variant]
             # the INT8 child carries what shapes the INT8 model too (the model, its calibration and

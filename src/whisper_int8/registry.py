@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -84,6 +85,20 @@ def logged_code_differs(model_path: Path) -> bool:
     return logged.is_dir() and code_digest(logged) != code_digest(Path(whisper_int8.__file__).parent)
 
 
+def without_links(model_dir: Path, scratch: Path) -> Path:
+    """``model_dir``, or a copy of it under ``scratch`` holding the files its links point to.
+
+    MLflow refuses to log an artifact whose real path is outside the folder logged ("resolved path is
+    outside the artifact directory"): a model folder linked from another disk, or DVC's
+    ``cache.type: symlink``, which links every output file into ``.dvc/cache``.
+    """
+    if not model_dir.is_symlink() and not any(p.is_symlink() for p in model_dir.rglob("*")):
+        return model_dir
+    copy = scratch / model_dir.name
+    shutil.copytree(model_dir, copy)  # symlinks=False: the linked files' contents, not the links
+    return copy
+
+
 def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
     """Log ``model_dir`` as the artifact of a :class:`WhisperPyfunc` in run ``run_id``; returns its URI.
 
@@ -103,7 +118,7 @@ def log_pyfunc(run_id: str, model_dir: Path, decode: dict[str, Any]) -> str:
             name="model",
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             model_config=decode,
-            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            artifacts={MODEL_DIR_ARTIFACT: str(without_links(model_dir, Path(tmp)))},
             signature=SIGNATURE,
             code_paths=[str(Path(whisper_int8.__file__).parent)],
             pip_requirements=[*serving_env.requirements(), f"-c {pins}"],

@@ -301,12 +301,12 @@ def _torch_isa() -> str | None:
 def _preloaded() -> bool:
     """Whether every library in LD_PRELOAD is mapped into this process (Linux; else assumed). ld.so
     takes the list separated by spaces or colons: split on both, or "a.so:b.so" is one name never mapped."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
+    try:  # bytes: any file this process maps (int8.pt in a latin-1 folder) may have a name not UTF-8
+        maps = Path("/proc/self/maps").read_bytes()
     except OSError:
         return True
     libs = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
-    return all(Path(lib).name in maps for lib in libs)
+    return all(os.fsencode(Path(lib).name) in maps for lib in libs)
 
 
 def scheme_configs(params: str, schemes: list[str]) -> dict:

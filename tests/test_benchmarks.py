@@ -1018,3 +1018,20 @@ def test_the_stock_row_decodes_a_clip_the_same_in_every_repeat(tmp_path):
     finally:
         torch.set_num_threads(threads)
         lazy_numba.install()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_preloaded_reads_maps_naming_a_file_that_is_not_utf8(tmp_path, monkeypatch):
+    """Regression (a review): /proc/self/maps was read as UTF-8 text here too (mapped_pages and memory
+    read bytes since 8892bab): one file mapped under a latin-1 name ("données", an int8.pt in such a
+    folder) stopped the benchmark worker with a UnicodeDecodeError."""
+    import mmap
+
+    speed = bench("speed")
+    other = tmp_path / os.fsdecode(b"donn\xe9es.bin")
+    other.write_bytes(bytes(mmap.PAGESIZE))
+    monkeypatch.setenv("LD_PRELOAD", "libc.so.6")
+    with open(other, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ):
+        assert speed._preloaded()
+        monkeypatch.setenv("LD_PRELOAD", "libnothere_at_all.so.1")
+        assert not speed._preloaded()

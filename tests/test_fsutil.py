@@ -187,6 +187,37 @@ def test_two_writers_of_one_output_take_turns(tmp_path, monkeypatch):
         pass
 
 
+def test_an_output_in_a_folder_it_may_write_but_not_list_is_still_written(tmp_path, monkeypatch):
+    """Regression (a review): replace_dir's lock opens the output's folder, which needs read access; in
+    one this user may write but not list (mode -wx: a drop box), every stage output and `pull --dest`
+    written there before the lock existed failed with PermissionError. It goes on unlocked."""
+    import errno
+    import os
+
+    from whisper_int8 import fsutil
+
+    drop = tmp_path / "drop"
+    (drop / "out").mkdir(parents=True)
+    (drop / "out" / "f.txt").write_text("old")
+    if os.geteuid() == 0:  # root opens any folder: refused here as the kernel refuses another user
+        real_open = os.open
+
+        def unlistable(path, flags, *args, **kwargs):
+            if os.fspath(path) == os.fspath(drop):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", unlistable)
+    else:
+        drop.chmod(0o300)
+    try:
+        with fsutil.atomic_dir(drop / "out") as tmp:
+            (tmp / "f.txt").write_text("new")
+    finally:
+        drop.chmod(0o700)
+    assert (drop / "out" / "f.txt").read_text() == "new"
+
+
 STOPPED_BETWEEN_THE_RENAMES = """
 import os, signal, sys
 from pathlib import Path

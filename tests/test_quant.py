@@ -213,6 +213,42 @@ def test_convert_dir_checks_the_fp32_path_before_converting(tmp_path):
         convert("nope", "fp32")
 
 
+def test_an_unknown_lineage_is_not_recorded_as_the_fp32_directory_given(tmp_path):
+    """Regression (a review): a fused model whose card predates ``fp32_sha256`` (lineage unknown) was
+    converted beside whatever FP32 directory was named, and the INT8 card recorded that one's sha256 as
+    its source, unchecked: evaluated later against its true FP32 model, it was refused as "made from
+    another FP32 model" (and against the wrong one, taken)."""
+    from whisper_int8.fuse import save_fused_dir
+    from whisper_int8.model_sources import LoadedModel, ModelSourceError, save_checkpoint
+    from whisper_int8.quant.convert_dir import convert_dir
+    from whisper_int8.stage_files import FP32_SHA256, check_made_from
+
+    for seed in (0, 1):  # fp32-0 the fused model's source, fp32-1 another model
+        model = make_tiny_whisper(seed)
+        (tmp_path / f"fp32-{seed}").mkdir()
+        save_checkpoint(tmp_path / f"fp32-{seed}" / "model.pt", LoadedModel(model, model.dims, None))
+    (tmp_path / "fused").mkdir()
+    model = make_tiny_whisper(0)
+    save_fused_dir(tmp_path / "fused", model, None, fuse_model(model), {})  # no fp32_sha256: older
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    torch.save(_stats(model), cal / "stats.pt")
+    (cal / "sensitivity.json").write_text(json.dumps({"layers": {}}))
+    cfg = parse_quant_config({})
+
+    def convert(fp32: str) -> dict:
+        return convert_dir(tmp_path / "fused", cal, tmp_path / fp32, tmp_path / "int8", cfg)
+
+    card = convert("fp32-1")
+    assert FP32_SHA256 not in card  # unknown, not fp32-1's
+    assert check_made_from(tmp_path / "int8", tmp_path / "fp32-0", "x") is None
+    # a known lineage is passed on, and checked
+    recorded = json.loads((tmp_path / "fused" / "model_card.json").read_text())
+    (tmp_path / "fused" / "model_card.json").write_text(json.dumps({**recorded, FP32_SHA256: "0" * 64}))
+    with pytest.raises(ModelSourceError, match="fused was made from another FP32 model than .*fp32-1 holds"):
+        convert("fp32-1")
+
+
 def test_auto_k_larger_than_layers():
     message = (
         r"^p.yaml: quant.auto_keep_float_k=99: only 1 more layers can be kept in float \(ranked in "

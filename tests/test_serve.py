@@ -730,6 +730,10 @@ def test_integer_pcm_of_a_quiet_clip_is_refused_like_a_loud_one():
     ((gathered, _, _),) = as_requests(pd.DataFrame({"audio": hush}))
     with pytest.raises(ValueError, match=integer_pcm):
         check_audio(gathered)
+    # (a review) in an object column too: its numpy array held Python ints of dtype object, taken
+    ((gathered, _, _),) = as_requests(pd.DataFrame({"audio": hush}).astype(object))
+    with pytest.raises(ValueError, match=integer_pcm):
+        check_audio(gathered)
     assert check_audio((hush / 32768).tolist()).dtype == np.float32  # scaled: taken
     assert not check_audio([0] * 1600).any()  # integer zeros are silence in any scale: taken
 

@@ -209,6 +209,21 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _parent_lock(dest: Path) -> Iterator[None]:
+    """:func:`file_lock` on ``dest``'s folder, or none where it cannot be taken: a folder this user may
+    write but not list (mode -wx, a drop box) cannot be opened to be locked, and the output written
+    there before the lock existed must still be (it failed with PermissionError); only a second
+    writer's turn is then not waited for."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(dest.parent))
+        except OSError as e:
+            log.debug("%s: not locked (%s); writing %s without waiting for another writer",
+                      dest.parent, e.strerror, dest.name)  # fmt: skip
+        yield
+
+
 def replace_dir(src: Path, dest: Path) -> None:
     """Put the directory ``src`` at ``dest`` (a sibling path, or of the path a link at ``dest`` points
     to: :func:`resolved`), replacing a directory there whole."""
@@ -216,7 +231,7 @@ def replace_dir(src: Path, dest: Path) -> None:
     dest = resolved(dest)
     # Two writers of one dest (two `whisper-int8 pull`s of a fleet's host) take turns: they would share
     # the .old name, and the second's rename of a dest the first had just moved aside failed.
-    with file_lock(dest.parent):
+    with _parent_lock(dest):
         if not dest.exists():
             os.replace(src, dest)
             return

@@ -215,7 +215,9 @@ def as_requests(model_input: Any) -> list[tuple[Any, str | None, Any]]:
         if len(audio) and all(map(_is_sample, audio)):
             # MLflow spreads {"audio": [samples], "language": "en"} into one row per sample: one clip
             model_input = {
-                "audio": audio.to_numpy(),  # its dtype kept: integers are PCM (check_audio)
+                # its dtype kept, inferred in an object column (one sliced from a mixed one, or
+                # astype(object)): integers are PCM (check_audio), whatever column holds them
+                "audio": audio.infer_objects().to_numpy(),
                 "language": _first(model_input, "language"),
                 "sample_rate": _first(model_input, "sample_rate"),
             }

@@ -68,12 +68,14 @@ def fp32_digest(root: Path | str) -> str | None:
 
 def check_made_from(made: Path | str, fp32: Path | str, what: str) -> str | None:
     """Raise unless the model in ``made`` came from the FP32 checkpoint of ``fp32`` (unknown for a card
-    older than :data:`FP32_SHA256`: allowed); returns that checkpoint's sha256. ``what``: the params or
-    options that named the two, for the message."""
+    older than :data:`FP32_SHA256`: allowed); returns the sha256 ``made`` records, None when unknown:
+    not ``fp32``'s, which a model made from it passes on as its own lineage, unchecked (a later
+    evaluation against its true FP32 model was refused). ``what``: the params or options that named
+    the two, for the message."""
     got, want = fp32_digest(made), fp32_digest(fp32)
     if got is not None and want is not None and got != want:
         raise ModelSourceError(
             f"{made} was made from another FP32 model than {fp32} holds (sha256 {got[:12]}..., not "
             f"{want[:12]}...): {what} must name one model's directories; run `dvc repro` to remake them"
         )
-    return got or want
+    return got

@@ -37,7 +37,7 @@ from .ct2 import CT2FormatError, ct2_spec, dims_of, read_ct2_files, to_openai_st
 from .fsutil import sha256_file
 from .netcheck import unreachable
 from .params import ParamError, reject_unknown_keys
-from .tracking_uri import repo_root
+from .tracking_uri import in_repository
 
 log = logging.getLogger(__name__)
 
@@ -296,16 +296,6 @@ def _load_package(name: str) -> LoadedModel:
         raise ModelSourceError(
             f"model.source=package:{name}: {e}; reinstall {' '.join(spec.dists)}"
         ) from None
-
-
-def in_repository(path: Path) -> Path:
-    """``path``, or a relative one found in the repository when it is not here: ``dvc exp run --temp`` /
-    ``--queue`` run fetch_model in a copy without untracked files (``DVC_ROOT`` names the repository),
-    and a ``local:`` audio source is found the same way."""
-    if path.exists() or path.is_absolute():
-        return path
-    found = repo_root() / path
-    return found if found.exists() else path
 
 
 def _load_ct2_dir(arg: str) -> LoadedModel:

@@ -42,6 +42,16 @@ def repo_root(root: Path | None = None) -> Path:
     return root or Path(os.environ.get("DVC_ROOT") or Path.cwd())
 
 
+def in_repository(path: Path) -> Path:
+    """``path``, or a relative one found in the repository (:func:`repo_root`) when it is not here:
+    ``dvc exp run --temp`` / ``--queue`` run a stage in a copy without untracked files, so a user's
+    own audio folder or checkpoint named by a relative path is only in the repository."""
+    if path.exists() or path.is_absolute():
+        return path
+    found = repo_root() / path
+    return found if found.exists() else path
+
+
 def resolve_tracking_uri(
     configured: str | None = None, root: Path | None = None, explicit: str | None = None
 ) -> str:

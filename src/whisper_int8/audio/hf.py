@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..netcheck import unreachable
+from ..tracking_uri import in_repository
 from .errors import AudioInputError
-from .local import locate
 from .manifest import Item, safe_id
 from .wavio import decode_bytes, decode_file
 
@@ -92,7 +92,7 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
         raise AudioInputError(
             f"hf:{dataset}: the 'datasets' library is not installed; pip install 'whisper-int8[hf]'"
         ) from None
-    folder = locate(Path(dataset).expanduser())
+    folder = in_repository(Path(dataset).expanduser())
     try:
         if folder.is_dir() and config is not None and (folder / config).is_dir():
             ds = datasets.load_dataset(str(folder), data_dir=config, split=split, cache_dir=str(cache / "hf"))

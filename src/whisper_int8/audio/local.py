@@ -27,7 +27,7 @@ from whisper.tokenizer import LANGUAGES
 
 from ..languages import language_code
 from ..params import ParamError
-from ..tracking_uri import repo_root
+from ..tracking_uri import in_repository, repo_root
 from .errors import AudioInputError, ErrorPolicy
 from .manifest import MAX_ID_BYTES, Item, safe_id
 from .wavio import decode_file
@@ -386,18 +386,10 @@ def from_folder(
     return _apart(out)
 
 
-def locate(path: Path) -> Path:
-    """``path``, or a relative one found in the repository when it is not in the current directory."""
-    if path.exists() or path.is_absolute():
-        return path
-    in_repo = repo_root() / path
-    return in_repo if in_repo.exists() else path
-
-
 def check_source(spec_path: str, where: str = "params.yaml") -> Path:
     """The folder or manifest ``local:<spec_path>`` names. A wrong path is a mistake in the params, not a
     bad item: refused before any work, whatever ``audio.on_error`` says."""
-    path = locate(Path(spec_path).expanduser())
+    path = in_repository(Path(spec_path).expanduser())
     if not path.exists():
         places = dict.fromkeys(str(p.resolve()) for p in (Path.cwd(), repo_root()))
         looked = "" if path.is_absolute() else f" (looked in {' and '.join(places)})"

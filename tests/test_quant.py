@@ -249,6 +249,34 @@ def test_an_unknown_lineage_is_not_recorded_as_the_fp32_directory_given(tmp_path
         convert("fp32-1")
 
 
+def test_layer_patterns_are_checked_before_the_fused_model_is_loaded(tmp_path, monkeypatch):
+    """(a review) a mistyped keep_float / outlier_layers pattern or too large auto_keep_float_k was found
+    only once quantize_model had the loaded model: seconds for base, far more for large-v3."""
+    import whisper_int8.quant.convert_dir as cd
+
+    from .test_calibrate import _calibration_dir
+
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "model.pt").write_bytes(b"only its size is read")
+    (tmp_path / "fused").mkdir()
+    (tmp_path / "fused" / "fused.pt").write_bytes(b"never loaded")
+    cal = _calibration_dir(tmp_path / "cal")
+    monkeypatch.setattr(cd, "check_calibrated_on", lambda *_: None)
+    monkeypatch.setattr(cd, "load_fused_dir", lambda _: pytest.fail("the model was loaded"))
+    for raw, match in (
+        (
+            {"keep_float": ["encoder.blocks.9.*"]},
+            r"quant.keep_float: pattern 'encoder.blocks.9.\*' matches no",
+        ),
+        ({"outlier_layers": ["*.mlp.9"]}, r"quant.outlier_layers: pattern '\*.mlp.9' matches no layer"),
+        ({"auto_keep_float_k": 999}, r"quant.auto_keep_float_k=999: only \d+ more layers"),
+    ):
+        with pytest.raises(ParamError, match=match):
+            cd.convert_dir(
+                tmp_path / "fused", cal, tmp_path / "fp32", tmp_path / "int8", parse_quant_config(raw)
+            )
+
+
 def test_auto_k_larger_than_layers():
     message = (
         r"^p.yaml: quant.auto_keep_float_k=99: only 1 more layers can be kept in float \(ranked in "

@@ -142,6 +142,16 @@ def outlier_layers(names: list[str], cfg: QuantConfig) -> set[str]:
     return set(matched) if cfg.outlier_channels else set()
 
 
+def check_layer_settings(stats: dict[str, Tensor], cfg: QuantConfig, sensitivity: dict | None) -> None:
+    """``keep_float``, ``outlier_layers`` and ``auto_keep_float_k`` checked against the Linear layers the
+    calibration statistics name, before the fused model is loaded: a mistyped pattern is reported in a
+    second, not after large-v3's 6 GB are read (:func:`quantize_model` checks them on the model again)."""
+    names = [k.rpartition("/")[0] for k in stats if k.endswith("/in_absmax")]
+    if names:
+        float_layers(names, cfg, sensitivity)
+        outlier_layers(names, cfg)
+
+
 def _check_outliers(name: str, lin: nn.Linear, k: int, in_absmax: dict[str, Tensor], where: str) -> None:
     """``name`` can keep ``k`` input channels in float: calibrated, and wider than ``k``."""
     if name not in in_absmax:

@@ -11,7 +11,7 @@ from ..fsutil import atomic_dir, check_dir_output, dir_bytes
 from ..model_dir import check_fused_dir, load_fused_dir
 from ..stage_files import FP32_SHA256, check_made_from
 from .config import QuantConfig
-from .convert import INT8_DIR_FILES, quantize_model, save_int8_dir
+from .convert import INT8_DIR_FILES, check_layer_settings, quantize_model, save_int8_dir
 
 
 def convert_dir(
@@ -33,6 +33,7 @@ def convert_dir(
     check_fused_dir(fused)
     check_calibrated_on(Path(calibration), Path(fused))
     source = check_made_from(fused, fp32, "the fused and FP32 model directories")
+    check_layer_settings(stats, cfg, sensitivity)  # before the model is loaded
     fp32_bytes = dir_bytes(fp32)
     model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()

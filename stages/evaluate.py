@@ -60,7 +60,10 @@ def settings(opt: dict, clips: list, int8: bool = True) -> dict:
     ``int8``: an INT8 model is evaluated, so the activation bits are read (FP32 alone: not recorded,
     and a WHISPER_INT8_ACTIVATION_BITS this CPU cannot run does not stop the FP32 baseline).
     """
-    bits = {ACTIVATION_BITS: activation_bits_of(opt["models"][CANDIDATE])} if int8 else {}
+    # fbgemm's activation bits: a CPU evaluation's only (torchao on CUDA runs 8-bit symmetric whatever
+    # the env says, so a WHISPER_INT8_ACTIVATION_BITS this CPU cannot run must not stop it)
+    cpu_int8 = int8 and opt["device"] == "cpu"
+    bits = {ACTIVATION_BITS: activation_bits_of(opt["models"][CANDIDATE])} if cpu_int8 else {}
     # on CUDA the card sets the latencies (the speedup of a reused FP32 baseline) and its kernels the
     # transcripts; host names the CPU only, which cloud machines share across cards
     gpu = device_summary(opt["device"])

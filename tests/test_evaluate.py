@@ -637,3 +637,18 @@ def test_an_int8_model_of_another_fp32_model_is_refused(tmp_path):
     assert f"{tmp_path}/int8 was made from another FP32 model than {tmp_path}/fp32 holds" in proc.stderr
     assert "params.yaml evaluate.models must name one model's directories" in proc.stderr
     assert "transcrib" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_cuda_evaluation_records_no_cpu_activation_bits(tmp_path, monkeypatch):
+    """(a review) fbgemm's activation bits were recorded, and a WHISPER_INT8_ACTIVATION_BITS this CPU
+    cannot run refused, on a CUDA evaluation too, where torchao runs 8-bit activations regardless."""
+    stage = _stage_module()
+    monkeypatch.setattr(stage, "device_summary", lambda device: "a GPU")  # no CUDA here
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
+    opt = {"split": "s", "decode": {}, "device": "cuda", "warmup": 0, "max_clips_per_language": None}
+    (tmp_path / "quant_config.json").write_text(json.dumps({"config": {"weight_bits": 7}}))
+    opt["models"] = {"int8": tmp_path}
+    config = stage.settings(opt, [])
+    assert "int8_activation_bits" not in config and config["gpu"] == "a GPU"
+    with pytest.raises(ValueError, match="'9': use auto, 7 or 8"):
+        stage.settings({**opt, "device": "cpu"}, [])

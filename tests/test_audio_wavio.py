@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import wave
@@ -152,6 +153,29 @@ def test_a_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
         AudioInputError, match=rf"^{re.escape(str(tmp_path))}: cannot be read \(Is a directory\)$"
     ):
         load_audio(tmp_path)
+
+
+def test_what_holds_no_audio_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    """Regression (a security review): a request naming /proc/kmsg (a regular file of 0 bytes) held a
+    server's worker for good, blocked in its read until the kernel logged something; a FIFO's open
+    waits for a writer. Kernel files of 0 bytes and special files are now refused unopened."""
+    import whisper_int8.audio.wavio as wavio
+
+    monkeypatch.setattr(wavio, "_canonical_samples", lambda *a: pytest.fail("opened"))
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    refused = {
+        empty: r"zero-length audio \(the file reports 0 bytes\)",
+        fifo: r"not an audio file \(a device, pipe or socket\)",
+        Path("/dev/zero"): "not an audio file",
+    }
+    if Path("/proc/self/environ").is_file():  # Linux: bytes to read, but a size of 0
+        refused[Path("/proc/self/environ")] = "zero-length audio"
+    for path, message in refused.items():
+        with pytest.raises(AudioInputError, match=f"^{re.escape(str(path))}: {message}"):
+            load_audio(path)
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])

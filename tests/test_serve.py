@@ -138,7 +138,7 @@ def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatc
             {"audio": "UklGR" * 400},
             r"^audio: UklGR.*\.\.\. \(2000 characters\) is no file path \(File name too long\)",
         ),
-        ({"audio": str(tmp_path)}, r"audio file not found"),
+        ({"audio": str(tmp_path)}, r"^audio: .* is a folder, device or pipe, not an audio file$"),
         (
             {"audio": str(tracking["wav"]), "language": ["de"]},
             r"^language must be a code or name .* got \[.de.\]$",
@@ -233,6 +233,34 @@ def test_model_config_and_the_servers_limit_are_checked_at_load(tracking, monkey
     monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
     with pytest.raises(ValueError, match="WHISPER_INT8_ACTIVATION_BITS"):
         mlflow.pyfunc.load_model(URI)
+
+
+def test_the_servers_audio_dir_confines_the_files_a_request_may_name(tracking, tmp_path, monkeypatch):
+    """Regression (a security review): any client of `mlflow models serve` could name any file the
+    server reads (another user's recording: its transcript; /etc/shadow: "unreadable or corrupt
+    audio", so it exists) and no setting restricted it. WHISPER_INT8_AUDIO_DIR now does, links and
+    ../ resolved, and a path outside is refused before it is looked up."""
+    from whisper_int8.params import ParamError
+    from whisper_int8.pyfunc_model import AUDIO_DIR_VARIABLE
+
+    monkeypatch.setenv(AUDIO_DIR_VARIABLE, str(tmp_path / "missing"))
+    with pytest.raises(ParamError, match=rf"^{AUDIO_DIR_VARIABLE}=.*missing' must be an existing folder"):
+        mlflow.pyfunc.load_model(URI)
+    served = tmp_path / "served"
+    (served / "calls").mkdir(parents=True)
+    (served / "calls" / "fox.wav").write_bytes(tracking["wav"].read_bytes())
+    (served / "leak.wav").symlink_to(tracking["wav"])  # a link out of the folder
+    monkeypatch.setenv(AUDIO_DIR_VARIABLE, str(served))
+    model = mlflow.pyfunc.load_model(URI)
+    expected = [tracking["expected"]]
+    assert model.predict({"audio": "calls/fox.wav"}) == expected  # relative: inside the folder
+    assert model.predict({"audio": str(served / "calls" / "fox.wav")}) == expected
+    outside = rf"^audio: .* is outside the folder this server reads audio files from \({AUDIO_DIR_VARIABLE}\)"
+    for path in [str(tracking["wav"]), "/etc/shadow", "leak.wav", "/dev/zero", "calls/../../x.wav"]:
+        with pytest.raises(InputError, match=outside):
+            model.predict({"audio": path})
+    with pytest.raises(InputError, match=r"^audio file not found: calls/no.wav$"):  # inside: as before
+        model.predict({"audio": "calls/no.wav"})
 
 
 def test_without_ffmpeg_a_request_that_needs_it_is_the_servers_error(tracking, tmp_path, monkeypatch, caplog):

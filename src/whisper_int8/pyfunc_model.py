@@ -6,14 +6,15 @@ artifact (the INT8 state dict and its JSON configs) that :func:`whisper_int8.mod
 reads in ``load_context``, so loading a registered version unpickles nothing but plain tensors.
 
 The logged model's signature (:data:`SIGNATURE`) is records: ``audio`` (a path to an audio file that
-ffmpeg decodes, or mono samples as a list/array of floats in [-1, 1]), an optional ``language`` and an
-optional ``sample_rate`` of those samples (16000 when left out; others are resampled by ffmpeg); the
-output is one transcript string per record. So a loaded model (``mlflow.pyfunc.load_model``) and
-``mlflow models serve`` take a dict ``{"audio": ..., "language": "en"}``, a list of them, or a DataFrame
-with those columns. ``WhisperPyfunc.predict`` itself, called directly, also takes a bare path or array.
-A missing or empty language means auto-detect. A request the model cannot take (a missing file,
-integer PCM, NaN samples, an unknown language) is an :class:`InputError`: ``mlflow models serve``
-answers it with HTTP 400 and its one-line message, where any other exception is a generic one.
+ffmpeg decodes, in :data:`AUDIO_DIR_VARIABLE`'s folder when the server sets it, or mono samples as a
+list/array of floats in [-1, 1]), an optional ``language`` and an optional ``sample_rate`` of those
+samples (16000 when left out; others are resampled by ffmpeg); the output is one transcript string per
+record. So a loaded model (``mlflow.pyfunc.load_model``) and ``mlflow models serve`` take a dict
+``{"audio": ..., "language": "en"}``, a list of them, or a DataFrame with those columns.
+``WhisperPyfunc.predict`` itself, called directly, also takes a bare path or array. A missing or empty
+language means auto-detect. A request the model cannot take (a missing file, integer PCM, NaN samples, an
+unknown language) is an :class:`InputError`: ``mlflow models serve`` answers it with HTTP 400 and its
+one-line message, where any other exception is a generic one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ DEVICE_VARIABLE = "WHISPER_INT8_DEVICE"  # cpu (default), auto, cuda or cuda:N w
 # Where the model is served: requests with longer audio are refused (unset: no limit). A REST client
 # times out (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60 s) while the worker goes on transcribing.
 MAX_SECONDS_VARIABLE = "WHISPER_INT8_MAX_AUDIO_SECONDS"
+# Where the model is served: requests may name files in this folder (and its subfolders) only, a
+# relative path taken there (unset: any file the server process can read, by any client that reaches
+# it: the transcript of every recording on the host, and whether any other path exists).
+AUDIO_DIR_VARIABLE = "WHISPER_INT8_AUDIO_DIR"
 SAMPLE_RATE = 16000
 # Float samples are in [-1, 1]; beyond this peak they are integer PCM (int16: up to 32767), which
 # Whisper reads as confident nonsense. Above 1 a little: resampling and gain overshoot.
@@ -91,12 +96,17 @@ def _rate(value: Any) -> int | None:
 
 
 def check_audio(
-    audio: Any, sample_rate: Any = None, max_seconds: float | None = None, used: float = 0.0
+    audio: Any,
+    sample_rate: Any = None,
+    max_seconds: float | None = None,
+    used: float = 0.0,
+    audio_dir: Path | None = None,
 ) -> np.ndarray:
     """One record's audio as 16 kHz mono float32: a path decoded by ffmpeg, or float samples in
     [-1, 1] at ``sample_rate`` (16 kHz when None), resampled by ffmpeg. Longer than ``max_seconds``
     less the ``used`` seconds of the request's records before it: refused before any decoding or
-    resampling (a file: ffmpeg stops just past the limit)."""
+    resampling (a file: ffmpeg stops just past the limit). ``audio_dir``: a path must name a file in
+    that resolved folder (:func:`served_path`)."""
     from whisper_int8.audio.wavio import check_length, load_audio, resample
 
     rate = _rate(sample_rate)
@@ -111,13 +121,16 @@ def check_audio(
         shown = _shown(audio)
         if rate is not None:
             raise ValueError(f"sample_rate is for a list of samples; {shown} is a file, which gives its own")
+        path = served_path(audio, audio_dir)
         try:
-            is_file = Path(audio).is_file()
+            is_file = path.is_file()
         except OSError as e:  # a name too long for a path: base64 audio, most likely
             raise ValueError(
                 f"audio: {shown} is no file path ({e.strerror}); send a path on the server or the "
                 "samples as a list of floats (encoded audio in a string is not read)"
             ) from None
+        if not is_file and path.exists():  # /dev/zero never ends, a FIFO's open waits for a writer
+            raise ValueError(f"audio: {shown} is a folder, device or pipe, not an audio file")
         if not is_file:
             encoded = (
                 " (a path on the server: encoded audio in a string is not read)"
@@ -127,7 +140,7 @@ def check_audio(
             raise FileNotFoundError(f"audio file not found: {shown}{encoded}")
         # one sample over the time left: refused
         cap = None if max_seconds is None else max_seconds - used + 1 / SAMPLE_RATE
-        samples, name = load_audio(audio, max_seconds=cap), str(audio)
+        samples, name = load_audio(path, max_seconds=cap), str(audio)
         _check_max_seconds(samples.size / SAMPLE_RATE, max_seconds, "s of audio or more", used)
     else:
         try:
@@ -157,6 +170,40 @@ def check_audio(
             samples = resample(samples, rate, name).astype(np.float32) / 32768.0
     check_length(samples, name, "" if isinstance(audio, str | Path) else "; a clip is a list of samples")
     return samples
+
+
+def served_path(audio: str | Path, audio_dir: Path | None) -> Path:
+    """The file a request's path names: with the server's :data:`AUDIO_DIR_VARIABLE` (``audio_dir``,
+    resolved), only one inside that folder once links are followed, a relative path taken there; any
+    other is refused before it is looked up, so a client learns nothing of the rest of the host."""
+    if audio_dir is None:
+        return Path(audio)
+    try:
+        path = (audio_dir / audio).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a link loop (Python < 3.13)
+        path = None
+    if path is None or not path.is_relative_to(audio_dir):
+        raise ValueError(
+            f"audio: {_shown(audio)} is outside the folder this server reads audio files from "
+            f"({AUDIO_DIR_VARIABLE}); name a file in it (a relative path is taken there) or send samples"
+        )
+    return path
+
+
+def audio_dir() -> Path | None:
+    """:data:`AUDIO_DIR_VARIABLE` as a resolved folder, None when unset or empty."""
+    from whisper_int8.params import ParamError
+
+    value = os.environ.get(AUDIO_DIR_VARIABLE, "").strip()
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise ParamError(
+            f"{AUDIO_DIR_VARIABLE}={value!r} must be an existing folder (the audio files requests may "
+            "name), or unset"
+        )
+    return folder.resolve()
 
 
 def _not_samples(audio: Any) -> str:
@@ -280,6 +327,7 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
         # the serving host's choices, not the model's: CPU unless the fleet asks for its GPU
         device = resolve_device(os.environ.get(DEVICE_VARIABLE, "cpu"), DEVICE_VARIABLE)
         self.max_seconds = max_audio_seconds()
+        self.audio_dir = audio_dir()
         if shutil.which("ffmpeg") is None:  # mlflow models build-docker images have none
             log.warning(
                 "ffmpeg not found on PATH: only 16 kHz mono WAV files and 16 kHz samples can be "
@@ -299,7 +347,7 @@ class WhisperPyfunc(mlflow.pyfunc.PythonModel):
 
         try:
             check_language(self.model, language)
-            samples = check_audio(audio, rate, self.max_seconds, used)
+            samples = check_audio(audio, rate, self.max_seconds, used, self.audio_dir)
         except FfmpegMissingError as e:  # the server's fault, not the request's: HTTP 500 with the fix
             raise MlflowException(str(e), error_code=INTERNAL_ERROR) from None
         except (ValueError, FileNotFoundError) as e:

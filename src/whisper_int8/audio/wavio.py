@@ -11,6 +11,7 @@ import io
 import math
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import wave
@@ -222,11 +223,32 @@ def read_wav(path: Path | str) -> np.ndarray:
     return samples.astype(np.float32) / 32768.0
 
 
+def check_regular(path: Path | str) -> None:
+    """Refuse, before opening it, what holds no audio: a folder, device or pipe (a FIFO's open waits
+    for a writer, /dev/zero never ends), or a file of 0 bytes, as /proc's files report themselves:
+    reading /proc/kmsg blocks until the kernel logs something, which held a server's worker for good.
+    A missing file stays a FileNotFoundError."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise AudioInputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioInputError(f"{path}: cannot be read (Is a directory)")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioInputError(f"{path}: not an audio file (a device, pipe or socket)")
+    if info.st_size == 0:
+        raise AudioInputError(f"{path}: zero-length audio (the file reports 0 bytes)")
+
+
 def load_audio(path: Path | str, max_seconds: float | None = None) -> np.ndarray:
     """16 kHz mono float32 for the model: our WAVs are read directly, anything else is decoded by ffmpeg
     as ``whisper.load_audio`` does (the same resampling, int16 / 32768), except that an undecodable
     file is an :class:`AudioInputError` naming it and ffmpeg's reason, not ffmpeg's whole banner.
-    ``max_seconds``: only the start of a longer file is read (a server's bound on a request's work)."""
+    ``max_seconds``: only the start of a longer file is read (a server's bound on a request's work).
+    Only a regular file of at least one byte is opened (:func:`check_regular`)."""
+    check_regular(path)
     samples = _canonical_samples(path, max_seconds)
     if samples is None:
         samples = _run_ffmpeg(["-i", str(path)], str(path), max_seconds=max_seconds)

@@ -199,11 +199,16 @@ def build_model(
     """An FP32 Whisper with its weights loaded strictly and its alignment heads set (returned as pairs).
 
     Weights that do not fit ``dims`` and non-finite weights (``check_values``) are one line naming
-    ``where``; heads that are not pairs inside the decoder name ``heads_from`` (a ct2 config.json)."""
+    ``where``; heads that are not pairs inside the decoder name ``heads_from`` (a ct2 config.json).
+    The model takes ``state_dict``'s float32 tensors as its parameters (no random initialisation, no
+    copy): pass tensors nothing else uses, as a freshly loaded checkpoint's."""
+    from .fuse import uninitialized  # here: fuse imports stage_files, which imports this module
+
     check_dims(dims, where)
     heads = check_heads(alignment_heads, dims, heads_from or where)
     try:
-        model = Whisper(dims)
+        with uninitialized():  # the weights below replace every parameter: no random ones to allocate
+            model = Whisper(dims)
     except (RuntimeError, ValueError, TypeError) as e:  # dims torch cannot build, e.g. heads not dividing
         raise ModelSourceError(f"{where}: openai-whisper cannot build these dims ({e})") from None
     weights = {k: v.float() for k, v in state_dict.items()}
@@ -212,7 +217,8 @@ def build_model(
     broken = check_values and next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
     if broken:
         raise ModelSourceError(f"{where}: non-finite values (NaN or inf) in {broken}; a damaged export?")
-    model.load_state_dict(weights, strict=True)
+    # assigned, not copied: a second full-size copy is 6 GB more at the peak for large-v3
+    model.load_state_dict(weights, strict=True, assign=True)
     if heads:
         set_alignment_heads(model, heads)
     return model.eval(), heads

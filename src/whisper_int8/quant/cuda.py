@@ -116,7 +116,7 @@ def _int8_weight(q: Tensor, scale: Tensor, dynamic: bool) -> Tensor:
 
 def _int8_linear(q: Tensor, scale: Tensor, bias: Tensor | None, dynamic: bool, device: str) -> nn.Linear:
     """An ``nn.Linear`` on ``device`` computing with the saved ``q``/``scale`` through torchao."""
-    if q.shape[0] % CUBLAS_MULTIPLE or q.shape[1] % CUBLAS_MULTIPLE:
+    if dynamic and (q.shape[0] % CUBLAS_MULTIPLE or q.shape[1] % CUBLAS_MULTIPLE):  # weight_only: no int GEMM
         log.warning("int8 weight %s: not multiples of %d, torchao multiplies it on the CPU", tuple(q.shape),
                     CUBLAS_MULTIPLE)  # fmt: skip
     with uninitialized():  # no float weight allocated only to be replaced

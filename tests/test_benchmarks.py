@@ -466,7 +466,7 @@ def test_speed_reads_every_clip_and_reference_before_any_conversion(tmp_path, sp
     a clip the workers could not read (44.1 kHz stereo) was two tracebacks after the conversions."""
     args = [a for kv in speed_inputs.items() for a in kv]
     run = script("speed", *args, "--schemes", cwd=tmp_path)  # the split's audio files are empty
-    assert_user_error(run, "en-0.wav: unreadable or corrupt audio")
+    assert_user_error(run, "en-0.wav: zero-length audio (the file reports 0 bytes)")
     rows = (tmp_path / "split" / "manifest.jsonl").read_text().replace('"text": "en-0"', '"text": "..."')
     (tmp_path / "split" / "manifest.jsonl").write_text(rows)
     run = script("speed", *args, "--schemes", cwd=tmp_path)

@@ -12,8 +12,6 @@ them activations in the weights' dtype (``transcribe`` does: FP32 unless the mod
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from whisper.model import AudioEncoder, ModelDimensions, MultiHeadAttention, TextDecoder, Whisper
 
+from .model_sources import uninitialized
 from .stage_files import CARD
 
 log = logging.getLogger(__name__)
@@ -243,26 +242,6 @@ def fuse_model(model: Whisper) -> dict[str, int]:
 
 FUSED_WEIGHTS = "fused.pt"
 FUSED_DIR_FILES = (FUSED_WEIGHTS, CARD)  # what models/fused holds
-
-
-@contextmanager
-def uninitialized() -> Iterator[None]:
-    """Build modules without running their weight initializers.
-
-    The weights are about to be replaced (a state dict loaded with ``assign=True``, torchao's int8
-    weights), and the pages of a ``torch.empty`` that nothing writes never become resident, so the
-    skeleton costs no memory.
-    (The meta device would do the same but its first use imports ~900 modules: 145 MB of RSS.)
-    """
-    classes = (nn.Linear, nn.Conv1d, nn.Embedding, nn.LayerNorm)
-    saved = {cls: cls.reset_parameters for cls in classes}
-    for cls in classes:
-        cls.reset_parameters = lambda self: None
-    try:
-        yield
-    finally:
-        for cls, method in saved.items():
-            cls.reset_parameters = method
 
 
 def _retype(model: Whisper) -> None:

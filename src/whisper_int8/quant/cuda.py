@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from whisper.model import Whisper
 
-from ..fuse import uninitialized
+from ..model_sources import uninitialized
 from ..params import ParamError
 from .cpu import BackendError, Int8TiedEmbedding, OutlierInt8Linear
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .params import positive_int, window_token_cap
+from .stdio import exit_if_stdout_closed, printable
 from .tracking_uri import (
     SQLITE,
     RegistryError,
@@ -43,6 +44,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (TrackingError, RegistryError, Fi
 PARAMS = Path("params.yaml")
 KEEP_DECODED_BYTES = 64 << 20  # about 17 minutes of 16 kHz float32 audio held between the two passes
 DEFAULT_NAME, DEFAULT_ALIAS = "whisper-int8", "champion"
+MAX_BEAM = 64  # --beam-size: far past any accuracy gain, well within a laptop's memory for base
 log = logging.getLogger("whisper-int8")
 
 
@@ -226,7 +228,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             f"{' and '.join(given)}: for a local model directory only (e.g. models/int8); {args.model} is "
             "an MLflow model and decodes with the options it was registered with"
         )
-    missing = [audio for audio in args.audio if not Path(audio).is_file()]
+    # exists(), not is_file(): a folder or pipe is there, and load_audio says what it is instead
+    missing = [audio for audio in args.audio if not Path(audio).exists()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: audio file not found")
     clips = decode_all(args.audio, KEEP_DECODED_BYTES)  # an undecodable file: before any transcript
@@ -241,12 +244,27 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             # one row holding the array: a dict or record of samples is spread by MLflow into a row per
             # sample (seconds and hundreds of MB per 10 minutes of audio, to gather them again)
             text = predict(pandas.DataFrame({"audio": [samples], "language": [args.language]}))[0]
+            name = printable(audio)
+            # flushed per file: redirected to a file, a batch killed (kill, timeout) keeps what it printed
             print(
-                json.dumps({"audio": audio, "text": text}, ensure_ascii=False)
+                json.dumps({"audio": name, "text": text}, ensure_ascii=False)
                 if args.json
-                else f"{audio}\t{text}"
+                else f"{name}\t{text}",
+                flush=True,
             )
     return 0
+
+
+def beam_width(text: str) -> int:
+    """argparse type of ``--beam-size``: 1 to :data:`MAX_BEAM`. Each beam holds its own self-attention
+    cache and attention scores, so a mistyped 100000 died in a 300 GB allocation's traceback after the
+    model loaded, and a few thousand could take the machine's memory first."""
+    value = positive_int(text)
+    if value > MAX_BEAM:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: at most {MAX_BEAM} (Whisper's own default is 5; wider beams rarely help)"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--language", help="language code or name, e.g. en or English (default: detect it)")
     t.add_argument(
         "--beam-size",
-        type=positive_int,
-        help="beam size, for a local model directory only (default: greedy); a registered model "
-        "decodes with the options it was registered with",
+        type=beam_width,
+        help=f"beam size (1-{MAX_BEAM}), for a local model directory only (default: greedy); a registered "
+        "model decodes with the options it was registered with",
     )
     t.add_argument(
         "--max-tokens",
@@ -333,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl+C in a long transcription: one line, as the stages say it
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `whisper-int8 transcribe *.wav | head -1`: the reader is gone
+        exit_if_stdout_closed()
+        raise
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import signal
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from .fsutil import OutputConflictError
 from .model_sources import ModelSourceError
 from .params import ParamError
 from .quant.cpu import BackendError
+from .stdio import exit_if_stdout_closed
 from .tracking_uri import RegistryError, TrackingError
 
 # Errors whose message already says what went wrong and what to do: print it, no traceback.
@@ -82,16 +82,5 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         print("interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     except BrokenPipeError:
-        _exit_if_stdout_closed()
+        exit_if_stdout_closed()
         raise
-
-
-def _exit_if_stdout_closed() -> None:
-    """``whisper-int8 alias | head -1``: the reader stopped reading, which is no error of ours. Exit as
-    a shell's pipeline expects (141, SIGPIPE) without a traceback; a pipe other than stdout (a worker
-    that died) is left to raise."""
-    poll = select.poll()
-    poll.register(sys.stdout.fileno(), select.POLLOUT)
-    if any(events & select.POLLERR for _, events in poll.poll(0)):  # a pipe with no reader left
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush fails too
-        sys.exit(128 + signal.SIGPIPE)

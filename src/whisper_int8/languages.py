@@ -13,10 +13,15 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from .params import ParamError
 
+# ISO 639-1 codes Whisper spells otherwise: Javanese is jw there, and iw is Hebrew's withdrawn code
+# (still Java's and Android's); without these, "jv" was "not a language Whisper knows"
+CODE_ALIASES = {"jv": "jw", "iw": "he"}
+
 
 def language_code(language: str) -> str:
     """Whisper's code for ``language``, also given as a name or in capitals ("English", "EN" -> "en")."""
     code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+    code = CODE_ALIASES.get(code, code)
     if code not in LANGUAGES:
         raise ValueError(
             f"language {language!r}: not a language Whisper knows (a code such as en, or a name such as "

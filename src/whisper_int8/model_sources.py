@@ -287,6 +287,15 @@ def _load_ct2(
     return LoadedModel(model, dims, heads, provenance)
 
 
+def package_file(name: str, module: str, rel: str) -> Path:
+    """The file ``rel`` inside the installed module ``module`` of the model package ``name``
+    (:data:`PACKAGES`' ``parts`` and ``config``)."""
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ModelSourceError(f"model.source=package:{name}: module {module!r} not importable; reinstall it")
+    return Path(next(iter(found.submodule_search_locations))) / rel
+
+
 def _load_package(name: str) -> LoadedModel:
     spec = PACKAGES.get(name)
     if spec is None:
@@ -303,22 +312,14 @@ def _load_package(name: str) -> LoadedModel:
                 f"run `pip install {' '.join(spec.dists)}` (or `make setup`)"
             ) from None
 
-    def locate(module: str, rel: str) -> Path:
-        found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
-            raise ModelSourceError(
-                f"model.source=package:{name}: module {module!r} not importable; reinstall it"
-            )
-        return Path(next(iter(found.submodule_search_locations))) / rel
-
-    bins = [locate(m, rel) for m, rel in spec.parts]
+    bins = [package_file(name, m, rel) for m, rel in spec.parts]
     log.info("loading %s from %s", name, ", ".join(map(str, bins)))
     try:
         # files named inside their packages: the card (and the DVC hash of models/fp32) is the same
         # wherever the venv lives
         files = [f"{module}/{rel}" for module, rel in spec.parts]
         prov = {"source": f"package:{name}", "packages": versions}
-        return _load_ct2(bins, locate(*spec.config), prov, files)
+        return _load_ct2(bins, package_file(name, *spec.config), prov, files)
     except FileNotFoundError as e:
         raise ModelSourceError(
             f"model.source=package:{name}: {e}; reinstall {' '.join(spec.dists)}"

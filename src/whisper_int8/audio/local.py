@@ -217,8 +217,12 @@ def _language(value: str, known: set[str] | None, where: str) -> str:
 def _region_hint(value: str) -> str:
     """What to write for a locale tag ("en-US", "zh_CN", as Common Voice and FLEURS name languages):
     Whisper's codes have no region, and which one a tag means ("zh-HK": zh or yue?) is the user's call."""
-    base = value.strip().replace("_", "-").partition("-")[0].lower()
-    return f"; Whisper's codes name no region or script: write {base}" if base in LANGUAGES else ""
+    base, tagged, _ = value.strip().replace("_", "-").partition("-")
+    try:  # the language part as language_code reads it (names, capitals, jv for jw)
+        code = language_code(base) if tagged else None
+    except ValueError:
+        code = None
+    return f"; Whisper's codes name no region or script: write {code}" if code else ""
 
 
 def _on_disk(audio: Path) -> Path:

@@ -23,12 +23,13 @@ def require_model_dir(path: Path | str, option: str, kind: str = "any") -> Path:
     """
     from whisper_int8.fuse import FUSED_WEIGHTS  # torch: only where a model path is checked
     from whisper_int8.quant.convert import QUANT_CONFIG
+    from whisper_int8.stage_files import CHECKPOINT
 
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{option} {path}: no such directory; give a model directory (models/...)")
-    names = {"fp32": ("model.pt",), "fused": (FUSED_WEIGHTS,)}.get(
-        kind, (QUANT_CONFIG, FUSED_WEIGHTS, "model.pt")
+    names = {"fp32": (CHECKPOINT,), "fused": (FUSED_WEIGHTS,)}.get(
+        kind, (QUANT_CONFIG, FUSED_WEIGHTS, CHECKPOINT)
     )
     if not any((root / name).is_file() for name in names):
         what = "a model directory" if kind == "any" else f"the {kind} model directory (models/{kind})"

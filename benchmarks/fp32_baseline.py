@@ -21,6 +21,7 @@ from whisper_int8.evaluate import accuracy_metrics, error_metric, transcribe_spl
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.model_sources import load_checkpoint
 from whisper_int8.params import load_params, positive_int, section
+from whisper_int8.stage_files import CHECKPOINT
 from whisper_int8.transcribe import decode_options
 
 
@@ -30,7 +31,7 @@ def main(args: argparse.Namespace) -> None:
     require_out_file(args.json, "--out")
     checkpoint = Path(args.model)
     if checkpoint.is_dir():  # models/fp32 for models/fp32/model.pt
-        checkpoint = require_model_dir(checkpoint, "--model", "fp32") / "model.pt"
+        checkpoint = require_model_dir(checkpoint, "--model", "fp32") / CHECKPOINT
     model = load_checkpoint(checkpoint).model.eval()
     start = time.perf_counter()
     results, _ = transcribe_split(model, Path(args.split), decode, 0, args.per_lang, desc="fp32")

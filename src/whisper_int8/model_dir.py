@@ -19,7 +19,7 @@ from .params import ParamError
 from .quant.config import DEFAULTS, WEIGHT_BITS, parse_quant_config, resolve_backend
 from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
-from .stage_files import CARD, CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
+from .stage_files import CARD, CHECKPOINT, CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
 
 
 def check_languages(model: Whisper, languages: set[str], split: Path | str) -> None:
@@ -231,6 +231,6 @@ def _load(root: Path, device: str) -> Whisper:
             lambda: materialize(fused_skeleton(dims), state, card.get("alignment_heads")),
         )
         return model.to(device)
-    if (root / "model.pt").is_file():
-        return load_checkpoint(root / "model.pt").model.to(device)
+    if (root / CHECKPOINT).is_file():
+        return load_checkpoint(root / CHECKPOINT).model.to(device)
     raise ModelSourceError(f"{root}: no model.pt, {FUSED_WEIGHTS} or {QUANT_CONFIG}; not a model directory")

@@ -9,7 +9,7 @@ import torch
 from ..calibrate import check_calibrated_on, load_calibration
 from ..fsutil import atomic_dir, check_dir_output, dir_bytes
 from ..model_dir import check_fused_dir, load_fused_dir
-from ..stage_files import FP32_SHA256, check_made_from
+from ..stage_files import CHECKPOINT, FP32_SHA256, check_made_from
 from .config import QuantConfig
 from .convert import INT8_DIR_FILES, check_layer_settings, quantize_model, save_int8_dir
 
@@ -23,7 +23,7 @@ def convert_dir(
     (its card's ``fp32_sha256``, passed on to the INT8 card). It, ``fused`` and ``out`` are checked
     first, so a wrong path stops before the conversion's work, not after it.
     """
-    if not (Path(fp32) / "model.pt").is_file():
+    if not (Path(fp32) / CHECKPOINT).is_file():
         raise FileNotFoundError(
             f"{fp32}: not the FP32 model directory (no model.pt; its size sets the card's ratio): give "
             "models/fp32"

@@ -136,9 +136,12 @@ def test_pyfunc_refuses_what_it_cannot_hear_right(tracking, tmp_path, monkeypatc
         # IsADirectoryError; a language of another type was dropped (detected instead)
         (
             {"audio": "UklGR" * 400},
-            r"^audio: UklGR.*\.\.\. \(2000 characters\) is no file path \(File name too long\)",
+            r"^audio: UklGR.*\.\.\. \(2000 characters\): cannot be read \(File name too long\) "
+            r"\(a path on the server: encoded audio in a string is not read; send the samples as a "
+            r"list of floats\)$",
         ),
-        ({"audio": str(tmp_path)}, r"^audio: .* is a folder, device or pipe, not an audio file$"),
+        ({"audio": str(tmp_path)}, r"^audio: .*: cannot be read \(Is a directory\)$"),
+        ({"audio": "/dev/zero"}, r"^audio: /dev/zero: not an audio file \(a device, pipe or socket\)$"),
         (
             {"audio": str(tracking["wav"]), "language": ["de"]},
             r"^language must be a code or name .* got \[.de.\]$",

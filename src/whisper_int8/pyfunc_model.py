@@ -107,7 +107,8 @@ def check_audio(
     less the ``used`` seconds of the request's records before it: refused before any decoding or
     resampling (a file: ffmpeg stops just past the limit). ``audio_dir``: a path must name a file in
     that resolved folder (:func:`served_path`)."""
-    from whisper_int8.audio.wavio import check_length, load_audio, resample
+    from whisper_int8.audio.errors import AudioInputError
+    from whisper_int8.audio.wavio import check_length, check_regular, load_audio, resample
 
     rate = _rate(sample_rate)
     if max_seconds is not None and used >= max_seconds:
@@ -122,22 +123,18 @@ def check_audio(
         if rate is not None:
             raise ValueError(f"sample_rate is for a list of samples; {shown} is a file, which gives its own")
         path = served_path(audio, audio_dir)
+        encoded = (  # base64 audio sent for a path, most likely
+            " (a path on the server: encoded audio in a string is not read; send the samples as a "
+            "list of floats)"
+            if len(str(audio)) > 255
+            else ""
+        )
         try:
-            is_file = path.is_file()
-        except OSError as e:  # a name too long for a path: base64 audio, most likely
-            raise ValueError(
-                f"audio: {shown} is no file path ({e.strerror}); send a path on the server or the "
-                "samples as a list of floats (encoded audio in a string is not read)"
-            ) from None
-        if not is_file and path.exists():  # /dev/zero never ends, a FIFO's open waits for a writer
-            raise ValueError(f"audio: {shown} is a folder, device or pipe, not an audio file")
-        if not is_file:
-            encoded = (
-                " (a path on the server: encoded audio in a string is not read)"
-                if len(str(audio)) > 255
-                else ""
-            )
-            raise FileNotFoundError(f"audio file not found: {shown}{encoded}")
+            check_regular(path, f"audio: {shown}")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"audio file not found: {shown}{encoded}") from None
+        except AudioInputError as e:
+            raise AudioInputError(f"{e}{encoded}") from None
         # one sample over the time left: refused
         cap = None if max_seconds is None else max_seconds - used + 1 / SAMPLE_RATE
         samples, name = load_audio(path, max_seconds=cap), str(audio)

@@ -223,23 +223,24 @@ def read_wav(path: Path | str) -> np.ndarray:
     return samples.astype(np.float32) / 32768.0
 
 
-def check_regular(path: Path | str) -> None:
+def check_regular(path: Path | str, name: str | None = None) -> None:
     """Refuse, before opening it, what holds no audio: a folder, device or pipe (a FIFO's open waits
     for a writer, /dev/zero never ends), or a file of 0 bytes, as /proc's files report themselves:
     reading /proc/kmsg blocks until the kernel logs something, which held a server's worker for good.
-    A missing file stays a FileNotFoundError."""
+    A missing file stays a FileNotFoundError. ``name``: how the messages call it (the path)."""
+    name = name or str(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:
         raise
-    except OSError as e:
-        raise AudioInputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except OSError as e:  # a name too long, a link loop, no permission
+        raise AudioInputError(f"{name}: cannot be read ({e.strerror or e})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise AudioInputError(f"{path}: cannot be read (Is a directory)")
+        raise AudioInputError(f"{name}: cannot be read (Is a directory)")
     if not stat.S_ISREG(info.st_mode):
-        raise AudioInputError(f"{path}: not an audio file (a device, pipe or socket)")
+        raise AudioInputError(f"{name}: not an audio file (a device, pipe or socket)")
     if info.st_size == 0:
-        raise AudioInputError(f"{path}: zero-length audio (the file reports 0 bytes)")
+        raise AudioInputError(f"{name}: zero-length audio (the file reports 0 bytes)")
 
 
 def load_audio(path: Path | str, max_seconds: float | None = None) -> np.ndarray:

@@ -1,19 +1,16 @@
 """Stage fuse: models/fp32 -> models/fused (self-attention Q/K/V and cross-attention K/V fused)."""
 
-from pathlib import Path
-
 import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
 
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.fsutil import atomic_dir, check_dir_output
 from whisper_int8.fuse import FUSED_DIR_FILES, fuse_model, save_fused_dir
-from whisper_int8.model_sources import load_checkpoint
-from whisper_int8.stage_files import CHECKPOINT, FP32_SHA256, fp32_digest
+from whisper_int8.stage_files import FP32_SHA256, fp32_digest, load_fp32
 
 
 def main(args) -> None:
     check_dir_output(args.out, FUSED_DIR_FILES)  # before the work, not after it
-    loaded = load_checkpoint(Path(args.model) / CHECKPOINT)
+    loaded = load_fp32(args.model)  # the checkpoint its card records: fp32_digest trusts the card
     counts = fuse_model(loaded.model)
     source = {"source_dir": str(args.model), FP32_SHA256: fp32_digest(args.model)}
     with atomic_dir(args.out) as tmp:

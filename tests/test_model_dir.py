@@ -206,6 +206,49 @@ def test_a_config_from_another_conversion_is_refused(tmp_path, dirs):
             load_model_dir(bad)
 
 
+def test_int8_weights_named_outside_the_model_directory_are_refused(tmp_path, dirs):
+    """Regression (a review): quant_config.json's ``weights`` was joined to the folder as written, so
+    ``../elsewhere/int8.pt`` or an absolute path loaded weights the directory does not hold (promote's
+    load passed, the registered artifact lacked them); ``null`` was looked up as a file named None."""
+    bad, outside = tmp_path / "int8", tmp_path / "elsewhere"
+    shutil.copytree(dirs["int8"], bad)
+    outside.mkdir()
+    shutil.move(bad / "int8.pt", outside / "int8.pt")
+    config = json.loads((bad / "quant_config.json").read_text())
+    for name in ("../elsewhere/int8.pt", str(outside / "int8.pt"), "..", None, 5):
+        (bad / "quant_config.json").write_text(json.dumps({**config, "weights": name}))
+        message = re.escape(f"quant_config.json: weights {name!r} is not a file name in {bad}")
+        with pytest.raises(ModelSourceError, match=message):
+            load_model_dir(bad)
+    shutil.move(outside / "int8.pt", bad / "int8.pt")
+    (bad / "quant_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "weights"}))
+    assert isinstance(load_model_dir(bad), whisper.model.Whisper)  # written before the key: int8.pt
+
+
+def test_an_fp32_checkpoint_replaced_under_its_card_is_refused(tmp_path):
+    """Regression (a review): the lineage checks take models/fp32's card's checkpoint_sha256 on trust,
+    and no load compared model.pt with it: another model.pt under the kept card passed check_made_from
+    and was fused or evaluated as the card's model (an INT8 model measured against another FP32 one)."""
+    from whisper_int8.fetch import fetch_model
+    from whisper_int8.stage_files import check_made_from, fp32_digest, load_fp32
+
+    for seed in (0, 1):
+        model = make_tiny_whisper(seed)
+        ckpt = {"dims": dict(model.dims.__dict__), "model_state_dict": model.state_dict()}
+        torch.save(ckpt, tmp_path / f"{seed}.pt")
+        fetch_model(f"file:{tmp_path / f'{seed}.pt'}", tmp_path / f"fp32-{seed}")
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    (fused / "model_card.json").write_text(json.dumps({"fp32_sha256": fp32_digest(tmp_path / "fp32-0")}))
+    shutil.copy(tmp_path / "fp32-1" / "model.pt", tmp_path / "fp32-0" / "model.pt")  # the card kept
+    assert check_made_from(fused, tmp_path / "fp32-0", "x")  # the card's word: what loading must back
+    message = r"fp32-0/model.pt: not the checkpoint model_card.json records \(sha256 .*: replaced or damaged"
+    for load in (load_model_dir, load_fp32):  # evaluate and benchmarks; the fuse stage
+        with pytest.raises(ModelSourceError, match=message):
+            load(tmp_path / "fp32-0")
+    assert isinstance(load_fp32(tmp_path / "fp32-1").model, whisper.model.Whisper)
+
+
 def test_a_fused_card_that_does_not_describe_its_weights_is_one_line(tmp_path, dirs):
     """Regression: another size's dims, a card without dims and alignment heads outside the decoder
     were load_state_dict's 98-line traceback, a KeyError and an IndexError (in calibrate, convert and

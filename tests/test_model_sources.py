@@ -308,7 +308,12 @@ def test_heads_kept_as_openai_whisper_keeps_them_are_read_as_pairs(tiny_model, t
 @pytest.mark.parametrize(
     ("change", "match"),
     [({"n_audio_ctx": 750}, r"n_audio_ctx 750: openai-whisper pads audio to 30 s, 1500 frames"),
-     ({"n_audio_head": 3}, r"n_audio_state 64 is no multiple of n_audio_head 3")],
+     ({"n_audio_head": 3}, r"n_audio_state 64 is no multiple of n_audio_head 3"),
+     # loaded, then "mat1 and mat2 shapes cannot be multiplied (1500x32 and 64x64)" in calibrate
+     ({"n_audio_state": 32}, r"n_audio_state 32 differs from n_text_state 64; openai-whisper's cross-att"),
+     # a bare AssertionError from whisper's sinusoids() when the model was built
+     ({"n_audio_state": 63, "n_text_state": 63, "n_audio_head": 3, "n_text_head": 3},
+      r"n_audio_state 63 is odd")],
 )  # fmt: skip
 def test_dims_openai_whisper_cannot_run_are_refused_at_fetch(tiny_model, change, match):
     """Regression (a review): both loaded, then failed at the first forward pass (calibrate)."""
@@ -319,6 +324,22 @@ def test_dims_openai_whisper_cannot_run_are_refused_at_fetch(tiny_model, change,
     dims = replace(tiny_model.dims, **change)
     with pytest.raises(ModelSourceError, match=match):
         check_dims(dims, "ckpt")
+
+
+@pytest.mark.parametrize("n_vocab", [51867, 51870, 51900])
+def test_a_vocabulary_openai_whisper_does_not_lay_out_is_refused_at_fetch(tmp_path, n_vocab):
+    """Regression (a review): a fine-tune of base with 5 added tokens (51870) loaded, and openai-whisper
+    derived 104 languages from it: <|transcribe|> 50360 and <|notimestamps|> 50364, not the model's
+    50359 and 50363, so every decode was silently prompted with the wrong tokens."""
+    from dataclasses import replace
+
+    from .conftest import TINY_DIMS, make_tiny_whisper
+
+    model = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=n_vocab))
+    path = tmp_path / "finetune.pt"
+    torch.save({"dims": dict(model.dims.__dict__), "model_state_dict": model.state_dict()}, path)
+    with pytest.raises(ModelSourceError, match=rf"finetune.pt: n_vocab {n_vocab}: .*51866 \(100 languages"):
+        load_source(f"file:{path}")
 
 
 def test_an_openai_whisper_download_loads_with_its_heads(tiny_model, tmp_path, monkeypatch):
@@ -439,7 +460,7 @@ def test_file_source_refuses_pickled_objects(tmp_path):
      ("heads", r"alignment_heads \[5, 0\] outside the decoder's 2 layers x 2 heads"),
      ("heads-str", r"alignment_heads must be a list of \[layer, head\] pairs, got '1,0'"),
      ({"n_mels": 64}, r"n_mels 64: Whisper's front end has 80 or 128 Mel bands"),
-     ({"n_vocab": 1000}, r"n_vocab 1000: Whisper's tokenizer needs 51864 tokens or more"),
+     ({"n_vocab": 1000}, r"n_vocab 1000: openai-whisper's tokenizer knows only 51864 \(English-only\)"),
      ({"n_audio_state": 64.0}, r"dims n_audio_state must be a positive integer, got 64.0"),
      ({"n_text_layer": 3}, r"do not fit the dims: 24 missing \(e.g. decoder.blocks.2.attn.query.weight\)$"),
      ("nan", r"non-finite values \(NaN or inf\) in decoder.token_embedding.weight; a damaged export"),

@@ -14,7 +14,7 @@ from . import __version__
 from .fsutil import atomic_dir, atomic_write_json, sha256_file
 from .memory import MB
 from .model_sources import load_source, save_checkpoint
-from .stage_files import CARD, CHECKPOINT
+from .stage_files import CARD, CHECKPOINT, FP32_CHECKPOINT_SHA256
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def fetch_model(source: str, out_dir: Path | str) -> dict:
             "multilingual": loaded.model.is_multilingual,
             "alignment_heads": loaded.alignment_heads,
             "checkpoint": CHECKPOINT,
-            "checkpoint_sha256": sha256_file(tmp / CHECKPOINT),
+            FP32_CHECKPOINT_SHA256: sha256_file(tmp / CHECKPOINT),
             "bytes": (tmp / CHECKPOINT).stat().st_size,
             "dtype": "float32",
             "versions": {

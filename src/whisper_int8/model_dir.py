@@ -14,12 +14,12 @@ from .fuse import FUSED_WEIGHTS, fused_skeleton, materialize
 from .heap import release_freed
 from .languages import model_languages
 from .mapped_pages import drop_table_pages_after_lookups, unmap_resident_pages
-from .model_sources import ModelSourceError, check_heads, load_checkpoint
+from .model_sources import ModelSourceError, check_heads
 from .params import ParamError
 from .quant.config import DEFAULTS, WEIGHT_BITS, parse_quant_config, resolve_backend
-from .quant.convert import FORMAT, QUANT_CONFIG, build_int8
+from .quant.convert import FORMAT, INT8_WEIGHTS, QUANT_CONFIG, build_int8
 from .quant.cpu import set_engine
-from .stage_files import CARD, CHECKPOINT, CONVERT_STAGE, FUSE_STAGE, load_tensors, read_json
+from .stage_files import CARD, CHECKPOINT, CONVERT_STAGE, FUSE_STAGE, load_fp32, load_tensors, read_json
 
 
 def check_languages(model: Whisper, languages: set[str], split: Path | str) -> None:
@@ -150,6 +150,18 @@ def _described(card_path: Path, card: dict, weights: Path, rerun: str) -> ModelD
     return dims
 
 
+def _weights_in(root: Path, card_path: Path, name: object) -> Path:
+    """The weights file ``card_path`` names, a file of ``root`` itself: a path that leads out of the
+    model directory (``../x.pt``, ``/abs/x.pt``) would load weights the directory does not hold, so
+    the model would pass promote's load here and be registered without them."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise ModelSourceError(
+            f"{card_path}: weights {name!r} is not a file name in {root} (convert writes {INT8_WEIGHTS!r} "
+            f"beside the config); rerun {CONVERT_STAGE}"
+        )
+    return root / name
+
+
 def _built(card: Path, weights: Path, rerun: str, build: Callable[[], Whisper]) -> Whisper:
     """``build()``, its errors from weights that do not fit ``card`` (names, shapes, layers another
     conversion wrote) turned into one line naming both files."""
@@ -179,7 +191,7 @@ def _load(root: Path, device: str) -> Whisper:
         found = qcfg.get("format") if isinstance(qcfg, dict) else f"a JSON {type(qcfg).__name__}"
         if found != FORMAT:
             raise ModelSourceError(f"{card_path}: format {found!r} is not {FORMAT!r}")
-        weights = root / str(qcfg.get("weights", "int8.pt"))
+        weights = _weights_in(root, card_path, qcfg.get("weights", INT8_WEIGHTS))
         _described(card_path, qcfg, weights, CONVERT_STAGE)
         try:  # the values this load acts on, as convert checked them (keys of other versions: left be)
             settings = qcfg["config"]
@@ -232,5 +244,5 @@ def _load(root: Path, device: str) -> Whisper:
         )
         return model.to(device)
     if (root / CHECKPOINT).is_file():
-        return load_checkpoint(root / CHECKPOINT).model.to(device)
+        return load_fp32(root).model.to(device)
     raise ModelSourceError(f"{root}: no model.pt, {FUSED_WEIGHTS} or {QUANT_CONFIG}; not a model directory")

@@ -118,25 +118,39 @@ def source_from_params(model: dict, where: str | Path = "params.yaml") -> str:
 
 
 MEL_BANDS = (80, 128)  # the log-Mel front ends openai-whisper has filters for
-MIN_VOCAB = 51864  # Whisper's tokenizer: English-only 51864, multilingual 51865, large-v3 51866
+# The only vocabularies openai-whisper's tokenizer lays out: it derives the language tokens from n_vocab
+# (num_languages = n_vocab - 51765 - multilingual), so any other size (a fine-tune with added tokens)
+# would put <|transcribe|>, <|notimestamps|> and the timestamps at other ids than the model's, silently.
+VOCABS = {51864: "English-only", 51865: "99 languages", 51866: "100 languages, large-v3 and turbo"}
 AUDIO_CTX = 1500  # encoder frames of one 30 s window: the only input length openai-whisper feeds
 
 
 def check_dims(dims: ModelDimensions, where: str | Path) -> None:
-    """Dimensions openai-whisper can run: any other fails later, deep in calibrate, as a traceback."""
+    """Dimensions openai-whisper can run: any other fails later, deep in calibrate, as a traceback
+    (or, for a vocabulary it does not know, runs with the wrong special tokens)."""
     for name, value in vars(dims).items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ModelSourceError(f"{where}: dims {name} must be a positive integer, got {value!r}")
     if dims.n_mels not in MEL_BANDS:
         raise ModelSourceError(f"{where}: n_mels {dims.n_mels}: Whisper's front end has 80 or 128 Mel bands")
-    if dims.n_vocab < MIN_VOCAB:
+    if dims.n_vocab not in VOCABS:
+        known = ", ".join(f"{n} ({what})" for n, what in VOCABS.items())
         raise ModelSourceError(
-            f"{where}: n_vocab {dims.n_vocab}: Whisper's tokenizer needs {MIN_VOCAB} tokens or more"
+            f"{where}: n_vocab {dims.n_vocab}: openai-whisper's tokenizer knows only {known}; with another "
+            "size it derives the language and task tokens wrongly (a fine-tune with added tokens is not "
+            "supported)"
         )
     if dims.n_audio_ctx != AUDIO_CTX:
         raise ModelSourceError(
             f"{where}: n_audio_ctx {dims.n_audio_ctx}: openai-whisper pads audio to 30 s, {AUDIO_CTX} frames"
         )
+    if dims.n_audio_state != dims.n_text_state:  # the cross-attention key/value take the encoder output
+        raise ModelSourceError(
+            f"{where}: n_audio_state {dims.n_audio_state} differs from n_text_state {dims.n_text_state}; "
+            "openai-whisper's cross-attention needs one width for both"
+        )
+    if dims.n_audio_state % 2:  # the encoder's sinusoidal positions: sin and cos halves
+        raise ModelSourceError(f"{where}: n_audio_state {dims.n_audio_state} is odd; Whisper's are even")
     for part in ("audio", "text"):
         state, heads = getattr(dims, f"n_{part}_state"), getattr(dims, f"n_{part}_head")
         if state % heads:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .fsutil import sha256_file
-from .model_sources import ModelSourceError, torch_load_checked
+from .model_sources import LoadedModel, ModelSourceError, load_checkpoint, torch_load_checked
 
 CHECKPOINT = "model.pt"  # models/fp32's weights: an openai-whisper checkpoint
 CARD = "model_card.json"  # every model directory's description: bytes, counts, where it came from
@@ -53,14 +53,23 @@ def load_tensors(path: Path, rerun: str = ANY_STAGE, mapped: bool = False) -> di
 FP32_SHA256 = "fp32_sha256"
 
 
+FP32_CHECKPOINT_SHA256 = "checkpoint_sha256"  # models/fp32's card: the sha256 of its model.pt
+
+
+def _card(root: Path) -> dict:
+    """``root``'s model card, {} when there is none (or it is no JSON object)."""
+    card = read_json(root / CARD) if (root / CARD).is_file() else {}
+    return card if isinstance(card, dict) else {}
+
+
 def fp32_digest(root: Path | str) -> str | None:
     """The sha256 of the FP32 checkpoint ``root`` holds (models/fp32: as its card records it, else
-    computed) or was made from (a fused or INT8 card's :data:`FP32_SHA256`; None in a card older than it)."""
+    computed; :func:`load_fp32` checks the file against that record on every load) or was made from (a
+    fused or INT8 card's :data:`FP32_SHA256`; None in a card older than it)."""
     root = Path(root)
-    card = read_json(root / CARD) if (root / CARD).is_file() else {}
-    card = card if isinstance(card, dict) else {}
+    card = _card(root)
     if (root / CHECKPOINT).is_file():
-        recorded = card.get("checkpoint_sha256")
+        recorded = card.get(FP32_CHECKPOINT_SHA256)
         return recorded if isinstance(recorded, str) else sha256_file(root / CHECKPOINT)
     recorded = card.get(FP32_SHA256)
     return recorded if isinstance(recorded, str) else None
@@ -79,3 +88,20 @@ def check_made_from(made: Path | str, fp32: Path | str, what: str) -> str | None
             f"{want[:12]}...): {what} must name one model's directories; run `dvc repro` to remake them"
         )
     return got
+
+
+def load_fp32(root: Path | str) -> LoadedModel:
+    """``root``'s model.pt, refused unless it is the checkpoint its card records: the lineage checks take
+    that record on trust (:func:`fp32_digest`), so a model.pt replaced under a kept card would pass them
+    and be fused or evaluated as the model the card names. Free: loading hashes the file anyway."""
+    root = Path(root)
+    loaded = load_checkpoint(root / CHECKPOINT)
+    (digest,) = loaded.provenance["files"].values()
+    recorded = _card(root).get(FP32_CHECKPOINT_SHA256)
+    if isinstance(recorded, str) and recorded != digest:
+        raise ModelSourceError(
+            f"{root / CHECKPOINT}: not the checkpoint {CARD} records (sha256 {digest[:12]}..., the card "
+            f"{recorded[:12]}...): replaced or damaged; run `dvc repro fetch_model` (or `dvc checkout "
+            f"{root}`)"
+        )
+    return loaded

@@ -290,6 +290,28 @@ def test_a_refused_output_replaces_none_of_the_outputs(tmp_path):
     assert outputs(tmp_path / "out") == before
 
 
+def test_a_summary_that_fails_to_write_replaces_no_split(tmp_path, monkeypatch):
+    """Regression (a review): the summary was written after both splits were replaced, so a full disk
+    (or Ctrl+C) there left the new splits beside the last build's summary, which counted other clips."""
+    import errno
+
+    from whisper_int8 import fsutil
+
+    good = make_corpus(tmp_path / "good", ("en",), 6)
+    run_build(tmp_path, params(f"local:{good}", ("en",), calib=1, evals=2))
+    before = outputs(tmp_path / "out")
+
+    def disk_full(obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil, "json_text", disk_full)  # the summary's JSON, wherever it is written
+    monkeypatch.setattr(audio_build, "json_text", disk_full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        run_build(tmp_path, params(f"local:{good}", ("en",), calib=1, evals=4))
+    assert outputs(tmp_path / "out") == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["calibration", "eval", "summary.json"]
+
+
 def test_a_relative_cache_dir_is_the_repositorys(tmp_path, monkeypatch):
     """Regression: under dvc exp run --temp (stages run in a copy) the cache was a new empty folder."""
     monkeypatch.delenv("WHISPER_INT8_CACHE", raising=False)

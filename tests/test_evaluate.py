@@ -133,6 +133,35 @@ def test_a_failing_chart_leaves_the_previous_report_whole(results, tmp_path, mon
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """Writes past ``limit`` bytes per file fail with EFBIG, as a disk that fills fails a big file."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_report_file_that_fails_to_write_leaves_the_previous_report_whole(results, tmp_path):
+    """Regression (a review): the files were replaced one by one, so a full disk while writing
+    transcripts.json left the new per_language.csv and charts beside the old eval.json."""
+    config = {"languages": ["de", "en", "zh"]}
+    write_report(tmp_path, results["fp32"], results["int8"], config)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert max(len(data) for data in before.values()) < 1 << 20
+    long = [{**c, "hypothesis": "word " * 100_000} for c in results["int8"]["clips"]]  # 2 MB of JSON
+    swapped = {"metrics": {**results["int8"]["metrics"], "wer/en": 99.0}, "clips": long}
+    with file_size_limit(1 << 20), pytest.raises(OSError, match="too large"):
+        write_report(tmp_path, results["fp32"], swapped, config)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp file left either
+
+
 def test_first_call_leaves_out_the_identification_as_every_latency(setup, monkeypatch):
     """first_call_s counted the warm-up's language identification (the cold tokenizer: 15 % of it on
     the tiny model) while every other latency leaves it out."""

@@ -72,6 +72,31 @@ def test_outputs_written_together_are_all_replaced_or_none(tmp_path):
     assert (tmp_path / "a" / "x").read_text() == (tmp_path / "c" / "z").read_text() == "new"
 
 
+def test_ctrl_c_between_two_outputs_of_a_set_replaces_both_then_stops(tmp_path, monkeypatch):
+    """Regression (a review): each folder held the signals for its own swap only, so a Ctrl+C during
+    the calibration split's swap stopped the build before the eval split's: a new calibration split
+    beside the old eval split (whose texts it may share) and the old summary."""
+    from whisper_int8 import fsutil
+
+    with atomic_dirs(tmp_path / "a", tmp_path / "b") as (a, b):
+        (a / "x").write_text("old")
+        (b / "y").write_text("old")
+    real = fsutil.replace_dir
+
+    def interrupted(src, dest):
+        real(src, dest)
+        signal.raise_signal(signal.SIGINT)  # as a Ctrl+C arriving during the first swap
+
+    monkeypatch.setattr(fsutil, "replace_dir", interrupted)
+    outputs = fsutil.atomic_outputs((tmp_path / "a", tmp_path / "b"), (tmp_path / "summary.json",))
+    with pytest.raises(KeyboardInterrupt), outputs as ((a, b), (summary,)):
+        (a / "x").write_text("new")
+        (b / "y").write_text("new")
+        summary.write_text("new")
+    assert [(tmp_path / f).read_text() for f in ("a/x", "b/y", "summary.json")] == ["new"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "summary.json"]
+
+
 STAGE = """
 import time
 from whisper_int8.cli_common import run, stage_parser

@@ -563,3 +563,24 @@ def test_opening_a_new_sqlite_store_waits_for_another_process_setting_it_up(tmp_
         assert worker.is_alive() and not db.exists()  # waits: no migrations on a half-made store
     worker.join(60)
     assert got and open_experiment(uri, "exp")[1] == got[0]
+
+
+def test_the_cli_opening_a_store_being_set_up_waits_for_it(tmp_path, capsys):
+    """Regression (a review): `whisper-int8 alias` (or pull, transcribe --model models:/) started while
+    a promote was creating a new mlflow.db found the file there and ran MLflow's table creation on it
+    at the same time, dying in an alembic traceback (``table _alembic_tmp_experiments already
+    exists``). The CLI now opens the store under the same ``<db>.setup.lock``."""
+    from whisper_int8 import cli
+    from whisper_int8.fsutil import file_lock
+
+    db = tmp_path / "m.db"
+    db.touch()  # promote has created the file, not its tables yet
+    got: list[int] = []
+    args = ["alias", "--tracking-uri", f"sqlite:///{db}"]
+    with file_lock(tmp_path / "m.db.setup.lock"):  # the promote setting it up
+        worker = threading.Thread(target=lambda: got.append(cli.main(args)))
+        worker.start()
+        worker.join(3.0)
+        assert worker.is_alive() and db.stat().st_size == 0  # waits: no tables made under its feet
+    worker.join(60)
+    assert got == [2] and "no model whisper-int8 is registered" in capsys.readouterr().err

@@ -16,6 +16,7 @@ created empty. The default model name and alias are ``mlflow.registered_model`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -25,13 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .params import positive_int, window_token_cap
-from .stdio import exit_if_stdout_closed, printable
+from .stdio import exit_if_stdout_closed, printable, tsv_field
 from .tracking_uri import (
     SQLITE,
     RegistryError,
     TrackingError,
     check_reachable,
+    masked_uri,
     resolve_tracking_uri,
+    setup_lock,
     sqlite_file,
     tracking_uri_source,
 )
@@ -106,7 +109,31 @@ def _connect(args: argparse.Namespace) -> str:
     check_reachable(uri, source=tracking_uri_source(configured, args.tracking_uri))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri.startswith(SQLITE):
+        _open_store(uri)
     return uri
+
+
+def _open_store(uri: str) -> None:
+    """Open the sqlite store once, under the lock promote holds while it sets one up (``<db>.setup.lock``).
+
+    MLflow creates the tables of a database file that has none: a command started while a promote was
+    creating a new ``mlflow.db`` ran the same migrations at once and died in an alembic traceback (or
+    broke the promote's). The stores MLflow keeps per URI are reused by the command afterwards. A lock
+    that cannot be taken (a folder this user may not write) is skipped, as a read-only registry needs.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(setup_lock(uri))
+        except OSError as e:
+            log.debug("%s: setup lock not taken (%s); not waiting for a promote setting it up", uri, e)
+        try:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+        except MlflowException as e:  # a store of another MLflow version's schema
+            raise TrackingError(f"MLflow tracking URI {masked_uri(uri)}: {e.message}") from None
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -249,7 +276,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(
                 json.dumps({"audio": name, "text": text}, ensure_ascii=False)
                 if args.json
-                else f"{name}\t{text}",
+                else f"{tsv_field(name)}\t{tsv_field(text)}",
                 flush=True,
             )
     return 0
@@ -332,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=window_token_cap,
         help="token cap per 30 s window (1-224), for a local model directory only",
     )
-    t.add_argument("--json", action="store_true", help="print one JSON object per file")
+    t.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per file (default: one line per file, its name, a tab, its "
+        "transcript; a tab, newline or other control character in either is written as \\t, \\n, \\x1b...)",
+    )
     t.add_argument("audio", nargs="+", help="audio files (anything ffmpeg decodes)")
     t.set_defaults(func=cmd_transcribe)
     return parser

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .fsutil import atomic_write_bytes, json_text
+from .fsutil import atomic_outputs, json_text
 from .significance import delta_intervals
 
 if TYPE_CHECKING:
@@ -220,15 +220,16 @@ def latency_chart(rows: list[dict[str, Any]]) -> bytes:
 def write_report(
     out_dir: Path | str, base: dict[str, Any], cand: dict[str, Any], config: dict[str, Any]
 ) -> dict:
-    """Write every evaluation output under ``out_dir`` atomically; returns the eval.json content."""
+    """Write every evaluation output under ``out_dir``, all or none; returns the eval.json content."""
     out_dir = Path(out_dir)
     bm, cm = base["metrics"], cand["metrics"]
     comparison = compare_results(base, cand)
     report = {BASELINE: bm, CANDIDATE: cm, "comparison": comparison, "config": config}
     lang_rows = per_language_rows(bm, cm, comparison)
     lat_rows = latency_rows(base["clips"], cand["clips"])
-    # Everything is rendered before the first file is replaced: a chart that fails to draw leaves the
-    # previous report whole instead of new CSVs beside an old eval.json.
+    # Everything is rendered and written to temp files before the first file is replaced: a chart that
+    # fails to draw, or a disk that fills while writing transcripts.json, leaves the previous report
+    # whole instead of new CSVs beside an old eval.json.
     files = {
         "per_language.csv": _csv(lang_rows).encode(),
         "latency.csv": _csv(lat_rows).encode(),
@@ -237,6 +238,7 @@ def write_report(
         "transcripts.json": json_text({BASELINE: base["clips"], CANDIDATE: cand["clips"]}).encode(),
         "eval.json": json_text(report).encode(),  # last: DVC's metrics file marks a complete report
     }
-    for name, data in files.items():
-        atomic_write_bytes(out_dir / name, data)
+    with atomic_outputs(files=[out_dir / name for name in files]) as (_, tmps):
+        for tmp, data in zip(tmps, files.values(), strict=True):
+            tmp.write_bytes(data)
     return report

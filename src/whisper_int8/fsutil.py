@@ -12,7 +12,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +59,9 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+    with _staging_file(path) as tmp:
+        tmp.write_bytes(data)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -116,20 +108,54 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dirs(*dests: Path | str) -> Iterator[tuple[Path, ...]]:
-    """:func:`atomic_dir` for several outputs written together: all or nothing.
-
-    Yields one temp directory per ``dest``; on success every ``dest`` is checked first (as in
-    :func:`atomic_dir`), and only when each may be replaced are they all replaced. A refused one leaves
-    every ``dest`` as it was.
-    """
-    paths = [Path(d) for d in dests]
-    with contextlib.ExitStack() as stack:
-        tmps = tuple(stack.enter_context(staging_dir(d)) for d in paths)
+    """:func:`atomic_dir` for several outputs written together: all or nothing (:func:`atomic_outputs`)."""
+    with atomic_outputs(dests) as (tmps, _):
         yield tmps
-        for dest, tmp in zip(paths, tmps, strict=True):
+
+
+@contextlib.contextmanager
+def atomic_outputs(
+    dirs: Sequence[Path | str] = (), files: Sequence[Path | str] = ()
+) -> Iterator[tuple[tuple[Path, ...], tuple[Path, ...]]]:
+    """Outputs that belong together (a stage's folders and files): all replaced, or none.
+
+    Yields a temp directory per folder of ``dirs`` and a temp file per path of ``files``, each beside
+    its output. Once the block is done every output is checked (a folder as in :func:`atomic_dir`, a
+    file path must not be a folder), and only when each may be replaced are they all put in place:
+    folders first, then files in their order (so a last file, the metrics file DVC reads, marks a
+    complete set), SIGINT and SIGTERM held until the last. An error in the block (a full disk while
+    writing the third file) leaves every output as it was: written one by one, such an error left new
+    splits beside an old summary, or new CSVs beside an old eval.json.
+    """
+    dir_paths, file_paths = [Path(d) for d in dirs], [Path(f) for f in files]
+    with contextlib.ExitStack() as stack:
+        dir_tmps = tuple(stack.enter_context(staging_dir(d)) for d in dir_paths)
+        file_tmps = tuple(stack.enter_context(_staging_file(f)) for f in file_paths)
+        yield dir_tmps, file_tmps
+        for dest, tmp in zip(dir_paths, dir_tmps, strict=True):
             _check_replaceable(dest, {p.name for p in tmp.iterdir()})
-        for dest, tmp in zip(paths, tmps, strict=True):
-            replace_dir(tmp, dest)
+        for path in file_paths:
+            check_file_output(path)
+        with _signals_held():  # Ctrl+C between two outputs would leave a mixed set
+            for dest, tmp in zip(dir_paths, dir_tmps, strict=True):
+                replace_dir(tmp, dest)
+            for path, tmp in zip(file_paths, file_tmps, strict=True):
+                os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _staging_file(path: Path) -> Iterator[Path]:
+    """A new empty temp file beside ``path`` with a normal file's permissions; removed on exit unless it
+    was renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _check_replaceable(dest: Path, names: Collection[str]) -> None:

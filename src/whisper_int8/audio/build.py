@@ -31,12 +31,12 @@ from tqdm import tqdm
 from whisper.tokenizer import LANGUAGES
 
 from ..fsutil import (
-    atomic_dirs,
+    atomic_outputs,
     atomic_write_bytes,
-    atomic_write_json,
     check_apart,
     check_dir_output,
     check_file_output,
+    json_text,
     sha256_file,
 )
 from ..languages import check_codes
@@ -483,7 +483,8 @@ def _check_disjoint(chosen: dict[str, list]) -> None:
 def build(
     params: AudioParams, calib_dir: Path, eval_dir: Path, summary_path: Path, where: str = "params.yaml"
 ) -> dict:
-    """Write both splits and the summary; on ``on_error: fail`` the previous outputs stay untouched.
+    """Write both splits and the summary, all or none: on ``on_error: fail``, or any error, the previous
+    outputs stay untouched.
     ``where``: the parameter file ``params`` came from, named by an error in them."""
     check_apart(calib_dir, eval_dir, summary_path)  # before any work: one would replace the other
     check_file_output(summary_path)  # and so before either split is replaced
@@ -499,12 +500,13 @@ def build(
         chosen = select(pooled, params, policy, bar)
     _check_disjoint(chosen)
     written: dict[str, list[Clip]] = {}
-    with atomic_dirs(calib_dir, eval_dir) as (ctmp, etmp):  # both splits replaced, or neither
+    # both splits and the summary replaced, or none (a summary left from the last build would count
+    # other clips)
+    with atomic_outputs((calib_dir, eval_dir), (summary_path,)) as ((ctmp, etmp), (stmp,)):
         written["calibration"] = _write_split(ctmp, chosen["calibration"])
         written["eval"] = _write_split(etmp, chosen["eval"])
         summary = _summary(params, written, policy)
-        check_file_output(summary_path)
-    atomic_write_json(summary_path, summary)
+        stmp.write_text(json_text(summary), encoding="utf-8")
     return summary
 
 

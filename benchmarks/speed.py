@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from _inputs import require_model_dir, require_out_file, split_clips
+from _inputs import require_activation_bits, require_model_dir, require_out_file, split_clips
 from tqdm import tqdm
 
 from whisper_int8 import memory  # torch-free: the faster-whisper worker imports it too
@@ -323,6 +323,15 @@ def check_split_languages(fp32: str, clips: list, split: str) -> None:
     check_languages(load_model_dir(fp32), {c.language for c in clips}, f"--split {split}")
 
 
+def turn(workers: list, clip: int, repeat: int) -> list:
+    """``workers`` in the order they transcribe clip number ``clip`` in pass ``repeat``: each first in
+    turn along the clips, and one later in each repeat of a clip, so a clip's median is not taken at
+    one place in the round. (Rotating by the round's index alone kept every clip's order in every
+    repeat whenever the clips were a multiple of the workers: 180 clips and 6 variants by default.)"""
+    first = (clip + repeat) % len(workers)
+    return workers[first:] + workers[:first]
+
+
 def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
     """FP32 (stock and one-pass), each INT8 scheme (``cfgs``: :func:`scheme_configs`), the rows of each
     --heap, faster-whisper."""
@@ -415,6 +424,7 @@ def main(args: argparse.Namespace) -> None:
     # one row per heap (rows are keyed by name); a missing allocator fails now, not after the conversions
     args.heap = {heap: heap_env(heap) for heap in args.heap}
     cfgs = scheme_configs(args.params, args.schemes)
+    require_activation_bits([c.weight_bits for c in cfgs.values()], ISA_CAPS[args.isa], f"--isa {args.isa}")
     require_model_dir(args.fp32, "--fp32", "fp32")
     if args.schemes:
         require_model_dir(args.fused, "--fused", "fused")
@@ -442,9 +452,9 @@ def main(args: argparse.Namespace) -> None:
                 raise SystemExit(f"{name}: torch runs {stats['isa']} kernels, not {args.isa.upper()}")
         times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         texts: dict[str, dict[str, str]] = defaultdict(dict)
-        rounds = [clip for _ in range(args.repeats) for clip in clips]
-        for n, clip in enumerate(tqdm(rounds, desc=f"{len(workers)} variants", unit="clip")):
-            for w in workers[n % len(workers) :] + workers[: n % len(workers)]:  # each first in turn
+        rounds = [(repeat, i, clip) for repeat in range(args.repeats) for i, clip in enumerate(clips)]
+        for repeat, i, clip in tqdm(rounds, desc=f"{len(workers)} variants", unit="clip"):
+            for w in turn(workers, i, repeat):
                 r = w.ask({"op": "run", "audio": clip.audio, "language": clip.language})
                 times[w.name][clip.id].append(r["seconds"])
                 texts[w.name][clip.id] = r["text"]

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _inputs import require_model_dir, require_out_file, split_clips
+from _inputs import require_activation_bits, require_model_dir, require_out_file, split_clips
 from torch import Tensor, nn
 from whisper.model import ModelDimensions
 from whisper.tokenizer import get_tokenizer
@@ -67,7 +67,7 @@ from whisper_int8.eval_report import compare_results
 from whisper_int8.evaluate import evaluate_model_dir, evaluate_with_model, in_fresh_process
 from whisper_int8.fsutil import atomic_write_json
 from whisper_int8.fuse import FUSED_WEIGHTS, fused_skeleton
-from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_dir import activation_bits_of, load_model_dir
 from whisper_int8.model_sources import ModelSourceError
 from whisper_int8.params import ParamError, load_params, positive_int, section
 from whisper_int8.quant.convert import EMBEDDING
@@ -387,6 +387,9 @@ def check_inputs(args: argparse.Namespace) -> list[Variant]:
     require_model_dir(args.fused, "--fused", "fused")  # perturb() finds its Linear layers fused
     for model_dir in args.model:
         require_model_dir(model_dir, "--model")
+        activation_bits_of(model_dir)  # an INT8 one: a WHISPER_INT8_ACTIVATION_BITS it cannot run
+    if "int8-activations" in args.perturb:
+        require_activation_bits([args.weight_bits], option="--perturb int8-activations")
     require_out_file(args.out, "--out")
     split_clips(args.split)
     if args.layers:

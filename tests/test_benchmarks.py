@@ -219,6 +219,17 @@ def test_quant_sweep_names_the_values_option_for_a_bad_value_before_any_work(tmp
     assert "params.yaml" not in line and not run.stdout  # no held-out split read yet
 
 
+def test_quant_sweep_refuses_activation_bits_before_any_work(tmp_path, monkeypatch):
+    """Regression: a WHISPER_INT8_ACTIVATION_BITS the INT8 variants cannot run stopped the sweep only
+    once the conversions and the FP32 evaluation had run."""
+    (tmp_path / "p4.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
+    run = script("quant_sweep", "--params", "p4.yaml", "--key", "smoothquant_alpha", "--values", "0.5",
+                 cwd=tmp_path)  # fmt: skip
+    assert_user_error(run, "WHISPER_INT8_ACTIVATION_BITS='9': use auto, 7 or 8")
+    assert not run.stdout  # no held-out split read yet
+
+
 def test_quant_sweep_reads_a_value_as_the_convert_stage_reads_params_yaml():
     """(a review) ``on`` was YAML 1.1's true here while params.yaml, read as DVC reads it, refuses it."""
     sweep = bench("quant_sweep")
@@ -500,6 +511,95 @@ def test_speed_stops_on_bad_input_in_one_line_before_any_conversion(
     if option == "--schemes":
         args += ["--heap", "lean"]
     assert_user_error(script("speed", *args, cwd=tmp_path), message)
+
+
+@pytest.mark.parametrize(
+    ("bits", "quant", "isa", "message"),
+    [
+        ("9", "{}", "native", "--isa native: WHISPER_INT8_ACTIVATION_BITS='9': use auto, 7 or 8"),
+        # 8-bit weights under the AVX2 cap: no VNNI, whatever this CPU has
+        ("8", "{weight_bits: 8}", "avx2", "--isa avx2: WHISPER_INT8_ACTIVATION_BITS=8: 8-bit int8"),
+    ],
+)
+def test_speed_refuses_activation_bits_its_int8_workers_cannot_run_before_any_conversion(
+    tmp_path, speed_inputs, monkeypatch, bits, quant, isa, message
+):
+    """Regression: each INT8 worker raised ActivationBitsError at its first request, in a traceback, then
+    the parent "worker int8-dynamic died" in another, after every conversion."""
+    (tmp_path / "p.yaml").write_text(f"quant: {quant}\n")
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", bits)
+    args = [a for kv in speed_inputs.items() for a in kv]
+    run = script("speed", *args, "--schemes", "dynamic", "--isa", isa, cwd=tmp_path)
+    assert_user_error(run, message)
+    # 8-bit activations beside 7-bit weights (the default) run on every CPU: on to the next check
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "8")
+    (tmp_path / "p.yaml").write_text("quant: {}\n")
+    run = script("speed", *args, "--schemes", "dynamic", "--isa", isa, cwd=tmp_path)
+    assert_user_error(run, "en-0.wav: zero-length audio")
+
+
+class FakeWorker:
+    """``speed.Worker`` without a process: answers at once and records the requests, in order."""
+
+    asked: list[tuple[str, str]] = []  # (worker, clip id) of every run request
+
+    def __init__(self, name: str, *_: object) -> None:
+        self.name = name
+
+    def ask(self, req: dict) -> dict:
+        if req["op"] == "stats":
+            return {"peak_rss": 3 << 20, "rss": 2 << 20, "imported_rss": 1 << 20, "preloaded": True,
+                    "isa": None, "activation_bits": None}  # fmt: skip
+        clip = Path(req["audio"]).stem
+        FakeWorker.asked.append((self.name, clip))
+        return {"seconds": 1.0, "text": clip}
+
+    def close(self) -> None:
+        pass
+
+
+def speed_rounds(tmp_path: Path, monkeypatch, clips: int, names: list[str], repeats: int) -> list[list]:
+    """The workers in the order speed.py's main asks them, one list per round (clip), for ``clips`` en
+    clips and variants ``names``: real inputs, fake workers."""
+    from whisper_int8.audio.wavio import wav_bytes
+
+    speed = bench("speed")
+    ids = [f"en-{i}" for i in range(clips)]
+    split = manifest(tmp_path / "split", ids)
+    for i in ids:
+        (split / "audio" / f"{i}.wav").write_bytes(wav_bytes(np.zeros(1600, dtype=np.int16)))
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "model.pt").write_bytes(b"not read")
+    (tmp_path / "p.yaml").write_text("quant: {}\n")
+    monkeypatch.setattr(
+        speed, "build_variants", lambda *_: [speed.Variant(n, "whisper", "x", 1) for n in names]
+    )
+    monkeypatch.setattr(speed, "check_split_languages", lambda *_: None)
+    monkeypatch.setattr(speed, "Worker", FakeWorker)
+    monkeypatch.setattr(FakeWorker, "asked", [])
+    argv = ["--params", str(tmp_path / "p.yaml"), "--fp32", str(tmp_path / "fp32"), "--split", str(split),
+            "--schemes", "--repeats", str(repeats)]  # fmt: skip
+    speed.main(speed.build_parser().parse_args(argv))
+    asked, n = FakeWorker.asked, len(names)
+    return [asked[i : i + n] for i in range(0, len(asked), n)]
+
+
+@pytest.mark.parametrize("clips", [3, 4, 6])
+def test_speed_rotates_which_variant_goes_first_over_a_clips_repeats(tmp_path, monkeypatch, clips):
+    """Regression: a round's first variant was its index modulo the variants, so when the clip count was
+    a multiple of them (the defaults: 180 clips, 6 variants) every repeat of a clip ran the variants in
+    the same order, each clip's median always measured at one place in it."""
+    names = ["openai-whisper-fp32", "fp32", "int8-dynamic"]
+    rounds = speed_rounds(tmp_path, monkeypatch, clips, names, repeats=3)
+    assert len(rounds) == 3 * clips
+    for r, turn in enumerate(rounds):
+        assert sorted(w for w, _ in turn) == sorted(names)  # every variant once a round
+        assert {c for _, c in turn} == {f"en-{r % clips}"}  # on one clip, the clips in manifest order
+    for clip in range(clips):
+        firsts = [rounds[repeat * clips + clip][0][0] for repeat in range(3)]
+        assert sorted(firsts) == sorted(names), (clip, firsts)  # each goes first once over 3 repeats
+    firsts = [turn[0][0] for turn in rounds[:clips]]  # and along the clips of one repeat, in turn
+    assert firsts == [names[i % 3] for i in range(clips)]
 
 
 @pytest.mark.parametrize("name", ["speed", "profile"])
@@ -999,6 +1099,23 @@ def test_stability_stops_on_bad_input_before_transcribing_the_reference(tmp_path
     run = script("stability", "--params", "p.yaml", "--split", split, "--fused", fused, *args, cwd=tmp_path)
     assert_user_error(run, message)
     assert "reference" not in run.stdout  # stopped before the reference run (minutes on real models)
+
+
+@pytest.mark.parametrize("what", ["int8-activations", "int8 model"])
+def test_stability_refuses_activation_bits_before_transcribing_the_reference(tmp_path, monkeypatch, what):
+    """Regression: a WHISPER_INT8_ACTIVATION_BITS the variant cannot run stopped it only after the
+    reference was transcribed (minutes on the real split)."""
+    from .eval_fixtures import tiny_int8_dir
+
+    fused, split = tiny_fused_dir_and_silent_split(tmp_path, ["en-0"])
+    (tmp_path / "p.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("WHISPER_INT8_ACTIVATION_BITS", "9")
+    args = ["--perturb", "int8-activations"] if what == "int8-activations" else ["--perturb", "--model"]
+    if what == "int8 model":
+        args.append(tiny_int8_dir(tmp_path / "int8"))
+    run = script("stability", "--params", "p.yaml", "--split", split, "--fused", fused, *args, cwd=tmp_path)
+    assert_user_error(run, "WHISPER_INT8_ACTIVATION_BITS='9': use auto, 7 or 8")
+    assert "reference" not in run.stdout
 
 
 def test_the_stock_row_decodes_a_clip_the_same_in_every_repeat(tmp_path):

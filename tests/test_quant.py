@@ -20,7 +20,15 @@ from whisper_int8.fuse import fuse_model
 from whisper_int8.model_dir import load_model_dir
 from whisper_int8.params import ParamError
 from whisper_int8.quant.config import parse_quant_config
-from whisper_int8.quant.convert import QuantError, count_layers, quantize_model, save_int8_dir, smooth
+from whisper_int8.quant.convert import (
+    EMBEDDING,
+    QuantError,
+    count_layers,
+    linear_names,
+    quantize_model,
+    save_int8_dir,
+    smooth,
+)
 from whisper_int8.quant.cpu import (
     BackendError,
     DynamicInt8Linear,
@@ -280,7 +288,7 @@ def test_layer_patterns_are_checked_before_the_fused_model_is_loaded(tmp_path, m
 def test_auto_k_larger_than_layers():
     message = (
         r"^p.yaml: quant.auto_keep_float_k=99: only 1 more layers can be kept in float \(ranked in "
-        r"sensitivity.json, not in keep_float\); choose an integer from 0 to 1$"
+        r"sensitivity.json, not in keep_float, one left INT8\); choose an integer from 0 to 1$"
     )
     with pytest.raises(ParamError, match=message):
         quantize_model(
@@ -288,6 +296,24 @@ def test_auto_k_larger_than_layers():
             parse_quant_config({"auto_keep_float_k": 99}, "p.yaml"),
             sensitivity={"encoder.blocks.0.mlp.2": 1.0},
         )
+
+
+@pytest.mark.parametrize("keep", [[], ["encoder.*"]])
+def test_the_largest_auto_k_offered_converts(keep):
+    """Regression (a review): with every layer ranked, the error offered "0 to N", N the layers it
+    ranks, and N itself was then refused: every layer float, nothing INT8."""
+    model = _fused()
+    ranked = [*linear_names(model), EMBEDDING]
+    sens = {n: float(i) for i, n in enumerate(ranked)}
+
+    def convert(k: int) -> dict:
+        cfg = parse_quant_config({"auto_keep_float_k": k, "keep_float": keep})
+        return quantize_model(model, cfg, None, sens)
+
+    with pytest.raises(ParamError, match=r"choose an integer from 0 to (\d+)$") as refused:
+        convert(99)
+    report = convert(int(re.search(r"from 0 to (\d+)$", str(refused.value)).group(1)))
+    assert report["int8_linear"] + report["int8_embedding"] == 1
 
 
 def test_static_inputs_over_the_calibrated_maximum_are_clamped_to_7_bits():

@@ -89,12 +89,14 @@ def float_layers(names: list[str], cfg: QuantConfig, sensitivity: dict[str, floa
         # stays float anyway (no quantize_embedding), would keep nothing
         eligible = set(candidates if cfg.quantize_embedding else names) - set(keep)
         ranked = sorted((n for n in sensitivity if n in eligible), key=lambda n: -sensitivity[n])
-        if cfg.auto_keep_float_k > len(ranked):
-            most = len(ranked)
+        # one layer must stay INT8: with every ranked layer float and none left unranked, nothing
+        # would be, which quantize_model refuses; the range offered here must not lead there
+        most = len(ranked) if eligible - set(ranked) else max(len(ranked) - 1, 0)
+        if cfg.auto_keep_float_k > most:
             raise ParamError(
                 f"{cfg.where}: quant.auto_keep_float_k={cfg.auto_keep_float_k}: only {most} more layers can "
-                f"be kept in float (ranked in sensitivity.json, not in keep_float); choose an integer from "
-                f"0 to {most}"
+                f"be kept in float (ranked in sensitivity.json, not in keep_float, one left INT8); choose an "
+                f"integer from 0 to {most}"
             )
         keep += ranked[: cfg.auto_keep_float_k]
     return keep

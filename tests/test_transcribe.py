@@ -402,3 +402,21 @@ def test_one_window_is_padded_as_whisper_decode_pads_it_not_whisper_transcribe(t
         as_transcribe = tiny_model.embed_audio(padded_mel[None])
     assert torch.allclose(got, as_decode, atol=1e-5)
     assert not torch.allclose(got, as_transcribe, atol=1e-2)
+
+
+def test_long_audio_on_an_english_only_model_is_not_encoded_to_identify_english(monkeypatch):
+    """Regression (a review): over 30 s with no language (the CLI's and the served model's default), an
+    English-only model (tiny.en) ran a whole encoder pass on the first 30 s only for the identification
+    to answer "en" without looking at it (whisper.transcribe runs none), and reported it as ``lid_s``."""
+    from dataclasses import replace
+
+    import whisper_int8.transcribe as tr
+
+    from .conftest import TINY_DIMS
+
+    english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
+    monkeypatch.setattr(tr, "_features", lambda *a: pytest.fail("encoded for the identification"))
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * 35) / 16000)).astype(np.float32)
+    for language, detect in ((None, False), ("en", True)):
+        out = transcribe_clip(english, audio, language, max_tokens=2, detect_language=detect)
+        assert out["language"] == out["detected_language"] == "en" and out["lid_s"] == 0.0

@@ -283,6 +283,21 @@ def _transcribe_long(model: torch.nn.Module, audio: np.ndarray, language: str, *
     }
 
 
+def _identify_first_window(model: torch.nn.Module, audio: np.ndarray) -> tuple[str, float]:
+    """The language of audio over 30 s, from its first 30 s, and the seconds that took. Here, not inside
+    whisper.transcribe (which identifies the same 30 s, but in a log-Mel floored at the whole recording's
+    maximum - 8, not the window's: a start 40 dB quieter than the rest can identify otherwise), so that
+    it is timed apart from transcription as in one window; an encoder pass of its own, which an
+    English-only model does not need (its answer is "en" whatever it hears; whisper.transcribe runs none)."""
+    if not model.is_multilingual:
+        return "en", 0.0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        features = _features(model, audio, _fp16(model))
+        detected = _identify(model, features, _cross_cache(model, features))
+    return detected, time.perf_counter() - start
+
+
 def token_cap(model: torch.nn.Module, samples: int, max_tokens: int | None = None) -> int:
     """Tokens one 30 s window of ``samples`` (16 kHz) may decode: ``max_tokens``, or a budget by length."""
     seconds = min(samples / SAMPLE_RATE, CHUNK_LENGTH)
@@ -334,13 +349,7 @@ def transcribe_clip(
             return {**out, **long}
         detected, lid_s = None, 0.0
         if language is None or detect_language:
-            # here, not inside whisper.transcribe (which would identify the same first 30 s), so
-            # that it is timed apart from transcription as in one window
-            start = time.perf_counter()
-            with torch.inference_mode():
-                features = _features(model, audio, _fp16(model))
-                detected = _identify(model, features, _cross_cache(model, features))
-            lid_s = time.perf_counter() - start
+            detected, lid_s = _identify_first_window(model, audio)
         out = _transcribe_long(model, audio, language or detected, beam_size=beam_size, cap=cap)
     return {**out, "detected_language": detected, "lid_s": lid_s}
 

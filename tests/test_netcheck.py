@@ -6,11 +6,14 @@ from whisper_int8 import netcheck
 from whisper_int8.audio import hf
 from whisper_int8.audio.errors import AudioInputError
 
+PROXY_VARIABLES = [f"{name}_proxy" for name in ("http", "https", "all", "no")]
+
 
 @pytest.fixture
 def no_proxy(monkeypatch):
-    for proxy in ("https_proxy", "HTTPS_PROXY"):
+    for proxy in PROXY_VARIABLES:
         monkeypatch.delenv(proxy, raising=False)
+        monkeypatch.delenv(proxy.upper(), raising=False)
 
 
 def test_an_unresolvable_host_is_unreachable(no_proxy):
@@ -18,15 +21,31 @@ def test_an_unresolvable_host_is_unreachable(no_proxy):
     assert isinstance(netcheck.unreachable("offline.invalid", timeout_s=3), OSError)
 
 
-def test_a_configured_https_proxy_leaves_the_check_to_the_download(monkeypatch):
+def test_a_configured_https_proxy_leaves_the_check_to_the_download(no_proxy, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert netcheck.unreachable("offline.invalid", timeout_s=3) is None
+
+
+def test_all_proxy_and_no_proxy_are_read_as_the_download_libraries_read_them(no_proxy, monkeypatch):
+    """Regression (a review): only an HTTPS proxy counted, so a machine behind ALL_PROXY (which requests
+    and httpx use too) was told it was offline; a host in NO_PROXY is reached directly, so checked."""
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
+    assert netcheck.unreachable("offline.invalid", timeout_s=3) is None
+    monkeypatch.setenv("NO_PROXY", "offline.invalid")
+    assert isinstance(netcheck.unreachable("offline.invalid", timeout_s=3), OSError)
+    monkeypatch.delenv("ALL_PROXY")
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")  # an http:// mirror's proxy
+    assert netcheck.unreachable("offline.invalid", timeout_s=3, port=80, scheme="http") is None
+    assert isinstance(netcheck.unreachable("offline.invalid", timeout_s=3), OSError)  # not https's
 
 
 def test_hf_offline_says_how_to_use_the_cache(monkeypatch):
     for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(flag, raising=False)
-    monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s, port=443: OSError(f"{host}: no route"))
+    monkeypatch.setattr(
+        hf, "unreachable", lambda host, timeout_s, port=443, scheme="https": OSError(f"{host}: no route")
+    )
     cause = r"hf:google/fleurs: cannot reach huggingface.co .*HF_DATASETS_OFFLINE=1"
     with pytest.raises(AudioInputError, match=cause):
         hf._check_online("google/fleurs")

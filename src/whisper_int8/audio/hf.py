@@ -30,10 +30,12 @@ PARQUET_EXPORT = "hf://datasets/{dataset}@refs%2Fconvert%2Fparquet/{config}/{spl
 SCRIPT_REFUSED = "Dataset scripts are no longer supported"
 
 
-def _hub_address() -> tuple[str, int]:
-    """Host and port of the Hub ``datasets`` downloads from: ``HF_ENDPOINT`` (a mirror) or huggingface.co."""
+def _hub_address() -> tuple[str, int, str]:
+    """Host, port and scheme of the Hub ``datasets`` downloads from: ``HF_ENDPOINT`` (a mirror) or
+    huggingface.co."""
     url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    scheme = "http" if url.scheme == "http" else "https"
+    return url.hostname or "huggingface.co", url.port or (80 if scheme == "http" else 443), scheme
 
 
 def _is_path(dataset: str) -> bool:
@@ -47,8 +49,8 @@ def _check_online(dataset: str) -> None:
     offline = ("1", "true", "yes", "on")
     if any(os.environ.get(v, "").lower() in offline for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
         return  # the user asked for the local cache
-    host, port = _hub_address()
-    error = unreachable(host, timeout_s=3, port=port)
+    host, port, scheme = _hub_address()
+    error = unreachable(host, timeout_s=3, port=port, scheme=scheme)
     if error is not None:
         where = f"{host}:{port} (HF_ENDPOINT)" if os.environ.get("HF_ENDPOINT") else host
         raise AudioInputError(

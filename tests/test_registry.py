@@ -183,6 +183,37 @@ def test_the_alias_command_lists_versions_and_rolls_back(tmp_path, model_dirs, c
     assert alias("--force") == (2, "error: --force goes with --set VERSION\n")
 
 
+def test_a_pull_after_the_alias_was_removed_says_so(tmp_path, monkeypatch):
+    """Regression (a read-through of the README): after `whisper-int8 alias --delete`, which the README
+    says makes a fleet's pull fail "saying why", the message counted only the versions the gate
+    refused ("2 registered, 1 refused by the gate"), leaving the passed one unexplained."""
+    import mlflow
+
+    from whisper_int8.registry import ROLLED_BACK_TAG, why_not
+
+    uri = fresh_tracking_uri(tmp_path)
+    client = client_for(uri)
+    client.create_registered_model(MODEL)
+    for status in ("failed", "passed"):
+        version = client.create_model_version(MODEL, source=str(tmp_path), tags={"validation_status": status})
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)  # why_not asks MLflow's current registry, as pull's caller set it
+    mlflow.set_registry_uri(uri)
+    try:
+        before = why_not(f"models:/{MODEL}@champion")
+        client.set_model_version_tag(MODEL, version.version, ROLLED_BACK_TAG, "taken off @champion by hand")
+        message = why_not(f"models:/{MODEL}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    assert before.startswith(f"no version of {MODEL} holds @champion") and "taken off" not in before
+    assert "2 registered, 1 refused by the gate" in message
+    assert message.endswith(
+        ", 1 taken off @champion by hand (`whisper-int8 alias` lists them; `--set VERSION` points the "
+        "alias back)"
+    )
+
+
 def test_a_rollback_holds_when_promote_runs_again_and_a_damaged_champion_can_be_moved(
     tmp_path, model_dirs, capsys
 ):

@@ -306,6 +306,32 @@ def test_a_server_that_wants_credentials_is_reachable(status, reachable):
         server.server_close()
 
 
+@pytest.mark.parametrize("userinfo", ["user:secret@", "token@"])
+def test_a_server_named_with_credentials_is_reachable(userinfo):
+    """Regression (a read-through of the README): urllib took ``user:secret@127.0.0.1`` for the host
+    name, so every tracking URI holding credentials, which the README shows and masks, was refused as
+    "cannot be reached ([Errno -2] Name or service not known)" although the server answered."""
+    paths = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            paths.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_reachable(f"http://{userinfo}127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert paths == ["/health"]
+
+
 def test_default_uri_is_sqlite_at_the_root(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, root=tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"

@@ -148,9 +148,19 @@ def why_not(uri: str) -> str:
     if not versions:
         return f"no model {name} is registered there; the promote stage (`dvc repro`) registers one"
     failed = sum(v.tags.get("validation_status") == "failed" for v in versions)
+    # after `whisper-int8 alias --delete` a passed version holds no alias either: "N refused by the
+    # gate" alone left it unexplained
+    removed = sum(ROLLED_BACK_TAG in v.tags for v in versions)
+    by_hand = (
+        f", {removed} taken off @{alias} by hand (`whisper-int8 alias` lists them; `--set VERSION` "
+        "points the alias back)"
+        if removed
+        else ""
+    )
     return (
         f"no version of {name} holds @{alias}: {len(versions)} registered, {failed} refused by the gate "
         "(their validation_reasons tag and metrics/gate.json say why; the alias moves only on a pass)"
+        + by_hand
     )
 
 

@@ -158,11 +158,20 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
+def health_url(uri: str) -> str:
+    """The server's ``/health``, without the user or password of ``https://user:password@host``:
+    urllib takes ``user:password@host`` for the host name (a failed name lookup: every URI with
+    credentials was "cannot be reached", a running server too), where MLflow's requests sends them as
+    basic auth. The probe needs none: a 401 says the server is there."""
+    parts = urlsplit(uri.rstrip("/"))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], path=parts.path + "/health"))
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0, source: str = ENV_VARIABLE) -> None:
     """Fail fast with one clear line instead of MLflow's minutes of HTTP retries; ``source``
     (:func:`tracking_uri_source`) is what the message says to fix."""
     if uri.startswith(("http://", "https://")):
-        url, server = uri.rstrip("/") + "/health", masked_uri(uri)
+        url, server = health_url(uri), masked_uri(uri)
         context = _tls_context() if url.startswith("https://") else None
         try:
             with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:

@@ -477,7 +477,7 @@ def test_hf_source_fails_fast_and_clearly(tmp_path, monkeypatch, missing):
         monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("HF_ENDPOINT", raising=False)
-        monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s, port=443: OSError(f"{host}: no route"))
+        monkeypatch.setattr(hf, "unreachable", lambda host, timeout_s, **_: OSError(f"{host}: no route"))
     make_corpus(tmp_path / "rec", ("en",), 2)
     p = params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=1)
     p["sources"]["hf:google/fleurs"] = {"en": "en_us"}

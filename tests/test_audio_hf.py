@@ -30,7 +30,7 @@ def write_parquet(path: Path, clips: list[Path], texts: list[str]) -> None:
 def no_network(monkeypatch):
     """A local folder must not ask for huggingface.co."""
 
-    def refuse(host: str, timeout_s: float, port: int = 443) -> OSError:
+    def refuse(host: str, timeout_s: float, port: int = 443, scheme: str = "https") -> OSError:
         raise AssertionError(f"{host} checked for a local dataset")
 
     monkeypatch.setattr(hf, "unreachable", refuse)

@@ -16,7 +16,6 @@ created empty. The default model name and alias are ``mlflow.registered_model`` 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .fsutil import lock_if_possible
 from .params import positive_int, window_token_cap
 from .stdio import exit_if_stdout_closed, printable, tsv_field
 from .tracking_uri import (
@@ -125,11 +125,9 @@ def _open_store(uri: str) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(setup_lock(uri))
-        except OSError as e:
-            log.debug("%s: setup lock not taken (%s); not waiting for a promote setting it up", uri, e)
+    with lock_if_possible(
+        setup_lock(uri), f"{uri}: setup lock not taken; not waiting for a promote setting it up"
+    ):
         try:
             MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
         except MlflowException as e:  # a store of another MLflow version's schema

@@ -236,18 +236,27 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _parent_lock(dest: Path) -> Iterator[None]:
+def lock_if_possible(lock: contextlib.AbstractContextManager[None], unlocked: str) -> Iterator[None]:
+    """``lock`` held over the block, or the block run without it where it cannot be taken (an OSError:
+    a lock file in a folder this user may not write or list); ``unlocked``: logged then, with why.
+    For locks that only make a second process wait its turn, so a read-only place still works."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock)
+        except OSError as e:
+            log.debug("%s (%s)", unlocked, e.strerror or e)
+        yield
+
+
+def _parent_lock(dest: Path) -> contextlib.AbstractContextManager[None]:
     """:func:`file_lock` on ``dest``'s folder, or none where it cannot be taken: a folder this user may
     write but not list (mode -wx, a drop box) cannot be opened to be locked, and the output written
     there before the lock existed must still be (it failed with PermissionError); only a second
     writer's turn is then not waited for."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(file_lock(dest.parent))
-        except OSError as e:
-            log.debug("%s: not locked (%s); writing %s without waiting for another writer",
-                      dest.parent, e.strerror, dest.name)  # fmt: skip
-        yield
+    return lock_if_possible(
+        file_lock(dest.parent),
+        f"{dest.parent}: not locked; writing {dest.name} without waiting for another writer",
+    )
 
 
 def replace_dir(src: Path, dest: Path) -> None:

@@ -323,13 +323,29 @@ def check_split_languages(fp32: str, clips: list, split: str) -> None:
     check_languages(load_model_dir(fp32), {c.language for c in clips}, f"--split {split}")
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` workers in which each is at every place and follows every other equally often
+    (a Williams design: ``n`` orders, ``2n`` for odd ``n``), so no variant's times always carry the
+    same neighbour's after-effects (caches, clock, the heap it left) nor one place in the round."""
+    first, low, high = [0], 1, n - 1
+    while low <= high:
+        first.append(low)
+        low += 1
+        if low <= high:
+            first.append(high)
+            high -= 1
+    orders = [[(w + shift) % n for w in first] for shift in range(n)]
+    return orders + [o[::-1] for o in orders] if n % 2 else orders
+
+
 def turn(workers: list, clip: int, repeat: int) -> list:
-    """``workers`` in the order they transcribe clip number ``clip`` in pass ``repeat``: each first in
-    turn along the clips, and one later in each repeat of a clip, so a clip's median is not taken at
-    one place in the round. (Rotating by the round's index alone kept every clip's order in every
-    repeat whenever the clips were a multiple of the workers: 180 clips and 6 variants by default.)"""
-    first = (clip + repeat) % len(workers)
-    return workers[first:] + workers[:first]
+    """``workers`` in the order they transcribe clip number ``clip`` in pass ``repeat``: the orders of
+    :func:`balanced_orders` in turn along the clips, and the next one in each repeat of a clip, so a
+    clip's median is not taken at one place in the round. (Rotating by the round's index alone kept
+    every clip's order in every repeat whenever the clips were a multiple of the workers: 180 clips
+    and 6 variants by default; a cyclic shift put each variant after the same neighbour every time.)"""
+    orders = balanced_orders(len(workers))
+    return [workers[i] for i in orders[(clip + repeat) % len(orders)]]
 
 
 def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:

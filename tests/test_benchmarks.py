@@ -8,10 +8,12 @@ import copy
 import ctypes.util
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -1153,3 +1155,23 @@ def test_preloaded_reads_maps_naming_a_file_that_is_not_utf8(tmp_path, monkeypat
         assert speed._preloaded()
         monkeypatch.setenv("LD_PRELOAD", "libnothere_at_all.so.1")
         assert not speed._preloaded()
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_speed_orders_are_balanced(n):
+    """Every variant at every place and after every other one equally often over the orders speed.py
+    cycles through (a cyclic shift put each one after the same neighbour every time)."""
+    speed = bench("speed")
+    orders = speed.balanced_orders(n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    places = Counter((w, i) for o in orders for i, w in enumerate(o))
+    assert set(places.values()) == {len(orders) // n}
+    follows = Counter(pair for o in orders for pair in itertools.pairwise(o))
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) <= 1
+
+
+def test_speed_turn_changes_order_across_repeats_of_a_clip():
+    speed = bench("speed")
+    workers = list("abcdef")
+    seen = {tuple(speed.turn(workers, 0, repeat)) for repeat in range(6)}
+    assert len(seen) == 6 and all(sorted(s) == workers for s in seen)

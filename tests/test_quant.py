@@ -6,6 +6,7 @@ import copy
 import importlib
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -255,6 +256,37 @@ def test_an_unknown_lineage_is_not_recorded_as_the_fp32_directory_given(tmp_path
     (tmp_path / "fused" / "model_card.json").write_text(json.dumps({**recorded, FP32_SHA256: "0" * 64}))
     with pytest.raises(ModelSourceError, match="fused was made from another FP32 model than .*fp32-1 holds"):
         convert("fp32-1")
+
+
+def test_convert_refuses_an_fp32_checkpoint_replaced_under_its_card(tmp_path):
+    """Regression: convert took models/fp32's card's checkpoint_sha256 on trust for the lineage check
+    and the card's size ratio: another model.pt under the kept card was converted as the card's model
+    (evaluate refused it only later)."""
+    from whisper_int8.fetch import fetch_model
+    from whisper_int8.fuse import save_fused_dir
+    from whisper_int8.model_sources import ModelSourceError
+    from whisper_int8.quant.convert_dir import convert_dir
+    from whisper_int8.stage_files import FP32_SHA256, fp32_digest
+
+    for seed in (0, 1):
+        model = make_tiny_whisper(seed)
+        torch.save(
+            {"dims": dict(model.dims.__dict__), "model_state_dict": model.state_dict()}, tmp_path / "m.pt"
+        )
+        fetch_model(f"file:{tmp_path / 'm.pt'}", tmp_path / f"fp32-{seed}")
+    model = make_tiny_whisper(0)
+    (tmp_path / "fused").mkdir()
+    lineage = {FP32_SHA256: fp32_digest(tmp_path / "fp32-0")}
+    save_fused_dir(tmp_path / "fused", model, None, fuse_model(model), lineage)
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    torch.save(_stats(model), cal / "stats.pt")
+    (cal / "sensitivity.json").write_text(json.dumps({"layers": {}}))
+    shutil.copy(tmp_path / "fp32-1" / "model.pt", tmp_path / "fp32-0" / "model.pt")  # the card kept
+    message = r"fp32-0/model.pt: not the checkpoint model_card.json records .*replaced or damaged"
+    with pytest.raises(ModelSourceError, match=message):
+        convert_dir(tmp_path / "fused", cal, tmp_path / "fp32-0", tmp_path / "int8", parse_quant_config({}))
+    assert not (tmp_path / "int8").exists()
 
 
 def test_layer_patterns_are_checked_before_the_fused_model_is_loaded(tmp_path, monkeypatch):

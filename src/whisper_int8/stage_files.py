@@ -90,13 +90,13 @@ def check_made_from(made: Path | str, fp32: Path | str, what: str) -> str | None
     return got
 
 
-def load_fp32(root: Path | str) -> LoadedModel:
-    """``root``'s model.pt, refused unless it is the checkpoint its card records: the lineage checks take
-    that record on trust (:func:`fp32_digest`), so a model.pt replaced under a kept card would pass them
-    and be fused or evaluated as the model the card names. Free: loading hashes the file anyway."""
+def check_fp32_file(root: Path | str, digest: str | None = None) -> str:
+    """Raise unless ``root``'s model.pt is the checkpoint its card records (``digest``: its sha256, when
+    the caller hashed it already); returns that sha256. The lineage checks take the record on trust
+    (:func:`fp32_digest`), so a model.pt replaced under a kept card would pass them and be fused,
+    measured or evaluated as the model the card names."""
     root = Path(root)
-    loaded = load_checkpoint(root / CHECKPOINT)
-    (digest,) = loaded.provenance["files"].values()
+    digest = digest or sha256_file(root / CHECKPOINT)
     recorded = _card(root).get(FP32_CHECKPOINT_SHA256)
     if isinstance(recorded, str) and recorded != digest:
         raise ModelSourceError(
@@ -104,4 +104,13 @@ def load_fp32(root: Path | str) -> LoadedModel:
             f"{recorded[:12]}...): replaced or damaged; run `dvc repro fetch_model` (or `dvc checkout "
             f"{root}`)"
         )
+    return digest
+
+
+def load_fp32(root: Path | str) -> LoadedModel:
+    """``root``'s model.pt, refused unless it is the checkpoint its card records (:func:`check_fp32_file`;
+    free here: loading hashes the file anyway)."""
+    loaded = load_checkpoint(Path(root) / CHECKPOINT)
+    (digest,) = loaded.provenance["files"].values()
+    check_fp32_file(root, digest)
     return loaded

@@ -9,7 +9,7 @@ import torch
 from ..calibrate import check_calibrated_on, load_calibration
 from ..fsutil import atomic_dir, check_dir_output, dir_bytes
 from ..model_dir import check_fused_dir, load_fused_dir
-from ..stage_files import CHECKPOINT, FP32_SHA256, check_made_from
+from ..stage_files import CHECKPOINT, FP32_SHA256, check_fp32_file, check_made_from
 from .config import QuantConfig
 from .convert import INT8_DIR_FILES, check_layer_settings, quantize_model, save_int8_dir
 
@@ -20,8 +20,9 @@ def convert_dir(
     """``models/fused`` + ``models/calibration`` -> an INT8 directory at ``out`` (atomic); returns its card.
 
     ``fp32`` is measured, for the card's size ratio, and must hold the model ``fused`` was made from
-    (its card's ``fp32_sha256``, passed on to the INT8 card). It, ``fused`` and ``out`` are checked
-    first, so a wrong path stops before the conversion's work, not after it.
+    (its card's ``fp32_sha256``, passed on to the INT8 card; its model.pt hashed against its card, as
+    every load of it is). It, ``fused`` and ``out`` are checked first, so a wrong path stops before the
+    conversion's work, not after it.
     """
     if not (Path(fp32) / CHECKPOINT).is_file():
         raise FileNotFoundError(
@@ -32,6 +33,7 @@ def convert_dir(
     stats, sensitivity = load_calibration(Path(calibration))
     check_fused_dir(fused)
     check_calibrated_on(Path(calibration), Path(fused))
+    check_fp32_file(fp32)
     source = check_made_from(fused, fp32, "the fused and FP32 model directories")
     check_layer_settings(stats, cfg, sensitivity)  # before the model is loaded
     fp32_bytes = dir_bytes(fp32)

@@ -372,9 +372,52 @@ def test_encoder_sensitivity_is_the_error_of_the_encoder_as_it_runs(tmp_path):
             owner = model.get_submodule(parent)
             float_mod = getattr(owner, child)
             with qcpu.activations_pinned(weight_bits=7, bits=8):
-                setattr(owner, child, qcpu.DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7))
+                q = qcpu.DynamicInt8Linear.from_float(float_mod, per_channel=True, per_token=True, bits=7)
+                setattr(owner, child, q)
                 try:
                     got = [model.logits(s.tokens, model.embed_audio(s.mel)) for s in samples]
                 finally:
                     setattr(owner, child, float_mod)
             assert sens[name] == pytest.approx(_rel_error(got, ref), rel=1e-5), name
+
+
+class _OneTokenAtATime(torch.nn.Module):
+    """A decoder layer as decoding runs it: one token (row) per call, so each gets its own range."""
+
+    def __init__(self, q: torch.nn.Module) -> None:
+        super().__init__()
+        self.q = q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+
+
+def test_decoder_sensitivity_is_the_error_of_decoding_one_token_at_a_time(tmp_path):
+    """Regression: teacher forcing fed a decoder layer every token of a clip in one call, and the INT8
+    layer took one activation range over them all, which no decoding computes (one token a step): on
+    base, decoder.blocks.2.mlp.2 ranked first at 0.27 (0.01 as decoded) for the start-of-transcript
+    token's outliers, and auto_keep_float_k kept it in float for nothing."""
+    from whisper_int8.calibrate import _rel_error
+    from whisper_int8.quant import cpu as qcpu
+
+    model = make_tiny_whisper()
+    fuse_model(model)
+    samples = list(prepare(read_manifest(write_split(tmp_path / "split"))[:2], model))
+    with torch.no_grad():
+        model.decoder.token_embedding.weight[samples[0].tokens[0, 0]] *= 30  # a loud first token
+    sens = sensitivity(model, samples, progress=False)
+    with torch.no_grad():
+        feats = [model.embed_audio(s.mel) for s in samples]
+        ref = [model.logits(s.tokens, f) for s, f in zip(samples, feats, strict=True)]
+        for name in ("decoder.blocks.0.mlp.0", "decoder.blocks.1.mlp.2", "decoder.blocks.0.attn.qkv"):
+            parent, _, child = name.rpartition(".")
+            owner = model.get_submodule(parent)
+            float_mod = getattr(owner, child)
+            with qcpu.activations_pinned(weight_bits=7, bits=8):
+                q = qcpu.DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7)  # one range a call
+                setattr(owner, child, _OneTokenAtATime(q))
+                try:
+                    got = [model.logits(s.tokens, f) for s, f in zip(samples, feats, strict=True)]
+                finally:
+                    setattr(owner, child, float_mod)
+            assert sens[name] == pytest.approx(_rel_error(got, ref), rel=1e-3), name

@@ -351,10 +351,10 @@ def turn(workers: list, clip: int, repeat: int) -> list:
 def build_variants(args, cfgs: dict, tmp: Path) -> list[Variant]:
     """FP32 (stock and one-pass), each INT8 scheme (``cfgs``: :func:`scheme_configs`), the rows of each
     --heap, faster-whisper."""
-    from whisper_int8.fsutil import dir_bytes
+    from whisper_int8.model_dir import model_bytes
     from whisper_int8.quant.convert_dir import convert_dir
 
-    fp32_bytes = dir_bytes(args.fp32)
+    fp32_bytes = model_bytes(args.fp32)
     variants = [
         Variant("openai-whisper-fp32", "whisper-stock", args.fp32, fp32_bytes),
         Variant("fp32", "whisper", args.fp32, fp32_bytes),

@@ -16,9 +16,9 @@ import whisper
 from torch import nn
 
 from whisper_int8.calibrate import StatsCollector
-from whisper_int8.fsutil import OutputConflictError, dir_bytes
+from whisper_int8.fsutil import OutputConflictError
 from whisper_int8.fuse import fuse_model
-from whisper_int8.model_dir import load_model_dir
+from whisper_int8.model_dir import load_model_dir, model_bytes
 from whisper_int8.params import ParamError
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert import (
@@ -402,7 +402,7 @@ def test_save_load_bit_exact(tmp_path, raw, cls):
     assert (got - ref).norm() / ref.norm() < 0.1
     # smaller than FP32 on disk: int8 weights (embedding included) are ~1/4 of the float bytes; the tiny
     # model's float positional embeddings (1500 x 64) add a few percent
-    assert dir_bytes(out) < 0.35 * 4 * sum(p.numel() for p in float_model.parameters())
+    assert model_bytes(out) < 0.35 * 4 * sum(p.numel() for p in float_model.parameters())
 
 
 def test_weight_bits_reach_the_layers_with_per_call_activations_and_survive_a_load(tmp_path):

@@ -37,6 +37,8 @@ MEASURES_MEMORY = {"evaluate", "evaluate_fp32"}
 NOT_RUN = {
     # --baseline-only evaluates models/fp32 and writes its metrics: no INT8 loading, no comparison
     "evaluate_fp32": {"quant/", "eval_report.py", "significance.py"},
+    # calibrate.py's Clip type: convert reads the calibration files, never a split's manifest
+    "convert": {"audio/manifest.py"},
 }
 
 
@@ -45,6 +47,20 @@ def _file(dotted: str) -> Path | None:
     if path.with_suffix(".py").is_file():
         return path.with_suffix(".py")
     return path / "__init__.py" if (path / "__init__.py").is_file() else None
+
+
+def _reexported(package: str, name: str) -> str | None:
+    """The submodule whose ``name`` the ``__init__`` of ``package`` imports (``whisper_int8.audio``'s
+    ``read_manifest`` is ``audio.manifest``'s): the code a ``from package import name`` runs. The
+    :data:`PLUMBING` ``__init__`` files are not followed, so without this the module went unseen."""
+    init = _file(package)
+    if init is None or init.name != "__init__.py":
+        return None
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        relative = isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        if relative and any((a.asname or a.name) == name for a in node.names):
+            return ".".join(filter(None, [package, node.module]))
+    return None
 
 
 def _imports(source: Path, package: str) -> set[str]:
@@ -61,6 +77,7 @@ def _imports(source: Path, package: str) -> set[str]:
             else:
                 continue
             names = [module, *(f"{module}.{a.name}".strip(".") for a in node.names)]
+            names += [_reexported(module, a.name) or "" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name.partition(".")[2] for a in node.names if a.name.startswith("whisper_int8.")]
         else:
@@ -105,6 +122,34 @@ def test_stage_depends_on_every_module_it_runs(stage):
     assert not missing, f"dvc.yaml stage {stage}: add {add} to its deps"
 
 
+def _model_size_module() -> str:
+    """The file (under src/whisper_int8/) of the function whose bytes ``model_size_mb`` reports, as
+    :func:`whisper_int8.evaluate.evaluate_with_model` calls it."""
+    import whisper_int8.evaluate as evaluate
+
+    tree = ast.parse((SRC / "evaluate.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Subscript)
+            and getattr(node.targets[0].slice, "value", None) == "model_size_mb"
+        ):
+            call = next(n for n in ast.walk(node.value) if isinstance(n, ast.Call))
+            module = getattr(evaluate, call.func.id).__module__
+            return str(_file(module.partition(".")[2]).relative_to(SRC))
+    raise AssertionError("evaluate.py sets no model_size_mb")
+
+
+@pytest.mark.parametrize("stage", ["evaluate_fp32", "evaluate"])
+def test_the_model_size_is_measured_by_a_dependency_of_the_evaluate_stages(stage):
+    """Regression: model_size_mb (and so size_ratio, which the gate judges against max_size_ratio) was
+    counted by fsutil.dir_bytes, a module exempt as plumbing: a change to what it counts left
+    `dvc repro` reusing eval.json ("Data and pipelines are up to date") with the old figures."""
+    deps = [d.removeprefix("src/whisper_int8/") for d in STAGES[stage]["deps"]]
+    module = _model_size_module()
+    assert module not in PLUMBING and module in deps, f"{stage}: {module} measures model_size_mb"
+
+
 def test_the_import_graph_is_read_from_the_sources():
     # a test that passes on an empty graph proves nothing: the evaluate script reaches the log-Mel code
     files = imported_files(REPO / "stages" / "evaluate.py")
@@ -116,6 +161,13 @@ def test_the_import_graph_is_read_from_the_sources():
         "significance.py",
         "quant/cpu.py",
     } <= files
+
+
+def test_a_name_a_package_re_exports_is_traced_to_its_module():
+    """Regression: `from whisper_int8.audio import first_per_language, read_manifest` (the calibrate
+    stage's choice of clips) stopped at audio/__init__.py (plumbing), so audio/manifest.py could leave
+    calibrate's deps with this test still passing, and an edit to the clip selection not re-run it."""
+    assert "audio/manifest.py" in imported_files(REPO / "stages" / "calibrate.py")
 
 
 def test_evaluate_stages_watch_the_split_and_models_params_yaml_names(dvc_repo, monkeypatch):

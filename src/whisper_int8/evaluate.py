@@ -34,8 +34,7 @@ from . import memory
 from .audio import AudioInputError, Clip, first_per_language, read_manifest
 from .cpu import gpu_summary
 from .eval_report import BASELINE, CANDIDATE
-from .fsutil import dir_bytes
-from .model_dir import check_languages, load_model_dir
+from .model_dir import check_languages, load_model_dir, model_bytes
 from .params import ParamError
 from .scoring import score, uses_cer
 from .transcribe import load_audio, transcribe_clip
@@ -218,7 +217,7 @@ def evaluate_with_model(
         peaks["vram_peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
         peaks["vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MB
     metrics = {**accuracy_metrics(results), **speed_metrics(results, first_call)}
-    metrics["model_size_mb"] = dir_bytes(model_dir) / MB
+    metrics["model_size_mb"] = model_bytes(model_dir) / MB
     metrics.update(peaks)
     return {"metrics": metrics, "clips": [asdict(r) for r in results]}
 

@@ -309,8 +309,3 @@ def dir_digest(root: Path | str) -> str | None:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     rows = [(p.relative_to(root).as_posix(), sha256_file(p)) for p in files]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-
-def dir_bytes(path: Path | str) -> int:
-    """Total size of the files under ``path``."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

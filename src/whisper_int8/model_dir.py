@@ -96,6 +96,14 @@ def check_fused_dir(path: Path | str) -> Path:
     return root
 
 
+def model_bytes(path: Path | str) -> int:
+    """Total size of the files of a model directory: ``model_size_mb`` and the gate's ``size_ratio``.
+
+    Here, not in the plumbing of ``fsutil``: what it counts is a figure the evaluate stages report, so
+    its module must be one of their DVC dependencies (a change to it must rerun them)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def activation_bits_of(path: Path | str) -> int | None:
     """Bits this CPU gives the per-call int8 activations of the model in ``path`` (None: not INT8).
 

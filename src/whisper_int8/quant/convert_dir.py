@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ..calibrate import check_calibrated_on, load_calibration
-from ..fsutil import atomic_dir, check_dir_output, dir_bytes
-from ..model_dir import check_fused_dir, load_fused_dir
+from ..fsutil import atomic_dir, check_dir_output
+from ..model_dir import check_fused_dir, load_fused_dir, model_bytes
 from ..stage_files import CHECKPOINT, FP32_SHA256, check_fp32_file, check_made_from
 from .config import QuantConfig
 from .convert import INT8_DIR_FILES, check_layer_settings, quantize_model, save_int8_dir
@@ -36,7 +36,7 @@ def convert_dir(
     check_fp32_file(fp32)
     source = check_made_from(fused, fp32, "the fused and FP32 model directories")
     check_layer_settings(stats, cfg, sensitivity)  # before the model is loaded
-    fp32_bytes = dir_bytes(fp32)
+    fp32_bytes = model_bytes(fp32)
     model = load_fused_dir(fused)
     heads = model.alignment_heads.to_dense().nonzero().tolist()
     with torch.no_grad():

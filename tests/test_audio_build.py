@@ -647,3 +647,30 @@ def test_no_ffmpeg_stops_the_build_with_its_fix_not_a_skip_per_clip(tmp_path, mo
     with pytest.raises(FfmpegMissingError, match="ffmpeg not found on PATH; install it"):
         run_build(tmp_path, p)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("language", "code"), [("english", "en"), ("Dutch", "nl"), ("jv", "jw"), ("iw", "he"), ("zh-CN", "zh"),
+                           ("pt_BR", "pt")],
+)  # fmt: skip
+def test_a_language_spelled_another_way_is_refused_with_the_code_to_write(language, code):
+    """Regression (a review): "english", "jv" or "zh-CN" in audio.languages was only "not a language
+    Whisper knows" (Whisper knows Javanese, as jw), though the manifests take these forms; the
+    refusal now says which code to write."""
+    p = {**params("x", ("en",)), "languages": ["en", language]}
+    hint = rf"audio.languages: {language} not a .*\(write {code} for {language}\)$"
+    with pytest.raises(ParamError, match=hint):
+        parse_params(p)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_transcript_with_a_unicode_line_separator_reads_back(tmp_path, separator):
+    """Regression (a review): json.dumps(ensure_ascii=False) writes U+2028, U+2029 and U+0085 (text
+    pasted from a web page or Word, a cp1252 "..." decoded as Latin-1) unescaped, and read_manifest
+    split lines with splitlines(), which breaks at them: fetch_audio wrote a split that calibrate and
+    evaluate refused as "not valid JSON"."""
+    make_corpus(tmp_path / "rec", langs=("en",), n=2)
+    (tmp_path / "rec" / "en" / "clip00.txt").write_text(f"first line{separator}and the second\n")
+    run_build(tmp_path, params(f"local:{tmp_path / 'rec'}", ("en",), calib=1, evals=1, on_error="fail"))
+    texts = [c.text for split in ("calibration", "eval") for c in read_manifest(tmp_path / "out" / split)]
+    assert f"first line{separator}and the second" in texts

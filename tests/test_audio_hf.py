@@ -144,3 +144,40 @@ def test_a_missing_folder_is_said_not_fetched_from_the_hub(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(AudioInputError, match=rf"^hf:{re.escape(dataset)}: folder not found \("):
         hf.items(dataset, "nl", "nl_nl", tmp_path / "cache")
+
+
+def test_a_relative_path_only_row_is_the_dataset_folders(tmp_path, monkeypatch, no_network):
+    """Regression (a review): a row with no bytes and a relative path ("clips/a.wav", as a dataset
+    built from local files and saved to parquet holds) was opened against the current directory, so
+    it was "not found" unless the stage ran from the folder itself (never under dvc exp run --temp).
+    It is the dataset folder's (the config's subfolder first), as a local: manifest's are the
+    manifest's; one found nowhere names the row and where it was looked for."""
+    ds = tmp_path / "ds"
+    write_tone(ds / "clips" / "a.wav")
+    audio = [{"bytes": None, "path": "clips/a.wav"}, {"bytes": None, "path": "clips/gone.wav"}]
+    pq.write_table(pa.table({"audio": audio, "text": ["hallo", "weg"]}), ds / "test.parquet")
+    snap = tmp_path / "snap"  # a folder per config
+    write_tone(snap / "clips" / "a.wav")
+    write_tone(snap / "nl_nl" / "clips" / "b.wav", seconds=0.5)
+    audio = [{"bytes": None, "path": "clips/b.wav"}, {"bytes": None, "path": "clips/a.wav"}]
+    (snap / "nl_nl" / "test").mkdir()
+    pq.write_table(pa.table({"audio": audio, "text": ["b", "a"]}), snap / "nl_nl" / "test" / "0.parquet")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    found, gone = hf.items(str(ds), "nl", None, tmp_path / "cache")
+    assert len(found.load()) == 16000
+    with pytest.raises(AudioInputError, match=r"#1: audio 'clips/gone.wav' not found \(looked in .*ds and"):
+        gone.load()
+    in_config, in_folder = hf.items(str(snap), "nl", "nl_nl", tmp_path / "cache")
+    assert [len(in_config.load()), len(in_folder.load())] == [8000, 16000]
+
+
+def test_a_row_without_audio_is_a_bad_item(tmp_path, no_network):
+    """Regression (a review): a null audio cell raised AttributeError ('NoneType' ... 'get'), and a
+    cell with neither bytes nor path a TypeError: either ended the build, whatever on_error said."""
+    audio = [None, {"bytes": None, "path": None}]
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"audio": audio, "text": ["a", "b"]}), tmp_path / "ds" / "test.parquet")
+    for item in hf.items(str(tmp_path / "ds"), "en", None, tmp_path / "cache"):
+        with pytest.raises(AudioInputError, match=r"ds/None/test#\d: no audio \(the row's audio has neither"):
+            item.load()

@@ -388,3 +388,15 @@ def test_a_manifest_finds_a_file_whose_name_is_in_the_other_unicode_form(tmp_pat
     (item,) = local.from_manifest(manifest, ErrorPolicy("fail"), ["nl"], {"nl"})
     assert len(item.load()) == 16000
     assert item.source == f"local:{tmp_path / unicodedata.normalize(typed, name)}"  # as typed
+
+
+def test_a_manifest_written_on_windows_finds_its_files(tmp_path):
+    """Regression (a review): ``clips\\a.wav``, as a manifest written on Windows names a file, was
+    "audio file not found" here, where ``\\`` is a character of a name; it is the separator when no
+    file has it in its name, and the id is the one ``clips/a.wav`` gives."""
+    write_tone(tmp_path / "clips" / "a.wav")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(b"audio,text,language\r\nclips\\a.wav,hallo daar,nl\r\n")
+    (item,) = local.from_manifest(manifest, ErrorPolicy("fail"), ["nl"], {"nl"})
+    assert len(item.load()) == 16000
+    assert item.id == "nl-local-clips-a"

@@ -211,3 +211,18 @@ def test_zero_samples_and_silence_are_rejected(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(AudioInputError, match=r"nope\.wav: audio file not found"):
         decode_file(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("name", ["call-10:30.wav", "2024-01-05T10:30/take.wav"])
+def test_a_relative_name_with_a_colon_is_a_file_not_a_url(tmp_path, monkeypatch, name):
+    """Regression (a review): ffmpeg took "call-10" in ``call-10:30.wav`` (or a folder named by an ISO
+    time, as local:2024-01-05T10:30) for a URL protocol: every clip was "unreadable or corrupt audio
+    (Did you mean file:...)"; a corrupt one keeps ffmpeg's reason without the path repeated."""
+    write_tone(tmp_path / name, rate=8000)
+    monkeypatch.chdir(tmp_path)
+    assert len(decode_file(name)) == 16000
+    assert len(load_audio(name)) == 16000
+    (tmp_path / name).write_bytes(b"not audio")
+    corrupt = rf"^{re.escape(name)}: unreadable or corrupt audio \(Invalid data"
+    with pytest.raises(AudioInputError, match=corrupt):
+        decode_file(name)

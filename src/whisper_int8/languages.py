@@ -30,6 +30,18 @@ def language_code(language: str) -> str:
     return code
 
 
+def code_for(value: str) -> str | None:
+    """The code to write for what people type: a name, capitals, an ISO alias, a locale tag ("English",
+    "EN", "jv", "zh-CN", "pt_BR"); None when it names no language Whisper knows. Params take codes
+    only (they name ids and metrics), so this is the hint their refusal gives."""
+    for candidate in (value, value.replace("_", "-").partition("-")[0]):
+        try:
+            return language_code(candidate.strip())
+        except ValueError:
+            continue
+    return None
+
+
 def check_codes(key: str, languages: Any, path: str = "params.yaml") -> None:
     """Whisper codes in a params list, each once: a wrong one is refused naming ``key``. A boolean is
     refused too (params are read with YAML 1.2 booleans, as DVC reads them, so ``no`` is Norwegian, but a
@@ -47,6 +59,11 @@ def check_codes(key: str, languages: Any, path: str = "params.yaml") -> None:
     if unknown:
         lower = [lang.lower() for lang in unknown if lang.lower() in LANGUAGES]
         hint = f" (codes are lower case: {', '.join(lower)})" if lower else ""
+        # "english", "jv" (Whisper spells it jw), "zh-CN": "not a language Whisper knows" alone sent the
+        # user looking for another model, where another spelling was all it took
+        written = {lang: code_for(lang) for lang in unknown if lang.lower() not in LANGUAGES}
+        spelled = ", ".join(f"{code} for {lang}" for lang, code in written.items() if code)
+        hint += f" (write {spelled})" if spelled else ""
         raise ParamError(f"{path}: {key}: {', '.join(map(str, unknown))} not a language Whisper knows{hint}")
     twice = sorted({lang for lang in languages if list(languages).count(lang) > 1})
     if twice:

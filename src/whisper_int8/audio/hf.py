@@ -60,6 +60,21 @@ def _check_online(dataset: str) -> None:
         )
 
 
+def _audio_path(path: str, roots: list[Path], name: str) -> Path:
+    """The file a path-only row names. A relative one is the dataset folder's (its config's subfolder
+    first), as a ``local:`` manifest's are the manifest's, then found like a ``local:`` path (the
+    current directory, then the repository): read against the current directory only, it was missing
+    wherever the stage did not run from the folder's parent (``dvc exp run --temp`` never does)."""
+    named = Path(path).expanduser()
+    found = next((root / named for root in roots if (root / named).exists()), None)
+    found = found or in_repository(named)
+    if not found.exists():
+        relative = roots and not named.is_absolute()
+        where = f" (looked in {', '.join(map(str, roots))} and the current directory)" if relative else ""
+        raise AudioInputError(f"{name}: audio {path!r} not found{where}")
+    return found
+
+
 def _load_hub(datasets: Any, dataset: str, config: str | None, split: str, cache: str) -> Any:
     """The Hub dataset's split; its parquet export when it ships a loading script."""
     try:
@@ -95,10 +110,13 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
             f"hf:{dataset}: the 'datasets' library is not installed; pip install 'whisper-int8[hf]'"
         ) from None
     folder = in_repository(Path(dataset).expanduser())
+    roots: list[Path] = []  # where a relative path-only row is found: a local folder (its config first)
     try:
         if folder.is_dir() and config is not None and (folder / config).is_dir():
+            roots = [folder.resolve() / config, folder.resolve()]
             ds = datasets.load_dataset(str(folder), data_dir=config, split=split, cache_dir=str(cache / "hf"))
         elif folder.is_dir():
+            roots = [folder.resolve()]
             ds = datasets.load_dataset(str(folder), config, split=split, cache_dir=str(cache / "hf"))
         elif _is_path(dataset):
             raise AudioInputError(
@@ -128,8 +146,12 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
         name = f"hf:{dataset}/{config}/{split}#{n}"
 
         def load(n: int = n, name: str = name) -> np.ndarray:
-            audio = ds[n]["audio"]
-            return decode_bytes(audio["bytes"], name) if audio.get("bytes") else decode_file(audio["path"])
+            audio = ds[n]["audio"] or {}  # a null cell: a bad item, not an AttributeError ending the build
+            if audio.get("bytes"):
+                return decode_bytes(audio["bytes"], name)
+            if not audio.get("path"):
+                raise AudioInputError(f"{name}: no audio (the row's audio has neither bytes nor a path)")
+            return decode_file(_audio_path(audio["path"], roots, name))
 
         out.append(Item(f"{prefix}-{n:06d}", language, str(texts[n] or ""), name, f"see {dataset}", load))
     return out

@@ -228,10 +228,12 @@ def _region_hint(value: str) -> str:
 def _on_disk(audio: Path) -> Path:
     """``audio``, or its name in the other Unicode form when only that one exists: macOS (and its zip
     archives) write "é" decomposed (NFD), a typed manifest composed (NFC), and the two print alike, so
-    "audio file not found" named a file the user could see."""
+    "audio file not found" named a file the user could see. So is a manifest written on Windows
+    (``clips\\a.wav``): its backslashes are separators when no file has them in its name."""
     if audio.exists():
         return audio
-    forms = (Path(unicodedata.normalize(form, str(audio))) for form in ("NFC", "NFD"))
+    written = (str(audio), str(audio).replace("\\", "/"))
+    forms = (Path(unicodedata.normalize(form, text)) for text in written for form in ("NFC", "NFD"))
     return next((other for other in forms if other.exists()), audio)
 
 

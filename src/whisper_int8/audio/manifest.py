@@ -64,7 +64,9 @@ def read_manifest(split_dir: Path | str) -> list[Clip]:
         )
     clips = []
     lines: dict[str, int] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # "\n" only, as JSON Lines ends a line: splitlines() also splits at U+2028, U+0085..., which
+    # json.dumps(ensure_ascii=False) leaves unescaped in a transcript, so the row read as two halves
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -38,6 +38,14 @@ def _ffmpeg() -> str:
     return exe
 
 
+def _file_input(path: Path | str) -> str:
+    """``path`` as ffmpeg's input: ffmpeg reads a name that starts like ``scheme:`` as a URL, so a
+    relative ``call-10:30.wav`` or ``2024-01-05T10:30/x.wav`` was "unreadable or corrupt audio (Did you
+    mean file:...)"; ``./`` keeps it a file, as an absolute path is."""
+    text = str(path)
+    return text if os.path.isabs(text) else os.path.join(".", text)
+
+
 def _run_ffmpeg(
     input_args: list[str], name: str, stdin: bytes | None = None, max_seconds: float | None = None
 ) -> np.ndarray:
@@ -64,7 +72,8 @@ def _run_ffmpeg(
     proc = subprocess.run(cmd, input=stdin, capture_output=True)
     if proc.returncode != 0:
         cause = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = cause[-1].removeprefix(f"{name}: ") if cause else "ffmpeg failed"
+        source = input_args[input_args.index("-i") + 1]  # ffmpeg starts its reason with it
+        reason = cause[-1].removeprefix(f"{source}: ").removeprefix(f"{name}: ") if cause else "ffmpeg failed"
         raise AudioInputError(f"{name}: unreadable or corrupt audio ({reason})")
     return np.frombuffer(proc.stdout, dtype="<i2").copy()
 
@@ -77,7 +86,7 @@ def decode_file(path: Path | str, fmt: str | None = None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise AudioInputError(f"{path}: zero-length audio (empty file)")
     _canonical_samples(path)  # a truncated WAV is refused, not decoded in part
-    args = (["-f", fmt] if fmt else []) + ["-i", str(path)]
+    args = (["-f", fmt] if fmt else []) + ["-i", _file_input(path)]
     return check_pcm(_run_ffmpeg(args, str(path)), str(path))
 
 
@@ -252,5 +261,5 @@ def load_audio(path: Path | str, max_seconds: float | None = None) -> np.ndarray
     check_regular(path)
     samples = _canonical_samples(path, max_seconds)
     if samples is None:
-        samples = _run_ffmpeg(["-i", str(path)], str(path), max_seconds=max_seconds)
+        samples = _run_ffmpeg(["-i", _file_input(path)], str(path), max_seconds=max_seconds)
     return samples.astype(np.float32) / 32768.0

@@ -283,7 +283,7 @@ def test_an_undecodable_clip_is_one_line_naming_it(tmp_path):
 def test_calibrate_params_validated(cfg, match):
     with pytest.raises(ParamError, match=match):
         calibrate_settings({"calibrate": cfg})
-    assert calibrate_settings({"calibrate": {}}) == (3, 99.99, None)
+    assert calibrate_settings({"calibrate": {}}) == (9, 99.99, None)
 
 
 def test_stage_exits_2_with_one_line(tmp_path):

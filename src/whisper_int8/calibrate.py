@@ -310,7 +310,7 @@ def calibrate_settings(params: dict, where: str = "params.yaml") -> tuple[int, f
     cfg = section(params, "calibrate", where)
     allowed = {"sensitivity_clips", "percentile", "max_clips_per_language"}
     reject_unknown_keys(cfg, "calibrate", allowed, where)
-    n = cfg.get("sensitivity_clips", 3)
+    n = cfg.get("sensitivity_clips", 9)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ParamError(f"{where}: calibrate.sensitivity_clips={n!r}: expected an integer >= 1")
     p = cfg.get("percentile", 99.99)

@@ -60,7 +60,7 @@ class Sample:
 
     clip: Clip
     mel: Tensor
-    tokens: Tensor  # (1, n): SOT sequence + text + EOT
+    tokens: Tensor  # (1, n): SOT sequence + text, what the decoder is fed while it writes the text
 
 
 def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
@@ -69,7 +69,10 @@ def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
     A clip longer than 30 s keeps the same share of its text as of its audio (speech taken as even):
     teacher-forcing words the model never heard would calibrate the decoder on text it invents.
     The mel bins and the tokenizer follow ``model``, as in ``transcribe``: large-v3 and turbo take 128
-    mels, and their 100th language shifts the task and no-timestamps tokens by one.
+    mels, and their 100th language shifts the task and no-timestamps tokens by one. No end-of-text:
+    decoding stops when it predicts one and never feeds it, so its row would calibrate the decoder,
+    and count in the sensitivity, on an input that never occurs (the last text token's logits
+    predict it).
     """
     for clip in clips:
         if clip.language not in LANGUAGES:
@@ -85,7 +88,7 @@ def prepare(clips: list[Clip], model: Whisper) -> Iterator[Sample]:
         text = tok.encode(" " + clip.text.strip())
         if clip.duration > CHUNK_LENGTH:
             text = text[: max(1, round(len(text) * CHUNK_LENGTH / clip.duration))]
-        ids = [*tok.sot_sequence_including_notimestamps, *text, tok.eot]
+        ids = [*tok.sot_sequence_including_notimestamps, *text]
         audio = whisper.pad_or_trim(load_audio(clip.audio))
         mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), model.dims.n_mels)[None]
         yield Sample(clip, mel, torch.tensor([ids[: model.dims.n_text_ctx]]))

@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="quant settings for every INT8 variant")
     p.add_argument(
         "--schemes", nargs="*", default=list(SCHEMES), choices=SCHEMES,
-        help=f"INT8 schemes to convert and time, each once (default: {' '.join(SCHEMES)}; none: FP32 only)",
+        help=f"INT8 schemes to convert and time, each once (default: {' '.join(SCHEMES)}; none: the two FP32 "
+        "rows, and faster-whisper INT8 where it is installed)",
     )  # fmt: skip
     p.add_argument("--repeats", type=positive_int, default=5, help="passes over the clips (default: 5)")
     p.add_argument("--threads", type=positive_int, default=2, help="threads per worker (default: 2)")

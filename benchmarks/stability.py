@@ -190,13 +190,14 @@ def perturb(
 def next_token_logprobs(model: nn.Module, samples: list[Sample]) -> Iterator[Tensor]:
     """Per sample, the log-probabilities ``model`` gives each text token and the end, reference fed in.
 
-    Positions before the no-timestamps token predict the forced start-of-transcript tokens, and the
-    last one follows the end: both left out. One sample at a time (a row is 51,865 floats).
+    Positions before the no-timestamps token predict the forced start-of-transcript tokens: left out.
+    ``prepare`` feeds no end-of-text, so the last position (the last text token's) predicts the end
+    and is kept. One sample at a time (a row is 51,865 floats).
     """
     tok = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
     for s in samples:
         first = s.tokens[0].tolist().index(tok.no_timestamps)
-        logits = model.logits(s.tokens, model.embed_audio(s.mel))[0, first:-1]
+        logits = model.logits(s.tokens, model.embed_audio(s.mel))[0, first:]
         yield logits.float().log_softmax(-1)
 
 

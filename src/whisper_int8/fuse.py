@@ -274,7 +274,8 @@ def fused_skeleton(dims: ModelDimensions) -> Whisper:
 
 
 def materialize(model: Whisper, state: dict[str, Tensor], alignment_heads: list[list[int]] | None) -> Whisper:
-    """Load ``state`` into a meta skeleton and rebuild the non-persistent buffers on CPU."""
+    """Load ``state`` into an uninitialized skeleton (:func:`fused_skeleton`) and rebuild the
+    non-persistent buffers on CPU."""
     from .model_sources import set_alignment_heads
 
     model.load_state_dict(state, strict=True, assign=True)

@@ -7,7 +7,7 @@ targets. ``fp32`` is the same model through this project's one-pass path
 gain of the INT8 kernels alone.
 
 Every variant lives in its own worker process (so peak RSS is its own); the parent sends the
-evaluation clips round-robin (variant order rotated per clip and repeat) so background load hits
+evaluation clips round-robin (variant order balanced per clip and repeat) so background load hits
 all variants alike. Reported per variant: median wall time per clip (summed over clips), ratios to
 both FP32 rows, peak RSS while transcribing (VmHWM reset after load and warm-up) and the part of it
 above the process's RSS after its own imports (torch and whisper: ~280 MB in the stock row, ~225 MB
@@ -335,7 +335,11 @@ def balanced_orders(n: int) -> list[list[int]]:
             first.append(high)
             high -= 1
     orders = [[(w + shift) % n for w in first] for shift in range(n)]
-    return orders + [o[::-1] for o in orders] if n % 2 else orders
+    if n % 2 == 0:
+        return orders
+    # odd n: the reversed orders too, taken so that order k starts with worker k % n, as the others do:
+    # any n orders in a row then start with every worker once (a clip's repeats, :func:`turn`)
+    return orders + [orders[(k - first[-1]) % n][::-1] for k in range(n)]
 
 
 def turn(workers: list, clip: int, repeat: int) -> list:

@@ -38,7 +38,7 @@ the texts ``models/int8`` was calibrated on: drop those before comparing.
     python stages/fetch_audio.py --params /tmp/p45.yaml --calibration /tmp/c45 --eval /tmp/e45 \\
         --summary /tmp/s45.json
     python -c 'import json, pathlib
-    m = pathlib.Path("/tmp/e45/manifest.jsonl"); rows = m.read_text().splitlines()
+    m = pathlib.Path("/tmp/e45/manifest.jsonl"); rows = [r for r in m.read_text().split("\\n") if r]
     seen = {json.loads(r)["text"] for r in open("data/calibration/manifest.jsonl")}
     m.write_text("".join(r + "\\n" for r in rows if json.loads(r)["text"] not in seen))'
     python benchmarks/stability.py --split /tmp/e45 --model models/int8 --out metrics/stability.json

@@ -1170,6 +1170,8 @@ def test_speed_orders_are_balanced(n):
     assert set(places.values()) == {len(orders) // n}
     follows = Counter(pair for o in orders for pair in itertools.pairwise(o))
     assert len(follows) == n * (n - 1) and len(set(follows.values())) <= 1
+    # order k starts with worker k % n: a clip's n repeats (consecutive orders) each start with another
+    assert [o[0] for o in orders] == [k % n for k in range(len(orders))]
 
 
 def test_speed_turn_changes_order_across_repeats_of_a_clip():

@@ -423,3 +423,14 @@ def test_decoder_sensitivity_is_the_error_of_decoding_one_token_at_a_time(tmp_pa
                 finally:
                     setattr(owner, child, float_mod)
             assert sens[name] == pytest.approx(_rel_error(got, ref), rel=1e-3), name
+        # the cross-attention K/V projection reads the audio frames, all of them per call, as the
+        # encoder's layers do: per token, not one frame per call
+        name = "decoder.blocks.1.cross_attn.kv"
+        owner, float_mod = model.decoder.blocks[1].cross_attn, model.decoder.blocks[1].cross_attn.kv
+        with qcpu.activations_pinned(weight_bits=7, bits=8):
+            owner.kv = qcpu.DynamicInt8Linear.from_float(float_mod, per_channel=True, per_token=True, bits=7)
+            try:
+                got = [model.logits(s.tokens, f) for s, f in zip(samples, feats, strict=True)]
+            finally:
+                owner.kv = float_mod
+        assert sens[name] == pytest.approx(_rel_error(got, ref), rel=1e-5)

@@ -52,6 +52,7 @@ LOG2_MIN, LOG2_MAX, HIST_BINS = -16.0, 12.0, 28 * 32
 HIST_EDGES = torch.exp2(torch.linspace(LOG2_MIN, LOG2_MAX, HIST_BINS + 1))
 HIST_ROWS = 512
 CALIBRATE_STAGE = "the calibrate stage (dvc repro calibrate)"  # what to rerun for a bad calibration file
+CROSS_KV = ".cross_attn.kv"  # the decoder layers that read audio frames (the fused cross-attention K/V)
 
 
 @dataclass
@@ -183,8 +184,9 @@ def sensitivity(model: Whisper, samples: list[Sample], progress: bool = True) ->
     activations 8-bit (``quant.weight_bits``' default), pinned: no fbgemm kernel saturates then, so
     every x86 CPU computes the same ranking, and the layers ``auto_keep_float_k`` keeps in float depend
     neither on the machine that ran ``dvc repro`` nor on WHISPER_INT8_ACTIVATION_BITS, which DVC does
-    not see. Activation ranges are those the model runs with: a decoder layer takes one token per call
-    (:func:`_one_token_per_call`), an encoder layer one range per frame (the default ``per_token``).
+    not see. Activation ranges are those the model runs with: a decoder layer that reads tokens takes
+    one token per call (:func:`_one_token_per_call`); the encoder's layers and the cross-attention K/V
+    projections, which read audio frames, one range per frame (the default ``per_token``).
     """
     set_engine("x86")
     states = [_encoder_states(model, s.mel) for s in samples]
@@ -220,10 +222,10 @@ def _one_layer_error(
     if name == EMBEDDING:
         q: nn.Module = Int8TiedEmbedding.from_float(float_mod, bits=7)
         q.project = _one_token_per_call(q.project)  # the logits GEMM; the lookup reads rows anyway
-    elif name.startswith("decoder."):
+    elif name.startswith("decoder.") and not name.endswith(CROSS_KV):
         q = DynamicInt8Linear.from_float(float_mod, per_channel=True, bits=7)
         q.forward = _one_token_per_call(q.forward)
-    else:
+    else:  # audio frames, as many per call as the model runs: per token
         q = DynamicInt8Linear.from_float(float_mod, per_channel=True, per_token=True, bits=7)
     setattr(owner, child, q)
     try:

@@ -69,8 +69,8 @@ def _audio_path(path: str, roots: list[Path], name: str) -> Path:
     found = next((root / named for root in roots if (root / named).exists()), None)
     found = found or in_repository(named)
     if not found.exists():
-        relative = roots and not named.is_absolute()
-        where = f" (looked in {', '.join(map(str, roots))} and the current directory)" if relative else ""
+        places = [*map(str, roots), "the current directory and the repository"]
+        where = f" (looked in {', '.join(places)})" if roots and not named.is_absolute() else ""
         raise AudioInputError(f"{name}: audio {path!r} not found{where}")
     return found
 

@@ -166,8 +166,8 @@ def test_a_relative_path_only_row_is_the_dataset_folders(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path / "elsewhere")
     found, gone = hf.items(str(ds), "nl", None, tmp_path / "cache")
     assert len(found.load()) == 16000
-    gone = r"#1: audio 'clips/gone.wav' not found \(looked in .*ds, the current directory and the repository"
-    with pytest.raises(AudioInputError, match=gone):
+    unfound = r"#1: audio 'clips/gone.wav' not found \(looked in .*ds, the current directory and the repo"
+    with pytest.raises(AudioInputError, match=unfound):
         gone.load()
     in_config, in_folder = hf.items(str(snap), "nl", "nl_nl", tmp_path / "cache")
     assert [len(in_config.load()), len(in_folder.load())] == [8000, 16000]

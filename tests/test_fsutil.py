@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from whisper_int8.fsutil import OutputConflictError, atomic_dir, atomic_dirs
+from whisper_int8.fsutil import OutputConflictError, atomic_dir, atomic_outputs
 
 from .conftest import sigint_as_a_terminal_sends_it, venv_env
 
@@ -60,13 +60,13 @@ def test_outputs_written_together_are_all_replaced_or_none(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "mine.txt").write_text("not an output")
     refused = pytest.raises(OutputConflictError, match="b: holds mine.txt")
-    with refused, atomic_dirs(tmp_path / "b", tmp_path / "a") as (b, a):
+    with refused, atomic_outputs([tmp_path / "b", tmp_path / "a"]) as ((b, a), _):
         (a / "x").write_text("new")
         (b / "y").write_text("new")
     assert (tmp_path / "a" / "x").read_text() == "old"
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
-    with atomic_dirs(tmp_path / "a", tmp_path / "c") as (a, c):
+    with atomic_outputs([tmp_path / "a", tmp_path / "c"]) as ((a, c), _):
         (a / "x").write_text("new")
         (c / "z").write_text("new")
     assert (tmp_path / "a" / "x").read_text() == (tmp_path / "c" / "z").read_text() == "new"
@@ -78,7 +78,7 @@ def test_ctrl_c_between_two_outputs_of_a_set_replaces_both_then_stops(tmp_path, 
     beside the old eval split (whose texts it may share) and the old summary."""
     from whisper_int8 import fsutil
 
-    with atomic_dirs(tmp_path / "a", tmp_path / "b") as (a, b):
+    with atomic_outputs([tmp_path / "a", tmp_path / "b"]) as ((a, b), _):
         (a / "x").write_text("old")
         (b / "y").write_text("old")
     real = fsutil.replace_dir

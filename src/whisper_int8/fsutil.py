@@ -102,15 +102,8 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     holding anything the new output does not (a mistyped ``--out models``): only an earlier output of
     the same kind is replaced, never a folder of other files.
     """
-    with atomic_dirs(dest) as (tmp,):
+    with atomic_outputs([dest]) as ((tmp,), _):
         yield tmp
-
-
-@contextlib.contextmanager
-def atomic_dirs(*dests: Path | str) -> Iterator[tuple[Path, ...]]:
-    """:func:`atomic_dir` for several outputs written together: all or nothing (:func:`atomic_outputs`)."""
-    with atomic_outputs(dests) as (tmps, _):
-        yield tmps
 
 
 @contextlib.contextmanager

@@ -400,3 +400,28 @@ def test_a_manifest_written_on_windows_finds_its_files(tmp_path):
     (item,) = local.from_manifest(manifest, ErrorPolicy("fail"), ["nl"], {"nl"})
     assert len(item.load()) == 16000
     assert item.id == "nl-local-clips-a"
+
+
+def test_a_symlinked_manifest_finds_its_rows_beside_the_file_it_leads_to(tmp_path):
+    """Regression: `ln -s /datasets/calls/manifest.jsonl data/` looked for the rows' files in data/."""
+    dataset = tmp_path / "datasets" / "calls"
+    write_audio(dataset)
+    (dataset / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "data" / "manifest.jsonl"
+    link.symlink_to(dataset / "manifest.jsonl")
+    items = local.from_manifest(link, ErrorPolicy("fail"))
+    assert [it.id for it in items] == IDS
+    assert all(len(it.load()) == 16000 for it in items)  # read, not "audio file not found"
+
+
+def test_a_symlinked_manifest_reads_files_beside_the_link_first(tmp_path):
+    """DVC's symlink cache links a tracked folder's manifest and its audio: the link's folder wins."""
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    for row in ROWS:
+        write_tone(cache / row["audio"], seconds=2.0)  # the link's folder must win: told apart by length
+        write_tone(work / row["audio"], seconds=1.0)
+    (cache / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (work / "m.jsonl").symlink_to(cache / "m.jsonl")
+    items = local.from_manifest(work / "m.jsonl", ErrorPolicy("fail"))
+    assert [len(it.load()) for it in items] == [16000] * len(ROWS)

@@ -237,6 +237,19 @@ def _on_disk(audio: Path) -> Path:
     return next((other for other in forms if other.exists()), audio)
 
 
+def _beside(manifest: Path, audio_field: str) -> Path:
+    """A manifest row's file: next to the manifest as named, else next to the file a symlinked manifest
+    leads to (``ln -s /datasets/calls/manifest.csv data/``: its rows name files in /datasets/calls).
+    The link's folder comes first: DVC's symlink cache links a tracked folder's manifest and audio alike,
+    and the cache folder the manifest leads to holds none of its files."""
+    audio = _on_disk((manifest.parent / audio_field).resolve())
+    target_dir = manifest.resolve().parent
+    if audio.exists() or target_dir == manifest.parent.resolve():
+        return audio
+    beside_target = _on_disk((target_dir / audio_field).resolve())
+    return beside_target if beside_target.exists() else audio
+
+
 def from_manifest(
     path: Path,
     policy: ErrorPolicy,
@@ -260,7 +273,7 @@ def from_manifest(
             language = _language(_field(row, "language", where), known, where)
             if languages is not None and language not in languages:
                 raise _unlisted(where, language, "from the manifest", path)
-            audio = _on_disk((path.parent / audio_field).resolve())
+            audio = _beside(path, audio_field)
             text = _field(row, "text", where, required=False)
             if text is None or not text.strip():
                 raise AudioInputError(f"{where}: empty or missing transcript for {audio}")

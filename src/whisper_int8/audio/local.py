@@ -237,17 +237,19 @@ def _on_disk(audio: Path) -> Path:
     return next((other for other in forms if other.exists()), audio)
 
 
-def _beside(manifest: Path, audio_field: str) -> Path:
-    """A manifest row's file: next to the manifest as named, else next to the file a symlinked manifest
-    leads to (``ln -s /datasets/calls/manifest.csv data/``: its rows name files in /datasets/calls).
-    The link's folder comes first: DVC's symlink cache links a tracked folder's manifest and audio alike,
-    and the cache folder the manifest leads to holds none of its files."""
-    audio = _on_disk((manifest.parent / audio_field).resolve())
-    target_dir = manifest.resolve().parent
-    if audio.exists() or target_dir == manifest.parent.resolve():
-        return audio
-    beside_target = _on_disk((target_dir / audio_field).resolve())
-    return beside_target if beside_target.exists() else audio
+def _row_folders(manifest: Path) -> tuple[Path, ...]:
+    """Where a manifest's relative paths are looked up: beside it as named, then, for a manifest that is a
+    symlink (``ln -s /datasets/calls/manifest.csv data/``), beside the file it leads to. The link's folder
+    comes first: DVC's symlink cache links a tracked folder's manifest and audio alike, and the cache
+    folder the manifest leads to holds none of its files."""
+    return tuple(dict.fromkeys((manifest.parent.resolve(), manifest.resolve().parent)))
+
+
+def _beside(folders: tuple[Path, ...], audio_field: str) -> Path:
+    """A row's file in the first of ``folders`` that has it (the first's path when none has)."""
+    found = (_on_disk((folder / audio_field).resolve()) for folder in folders)
+    first = next(found)
+    return first if first.exists() else next((p for p in found if p.exists()), first)
 
 
 def from_manifest(
@@ -260,6 +262,7 @@ def from_manifest(
     """Rows of a manifest; with ``languages`` / ``known``, a row in a language the source does not list
     / Whisper does not know is a bad item. ``shown``: the manifest's path as configured (recorded)."""
     shown = shown or path
+    folders = _row_folders(path)
     out: list[tuple[Item, str | None]] = []
     for n, row in _rows(path):
         language = row.get("language") if isinstance(row, dict) else None
@@ -273,7 +276,7 @@ def from_manifest(
             language = _language(_field(row, "language", where), known, where)
             if languages is not None and language not in languages:
                 raise _unlisted(where, language, "from the manifest", path)
-            audio = _beside(path, audio_field)
+            audio = _beside(folders, audio_field)
             text = _field(row, "text", where, required=False)
             if text is None or not text.strip():
                 raise AudioInputError(f"{where}: empty or missing transcript for {audio}")

@@ -15,7 +15,13 @@ from whisper_int8.audio import AudioInputError, first_per_language, read_manifes
 from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.cpu import host_summary
 from whisper_int8.eval_report import BASELINE, CANDIDATE, write_report
-from whisper_int8.evaluate import clips_digest, device_summary, evaluate_in_subprocess, model_dirs
+from whisper_int8.evaluate import (
+    clips_digest,
+    device_summary,
+    eval_split,
+    evaluate_in_subprocess,
+    model_dirs,
+)
 from whisper_int8.fsutil import atomic_write_json, check_dir_output, check_file_output, dir_digest
 from whisper_int8.model_dir import activation_bits_of, resolve_device
 from whisper_int8.model_sources import ModelSourceError
@@ -41,11 +47,8 @@ def options(params: dict, where: str) -> dict:
         ev.get("max_clips_per_language"), "evaluate.max_clips_per_language", "all clips", where
     )
     device = resolve_device(ev.get("device", "auto"), f"{where}: evaluate.device")
-    split = ev.get("split", "data/eval")
-    if not isinstance(split, str) or not split:
-        raise ParamError(f"{where}: evaluate.split={split!r} must be the path of a split (e.g. data/eval)")
     return {
-        "split": Path(split),
+        "split": eval_split(ev, where),
         "decode": decode_options(ev, where),
         "warmup": warmup,
         "max_clips_per_language": per_language,

@@ -11,7 +11,7 @@ from pathlib import Path
 import _preflight  # noqa: F401  (without the venv: one line saying how, not a traceback)
 
 from whisper_int8.cli_common import run, stage_parser
-from whisper_int8.evaluate import model_dirs
+from whisper_int8.evaluate import eval_split, model_dirs
 from whisper_int8.fsutil import check_file_output
 from whisper_int8.gate import REFUSED_EXIT, gate_config
 from whisper_int8.params import ParamError, load_params, section
@@ -59,7 +59,7 @@ def main(args) -> int:
         ],
         gate_json=gate_json,
         params=params,
-        eval_manifest=Path(ev.get("split", "data/eval")) / "manifest.jsonl",
+        eval_manifest=eval_split(ev, args.params) / "manifest.jsonl",
     )
     result = promote(inputs, cfg, gate, decode_options(ev, args.params))
     if result["passed"]:

@@ -276,7 +276,9 @@ def test_an_undecodable_clip_is_one_line_naming_it(tmp_path):
     [
         ({"sensitivity_clips": 0}, "calibrate.sensitivity_clips"),
         ({"sensitivity_clips": True}, "calibrate.sensitivity_clips"),
+        ({"sensitivity_clips": 2.5}, "calibrate.sensitivity_clips"),
         ({"percentile": 120}, "calibrate.percentile"),
+        ({"percentile": 49.9}, "calibrate.percentile"),
         ({"percentile": "high"}, "calibrate.percentile"),
         ({"max_clips_per_language": -2}, "calibrate.max_clips_per_language"),
         ({"clips": 3}, "unknown calibrate key"),
@@ -286,6 +288,14 @@ def test_calibrate_params_validated(cfg, match):
     with pytest.raises(ParamError, match=match):
         calibrate_settings({"calibrate": cfg})
     assert calibrate_settings({"calibrate": {}}) == (9, 99.99, None)
+
+
+def test_calibrate_params_take_both_ends_of_their_ranges():
+    """The message's [50, 100] is inclusive: 100 reads the histogram's top (the absmax)."""
+    for p in (50, 100, 100.0):
+        assert calibrate_settings({"calibrate": {"percentile": p}})[1] == p
+    ends = {"sensitivity_clips": 1, "max_clips_per_language": 1}
+    assert calibrate_settings({"calibrate": ends}) == (1, 99.99, 1)
 
 
 def test_stage_exits_2_with_one_line(tmp_path):

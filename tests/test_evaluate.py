@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -332,6 +333,35 @@ def test_stage_options_refuse_a_device_this_machine_lacks_and_null_paths(tmp_pat
         proc = run_stage(tmp_path, {"split": str(tmp_path), **evaluate})
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+MODELS = {"fp32": "models/fp32", "int8": "models/int8"}
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "message"),
+    [({"warmup": -1}, "evaluate.warmup=-1 must be an integer >= 0"),
+     ({"warmup": True}, "evaluate.warmup=True must be an integer >= 0"),
+     ({"warmup": 1.5}, "evaluate.warmup=1.5 must be an integer >= 0"),
+     ({"warmup": "1"}, "evaluate.warmup='1' must be an integer >= 0"),
+     ({"split": ""}, "evaluate.split='' must be the path of a split"),
+     ({"split": 3}, "evaluate.split=3 must be the path of a split"),
+     ({"models": {**MODELS, "int4": "models/int4"}}, "evaluate.models must map fp32 and int8"),
+     ({"models": {"fp32": "models/fp32"}}, "evaluate.models must map fp32 and int8"),
+     ({"models": {**MODELS, "int8": ""}}, "evaluate.models must map fp32 and int8"),
+     ({"models": ["models/fp32", "models/int8"]}, "evaluate.models must map fp32 and int8")],
+)  # fmt: skip
+def test_stage_options_name_each_bad_value(evaluate, message):
+    with pytest.raises(ParamError, match=rf"^p.yaml: {re.escape(message)}"):
+        _stage_module().options({"evaluate": {"device": "cpu", "models": MODELS, **evaluate}}, "p.yaml")
+
+
+def test_stage_options_take_a_warmup_of_zero_and_default_to_one():
+    """0: no untimed call (the tests' and quick looks' setting); left out: params.yaml's documented 1."""
+    options = _stage_module().options
+    assert options({"evaluate": {"device": "cpu", "models": MODELS, "warmup": 0}}, "p.yaml")["warmup"] == 0
+    opt = options({"evaluate": {"device": "cpu", "models": MODELS}}, "p.yaml")
+    assert (opt["warmup"], opt["split"], opt["models"]["int8"]) == (1, Path("data/eval"), Path("models/int8"))
 
 
 def run_stage(tmp: Path, evaluate: dict) -> subprocess.CompletedProcess:

@@ -138,6 +138,10 @@ def test_champion_comparison_on_accuracy_only():
     [
         ({"max_wer_delta_pp": "half"}, "gate.max_wer_delta_pp"),
         ({"fail_on_reject": "yes"}, "gate.fail_on_reject"),
+        ({"fail_on_reject": 1}, "gate.fail_on_reject"),
+        # NaN compares false with every delta: a NaN limit would pass any model
+        ({"max_wer_delta_pp": float("nan")}, "gate.max_wer_delta_pp=nan must be a number"),
+        ({"max_wer_delta_pp_by_language": {"en": float("nan")}}, "by_language.en=nan must be a number"),
         ({"require_languages": "en"}, "gate.require_languages"),
         ({"max_wer_delta_pp_by_language": [1]}, "gate.max_wer_delta_pp_by_language"),
         ({"min_sped_up": 1}, r"unknown gate key\(s\) \['min_sped_up'\]; allowed: "),

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, venv_env
-from whisper_int8.params import ParamError, load_params
+from whisper_int8.params import ParamError, load_params, section
 
 GOOD = (REPO / "params.yaml").read_text(encoding="utf-8")
 
@@ -115,3 +115,30 @@ def test_numbers_are_read_as_dvc_reads_them(tmp_path):
     assert ours == dvc
     assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in dvc.items()}
     assert (ours["k0"], ours["k6"], ours["k17"]) == (10, 0.5, "1:30")
+
+
+@pytest.mark.parametrize("typo", ["quantt", "quaant", "quan", "qunt", "quamt", "qaunt"])
+def test_a_section_one_edit_away_is_refused_whatever_the_edit(tmp_path, typo):
+    """A letter added or dropped (at the end or inside), changed, or two swapped: each would leave
+    `quant:` to the defaults."""
+    path = tmp_path / "params.yaml"
+    path.write_text(GOOD.replace("\nquant:", f"\n{typo}:", 1))
+    with pytest.raises(ParamError, match=rf"unknown section '{typo}'; did you mean 'quant'\?"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text", ["- quant\n- audio\n", "quant\n"])
+def test_a_file_that_is_not_a_mapping_of_sections_is_refused(tmp_path, text):
+    """Not a traceback from the first stage that looks a section up."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamError, match=r"params.yaml: expected a mapping of sections at the top level$"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("value", [None, 5, "dynamic", ["scheme", "static"]])
+def test_a_section_that_is_not_a_mapping_is_refused_naming_it(value):
+    """`calibrate: 5` would otherwise fail in the stage with "'int' object has no attribute 'get'"."""
+    with pytest.raises(ParamError, match=r"^p.yaml: section 'calibrate' is missing or not a mapping$"):
+        section({"calibrate": value}, "calibrate", "p.yaml")
+    assert section({"calibrate": {}}, "calibrate") == {}

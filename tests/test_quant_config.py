@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_int8.params import ParamError
+from tests.conftest import REPO
+from whisper_int8.params import ParamError, load_params
 from whisper_int8.quant.config import DEFAULTS, parse_quant_config, resolve_backend
 
 
@@ -103,3 +104,45 @@ def test_backend_resolution():
         resolve_backend("fbgemm", "cuda")
     with pytest.raises(ParamError, match="needs a CUDA device"):
         resolve_backend("torchao", "cpu")
+
+
+# the README's choices, written out: taken from SCHEMES and the like, a choice dropped there drops here too
+DOCUMENTED = {
+    "scheme": ["dynamic", "static", "weight_only"],
+    "backend": ["auto", "x86", "fbgemm", "torchao"],
+    "cross_kv_dtype": ["float16", "float32"],
+    "weight_bits": [7, 8],
+    "smoothquant_alpha": [0, 0.0, 1, 1.0],  # both ends of [0, 1]
+}
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k, values in DOCUMENTED.items() for v in values])
+def test_every_documented_choice_and_bound_is_accepted(key, value):
+    assert getattr(parse_quant_config({key: value}), key) == value
+
+
+@pytest.mark.parametrize("key", ["keep_float", "outlier_layers"])
+def test_an_empty_pattern_list_may_be_left_null(key):
+    """`keep_float:` with its entries commented out is YAML's null: no patterns, not an error."""
+    assert getattr(parse_quant_config({key: None}), key) == []
+
+
+def test_a_key_left_out_takes_the_default_the_readme_gives():
+    """README: a key left out takes the code default, "which differs only for auto_keep_float_k: 0"
+    from the repository's params.yaml."""
+    repo = load_params(REPO / "params.yaml")["quant"]
+    assert {**repo, "auto_keep_float_k": 0} == DEFAULTS and repo["auto_keep_float_k"] != 0
+
+
+def test_the_file_a_config_came_from_is_no_key():
+    """``where`` is a field of the config but no setting: `where:` in quant: would rename the file
+    every error of the conversion names."""
+    with pytest.raises(ParamError, match=r"unknown quant key\(s\) \['where'\]"):
+        parse_quant_config({"where": "other.yaml"})
+
+
+def test_a_cpu_backend_is_refused_on_cuda():
+    for backend in ("x86", "fbgemm"):
+        with pytest.raises(ParamError, match=rf"quant.backend='{backend}' runs on CPU only"):
+            resolve_backend(backend, "cuda:1")
+        assert resolve_backend(backend, "cpu") == backend

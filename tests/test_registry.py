@@ -36,6 +36,7 @@ def run_promote(
     uri: str,
     audio: dict | None = None,
     mlflow: dict | None = None,
+    evaluate: dict | None = None,
     **gate,
 ) -> subprocess.CompletedProcess:
     """Run stages/promote.py as DVC would, in ``work`` with its own params.yaml and metrics/."""
@@ -47,6 +48,7 @@ def run_promote(
             "beam_size": None,
             "max_tokens": 4,
             "models": {k: str(v) for k, v in model_dirs.items()},
+            **(evaluate or {}),
         },
         "gate": gate,
         "mlflow": {
@@ -114,6 +116,37 @@ def test_pass_moves_alias_and_a_refusal_leaves_it(tmp_path, model_dirs):
     assert json.loads((tmp_path / "metrics" / "gate.json").read_text())["version"] == 2
     assert client.get_model_version(MODEL, "2").tags["validation_status"] == "failed"
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+
+
+@pytest.mark.parametrize("split", [None, ""])
+def test_promote_refuses_an_evaluation_split_the_evaluate_stage_refuses(tmp_path, split):
+    """Regression (a review): promote run alone (`python stages/promote.py`, `dvc repro -s promote`)
+    after `evaluate.split: null` ended in a TypeError traceback (an empty one read ./manifest.jsonl);
+    now the evaluate stage's one-line error, before anything is registered."""
+    dirs = {"fp32": tmp_path / "fp32", "int8": tmp_path / "int8"}
+    proc = run_promote(tmp_path, {}, dirs, fresh_tracking_uri(tmp_path), evaluate={"split": split})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: params.yaml: evaluate.split={split!r} must be the path of a split (e.g. data/eval)"
+    )
+
+
+@pytest.mark.parametrize("value", ["models/fp32/model_card.json", [3], {"card": "a.json"}])
+def test_upstream_artifacts_must_be_a_list_of_paths(value):
+    """A single path written without brackets is refused, not read as one artifact per letter."""
+    import importlib.util
+
+    from .test_evaluate import _stage_module
+
+    _stage_module()  # puts _preflight where the stage scripts import it from
+    spec = importlib.util.spec_from_file_location("promote_stage", REPO / "stages" / "promote.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with pytest.raises(ParamError, match=r"^p.yaml: mlflow.upstream_artifacts must be a list of paths$"):
+        stage._paths({"upstream_artifacts": value}, "upstream_artifacts", "p.yaml")
+    assert stage._paths({}, "upstream_artifacts", "p.yaml") == []
+    listed = {"upstream_artifacts": ["a.json"]}
+    assert stage._paths(listed, "upstream_artifacts", "p.yaml") == [Path("a.json")]
 
 
 def test_a_gate_json_that_cannot_be_written_is_refused_before_registering(tmp_path, model_dirs):
@@ -404,6 +437,7 @@ def test_an_alias_mlflow_would_refuse_is_refused_before_anything_is_registered(a
         ("experiment", None, "mlflow.experiment=None must be a name"),
         ("experiment", " ", "mlflow.experiment=' ' must be a name"),
         ("tracking_uri", 5, "mlflow.tracking_uri=5 must be null"),
+        ("tracking_uri", "", "mlflow.tracking_uri='' must be null"),
         ("artifact_root", ["a"], "mlflow.artifact_root=['a'] must be null"),
         ("registerd_model", "x", "unknown mlflow key(s) ['registerd_model']; allowed: alias, artifact_root"),
     ],

@@ -689,7 +689,8 @@ def test_real_base_model_transcribes_english(tmp_path, base_fp32):
 
 
 def test_cli_refuses_a_beam_of_zero_and_a_token_cap_below_one(capsys):
-    for flag, value in (("--beam-size", "0"), ("--max-tokens", "-3"), ("--max-tokens", "0")):
+    cases = (("--beam-size", "0"), ("--beam-size", "five"), ("--max-tokens", "-3"), ("--max-tokens", "0"))
+    for flag, value in cases:
         with pytest.raises(SystemExit) as exit_:
             cli.main(["transcribe", flag, value, "clip.wav"])
         assert exit_.value.code == 2
@@ -699,13 +700,14 @@ def test_cli_refuses_a_beam_of_zero_and_a_token_cap_below_one(capsys):
 def test_cli_refuses_a_token_cap_above_a_windows_budget(capsys):
     """Regression (a review): --max-tokens 1000 decoded 224 tokens a window without a word, where
     params.yaml's evaluate.max_tokens refuses more than 224; now the same usage error as a cap of 0."""
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["transcribe", "--max-tokens", "1000", "clip.wav"])
-    assert exit_.value.code == 2
-    assert (
-        "argument --max-tokens: '1000': at most 224, the most a 30 s window decodes"
-        in capsys.readouterr().err
-    )
+    for value in ("1000", "225"):  # 225: one over
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["transcribe", "--max-tokens", value, "clip.wav"])
+        assert exit_.value.code == 2
+        assert (
+            f"argument --max-tokens: '{value}': at most 224, the most a 30 s window decodes"
+            in capsys.readouterr().err
+        )
     args = cli.build_parser().parse_args(["transcribe", "--max-tokens", "224", "clip.wav"])
     assert args.max_tokens == 224
 

@@ -68,6 +68,15 @@ def model_dirs(section: dict[str, Any], where: str = "params.yaml") -> dict[str,
     return {k: Path(v) for k, v in variants.items()}
 
 
+def eval_split(section: dict[str, Any], where: str = "params.yaml") -> Path:
+    """params ``evaluate.split`` (the evaluate and promote stages: promote run alone must not end in a
+    traceback on a value the evaluate stage refuses)."""
+    split = section.get("split", "data/eval")
+    if not isinstance(split, str) or not split:
+        raise ParamError(f"{where}: evaluate.split={split!r} must be the path of a split (e.g. data/eval)")
+    return Path(split)
+
+
 def clips_digest(clips: list[Clip]) -> str:
     """Which clips an evaluation covers (id, language, audio bytes, reference text): a stored FP32
     evaluation is reused only for the same clips, not for a split that fetch_audio has since rewritten."""

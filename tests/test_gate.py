@@ -282,3 +282,78 @@ def test_an_eval_json_the_gate_cannot_judge_is_one_line_naming_it(tmp_path):
         path.write_text(text)
         with pytest.raises(ModelSourceError, match=rf"^{re.escape(str(path))}: {message}"):
             read_eval_report(path)
+
+
+LIMITS = ["max_wer_delta_pp", "max_overall_wer_delta_pp", "min_speedup", "max_size_ratio"]
+
+
+@pytest.mark.parametrize("key", [*LIMITS, "champion_tolerance_pp"])
+@pytest.mark.parametrize("value", [True, float("nan")])
+def test_a_threshold_read_as_a_boolean_or_nan_is_refused(key, value):
+    """YAML's ``yes`` is True (an int in Python: a limit of 1) and ``.nan`` makes every comparison false,
+    so a NaN limit would pass any candidate; both name the key instead."""
+    with pytest.raises(ParamError, match=re.escape(f"gate.{key}={value!r} must be a number")):
+        gate_config({key: value})
+    with pytest.raises(ParamError, match=re.escape(f"gate.max_wer_delta_pp_by_language.en={value!r}")):
+        gate_config({"max_wer_delta_pp_by_language": {"en": value}})
+
+
+def test_an_empty_per_language_override_section_is_no_override():
+    """``max_wer_delta_pp_by_language:`` left blank in params.yaml is YAML null: no override, no error."""
+    assert gate_config({"max_wer_delta_pp_by_language": None}).max_wer_delta_pp_by_language == {}
+
+
+def test_a_delta_at_its_limit_that_floats_round_up_passes():
+    """Five errors more in 1000 words is +0.5 pp, which floats compute as 1.1 - 0.6 = 0.5000000000000001:
+    at the limit, so it passes, per language and overall."""
+    rep = report({"en": 0.6}, {"en": 1.1})
+    assert rep["comparison"]["wer_delta/en"] > 0.5 and rep["comparison"]["error_rate_delta/overall"] > 0.5
+    assert check_thresholds(rep, gate_config({"max_overall_wer_delta_pp": 100})).passed
+    assert check_thresholds(rep, gate_config({"max_wer_delta_pp": 100})).passed
+
+
+def test_a_speedup_or_size_ratio_exactly_at_its_limit_passes():
+    """``min_speedup`` and ``max_size_ratio`` are inclusive bounds, like the error-rate limits."""
+    rep = report({"en": 10.0}, {"en": 10.0})
+    rep["comparison"].update(speedup=1.5, size_ratio=0.45)
+    assert check_thresholds(rep, gate_config({"min_speedup": 1.5, "max_size_ratio": 0.45})).passed
+    refused = check_thresholds(rep, gate_config({"min_speedup": 1.5001, "max_size_ratio": 0.4499}))
+    assert [r.split(" ", 1)[0] for r in refused.reasons] == ["speedup", "size"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("wer_delta/en", float("-inf")), ("speedup", float("inf"))])
+def test_a_metric_that_is_infinite_fails_the_gate(key, value):
+    """An infinite delta or speedup (a damaged eval.json) is no measurement: -inf would pass every
+    error-rate limit and inf every min_speedup."""
+    rep = report({"en": 10.0}, {"en": 10.0})
+    rep["comparison"][key] = value
+    d = check_thresholds(rep, gate_config({}))
+    assert not d.passed and d.reasons == [
+        f"{key} is {value!r}, not a measured number: rerun evaluate (dvc repro evaluate)"
+    ]
+
+
+def test_no_note_where_one_error_is_exactly_the_limit():
+    """One error in 200 words is +0.5 pp, within a 0.5 pp limit: one error more than FP32 passes, so the
+    note saying it fails the gate would be wrong."""
+    rep = report({"en": 10.0}, {"en": 10.5})
+    rep["fp32"]["ref_length/en"] = 200
+    d = check_thresholds(rep, gate_config({}))
+    assert d.passed and d.notes == []
+
+
+def test_a_candidate_level_with_the_champion_within_its_tolerance_passes():
+    """A tie is not worse, and neither is exactly the tolerance worse (10.1 + 0.2 is 10.299999999999999
+    in floats)."""
+    assert check_against_champion({"wer/en": 10.1}, {"wer/en": 10.1}, 0.0, "v1") == []
+    assert check_against_champion({"wer/en": 10.3}, {"wer/en": 10.1}, 0.2, "v1") == []
+    assert check_against_champion({"wer/en": 10.31}, {"wer/en": 10.1}, 0.2, "v1")
+
+
+def test_a_champion_with_no_figure_in_common_is_not_passed_unchecked():
+    """Gate metrics that share no accuracy figure with the candidate's (none on this evaluation set's
+    terms) check nothing: the candidate is refused as with no gate_metrics at all."""
+    cand = {"wer/en": 10.0, "wer_delta/en": 0.1, "error_rate/overall": 10.0, "speedup": 2.0}
+    for champ, same in (({"speedup": 3.0}, True), ({"wer/en": 10.0, "error_rate/overall": 10.0}, False)):
+        reasons = check_against_champion(cand, champ, 0.0, "v1", same_eval_set=same)
+        assert reasons and reasons[0].startswith("champion v1 records no gate metrics to compare with")

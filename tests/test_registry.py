@@ -601,3 +601,70 @@ def test_the_alias_command_reads_a_sqlite_uri_with_options(tmp_path, model_dirs,
     out = capsys.readouterr()
     assert code == 0 and "no MLflow database here" not in out.err, out.err
     assert out.out.splitlines()[0].startswith("v1    passed   @champion")
+
+
+def test_a_champion_removed_by_hand_stays_removed_when_promote_runs_again(tmp_path, model_dirs):
+    """`whisper-int8 alias --delete` (the fleet's pull then fails saying why) holds over a `dvc repro` of
+    the removed version's state, as a rollback to another version does: with no champion left to
+    compare with, only the rolled_back tag keeps the alias off."""
+    from whisper_int8 import registry
+
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "a")
+    assert promote(inputs, cfg, gate_config({}), {})["passed"]
+    client = client_for(cfg.tracking_uri)
+    registry.move_alias(client, cfg.registered_model, "champion", None, cfg.tracking_uri)
+    again = promote(inputs, cfg, gate_config({}), {})
+    assert not again["passed"] and again["champion_version"] is None
+    assert again["reasons"][0].startswith("version 1 was taken off @champion by hand")
+    assert registry.champion(client, cfg.registered_model, "champion") is None
+
+
+def test_champion_tolerance_is_the_one_promote_applies(tmp_path, model_dirs):
+    """gate.champion_tolerance_pp: a candidate this much worse than the champion still replaces it."""
+    cfg = mlflow_cfg(tmp_path)
+    gate = gate_config({"champion_tolerance_pp": 0.5})
+    first = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.1}), "a")
+    assert promote(first, cfg, gate, {})["passed"]
+    second = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 10.4}), "b")  # 0.3 pp worse
+    result = promote(second, cfg, gate, {})
+    assert result["passed"] and result["version"] == result["champion_version"] == 2, result["reasons"]
+    holder = client_for(cfg.tracking_uri).get_model_version_by_alias(cfg.registered_model, "champion")
+    assert int(holder.version) == 2
+
+
+def test_a_rerun_of_a_registered_state_does_not_log_the_model_again(tmp_path, model_dirs, monkeypatch):
+    """The version registered for a pipeline state is judged again from its logged model: a rerun
+    (a refused state, `dvc repro` by a teammate) does not upload the model a second time."""
+    from whisper_int8 import registry
+
+    cfg = mlflow_cfg(tmp_path)
+    inputs = setup_pipeline(tmp_path, model_dirs, report({"en": 10.0}, {"en": 12.0}), "a")
+    assert not promote(inputs, cfg, gate_config({}), {})["passed"]
+    logged = []
+    log_pyfunc = registry.log_pyfunc
+    monkeypatch.setattr(registry, "log_pyfunc", lambda *a: logged.append(a) or log_pyfunc(*a))
+    assert promote(inputs, cfg, gate_config({}), {})["version"] == 1
+    assert logged == []
+    monkeypatch.setattr(registry, "log_pyfunc", lambda *a: logged.append(a) or log_pyfunc(*a))
+    assert promote(inputs, cfg, gate_config({}), {})["version"] == 1
+    assert logged == []
+
+
+def test_the_pipeline_key_ignores_the_promote_entry_of_dvc_lock(tmp_path):
+    """Each promote rewrites its own dvc.lock entry (gate.json's new hash): were it in the digest, every
+    `dvc repro` after a promote would be a new pipeline state, registering a new version of the same model."""
+    from whisper_int8.promotion import dvc_lock_digest
+
+    lock = tmp_path / "dvc.lock"
+
+    def digest(stages: dict) -> str:
+        lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}), encoding="utf-8")
+        return dvc_lock_digest(lock)
+
+    evaluate = {"cmd": "python stages/evaluate.py", "outs": [{"path": "metrics/eval.json", "md5": "a1"}]}
+    promote_entry = {"cmd": "python stages/promote.py", "outs": [{"path": "metrics/gate.json", "md5": "b1"}]}
+    before = digest({"evaluate": evaluate})
+    assert digest({"evaluate": evaluate, "promote": promote_entry}) == before
+    assert digest({"evaluate": evaluate, "promote": {**promote_entry, "outs": [{"md5": "b2"}]}}) == before
+    assert digest({"evaluate": {**evaluate, "outs": [{"path": "metrics/eval.json", "md5": "a2"}]}}) != before

@@ -74,3 +74,38 @@ def test_delta_intervals_pair_clips_by_id_per_language():
     assert "wer_delta_ci_low/de" not in out  # one clip: no interval worth the name
     with pytest.raises(ValueError, match="appears twice"):
         delta_intervals(base + base[:1], cand, {"en": "wer"})
+
+
+def test_a_base_of_another_length_fails():
+    with pytest.raises(ValueError, match="need equal"):
+        delta_interval(np.array([1]), np.array([1, 2]), np.array([3, 4]))
+
+
+def test_a_delta_the_same_on_every_clip_is_the_same_in_every_resample():
+    """A resample's delta is its extra errors over its own words: clips of any length, each 10 pp worse,
+    are 10 pp worse in every resample (not over the whole split's word count)."""
+    lengths = np.array([10, 20, 50, 100, 30, 40, 60, 70, 80, 90])
+    assert delta_interval(np.zeros(10, int), lengths // 10, lengths) == pytest.approx((10.0, 10.0))
+
+
+def test_the_default_interval_is_the_95_percent_one_the_refusal_names():
+    rng = np.random.default_rng(1)
+    base, cand, lengths = rng.integers(0, 5, 30), rng.integers(0, 5, 30), rng.integers(5, 20, 30)
+    assert delta_interval(base, cand, lengths) == delta_interval(base, cand, lengths, level=0.95)
+
+
+def test_every_clip_can_be_drawn():
+    """One error more on the first or the last clip alone shows in the interval's upper end."""
+    for worse in (0, MIN_CLIPS - 1):
+        cand = np.zeros(MIN_CLIPS, int)
+        cand[worse] = 1
+        low, high = delta_interval(np.zeros(MIN_CLIPS, int), cand, np.full(MIN_CLIPS, 10))
+        assert low == 0.0 < high, worse
+
+
+def test_a_clip_only_one_model_transcribed_is_left_out():
+    """The pairs are the clips both variants transcribed: one in a single variant's results is left out."""
+    base = [_clip(i, "en", "a b c d", "a b c d") for i in range(MIN_CLIPS + 1)]
+    cand = [_clip(i, "en", "a b c d", "a b x d") for i in range(1, MIN_CLIPS + 2)]
+    out = delta_intervals(base, cand, {"en": "wer"})
+    assert out["wer_delta_ci_low/en"] == out["wer_delta_ci_high/en"] == pytest.approx(25.0)

@@ -540,7 +540,10 @@ def test_the_fused_digest_is_the_one_its_card_records(tmp_path, dirs):
     assert fused_digest(fused) == sha256_file(fused / "fused.pt")
 
 
-def test_activation_bits_of_follow_the_saved_weight_bits_and_a_damaged_config_is_one_line(tmp_path):
+def test_activation_bits_of_follow_the_saved_weight_bits_and_a_damaged_config_is_one_line(
+    tmp_path, monkeypatch
+):
+    from whisper_int8 import cpu
     from whisper_int8.cpu import activation_bits
     from whisper_int8.model_dir import activation_bits_of
 
@@ -550,6 +553,8 @@ def test_activation_bits_of_follow_the_saved_weight_bits_and_a_damaged_config_is
     assert activation_bits_of(tmp_path) == activation_bits(7) == 8  # on every CPU
     saved.write_text(json.dumps({"config": {}}))  # written before the key: 8-bit weights
     assert activation_bits_of(tmp_path) == activation_bits(8)
+    monkeypatch.setattr(cpu, "fbgemm_vnni", lambda: False)  # where 7- and 8-bit weights differ: no VNNI
+    assert activation_bits_of(tmp_path) == 7
     for damaged in ([1], {"config": {"weight_bits": "7"}}, {"config": {"weight_bits": True}}):
         saved.write_text(json.dumps(damaged))
         with pytest.raises(ModelSourceError, match=r"quant_config.json: .*config.weight_bits: 7 or 8.*rerun"):

@@ -262,6 +262,32 @@ def test_an_unknown_lineage_is_not_recorded_as_the_fp32_directory_given(tmp_path
         convert("fp32-1")
 
 
+def test_convert_dir_measures_the_fp32_directory_and_refuses_another_models_calibration(tmp_path):
+    """The card's fp32_bytes are the FP32 directory's (the gate's size ratio), and statistics recorded
+    for another fused model of the same shapes (another seed, base.en against base) are refused before
+    they set the scales and the float layers silently."""
+    from whisper_int8.fuse import save_fused_dir
+    from whisper_int8.model_sources import LoadedModel, save_checkpoint
+    from whisper_int8.quant.convert_dir import convert_dir
+
+    model = make_tiny_whisper()
+    (tmp_path / "fp32").mkdir()
+    save_checkpoint(tmp_path / "fp32" / "model.pt", LoadedModel(model, model.dims, None))
+    (tmp_path / "fused").mkdir()
+    save_fused_dir(tmp_path / "fused", model, None, fuse_model(model), {})
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    torch.save(_stats(model), cal / "stats.pt")
+    (cal / "sensitivity.json").write_text(json.dumps({"layers": {}}))
+    cfg = parse_quant_config({})
+    card = convert_dir(tmp_path / "fused", cal, tmp_path / "fp32", tmp_path / "int8", cfg)
+    assert card["fp32_bytes"] == model_bytes(tmp_path / "fp32") != model_bytes(tmp_path / "fused")
+    (cal / "sensitivity.json").write_text(json.dumps({"layers": {}, "model_sha256": "0" * 64}))
+    with pytest.raises(ParamError, match=r"cal: calibrated on another fused model than .*fused"):
+        convert_dir(tmp_path / "fused", cal, tmp_path / "fp32", tmp_path / "int8-2", cfg)
+    assert not (tmp_path / "int8-2").exists()
+
+
 def test_convert_refuses_an_fp32_checkpoint_replaced_under_its_card(tmp_path):
     """Regression: convert took models/fp32's card's checkpoint_sha256 on trust for the lineage check
     and the card's size ratio: another model.pt under the kept card was converted as the card's model
@@ -363,6 +389,14 @@ def test_static_inputs_over_the_calibrated_maximum_are_clamped_to_7_bits():
     with torch.no_grad():
         assert torch.equal(mod(torch.full((1, 64), 2.0)), mod(top))
         assert torch.equal(mod(torch.full((1, 64), -2.0)), mod(torch.full((1, 64), -64 * float(scale))))
+    # a layer whose output resolves one input code (64 weights of 1, output step 1.0 = 64 x scale): the
+    # clamp is to the code 63, not 64, and the dequantized output is that code's, not one step off
+    ones = nn.Linear(64, 1, bias=False)
+    nn.init.ones_(ones.weight)
+    fine = StaticInt8Linear.from_float(ones, True, input_scale=scale, output_scale=torch.tensor(1.0))
+    with torch.no_grad():
+        assert float(fine(torch.full((1, 64), 2.0))) == float(fine(top)) == 63.0
+        assert float(fine(torch.full((1, 64), 62 * float(scale)))) == 62.0
 
 
 @pytest.mark.parametrize(
@@ -373,12 +407,13 @@ def test_static_inputs_over_the_calibrated_maximum_are_clamped_to_7_bits():
         ({"scheme": "dynamic", "per_token": False}, DynamicInt8Linear),
         ({"scheme": "static"}, StaticInt8Linear),
         ({"scheme": "weight_only"}, WeightOnlyInt8Linear),
+        ({"scheme": "weight_only", "per_channel": False}, WeightOnlyInt8Linear),
         ({"scheme": "dynamic", "smoothquant_alpha": 0.5}, DynamicInt8Linear),
         ({"scheme": "dynamic", "outlier_channels": 4}, OutlierInt8Linear),
         ({"scheme": "static", "outlier_channels": 4}, OutlierInt8Linear),
     ],
     ids=[
-        *("dynamic", "per-tensor", "per-call", "static", "weight_only"),
+        *("dynamic", "per-tensor", "per-call", "static", "weight_only", "weight_only-per-tensor"),
         *("smoothquant", "outliers", "static-outliers"),
     ],
 )
@@ -579,9 +614,17 @@ def test_static_uses_calibrated_scales_on_encoder_only():
     report = quantize_model(model, parse_quant_config({"scheme": "static"}), stats)
     static = [n for n, k in report["layers"].items() if k == "static"]
     assert static and all(n.startswith("encoder.") for n in static)
+    # the encoder's post-GELU mlp.2 keeps per-call ranges (STATIC_DYNAMIC_SUFFIX), as does the decoder
+    encoder_dynamic = {n for n, k in report["layers"].items() if k == "dynamic" and n.startswith("encoder.")}
+    assert encoder_dynamic == {"encoder.blocks.0.mlp.2", "encoder.blocks.1.mlp.2"}
+    assert isinstance(model.encoder.blocks[0].mlp[2], DynamicInt8Linear)
     layer = model.encoder.blocks[0].attn.qkv
     assert float(layer.input_scale) == pytest.approx(
         float(stats["encoder.blocks.0.attn.qkv/in_absmax"].max()) / 63.5
+    )
+    # the output over quint8's 255 levels around 128: the calibrated absmax is the code 127.5 from zero
+    assert float(layer.output_scale) == pytest.approx(
+        float(stats["encoder.blocks.0.attn.qkv/out_absmax"].max()) / 127.5
     )
 
 
@@ -592,6 +635,11 @@ def test_smoothquant_keeps_the_float_function():
     in_absmax = {k[: -len("/in_absmax")]: v for k, v in stats.items() if k.endswith("/in_absmax")}
     applied = smooth(model, in_absmax, 0.5)
     assert len(applied) == 2 * 2 + 2 * 3  # qkv + fc1 per block, + cross query in the decoder
+    # s = max|x|^alpha / max|w|^(1 - alpha) per input channel (at alpha 0.5 a swap would not show)
+    name, lin = "encoder.blocks.0.attn.qkv", copy.deepcopy(ref).encoder.blocks[0].attn.qkv
+    s = smooth(copy.deepcopy(ref), {name: in_absmax[name]}, 0.8)[name]
+    w_max = lin.weight.detach().abs().amax(dim=0)
+    torch.testing.assert_close(s, in_absmax[name].clamp_min(1e-5) ** 0.8 / w_max**0.2, rtol=1e-5, atol=0)
     mel = _mel(7)
     with torch.no_grad():
         assert (model(mel, TOKENS) - ref(mel, TOKENS)).abs().max() < 1e-3
@@ -634,6 +682,107 @@ def test_int8_model_transcribes(tmp_path):
     audio = torch.randn(16000 * 3, generator=torch.Generator().manual_seed(0)).numpy() * 0.1
     result = whisper.transcribe(loaded, audio, language="en", temperature=0.0, fp16=False, sample_len=16)
     assert isinstance(result["text"], str) and result["segments"]
+
+
+def test_per_token_ranges_divide_each_row_by_its_absmax():
+    """A row whose largest magnitude is negative (all of it, here) is scaled by |min|, not by its max:
+    the latter made it -1e12 times the input and left every other row no levels at all."""
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(256, 64)
+    x = torch.randn(20, 256, generator=gen)
+    x[::2] = -x[::2].abs()  # rows with no positive value
+    x[1::4] = x[1::4].abs() * 0.5 - x[1::4].abs().amax(-1, keepdim=True)  # negative peak, some positives
+    layer = DynamicInt8Linear.from_float(lin, per_channel=True, per_token=True)
+    with torch.no_grad():
+        ref, got = lin(x), layer(x)
+    assert ((got - ref).norm() / ref.norm()).item() < 0.02
+
+
+def test_outlier_columns_are_zero_in_the_int8_weight_and_set_no_scale():
+    """The int8 GEMM sees the outlier channels zeroed, so their weight columns are zero there and leave
+    the other columns' scale alone: a large weight in an outlier column coarsened every other one."""
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 16)
+    with torch.no_grad():
+        lin.weight[:, 5] = 10.0  # a column far larger than the rest (init: |w| <= 1/8)
+    layer = OutlierInt8Linear.from_float(lin, per_channel=True, index=torch.tensor([5, 9]), bits=8)
+    q, scale, _ = layer.int8_weight()
+    assert not q[:, [5, 9]].any()
+    others = lin.weight.detach()[:, [i for i in range(64) if i not in (5, 9)]]
+    torch.testing.assert_close(scale, others.abs().amax(1) / 127, rtol=0, atol=0)
+    x = torch.randn(8, 64, generator=gen)
+    with torch.no_grad():
+        assert ((layer(x) - lin(x)).norm() / lin(x).norm()).item() < 0.02
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda s: s.pop("weight_int8"), r"Missing key\(s\) in state_dict: \"weight_int8\""),
+        (
+            lambda s: s.update(weight_scale=s["weight_scale"][:1]),
+            r"\(16, 64\)/torch.int8, 1 scales do not fit",
+        ),
+        (
+            lambda s: s.update(weight_int8=s["weight_int8"].short()),
+            r"\(16, 64\)/torch.int16, 16 scales do not",
+        ),
+    ],
+    ids=["missing", "scales", "dtype"],
+)
+def test_int8_state_that_does_not_fit_the_layer_is_refused_when_loaded(change, match):
+    """A strict load names what is missing or does not fit (another conversion's tensors, an edited
+    file) instead of leaving a layer unpacked or packed with other scales than its config says."""
+    lin = nn.Linear(64, 16)
+    state = DynamicInt8Linear.from_float(lin, per_channel=True).state_dict()
+    change(state)
+    with pytest.raises(RuntimeError, match=match):
+        DynamicInt8Linear(64, 16, True, per_channel=True).load_state_dict(state)
+
+
+def test_the_logits_projection_takes_per_token_ranges():
+    """quant.per_token reaches the tied logits GEMM (x · Eᵀ), not only the Linear layers: there a loud
+    position of a teacher-forced sequence left the others the few levels of one per-call range."""
+    gen = torch.Generator().manual_seed(0)
+    emb = nn.Embedding(512, 64)
+    x = torch.randn(40, 64, generator=gen)
+    x[:4] *= 50.0
+    ref = x @ emb.weight.detach().T
+    with torch.no_grad():
+        per_token = Int8TiedEmbedding.from_float(emb, per_token=True).project(x)
+        per_call = Int8TiedEmbedding.from_float(emb, per_token=False).project(x)
+
+    def err(y):
+        return ((y - ref)[4:].norm() / ref[4:].norm()).item()
+
+    assert err(per_token) < 0.05 < 0.2 < err(per_call)
+
+
+def test_static_layers_matching_outlier_layers_stay_static():
+    """quant.outlier_channels splits dynamic layers only: a static encoder layer that an outlier pattern
+    also names keeps its calibrated scales, not the per-call ranges of the outlier kind."""
+    model = _fused()
+    raw = {"scheme": "static", "outlier_channels": 4, "outlier_layers": ["*.mlp.2", "encoder.*.attn.qkv"]}
+    report = quantize_model(model, parse_quant_config(raw), _stats(model))
+    assert report["layers"]["encoder.blocks.0.attn.qkv"] == "static"
+    assert report["layers"]["encoder.blocks.0.mlp.2"] == "dynamic_outliers"
+    assert type(model.encoder.blocks[0].attn.qkv) is StaticInt8Linear
+
+
+def test_a_layer_left_unconverted_fails_the_count(monkeypatch):
+    """The conversion counts what the model really holds: a Linear the layer map calls INT8 but that
+    stayed float (a replacement that missed) is a QuantError, not a model quietly part float."""
+    import whisper_int8.quant.convert as convert
+
+    real_set = convert._set
+
+    def skip_one(model, name, module):
+        if name != "decoder.blocks.1.mlp.2":
+            real_set(model, name, module)
+
+    monkeypatch.setattr(convert, "_set", skip_one)
+    with pytest.raises(QuantError, match=r"'int8_linear': 21, 'float_linear': 1.* expects 22 int8 Linear"):
+        quantize_model(_fused(), parse_quant_config({}))
 
 
 def _int8_weights(model: nn.Module) -> dict[str, tuple]:

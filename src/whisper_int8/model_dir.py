@@ -136,8 +136,12 @@ def fused_digest(root: Path | str) -> str:
 
 
 def _not_describing(card: Path, weights: Path, error: Exception, rerun: str) -> ModelSourceError:
-    """A description (quant_config.json, the fused model card) and weights that do not fit together."""
-    cause = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    """A description (quant_config.json, the fused model card) and weights that do not fit together.
+
+    The cause is the error's first line, or for load_state_dict's ("Error(s) in loading state_dict
+    for Whisper:") the first of its own lines, which say which tensor does not fit and how."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    cause = lines[1 if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict") else 0][:200]
     return ModelSourceError(f"{card}: does not describe {weights.name} ({cause}); rerun {rerun}")
 
 

@@ -711,3 +711,14 @@ def test_a_cuda_evaluation_records_no_cpu_activation_bits(tmp_path, monkeypatch)
     assert "int8_activation_bits" not in config and config["gpu"] == "a GPU"
     with pytest.raises(ValueError, match="'9': use auto, 7 or 8"):
         stage.settings({**opt, "device": "cpu"}, [])
+
+
+def test_the_overall_delta_compares_the_languages_both_models_have():
+    """Regression (a review): each overall rate is the mean over its own model's languages, so with de
+    in FP32's results only, INT8's +0.5 pp on en read as +3.00 pp overall."""
+    speed = {"latency_p50_s": 1.0, "model_size_mb": 10.0}
+    base = {"wer/en": 10.0, "clips/en": 3, "wer/de": 5.0, "clips/de": 3, "error_rate/overall": 7.5, **speed}
+    cand = {"wer/en": 10.5, "clips/en": 3, "error_rate/overall": 10.5, **speed}
+    assert eval_report.compare(base, cand)["error_rate_delta/overall"] == pytest.approx(0.5)
+    both = {**cand, "wer/de": 6.0, "clips/de": 3, "error_rate/overall": 8.25}  # same languages: as before
+    assert eval_report.compare(base, both)["error_rate_delta/overall"] == 8.25 - 7.5

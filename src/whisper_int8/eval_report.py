@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -81,12 +82,22 @@ def read_eval_report(path: Path) -> dict[str, Any]:
 
 
 def compare(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
-    """Deltas in percentage points per language and overall, speedup and size ratio of the candidate."""
+    """Deltas in percentage points per language and overall, speedup and size ratio of the candidate.
+
+    Each overall rate is the mean over its own model's languages; where those differ (a language only
+    one model has results for), the overall delta is the mean of the shared languages' deltas instead,
+    not a difference of means over two language sets."""
     out: dict[str, float] = {}
-    for lang in shared_languages(base, cand):
+    shared = shared_languages(base, cand)
+    for lang in shared:
         key = error_key(cand, lang)
         out[delta_key(key)] = cand[key] - base[key]
-    out["error_rate_delta/overall"] = cand["error_rate/overall"] - base["error_rate/overall"]
+    if set(languages(base)) == set(languages(cand)) or not shared:
+        out["error_rate_delta/overall"] = cand["error_rate/overall"] - base["error_rate/overall"]
+    else:
+        out["error_rate_delta/overall"] = statistics.fmean(
+            out[delta_key(error_key(cand, lang))] for lang in shared
+        )
     out["speedup"] = base["latency_p50_s"] / cand["latency_p50_s"]
     out["size_ratio"] = cand["model_size_mb"] / base["model_size_mb"]
     return out

@@ -88,16 +88,15 @@ def compare(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
     one model has results for), the overall delta is the mean of the shared languages' deltas instead,
     not a difference of means over two language sets."""
     out: dict[str, float] = {}
-    shared = shared_languages(base, cand)
-    for lang in shared:
+    deltas = []
+    for lang in shared_languages(base, cand):
         key = error_key(cand, lang)
-        out[delta_key(key)] = cand[key] - base[key]
-    if set(languages(base)) == set(languages(cand)) or not shared:
+        out[delta_key(key)] = delta = cand[key] - base[key]
+        deltas.append(delta)
+    if set(languages(base)) == set(languages(cand)) or not deltas:
         out["error_rate_delta/overall"] = cand["error_rate/overall"] - base["error_rate/overall"]
     else:
-        out["error_rate_delta/overall"] = statistics.fmean(
-            out[delta_key(error_key(cand, lang))] for lang in shared
-        )
+        out["error_rate_delta/overall"] = statistics.fmean(deltas)
     out["speedup"] = base["latency_p50_s"] / cand["latency_p50_s"]
     out["size_ratio"] = cand["model_size_mb"] / base["model_size_mb"]
     return out

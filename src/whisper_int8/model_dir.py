@@ -141,7 +141,9 @@ def _not_describing(card: Path, weights: Path, error: Exception, rerun: str) -> 
     The cause is the error's first line, or for load_state_dict's ("Error(s) in loading state_dict
     for Whisper:") the first of its own lines, which say which tensor does not fit and how."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-    cause = lines[1 if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict") else 0][:200]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    cause = lines[0][:200]
     return ModelSourceError(f"{card}: does not describe {weights.name} ({cause}); rerun {rerun}")
 
 

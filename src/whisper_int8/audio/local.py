@@ -247,9 +247,8 @@ def _row_folders(manifest: Path) -> tuple[Path, ...]:
 
 def _beside(folders: tuple[Path, ...], audio_field: str) -> Path:
     """A row's file in the first of ``folders`` that has it (the first's path when none has)."""
-    found = (_on_disk((folder / audio_field).resolve()) for folder in folders)
-    first = next(found)
-    return first if first.exists() else next((p for p in found if p.exists()), first)
+    candidates = [_on_disk((folder / audio_field).resolve()) for folder in folders]
+    return next((audio for audio in candidates if audio.exists()), candidates[0])
 
 
 def from_manifest(

@@ -14,6 +14,7 @@ from whisper_int8.cli_common import run, stage_parser
 from whisper_int8.evaluate import eval_split, model_dirs
 from whisper_int8.fsutil import check_file_output
 from whisper_int8.gate import REFUSED_EXIT, gate_config
+from whisper_int8.languages import corpus_languages
 from whisper_int8.params import ParamError, load_params, section
 from whisper_int8.promotion import PromoteInputs, mlflow_config, promote
 from whisper_int8.transcribe import decode_options
@@ -31,11 +32,11 @@ def main(args) -> int:
     ml = section(params, "mlflow", args.params)
     ev = section(params, "evaluate", args.params)
     gate = gate_config(section(params, "gate", args.params), args.params)
-    corpus = section(params, "audio", args.params).get("languages") if "audio" in params else None
-    if gate.require_languages is True and corpus:
+    audio = section(params, "audio", args.params) if "audio" in params else {}
+    if gate.require_languages is True and "languages" in audio:
         # Every language the corpus asks for, not just those that made it into the split: a source
         # that failed under `on_error: skip` must not let an untested model through.
-        gate = replace(gate, require_languages=[str(lang) for lang in corpus])
+        gate = replace(gate, require_languages=corpus_languages(audio, args.params))
     cfg = mlflow_config(ml, args.params)
     eval_json = Path(args.metrics) / "eval.json"
     if not eval_json.is_file():

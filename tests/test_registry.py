@@ -338,6 +338,17 @@ def test_a_corpus_language_missing_from_the_split_blocks_promotion(tmp_path, mod
     assert "not promoted: languages without results for both variants: de" in proc.stdout
 
 
+def test_promote_refuses_corpus_languages_that_are_not_a_list_of_codes(tmp_path, model_dirs):
+    """promote alone after an edit: a bare ``en`` once required the languages e and n (fetch_audio,
+    which would refuse it first, does not run when its outputs are cached)."""
+    uri = fresh_tracking_uri(tmp_path)
+    rep = report({"en": 10.0}, {"en": 10.0})
+    for languages, says in (("en", "audio.languages must be a non-empty list"), (["EN"], "lower case: en")):
+        proc = run_promote(tmp_path, rep, model_dirs, uri, audio={"languages": languages})
+        assert proc.returncode == 2, proc.stdout
+        assert says in proc.stderr
+
+
 def test_champion_on_another_evaluation_set_is_compared_by_deltas(tmp_path, model_dirs):
     cfg = mlflow_cfg(tmp_path)
 

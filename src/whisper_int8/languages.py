@@ -70,6 +70,16 @@ def check_codes(key: str, languages: Any, path: str = "params.yaml") -> None:
         raise ParamError(f"{path}: {key}: {', '.join(twice)} listed more than once; list each language once")
 
 
+def corpus_languages(audio: dict, path: str = "params.yaml") -> list[str]:
+    """``audio.languages``, checked: a non-empty list of Whisper codes. fetch_audio and promote both read
+    it; promote alone (``dvc repro promote`` after an edit) must not take a bare ``en`` for e and n."""
+    languages = audio.get("languages")
+    if not isinstance(languages, list) or not languages:
+        raise ParamError(f"{path}: audio.languages must be a non-empty list of language codes")
+    check_codes("audio.languages", languages, path)
+    return languages
+
+
 def model_languages(model: nn.Module) -> list[str]:
     """The codes ``model`` has language tokens for: en for an English-only model (tiny.en, ...), else
     the first ``num_languages`` of Whisper's list (99; 100 with large-v3 and turbo, which add yue)."""

@@ -39,7 +39,7 @@ from ..fsutil import (
     json_text,
     sha256_file,
 )
-from ..languages import check_codes
+from ..languages import check_codes, corpus_languages
 from ..params import ParamError, reject_unknown_keys
 from ..scoring import normalize
 from ..tracking_uri import repo_root
@@ -123,10 +123,8 @@ def parse_params(p: dict[str, Any], path: str = "params.yaml") -> AudioParams:
             raise ParamError(f"{path}: audio.{key} is missing")
         return p[key]
 
-    languages = need("languages")
-    if not isinstance(languages, list) or not languages:
-        raise ParamError(f"{path}: audio.languages must be a non-empty list of language codes")
-    check_codes("audio.languages", languages, path)
+    need("languages")
+    languages = corpus_languages(p, path)
     sources = need("sources")
     if not isinstance(sources, dict) or not sources:
         raise ParamError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -115,6 +116,18 @@ def test_numbers_are_read_as_dvc_reads_them(tmp_path):
     assert ours == dvc
     assert {k: type(v) for k, v in ours.items()} == {k: type(v) for k, v in dvc.items()}
     assert (ours["k0"], ours["k6"], ours["k17"]) == (10, 0.5, "1:30")
+
+
+@pytest.mark.parametrize("scalar", ["0x_", "0b_", "0o_", "-_", "._", "-._"])
+def test_a_number_without_digits_is_refused_at_its_line(tmp_path, scalar):
+    """YAML 1.2's patterns take underscores for digits, so these resolve to numbers that have none:
+    a ValueError traceback until they were refused like any other YAML error (DVC's parser fails too)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"audio:\n  seed: {scalar}\n")
+    with pytest.raises(
+        ParamError, match=rf"params.yaml:2:9: not valid YAML: '{re.escape(scalar)}' is a number without"
+    ):
+        load_params(path)
 
 
 @pytest.mark.parametrize("typo", ["quantt", "quaant", "quan", "qunt", "quamt", "qaunt"])

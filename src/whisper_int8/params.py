@@ -80,7 +80,26 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     return sign * (int(digits[2:], base) if base else int(digits))
 
 
-_UniqueKeyLoader.add_constructor(_INT, _construct_int)
+def _digits_required(construct):
+    """The patterns (ruamel's, as DVC has them) take underscores for digits, so ``0x_``, ``-_`` and
+    ``._`` resolve to numbers with no digit: refused at their line, not a ValueError traceback."""
+
+    def checked(loader: yaml.SafeLoader, node: yaml.ScalarNode):
+        try:
+            return construct(loader, node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{node.value!r} is a number without digits; write one, or quote text",
+                node.start_mark,
+            ) from None
+
+    return checked
+
+
+_UniqueKeyLoader.add_constructor(_INT, _digits_required(_construct_int))
+_UniqueKeyLoader.add_constructor(_FLOAT, _digits_required(yaml.SafeLoader.construct_yaml_float))
 
 
 def _one_edit_apart(a: str, b: str) -> bool:

@@ -116,7 +116,8 @@ def test_a_generation_error_names_its_cause(tmp_path, monkeypatch, no_network):
 
     (tmp_path / "ds").mkdir()
     monkeypatch.setattr(datasets, "load_dataset", fail)
-    cause = r"cannot load: An error occurred .* \(.*install 'torchcodec'\.\)"
+    # no config: "(test)", not "(None, test)"
+    cause = r"/ds \(test\): cannot load: An error occurred .* \(.*install 'torchcodec'\.\)"
     with pytest.raises(AudioInputError, match=cause):
         hf.items(str(tmp_path / "ds"), "en", None, tmp_path / "cache")
 
@@ -180,5 +181,5 @@ def test_a_row_without_audio_is_a_bad_item(tmp_path, no_network):
     (tmp_path / "ds").mkdir()
     pq.write_table(pa.table({"audio": audio, "text": ["a", "b"]}), tmp_path / "ds" / "test.parquet")
     for item in hf.items(str(tmp_path / "ds"), "en", None, tmp_path / "cache"):
-        with pytest.raises(AudioInputError, match=r"ds/None/test#\d: no audio \(the row's audio has neither"):
+        with pytest.raises(AudioInputError, match=r"/ds/test#\d: no audio \(the row's audio has neither"):
             item.load()

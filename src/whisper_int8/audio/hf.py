@@ -75,6 +75,11 @@ def _audio_path(path: str, roots: list[Path], name: str) -> Path:
     return found
 
 
+def _parts(config: str | None, split: str, sep: str = ", ") -> str:
+    """Config and split as messages and item sources name them: no config is left out, not "None"."""
+    return sep.join(p for p in (config, split) if p)
+
+
 def _load_hub(datasets: Any, dataset: str, config: str | None, split: str, cache: str) -> Any:
     """The Hub dataset's split; its parquet export when it ships a loading script."""
     try:
@@ -91,7 +96,7 @@ def _load_hub(datasets: Any, dataset: str, config: str | None, split: str, cache
         return datasets.load_dataset("parquet", data_files={split: files}, split=split, cache_dir=cache)
     except Exception as e:  # as above: many types
         raise AudioInputError(
-            f"hf:{dataset} ({config}, {split}): ships a loading script, which datasets "
+            f"hf:{dataset} ({_parts(config, split)}): ships a loading script, which datasets "
             f"{datasets.__version__} does not run, and its parquet export {files} cannot be read: {e}"
         ) from None
 
@@ -130,7 +135,7 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
         raise
     except Exception as e:  # datasets raises many types (connection, missing config, gated dataset)
         why = f" ({e.__cause__})" if e.__cause__ else ""  # "An error occurred while generating..."
-        raise AudioInputError(f"hf:{dataset} ({config}, {split}): cannot load: {e}{why}") from None
+        raise AudioInputError(f"hf:{dataset} ({_parts(config, split)}): cannot load: {e}{why}") from None
     column = next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
     if column is None or "audio" not in ds.column_names:
         raise AudioInputError(
@@ -143,7 +148,7 @@ def items(dataset: str, language: str, config: str | None, cache: Path, split: s
     prefix = safe_id(f"{language}-hf-{dataset}")  # the dataset in the id: two datasets of one language
     out = []
     for n in range(len(ds)):
-        name = f"hf:{dataset}/{config}/{split}#{n}"
+        name = f"hf:{dataset}/{_parts(config, split, sep='/')}#{n}"
 
         def load(n: int = n, name: str = name) -> np.ndarray:
             audio = ds[n]["audio"] or {}  # a null cell: a bad item, not an AttributeError ending the build

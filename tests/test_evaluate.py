@@ -722,3 +722,193 @@ def test_the_overall_delta_compares_the_languages_both_models_have():
     assert eval_report.compare(base, cand)["error_rate_delta/overall"] == pytest.approx(0.5)
     both = {**cand, "wer/de": 6.0, "clips/de": 3, "error_rate/overall": 8.25}  # same languages: as before
     assert eval_report.compare(base, both)["error_rate_delta/overall"] == 8.25 - 7.5
+
+
+def _known_transcriber(calls: list) -> object:
+    """A ``transcribe_clip`` whose answers are known (the tiny random model identifies no language
+    right, so a LID figure over the wrong clips read 0 either way): en and zh clips identified
+    right, de as fr (3 clips of 4); a fallback temperature of 0.4 on each."""
+    detections = {"en": iter(["en", "en"]), "de": iter(["fr"]), "zh": iter(["zh"])}
+
+    def transcribe(model, audio, language, **kw) -> dict:
+        calls.append(("transcribe", language, kw.get("detect_language"), len(audio)))
+        text = "the quick brown fox" if language == "en" else "x"
+        return {"text": text, "lid_s": 0.0, "detected_language": next(detections[language]),
+                "temperature": 0.4}  # fmt: skip
+
+    return transcribe
+
+
+def test_each_clip_is_transcribed_in_its_language_and_scored_against_its_reference(setup, monkeypatch):
+    """(mutation review) What each clip's row and the per-language figures are made of: the clip's own
+    language forced (identified apart), its manifest text the reference, Whisper's identification
+    counted per language, the fallback temperature and the audio's duration kept, the peak RSS reset
+    before the first transcription. The evaluation tests above check the figures against the clip rows,
+    which a row built wrongly (reference and hypothesis swapped, the reference language recorded as
+    the detected one) passed."""
+    from whisper_int8 import evaluate
+    from whisper_int8.audio import read_manifest
+
+    calls: list = []
+    monkeypatch.setattr(evaluate, "transcribe_clip", _known_transcriber(calls))
+    monkeypatch.setattr(memory, "reset_peak_rss", lambda: calls.append(("reset",)))
+    out = evaluate.evaluate_with_model(make_tiny_whisper(), setup["fp32"], setup["split"], FAST, warmup=0)
+    manifest = read_manifest(setup["split"])
+    assert calls[0] == ("reset",) and len(calls) == 1 + len(manifest)
+    assert [c[1:3] for c in calls[1:]] == [(clip.language, True) for clip in manifest]
+    rows = {c["id"]: c for c in out["clips"]}
+    for clip in manifest:
+        row = rows[clip.id]
+        assert (row["language"], row["reference"]) == (clip.language, clip.text)
+        assert row["hypothesis"] == ("the quick brown fox" if clip.language == "en" else "x")
+        assert row["fallback_temperature"] == 0.4
+        assert row["duration_s"] == pytest.approx(clip.duration, abs=0.01)
+    m = out["metrics"]
+    assert [rows[i]["detected_language"] for i in ("en-000", "en-001", "de-002", "zh-003")] == [
+        "en", "en", "fr", "zh"]  # fmt: skip
+    assert (m["lid_accuracy/en"], m["lid_accuracy/de"], m["lid_accuracy/zh"]) == (100.0, 0.0, 100.0)
+    assert m["lid_accuracy/overall"] == 75.0  # 3 of 4 clips
+    # en: 9 + 6 reference words; "the quick brown fox" leaves 5 deleted, then 4 wrong and 2 deleted
+    assert (m["errors/en"], m["ref_length/en"]) == (11, 15)
+    assert m["wer/en"] == pytest.approx(100 * 11 / 15)
+    assert m["audio_s"] == pytest.approx(sum(clip.duration for clip in manifest), abs=0.05)
+
+
+def test_warmup_calls_are_untimed_and_the_first_is_reported_alone(setup, monkeypatch):
+    """(mutation review) ``evaluate.warmup`` untimed calls on the first clip, the first of them (the
+    cold one) reported as first_call_s; 0: none at all, and no first_call_s."""
+    from whisper_int8 import evaluate
+
+    seconds = iter([0.4, 0.0, 0.0] + [0.0] * 10)
+    calls = []
+
+    def transcribe(model, audio, language, **kw) -> dict:
+        calls.append((language, len(audio)))
+        time.sleep(next(seconds))
+        return {"text": "x", "lid_s": 0.0, "detected_language": language, "temperature": 0.0}
+
+    monkeypatch.setattr(evaluate, "transcribe_clip", transcribe)
+    results, first_call = evaluate.transcribe_split(make_tiny_whisper(), setup["split"], FAST, warmup=2)
+    assert len(calls) == 2 + len(results) and calls[0] == calls[1] == calls[2]  # the first clip
+    assert first_call >= 0.4  # the first call, not the last warm-up
+    calls.clear()
+    results, first_call = evaluate.transcribe_split(make_tiny_whisper(), setup["split"], FAST, warmup=0)
+    assert first_call is None and len(calls) == len(results)
+    assert "first_call_s" not in evaluate.speed_metrics(results, None)
+
+
+def test_latency_percentiles_and_rtf_of_known_latencies():
+    """(mutation review) p50 and p90 over the clips' latencies, RTF as their total over the audio's
+    (not a mean of per-clip ratios, which a short clip would swing)."""
+    from whisper_int8.evaluate import ClipResult, speed_metrics
+
+    rows = [ClipResult(str(i), "en", "r", "h", "en", float(i), 10.0 * i, 0.0) for i in range(1, 11)]
+    rows[0].duration_s = 1.0  # 1 s of work on 1 s of audio: RTF 1 for that clip alone
+    out = speed_metrics(rows, 0.7)
+    assert out["latency_p50_s"] == pytest.approx(5.5) and out["latency_p90_s"] == pytest.approx(9.1)
+    assert out["rtf"] == pytest.approx(55 / 541) and out["audio_s"] == pytest.approx(541.0)
+    assert out["first_call_s"] == 0.7
+
+
+def _evaluation(rates: dict[str, float], clips: list[dict], latency_p50_s: float = 1.0) -> dict:
+    """An evaluation as :func:`whisper_int8.evaluate.evaluate_model_dir` returns it."""
+    from .eval_fixtures import variant_metrics
+
+    return {"metrics": variant_metrics(rates, latency_p50_s, 100.0), "clips": clips}
+
+
+def _row(i: int, lang: str, reference: str, hypothesis: str, latency_s: float = 1.0) -> dict:
+    return {"id": f"{lang}-{i}", "language": lang, "reference": reference, "hypothesis": hypothesis,
+            "latency_s": latency_s}  # fmt: skip
+
+
+def test_each_interval_is_named_by_its_languages_metric():
+    """(mutation review) A CER language's interval is ``cer_delta_ci_*/zh``, the name per_language.csv
+    and the gate's reason read it by; the report tests above have too few clips for any interval."""
+    base = [_row(i, "en", "a b c d", "a b c d") for i in range(10)]
+    base += [_row(i, "zh", "你好世界", "你好世界") for i in range(10)]
+    cand = [_row(i, "en", "a b c d", "a b x d") for i in range(10)]
+    cand += [_row(i, "zh", "你好世界", "你好世") for i in range(10)]
+    comp = eval_report.compare_results(
+        _evaluation({"en": 0.0, "zh": 0.0}, base), _evaluation({"en": 25.0, "zh": 25.0}, cand)
+    )
+    assert comp["wer_delta_ci_low/en"] == comp["wer_delta_ci_high/en"] == pytest.approx(25.0)
+    assert comp["cer_delta_ci_low/zh"] == comp["cer_delta_ci_high/zh"] == pytest.approx(25.0)
+    assert not any(k.startswith("wer_delta_ci") and k.endswith("/zh") for k in comp)
+
+
+def test_a_language_one_model_lacks_is_compared_over_the_others():
+    """(mutation review) de in FP32's results only, fr in INT8's only (evaluations compared by hand):
+    the comparison covers en, and de's row keeps FP32's figures beside empty INT8 ones, not a crash."""
+    base = _evaluation({"en": 10.0, "de": 5.0}, [_row(0, "en", "a", "a"), _row(0, "de", "b", "b")])
+    cand = _evaluation({"en": 10.5, "fr": 7.0}, [_row(0, "en", "a", "a"), _row(0, "fr", "c", "c")])
+    comp = eval_report.compare_results(base, cand)
+    assert comp["wer_delta/en"] == comp["error_rate_delta/overall"] == pytest.approx(0.5)
+    assert not any(k.endswith(("/de", "/fr")) for k in comp)
+    rows = {r["language"]: r for r in eval_report.per_language_rows(base["metrics"], cand["metrics"], comp)}
+    assert (rows["de"]["clips"], rows["de"]["fp32"], rows["de"]["errors_fp32"]) == (3, 5.0, 50)
+    assert all(math.isnan(rows["de"][k]) for k in ("int8", "delta_pp", "lid_int8", "errors_int8"))
+    # and no language in common: no mean of no deltas (a StatisticsError), the two overall rates apart
+    only_fr = _evaluation({"fr": 7.0}, [_row(0, "fr", "c", "c")])
+    assert eval_report.compare(base["metrics"], only_fr["metrics"])["error_rate_delta/overall"] == -0.5
+
+
+def test_per_language_rows_hold_each_models_figures_and_the_signed_delta():
+    """(mutation review) Every cell of a row against its source: the tiny models of the report tests
+    score 100 % in both variants, so a delta of the wrong sign, a column taken from the other model or
+    rates rounded to a tenth all passed them."""
+    base = _evaluation({"en": 12.345678}, [])["metrics"]
+    cand = {**_evaluation({"en": 10.111111}, [])["metrics"], "lid_accuracy/en": 66.666667}
+    comp = {**eval_report.compare(base, cand), "wer_delta_ci_low/en": -4.5, "wer_delta_ci_high/en": 0.25}
+    (row,) = eval_report.per_language_rows(base, cand, comp)
+    assert row == {
+        "language": "en", "metric": "wer", "clips": 3, "fp32": 12.3457, "int8": 10.1111,
+        "delta_pp": -2.2346, "delta_ci_low": -4.5, "delta_ci_high": 0.25, "lid_fp32": 100.0,
+        "lid_int8": 66.67, "ref_length": 1000, "errors_fp32": 123, "errors_int8": 101,
+    }  # fmt: skip
+
+
+def test_latency_rows_follow_the_baselines_clips():
+    """(mutation review) One row per FP32 clip numbered from 0 (the DVC plot's x), INT8's latency beside
+    it, empty where INT8 has no such clip."""
+    base = [_row(0, "en", "a", "a", 0.123456), _row(1, "en", "a", "a", 2.0), _row(2, "de", "b", "b", 3.0)]
+    cand = [_row(2, "de", "b", "b", 1.5), _row(0, "en", "a", "a", 0.654321)]
+    rows = eval_report.latency_rows(base, cand)
+    assert [(r["clip"], r["id"], r["language"], r["fp32"], r["int8"]) for r in rows] == [
+        (0, "en-0", "en", 0.12346, 0.65432),
+        (1, "en-1", "en", 2.0, ""),
+        (2, "de-2", "de", 3.0, 1.5),
+    ]
+    assert eval_report.latency_chart(rows)[:8] == b"\x89PNG\r\n\x1a\n"  # the empty cell left out
+
+
+def test_a_child_run_gets_the_deltas_only_the_candidate_its_own():
+    """(mutation review) The child runs' delta keys: the intervals and other comparison figures stay
+    in the parent run."""
+    comp = {"wer_delta/en": 0.5, "error_rate_delta/overall": 0.5, "wer_delta_ci_low/en": -1.0, "speedup": 2.0}
+    assert eval_report.deltas_for("int8", comp) == {"wer_delta/en": 0.5, "error_rate_delta/overall": 0.5}
+    assert eval_report.deltas_for("fp32", comp) == {"wer_delta/en": 0.0, "error_rate_delta/overall": 0.0}
+
+
+def test_the_report_keeps_the_settings_the_gate_reads(tmp_path):
+    """(mutation review) eval.json's ``config`` is what the gate refuses a quick look by (its clip cap)
+    and promote logs; the report tests above compared the metrics only."""
+    from whisper_int8.gate import clip_cap
+
+    config = {"languages": ["en"], "max_clips_per_language": 3, "scorer": "scoring.py 0123"}
+    base = _evaluation({"en": 10.0}, [_row(0, "en", "a", "a")])
+    cand = _evaluation({"en": 10.0}, [_row(0, "en", "a", "a")], latency_p50_s=0.5)
+    write_report(tmp_path, base, cand, config)
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk["config"] == config and clip_cap(on_disk) == 3
+
+
+def test_device_summary_asks_a_fresh_process_for_a_gpu(monkeypatch):
+    """(mutation review) The card is read in a child: CUDA started in the stage's own process would hold
+    GPU memory through both evaluations."""
+    from whisper_int8 import evaluate
+
+    asked = []
+    monkeypatch.setattr(evaluate, "in_fresh_process", lambda func, *a: asked.append((func, a)) or "a GPU")
+    assert evaluate.device_summary("cuda:1") == "a GPU"
+    assert asked == [(evaluate.gpu_summary, ("cuda:1",))]

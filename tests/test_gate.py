@@ -357,3 +357,21 @@ def test_a_champion_with_no_figure_in_common_is_not_passed_unchecked():
     for champ, same in (({"speedup": 3.0}, True), ({"wer/en": 10.0, "error_rate/overall": 10.0}, False)):
         reasons = check_against_champion(cand, champ, 0.0, "v1", same_eval_set=same)
         assert reasons and reasons[0].startswith("champion v1 records no gate metrics to compare with")
+
+
+def test_an_eval_json_with_a_flag_for_a_metric_or_a_part_not_a_mapping_is_one_line(tmp_path):
+    """(mutation review) ``true`` is no number (Python's bool is an int: it passed as 1), and a part
+    that is not a mapping is named, not an AttributeError traceback."""
+    from whisper_int8.eval_report import read_eval_report
+    from whisper_int8.model_sources import ModelSourceError
+
+    path = tmp_path / "eval.json"
+    good = report({"en": 10.0}, {"en": 10.0})
+    cases = [
+        ({**good, "comparison": {**good["comparison"], "speedup": True}}, r"comparison.speedup=True: not a"),
+        ({**good, "int8": None}, r"not an evaluation report \(no fp32/int8/comparison\)"),
+    ]
+    for content, message in cases:
+        path.write_text(json.dumps(content))
+        with pytest.raises(ModelSourceError, match=rf"^{re.escape(str(path))}: {message}"):
+            read_eval_report(path)

@@ -98,6 +98,8 @@ def test_bad_arguments():
         score(["a", "b"], ["a"], "en")
     with pytest.raises(ValueError, match="empty after normalization"):
         score(["¡!?"], ["a"], "es")
+    with pytest.raises(ValueError, match="no references to score"):  # (mutation review)
+        score([], [], "en")
 
 
 @pytest.mark.parametrize(
@@ -158,3 +160,58 @@ def test_a_decimal_is_not_the_number_without_its_point():
 def test_decimals_and_thousands_read_per_language(lang, reference, hypothesis):
     assert normalize(reference, lang) == normalize(hypothesis, lang)
     assert score([reference], [hypothesis], lang)["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis"),
+    [("Xin chào, bạn khỏe không?", "xin chào bạn khỏe không"),
+     ("hòa bình.", "hoà bình"),
+     ("Tiếng Việt-Nam!", "tiếng việt nam")],
+)  # fmt: skip
+def test_a_vietnamese_tone_survives_the_punctuation_after_its_word(reference, hypothesis):
+    """Regression (mutation review): the tone marks moved to the end of each space-separated word, after
+    a comma or full stop that ended it, and were blanked with it: "bình." scored as "binh", one error
+    for a punctuation difference."""
+    assert normalize(reference, "vi") == normalize(hypothesis, "vi")
+    assert score([reference], [hypothesis], "vi")["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    ("lang", "text", "apart"),
+    [("de", "Im Jahr 2019 150 Menschen", ("Im Jahr 2019", "150 Menschen")),
+     ("fr", "en 1998 300 000 personnes", ("en 1998", "300 000 personnes")),
+     ("es", "en 2020 10\u00a0000 casos", ("en 2020", "10 000 casos")),
+     ("de", "Seite 5 12,5 Prozent", ("Seite 5", "12,5 Prozent"))],  # a group of 2: no thousands
+)  # fmt: skip
+def test_a_space_joins_thousands_only_after_a_group_of_three_digits_at_most(lang, text, apart):
+    """Regression (mutation review): a space joined any run of digits to a following group of 3, so a
+    year and the number after it were read as one number: "2019 150" as two million nineteen
+    thousand one hundred fifty, three words against two in a spelled reference."""
+    assert normalize(text, lang) == " ".join(normalize(part, lang) for part in apart)
+    spelled = "en deux mille dix-neuf, cent cinquante personnes"
+    assert score([spelled], ["en 2019 150 personnes"], "fr")["errors"] == 0
+
+
+def test_cantonese_is_scored_by_characters_with_chinese_numerals():
+    """(mutation review) yue is written without spaces, as zh: CER, and its digits read by cn2an
+    (num2words has no Cantonese: they stayed digits)."""
+    assert uses_cer("yue") and score(["两个人"], ["2個人"], "yue")["errors"] == 0
+
+
+def test_a_symbol_inside_a_word_parts_it():
+    """(mutation review) Symbols are blanked as punctuation is (Whisper's basic normalizer would drop
+    the marks of other scripts with them): "gut+schnell" is two words."""
+    assert normalize("gut+schnell", "de") == normalize("gut schnell", "de") == "gut schnell"
+
+
+def test_digit_runs_are_spelled_up_to_fifteen_digits():
+    """(mutation review) MAX_NUMBER_DIGITS: fifteen digits are a number, sixteen a run kept as written."""
+    assert normalize("1234567", "de").startswith("eine million")
+    assert not any(c.isdigit() for c in normalize("9" * 15, "de"))
+    assert normalize("9" * 16, "de") == "9" * 16
+
+
+def test_turkish_decimals_keep_their_digits():
+    """(mutation review) num2words reads Turkish 2.05 as "2.4": its parts are spelled apart instead."""
+    assert normalize("2,05", "tr").split()[0] == "iki"
+    assert "dört" not in normalize("2,05", "tr") and normalize("2,05", "tr").endswith(normalize("5", "tr"))

@@ -26,8 +26,9 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 # Written without spaces between words: scored by character error rate.
 CER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "km", "bo", "yue"})
 # A digit run with its separators: "7", "2,5", "1.234,5", "1,000", "1.5.2020"; a space, no-break or
-# narrow no-break space joins only a group of exactly 3 digits ("1 000", "10 000,5").
-_NUMBER = re.compile(r"\d+(?:(?:[.,]|[ \u00a0\u202f](?=\d{3}(?!\d)))\d+)*")
+# narrow no-break space joins groups of exactly 3 digits to a first group of 1 to 3 ("1 000",
+# "10 000,5"), not a year to the number after it ("2019 150 Menschen": two numbers, not 2 019 150).
+_NUMBER = re.compile(r"\d{1,3}(?:[ \u00a0\u202f]\d{3}(?!\d))+(?:[.,]\d+)*|\d+(?:[.,]\d+)*")
 _SEPARATORS = re.compile(r"([.,\u00a0\u202f ])")
 # Languages that write a decimal comma ("2,5") and group thousands with "." or a space; the others
 # write a decimal point. A last group of exactly 3 digits is thousands either way ("2,500", "2.500").
@@ -203,13 +204,19 @@ def _compatible(text: str) -> str:
 _VI_TONES = frozenset("\u0300\u0301\u0303\u0309\u0323")
 
 
-def _tone_last(text: str) -> str:
-    def word(w: str) -> str:
-        parts = unicodedata.normalize("NFD", w)
-        tones = "".join(c for c in parts if c in _VI_TONES)
-        return unicodedata.normalize("NFC", "".join(c for c in parts if c not in _VI_TONES) + tones)
+# A syllable in NFD: letters with their combining marks, up to a space, hyphen or punctuation
+_SYLLABLE = re.compile(r"(?:\w|[\u0300-\u036f])+")
 
-    return " ".join(word(w) for w in text.split(" "))
+
+def _tone_last(text: str) -> str:
+    """Each syllable's tone marks after its last letter: not after the punctuation that ends a word
+    ("bình." put the tone on the period, and the normalizer blanked both: "binh", one error)."""
+
+    def syllable(match: re.Match) -> str:
+        tones = "".join(c for c in match.group(0) if c in _VI_TONES)
+        return "".join(c for c in match.group(0) if c not in _VI_TONES) + tones
+
+    return unicodedata.normalize("NFC", _SYLLABLE.sub(syllable, unicodedata.normalize("NFD", text)))
 
 
 def normalize(text: str, lang: str) -> str:

@@ -277,3 +277,188 @@ def test_a_stage_stopped_between_the_two_renames_still_has_its_output(tmp_path):
                           env=venv_env())  # fmt: skip
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert (tmp_path / "out" / "f.txt").read_text() == "new"
+
+
+def test_sha256_file_hashes_every_chunk(tmp_path):
+    """A file longer than one read: a digest of the first chunk only would pass every small-file test."""
+    import hashlib
+
+    from whisper_int8.fsutil import sha256_file
+
+    data = bytes(range(256)) * 40
+    (tmp_path / "f.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "f.bin", chunk=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_write_that_fails_half_way_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    """A full disk while writing: the file keeps its earlier content (never half a new one), and the
+    temp file is removed."""
+    import errno
+    from pathlib import Path
+
+    from whisper_int8.fsutil import atomic_write_bytes
+
+    (tmp_path / "eval.json").write_bytes(b"old")
+    real = Path.write_bytes
+
+    def disk_full(self, data):
+        real(self, data[:2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(tmp_path / "eval.json", b"new content")
+    monkeypatch.undo()
+    assert (tmp_path / "eval.json").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+def test_json_text_is_the_one_layout_sorted_indented_utf8_with_a_final_newline():
+    from whisper_int8.fsutil import json_text
+
+    assert json_text({"b": 1, "a": "für"}) == '{\n  "a": "für",\n  "b": 1\n}\n'
+
+
+def test_a_linked_output_is_staged_beside_its_target(tmp_path):
+    """The temp folder lies beside the folder the link points to, so the final rename stays on one
+    file system (a link to another disk: staged beside the link, the rename failed with EXDEV)."""
+    (tmp_path / "disk" / "v1").mkdir(parents=True)
+    (tmp_path / "out").symlink_to(tmp_path / "disk" / "v1", target_is_directory=True)
+    with atomic_dir(tmp_path / "out") as tmp:
+        assert tmp.parent == tmp_path / "disk"
+        (tmp / "a").write_text("1")
+    assert (tmp_path / "disk" / "v1" / "a").read_text() == "1"
+
+
+def test_a_file_output_that_is_a_folder_is_refused_before_any_output_is_replaced(tmp_path):
+    _write(tmp_path / "a", x="old")
+    (tmp_path / "summary.json").mkdir()
+    refused = pytest.raises(OutputConflictError, match="summary.json: is a folder, not a file")
+    with refused, atomic_outputs([tmp_path / "a"], [tmp_path / "summary.json"]) as ((a,), (summary,)):
+        (a / "x").write_text("new")
+        summary.write_text("{}")
+    assert (tmp_path / "a" / "x").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "summary.json"]
+
+
+def test_the_files_of_a_set_are_put_in_place_after_its_folders(tmp_path, monkeypatch):
+    """The last file (the metrics file DVC reads) marks a complete set: it never appears before the
+    folders written with it."""
+    from whisper_int8 import fsutil
+
+    real = fsutil.replace_dir
+    seen: list[bool] = []
+
+    def replace_dir(src, dest):
+        seen.append((tmp_path / "summary.json").exists())
+        real(src, dest)
+
+    monkeypatch.setattr(fsutil, "replace_dir", replace_dir)
+    with fsutil.atomic_outputs([tmp_path / "a"], [tmp_path / "summary.json"]) as ((a,), (summary,)):
+        (a / "x").write_text("new")
+        summary.write_text("{}")
+    assert seen == [False] and (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_outputs_get_a_normal_files_permissions_and_the_umask_is_kept(tmp_path):
+    """mkstemp and mkdtemp create 0600 and 0700: other users (a serving account, CI's cache) could not
+    read the outputs."""
+    import os
+
+    from whisper_int8.fsutil import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "card.json", {})
+        _write(tmp_path / "out", a="1")
+        assert os.umask(0o022) == 0o022  # left as it was
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    ("n", "listed"), [(5, "e0, e1, e2, e3, e4, which"), (7, "e0, e1, e2, e3, e4 and 2 more, which")]
+)
+def test_a_refused_folder_names_its_first_five_other_entries(tmp_path, n, listed):
+    (tmp_path / "out").mkdir()
+    for i in range(n):
+        (tmp_path / "out" / f"e{i}").write_text("mine")
+    with pytest.raises(OutputConflictError, match=f"out: holds {listed} this output does not"):
+        _write(tmp_path / "out", a="1")
+
+
+@pytest.mark.parametrize("left", ["folder", "link"])
+def test_an_old_output_left_by_an_interrupted_swap_does_not_block_the_next(tmp_path, left):
+    """A `.out.old` left behind (a stage killed with SIGKILL after its first rename, or a link that an
+    older version left there): removed first, else every later rename onto it failed (ENOTEMPTY,
+    ENOTDIR)."""
+    _write(tmp_path / "out", a="1")
+    old = tmp_path / ".out.old"
+    if left == "folder":
+        old.mkdir()
+        (old / "a").write_text("older")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        old.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    _write(tmp_path / "out", a="2")
+    assert (tmp_path / "out" / "a").read_text() == "2" and not old.exists() and not old.is_symlink()
+
+
+def test_outputs_in_folders_not_yet_made_are_written(tmp_path):
+    from whisper_int8.fsutil import atomic_write_json
+
+    atomic_write_json(tmp_path / "metrics" / "new" / "eval.json", {"wer": 0.1})
+    _write(tmp_path / "models" / "new" / "int8", a="1")
+    assert (tmp_path / "metrics" / "new" / "eval.json").read_text() == '{\n  "wer": 0.1\n}\n'
+    assert (tmp_path / "models" / "new" / "int8" / "a").read_text() == "1"
+
+
+def test_a_file_given_as_a_folder_of_outputs_is_refused_before_the_work(tmp_path):
+    from whisper_int8.fsutil import check_dir_output
+
+    (tmp_path / "int8").write_text("a file")
+    with pytest.raises(OutputConflictError, match="int8: exists and is not a directory; give a folder"):
+        check_dir_output(tmp_path / "int8")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "notes.txt").write_text("mine")
+    check_dir_output(tmp_path / "models")  # no names: any folder
+    with pytest.raises(OutputConflictError, match="models: holds notes.txt, which this output does not"):
+        check_dir_output(tmp_path / "models", ("int8.pt",))
+
+
+def test_outputs_that_are_one_path_written_two_ways_overlap(tmp_path):
+    """A link, or `..`, naming the same folder as another output: the second write would replace the first."""
+    from whisper_int8.fsutil import check_apart
+
+    (tmp_path / "data" / "calibration").mkdir(parents=True)
+    (tmp_path / "calib").symlink_to(tmp_path / "data" / "calibration", target_is_directory=True)
+    for other in (tmp_path / "calib", tmp_path / "data" / "eval" / ".." / "calibration"):
+        with pytest.raises(OutputConflictError, match="overlapping outputs"):
+            check_apart(tmp_path / "data" / "calibration", other)
+    inner, outer = tmp_path / "data" / "calibration", tmp_path / "data"
+    for pair in ((inner, outer), (outer, inner)):  # one inside the other, in either order
+        with pytest.raises(OutputConflictError, match="overlapping outputs"):
+            check_apart(*pair)
+    check_apart(tmp_path / "data" / "calibration", tmp_path / "data" / "eval")
+
+
+def test_dir_digest_is_the_content_whatever_the_folders_place_or_listing_order(tmp_path, monkeypatch):
+    """The FP32 baseline stores it: a copy of the same model elsewhere (a CI clone, a dvc checkout that
+    lists its files in another order) must match, other weights must not; no folder: None."""
+    from pathlib import Path
+
+    from whisper_int8.fsutil import dir_digest
+
+    for root in ("a", "b"):
+        (tmp_path / root / "sub").mkdir(parents=True)
+        (tmp_path / root / "model.pt").write_bytes(b"weights")
+        (tmp_path / root / "sub" / "card.json").write_text("{}")
+    first = dir_digest(tmp_path / "a")
+    real = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(list(real(self, pattern))))
+    assert dir_digest(tmp_path / "b") == first
+    (tmp_path / "b" / "model.pt").write_bytes(b"weighTs")  # same size
+    assert dir_digest(tmp_path / "b") != first
+    assert dir_digest(tmp_path / "nosuch") is None

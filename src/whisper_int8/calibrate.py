@@ -129,7 +129,8 @@ class StatsCollector:
     def tensors(self, percentile: float) -> dict[str, Tensor]:
         """Flat ``{layer/stat: tensor}`` dict (loadable with ``weights_only=True``).
 
-        ``in_percentile`` (the upper edge of the percentile's histogram bin, at most the absmax) and
+        ``in_percentile`` (the upper edge of the percentile's histogram bin, at most the absmax; the
+        absmax in the last bin, which holds every larger |x|) and
         ``in_hist`` are for inspection and clipping choices; the conversion uses ``in_absmax`` and
         ``out_absmax``.
         """
@@ -138,7 +139,9 @@ class StatsCollector:
             hist = self.hist[name]
             cdf = hist.cumsum(0) / hist.sum()
             bin_ = int(torch.searchsorted(cdf, percentile / 100.0))
-            upper = HIST_EDGES[min(bin_ + 1, HIST_BINS)]  # upper edge of the percentile's bin
+            # upper edge of the percentile's bin; the last bin also holds every |x| above the grid's
+            # end (2^12), so its upper edge is the absmax, not 4096
+            upper = HIST_EDGES[bin_ + 1] if bin_ + 1 < HIST_BINS else amax.max()
             out[f"{name}/in_absmax"] = amax.float()
             out[f"{name}/in_percentile"] = torch.minimum(upper, amax.max()).float().reshape(())
             out[f"{name}/in_hist"] = hist.clone()

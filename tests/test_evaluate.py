@@ -281,13 +281,15 @@ def test_empty_manifest_is_a_clear_error(tmp_path, setup):
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
-@pytest.mark.parametrize("key", ["beam_size", "max_tokens"])
-def test_decode_options_name_the_bad_key(key, value):
+@pytest.mark.parametrize(
+    ("key", "null_means"), [("beam_size", "greedy"), ("max_tokens", "the default cap per window")]
+)
+def test_decode_options_name_the_bad_key(key, null_means, value):
     from whisper_int8.params import ParamError
     from whisper_int8.transcribe import decode_options
 
     with pytest.raises(
-        ParamError, match=rf"params.yaml: evaluate.{key}=.* must be null \(.*\) or an integer >= 1"
+        ParamError, match=rf"params.yaml: evaluate.{key}=.* must be null \({null_means}\) or an integer >= 1"
     ):
         decode_options({key: value})
     assert decode_options({key: 2}) == {"beam_size": None, "max_tokens": None, key: 2}

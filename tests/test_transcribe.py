@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +17,10 @@ from whisper_int8.fuse import fuse_model
 from whisper_int8.quant.config import parse_quant_config
 from whisper_int8.quant.convert import quantize_model
 from whisper_int8.transcribe import (
+    COMPRESSION_RATIO_MAX,
+    LOGPROB_MIN,
+    NO_SPEECH_MIN,
+    TEMPERATURES,
     _cross_cache,
     _decode,
     _features,
@@ -25,7 +31,7 @@ from whisper_int8.transcribe import (
     transcribe_clip,
 )
 
-from .conftest import make_tiny_whisper
+from .conftest import TINY_V3_DIMS, make_tiny_whisper
 
 
 def test_result_shape_determinism_and_token_cap(tiny_model, tmp_path):
@@ -357,6 +363,8 @@ def test_silence_is_an_empty_transcript_without_decoding(tiny_model):
     english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
     out = transcribe_clip(english, np.zeros(99), None)
     assert out["language"] == out["detected_language"] == "en"  # as identification gives it
+    assert transcribe_clip(english, np.zeros(99), "en")["detected_language"] is None  # not asked for
+    assert transcribe_clip(english, np.zeros(99), "en", detect_language=True)["detected_language"] == "en"
 
 
 @pytest.mark.parametrize(
@@ -420,3 +428,264 @@ def test_long_audio_on_an_english_only_model_is_not_encoded_to_identify_english(
     for language, detect in ((None, False), ("en", True)):
         out = transcribe_clip(english, audio, language, max_tokens=2, detect_language=detect)
         assert out["language"] == out["detected_language"] == "en" and out["lid_s"] == 0.0
+
+
+def _attempt(tokens: int, text: str, ratio: float, logprob: float, no_speech: float, temperature: float):
+    """A ``whisper.DecodingResult`` stand-in: what the fallback and length rules read of a decode."""
+    return types.SimpleNamespace(tokens=[1] * tokens, text=text, compression_ratio=ratio, avg_logprob=logprob,
+                                 no_speech_prob=no_speech, temperature=temperature)  # fmt: skip
+
+
+def test_the_fallback_thresholds_are_whisper_transcribes_defaults():
+    """The module docstring and README say the retries are openai-whisper's: pinned to its signature."""
+    defaults = {k: p.default for k, p in inspect.signature(whisper.transcribe).parameters.items()}
+    assert defaults["temperature"] == TEMPERATURES
+    assert defaults["compression_ratio_threshold"] == COMPRESSION_RATIO_MAX
+    assert defaults["logprob_threshold"] == LOGPROB_MIN
+    assert defaults["no_speech_threshold"] == NO_SPEECH_MIN
+
+
+@pytest.mark.parametrize(
+    ("attempts", "text", "temperature"),
+    [
+        ([(0.01, -0.2, 1.6)], "x", 0.0),
+        ([(0.9, -1.5, 1.6)], "", 0.0),  # not retried: a retry would only hallucinate
+        ([(0.9, -0.2, 1.6)], "x", 0.0),
+        ([(0.6, -1.5, 1.6), (0.01, -0.2, 1.6)], "x", 0.2),  # silent only above the threshold
+        ([(0.01, -0.2, 2.45), (0.01, -0.2, 1.6)], "x", 0.2),
+        ([(0.01, -0.2, 2.4)], "x", 0.0),
+        ([(0.01, -1.5, 1.6)] * 6, "x", 1.0),  # the last attempt, as whisper.transcribe keeps it
+        ([(0.01, -1.0, 1.6)], "x", 0.0),
+    ],
+    ids=[
+        "fluent",
+        "silence",
+        "confident-text",
+        "no-speech-at-threshold",
+        "loop",
+        "ratio-at-threshold",
+        "unsure-at-every-temperature",
+        "logprob-at-threshold",
+    ],
+)
+def test_retries_and_silence_follow_whisper_transcribe(tiny_model, monkeypatch, attempts, text, temperature):
+    """A repetitive (ratio > 2.4) or unsure (mean log-probability < -1) decode is retried at the next
+    temperature, unless it is silence (no-speech probability > 0.6 and unsure): that one gives no text
+    and no tokens. Each attempt decodes the window once."""
+    import whisper_int8.transcribe as tr
+
+    temperatures = []
+
+    def decode(model, features, cross, options):
+        no_speech, logprob, ratio = attempts[len(temperatures)]
+        temperatures.append(options.temperature)
+        return _attempt(5, " x ", ratio, logprob, no_speech, options.temperature)
+
+    monkeypatch.setattr(tr, "_decode", decode)
+    out = transcribe_clip(tiny_model, np.full(16000, 0.01, dtype=np.float32), "en")
+    assert temperatures == list(TEMPERATURES[: len(attempts)])
+    assert (out["text"], out["temperature"], out["tokens"]) == (text, temperature, 5 if text else 0)
+
+
+@pytest.mark.parametrize(("language", "beam_size"), [("de", None), ("de", 3), (None, 2)])
+def test_each_attempt_transcribes_in_the_language_without_timestamps(
+    tiny_model, monkeypatch, language, beam_size
+):
+    """task transcribe (not translate) in the given or identified language, the window's length budget,
+    no timestamp tokens, and the beam at temperature 0 only: a beam search ignores the temperature, so a
+    retry with it would decode the same text again."""
+    import whisper_int8.transcribe as tr
+
+    seen = []
+
+    def decode(model, features, cross, options):
+        seen.append(options)
+        return _attempt(5, "x", 1.6, -1.5, 0.01, options.temperature)  # unsure: every temperature
+
+    monkeypatch.setattr(tr, "_decode", decode)
+    monkeypatch.setattr(tr, "_identify", lambda *a: "sv")
+    out = transcribe_clip(tiny_model, np.full(16000, 0.01, dtype=np.float32), language, beam_size=beam_size)
+    assert [o.temperature for o in seen] == list(TEMPERATURES)
+    assert {(o.task, o.language, o.sample_len, o.without_timestamps, o.fp16) for o in seen} == {
+        ("transcribe", language or "sv", 32 + 15, True, False)
+    }
+    assert [o.beam_size for o in seen] == [beam_size] + [None] * 5
+    assert out["language"] == (language or "sv")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "max_tokens", "lengths", "long_cap"),
+    [(1, None, [47, 224], 224), (1, 47, [47], None), (29, None, [224], 224), (30, None, [224], 224)],
+)
+def test_a_window_is_decoded_again_only_for_a_larger_budget(
+    tiny_model, monkeypatch, seconds, max_tokens, lengths, long_cap
+):
+    """A fluent decode that fills its budget is decoded again only when the window's full budget is
+    larger (at an explicit cap, or a clip long enough that the two are equal, the retry would redo the
+    same work); one that fills the full budget goes on with timestamps at that budget. 30 s exactly is
+    still one window."""
+    import whisper_int8.transcribe as tr
+
+    seen, caps = [], []
+
+    def decode(model, features, cross, options):
+        seen.append(options.sample_len)
+        # a ratio of 2.4 is text to the fallback rule (a loop is above it), so to the length rule too
+        return _attempt(options.sample_len, "x", COMPRESSION_RATIO_MAX, -0.2, 0.01, 0.0)
+
+    monkeypatch.setattr(tr, "_decode", decode)
+    monkeypatch.setattr(tr, "_transcribe_long", lambda *a, **k: caps.append(k["cap"]) or {})
+    transcribe_clip(tiny_model, np.full(16000 * seconds, 0.01, dtype=np.float32), "ml", max_tokens=max_tokens)
+    assert seen == lengths
+    assert caps == ([long_cap] if long_cap else [])
+
+
+@pytest.mark.parametrize(
+    ("language", "detect", "decoded_in", "detected"),
+    [("en", False, "en", None), ("en", True, "en", "sv"), (None, False, "sv", "sv")],
+)
+def test_long_audio_decodes_through_whisper_transcribe_with_our_options(
+    tiny_model, monkeypatch, language, detect, decoded_in, detected
+):
+    """Over 30 s: whisper.transcribe with the fallback temperatures, the window's cap and no conditioning
+    on the previous window, in the given language (the identified one only without it); the result
+    reports the highest temperature a window needed and the identification, timed apart."""
+    import whisper_int8.transcribe as tr
+
+    calls = []
+    segments = [{"tokens": [1, 2], "temperature": 0.4}, {"tokens": [3], "temperature": 0.2}]
+
+    def transcribe(model, audio, **kwargs):
+        calls.append(kwargs)
+        return {"text": " hello there ", "language": kwargs["language"], "segments": segments}
+
+    monkeypatch.setattr(whisper, "transcribe", transcribe)
+    monkeypatch.setattr(tr, "_identify", lambda *a: "sv")
+    out = transcribe_clip(tiny_model, np.full(16000 * 35, 0.01, dtype=np.float32), language,
+                          beam_size=2, max_tokens=40, detect_language=detect)  # fmt: skip
+    (kwargs,) = calls
+    assert kwargs["temperature"] == TEMPERATURES and kwargs["sample_len"] == 40
+    assert kwargs["condition_on_previous_text"] is False and kwargs["task"] == "transcribe"
+    assert kwargs["beam_size"] == 2 and kwargs["fp16"] is False and kwargs["language"] == decoded_in
+    assert out == {"text": "hello there", "language": decoded_in, "tokens": 3, "temperature": 0.4,
+                   "segments": 2, "detected_language": detected, "lid_s": out["lid_s"]}  # fmt: skip
+    assert (out["lid_s"] > 0) is (detected is not None)
+
+
+def test_long_audio_with_no_segment_is_an_empty_transcript(tiny_model, monkeypatch):
+    """whisper.transcribe skips the windows it judges silent: none left is an empty text, not a crash."""
+    monkeypatch.setattr(whisper, "transcribe", lambda *a, **k: {"text": "", "language": "en", "segments": []})
+    out = transcribe_clip(tiny_model, np.full(16000 * 35, 0.01, dtype=np.float32), "en")
+    assert (out["text"], out["tokens"], out["temperature"], out["segments"]) == ("", 0, 0.0, 0)
+
+
+def test_the_fallback_sampling_does_not_depend_on_the_callers_seed(tiny_model):
+    """The random model is unsure at every temperature, so each call samples: the same transcript
+    whatever the caller's RNG state (evaluate and the served model must not depend on it)."""
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    outs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        outs.append(transcribe_clip(tiny_model, audio, "en", max_tokens=4))
+    assert outs[0]["temperature"] > 0  # sampled
+    assert outs[0] == {**outs[1], "lid_s": outs[0]["lid_s"]}
+
+
+def test_fp16_needs_every_weight_half():
+    """A half decoder on a float encoder is no fp16 model: fp16 input to a float layer fails."""
+    model = make_tiny_whisper()
+    model.decoder.half()
+    assert _fp16(model) is False
+
+
+def test_a_100_language_model_identifies_cantonese(monkeypatch):
+    """large-v3 and turbo have a 100th language token (yue): the identification must consider it."""
+    model = make_tiny_whisper(dims=TINY_V3_DIMS)
+    yue = whisper.tokenizer.get_tokenizer(True, num_languages=100).to_language_token("yue")
+    decoder = model.decoder.forward
+
+    def forward(x, xa, kv_cache=None):
+        logits = decoder(x, xa, kv_cache=kv_cache)
+        logits[..., yue] = 1e4
+        return logits
+
+    monkeypatch.setattr(model.decoder, "forward", forward)
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    with torch.inference_mode():
+        features = _features(model, audio, fp16=False)
+        assert _identify(model, features, _cross_cache(model, features)) == "yue"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_decoding_does_not_project_the_features_again(tiny_model, fused):
+    """The cross-attention keys/values are projected once a window (the costliest step of a short
+    decode) and serve the identification and every attempt: no decoding step projects them again."""
+    if fused:
+        fuse_model(tiny_model)
+    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    with torch.inference_mode():
+        features = _features(tiny_model, audio, fp16=False)
+        cross = _cross_cache(tiny_model, features)
+        for block in tiny_model.decoder.blocks:
+            for name in ("kv",) if fused else ("key", "value"):
+                getattr(block.cross_attn, name).register_forward_hook(lambda *_: pytest.fail("projected"))
+        for beam in (None, 2):
+            options = whisper.DecodingOptions(language="de", sample_len=4, beam_size=beam,
+                                              without_timestamps=True, fp16=False)  # fmt: skip
+            _decode(tiny_model, features, cross, options)
+        _identify(tiny_model, features, cross)
+
+
+def test_float64_samples_transcribe_as_float32(tiny_model):
+    """numpy's default dtype (np.sin, soundfile's default read) is not a dtype error in the log-Mel."""
+    audio = 0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+    got = transcribe_clip(tiny_model, audio, "en", max_tokens=3)
+    want = transcribe_clip(tiny_model, audio.astype(np.float32), "en", max_tokens=3)
+    assert (got["text"], got["tokens"]) == (want["text"], want["tokens"])
+
+
+def test_no_encoder_pass_records_an_autograd_graph(tiny_model, monkeypatch):
+    """Long audio's identification runs outside the window's inference mode and needs its own: a graph
+    would hold every activation of a 30 s encoder pass until the call returns (peak RSS)."""
+    monkeypatch.setattr(whisper, "transcribe", lambda *a, **k: {"text": "", "language": "en", "segments": []})
+    grad = []
+    tiny_model.encoder.register_forward_hook(lambda *_: grad.append(torch.is_grad_enabled()))
+    for seconds in (1, 35):
+        transcribe_clip(tiny_model, np.full(16000 * seconds, 0.01, dtype=np.float32), None, max_tokens=2)
+    assert grad == [False, False]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_long_audio_decodes_in_the_weights_dtype(tiny_model, monkeypatch, half):
+    """As one window does (:func:`_fp16`): a half model in fp16, anything else in FP32."""
+    calls = []
+    monkeypatch.setattr(
+        whisper,
+        "transcribe",
+        lambda *a, **k: calls.append(k) or {"text": "", "language": "en", "segments": []},
+    )
+    if half:
+        tiny_model.half()
+    transcribe_clip(tiny_model, np.full(16000 * 35, 0.01, dtype=np.float32), "en")
+    assert [k["fp16"] for k in calls] == [half]
+
+
+@pytest.mark.parametrize("seconds", [1, 29])
+def test_a_silent_window_at_its_budget_is_not_decoded_again(tiny_model, monkeypatch, seconds):
+    """Regression (a review): a window judged silent (no-speech probability > 0.6 and unsure) whose decode
+    filled its budget without repeating itself was taken for dense speech: decoded again with the full
+    budget, then transcribed again through whisper.transcribe, whose text replaced the empty one."""
+    import whisper_int8.transcribe as tr
+
+    lengths, long = [], []
+
+    def decode(model, features, cross, options):
+        lengths.append(options.sample_len)
+        return _attempt(options.sample_len, "hallucinated", 1.6, -1.5, 0.9, options.temperature)
+
+    monkeypatch.setattr(tr, "_decode", decode)
+    monkeypatch.setattr(
+        tr, "_transcribe_long", lambda *a, **k: long.append(k) or {"text": "thanks", "tokens": 1}
+    )
+    out = transcribe_clip(tiny_model, np.full(16000 * seconds, 0.01, dtype=np.float32), "en")
+    assert (out["text"], out["tokens"], lengths, long) == ("", 0, [lengths[0]], [])

@@ -108,8 +108,13 @@ def _silent(result: whisper.DecodingResult) -> bool:
 
 
 def _cut_short(result: whisper.DecodingResult, cap: int) -> bool:
-    """The decode stopped at ``cap`` tokens in text that does not repeat itself (not a loop)."""
-    return len(result.tokens) >= cap and result.compression_ratio <= COMPRESSION_RATIO_MAX
+    """The decode stopped at ``cap`` tokens in text that does not repeat itself (not a loop), nor is
+    silence: a silent window's text is dropped, so more budget or a timestamped pass would only redo it."""
+    return (
+        len(result.tokens) >= cap
+        and result.compression_ratio <= COMPRESSION_RATIO_MAX
+        and not _silent(result)
+    )
 
 
 def _needs_fallback(result: whisper.DecodingResult) -> bool:

@@ -34,6 +34,11 @@ from whisper_int8.transcribe import (
 from .conftest import TINY_V3_DIMS, make_tiny_whisper
 
 
+def tone(seconds: int = 1, dtype: type = np.float32) -> np.ndarray:
+    """``seconds`` of a 300 Hz tone at 16 kHz, amplitude 0.1: audio above the silence threshold."""
+    return (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * seconds) / 16000)).astype(dtype)
+
+
 def test_result_shape_determinism_and_token_cap(tiny_model, tmp_path):
     path = write_tone(tmp_path / "a.wav", 440, 1.0, 8000)  # any format: converted on load
     first = transcribe_clip(tiny_model, path, "en")
@@ -127,14 +132,14 @@ def test_a_window_whose_whole_budget_is_text_goes_on_with_timestamps(tiny_model,
 
 
 def test_array_input_beam_search_explicit_cap_and_language_detection(tiny_model):
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    audio = tone()
     out = transcribe_clip(tiny_model, audio, None, beam_size=2, max_tokens=3)
     assert out["tokens"] <= 3 * out["segments"]
     assert out["language"] and out["detected_language"] == out["language"]  # detected, since none given
 
 
 def test_detection_alongside_a_given_language_matches_whisper(tiny_model):
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    audio = tone()
     out = transcribe_clip(tiny_model, audio, "fr", max_tokens=3, detect_language=True)
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), tiny_model.dims.n_mels)
     _, probs = tiny_model.detect_language(mel)  # the encoder runs inside: same answer from the mel
@@ -148,7 +153,7 @@ def test_shared_cross_attention_cache_decodes_like_whisper(fused):
     model = make_tiny_whisper()
     if fused:
         fuse_model(model)
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    audio = tone()
     with torch.inference_mode():
         features = _features(model, audio, fp16=False)
         cross = _cross_cache(model, features)
@@ -203,7 +208,7 @@ def test_fp16_follows_the_weights_not_the_device(kind, half):
 
 
 def test_long_audio_goes_through_sliding_windows(tiny_model):
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * 35) / 16000)).astype(np.float32)
+    audio = tone(35)
     out = transcribe_clip(tiny_model, audio, "en", max_tokens=4, detect_language=True)
     assert out["segments"] >= 1 and out["language"] == "en"
     assert out["detected_language"] and out["lid_s"] > 0
@@ -399,7 +404,7 @@ def test_one_window_is_padded_as_whisper_decode_pads_it_not_whisper_transcribe(t
     change of front end changes the documentation with it."""
     from whisper.audio import N_FRAMES, N_SAMPLES
 
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * 4) / 16000)).astype(np.float32)
+    audio = tone(4)
     samples = torch.from_numpy(audio)
     padded_samples = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), tiny_model.dims.n_mels)
     mel = whisper.log_mel_spectrogram(samples, tiny_model.dims.n_mels, padding=N_SAMPLES)
@@ -424,7 +429,7 @@ def test_long_audio_on_an_english_only_model_is_not_encoded_to_identify_english(
 
     english = make_tiny_whisper(dims=replace(TINY_DIMS, n_vocab=51864))
     monkeypatch.setattr(tr, "_features", lambda *a: pytest.fail("encoded for the identification"))
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000 * 35) / 16000)).astype(np.float32)
+    audio = tone(35)
     for language, detect in ((None, False), ("en", True)):
         out = transcribe_clip(english, audio, language, max_tokens=2, detect_language=detect)
         assert out["language"] == out["detected_language"] == "en" and out["lid_s"] == 0.0
@@ -582,7 +587,7 @@ def test_long_audio_with_no_segment_is_an_empty_transcript(tiny_model, monkeypat
 def test_the_fallback_sampling_does_not_depend_on_the_callers_seed(tiny_model):
     """The random model is unsure at every temperature, so each call samples: the same transcript
     whatever the caller's RNG state (evaluate and the served model must not depend on it)."""
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    audio = tone()
     outs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
@@ -610,7 +615,7 @@ def test_a_100_language_model_identifies_cantonese(monkeypatch):
         return logits
 
     monkeypatch.setattr(model.decoder, "forward", forward)
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    audio = tone()
     with torch.inference_mode():
         features = _features(model, audio, fp16=False)
         assert _identify(model, features, _cross_cache(model, features)) == "yue"
@@ -622,7 +627,7 @@ def test_decoding_does_not_project_the_features_again(tiny_model, fused):
     decode) and serve the identification and every attempt: no decoding step projects them again."""
     if fused:
         fuse_model(tiny_model)
-    audio = (0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)).astype(np.float32)
+    audio = tone()
     with torch.inference_mode():
         features = _features(tiny_model, audio, fp16=False)
         cross = _cross_cache(tiny_model, features)
@@ -638,7 +643,7 @@ def test_decoding_does_not_project_the_features_again(tiny_model, fused):
 
 def test_float64_samples_transcribe_as_float32(tiny_model):
     """numpy's default dtype (np.sin, soundfile's default read) is not a dtype error in the log-Mel."""
-    audio = 0.1 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
+    audio = tone(dtype=np.float64)
     got = transcribe_clip(tiny_model, audio, "en", max_tokens=3)
     want = transcribe_clip(tiny_model, audio.astype(np.float32), "en", max_tokens=3)
     assert (got["text"], got["tokens"]) == (want["text"], want["tokens"])
